@@ -1,0 +1,68 @@
+"""Shared set-up of the model-serving deployments: device, thread count, SAM 2 weights, batch settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from serve_app.weights import LoadedSam2, WeightsSource, load_sam2
+
+log = logging.getLogger("samgraph.deployments")
+
+
+def pick_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible to this replica, else ``"cpu"``; other values as given.
+
+    Raises:
+        ValueError: ``"cuda"`` was asked for and no GPU is visible.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no GPU is visible to this replica")
+    return device
+
+
+def set_torch_threads(torch_threads: int | None) -> int:
+    """Set torch's intra-op threads for this replica and return the count in force.
+
+    Ray sets ``OMP_NUM_THREADS`` from an actor's integer ``num_cpus`` (1 for a fractional one), so the
+    count comes from config; ``None`` keeps torch's default.
+
+    Raises:
+        ValueError: ``torch_threads`` is not a positive integer.
+    """
+    if torch_threads is not None:
+        if torch_threads < 1:
+            raise ValueError("torch_threads must be greater than 0")
+        torch.set_num_threads(torch_threads)
+    return torch.get_num_threads()
+
+
+def load_stage_model(model_id: str, weights: dict, device: str, torch_threads: int | None) -> tuple[LoadedSam2, str]:
+    """Threads, device and SAM 2 weights for one replica; returns (loaded model, device)."""
+    threads = set_torch_threads(torch_threads)
+    device = pick_device(device)
+    loaded = load_sam2(model_id, WeightsSource(**weights), device=device, progress=False)
+    log.info("%s on %s, %d torch threads, weights %s (pid %d)", model_id, device, threads, loaded.weights, os.getpid())
+    return loaded, device
+
+
+def check_batch_config(user_config: dict) -> tuple[int, float]:
+    """Validate ``{"max_batch_size": int >= 1, "batch_wait_timeout_s": float >= 0}`` from ``user_config``.
+
+    Raises:
+        ValueError: a bad value or an unknown key.
+    """
+    unknown = set(user_config) - {"max_batch_size", "batch_wait_timeout_s"}
+    if unknown:
+        raise ValueError(f"unknown user_config keys {sorted(unknown)}; allowed: max_batch_size, batch_wait_timeout_s")
+    size = int(user_config.get("max_batch_size", 1))
+    wait = float(user_config.get("batch_wait_timeout_s", 0.0))
+    if size < 1:
+        raise ValueError("max_batch_size must be greater than 0")
+    if not wait >= 0:
+        raise ValueError("batch_wait_timeout_s must be >= 0")
+    return size, wait

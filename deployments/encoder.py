@@ -1,0 +1,59 @@
+"""``ImageEncoder`` deployment: batched SAM 2 image encoding (the expensive stage)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from ray import serve
+
+from deployments.common import check_batch_config, load_stage_model
+from models.sam2_image import ImageFeatures, Sam2ImageEncoder
+
+
+@serve.deployment(name="ImageEncoder", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=16)
+class ImageEncoder:
+    """Encodes (H, W, 3) uint8 RGB images into SAM 2 :class:`ImageFeatures`.
+
+    Requests are batched with ``@serve.batch``; ``max_batch_size`` and ``batch_wait_timeout_s`` come from
+    ``user_config`` (on CPU the best batch is 1; on GPUs 4-16 pays).
+
+    Args:
+        model_id: SAM 2 registry name.
+        weights: :class:`serve_app.weights.WeightsSource` fields.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        torch_threads: torch intra-op threads for this replica (None: torch's default).
+    """
+
+    def __init__(self, model_id: str, weights: dict, device: str = "auto", torch_threads: int | None = None) -> None:
+        loaded, self._device = load_stage_model(model_id, weights, device, torch_threads)
+        self._encoder = Sam2ImageEncoder(loaded.model)
+        self._info = {"model_id": loaded.model_id, "weights": loaded.weights, "device": self._device}
+        self._images = 0
+        self._batches = 0
+        self._busy_s = 0.0
+
+    def reconfigure(self, user_config: dict) -> None:
+        size, wait = check_batch_config(user_config)
+        self.encode.set_max_batch_size(size)
+        self.encode.set_batch_wait_timeout_s(wait)
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
+    async def encode(self, images: list[np.ndarray]) -> list[ImageFeatures]:
+        """Encode a batch of images; each caller sends one (H, W, 3) uint8 RGB array."""
+        t0 = time.perf_counter()
+        features = await asyncio.to_thread(self._encoder.encode_batch, images)
+        assert len(features) == len(images)
+        self._busy_s += time.perf_counter() - t0
+        self._images += len(images)
+        self._batches += 1
+        return features
+
+    def info(self) -> dict:
+        """``{"model_id", "weights", "device"}`` of this replica."""
+        return dict(self._info)
+
+    def stats(self) -> dict:
+        """Work done by this replica: images encoded, batches run, seconds spent encoding."""
+        return {"images": self._images, "batches": self._batches, "busy_s": self._busy_s}

@@ -1,0 +1,164 @@
+"""Mask encodings: COCO RLE (pycocotools), base64 PNG, and the area and box of a mask.
+
+Conventions: a mask is (H, W) bool, row-major, True inside the object. ``bbox_xyxy`` is in pixel-edge
+coordinates of the image: [x0, y0, x1, y1] with x1 = last column + 1 and y1 = last row + 1, so an
+(H, W) all-true mask has box [0, 0, W, H], the same frame as box prompts.
+
+In-memory only: no file I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+MASK_FORMATS = ("rle", "png", "none")
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """COCO RLE of a mask, JSON-ready.
+
+    Args:
+        mask: (H, W) bool or {0, 1} integer array.
+
+    Returns:
+        ``{"size": [H, W], "counts": str}``: COCO's compressed RLE, the form ``pycocotools.mask``
+        decodes and COCO results files carry.
+
+    Raises:
+        ValueError: ``mask`` is not 2-D.
+    """
+    return encode_rle_batch(_check_2d(mask)[None])[0]
+
+
+def encode_rle_batch(masks: np.ndarray) -> list[dict]:
+    """COCO RLE of each of (N, H, W) bool masks; see :func:`encode_rle`."""
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """Decode a COCO RLE (compressed string or bytes counts, or uncompressed list counts).
+
+    Returns:
+        (H, W) bool mask.
+
+    Raises:
+        ValueError: ``rle`` lacks ``size``/``counts`` or does not decode.
+    """
+    try:
+        h, w = (int(v) for v in rle["size"])
+        counts = rle["counts"]
+        if isinstance(counts, list):
+            coded = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+        else:
+            coded = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        return mask_utils.decode(coded).astype(bool)
+    except (KeyError, TypeError, ValueError, UnicodeEncodeError) as e:
+        raise ValueError(f"not a valid COCO RLE: {e}") from None
+
+
+def rle_area(rle: dict) -> int:
+    """Number of foreground pixels of a COCO RLE (pycocotools ``area``)."""
+    return int(mask_utils.area(_coded(rle)))
+
+
+def rle_bbox_xyxy(rle: dict) -> list[int]:
+    """Tight box of a COCO RLE as [x0, y0, x1, y1], pixel-edge convention; [0, 0, 0, 0] if empty."""
+    x, y, w, h = (int(v) for v in mask_utils.toBbox(_coded(rle)))
+    return [x, y, x + w, y + h]
+
+
+def encode_png_base64(mask: np.ndarray) -> str:
+    """Single-channel 8-bit PNG of a mask, 0 outside and 255 inside, base64 (standard alphabet).
+
+    Raises:
+        ValueError: ``mask`` is not 2-D.
+    """
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(_check_2d(mask).astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_png_base64(data: str) -> np.ndarray:
+    """Inverse of :func:`encode_png_base64`: (H, W) bool, True where the PNG is > 127."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+        return np.asarray(im.convert("L")) > 127
+
+
+def _check_2d(mask: np.ndarray) -> np.ndarray:
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    return mask
+
+
+def _coded(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def encode_masks(masks: np.ndarray, mask_format: str) -> list[dict]:
+    """Encode (N, H, W) bool masks for a response: the mask itself, ``area_px`` and ``bbox_xyxy``.
+
+    Args:
+        masks: (N, H, W) bool.
+        mask_format: ``rle`` (COCO RLE under ``"rle"``), ``png`` (base64 PNG under ``"png"``) or
+            ``none`` (area and box only).
+
+    Returns:
+        One dict per mask.
+
+    Raises:
+        ValueError: unknown ``mask_format``.
+    """
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}; got {mask_format!r}")
+    out = []
+    for mask, rle in zip(masks, encode_rle_batch(masks)):
+        item: dict = {"area_px": rle_area(rle), "bbox_xyxy": rle_bbox_xyxy(rle)}
+        if mask_format == "rle":
+            item["rle"] = rle
+        elif mask_format == "png":
+            item["png"] = encode_png_base64(mask)
+        out.append(item)
+    return out
+
+
+def encode_logits_base64(logits: np.ndarray) -> dict:
+    """A float array as ``{"base64", "shape", "dtype": "float32"}`` (little-endian, C order)."""
+    arr = np.ascontiguousarray(logits, dtype="<f4")
+    return {"base64": base64.b64encode(arr.tobytes()).decode("ascii"), "shape": list(arr.shape), "dtype": "float32"}
+
+
+def decode_logits_base64(data: str, shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
+    """Inverse of :func:`encode_logits_base64`; ``dtype`` ``float32`` or ``float16`` (little-endian).
+
+    Returns:
+        float32 array of ``shape``.
+
+    Raises:
+        ValueError: bad base64, unknown dtype, wrong byte count, or non-finite values.
+    """
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be float32 or float16; got {dtype!r}")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise ValueError("not valid base64") from None
+    np_dtype = np.dtype("<f4" if dtype == "float32" else "<f2")
+    expected = int(np.prod(shape)) * np_dtype.itemsize
+    if len(raw) != expected:
+        raise ValueError(f"expected {expected} bytes for {dtype} of shape {list(shape)}, got {len(raw)}")
+    arr = np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError("values must be finite")
+    return arr

@@ -1,0 +1,372 @@
+"""SAM 2 image encoder and mask decoder, split so that each can run (and batch) on its own.
+
+The computation is exactly that of sam2's ``SAM2ImagePredictor`` (``sam2/sam2_image_predictor.py``):
+``set_image`` becomes :meth:`Sam2ImageEncoder.encode_batch`, ``predict`` becomes
+:meth:`Sam2MaskDecoder.predict_batch`, with the same preprocessing (``SAM2Transforms``), the same
+prompt handling (boxes as two corner points with labels 2 and 3, placed before the clicks) and the same
+mask post-processing (bilinear upsampling of the 256x256 logits to the original size, threshold 0).
+The only difference is batching: many images per encoder call, and many prompts of many images per
+decoder call.
+
+Coordinates everywhere are pixels of the original image, (x, y) with x to the right and y down;
+boxes are XYXY.
+
+Pure torch/numpy: no file or network I/O. Weights arrive as a state dict (see ``serve_app.weights``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.registry import get_sam2_checkpoint
+
+#: Side of the low-resolution mask logits the decoder returns and accepts as ``mask_input``.
+LOW_RES_MASK_SIZE = 256
+
+
+@dataclass(frozen=True)
+class DecoderSettings:
+    """Numeric settings of the mask decoder.
+
+    Attributes:
+        mask_threshold: logit threshold for binary masks (``SAM2ImagePredictor`` default 0.0).
+        stability_score_offset: offset of the stability score, the IoU of the masks thresholded at
+            ``mask_threshold +/- offset`` (SAM's ``SamAutomaticMaskGenerator`` default 1.0).
+    """
+
+    mask_threshold: float = 0.0
+    stability_score_offset: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.mask_threshold):
+            raise ValueError("mask_threshold must be finite")
+        if not (np.isfinite(self.stability_score_offset) and self.stability_score_offset > 0):
+            raise ValueError("stability_score_offset must be a finite number greater than 0")
+
+
+def build_sam2_model(
+    name: str,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    *,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """Build a SAM 2.1 model (``SAM2Base``) from the registry, with given or seeded random weights.
+
+    Args:
+        name: registry name, e.g. ``"sam2.1_hiera_tiny"``.
+        state_dict: the model's weights (the ``"model"`` entry of Meta's checkpoints). Loaded strictly.
+        seed: with ``state_dict=None``, the seed of the random initialisation (required then).
+        device: torch device to place the model on.
+
+    Returns:
+        The ``SAM2Base`` in eval mode, built with sam2's ``build_sam2`` (its default image-predictor
+        post-processing overrides included).
+
+    Raises:
+        ValueError: unknown ``name``, or neither ``state_dict`` nor ``seed`` given.
+        RuntimeError: ``state_dict`` has missing or unexpected keys or wrong shapes.
+    """
+    spec = get_sam2_checkpoint(name)
+    if state_dict is None and seed is None:
+        raise ValueError("build_sam2_model needs a state_dict, or a seed for random weights")
+    from sam2.build_sam import build_sam2  # heavy, and sets up Hydra: import on use only
+
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = build_sam2(spec.config, ckpt_path=None, device="cpu", mode="eval")
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    return model.to(device).eval()
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """SAM 2 features of one image, as ``SAM2ImagePredictor.set_image`` keeps them (batch dim dropped).
+
+    Attributes:
+        image_embed: (256, 64, 64) float32, the conditioned lowest-resolution embedding.
+        high_res_feats: ((32, 256, 256), (64, 128, 128)) float32, the projected FPN levels 0 and 1.
+        orig_hw: (height, width) of the original image in pixels.
+    """
+
+    image_embed: np.ndarray
+    high_res_feats: tuple[np.ndarray, np.ndarray]
+    orig_hw: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        """Total size of the arrays in bytes (about 16.8 MB for every SAM 2.1 size at 1024 px)."""
+        return self.image_embed.nbytes + sum(f.nbytes for f in self.high_res_feats)
+
+
+def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    # Arrays from Ray's object store are read-only views; we never write to them, so skip the copy.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array).to(device)
+
+
+def feature_nbytes(image_size: int = 1024) -> int:
+    """Bytes of one image's :class:`ImageFeatures` for a model of input side ``image_size`` (float32:
+    256 x (s/16)^2 + 32 x (s/4)^2 + 64 x (s/8)^2 values; 16.8 MB at 1024)."""
+    return 4 * (256 * (image_size // 16) ** 2 + 32 * (image_size // 4) ** 2 + 64 * (image_size // 8) ** 2)
+
+
+class Sam2ImageEncoder:
+    """Batched SAM 2 image encoder (Hiera trunk + FPN neck + the decoder's high-res projections).
+
+    Args:
+        model: a ``SAM2Base`` from :func:`build_sam2_model`.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from sam2.utils.transforms import SAM2Transforms
+
+        self.model = model
+        self.transforms = SAM2Transforms(resolution=model.image_size, mask_threshold=0.0)
+        s = model.image_size
+        # Spatial sizes of the three feature levels, as in SAM2ImagePredictor._bb_feat_sizes.
+        self._feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.inference_mode()
+    def encode_batch(self, images: Sequence[np.ndarray]) -> list[ImageFeatures]:
+        """Encode several images in one forward pass.
+
+        Args:
+            images: each (H, W, 3) uint8 RGB in [0, 255]; sizes may differ (each is resized to
+                ``model.image_size`` squared, as ``SAM2ImagePredictor.set_image_batch`` does).
+
+        Returns:
+            One :class:`ImageFeatures` per image, in order.
+
+        Raises:
+            ValueError: an image is not (H, W, 3) uint8 with H, W > 0.
+        """
+        if not images:
+            return []
+        for i, image in enumerate(images):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+                raise ValueError(f"images[{i}] must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        batch = self.transforms.forward_batch(list(images)).to(self.device)
+        backbone_out = self.model.forward_image(batch)
+        _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone_out)
+        if self.model.directly_add_no_mem_embed:
+            vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
+        n = batch.shape[0]
+        feats = [
+            feat.permute(1, 2, 0).reshape(n, -1, *size).float().cpu().numpy()
+            for feat, size in zip(vision_feats, self._feat_sizes)
+        ]
+        out = [
+            ImageFeatures(
+                image_embed=feats[2][i],
+                high_res_feats=(feats[0][i], feats[1][i]),
+                orig_hw=(int(images[i].shape[0]), int(images[i].shape[1])),
+            )
+            for i in range(n)
+        ]
+        assert len(out) == len(images)
+        return out
+
+    def encode(self, image: np.ndarray) -> ImageFeatures:
+        """Encode one (H, W, 3) uint8 RGB image; see :meth:`encode_batch`."""
+        return self.encode_batch([image])[0]
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """One object's prompt, already validated.
+
+    Attributes:
+        point_coords: (N, 2) float32 (x, y) pixels of the original image, or None.
+        point_labels: (N,) int32, 1 foreground, 0 background; given iff ``point_coords`` is.
+        box_xyxy: (4,) float32 pixels of the original image, or None.
+        mask_input: (256, 256) float32 low-res logits from an earlier prediction, or None.
+    """
+
+    point_coords: np.ndarray | None = None
+    point_labels: np.ndarray | None = None
+    box_xyxy: np.ndarray | None = None
+    mask_input: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if (self.point_coords is None) != (self.point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if self.point_coords is not None and (
+            self.point_coords.ndim != 2
+            or self.point_coords.shape[1] != 2
+            or self.point_labels.shape != (self.point_coords.shape[0],)
+        ):
+            raise ValueError("point_coords must be (N, 2) and point_labels (N,)")
+        if self.box_xyxy is not None and self.box_xyxy.shape != (4,):
+            raise ValueError("box_xyxy must have shape (4,)")
+        if self.mask_input is not None and self.mask_input.shape != (LOW_RES_MASK_SIZE,) * 2:
+            raise ValueError(f"mask_input must be ({LOW_RES_MASK_SIZE}, {LOW_RES_MASK_SIZE})")
+        if self.point_coords is None and self.box_xyxy is None and self.mask_input is None:
+            raise ValueError("a prompt needs points, a box or a mask_input")
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of sparse prompt points the prompt encoder sees (a box counts as two)."""
+        n = 0 if self.point_coords is None else self.point_coords.shape[0]
+        return n + (2 if self.box_xyxy is not None else 0)
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """Prompts on one image: one decoder job.
+
+    Attributes:
+        features: the image's :class:`ImageFeatures`.
+        prompts: one :class:`PromptSpec` per object.
+        multimask_output: per prompt (or one bool for all), True for three candidate masks, False for
+            one (then sam2's dynamic fallback to the most stable multimask candidate applies).
+    """
+
+    features: ImageFeatures
+    prompts: Sequence[PromptSpec]
+    multimask_output: bool | Sequence[bool]
+
+    def __post_init__(self) -> None:
+        flags = self.multimask_output
+        flags = (bool(flags),) * len(self.prompts) if isinstance(flags, bool) else tuple(bool(f) for f in flags)
+        if len(flags) != len(self.prompts):
+            raise ValueError("multimask_output needs one flag per prompt")
+        object.__setattr__(self, "multimask_output", flags)
+
+
+@dataclass(frozen=True)
+class MaskPrediction:
+    """The decoder's answer for one prompt, masks sorted as the model emits them.
+
+    Attributes:
+        masks: (C, H, W) bool at the original resolution; C is 3 with multimask output, else 1.
+        predicted_iou: (C,) float32, the model's IoU estimate of each mask.
+        stability_score: (C,) float32 in [0, 1], IoU of the mask thresholded at +/- the offset.
+        low_res_logits: (C, 256, 256) float32 logits clamped to [-32, 32], usable as ``mask_input``.
+    """
+
+    masks: np.ndarray
+    predicted_iou: np.ndarray
+    stability_score: np.ndarray
+    low_res_logits: np.ndarray
+
+
+class Sam2MaskDecoder:
+    """Batched SAM 2 prompt encoder + mask decoder over precomputed :class:`ImageFeatures`.
+
+    Only the prompt encoder and mask decoder of ``model`` are used; the image encoder may be dropped
+    by the caller to save memory (see :meth:`from_model`).
+
+    Args:
+        model: a ``SAM2Base`` from :func:`build_sam2_model`.
+        settings: threshold and stability settings.
+    """
+
+    def __init__(self, model: torch.nn.Module, settings: DecoderSettings | None = None) -> None:
+        from sam2.utils.transforms import SAM2Transforms
+
+        self.settings = settings or DecoderSettings()
+        self.prompt_encoder = model.sam_prompt_encoder
+        self.mask_decoder = model.sam_mask_decoder
+        self.transforms = SAM2Transforms(
+            resolution=model.image_size, mask_threshold=self.settings.mask_threshold
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.mask_decoder.parameters()).device
+
+    @torch.inference_mode()
+    def predict_batch(self, requests: Sequence[DecodeRequest]) -> list[list[MaskPrediction]]:
+        """Predict masks for every prompt of every request.
+
+        Prompts are grouped by shape (number of prompt points, presence of ``mask_input``, multimask
+        flag) so each group is one decoder forward pass over many images; per prompt the result equals
+        ``SAM2ImagePredictor.predict`` (up to float rounding of batched kernels).
+
+        Args:
+            requests: decoder jobs, each one image with its prompts.
+
+        Returns:
+            For each request, one :class:`MaskPrediction` per prompt, in order.
+        """
+        from sam2.utils.amg import calculate_stability_score
+
+        items = [(r, p) for r, req in enumerate(requests) for p in range(len(req.prompts))]
+        results: list[list[MaskPrediction | None]] = [[None] * len(req.prompts) for req in requests]
+        groups: dict[tuple[int, bool, bool], list[tuple[int, int]]] = {}
+        for r, p in items:
+            prompt = requests[r].prompts[p]
+            key = (prompt.num_tokens, prompt.mask_input is not None, requests[r].multimask_output[p])
+            groups.setdefault(key, []).append((r, p))
+
+        dev = self.device
+        for (num_tokens, has_mask, multimask), members in groups.items():
+            req_ids = sorted({r for r, _ in members})
+            slot = {r: i for i, r in enumerate(req_ids)}
+            index = torch.tensor([slot[r] for r, _ in members], device=dev)
+            embed = torch.stack([_as_tensor(requests[r].features.image_embed, dev) for r in req_ids])
+            high_res = [
+                torch.stack([_as_tensor(requests[r].features.high_res_feats[lvl], dev) for r in req_ids])
+                for lvl in (0, 1)
+            ]
+            points = None
+            if num_tokens:
+                coords, labels = zip(*(self._prompt_points(requests[r], requests[r].prompts[p]) for r, p in members))
+                points = (torch.stack(coords).to(dev), torch.stack(labels).to(dev))
+            mask_input = None
+            if has_mask:
+                mask_input = torch.stack(
+                    [torch.as_tensor(requests[r].prompts[p].mask_input, dtype=torch.float32) for r, p in members]
+                )[:, None].to(dev)
+            sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
+            low_res, iou, _, _ = self.mask_decoder(
+                image_embeddings=embed.index_select(0, index),
+                image_pe=self.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+                repeat_image=False,
+                high_res_features=[h.index_select(0, index) for h in high_res],
+            )
+            for k, (r, p) in enumerate(members):
+                logits = self.transforms.postprocess_masks(low_res[k : k + 1], requests[r].features.orig_hw)[0]
+                stability = calculate_stability_score(
+                    logits, self.settings.mask_threshold, self.settings.stability_score_offset
+                )
+                results[r][p] = MaskPrediction(
+                    masks=(logits > self.settings.mask_threshold).cpu().numpy(),
+                    predicted_iou=iou[k].float().cpu().numpy(),
+                    stability_score=stability.float().cpu().numpy(),
+                    low_res_logits=torch.clamp(low_res[k], -32.0, 32.0).float().cpu().numpy(),
+                )
+        return results  # type: ignore[return-value]
+
+    def predict(self, features: ImageFeatures, prompt: PromptSpec, multimask_output: bool) -> MaskPrediction:
+        """Masks for one prompt on one image; see :meth:`predict_batch`."""
+        return self.predict_batch([DecodeRequest(features, [prompt], multimask_output)])[0][0]
+
+    def _prompt_points(self, request: DecodeRequest, prompt: PromptSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box corners (labels 2, 3) then clicks, scaled to the model's input frame, as sam2 does."""
+        coords, labels = [], []
+        if prompt.box_xyxy is not None:
+            coords.append(torch.as_tensor(prompt.box_xyxy, dtype=torch.float).reshape(2, 2))
+            labels.append(torch.tensor([2, 3], dtype=torch.int))
+        if prompt.point_coords is not None:
+            coords.append(torch.as_tensor(prompt.point_coords, dtype=torch.float))
+            labels.append(torch.as_tensor(prompt.point_labels, dtype=torch.int))
+        xy = self.transforms.transform_coords(torch.cat(coords), normalize=True, orig_hw=request.features.orig_hw)
+        return xy, torch.cat(labels)

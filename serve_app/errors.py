@@ -1,0 +1,51 @@
+"""API errors: one JSON shape, ``{"error": {"code", "message", "field"}}``, for every 4xx and 5xx."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class ApiError(Exception):
+    """A client-facing error.
+
+    Args:
+        status: HTTP status (4xx for bad input, 5xx for our failures).
+        code: stable machine-readable code, e.g. ``invalid_image``.
+        message: what is wrong and the rule broken.
+        field: the request field at fault (``prompts[0].box_xyxy``), or None.
+    """
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def body(self, request_id: str | None = None) -> dict:
+        err = {"code": self.code, "message": self.message, "field": self.field}
+        if request_id:
+            err["request_id"] = request_id
+        return {"error": err}
+
+
+def field_path(loc: tuple) -> str | None:
+    """pydantic ``loc`` -> ``prompts[0].box_xyxy``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
+
+
+def from_validation_error(exc: ValidationError, prefix: tuple = ()) -> ApiError:
+    """First error of a pydantic ``ValidationError`` as a 422 :class:`ApiError` naming the field."""
+    first = exc.errors(include_url=False)[0]
+    loc = prefix + tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    field = field_path(loc)
+    return ApiError(422, "invalid_request", f"{field}: {msg}" if field else msg, field)

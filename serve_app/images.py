@@ -1,0 +1,68 @@
+"""Decoding uploaded image bytes safely: format sniffing, pixel limit before decoding, truncation."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serve_app.errors import ApiError
+
+
+def image_id_of(data: bytes) -> str:
+    """``image_id``: lowercase hex SHA-256 of the uploaded bytes (not of the decoded pixels)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def b64_to_bytes(data: str, field: str = "image.base64") -> bytes:
+    """Strict base64 (a ``data:...;base64,`` prefix is allowed).
+
+    Raises:
+        ApiError: 400 ``invalid_base64``.
+    """
+    if data.startswith("data:") and "," in data:
+        data = data.split(",", 1)[1]
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_base64", "not valid base64", field) from None
+
+
+def decode_image(data: bytes, max_pixels: int, field: str = "image") -> np.ndarray:
+    """Decode image bytes into (H, W, 3) uint8 RGB, EXIF orientation applied.
+
+    The size is read from the header and checked against ``max_pixels`` before any pixel is decoded, so
+    decompression bombs cost nothing.
+
+    Raises:
+        ApiError: 400 ``invalid_image`` (empty, not an image, truncated or corrupt), 400 ``empty_image``
+            (0 pixels), 413 ``image_too_large`` (over ``max_pixels``).
+    """
+    if not data:
+        raise ApiError(400, "invalid_image", "image is empty (0 bytes)", field)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ApiError(413, "image_too_large", f"image is over the limit of {max_pixels} pixels", field) from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise ApiError(400, "invalid_image", "bytes are not an image in a supported format (JPEG, PNG, WebP, ...)", field) from None
+    with im:
+        w, h = im.size
+        if w * h == 0:
+            raise ApiError(400, "empty_image", f"image has 0 pixels ({w}x{h})", field)
+        if w * h > max_pixels:
+            raise ApiError(413, "image_too_large", f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}", field)
+        try:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            rgb = np.asarray(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise ApiError(400, "invalid_image", f"image is truncated or corrupt: {e}", field) from None
+    return rgb

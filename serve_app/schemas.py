@@ -1,0 +1,175 @@
+"""HTTP request and response bodies of /v1/segment (pydantic v2).
+
+Coordinates are pixels of the uploaded image after EXIF orientation, (x, y) with x right and y down.
+Rules that need the image size (coordinates inside the image) are checked by
+:func:`check_prompts_in_image` once the size is known.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.masks import decode_logits_base64
+from models.sam2_image import LOW_RES_MASK_SIZE, PromptSpec
+from serve_app.errors import ApiError
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+_LABELS = {1: 1, 0: 0, "fg": 1, "bg": 0}
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
+
+class ImageIn(BaseModel):
+    """An image inline: ``{"base64": "<JPEG/PNG/WebP/... bytes, base64>"}``."""
+
+    model_config = _STRICT
+    base64: str = Field(min_length=1)
+
+
+class LogitsIn(BaseModel):
+    """Low-res mask logits as returned in ``low_res_logits``: little-endian array bytes in base64."""
+
+    model_config = _STRICT
+    base64: str
+    shape: tuple[int, int] = (LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)
+    dtype: Literal["float32", "float16"] = "float32"
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if tuple(v) != (LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE):
+            raise ValueError(f"shape must be [{LOW_RES_MASK_SIZE}, {LOW_RES_MASK_SIZE}]")
+        return v
+
+    def to_array(self) -> np.ndarray:
+        """(256, 256) float32 logits. Raises ValueError on bad bytes."""
+        return decode_logits_base64(self.base64, self.shape, self.dtype)
+
+
+class PromptIn(BaseModel):
+    """One object to segment: a box, points, both, and/or the low-res logits of an earlier answer.
+
+    ``box_xyxy``: [x0, y0, x1, y1] pixels with x1 > x0 and y1 > y0. ``points``: [[x, y, label], ...],
+    label 1 or "fg" for foreground, 0 or "bg" for background.
+    """
+
+    model_config = _STRICT
+    box_xyxy: list[float] | None = Field(default=None, min_length=4, max_length=4)
+    points: list[list[Any]] | None = Field(default=None, max_length=64)
+    mask_input: LogitsIn | None = None
+
+    @field_validator("box_xyxy")
+    @classmethod
+    def _box(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None:
+            x0, y0, x1, y1 = v
+            if not x1 > x0:
+                raise ValueError("x1 must be greater than x0 (box is [x0, y0, x1, y1])")
+            if not y1 > y0:
+                raise ValueError("y1 must be greater than y0 (box is [x0, y0, x1, y1])")
+        return v
+
+    @field_validator("points")
+    @classmethod
+    def _points(cls, v: list[list[Any]] | None) -> list[list[Any]] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("points must not be empty; leave it out instead")
+        out = []
+        for i, p in enumerate(v):
+            if len(p) != 3:
+                raise ValueError(f"point {i} must be [x, y, label]")
+            x, y, label = p
+            for name, c in (("x", x), ("y", y)):
+                if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
+                    raise ValueError(f"point {i}: {name} must be a finite number")
+            if isinstance(label, bool) or isinstance(label, float) or label not in _LABELS:
+                raise ValueError(f"point {i}: label must be 1, 0, 'fg' or 'bg'")
+            out.append([float(x), float(y), _LABELS[label]])
+        return out
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> PromptIn:
+        if self.box_xyxy is None and self.points is None and self.mask_input is None:
+            raise ValueError("a prompt needs box_xyxy, points or mask_input")
+        return self
+
+    @property
+    def default_multimask(self) -> bool:
+        """SAM's advice: three candidates for an ambiguous single click, one mask otherwise."""
+        return self.box_xyxy is None and self.mask_input is None and self.points is not None and len(self.points) == 1
+
+
+class SegmentRequest(BaseModel):
+    """Body of ``POST /v1/segment`` (or the ``request`` part of a multipart upload)."""
+
+    model_config = _STRICT
+    image: ImageIn | None = None
+    image_id: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
+    prompts: list[PromptIn] = Field(default_factory=list, max_length=64)
+    multimask_output: bool | None = None
+    max_masks: int = Field(default=3, ge=1, le=3)
+    mask_format: Literal["rle", "png", "none"] = "rle"
+    return_logits: bool = False
+
+    @model_validator(mode="after")
+    def _one_image(self) -> SegmentRequest:
+        if self.image is not None and self.image_id is not None:
+            raise ValueError("give either image or image_id, not both")
+        return self
+
+
+
+def check_prompts_in_image(prompts: list[PromptIn], width: int, height: int) -> None:
+    """Every coordinate must lie in [0, width] x [0, height].
+
+    Raises:
+        ApiError: 422 naming the first prompt field outside the image.
+    """
+    for i, p in enumerate(prompts):
+        if p.box_xyxy is not None:
+            x0, y0, x1, y1 = p.box_xyxy
+            if min(x0, y0) < 0 or max(x0, x1) > width or max(y0, y1) > height:
+                raise ApiError(
+                    422, "out_of_image", f"box {p.box_xyxy} is outside the {width}x{height} image",
+                    f"prompts[{i}].box_xyxy",
+                )
+        for j, (x, y, _) in enumerate(p.points or []):
+            if not (0 <= x <= width and 0 <= y <= height):
+                raise ApiError(
+                    422, "out_of_image", f"point ({x}, {y}) is outside the {width}x{height} image",
+                    f"prompts[{i}].points[{j}]",
+                )
+
+
+def to_prompt_specs(prompts: list[PromptIn], width: int, height: int) -> tuple[list[PromptSpec], list[bool]]:
+    """Validated prompts -> decoder prompts and default multimask flags; no prompts -> a centre click.
+
+    Raises:
+        ApiError: 422 for a ``mask_input`` that does not decode.
+    """
+    if not prompts:
+        centre = np.array([[width / 2, height / 2]], dtype=np.float32)
+        return [PromptSpec(point_coords=centre, point_labels=np.ones(1, np.int32))], [True]
+    specs = []
+    for i, p in enumerate(prompts):
+        mask_input = None
+        if p.mask_input is not None:
+            try:
+                mask_input = p.mask_input.to_array()
+            except ValueError as e:
+                raise ApiError(422, "invalid_request", f"mask_input: {e}", f"prompts[{i}].mask_input") from None
+        pts = np.asarray(p.points, dtype=np.float64) if p.points else None
+        specs.append(
+            PromptSpec(
+                point_coords=None if pts is None else pts[:, :2].astype(np.float32),
+                point_labels=None if pts is None else pts[:, 2].astype(np.int32),
+                box_xyxy=None if p.box_xyxy is None else np.asarray(p.box_xyxy, np.float32),
+                mask_input=mask_input,
+            )
+        )
+    return specs, [p.default_multimask for p in prompts]
