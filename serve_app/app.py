@@ -30,7 +30,7 @@ from serve_app.config import AppArgs
 from serve_app.errors import ApiError, from_validation_error
 from serve_app.images import b64_to_bytes, decode_image, image_id_of
 from serve_app.schemas import SegmentRequest, check_prompts_in_image, to_prompt_specs
-from serve_app.weights import WeightsSource
+from serve_app.weights import WeightsSource, preflight
 
 log = logging.getLogger("ray.serve")
 RANDOM_WEIGHTS_WARNING = "random weights: masks are meaningless (SAMGRAPH_WEIGHTS=random)"
@@ -262,12 +262,15 @@ def build_app(args: dict | None = None) -> serve.Application:
 
     Raises:
         ValueError: invalid arguments (unknown model, bad limits, unknown keys).
+        WeightsError: the weights cannot be had (no network and no checkpoint); the message names the
+            alternatives, and ``serve run`` stops with it.
     """
     try:
         cfg = AppArgs.model_validate(args or {})
     except ValidationError as e:
         raise ValueError(f"invalid samgraph app args: {e}") from None
     source = WeightsSource.resolve(cfg.weights, cfg.checkpoint, cfg.seed)
+    preflight(cfg.model_id, source)
     weights = {"kind": source.kind, "checkpoint": source.checkpoint, "seed": source.seed}
     encoder = ImageEncoder.bind(cfg.model_id, weights, cfg.encoder.device, cfg.encoder.torch_threads)
     decoder = MaskDecoder.bind(cfg.model_id, weights, cfg.decoder.device, cfg.decoder.torch_threads)

@@ -188,6 +188,23 @@ def pull_checkpoint(spec: Sam2Checkpoint, directory: Path | None = None, progres
         ) from e
 
 
+def preflight(model_id: str, source: WeightsSource) -> None:
+    """Fail fast, before any replica starts, when the chosen weights cannot be had.
+
+    ``registry``: the checkpoint is downloaded (and verified) now if it is not cached, so replicas on
+    this node find it and do not race to download it. ``file``: the file must exist. ``random``: nothing.
+
+    Raises:
+        ValueError: unknown ``model_id``.
+        WeightsError, ChecksumMismatch: as :func:`pull_checkpoint`; a missing checkpoint file.
+    """
+    spec = get_sam2_checkpoint(model_id)
+    if source.kind == "registry":
+        pull_checkpoint(spec)
+    elif source.kind == "file" and not Path(source.checkpoint).is_file():
+        raise WeightsError(f"checkpoint file {source.checkpoint} (SAMGRAPH_SAM2_CHECKPOINT) does not exist")
+
+
 def load_state_dict(path: str | os.PathLike, expected_sha256: str | None = None) -> tuple[dict, str]:
     """Load the ``"model"`` state dict of a SAM 2 checkpoint file with ``weights_only=True``.
 

@@ -1,0 +1,222 @@
+"""``samgraph`` command line: run the service, manage weights, and call the HTTP API.
+
+    samgraph serve [--config configs/serve.yaml]
+    samgraph models list | pull [NAME]
+    samgraph ping --api URL
+    samgraph segment --api URL --image photo.jpg [--box x0,y0,x1,y1]... [--point x,y[,fg|bg]]...
+                     [--out result.json] [--overlay overlay.png] [--cutout cutout.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_API = "http://127.0.0.1:8000"
+
+
+def _parse_box(text: str) -> list[float]:
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"box must be x0,y0,x1,y1; got {text!r}")
+    return box
+
+
+def _parse_point(text: str) -> list:
+    parts = text.split(",")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        label = parts[2].strip().lower() if len(parts) == 3 else "fg"
+        if label not in ("fg", "bg", "1", "0"):
+            raise ValueError
+        return [float(parts[0]), float(parts[1]), 1 if label in ("fg", "1") else 0]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"point must be x,y or x,y,fg|bg; got {text!r}") from None
+
+
+def build_prompts(boxes: list[list[float]], points: list[list]) -> list[dict]:
+    """CLI flags -> ``prompts``: the first box and all points are one object, further boxes more objects."""
+    prompts: list[dict] = []
+    if boxes or points:
+        first: dict = {}
+        if boxes:
+            first["box_xyxy"] = boxes[0]
+        if points:
+            first["points"] = points
+        prompts.append(first)
+        prompts.extend({"box_xyxy": b} for b in boxes[1:])
+    return prompts
+
+
+def _client(api: str, timeout_s: float):
+    import httpx
+
+    return httpx.Client(base_url=api.rstrip("/"), timeout=timeout_s)
+
+
+def _fail(response) -> int:
+    try:
+        err = response.json()["error"]
+        where = f" (field {err['field']})" if err.get("field") else ""
+        print(f"error {response.status_code} {err['code']}: {err['message']}{where}", file=sys.stderr)
+    except Exception:
+        print(f"error {response.status_code}: {response.text[:500]}", file=sys.stderr)
+    return 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Check the weights first (exit 1 with the reason, before Ray starts), then ``serve run CONFIG``."""
+    import yaml
+
+    from serve_app.config import AppArgs
+    from serve_app.weights import WeightsError, WeightsSource, preflight
+
+    config = Path(args.config)
+    if not config.is_file():
+        print(f"config {config} not found (run from the samgraph checkout, or pass --config)", file=sys.stderr)
+        return 2
+    for app in yaml.safe_load(config.read_text()).get("applications", []):
+        if app.get("import_path") == "serve_app.app:build_app":
+            try:
+                cfg = AppArgs.model_validate(app.get("args") or {})
+                preflight(cfg.model_id, WeightsSource.resolve(cfg.weights, cfg.checkpoint, cfg.seed))
+            except (ValueError, WeightsError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.execvp("serve", ["serve", "run", str(config)])
+    return 0  # not reached
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from models.registry import DEFAULT_SAM2_MODEL, get_sam2_checkpoint, list_sam2_models
+    from serve_app.weights import WeightsError, cache_dir, pull_checkpoint
+
+    if args.action == "list":
+        print(f"cache dir: {cache_dir()}")
+        print(f"{'name':<24} {'params':>8} {'size':>9}  {'cached':<6}  sha256")
+        for name in list_sam2_models():
+            spec = get_sam2_checkpoint(name)
+            cached = "yes" if (cache_dir() / spec.filename).exists() else "no"
+            size = f"{spec.size_bytes / 1e6:.0f} MB" if spec.size_bytes else "?"
+            print(f"{name:<24} {spec.params_m:>7.1f}M {size:>9}  {cached:<6}  {spec.sha256 or '?'}")
+        return 0
+    try:
+        spec = get_sam2_checkpoint(args.name or DEFAULT_SAM2_MODEL)
+        path = pull_checkpoint(spec, progress=True)
+    except (ValueError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{spec.name}: {path} (sha256 verified)")
+    return 0
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    import httpx
+
+    try:
+        with _client(args.api, args.timeout) as c:
+            r = c.get("/readyz")
+    except httpx.HTTPError as e:
+        print(f"error: cannot reach {args.api}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(r.json(), indent=2))
+    return 0 if r.status_code == 200 else 1
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import httpx
+
+    image_path = Path(args.image)
+    try:
+        image_bytes = image_path.read_bytes()
+    except OSError as e:
+        print(f"error: cannot read {image_path}: {e}", file=sys.stderr)
+        return 2
+    request = {"prompts": build_prompts(args.box or [], args.point or []), "mask_format": "rle"}
+    if args.multimask is not None:
+        request["multimask_output"] = args.multimask
+    try:
+        with _client(args.api, args.timeout) as c:
+            r = c.post(
+                "/v1/segment",
+                files={"image": (image_path.name, image_bytes)},
+                data={"request": json.dumps(request)},
+            )
+    except httpx.HTTPError as e:
+        print(f"error: cannot reach {args.api}: {e}", file=sys.stderr)
+        return 1
+    if r.status_code != 200:
+        return _fail(r)
+    result = r.json()
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    for w in result.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    summary = {
+        "image_id": result["image_id"],
+        "encode_cached": result["encode_cached"],
+        "timing_ms": {k: round(v, 1) for k, v in result["timing_ms"].items()},
+        "objects": [
+            [{k: m[k] for k in ("predicted_iou", "stability_score", "area_px", "bbox_xyxy")} for m in res["masks"]]
+            for res in result["results"]
+        ],
+    }
+    print(text if args.json else json.dumps(summary, indent=2))
+    if args.overlay or args.cutout:
+        from serve_app.render import save_cutout, save_overlay
+
+        if args.overlay:
+            save_overlay(image_bytes, result, args.overlay)
+        if args.cutout:
+            save_cutout(image_bytes, result, args.cutout)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="samgraph", description="SAM 2 segmentation served as a Ray Serve graph")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the service: `serve run CONFIG`")
+    s.add_argument("--config", default="configs/serve.yaml")
+    s.set_defaults(func=cmd_serve)
+
+    m = sub.add_parser("models", help="list or download SAM 2.1 checkpoints")
+    msub = m.add_subparsers(dest="action", required=True)
+    msub.add_parser("list", help="registered checkpoints and whether they are cached")
+    pull = msub.add_parser("pull", help="download and verify a checkpoint into the cache dir")
+    pull.add_argument("name", nargs="?", help="registry name (default sam2.1_hiera_tiny)")
+    m.set_defaults(func=cmd_models)
+
+    for name, func, helptext in (("ping", cmd_ping, "readiness of a running service"), ("segment", cmd_segment, "segment an image")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("--api", default=os.environ.get("SAMGRAPH_API", DEFAULT_API), help="service URL")
+        c.add_argument("--timeout", type=float, default=300.0, help="HTTP timeout, seconds")
+        c.set_defaults(func=func)
+        if name == "segment":
+            c.add_argument("--image", required=True, help="image file (JPEG, PNG, ...)")
+            c.add_argument("--box", type=_parse_box, action="append", help="x0,y0,x1,y1 in pixels; repeat for more objects")
+            c.add_argument("--point", type=_parse_point, action="append", help="x,y[,fg|bg] in pixels (default fg)")
+            c.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None)
+            c.add_argument("--out", help="write the full JSON response here")
+            c.add_argument("--json", action="store_true", help="print the full JSON response, not a summary")
+            c.add_argument("--overlay", help="write the photo with the best mask of each object drawn over it (PNG)")
+            c.add_argument("--cutout", help="write the objects with an alpha channel (PNG)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Shared fixtures: real photos from ../shared/data, and a seeded random-weight SAM 2.1 tiny checkpoint file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file for local test clusters
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+TRUCK_BOX = [75, 275, 1725, 850]  # SAM 2's own image-predictor example
+MODEL_ID = "sam2.1_hiera_tiny"
+SEED = 1234
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
+        if parts[0] in ("unit", "integration", "e2e"):
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test where that folder is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (../shared/data is beside the checkout on project machines)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def truck_path() -> Path:
+    return shared_file("images", "truck.jpg")
+
+
+@pytest.fixture(scope="session")
+def truck_rgb(truck_path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(truck_path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A Meta-format checkpoint file ``{"model": state_dict}`` of SAM 2.1 tiny with seeded random weights."""
+    import torch
+
+    from models.sam2_image import build_sam2_model
+
+    model = build_sam2_model(MODEL_ID, seed=SEED)
+    path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny_random.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_predictor(tiny_checkpoint):
+    """Meta's ``SAM2ImagePredictor`` built by sam2's own ``build_sam2`` from the same checkpoint file."""
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from models.registry import get_sam2_checkpoint
+
+    model = build_sam2(get_sam2_checkpoint(MODEL_ID).config, ckpt_path=str(tiny_checkpoint), device="cpu")
+    return SAM2ImagePredictor(model)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0

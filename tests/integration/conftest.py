@@ -1,0 +1,53 @@
+"""The samgraph Serve app, started by the tests on a local Ray cluster and reached over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL_ID
+
+# Small limits so the 413 paths are cheap to hit; truck.jpg (1800x1200 = 2.16 MP, 0.3 MB) fits.
+MAX_BODY_BYTES = 4 * 2**20
+MAX_IMAGE_PIXELS = 4_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="package")
+def app_url(tiny_checkpoint):
+    """Start Ray (2 CPUs) and the app with the test checkpoint file; shut both down afterwards."""
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = {
+            "model_id": MODEL_ID,
+            "weights": "file",
+            "checkpoint": str(tiny_checkpoint),
+            "encoder": {"device": "cpu", "torch_threads": 2},
+            "decoder": {"device": "cpu", "torch_threads": 2},
+            "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS},
+        }
+        serve.run(build_app(args), name="samgraph", route_prefix="/")  # what configs/serve.yaml imports
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="package")
+def client(app_url):
+    with httpx.Client(base_url=app_url, timeout=300) as c:
+        yield c

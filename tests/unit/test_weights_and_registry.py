@@ -1,0 +1,353 @@
+"""models.registry and serve_app.weights: checkpoint registry, SHA-256 verified loading, weight sources."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.registry import (
+    DEFAULT_SAM2_MODEL,
+    SAM2_CHECKPOINTS,
+    Sam2Checkpoint,
+    get_sam2_checkpoint,
+    list_sam2_models,
+)
+from models.sam2_image import build_sam2_model
+from serve_app.weights import (
+    ChecksumMismatch,
+    WeightsError,
+    WeightsSource,
+    download,
+    load_sam2,
+    load_state_dict,
+    preflight,
+    pull_checkpoint,
+    sha256_file,
+    verify_sha256,
+)
+from tests.conftest import MODEL_ID, SEED
+
+NAMES = ["sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"]
+ENV = ("SAMGRAPH_WEIGHTS", "SAMGRAPH_SAM2_CHECKPOINT", "SAMGRAPH_SEED")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# --- registry --------------------------------------------------------------------------------
+
+
+def test_list_models_in_order():
+    assert list_sam2_models() == NAMES
+    assert DEFAULT_SAM2_MODEL == "sam2.1_hiera_tiny"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_registry_entry(name):
+    spec = get_sam2_checkpoint(name)
+    assert spec.name == name
+    assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256)
+    assert spec.url.startswith("https://")
+    assert spec.filename == f"{name}.pt"
+    assert spec.url.endswith("/" + spec.filename)
+    assert spec.config.startswith("configs/sam2.1/") and spec.config.endswith(".yaml")
+    assert spec.size_bytes > 0 and spec.params_m > 0
+
+
+def test_registry_entries_distinct():
+    specs = [get_sam2_checkpoint(n) for n in NAMES]
+    assert len({s.sha256 for s in specs}) == 4
+    assert len({s.url for s in specs}) == 4
+    assert len({s.config for s in specs}) == 4
+    assert [s.params_m for s in specs] == sorted(s.params_m for s in specs)
+
+
+def test_registry_configs_exist_in_sam2_package():
+    import sam2
+
+    root = Path(sam2.__file__).parent
+    for name in NAMES:
+        assert (root / get_sam2_checkpoint(name).config).is_file(), name
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError) as info:
+        get_sam2_checkpoint("nope")
+    msg = str(info.value)
+    assert "'nope'" in msg
+    for name in NAMES:
+        assert name in msg
+
+
+# --- loading checkpoint files ----------------------------------------------------------------
+
+
+def test_load_state_dict_returns_state_and_sha(tiny_checkpoint):
+    state, digest = load_state_dict(tiny_checkpoint)
+    assert digest == _sha(tiny_checkpoint)
+    assert sha256_file(tiny_checkpoint) == digest
+    expected = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["model"]
+    _assert_same_state(state, expected)
+    assert len(state) > 100
+    # with the right expected digest (any case) it verifies
+    state2, digest2 = load_state_dict(tiny_checkpoint, expected_sha256=digest.upper())
+    assert digest2 == digest
+
+
+def test_load_sam2_from_file(tiny_checkpoint):
+    loaded = load_sam2(MODEL_ID, WeightsSource(kind="file", checkpoint=str(tiny_checkpoint)), progress=False)
+    assert loaded.model_id == MODEL_ID
+    assert loaded.weights == f"sha256:{_sha(tiny_checkpoint)}"
+    expected = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["model"]
+    _assert_same_state(loaded.model.state_dict(), expected)
+    assert not loaded.model.training
+
+
+def test_load_sam2_random(clean_env):
+    loaded = load_sam2(MODEL_ID, WeightsSource(kind="random", seed=SEED), progress=False)
+    assert loaded.weights == "random"
+    _assert_same_state(loaded.model.state_dict(), build_sam2_model(MODEL_ID, seed=SEED).state_dict())
+
+
+def _spec_for(path, sha256: str | None) -> Sam2Checkpoint:
+    return Sam2Checkpoint(
+        name="test-ckpt",
+        config=get_sam2_checkpoint(MODEL_ID).config,
+        url=path.resolve().as_uri(),
+        sha256=sha256,
+        size_bytes=path.stat().st_size,
+        params_m=38.9,
+    )
+
+
+def _tampered_copy(src, dest):
+    shutil.copyfile(src, dest)
+    data = bytearray(dest.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def test_pull_checkpoint_verified(tiny_checkpoint, tmp_path):
+    good = _sha(tiny_checkpoint)
+    spec = _spec_for(tiny_checkpoint, good)
+    cache = tmp_path / "cache"
+    path = pull_checkpoint(spec, directory=cache, progress=False)
+    assert path == cache / tiny_checkpoint.name
+    assert path.is_file()
+    assert _sha(path) == good
+    assert verify_sha256(path, good) == good
+    assert sorted(p.name for p in cache.iterdir()) == [tiny_checkpoint.name]  # no temp files left
+    # a second pull uses the verified cached file
+    assert pull_checkpoint(spec, directory=cache, progress=False) == path
+    state, digest = load_state_dict(path, expected_sha256=good)
+    assert digest == good
+
+
+def test_pull_checkpoint_rejects_tampered_cached_file(tiny_checkpoint, tmp_path):
+    spec = _spec_for(tiny_checkpoint, _sha(tiny_checkpoint))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _tampered_copy(tiny_checkpoint, cache / spec.filename)
+    with pytest.raises(ChecksumMismatch):
+        pull_checkpoint(spec, directory=cache, progress=False)
+
+
+def test_tampered_file_fails_verification(tiny_checkpoint, tmp_path):
+    good = _sha(tiny_checkpoint)
+    bad = _tampered_copy(tiny_checkpoint, tmp_path / "bad.pt")
+    assert _sha(bad) != good
+    with pytest.raises(ChecksumMismatch):
+        verify_sha256(bad, good)
+    with pytest.raises(ChecksumMismatch):
+        load_state_dict(bad, expected_sha256=good)
+    assert issubclass(ChecksumMismatch, WeightsError)
+
+
+def test_download_of_tampered_file_leaves_nothing(tiny_checkpoint, tmp_path):
+    good = _sha(tiny_checkpoint)
+    src = tmp_path / "src"
+    src.mkdir()
+    bad = _tampered_copy(tiny_checkpoint, src / "bad.pt")
+    out = tmp_path / "out"
+    dest = out / "sam2.1_hiera_tiny.pt"
+    with pytest.raises(ChecksumMismatch):
+        download(bad.as_uri(), dest, good, progress=False)
+    assert not dest.exists()
+    assert list(out.iterdir()) == []  # no .part temp file either
+    # and via the registry path
+    with pytest.raises(ChecksumMismatch):
+        pull_checkpoint(_spec_for(bad, good), directory=out, progress=False)
+    assert list(out.iterdir()) == []
+
+
+def test_download_good_file(tiny_checkpoint, tmp_path):
+    dest = tmp_path / "dl" / "x.pt"
+    assert download(tiny_checkpoint.as_uri(), dest, _sha(tiny_checkpoint), progress=False) == dest
+    assert dest.read_bytes() == tiny_checkpoint.read_bytes()
+    assert [p.name for p in dest.parent.iterdir()] == ["x.pt"]
+
+
+def test_download_missing_source_is_weights_error(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(WeightsError) as info:
+        download((tmp_path / "missing.pt").as_uri(), out / "x.pt", None, progress=False)
+    assert not isinstance(info.value, ChecksumMismatch)
+    assert list(out.iterdir()) == []
+
+
+def test_pull_missing_source_names_offline_alternatives(tmp_path):
+    missing = tmp_path / "missing.pt"
+    spec = Sam2Checkpoint("t", get_sam2_checkpoint(MODEL_ID).config, missing.as_uri(), None, None, 1.0)
+    with pytest.raises(WeightsError) as info:
+        pull_checkpoint(spec, directory=tmp_path / "cache", progress=False)
+    assert "SAMGRAPH_SAM2_CHECKPOINT" in str(info.value)
+    assert "SAMGRAPH_WEIGHTS=random" in str(info.value)
+
+
+def test_load_state_dict_without_model_key(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"weights": {}}, path)
+    with pytest.raises(WeightsError, match="'model'"):
+        load_state_dict(path)
+
+
+def test_load_state_dict_not_a_checkpoint(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"this is not a torch file")
+    with pytest.raises(WeightsError):
+        load_state_dict(path)
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_state_dict(tmp_path / "missing.pt")
+
+
+def test_strict_loading_missing_key(tiny_checkpoint):
+    state, _ = load_state_dict(tiny_checkpoint)
+    state = dict(state)
+    dropped = sorted(state)[len(state) // 2]
+    del state[dropped]
+    with pytest.raises(RuntimeError, match="Missing key"):
+        build_sam2_model(MODEL_ID, state)
+
+
+def test_strict_loading_unexpected_key(tiny_checkpoint):
+    state, _ = load_state_dict(tiny_checkpoint)
+    state = {**state, "extra.weight": torch.zeros(1)}
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        build_sam2_model(MODEL_ID, state)
+
+
+def test_build_needs_state_or_seed():
+    with pytest.raises(ValueError):
+        build_sam2_model(MODEL_ID)
+    with pytest.raises(ValueError, match="valid names"):
+        build_sam2_model("nope", seed=0)
+
+
+def test_random_weights_deterministic():
+    a = build_sam2_model(MODEL_ID, seed=SEED).state_dict()
+    b = build_sam2_model(MODEL_ID, seed=SEED).state_dict()
+    c = build_sam2_model(MODEL_ID, seed=SEED + 1).state_dict()
+    _assert_same_state(a, b)
+    assert set(a) == set(c)
+    differing = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], c[k])]
+    assert len(differing) > 50
+
+
+def test_random_weights_do_not_touch_global_rng():
+    torch.manual_seed(99)
+    expected = torch.rand(3)
+    torch.manual_seed(99)
+    build_sam2_model(MODEL_ID, seed=SEED)
+    assert torch.equal(torch.rand(3), expected)
+
+
+# --- WeightsSource ---------------------------------------------------------------------------
+
+
+def test_resolve_default_registry(clean_env):
+    assert WeightsSource.resolve() == WeightsSource(kind="registry", checkpoint=None, seed=0)
+
+
+def test_resolve_random_from_env(clean_env):
+    clean_env.setenv("SAMGRAPH_WEIGHTS", "random")
+    clean_env.setenv("SAMGRAPH_SEED", "7")
+    src = WeightsSource.resolve()
+    assert src.kind == "random"
+    assert src.seed == 7
+
+
+def test_resolve_checkpoint_env_selects_file(clean_env):
+    clean_env.setenv("SAMGRAPH_SAM2_CHECKPOINT", "/some/ckpt.pt")
+    src = WeightsSource.resolve()
+    assert src.kind == "file"
+    assert src.checkpoint == "/some/ckpt.pt"
+
+
+def test_resolve_explicit_beats_env(clean_env):
+    clean_env.setenv("SAMGRAPH_WEIGHTS", "random")
+    clean_env.setenv("SAMGRAPH_SEED", "7")
+    clean_env.setenv("SAMGRAPH_SAM2_CHECKPOINT", "/env/ckpt.pt")
+    src = WeightsSource.resolve("file", "/arg/ckpt.pt", 3)
+    assert (src.kind, src.checkpoint, src.seed) == ("file", "/arg/ckpt.pt", 3)
+    src = WeightsSource.resolve("registry", None, 0)
+    assert (src.kind, src.seed) == ("registry", 0)
+
+
+@pytest.mark.parametrize("seed", ["abc", "1.5", " ", "0x10"])
+def test_resolve_bad_seed(clean_env, seed):
+    clean_env.setenv("SAMGRAPH_WEIGHTS", "random")
+    clean_env.setenv("SAMGRAPH_SEED", seed)
+    with pytest.raises(ValueError, match="SAMGRAPH_SEED"):
+        WeightsSource.resolve()
+
+
+def test_resolve_unknown_kind(clean_env):
+    with pytest.raises(ValueError):
+        WeightsSource.resolve("cloud")
+    clean_env.setenv("SAMGRAPH_WEIGHTS", "nope")
+    with pytest.raises(ValueError):
+        WeightsSource.resolve()
+
+
+def test_file_without_path_rejected(clean_env):
+    with pytest.raises(ValueError, match="checkpoint"):
+        WeightsSource(kind="file")
+    with pytest.raises(ValueError, match="checkpoint"):
+        WeightsSource.resolve("file")
+
+
+def test_preflight_missing_file(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        preflight(MODEL_ID, WeightsSource(kind="file", checkpoint=str(tmp_path / "missing.pt")))
+
+
+def test_preflight_existing_file_and_random(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMGRAPH_CACHE_DIR", str(tmp_path / "cache"))
+    preflight(MODEL_ID, WeightsSource(kind="file", checkpoint=str(tiny_checkpoint)))
+    preflight(MODEL_ID, WeightsSource(kind="random", seed=1))
+    assert not (tmp_path / "cache").exists()  # nothing downloaded or created
+
+
+def test_preflight_unknown_model():
+    with pytest.raises(ValueError, match="valid names"):
+        preflight("nope", WeightsSource(kind="random"))
