@@ -59,10 +59,10 @@ def check_batch_config(user_config: dict) -> tuple[int, float]:
     unknown = set(user_config) - {"max_batch_size", "batch_wait_timeout_s"}
     if unknown:
         raise ValueError(f"unknown user_config keys {sorted(unknown)}; allowed: max_batch_size, batch_wait_timeout_s")
-    size = int(user_config.get("max_batch_size", 1))
-    wait = float(user_config.get("batch_wait_timeout_s", 0.0))
-    if size < 1:
-        raise ValueError("max_batch_size must be greater than 0")
-    if not wait >= 0:
-        raise ValueError("batch_wait_timeout_s must be >= 0")
-    return size, wait
+    size = user_config.get("max_batch_size", 1)
+    wait = user_config.get("batch_wait_timeout_s", 0.0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"max_batch_size must be an integer greater than 0; got {size!r}")
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
+        raise ValueError(f"batch_wait_timeout_s must be a finite number >= 0; got {wait!r}")
+    return size, float(wait)

@@ -59,7 +59,7 @@ def decode_rle(rle: dict) -> np.ndarray:
         else:
             coded = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
         return mask_utils.decode(coded).astype(bool)
-    except (KeyError, TypeError, ValueError, UnicodeEncodeError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError, UnicodeEncodeError) as e:
         raise ValueError(f"not a valid COCO RLE: {e}") from None
 
 

@@ -203,7 +203,7 @@ class Ingress:
                 rgb = decode_image(data, self.args.limits.max_image_pixels)
                 timing["decode_image"] = (time.perf_counter() - td) * 1e3
                 check_prompts_in_image(req.prompts, rgb.shape[1], rgb.shape[0])
-                entry = await self._start_encode(image_id, rgb)
+                entry = self._start_encode(image_id, rgb)
         elif req.image_id is not None:
             image_id = req.image_id
             entry = self.cache.get(image_id)
@@ -220,9 +220,12 @@ class Ingress:
 
         te = time.perf_counter()
         try:
-            await entry.features._ready()
-            timing["encode"] = (time.perf_counter() - te) * 1e3 if not cached else 0.0
-            out = await self.decoder.decode.remote(entry.features, job)
+            features_ref = await entry.features  # a task resolving to the ObjectRef (done once submitted)
+            if not entry.ready:  # our own encode, or one in flight for a concurrent request
+                await features_ref._ready()  # wait for the features without fetching them here
+                timing["encode"] = (time.perf_counter() - te) * 1e3
+                entry.ready = True
+            out = await self.decoder.decode.remote(features_ref, job)
         except _LOST:
             self.cache.pop(image_id)
             raise ApiError(404, "image_not_cached", "the cached features of this image were lost; send the image again", "image_id") from None
@@ -245,11 +248,12 @@ class Ingress:
             body["warnings"] = [RANDOM_WEIGHTS_WARNING]
         return body
 
-    async def _start_encode(self, image_id: str, rgb) -> "CacheEntry":
-        """Submit the image to the encoder and cache the (future) features' ObjectRef at once, so that
-        concurrent requests for the same image wait for this encode instead of starting another."""
-        ref = await self.encoder.encode.remote(rgb)._to_object_ref()
-        entry = CacheEntry(features=ref, width=int(rgb.shape[1]), height=int(rgb.shape[0]), nbytes=self._feature_nbytes)
+    def _start_encode(self, image_id: str, rgb) -> "CacheEntry":
+        """Submit the image to the encoder and cache the entry before any ``await``, so that concurrent
+        requests for the same image wait for this encode instead of starting another. The entry holds
+        a task that resolves to the features' ObjectRef once the encoder has taken the request."""
+        task = asyncio.ensure_future(self.encoder.encode.remote(rgb)._to_object_ref())
+        entry = CacheEntry(features=task, width=int(rgb.shape[1]), height=int(rgb.shape[0]), nbytes=self._feature_nbytes)
         self.cache.put(image_id, entry)
         return entry
 

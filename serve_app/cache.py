@@ -9,18 +9,21 @@ from typing import Any
 
 @dataclass
 class CacheEntry:
-    """One cached image: its features (an ObjectRef in the app) and what is needed without decoding.
+    """One cached image: its features (in the app, a task resolving to their ObjectRef) and what is
+    needed without decoding the image.
 
     Attributes:
         features: the features or a reference to them.
         width, height: image size in pixels.
         nbytes: bytes the features take.
+        ready: the features exist (False while the encode that makes them is in flight).
     """
 
     features: Any
     width: int
     height: int
     nbytes: int
+    ready: bool = False
 
 
 class EmbeddingCache:

@@ -33,6 +33,16 @@ def b64_to_bytes(data: str, field: str = "image.base64") -> bytes:
         raise ApiError(400, "invalid_base64", "not valid base64", field) from None
 
 
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; 16-bit and 32-bit greyscale are scaled (PIL's convert would clip them)."""
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        scale = 257.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 1.0
+        grey = np.clip(np.rint(a / scale), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
+
+
 def decode_image(data: bytes, max_pixels: int, field: str = "image") -> np.ndarray:
     """Decode image bytes into (H, W, 3) uint8 RGB, EXIF orientation applied.
 
@@ -62,7 +72,7 @@ def decode_image(data: bytes, max_pixels: int, field: str = "image") -> np.ndarr
         try:
             im.load()
             im = ImageOps.exif_transpose(im)
-            rgb = np.asarray(im.convert("RGB"))
+            rgb = _to_rgb8(im)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise ApiError(400, "invalid_image", f"image is truncated or corrupt: {e}", field) from None
     return rgb

@@ -87,7 +87,7 @@ class PromptIn(BaseModel):
             for name, c in (("x", x), ("y", y)):
                 if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
                     raise ValueError(f"point {i}: {name} must be a finite number")
-            if isinstance(label, bool) or isinstance(label, float) or label not in _LABELS:
+            if isinstance(label, bool) or not isinstance(label, (int, str)) or label not in _LABELS:
                 raise ValueError(f"point {i}: label must be 1, 0, 'fg' or 'bg'")
             out.append([float(x), float(y), _LABELS[label]])
         return out

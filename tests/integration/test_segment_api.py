@@ -199,3 +199,23 @@ def test_max_masks_and_no_prompt_means_centre(client, first_call, reference, tru
     ref_masks, ref_iou, _ = reference.predict(point_coords=np.array([[w / 2, h / 2]], np.float32), point_labels=np.array([1]), multimask_output=True)
     best = int(np.argmax(ref_iou))
     assert mask_iou(decode_rle(res["masks"][0]["rle"]), ref_masks[best].astype(bool)) >= 0.999
+
+
+def test_concurrent_requests_for_a_new_image_encode_it_once(client, truck_rgb):
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    img = truck_rgb.copy()
+    img[0, 0] = 255 - img[0, 0]  # new bytes, never sent before
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+    body = {"image": {"base64": base64.b64encode(buf.getvalue()).decode()}, "prompts": [{"box_xyxy": TRUCK_BOX}]}
+    before = client.get("/v1/stats").json()["encoder"]["images"]
+    with ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(lambda _: _segment(client, body), range(3)))
+    assert client.get("/v1/stats").json()["encoder"]["images"] == before + 1
+    assert sorted(o["encode_cached"] for o in outs) == [False, True, True]
+    assert all(o["timing_ms"]["encode"] > 0 for o in outs)  # the followers waited for the one encode
+    assert outs[0]["results"] == outs[1]["results"] == outs[2]["results"]

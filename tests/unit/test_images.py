@@ -76,6 +76,20 @@ def test_jpeg_decodes_to_right_pixels():
         assert np.abs(out[y, x].astype(int) - img[y, x].astype(int)).max() <= 8
 
 
+def test_16bit_grayscale_png_keeps_its_brightness():
+    """BUG (serve_app/images.py:65): a 16-bit grayscale PNG opens in PIL mode I;16, and ``convert("RGB")``
+    clips every value above 255 to 255 instead of scaling: a mid-grey image comes out white."""
+    gray16 = (np.random.default_rng(SEED).integers(0, 256, (12, 16)) * 257).astype(np.uint16)
+    data = _encode(gray16, "PNG")
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode.startswith("I")  # really a 16-bit file
+    out = decode_image(data, max_pixels=MAX)
+    assert out.shape == (12, 16, 3)
+    expected = (gray16 // 257).astype(np.uint8)
+    for c in range(3):
+        assert np.abs(out[..., c].astype(int) - expected.astype(int)).max() <= 1
+
+
 @pytest.mark.parametrize(
     "data",
     [b"hello, this is not an image", b"\x00" * 100, b"\x89PNG\r\n\x1a\n" + b"\x00" * 10, b"GIF89a"],

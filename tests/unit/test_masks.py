@@ -129,6 +129,14 @@ def test_decode_rle_garbage_raises_value_error(rle):
         decode_rle(rle)
 
 
+@pytest.mark.parametrize("size", [[-1, 4], [4, -1]])
+def test_decode_rle_negative_size_raises_value_error(size):
+    """BUG (models/masks.py:62): a negative size reaches pycocotools, whose OverflowError is not caught,
+    although the docstring promises ValueError for an RLE that does not decode."""
+    with pytest.raises(ValueError, match="not a valid COCO RLE"):
+        decode_rle({"size": size, "counts": "abc"})
+
+
 def test_rle_area_and_bbox_on_rectangle():
     rle = encode_rle(_rectangle())
     assert rle_area(rle) == 200

@@ -64,9 +64,8 @@ def reference_answers(reference):
         "point": reference.predict(point_coords=np.array(POINT), point_labels=np.array([1]), multimask_output=True),
         "pair": reference.predict(point_coords=np.array(PAIR), point_labels=np.array([1, 0]), multimask_output=False),
     }
-    out["box+mask"] = reference.predict(
-        box=np.array(TRUCK_BOX), mask_input=out["box"][2], multimask_output=False
-    )
+    out["box+mask"] = reference.predict(box=np.array(TRUCK_BOX), mask_input=out["box"][2], multimask_output=False)
+    out["mask"] = reference.predict(mask_input=out["box"][2], multimask_output=False)
     return out
 
 
@@ -82,6 +81,7 @@ def our_answers(ours, truck_features):
     out["box+mask"] = decoder.predict(
         truck_features, PromptSpec(box_xyxy=np.array(TRUCK_BOX, np.float32), mask_input=box_logits), False
     )
+    out["mask"] = decoder.predict(truck_features, PromptSpec(mask_input=box_logits), False)
     return out
 
 
@@ -100,9 +100,7 @@ def test_features_match_reference(truck_features, reference, truck_rgb):
     assert float(np.abs(truck_features.image_embed).max()) > 0  # not all zeros
 
 
-@pytest.mark.parametrize(
-    "name, n_masks", [("box", 1), ("point", 3), ("pair", 1), ("box+mask", 1)]
-)
+@pytest.mark.parametrize("name, n_masks", [("box", 1), ("point", 3), ("pair", 1), ("box+mask", 1), ("mask", 1)])
 def test_masks_match_reference(name, n_masks, our_answers, reference_answers, truck_rgb):
     ours = our_answers[name]
     ref_masks, ref_iou, ref_low = reference_answers[name]
@@ -151,15 +149,16 @@ def test_predict_batch_equals_separate_calls(ours, truck_features, our_answers, 
     half_point = PromptSpec(point_coords=np.array(POINT, np.float32) / 2, point_labels=np.array([1], np.int32))
     requests = [
         DecodeRequest(truck_features, [_box_spec(), _point_spec()], [False, True]),
-        DecodeRequest(truck_features, [_pair_spec(), box_mask, _box_spec()], False),
+        DecodeRequest(truck_features, [_pair_spec(), box_mask, _box_spec(), PromptSpec(mask_input=box_logits)], False),
         DecodeRequest(half, [half_point, half_box], [True, False]),
     ]
-    # groups: (2 tokens, no mask, single) x3 across requests, (1 token, multi) x2, (2 tokens, mask, single) x1
+    # groups: (2 tokens, no mask, single) x4 across requests, (1 token, multi) x2, (2 tokens, mask, single) x1,
+    # (0 tokens, mask, single) x1
     batch = decoder.predict_batch(requests)
-    assert [len(r) for r in batch] == [2, 3, 2]
+    assert [len(r) for r in batch] == [2, 4, 2]
     expected = [
         [our_answers["box"], our_answers["point"]],
-        [our_answers["pair"], our_answers["box+mask"], our_answers["box"]],
+        [our_answers["pair"], our_answers["box+mask"], our_answers["box"], our_answers["mask"]],
         [decoder.predict(half, half_point, True), decoder.predict(half, half_box, False)],
     ]
     for r, (got_req, exp_req) in enumerate(zip(batch, expected)):
@@ -171,10 +170,9 @@ def test_predict_batch_equals_separate_calls(ours, truck_features, our_answers, 
             np.testing.assert_allclose(got.predicted_iou, exp.predicted_iou, atol=PRED_IOU_TOL, rtol=0)
     assert batch[2][0].masks.shape == (3, h // 2, w // 2)
     assert batch[2][1].masks.shape == (1, h // 2, w // 2)
-    # the half-size box answer is the full-size one downscaled: same object
-    small = batch[2][1].masks[0]
-    full = our_answers["box"].masks[0][: (h // 2) * 2 : 2, : (w // 2) * 2 : 2]
-    assert mask_iou(small, full) > 0.95
+    # box / 2 on a half-size image is the same normalised prompt: the same low-res logits as the full box
+    np.testing.assert_allclose(batch[2][1].low_res_logits, our_answers["box"].low_res_logits, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(batch[2][0].low_res_logits, our_answers["point"].low_res_logits, atol=1e-4, rtol=0)
 
 
 def test_predict_batch_empty(ours):

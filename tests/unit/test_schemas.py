@@ -111,6 +111,16 @@ def test_bad_point_labels_rejected(label):
     assert "label must be 1, 0, 'fg' or 'bg'" in err.message
 
 
+@pytest.mark.parametrize("label", [[1], {"a": 1}], ids=["list", "object"])
+def test_unhashable_point_label_is_a_validation_error(label):
+    """BUG (serve_app/schemas.py:90): ``label not in _LABELS`` raises TypeError for a JSON list or object
+    label; pydantic does not turn TypeError into a ValidationError, and serve_app/app.py:131 catches only
+    ValidationError, so the client gets a 500 "internal", not a 422."""
+    err = _error({"prompts": [{"points": [[1, 2, label]]}]})
+    assert err.field == "prompts[0].points"
+    assert "label must be 1, 0, 'fg' or 'bg'" in err.message
+
+
 @pytest.mark.parametrize("coord", ["1", None, True, [1]])
 def test_bad_point_coordinates_rejected(coord):
     err = _error({"prompts": [{"points": [[coord, 2, 1]]}]})

@@ -58,6 +58,7 @@ def _assert_same_state(a: dict, b: dict) -> None:
 
 def test_list_models_in_order():
     assert list_sam2_models() == NAMES
+    assert all(SAM2_CHECKPOINTS[n].name == n for n in NAMES)
     assert DEFAULT_SAM2_MODEL == "sam2.1_hiera_tiny"
 
 

@@ -1,0 +1,116 @@
+"""The README's flow, as a user runs it: `samgraph serve` (configs/serve.yaml), `samgraph ping`,
+`samgraph segment` on truck.jpg with overlay and cutout, all through the installed CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import REPO, TRUCK_BOX
+from tests.integration.conftest import free_port
+
+SAMGRAPH = [sys.executable, "-m", "serve_app.cli"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """configs/serve.yaml on a free port with SAMGRAPH_WEIGHTS=random, started by `samgraph serve`."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    config = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    config_path = tmp / "serve.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = {
+        **os.environ,
+        "SAMGRAPH_WEIGHTS": "random",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_ADDRESS": "local",  # a fresh local cluster, never one that happens to be running
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    log = open(tmp / "serve.log", "w")
+    proc = subprocess.Popen([*SAMGRAPH, "serve", "--config", str(config_path)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    api = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"samgraph serve exited: {(tmp / 'serve.log').read_text()[-3000:]}"
+            ping = subprocess.run([*SAMGRAPH, "ping", "--api", api, "--timeout", "5"], cwd=REPO, env=env, capture_output=True, text=True)
+            if ping.returncode == 0:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail(f"service not ready in 240 s: {(tmp / 'serve.log').read_text()[-3000:]}")
+        yield api, env, tmp, json.loads(ping.stdout)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # serve run cleans up the app and its local cluster
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_ping_reports_random_weights(served):
+    _, _, _, ready = served
+    assert ready["status"] == "ready"
+    assert ready["weights"] == "random"
+    assert any("meaningless" in w for w in ready["warnings"])
+
+
+def test_segment_cli_writes_json_overlay_and_cutout(served, truck_path):
+    api, env, tmp, _ = served
+    out, overlay, cutout = tmp / "result.json", tmp / "overlay.png", tmp / "cutout.png"
+    box = ",".join(str(v) for v in TRUCK_BOX)
+    cmd = [*SAMGRAPH, "segment", "--api", api, "--image", str(truck_path), "--box", box, "--out", str(out), "--overlay", str(overlay), "--cutout", str(cutout)]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "meaningless" in run.stderr  # random weights are announced on every call
+    result = json.loads(out.read_text())
+    assert result["weights"] == "random" and result["encode_cached"] is False
+    mask = result["results"][0]["masks"][0]
+    assert mask["area_px"] > 0 and len(mask["bbox_xyxy"]) == 4
+    with Image.open(truck_path) as im:
+        photo = np.asarray(im.convert("RGB"))
+    with Image.open(overlay) as im:
+        drawn = np.asarray(im.convert("RGB"))
+    assert drawn.shape == photo.shape and not np.array_equal(drawn, photo)
+    with Image.open(cutout) as im:
+        assert im.mode == "RGBA"
+        alpha = np.asarray(im)[..., 3]
+    assert int((alpha > 0).sum()) == mask["area_px"]
+
+    # A click on the same photo: the CLI re-sends the bytes, the service answers from its cache.
+    again = subprocess.run([*SAMGRAPH, "segment", "--api", api, "--image", str(truck_path), "--point", "500,375", "--point", "1125,625,bg"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["encode_cached"] is True and summary["timing_ms"]["encode"] == 0
+
+
+def test_segment_cli_reports_api_errors(served, tmp_path):
+    api, env, _, _ = served
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("hello")
+    run = subprocess.run([*SAMGRAPH, "segment", "--api", api, "--image", str(not_image)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert "invalid_image" in run.stderr and "field image" in run.stderr
+
+
+def test_serve_without_weights_fails_fast_naming_the_options(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAMGRAPH_")}
+    env["SAMGRAPH_CACHE_DIR"] = str(tmp_path)  # empty cache
+    env["SAMGRAPH_SAM2_CHECKPOINT"] = str(tmp_path / "missing.pt")
+    run = subprocess.run([*SAMGRAPH, "serve"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert "missing.pt" in run.stderr and "does not exist" in run.stderr

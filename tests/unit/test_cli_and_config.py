@@ -1,0 +1,251 @@
+"""CLI prompt building and parsing, batch/thread settings, app args and the shipped Serve configs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from pydantic import ValidationError
+
+from deployments.common import check_batch_config, set_torch_threads
+from models.registry import list_sam2_models
+from serve_app.cli import _parse_box, _parse_point, build_prompts, make_parser
+from serve_app.config import AppArgs
+from serve_app.schemas import SegmentRequest
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOYMENTS = {"Ingress", "ImageEncoder", "MaskDecoder"}
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+def test_build_prompts_nothing():
+    assert build_prompts([], []) == []
+
+
+def test_build_prompts_one_box():
+    assert build_prompts([[1, 2, 3, 4]], []) == [{"box_xyxy": [1, 2, 3, 4]}]
+
+
+def test_build_prompts_points_only():
+    pts = [[1.0, 2.0, 1], [3.0, 4.0, 0]]
+    assert build_prompts([], pts) == [{"points": pts}]
+
+
+def test_build_prompts_first_box_with_points_then_more_boxes():
+    boxes = [[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 2, 2]]
+    pts = [[3.0, 3.0, 1], [8.0, 8.0, 0]]
+    prompts = build_prompts(boxes, pts)
+    assert prompts == [
+        {"box_xyxy": [0, 0, 10, 10], "points": pts},
+        {"box_xyxy": [5, 5, 20, 20]},
+        {"box_xyxy": [1, 1, 2, 2]},
+    ]
+    # and the service accepts what the CLI sends
+    req = SegmentRequest.model_validate({"prompts": prompts, "mask_format": "rle"})
+    assert len(req.prompts) == 3
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1,2,3,4", [1.0, 2.0, 3.0, 4.0]),
+        ("0.5, 1.5 ,2,3e2", [0.5, 1.5, 2.0, 300.0]),
+        ("-1,0,1,2", [-1.0, 0.0, 1.0, 2.0]),
+    ],
+)
+def test_parse_box(text, expected):
+    assert _parse_box(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "1,2,3", "1,2,3,4,5", "a,b,c,d", "1;2;3;4", "1,2,,4"])
+def test_parse_box_errors(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="box must be x0,y0,x1,y1"):
+        _parse_box(text)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("10,20", [10.0, 20.0, 1]),
+        ("10,20,fg", [10.0, 20.0, 1]),
+        ("10,20,bg", [10.0, 20.0, 0]),
+        ("10,20,1", [10.0, 20.0, 1]),
+        ("10,20,0", [10.0, 20.0, 0]),
+        ("10.5,20.25, BG ", [10.5, 20.25, 0]),
+        ("10,20,FG", [10.0, 20.0, 1]),
+    ],
+)
+def test_parse_point(text, expected):
+    out = _parse_point(text)
+    assert out == expected
+    assert type(out[2]) is int
+
+
+@pytest.mark.parametrize("text", ["", "10", "10,20,fg,1", "a,20", "10,b,fg", "10,20,2", "10,20,x", "10,20,"])
+def test_parse_point_errors(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="point must be"):
+        _parse_point(text)
+
+
+def test_parser_wires_box_and_point_types():
+    args = make_parser().parse_args(
+        ["segment", "--image", "x.jpg", "--box", "1,2,3,4", "--box", "5,6,7,8", "--point", "2,3", "--point", "4,5,bg"]
+    )
+    assert args.box == [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+    assert args.point == [[2.0, 3.0, 1], [4.0, 5.0, 0]]
+    assert args.multimask is None
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["segment", "--image", "x.jpg", "--box", "1,2,3"])
+
+
+# --- deployments.common ------------------------------------------------------------------------
+
+
+def test_check_batch_config_accepts():
+    assert check_batch_config({"max_batch_size": 4, "batch_wait_timeout_s": 0.01}) == (4, 0.01)
+    assert check_batch_config({}) == (1, 0.0)
+    assert check_batch_config({"max_batch_size": 1, "batch_wait_timeout_s": 0}) == (1, 0.0)
+
+
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_batch_size": -3}, "max_batch_size"),
+        ({"batch_wait_timeout_s": -0.001}, "batch_wait_timeout_s"),
+        ({"batch_wait_timeout_s": float("nan")}, "batch_wait_timeout_s"),
+        ({"max_batch_size": 4, "batch_size": 4}, "unknown user_config keys"),
+        ({"wait": 1}, "unknown user_config keys"),
+    ],
+)
+def test_check_batch_config_rejects(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        check_batch_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [{"max_batch_size": None}, {"batch_wait_timeout_s": None}, {"max_batch_size": 2.5}, {"max_batch_size": "abc"}],
+    ids=["size-null", "wait-null", "size-2.5", "size-text"],
+)
+def test_check_batch_config_rejects_non_numbers_with_value_error(cfg):
+    """BUG (deployments/common.py:62-63): ``int(None)``/``float(None)`` raise TypeError, not the documented
+    ValueError, and ``int(2.5)`` silently truncates a non-integer batch size to 2 instead of rejecting it."""
+    with pytest.raises(ValueError):
+        check_batch_config(cfg)
+
+
+def test_set_torch_threads():
+    before = torch.get_num_threads()
+    try:
+        assert set_torch_threads(1) == 1
+        assert torch.get_num_threads() == 1
+        assert set_torch_threads(None) == 1  # None keeps what is in force
+        with pytest.raises(ValueError):
+            set_torch_threads(0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- AppArgs ------------------------------------------------------------------------------------
+
+
+def test_app_args_defaults():
+    args = AppArgs.model_validate({})
+    assert args.model_id == "sam2.1_hiera_tiny"
+    assert args.weights is None and args.checkpoint is None and args.seed is None
+
+
+def test_app_args_unknown_model_lists_names():
+    with pytest.raises(ValidationError) as info:
+        AppArgs.model_validate({"model_id": "sam2.1_hiera_huge"})
+    msg = str(info.value)
+    for name in list_sam2_models():
+        assert name in msg
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"modle_id": "sam2.1_hiera_tiny"},
+        {"encoder": {"device": "cpu", "threads": 2}},
+        {"cache": {"max_entries": 1, "entries": 2}},
+        {"limits": {"max_pixels": 10}},
+    ],
+)
+def test_app_args_unknown_keys_rejected(args):
+    with pytest.raises(ValidationError) as info:
+        AppArgs.model_validate(args)
+    assert info.value.errors()[0]["type"] == "extra_forbidden"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"weights": "cloud"},
+        {"encoder": {"torch_threads": 0}},
+        {"cache": {"max_entries": 0}},
+        {"limits": {"max_image_pixels": 0}},
+        {"readiness_timeout_s": 0},
+    ],
+)
+def test_app_args_bad_values_rejected(args):
+    with pytest.raises(ValidationError):
+        AppArgs.model_validate(args)
+
+
+# --- shipped Serve configs -----------------------------------------------------------------------
+
+
+def _config(name: str) -> dict:
+    path = REPO / "configs" / name
+    if not path.exists():
+        pytest.skip(f"{path} does not exist yet")
+    return yaml.safe_load(path.read_text())
+
+
+def _samgraph_app(cfg: dict) -> dict:
+    apps = [a for a in cfg["applications"] if a.get("import_path") == "serve_app.app:build_app"]
+    assert len(apps) == 1
+    return apps[0]
+
+
+@pytest.mark.parametrize("name", ["serve.yaml", "serve.gpu.yaml"])
+def test_shipped_config_valid(name):
+    cfg = _config(name)
+    app = _samgraph_app(cfg)
+    args = AppArgs.model_validate(app.get("args") or {})
+    assert args.model_id in list_sam2_models()
+    deployments = app.get("deployments") or []
+    names = [d["name"] for d in deployments]
+    assert names, "no deployments configured"
+    assert set(names) <= DEPLOYMENTS, f"unknown deployments {set(names) - DEPLOYMENTS}"
+    assert len(names) == len(set(names))
+    for d in deployments:
+        if "user_config" in d:
+            assert d["name"] in ("ImageEncoder", "MaskDecoder")
+            check_batch_config(d["user_config"])
+
+
+def _max_replicas(d: dict) -> int:
+    if "autoscaling_config" in d:
+        return int(d["autoscaling_config"]["max_replicas"])
+    return int(d.get("num_replicas", 1))
+
+
+def test_cpu_config_fits_two_cores():
+    app = _samgraph_app(_config("serve.yaml"))
+    args = AppArgs.model_validate(app["args"])
+    assert args.encoder.device == "cpu" and args.decoder.device == "cpu"
+    deployments = app["deployments"]
+    cpus = {d["name"]: float(d["ray_actor_options"]["num_cpus"]) for d in deployments}
+    assert set(cpus) == DEPLOYMENTS
+    for name, n in cpus.items():
+        assert 0 < n <= 1, f"{name} num_cpus {n}"
+    total = sum(float(d["ray_actor_options"]["num_cpus"]) * _max_replicas(d) for d in deployments)
+    assert total <= 2, total
