@@ -315,13 +315,7 @@ class Sam2MaskDecoder:
         dev = self.device
         for (num_tokens, has_mask, multimask), members in groups.items():
             req_ids = sorted({r for r, _ in members})
-            slot = {r: i for i, r in enumerate(req_ids)}
-            index = torch.tensor([slot[r] for r, _ in members], device=dev)
-            embed = torch.stack([_as_tensor(requests[r].features.image_embed, dev) for r in req_ids])
-            high_res = [
-                torch.stack([_as_tensor(requests[r].features.high_res_feats[lvl], dev) for r in req_ids])
-                for lvl in (0, 1)
-            ]
+            embed, high_res, repeat_image = self._group_features([requests[r].features for r in req_ids], [req_ids.index(r) for r, _ in members])
             points = None
             if num_tokens:
                 coords, labels = zip(*(self._prompt_points(requests[r], requests[r].prompts[p]) for r, p in members))
@@ -333,13 +327,13 @@ class Sam2MaskDecoder:
                 )[:, None].to(dev)
             sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
             low_res, iou, _, _ = self.mask_decoder(
-                image_embeddings=embed.index_select(0, index),
+                image_embeddings=embed,
                 image_pe=self.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
-                repeat_image=False,
-                high_res_features=[h.index_select(0, index) for h in high_res],
+                repeat_image=repeat_image,
+                high_res_features=high_res,
             )
             for k, (r, p) in enumerate(members):
                 logits = self.transforms.postprocess_masks(low_res[k : k + 1], requests[r].features.orig_hw)[0]
@@ -353,6 +347,25 @@ class Sam2MaskDecoder:
                     low_res_logits=torch.clamp(low_res[k], -32.0, 32.0).float().cpu().numpy(),
                 )
         return results  # type: ignore[return-value]
+
+    def _group_features(
+        self, features: list[ImageFeatures], slots: list[int]
+    ) -> tuple[torch.Tensor, list[torch.Tensor], bool]:
+        """Decoder inputs for a group of prompts whose images are ``features`` (prompt k on image
+        ``slots[k]``). One image: its (1, ...) tensors with ``repeat_image=True``, as sam2 does, no copy.
+        Several: per-prompt rows gathered from the stacked images, ``repeat_image=False``."""
+        dev = self.device
+        if len(features) == 1:
+            f = features[0]
+            return (
+                _as_tensor(f.image_embed, dev)[None],
+                [_as_tensor(h, dev)[None] for h in f.high_res_feats],
+                True,
+            )
+        index = torch.tensor(slots, device=dev)
+        embed = torch.stack([_as_tensor(f.image_embed, dev) for f in features]).index_select(0, index)
+        high_res = [torch.stack([_as_tensor(f.high_res_feats[lvl], dev) for f in features]).index_select(0, index) for lvl in (0, 1)]
+        return embed, high_res, False
 
     def predict(self, features: ImageFeatures, prompt: PromptSpec, multimask_output: bool) -> MaskPrediction:
         """Masks for one prompt on one image; see :meth:`predict_batch`."""
