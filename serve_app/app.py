@@ -122,16 +122,16 @@ async def _parse_segment(request: Request, max_bytes: int) -> "tuple[SegmentRequ
         raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
     try:
         data = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {e}", "request" if upload is not None else None) from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {e}"[:300], "request" if upload is not None else None) from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", "body must be a JSON object")
     try:
         req = SegmentRequest.model_validate(data)
     except ValidationError as e:
         raise from_validation_error(e) from None
-    if upload is not None and req.image is not None:
-        raise ApiError(422, "invalid_request", "image: give the image either as a file part or inline, not both", "image")
+    if upload is not None and (req.image is not None or req.image_id is not None):
+        raise ApiError(422, "invalid_request", "image: give the image once: a file part, inline base64 or image_id", "image")
     return req, upload
 
 

@@ -67,6 +67,8 @@ RAW = [
     ("inf_point", '{{"image_id": "{i}", "prompts": [{{"points": [[Infinity, 3, 1]]}}]}}', 422, "invalid_request", "prompts[0].points"),
     ("not_json", "{{not json", 400, "invalid_json", None),
     ("json_array", "[1, 2]", 422, "invalid_request", None),
+    ("deeply_nested", "[" * 100_000 + "]" * 100_000, 400, "invalid_json", None),
+    ("unhashable_label", '{{"image_id": "{i}", "prompts": [{{"points": [[1, 2, [1]]]}}]}}', 422, "invalid_request", "prompts[0].points"),
 ]
 
 
@@ -117,6 +119,8 @@ def test_multipart_errors(client):
     _check(r, 400, "invalid_image", "image")
     r = client.post("/v1/segment", files={"image": ("a.png", _png(8, 8))}, data={"request": "{oops"})
     _check(r, 400, "invalid_json", "request")
+    r = client.post("/v1/segment", files={"image": ("a.png", _png(8, 8))}, data={"request": '{"image_id": "' + "0" * 64 + '"}'})
+    _check(r, 422, "invalid_request", "image")
 
 
 def test_unsupported_media_type(client):
