@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ray import serve
 
 from deployments.common import check_batch_config, load_stage_model
+from models.amg import AmgSettings, AutoMask, generate_masks
 from models.masks import encode_logits_base64, encode_masks
 from models.sam2_image import DecodeRequest, ImageFeatures, PromptSpec, Sam2MaskDecoder
 
@@ -32,7 +33,7 @@ class DecodeJob:
     return_logits: bool = False
 
 
-@serve.deployment(name="MaskDecoder", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+@serve.deployment(name="MaskDecoder", ray_actor_options={"num_cpus": 0.4}, max_ongoing_requests=32)
 class MaskDecoder:
     """Turns prompts on encoded images into masks; batches prompts of many requests per forward pass.
 
@@ -103,6 +104,24 @@ class MaskDecoder:
                 item["low_res_logits"] = encode_logits_base64(pred.low_res_logits[i])
             masks.append(item)
         return masks
+
+    async def generate(self, features: ImageFeatures, settings: AmgSettings, max_masks: int | None = None) -> dict:
+        """Automatic masks of one image (grid clicks batched ``points_per_batch`` per forward pass).
+
+        Returns:
+            ``{"masks": [AutoMask, ...] in NMS order (at most ``max_masks``), "timing_ms": {"amg": ...},
+            "model_id", "weights"}``.
+        """
+        t0 = time.perf_counter()
+        masks: list[AutoMask] = await asyncio.to_thread(generate_masks, self._decoder, features, settings)
+        masks = masks[:max_masks]
+        self._requests += 1
+        return {
+            "masks": masks,
+            "timing_ms": {"amg": (time.perf_counter() - t0) * 1e3},
+            "model_id": self._info["model_id"],
+            "weights": self._info["weights"],
+        }
 
     def info(self) -> dict:
         """``{"model_id", "weights", "device"}`` of this replica."""

@@ -12,7 +12,7 @@ from deployments.common import check_batch_config, load_stage_model
 from models.sam2_image import ImageFeatures, Sam2ImageEncoder
 
 
-@serve.deployment(name="ImageEncoder", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=16)
+@serve.deployment(name="ImageEncoder", ray_actor_options={"num_cpus": 0.8}, max_ongoing_requests=16)
 class ImageEncoder:
     """Encodes (H, W, 3) uint8 RGB images into SAM 2 :class:`ImageFeatures`.
 

@@ -367,6 +367,41 @@ class Sam2MaskDecoder:
         high_res = [torch.stack([_as_tensor(f.high_res_feats[lvl], dev) for f in features]).index_select(0, index) for lvl in (0, 1)]
         return embed, high_res, False
 
+    @torch.inference_mode()
+    def decode_points(
+        self, features: ImageFeatures, point_coords: np.ndarray, multimask_output: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One foreground click per prompt on one image, in one forward pass (the automatic-mask grid).
+
+        Args:
+            features: the image's features.
+            point_coords: (B, 2) float (x, y) pixels of the original image, one click per prompt.
+            multimask_output: three candidates per click (True, as sam2's automatic generator) or one.
+
+        Returns:
+            (low-res logits (B, C, 256, 256) float32, predicted IoU (B, C) float32), torch tensors;
+            upsample with :meth:`upsample_logits`.
+        """
+        coords = torch.as_tensor(np.asarray(point_coords), dtype=torch.float)[:, None, :]
+        xy = self.transforms.transform_coords(coords, normalize=True, orig_hw=features.orig_hw).to(self.device)
+        labels = torch.ones(xy.shape[:2], dtype=torch.int, device=self.device)
+        sparse, dense = self.prompt_encoder(points=(xy, labels), boxes=None, masks=None)
+        embed, high_res, _ = self._group_features([features], [0] * xy.shape[0])
+        low_res, iou, _, _ = self.mask_decoder(
+            image_embeddings=embed,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+            repeat_image=True,
+            high_res_features=high_res,
+        )
+        return low_res.float(), iou.float()
+
+    def upsample_logits(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        """(N, 256, 256) low-res logits -> (N, H, W) logits at the original size (sam2's bilinear upsampling)."""
+        return self.transforms.postprocess_masks(low_res[:, None], orig_hw)[:, 0]
+
     def predict(self, features: ImageFeatures, prompt: PromptSpec, multimask_output: bool) -> MaskPrediction:
         """Masks for one prompt on one image; see :meth:`predict_batch`."""
         return self.predict_batch([DecodeRequest(features, [prompt], multimask_output)])[0][0]

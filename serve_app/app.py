@@ -1,158 +1,84 @@
 """The HTTP ingress and the app builder: ``serve run configs/serve.yaml`` imports :func:`build_app`.
 
-Graph: ``Ingress`` (FastAPI) -> ``ImageEncoder`` (once per new image) -> ``MaskDecoder`` (every prompt).
-Image features stay in Ray's object store: the ingress keeps only ObjectRefs in its LRU cache and hands
-them to the decoder, which Ray resolves there, so a click on a cached image moves no feature bytes
-through the ingress.
+Graph::
+
+    Ingress ──> ImageEncoder (once per new image)
+       │──────> MaskDecoder  (prompts: /v1/segment; automatic masks: /v1/predict, text prompts)
+       │          └─> Fader ──> Embedder ──> Retriever      (chained by DeploymentResponses)
+       └──────> Embedder (text tower), Retriever (examples)
+
+Image pixels and features stay in Ray's object store: the ingress keeps only ObjectRefs in its LRU
+cache and hands them to the stages, which Ray resolves there. Later stages receive the previous stage's
+``DeploymentResponse``, so a /v1/predict request flows decoder -> fader -> embedder -> retriever without
+its crops or embeddings passing through the ingress, each stage batching across concurrent requests.
 """
 
-
 import asyncio
-import json
-import logging
 import time
-import uuid
 
+import numpy as np
 import ray
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.decoder import DecodeJob, MaskDecoder
+from deployments.embedder import Embedder
 from deployments.encoder import ImageEncoder
+from deployments.fader import Fader
+from deployments.retriever import Retriever
+from models.embedder import ClipSpec
+from models.masks import decode_rle, encode_masks
 from models.sam2_image import feature_nbytes
+from serve_app.assemble import amg_settings, instances, rank_by_text
 from serve_app.cache import CacheEntry, EmbeddingCache
+from serve_app.clip_weights import ClipWeightsSource, preflight_clip
 from serve_app.config import AppArgs
-from serve_app.errors import ApiError, from_validation_error
+from serve_app.errors import ApiError
+from serve_app.http import api, parse_body
 from serve_app.images import b64_to_bytes, decode_image, image_id_of
-from serve_app.schemas import SegmentRequest, check_prompts_in_image, to_prompt_specs
+from serve_app.schemas import (
+    ExampleRequest,
+    FadeIn,
+    PredictRequest,
+    SegmentRequest,
+    check_prompts_in_image,
+    to_prompt_specs,
+)
+from serve_app.vectorstore import preflight_store
 from serve_app.weights import WeightsSource, preflight
 
-log = logging.getLogger("ray.serve")
-RANDOM_WEIGHTS_WARNING = "random weights: masks are meaningless (SAMGRAPH_WEIGHTS=random)"
+RANDOM_WEIGHTS_WARNING = "random weights: masks and labels are meaningless (SAMGRAPH_WEIGHTS=random)"
 _LOST = (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError)
 
-api = FastAPI(
-    title="samgraph",
-    summary="Promptable segmentation (SAM 2) as a Ray Serve deployment graph",
-    version="0.1.0",
-)
 
-
-def _rid(request: Request) -> str:
-    return getattr(request.state, "request_id", None) or "-"
-
-
-@api.middleware("http")
-async def _request_id(request: Request, call_next):
-    request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    response = await call_next(request)
-    response.headers["x-request-id"] = request.state.request_id
-    return response
-
-
-@api.exception_handler(ApiError)
-async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(_rid(request)), status_code=exc.status)
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or None
-    return await _api_error(request, ApiError(422, "invalid_request", f"{field}: {err.get('msg')}", field))
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return await _api_error(request, ApiError(exc.status_code, code, str(exc.detail)))
-
-
-@api.exception_handler(Exception)
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("request %s failed", _rid(request), exc_info=exc)
-    return await _api_error(request, ApiError(500, "internal", "internal error; see the server log for this request id"))
-
-
-async def _read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refusing (413) anything over ``max_bytes`` before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise ApiError(413, "body_too_large", f"request body is {declared} bytes, over the limit of {max_bytes}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, "body_too_large", f"request body is over the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _parse_segment(request: Request, max_bytes: int) -> "tuple[SegmentRequest, bytes | None]":
-    """JSON body, or multipart with an ``image`` file part and an optional ``request`` JSON part."""
-    body = await _read_body(request, max_bytes)
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    upload = None
-    if ctype == "multipart/form-data":
-
-        async def replay():
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request(request.scope, replay).form(max_files=1, max_fields=1)
-        except Exception as e:  # malformed multipart, too many parts
-            raise ApiError(400, "invalid_multipart", f"cannot parse multipart body: {e}") from None
-        for key in form.keys():
-            if key not in ("image", "request"):
-                raise ApiError(422, "invalid_request", f"{key}: unknown multipart part (allowed: image, request)", key)
-        part = form.get("image")
-        if part is None or isinstance(part, str):
-            raise ApiError(422, "invalid_request", "image: multipart upload needs an 'image' file part", "image")
-        upload = await part.read()
-        raw = form.get("request") or "{}"
-        raw = raw if isinstance(raw, str) else (await raw.read()).decode("utf-8", "replace")
-    elif ctype == "application/json":
-        raw = body
-    else:
-        raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
-    try:
-        data = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {e}"[:300], "request" if upload is not None else None) from None
-    if not isinstance(data, dict):
-        raise ApiError(422, "invalid_request", "body must be a JSON object")
-    try:
-        req = SegmentRequest.model_validate(data)
-    except ValidationError as e:
-        raise from_validation_error(e) from None
-    if upload is not None and (req.image is not None or req.image_id is not None):
-        raise ApiError(422, "invalid_request", "image: give the image once: a file part, inline base64 or image_id", "image")
-    return req, upload
-
-
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
-    """HTTP front: validation, the embedding cache, and the calls into the encoder and decoder.
+    """HTTP front: validation, the image/embedding cache, and the calls into the stages.
 
     Args:
-        encoder: handle to :class:`deployments.encoder.ImageEncoder`.
-        decoder: handle to :class:`deployments.decoder.MaskDecoder`.
+        encoder, decoder, fader, embedder, retriever: handles to the stage deployments.
         args: :class:`serve_app.config.AppArgs` as a dict.
     """
 
-    def __init__(self, encoder: DeploymentHandle, decoder: DeploymentHandle, args: dict) -> None:
+    def __init__(
+        self,
+        encoder: DeploymentHandle,
+        decoder: DeploymentHandle,
+        fader: DeploymentHandle,
+        embedder: DeploymentHandle,
+        retriever: DeploymentHandle,
+        args: dict,
+    ) -> None:
         self.args = AppArgs.model_validate(args)
-        self.encoder = encoder
-        self.decoder = decoder
+        self.encoder, self.decoder, self.fader, self.embedder, self.retriever = encoder, decoder, fader, embedder, retriever
         self.cache = EmbeddingCache(self.args.cache.max_entries, self.args.cache.max_bytes)
         self._feature_nbytes = feature_nbytes()
 
+    # ---------------------------------------------------------------- health
     @api.get("/healthz")
     async def healthz(self) -> dict:
         """Liveness: the ingress answers."""
@@ -160,10 +86,16 @@ class Ingress:
 
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
-        """Readiness: 200 only when the encoder and decoder answer and run the same weights."""
+        """Readiness: 200 only when every stage answers and encoder and decoder run the same weights."""
         try:
-            enc, dec = await asyncio.wait_for(
-                asyncio.gather(self.encoder.info.remote(), self.decoder.info.remote()),
+            enc, dec, emb, ret, fad = await asyncio.wait_for(
+                asyncio.gather(
+                    self.encoder.info.remote(),
+                    self.decoder.info.remote(),
+                    self.embedder.info.remote(),
+                    self.retriever.info.remote(),
+                    self.fader.stats.remote(),
+                ),
                 timeout=self.args.readiness_timeout_s,
             )
         except Exception as e:  # timeout, replica not up yet
@@ -175,107 +107,295 @@ class Ingress:
             "model_id": enc["model_id"],
             "weights": enc["weights"],
             "device": enc["device"],
-            "devices": {"encoder": enc["device"], "decoder": dec["device"]},
+            "devices": {"encoder": enc["device"], "decoder": dec["device"], "embedder": emb["device"]},
+            "embedder": {"model_id": emb["model_id"], "weights": emb["weights"], "dim": emb["dim"]},
+            "retriever": {"backend": ret["backend"]},
         }
-        if enc["weights"] == "random":
+        if "random" in (enc["weights"], emb["weights"]):
             body["warnings"] = [RANDOM_WEIGHTS_WARNING]
         return JSONResponse(body)
 
     @api.get("/v1/stats")
     async def stats(self) -> dict:
         """Embedding-cache counters of this ingress replica and work counters of one replica per stage."""
-        enc, dec = await asyncio.gather(self.encoder.stats.remote(), self.decoder.stats.remote())
-        return {"cache": self.cache.stats(), "encoder": enc, "decoder": dec}
+        names = ("encoder", "decoder", "fader", "embedder", "retriever")
+        handles = (self.encoder, self.decoder, self.fader, self.embedder, self.retriever)
+        results = await asyncio.gather(*(h.stats.remote() for h in handles))
+        return {"cache": self.cache.stats(), **dict(zip(names, results))}
 
-    @api.post("/v1/segment")
-    async def segment(self, request: Request) -> dict:
-        """Masks for box/point/mask prompts on an uploaded or cached image. See README for the schema."""
-        t0 = time.perf_counter()
-        req, upload = await _parse_segment(request, self.args.limits.max_body_bytes)
-        timing = {"decode_image": 0.0, "encode": 0.0}
+    # ---------------------------------------------------------------- images
+    async def _image(self, req, upload: bytes | None, prompts=()) -> tuple[str, CacheEntry, bool, dict]:
+        """The request's image as a cache entry, encoding it if new.
+
+        Returns:
+            (image_id, entry, found in cache, timing_ms with ``decode_image``).
+
+        Raises:
+            ApiError: 4xx for bad or missing images, 404 for an unknown ``image_id``, 422 for prompts
+                outside the image.
+        """
+        timing = {"decode_image": 0.0}
         if upload is not None or req.image is not None:
             data = upload if upload is not None else b64_to_bytes(req.image.base64)
             image_id = image_id_of(data)
-            entry = self.cache.get(image_id)
-            cached = entry is not None
-            if entry is None:
-                td = time.perf_counter()
-                rgb = decode_image(data, self.args.limits.max_image_pixels)
-                timing["decode_image"] = (time.perf_counter() - td) * 1e3
-                check_prompts_in_image(req.prompts, rgb.shape[1], rgb.shape[0])
-                entry = self._start_encode(image_id, rgb)
-        elif req.image_id is not None:
-            image_id = req.image_id
-            entry = self.cache.get(image_id)
-            cached = True
+            entry = self.cache.get(image_id)  # before decoding: a known image costs no decode
+            if entry is not None:
+                return image_id, entry, True, timing
+            td = time.perf_counter()
+            rgb = decode_image(data, self.args.limits.max_image_pixels)
+            timing["decode_image"] = (time.perf_counter() - td) * 1e3
+            check_prompts_in_image(list(prompts), rgb.shape[1], rgb.shape[0])
+            return image_id, self._start_encode(image_id, rgb), False, timing
+        if req.image_id is not None:
+            entry = self.cache.get(req.image_id)
             if entry is None:
                 raise ApiError(404, "image_not_cached", "image_id is not (or no longer) cached; send the image again", "image_id")
-        else:
-            raise ApiError(422, "invalid_request", "image: give image (base64 or file part) or image_id", "image")
+            return req.image_id, entry, True, timing
+        raise ApiError(422, "invalid_request", "image: give image (base64 or file part) or image_id", "image")
 
-        check_prompts_in_image(req.prompts, entry.width, entry.height)
-        specs, default_multimask = to_prompt_specs(req.prompts, entry.width, entry.height)
-        multimask = [req.multimask_output] * len(specs) if req.multimask_output is not None else default_multimask
-        job = DecodeJob(tuple(specs), tuple(multimask), req.mask_format, req.max_masks, req.return_logits)
+    def _start_encode(self, image_id: str, rgb: np.ndarray) -> CacheEntry:
+        """Put the pixels in the object store, submit them to the encoder, and cache the entry before any
+        ``await``, so that concurrent requests for the same image wait for this encode instead of
+        starting another. ``features`` is a task resolving to the features' ObjectRef."""
+        image_ref = ray.put(rgb)
+        task = asyncio.ensure_future(self.encoder.encode.remote(image_ref)._to_object_ref())
+        entry = CacheEntry(
+            features=task,
+            image=image_ref,
+            width=int(rgb.shape[1]),
+            height=int(rgb.shape[0]),
+            nbytes=self._feature_nbytes + rgb.nbytes,
+        )
+        self.cache.put(image_id, entry)
+        return entry
 
+    async def _features(self, image_id: str, entry: CacheEntry, timing: dict) -> ray.ObjectRef:
+        """The features' ObjectRef once they exist; records the wait as ``timing["encode"]``."""
         te = time.perf_counter()
         try:
-            features_ref = await entry.features  # a task resolving to the ObjectRef (done once submitted)
+            ref = await entry.features
             if not entry.ready:  # our own encode, or one in flight for a concurrent request
-                await features_ref._ready()  # wait for the features without fetching them here
+                await ref._ready()  # wait for the features without fetching them here
                 timing["encode"] = (time.perf_counter() - te) * 1e3
                 entry.ready = True
-            out = await self.decoder.decode.remote(features_ref, job)
-        except _LOST:
-            self.cache.pop(image_id)
-            raise ApiError(404, "image_not_cached", "the cached features of this image were lost; send the image again", "image_id") from None
         except Exception:
             self.cache.pop(image_id)  # a failed encode must not stay cached
             raise
-        timing.update({k: out["timing_ms"][k] for k in ("decode_masks", "postprocess")})
+        timing.setdefault("encode", 0.0)
+        return ref
+
+    async def _guard(self, image_id: str, awaitable):
+        """Await a stage call that reads cached refs; lost or failed refs are dropped from the cache."""
+        try:
+            return await awaitable
+        except _LOST:
+            self.cache.pop(image_id)
+            raise ApiError(404, "image_not_cached", "the cached data of this image were lost; send the image again", "image_id") from None
+
+    def _fade_spec(self, fade: FadeIn | None) -> dict:
+        """Request fade settings over the app's defaults, validated now (422 naming the parameter)."""
+        from models.fader import make_fade_strategy
+
+        base = self.args.fader
+        if fade is None:
+            strategy, params = base.strategy, dict(base.params)
+        elif fade.strategy == base.strategy:  # the request tunes the default strategy
+            strategy, params = base.strategy, {**base.params, **fade.params()}
+        else:
+            strategy, params = fade.strategy, fade.params()
+        try:
+            make_fade_strategy(strategy, **params)
+        except ValueError as e:
+            field = next((f"fade.{n}" for n in params if n in str(e)), "fade.strategy")
+            raise ApiError(422, "invalid_request", f"{field}: {e}", field) from None
+        return {"strategy": strategy, "params": params}
+
+    def _amg(self, overrides) -> object:
+        try:
+            return amg_settings(self.args.amg.model_dump(), overrides.model_dump() if overrides is not None else None)
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", f"amg: {e}", "amg") from None
+
+    # ---------------------------------------------------------------- segment
+    @api.post("/v1/segment")
+    async def segment(self, request: Request) -> dict:
+        """Masks for box/point/mask/text prompts on an uploaded or cached image. See README for the schema."""
+        t0 = time.perf_counter()
+        req, upload = await parse_body(request, SegmentRequest, self.args.limits.max_body_bytes)
+        image_id, entry, cached, timing = await self._image(req, upload, req.prompts)
+        check_prompts_in_image(req.prompts, entry.width, entry.height)
+        geometric = [p for p in req.prompts if not p.is_text]
+        texts = [p for p in req.prompts if p.is_text]
+        fade = self._fade_spec(req.fade) if texts else None
+        amg = self._amg(req.amg) if texts else None
+        specs, default_multimask = to_prompt_specs(geometric, entry.width, entry.height) if geometric or not texts else ([], [])
+        multimask = [req.multimask_output] * len(specs) if req.multimask_output is not None else default_multimask
+        features = await self._features(image_id, entry, timing)
+
+        calls = []
+        if specs:
+            job = DecodeJob(tuple(specs), tuple(multimask), req.mask_format, req.max_masks, req.return_logits)
+            calls.append(self.decoder.decode.remote(features, job))
+        if texts:
+            generated = self.decoder.generate.remote(features, amg, self.args.text_candidates)
+            crops = self.fader.fade_masks.remote(entry.image, generated, fade)
+            calls += [generated, self.embedder.embed_crops.remote(crops), self.embedder.embed_text_list.remote([p.text for p in texts])]
+        outs = await self._guard(image_id, asyncio.gather(*calls))
+
+        geo_results, text_results = [], []
+        model_id = weights = None
+        if specs:
+            out = outs.pop(0)
+            geo_results = out["results"]
+            model_id, weights = out["model_id"], out["weights"]
+            timing.update({k: out["timing_ms"][k] for k in ("decode_masks", "postprocess")})
+        if texts:
+            gen, emb, text_emb = outs
+            model_id, weights = gen["model_id"], gen["weights"]
+            text_results = [{"masks": rank_by_text(gen["masks"], emb["embeddings"], t, req.max_masks, req.mask_format)} for t in text_emb]
+            timing.update({"amg": gen["timing_ms"]["amg"], **{k: emb["timing_ms"][k] for k in ("fade", "embed")}})
+        results = []
+        geo_iter, text_iter = iter(geo_results), iter(text_results)
+        for p in req.prompts or [None]:
+            results.append(next(text_iter) if p is not None and p.is_text else next(geo_iter))
         timing["total"] = (time.perf_counter() - t0) * 1e3
-        body = {
-            "model_id": out["model_id"],
-            "weights": out["weights"],
+        return self._respond(image_id, entry, cached, {"model_id": model_id, "weights": weights, "results": results}, timing)
+
+    def _respond(self, image_id: str, entry: CacheEntry, cached: bool, body: dict, timing: dict) -> dict:
+        out = {
+            "model_id": body.pop("model_id"),
+            "weights": body.pop("weights"),
             "image_id": image_id,
             "width": entry.width,
             "height": entry.height,
             "encode_cached": cached,
-            "results": out["results"],
+            **body,
             "timing_ms": timing,
         }
-        if out["weights"] == "random":
-            body["warnings"] = [RANDOM_WEIGHTS_WARNING]
-        return body
+        if out["weights"] == "random" or body.get("embedder_weights") == "random":
+            out["warnings"] = [RANDOM_WEIGHTS_WARNING]
+        return out
 
-    def _start_encode(self, image_id: str, rgb) -> "CacheEntry":
-        """Submit the image to the encoder and cache the entry before any ``await``, so that concurrent
-        requests for the same image wait for this encode instead of starting another. The entry holds
-        a task that resolves to the features' ObjectRef once the encoder has taken the request."""
-        task = asyncio.ensure_future(self.encoder.encode.remote(rgb)._to_object_ref())
-        entry = CacheEntry(features=task, width=int(rgb.shape[1]), height=int(rgb.shape[0]), nbytes=self._feature_nbytes)
-        self.cache.put(image_id, entry)
-        return entry
+    # ---------------------------------------------------------------- predict
+    @api.post("/v1/predict")
+    async def predict(self, request: Request) -> dict:
+        """Every object in the image, labelled by its nearest labelled examples in a collection."""
+        t0 = time.perf_counter()
+        req, upload = await parse_body(request, PredictRequest, self.args.limits.max_body_bytes)
+        fade = self._fade_spec(req.fade)
+        amg = self._amg(req.amg)
+        info = await self.retriever.collection_or_none.remote(req.collection)
+        if info is None:
+            raise ApiError(404, "unknown_collection", f"collection {req.collection!r} does not exist; add examples first", "collection")
+        image_id, entry, cached, timing = await self._image(req, upload)
+        features = await self._features(image_id, entry, timing)
+        generated = self.decoder.generate.remote(features, amg, req.max_instances)
+        crops = self.fader.fade_masks.remote(entry.image, generated, fade)
+        embedded = self.embedder.embed_crops.remote(crops)
+        found = self.retriever.knn_chain.remote(req.collection, embedded, req.top_k)
+        gen, nbrs = await self._guard(image_id, asyncio.gather(generated, found))
+        timing.update({"amg": gen["timing_ms"]["amg"], **{k: nbrs["timing_ms"][k] for k in ("fade", "embed", "retrieve")}})
+        body = {
+            "model_id": gen["model_id"],
+            "weights": gen["weights"],
+            "collection": req.collection,
+            "instances": instances(gen["masks"], nbrs["neighbors"], req.min_score, req.mask_format),
+            "embedder_weights": nbrs["embedder_weights"],
+        }
+        timing["total"] = (time.perf_counter() - t0) * 1e3
+        return self._respond(image_id, entry, cached, body, timing)
+
+    # ---------------------------------------------------------------- examples
+    @api.post("/v1/examples")
+    async def add_example(self, request: Request) -> dict:
+        """Store one labelled object (a prompt's best mask, or a given mask) as a few-shot example."""
+        t0 = time.perf_counter()
+        req, upload = await parse_body(request, ExampleRequest, self.args.limits.max_body_bytes)
+        fade = self._fade_spec(req.fade)
+        prompt = req.prompt() if req.mask_rle is None else None
+        image_id, entry, cached, timing = await self._image(req, upload, [prompt] if prompt else [])
+        if prompt is not None:
+            check_prompts_in_image([prompt], entry.width, entry.height)
+            features = await self._features(image_id, entry, timing)
+            specs, multimask = to_prompt_specs([prompt], entry.width, entry.height)
+            out = await self._guard(image_id, self.decoder.decode.remote(features, DecodeJob(tuple(specs), tuple(multimask), "rle", 1, False)))
+            rle = out["results"][0]["masks"][0]["rle"]
+        else:
+            rle = self._check_mask(req.mask_rle.model_dump(), entry)
+        area = int(decode_rle(rle).sum())
+        if area == 0:
+            raise ApiError(422, "empty_mask", "the object's mask is empty; nothing to embed", "mask_rle" if prompt is None else "box_xyxy")
+        crops = self.fader.fade_masks.remote(entry.image, [rle], fade)
+        embedded = self.embedder.embed_crops.remote(crops)
+        payload = {"image_id": image_id, "bbox_xyxy": encode_masks(decode_rle(rle)[None], "none")[0]["bbox_xyxy"], "area_px": area}
+        try:
+            ids = await self._guard(image_id, self.retriever.add_chain.remote(req.collection, embedded, [req.label], [payload]))
+        except ValueError as e:  # dimension mismatch with an existing collection
+            raise ApiError(409, "dimension_mismatch", str(e).splitlines()[-1][:300], "collection") from None
+        timing["total"] = (time.perf_counter() - t0) * 1e3
+        return {"ids": ids, "collection": req.collection, "label": req.label, "image_id": image_id, "area_px": area, "timing_ms": timing}
+
+    def _check_mask(self, rle: dict, entry: CacheEntry) -> dict:
+        if list(rle["size"]) != [entry.height, entry.width]:
+            raise ApiError(422, "invalid_request", f"mask_rle: size {list(rle['size'])} differs from the image's [{entry.height}, {entry.width}]", "mask_rle")
+        try:
+            decode_rle(rle)
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", f"mask_rle: {e}", "mask_rle") from None
+        return rle
+
+    @api.get("/v1/examples")
+    async def list_examples(self, collection: str = "default", label: str | None = None, offset: str | None = None, limit: int = 100) -> dict:
+        """Examples per label in a collection, and a page of their ids."""
+        if not 1 <= limit <= 1000:
+            raise ApiError(422, "invalid_request", "limit: must be in 1..1000", "limit")
+        info = await self.retriever.collection_or_none.remote(collection)
+        if info is None:
+            raise ApiError(404, "unknown_collection", f"collection {collection!r} does not exist", "collection")
+        counts, (items, next_offset) = await asyncio.gather(
+            self.retriever.counts.remote(collection), self.retriever.list_ids.remote(collection, label, offset, limit)
+        )
+        return {"collection": collection, "dim": info["dim"], "total": sum(counts.values()), "counts": counts, "items": items, "next_offset": next_offset}
+
+    @api.delete("/v1/examples/{example_id}")
+    async def delete_example(self, example_id: str, collection: str = "default") -> dict:
+        """Delete one example by id."""
+        if await self.retriever.collection_or_none.remote(collection) is None:
+            raise ApiError(404, "unknown_collection", f"collection {collection!r} does not exist", "collection")
+        try:
+            deleted = await self.retriever.delete.remote(collection, example_id)
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", f"example_id: {e}"[:300], "example_id") from None
+        if not deleted:
+            raise ApiError(404, "unknown_example", f"no example {example_id!r} in collection {collection!r}", "example_id")
+        return {"deleted": example_id, "collection": collection}
 
 
 def build_app(args: dict | None = None) -> serve.Application:
     """Assemble the graph from :class:`serve_app.config.AppArgs` (the ``args:`` of a Serve config).
 
-    Weight settings not in ``args`` are resolved here from the environment, so every replica of every
-    stage loads the same weights.
+    Weight and store settings not in ``args`` are resolved here from the environment, so every replica
+    of every stage loads the same weights and store.
 
     Raises:
         ValueError: invalid arguments (unknown model, bad limits, unknown keys).
-        WeightsError: the weights cannot be had (no network and no checkpoint); the message names the
+        WeightsError: weights cannot be had (no network and no checkpoint); the message names the
             alternatives, and ``serve run`` stops with it.
+        StoreError: the data dir cannot be written.
     """
     try:
         cfg = AppArgs.model_validate(args or {})
     except ValidationError as e:
         raise ValueError(f"invalid samgraph app args: {e}") from None
     source = WeightsSource.resolve(cfg.weights, cfg.checkpoint, cfg.seed)
+    clip_source = ClipWeightsSource.resolve(cfg.clip.weights, cfg.clip.checkpoint, cfg.seed)
     preflight(cfg.model_id, source)
+    preflight_clip(ClipSpec(cfg.clip.model_name, cfg.clip.pretrained), clip_source)
+    store = preflight_store(cfg.retriever.path, cfg.retriever.url, cfg.retriever.api_key)
     weights = {"kind": source.kind, "checkpoint": source.checkpoint, "seed": source.seed}
     encoder = ImageEncoder.bind(cfg.model_id, weights, cfg.encoder.device, cfg.encoder.torch_threads)
     decoder = MaskDecoder.bind(cfg.model_id, weights, cfg.decoder.device, cfg.decoder.torch_threads)
-    return Ingress.bind(encoder, decoder, cfg.model_dump())
+    fader = Fader.bind(cfg.fader.strategy, cfg.fader.params, {"context_margin": cfg.fader.context_margin, "output_size": cfg.fader.output_size})
+    embedder = Embedder.bind(cfg.clip.model_name, cfg.clip.pretrained, clip_source.as_dict(), cfg.clip.device, cfg.clip.torch_threads)
+    retriever = Retriever.bind(**store)
+    return Ingress.bind(encoder, decoder, fader, embedder, retriever, cfg.model_dump())

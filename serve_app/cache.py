@@ -14,6 +14,7 @@ class CacheEntry:
 
     Attributes:
         features: the features or a reference to them.
+        image: the decoded pixels or a reference to them (the fader needs them), or None.
         width, height: image size in pixels.
         nbytes: bytes the features take.
         ready: the features exist (False while the encode that makes them is in flight).
@@ -23,6 +24,7 @@ class CacheEntry:
     width: int
     height: int
     nbytes: int
+    image: Any = None
     ready: bool = False
 
 

@@ -4,7 +4,10 @@
     samgraph models list | pull [NAME]
     samgraph ping --api URL
     samgraph segment --api URL --image photo.jpg [--box x0,y0,x1,y1]... [--point x,y[,fg|bg]]...
-                     [--out result.json] [--overlay overlay.png] [--cutout cutout.png]
+                     [--text "a red car"]... [--out result.json] [--overlay overlay.png] [--cutout cutout.png]
+    samgraph predict --api URL --image photo.jpg [--collection NAME] [--top-k 5] [--json]
+    samgraph examples add --api URL --image photo.jpg (--box x0,y0,x1,y1 | --point x,y ...) --label NAME
+    samgraph examples list --api URL [--collection NAME]
 """
 
 from __future__ import annotations
@@ -132,35 +135,16 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    import httpx
-
-    image_path = Path(args.image)
-    try:
-        image_bytes = image_path.read_bytes()
-    except OSError as e:
-        print(f"error: cannot read {image_path}: {e}", file=sys.stderr)
-        return 2
-    request = {"prompts": build_prompts(args.box or [], args.point or []), "mask_format": "rle"}
+    request = {"prompts": build_prompts(args.box or [], args.point or []) + [{"text": t} for t in args.text or []], "mask_format": "rle"}
     if args.multimask is not None:
         request["multimask_output"] = args.multimask
-    try:
-        with _client(args.api, args.timeout) as c:
-            r = c.post(
-                "/v1/segment",
-                files={"image": (image_path.name, image_bytes)},
-                data={"request": json.dumps(request)},
-            )
-    except httpx.HTTPError as e:
-        print(f"error: cannot reach {args.api}: {e}", file=sys.stderr)
-        return 1
-    if r.status_code != 200:
-        return _fail(r)
+    r = _post_image(args, "/v1/segment", request)
+    if isinstance(r, int):
+        return r
     result = r.json()
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text)
-    for w in result.get("warnings", []):
-        print(f"warning: {w}", file=sys.stderr)
     summary = {
         "image_id": result["image_id"],
         "encode_cached": result["encode_cached"],
@@ -174,11 +158,89 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.overlay or args.cutout:
         from serve_app.render import save_cutout, save_overlay
 
+        image_bytes = Path(args.image).read_bytes()
         if args.overlay:
             save_overlay(image_bytes, result, args.overlay)
         if args.cutout:
             save_cutout(image_bytes, result, args.cutout)
     return 0
+
+
+def _post_image(args: argparse.Namespace, path: str, request: dict):
+    """POST ``request`` with the image file as multipart; returns the response or an exit code."""
+    import httpx
+
+    image_path = Path(args.image)
+    try:
+        image_bytes = image_path.read_bytes()
+    except OSError as e:
+        print(f"error: cannot read {image_path}: {e}", file=sys.stderr)
+        return 2
+    try:
+        with _client(args.api, args.timeout) as c:
+            r = c.post(path, files={"image": (image_path.name, image_bytes)}, data={"request": json.dumps(request)})
+    except httpx.HTTPError as e:
+        print(f"error: cannot reach {args.api}: {e}", file=sys.stderr)
+        return 1
+    if r.status_code != 200:
+        return _fail(r)
+    for w in r.json().get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    return r
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    request = {"collection": args.collection, "top_k": args.top_k, "min_score": args.min_score, "max_instances": args.max_instances}
+    if args.points_per_side:
+        request["amg"] = {"points_per_side": args.points_per_side}
+    r = _post_image(args, "/v1/predict", request)
+    if isinstance(r, int):
+        return r
+    result = r.json()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{len(result['instances'])} instances in {result['timing_ms']['total']:.0f} ms ({result['image_id'][:12]}...)")
+    print(f"{'#':>3} {'label':<20} {'confidence':>10} {'pred_iou':>8} {'area_px':>9}  bbox_xyxy")
+    for i, inst in enumerate(result["instances"]):
+        label = inst["label"] if inst["label"] is not None else "-"
+        print(f"{i:>3} {label:<20} {inst['confidence']:>10.3f} {inst['predicted_iou']:>8.3f} {inst['area_px']:>9}  {inst['bbox_xyxy']}")
+    return 0
+
+
+def cmd_examples(args: argparse.Namespace) -> int:
+    import httpx
+
+    if args.action == "add":
+        prompt = build_prompts([args.box] if args.box else [], args.point or [])
+        if not prompt:
+            print("error: give --box and/or --point for the object", file=sys.stderr)
+            return 2
+        r = _post_image(args, "/v1/examples", {**prompt[0], "label": args.label, "collection": args.collection})
+        if isinstance(r, int):
+            return r
+        out = r.json()
+        print(json.dumps({k: out[k] for k in ("ids", "collection", "label", "area_px")}, indent=2))
+        return 0
+    try:
+        with _client(args.api, args.timeout) as c:
+            r = c.get("/v1/examples", params={"collection": args.collection})
+    except httpx.HTTPError as e:
+        print(f"error: cannot reach {args.api}: {e}", file=sys.stderr)
+        return 1
+    if r.status_code != 200:
+        return _fail(r)
+    out = r.json()
+    print(f"collection {out['collection']}: {out['total']} examples, {out['dim']}-d")
+    for label, n in sorted(out["counts"].items()):
+        print(f"  {label:<30} {n:>6}")
+    return 0
+
+
+def _api_args(c: argparse.ArgumentParser, func) -> None:
+    c.add_argument("--api", default=os.environ.get("SAMGRAPH_API", DEFAULT_API), help="service URL")
+    c.add_argument("--timeout", type=float, default=300.0, help="HTTP timeout, seconds")
+    c.set_defaults(func=func)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -198,10 +260,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     for name, func, helptext in (("ping", cmd_ping, "readiness of a running service"), ("segment", cmd_segment, "segment an image")):
         c = sub.add_parser(name, help=helptext)
-        c.add_argument("--api", default=os.environ.get("SAMGRAPH_API", DEFAULT_API), help="service URL")
-        c.add_argument("--timeout", type=float, default=300.0, help="HTTP timeout, seconds")
-        c.set_defaults(func=func)
+        _api_args(c, func)
         if name == "segment":
+            c.add_argument("--text", action="append", help="a text prompt, e.g. 'the red car' (ranked automatic masks)")
             c.add_argument("--image", required=True, help="image file (JPEG, PNG, ...)")
             c.add_argument("--box", type=_parse_box, action="append", help="x0,y0,x1,y1 in pixels; repeat for more objects")
             c.add_argument("--point", type=_parse_point, action="append", help="x,y[,fg|bg] in pixels (default fg)")
@@ -210,6 +271,29 @@ def make_parser() -> argparse.ArgumentParser:
             c.add_argument("--json", action="store_true", help="print the full JSON response, not a summary")
             c.add_argument("--overlay", help="write the photo with the best mask of each object drawn over it (PNG)")
             c.add_argument("--cutout", help="write the objects with an alpha channel (PNG)")
+
+    pr = sub.add_parser("predict", help="label every object in an image from the labelled examples")
+    _api_args(pr, cmd_predict)
+    pr.add_argument("--image", required=True)
+    pr.add_argument("--collection", default="default")
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--min-score", type=float, default=0.0)
+    pr.add_argument("--max-instances", type=int, default=20)
+    pr.add_argument("--points-per-side", type=int, help="automatic-mask grid (default: the service's)")
+    pr.add_argument("--json", action="store_true", help="print the full JSON response")
+
+    ex = sub.add_parser("examples", help="add or list labelled examples")
+    exsub = ex.add_subparsers(dest="action", required=True)
+    add = exsub.add_parser("add", help="store one labelled object given by a box and/or points")
+    _api_args(add, cmd_examples)
+    add.add_argument("--image", required=True)
+    add.add_argument("--box", type=_parse_box)
+    add.add_argument("--point", type=_parse_point, action="append")
+    add.add_argument("--label", required=True)
+    add.add_argument("--collection", default="default")
+    lst = exsub.add_parser("list", help="examples per label")
+    _api_args(lst, cmd_examples)
+    lst.add_argument("--collection", default="default")
     return p
 
 

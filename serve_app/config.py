@@ -35,11 +35,54 @@ class CacheArgs(BaseModel):
     max_bytes: int = Field(default=2 * 2**30, ge=1)
 
 
+class ClipArgs(StageArgs):
+    """The embedder: an open_clip model and pretrained tag; weights unset -> ``SAMGRAPH_WEIGHTS`` /
+    ``SAMGRAPH_CLIP_CHECKPOINT`` (``pretrained`` is open_clip's own download)."""
+
+    model_name: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"
+    weights: Literal["pretrained", "file", "random"] | None = None
+    checkpoint: str | None = None
+
+
+class RetrieverArgs(BaseModel):
+    """Qdrant: unset -> ``SAMGRAPH_QDRANT_URL`` (+ ``SAMGRAPH_QDRANT_API_KEY``) for a server, else the
+    embedded local store under ``SAMGRAPH_DATA_DIR`` (one retriever replica per folder)."""
+
+    model_config = _STRICT
+    path: str | None = None
+    url: str | None = None
+    api_key: str | None = None
+
+
+class FaderArgs(BaseModel):
+    """Default fade (a request's ``fade`` overrides it) and crop geometry; see ``models/fader.py``."""
+
+    model_config = _STRICT
+    strategy: str = "gaussian"
+    params: dict = {}
+    context_margin: float = Field(default=0.2, ge=0, le=2)
+    output_size: int = Field(default=224, ge=16, le=1024)
+
+
+class AmgDefaults(BaseModel):
+    """Default automatic-mask settings (``SAM2AutomaticMaskGenerator``'s; a request's ``amg`` overrides)."""
+
+    model_config = _STRICT
+    points_per_side: int = Field(default=32, ge=1, le=64)
+    points_per_batch: int = Field(default=64, ge=1, le=1024)
+    pred_iou_thresh: float = Field(default=0.8, ge=0, le=1)
+    stability_score_thresh: float = Field(default=0.95, ge=0, le=1)
+    box_nms_thresh: float = Field(default=0.7, ge=0, le=1)
+    min_area_px: int = Field(default=0, ge=0)
+
+
 class AppArgs(BaseModel):
     """Arguments of :func:`serve_app.app.build_app`.
 
     ``weights``/``checkpoint``/``seed`` left unset are taken from ``SAMGRAPH_WEIGHTS``,
-    ``SAMGRAPH_SAM2_CHECKPOINT`` and ``SAMGRAPH_SEED`` when the app is built.
+    ``SAMGRAPH_SAM2_CHECKPOINT`` and ``SAMGRAPH_SEED`` when the app is built. ``text_candidates`` caps the
+    automatic masks scored against a text prompt.
     """
 
     model_config = _STRICT
@@ -51,6 +94,11 @@ class AppArgs(BaseModel):
     decoder: StageArgs = StageArgs()
     limits: LimitArgs = LimitArgs()
     cache: CacheArgs = CacheArgs()
+    clip: ClipArgs = ClipArgs()
+    retriever: RetrieverArgs = RetrieverArgs()
+    fader: FaderArgs = FaderArgs()
+    amg: AmgDefaults = AmgDefaults()
+    text_candidates: int = Field(default=64, ge=1, le=512)
     readiness_timeout_s: float = Field(default=5.0, gt=0)
 
     @field_validator("model_id")

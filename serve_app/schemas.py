@@ -60,6 +60,7 @@ class PromptIn(BaseModel):
     box_xyxy: list[float] | None = Field(default=None, min_length=4, max_length=4)
     points: list[list[Any]] | None = Field(default=None, max_length=64)
     mask_input: LogitsIn | None = None
+    text: str | None = Field(default=None, min_length=1, max_length=300)
 
     @field_validator("box_xyxy")
     @classmethod
@@ -92,11 +93,25 @@ class PromptIn(BaseModel):
             out.append([float(x), float(y), _LABELS[label]])
         return out
 
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("text must not be blank")
+        return v
+
     @model_validator(mode="after")
     def _not_empty(self) -> PromptIn:
-        if self.box_xyxy is None and self.points is None and self.mask_input is None:
-            raise ValueError("a prompt needs box_xyxy, points or mask_input")
+        geometric = self.box_xyxy is not None or self.points is not None or self.mask_input is not None
+        if self.text is not None and geometric:
+            raise ValueError("a text prompt stands alone: no box_xyxy, points or mask_input with text")
+        if self.text is None and not geometric:
+            raise ValueError("a prompt needs box_xyxy, points, mask_input or text")
         return self
+
+    @property
+    def is_text(self) -> bool:
+        return self.text is not None
 
     @property
     def default_multimask(self) -> bool:
@@ -115,6 +130,8 @@ class SegmentRequest(BaseModel):
     max_masks: int = Field(default=3, ge=1, le=3)
     mask_format: Literal["rle", "png", "none"] = "rle"
     return_logits: bool = False
+    fade: FadeIn | None = None
+    amg: AmgIn | None = None
 
     @model_validator(mode="after")
     def _one_image(self) -> SegmentRequest:
@@ -122,6 +139,102 @@ class SegmentRequest(BaseModel):
             raise ValueError("give either image or image_id, not both")
         return self
 
+
+
+class FadeIn(BaseModel):
+    """Context fade of the crops sent to CLIP (see ``models/fader.py``); unset fields take the app's
+    defaults when ``strategy`` is the app's, else the strategy's own. Crop geometry is app config."""
+
+    model_config = _STRICT
+    strategy: str = "gaussian"
+    sigma_px: float | None = None
+    min_fade: float | None = None
+    max_distance_px: float | None = None
+    decay: float | None = None
+
+    def params(self) -> dict:
+        """The strategy's own parameters that were set."""
+        return {k: v for k, v in self.model_dump(exclude={"strategy"}).items() if v is not None}
+
+
+class AmgIn(BaseModel):
+    """Automatic-mask settings (``models/amg.py::AmgSettings``); unset fields take the app's defaults."""
+
+    model_config = _STRICT
+    points_per_side: int | None = Field(default=None, ge=1, le=64)
+    points_per_batch: int | None = Field(default=None, ge=1, le=1024)
+    pred_iou_thresh: float | None = Field(default=None, ge=0, le=1)
+    stability_score_thresh: float | None = Field(default=None, ge=0, le=1)
+    box_nms_thresh: float | None = Field(default=None, ge=0, le=1)
+    min_area_px: int | None = Field(default=None, ge=0)
+
+
+COLLECTION = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+LABEL = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class PredictRequest(BaseModel):
+    """Body of ``POST /v1/predict``: label every object in an image from the nearest labelled examples."""
+
+    model_config = _STRICT
+    image: ImageIn | None = None
+    image_id: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
+    collection: COLLECTION = "default"
+    top_k: int = Field(default=5, ge=1, le=100)
+    min_score: float = Field(default=0.0, ge=-1, le=1)
+    max_instances: int = Field(default=20, ge=1, le=256)
+    mask_format: Literal["rle", "png", "none"] = "rle"
+    fade: FadeIn | None = None
+    amg: AmgIn | None = None
+
+    @model_validator(mode="after")
+    def _one_image(self) -> PredictRequest:
+        if self.image is not None and self.image_id is not None:
+            raise ValueError("give either image or image_id, not both")
+        return self
+
+
+class RleIn(BaseModel):
+    """A COCO RLE mask: ``{"size": [H, W], "counts": "<compressed string>"}``."""
+
+    model_config = _STRICT
+    size: tuple[int, int]
+    counts: str = Field(min_length=1)
+
+
+class ExampleRequest(BaseModel):
+    """Body of ``POST /v1/examples``: one labelled object, given by a prompt or a mask."""
+
+    model_config = _STRICT
+    image: ImageIn | None = None
+    image_id: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
+    box_xyxy: list[float] | None = Field(default=None, min_length=4, max_length=4)
+    points: list[list[Any]] | None = Field(default=None, max_length=64)
+    mask_rle: RleIn | None = None
+    label: LABEL
+    collection: COLLECTION = "default"
+    fade: FadeIn | None = None
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("label must not be blank")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _one_object(self) -> ExampleRequest:
+        if self.image is not None and self.image_id is not None:
+            raise ValueError("give either image or image_id, not both")
+        if self.mask_rle is not None and (self.box_xyxy is not None or self.points is not None):
+            raise ValueError("give either mask_rle or a prompt (box_xyxy and/or points), not both")
+        if self.mask_rle is None and self.box_xyxy is None and self.points is None:
+            raise ValueError("an example needs box_xyxy, points or mask_rle")
+        return self
+
+    def prompt(self) -> PromptIn:
+        """The example's prompt as a /v1/segment prompt (validated by the same rules)."""
+        return PromptIn(box_xyxy=self.box_xyxy, points=self.points)
 
 
 def check_prompts_in_image(prompts: list[PromptIn], width: int, height: int) -> None:
@@ -173,3 +286,6 @@ def to_prompt_specs(prompts: list[PromptIn], width: int, height: int) -> tuple[l
             )
         )
     return specs, [p.default_multimask for p in prompts]
+
+
+SegmentRequest.model_rebuild()

@@ -1,0 +1,117 @@
+"""``Embedder`` deployment: batched CLIP embeddings of image crops and texts (open_clip)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import numpy as np
+from ray import serve
+
+from deployments.common import check_batch_config, pick_device, set_torch_threads
+from models.embedder import ClipSpec
+from serve_app.clip_weights import ClipWeightsSource, load_clip
+
+log = logging.getLogger("samgraph.deployments")
+
+
+@serve.deployment(name="Embedder", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=32)
+class Embedder:
+    """Embeds (H, W, 3) uint8 RGB crops and texts into one CLIP space, L2-normalised.
+
+    Both methods are batched with ``@serve.batch``; ``max_batch_size`` and ``batch_wait_timeout_s`` come
+    from ``user_config`` and apply to both (keys left out keep the defaults, 32 and 0.005 s).
+
+    Args:
+        model_name: open_clip architecture, e.g. ``"ViT-B-32"``.
+        pretrained: open_clip pretrained tag, e.g. ``"laion2b_s34b_b79k"``.
+        weights: :class:`serve_app.clip_weights.ClipWeightsSource` fields ``{"kind", "checkpoint", "seed"}``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        torch_threads: torch intra-op threads for this replica (None: torch's default).
+    """
+
+    def __init__(
+        self, model_name: str, pretrained: str, weights: dict, device: str = "auto", torch_threads: int | None = None
+    ) -> None:
+        threads = set_torch_threads(torch_threads)
+        self._device = pick_device(device)
+        loaded = load_clip(ClipSpec(model_name, pretrained), ClipWeightsSource(**weights), device=self._device)
+        self._embedder = loaded.embedder
+        self._info = {
+            "model_id": loaded.model_id,
+            "weights": loaded.weights,
+            "device": self._device,
+            "dim": loaded.embedder.dim,
+        }
+        log.info(
+            "CLIP %s on %s, %d torch threads, weights %s (pid %d)",
+            loaded.model_id,
+            self._device,
+            threads,
+            loaded.weights,
+            os.getpid(),
+        )
+        self._images = 0
+        self._texts = 0
+        self._batches = 0
+        self._busy_s = 0.0
+
+    def reconfigure(self, user_config: dict) -> None:
+        size, wait = check_batch_config(user_config)
+        for method in (self.embed_images, self.embed_texts):
+            if "max_batch_size" in user_config:
+                method.set_max_batch_size(size)
+            if "batch_wait_timeout_s" in user_config:
+                method.set_batch_wait_timeout_s(wait)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def embed_images(self, crops: list[np.ndarray]) -> list[np.ndarray]:
+        """Embed a batch of crops; each caller sends one (H, W, 3) uint8 RGB array, gets (dim,) float32."""
+        vectors = await self._run(self._embedder.embed_images, crops)
+        self._images += len(crops)
+        return vectors
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def embed_texts(self, texts: list[str]) -> list[np.ndarray]:
+        """Embed a batch of texts; each caller sends one non-blank string, gets (dim,) float32."""
+        vectors = await self._run(self._embedder.embed_texts, texts)
+        self._texts += len(texts)
+        return vectors
+
+    async def _run(self, embed, items: list) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        matrix = await asyncio.to_thread(embed, items)
+        assert len(matrix) == len(items)
+        self._busy_s += time.perf_counter() - t0
+        self._batches += 1
+        return [row.copy() for row in matrix]
+
+    async def embed_crops(self, faded: dict) -> dict:
+        """The graph's entry after the fader: one L2-normalised embedding per crop.
+
+        Args:
+            faded: the fader's ``{"crops": [...], "timing_ms": {...}}``.
+
+        Returns:
+            ``{"embeddings": (N, dim) float32, "timing_ms": the fader's and ``embed``, "weights"}``.
+        """
+        t0 = time.perf_counter()
+        crops = faded["crops"]
+        vectors = await asyncio.gather(*(self.embed_images(c) for c in crops))
+        embeddings = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, self._embedder.dim), np.float32)
+        timing = {**faded["timing_ms"], "embed": (time.perf_counter() - t0) * 1e3}
+        return {"embeddings": embeddings, "timing_ms": timing, "weights": self._info["weights"]}
+
+    async def embed_text_list(self, texts: list[str]) -> np.ndarray:
+        """(T, dim) float32 L2-normalised text embeddings, batched with other callers' texts."""
+        return np.stack(await asyncio.gather(*(self.embed_texts(t) for t in texts)))
+
+    def info(self) -> dict:
+        """``{"model_id", "weights", "device", "dim"}`` of this replica."""
+        return dict(self._info)
+
+    def stats(self) -> dict:
+        """Work done by this replica: images and texts embedded, batches run, seconds spent embedding."""
+        return {"images": self._images, "texts": self._texts, "batches": self._batches, "busy_s": self._busy_s}

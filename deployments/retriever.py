@@ -1,0 +1,220 @@
+"""``Retriever`` deployment: few-shot example store and batched cosine k-NN over Qdrant (local or server).
+
+In Qdrant local mode (a data folder) the folder is locked by one client, so this deployment must run as
+**one replica**; with a Qdrant server (``url=``) it scales to any number of replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from ray import serve
+
+from deployments.common import check_batch_config
+from models.knn import Neighbor
+from serve_app.vectorstore import ExampleStore, UnknownCollection, as_vectors, check_collection_name, check_top_k
+
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.002
+
+
+@dataclass(frozen=True, eq=False)
+class SearchJob:
+    """One caller's k-NN request inside a batch.
+
+    Attributes:
+        collection: collection name.
+        queries: (M, D) float32 query embeddings, D = the collection's dimension.
+        top_k: neighbours per query, 1..100.
+    """
+
+    collection: str
+    queries: np.ndarray
+    top_k: int
+
+
+SearchResult = list[list[Neighbor]] | Exception
+
+
+def run_search_jobs(store: ExampleStore, jobs: Sequence[SearchJob]) -> list[SearchResult]:
+    """Answer a batch of search jobs with one batched Qdrant query per ``(collection, top_k)`` group.
+
+    Errors stay with the job that caused them: a job whose queries are malformed or of the wrong dimension
+    gets its exception in its slot and the rest of its group is still searched; an unknown collection or
+    invalid ``top_k`` fails only the jobs of that group.
+
+    Args:
+        store: the example store.
+        jobs: the batch, in arrival order.
+
+    Returns:
+        One entry per job, in order: M lists of :class:`Neighbor` (best first), or the exception for that job.
+    """
+    results: list[SearchResult | None] = [None] * len(jobs)
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, job in enumerate(jobs):
+        try:
+            groups.setdefault((job.collection, job.top_k), []).append(i)
+        except TypeError:  # unhashable field: not a valid job
+            results[i] = ValueError(f"bad search job: collection {job.collection!r}, top_k {job.top_k!r}")
+    for (collection, top_k), members in groups.items():
+        try:
+            check_top_k(top_k)
+            dim = store.dimension(collection)
+        except Exception as exc:
+            for i in members:
+                results[i] = exc
+            continue
+        valid: list[tuple[int, np.ndarray]] = []
+        for i in members:
+            try:
+                valid.append((i, as_vectors(jobs[i].queries, "queries", dim=dim)))
+            except Exception as exc:
+                results[i] = exc
+        if not valid:
+            continue
+        try:
+            found = store.search(collection, np.concatenate([q for _, q in valid]), top_k)
+        except Exception as exc:
+            for i, _ in valid:
+                results[i] = exc
+            continue
+        start = 0
+        for i, q in valid:
+            results[i] = found[start : start + len(q)]
+            start += len(q)
+        assert start == len(found)
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+@serve.deployment(name="Retriever", ray_actor_options={"num_cpus": 0.15}, max_ongoing_requests=64)
+class Retriever:
+    """Stores labelled example embeddings and answers cosine k-NN queries, batched with ``@serve.batch``.
+
+    ``max_batch_size`` (default 32) and ``batch_wait_timeout_s`` (default 0.002) come from ``user_config``.
+    Local mode (``path``, or the default data dir) requires ``num_replicas: 1``: Qdrant locks the folder.
+
+    Args:
+        path: Qdrant local data folder.
+        url: Qdrant server URL.
+        api_key: Qdrant server API key (with ``url``).
+        With none of them, :meth:`ExampleStore.from_env` picks the store (``SAMGRAPH_QDRANT_URL`` or
+        ``$SAMGRAPH_DATA_DIR/qdrant``).
+    """
+
+    def __init__(self, path: str | None = None, url: str | None = None, api_key: str | None = None) -> None:
+        if path is None and url is None:
+            if api_key is not None:
+                raise ValueError("api_key is only used with url=<server URL>")
+            self._store = ExampleStore.from_env()
+        else:
+            self._store = ExampleStore(path=path, url=url, api_key=api_key)
+        self._jobs = 0
+        self._queries = 0
+        self._batches = 0
+        self._busy_s = 0.0
+
+    def reconfigure(self, user_config: dict) -> None:
+        defaults = {"max_batch_size": DEFAULT_MAX_BATCH_SIZE, "batch_wait_timeout_s": DEFAULT_BATCH_WAIT_TIMEOUT_S}
+        size, wait = check_batch_config({**defaults, **user_config})
+        self.search.set_max_batch_size(size)
+        self.search.set_batch_wait_timeout_s(wait)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
+    async def search(self, jobs: list[SearchJob]) -> list[SearchResult]:
+        """Run a batch of jobs; each slot holds that job's neighbours or its exception (see :meth:`knn`)."""
+        t0 = time.perf_counter()
+        results = await asyncio.to_thread(run_search_jobs, self._store, jobs)
+        assert len(results) == len(jobs)
+        self._busy_s += time.perf_counter() - t0
+        self._jobs += len(jobs)
+        self._queries += sum(len(j.queries) for j in jobs)
+        self._batches += 1
+        return results
+
+    async def knn(self, collection: str, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
+        """Cosine k-NN of (M, D) float32 ``queries`` in ``collection``: M lists of up to ``top_k`` neighbours.
+
+        Raises:
+            ValueError: invalid name, queries or ``top_k``.
+            UnknownCollection: no such collection.
+            DimensionMismatch: D differs from the collection's dimension.
+        """
+        check_collection_name(collection)
+        top_k = check_top_k(top_k)
+        result = await self.search(SearchJob(collection, as_vectors(queries, "queries"), top_k))
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def add(
+        self, collection: str, vectors: np.ndarray, labels: Sequence[str], payloads: Sequence[dict] | None = None
+    ) -> list[str]:
+        """Store (N, D) float32 example vectors with their labels; returns the N new ids."""
+        return await asyncio.to_thread(self._store.add, collection, vectors, labels, payloads)
+
+    async def counts(self, collection: str) -> dict[str, int]:
+        """Examples per label in ``collection``."""
+        return await asyncio.to_thread(self._store.counts, collection)
+
+    async def list_ids(
+        self, collection: str, label: str | None = None, offset: str | None = None, limit: int = 100
+    ) -> tuple[list[dict], str | None]:
+        """One page ``(items [{"id", "label"}], next_offset)`` of the collection's examples."""
+        return await asyncio.to_thread(self._store.list_ids, collection, label, offset, limit)
+
+    async def delete(self, collection: str, id: str) -> bool:
+        """Delete one example; False if it was not there."""
+        return await asyncio.to_thread(self._store.delete, collection, id)
+
+    async def collections(self) -> list[str]:
+        """Names of all collections, sorted."""
+        return await asyncio.to_thread(self._store.collections)
+
+    async def collection_info(self, name: str) -> dict:
+        """``{"dim", "count"}`` of one collection."""
+        return await asyncio.to_thread(self._store.collection_info, name)
+
+    async def collection_or_none(self, name: str) -> dict | None:
+        """``{"dim", "count"}`` of one collection, or None when it does not exist."""
+        try:
+            return await self.collection_info(name)
+        except UnknownCollection:
+            return None
+
+    async def knn_chain(self, collection: str, embedded: dict, top_k: int) -> dict:
+        """The graph's entry after the embedder: neighbours of ``embedded["embeddings"]`` (N, D).
+
+        Returns:
+            ``{"neighbors": N lists, "timing_ms": the embedder's and ``retrieve``, "embedder_weights"}``.
+        """
+        t0 = time.perf_counter()
+        vectors = embedded["embeddings"]
+        neighbors = await self.knn(collection, vectors, top_k) if len(vectors) else []
+        timing = {**embedded["timing_ms"], "retrieve": (time.perf_counter() - t0) * 1e3}
+        return {"neighbors": neighbors, "timing_ms": timing, "embedder_weights": embedded["weights"]}
+
+    async def add_chain(self, collection: str, embedded: dict, labels: Sequence[str], payloads: Sequence[dict] | None = None) -> list[str]:
+        """The graph's entry after the embedder: store ``embedded["embeddings"]`` with their labels."""
+        return await self.add(collection, embedded["embeddings"], labels, payloads)
+
+    async def info(self) -> dict:
+        """``{"backend": "local" | "memory" | "server", "collections": [names]}``."""
+        return {"backend": self._store.backend, "collections": await asyncio.to_thread(self._store.collections)}
+
+    def stats(self) -> dict:
+        """Work done by this replica: search jobs, query vectors, batches run, seconds spent searching."""
+        return {"jobs": self._jobs, "queries": self._queries, "batches": self._batches, "busy_s": self._busy_s}
+
+    def __del__(self) -> None:
+        store = getattr(self, "_store", None)
+        if store is not None:
+            try:
+                store.close()
+            except Exception:  # interpreter shutdown: modules may already be gone
+                pass

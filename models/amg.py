@@ -1,0 +1,151 @@
+"""Automatic mask generation over the split SAM 2 encoder/decoder.
+
+The algorithm is sam2's ``SAM2AutomaticMaskGenerator`` with one crop layer (``crop_n_layers=0``,
+``sam2/automatic_mask_generator.py``): a regular grid of ``points_per_side``^2 foreground clicks, three
+candidate masks per click, decoded ``points_per_batch`` clicks per forward pass; masks kept when
+``predicted_iou > pred_iou_thresh`` and ``stability_score >= stability_score_thresh``; duplicates removed
+by box NMS (torchvision ``batched_nms``, scored by ``predicted_iou``, at ``box_nms_thresh``). sam2's own
+helpers are reused (``build_point_grid``, ``calculate_stability_score``, ``batched_mask_to_box``).
+
+Differences, none of which changes the result for the same settings: the image is encoded once by the
+encoder stage (features arrive precomputed); the IoU filter runs before the logits are upsampled (it
+does not depend on them); masks are kept as COCO RLE (pycocotools) instead of sam2's uncompressed RLE.
+``min_area_px`` (default 0, off) additionally drops masks smaller than that many pixels before NMS,
+and empty masks are always dropped (sam2 keeps them; they are no object and cannot be cropped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.masks import encode_rle_batch, rle_area, rle_bbox_xyxy
+from models.sam2_image import ImageFeatures, Sam2MaskDecoder
+
+
+@dataclass(frozen=True)
+class AmgSettings:
+    """Automatic-mask settings; defaults are ``SAM2AutomaticMaskGenerator``'s.
+
+    Attributes:
+        points_per_side: grid side; points_per_side^2 clicks (1..128).
+        points_per_batch: clicks per decoder forward pass (1..1024).
+        pred_iou_thresh: keep masks with predicted IoU strictly above this (0..1; 0 disables).
+        stability_score_thresh: keep masks with stability >= this (0..1; 0 disables).
+        stability_score_offset: logit offset of the stability score (> 0).
+        box_nms_thresh: IoU above which the lower-scored of two boxes is dropped (0..1).
+        min_area_px: drop masks with fewer pixels (>= 0; 0 disables).
+    """
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.8
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    min_area_px: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.points_per_side <= 128:
+            raise ValueError("points_per_side must be in 1..128")
+        if not 1 <= self.points_per_batch <= 1024:
+            raise ValueError("points_per_batch must be in 1..1024")
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if not self.stability_score_offset > 0:
+            raise ValueError("stability_score_offset must be > 0")
+        if self.min_area_px < 0:
+            raise ValueError("min_area_px must be >= 0")
+
+
+@dataclass(frozen=True)
+class AutoMask:
+    """One automatic mask.
+
+    Attributes:
+        rle: COCO RLE ``{size: [H, W], counts: str}`` at the original resolution.
+        area_px: pixels in the mask.
+        bbox_xyxy: tight box, pixel-edge convention (x1 = last column + 1).
+        predicted_iou: the decoder's IoU estimate.
+        stability_score: IoU of the mask thresholded at +/- the offset.
+        point_xy: the grid click that produced it, (x, y) pixels.
+    """
+
+    rle: dict
+    area_px: int
+    bbox_xyxy: list[int]
+    predicted_iou: float
+    stability_score: float
+    point_xy: list[float]
+
+
+def grid_points(points_per_side: int, orig_hw: tuple[int, int]) -> np.ndarray:
+    """(n^2, 2) float32 (x, y) pixel clicks of sam2's point grid (cell centres) over an (H, W) image."""
+    from sam2.utils.amg import build_point_grid
+
+    h, w = orig_hw
+    return (build_point_grid(points_per_side) * np.array([[w, h]])).astype(np.float32)
+
+
+@torch.inference_mode()
+def generate_masks(decoder: Sam2MaskDecoder, features: ImageFeatures, settings: AmgSettings = AmgSettings()) -> list[AutoMask]:
+    """All objects in one image: grid clicks -> masks -> filters -> box NMS.
+
+    Args:
+        decoder: the mask decoder.
+        features: the image's features from the encoder.
+        settings: grid, thresholds and NMS settings.
+
+    Returns:
+        Masks in NMS order (best ``predicted_iou`` first), as ``SAM2AutomaticMaskGenerator.generate``.
+    """
+    from sam2.utils.amg import batched_mask_to_box, calculate_stability_score
+    from torchvision.ops import batched_nms
+
+    thr = decoder.settings.mask_threshold
+    points = grid_points(settings.points_per_side, features.orig_hw)
+    rles: list[dict] = []
+    boxes, ious, stabilities, origins = [], [], [], []
+    for start in range(0, len(points), settings.points_per_batch):
+        batch = points[start : start + settings.points_per_batch]
+        low_res, iou = decoder.decode_points(features, batch, multimask_output=True)
+        low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
+        clicks = np.repeat(batch, low_res.shape[0] // len(batch), axis=0)
+        keep = iou > settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+        if not keep.any():
+            continue
+        logits = decoder.upsample_logits(low_res[keep], features.orig_hw)
+        iou, clicks = iou[keep], clicks[keep.cpu().numpy()]
+        stability = calculate_stability_score(logits, thr, settings.stability_score_offset)
+        keep = stability >= settings.stability_score_thresh if settings.stability_score_thresh > 0 else torch.ones_like(stability, dtype=torch.bool)
+        masks = logits[keep] > thr
+        del logits
+        big = masks.flatten(1).sum(1) >= max(settings.min_area_px, 1)  # an empty mask is no object
+        keep_idx = keep.nonzero()[:, 0][big]
+        masks = masks[big]
+        if not len(masks):
+            continue
+        boxes.append(batched_mask_to_box(masks).float())
+        ious.append(iou[keep_idx])
+        stabilities.append(stability[keep_idx])
+        origins.append(clicks[keep_idx.cpu().numpy()])
+        rles.extend(encode_rle_batch(masks.cpu().numpy()))
+    if not rles:
+        return []
+    all_boxes, all_ious = torch.cat(boxes), torch.cat(ious)
+    order = batched_nms(all_boxes, all_ious, torch.zeros(len(all_boxes), device=all_boxes.device), settings.box_nms_thresh)
+    all_stab, all_pts = torch.cat(stabilities), np.concatenate(origins)
+    return [
+        AutoMask(
+            rle=rles[i],
+            area_px=rle_area(rles[i]),
+            bbox_xyxy=rle_bbox_xyxy(rles[i]),
+            predicted_iou=float(all_ious[i]),
+            stability_score=float(all_stab[i]),
+            point_xy=[float(v) for v in all_pts[i]],
+        )
+        for i in order.tolist()
+    ]

@@ -1,0 +1,284 @@
+"""Where CLIP weights come from: open_clip's pretrained download, a local checkpoint file, or seeded random weights.
+
+The CLIP side of :mod:`serve_app.weights`: all file and network I/O for CLIP weights lives here
+(``models.embedder`` only ever sees a state dict).
+
+Sources, chosen by the app config or the environment (the config wins where it sets a value):
+
+* ``pretrained`` (default; ``registry`` means the same): the weights open_clip publishes for
+  (``model_name``, ``pretrained`` tag), fetched once by open_clip's own downloader
+  (``open_clip.pretrained.download_pretrained``: the Hugging Face Hub, or a URL for tags without a hub
+  repo) into ``<cache dir>/open_clip`` (``SAMGRAPH_CACHE_DIR``, default ``~/.cache/samgraph``). A file
+  already in that cache is used without touching the network. The Hub checks its downloads against
+  their ETag (the SHA-256 of the file); the file's SHA-256 is computed again and reported.
+* ``file``: ``SAMGRAPH_CLIP_CHECKPOINT=/path``, an open_clip checkpoint: ``.safetensors``, or a torch
+  file holding a state dict, bare or under ``"state_dict"``, possibly with ``"module."`` prefixes (as
+  open_clip's training saves them). Its SHA-256 is computed, logged and reported as the weights id.
+* ``random``: ``SAMGRAPH_WEIGHTS=random``, seeded by ``SAMGRAPH_SEED`` (default 0). Embeddings are then
+  meaningless; the service says so. Never a silent fallback.
+
+Checkpoints are always loaded with ``torch.load(weights_only=True)`` (or safetensors) and strictly (no
+missing or unexpected keys).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from serve_app.weights import WeightsError, cache_dir, sha256_file
+
+if TYPE_CHECKING:  # models.embedder imports torch: only on use
+    from models.embedder import ClipEmbedder, ClipSpec
+
+log = logging.getLogger("samgraph.weights")
+
+CLIP_WEIGHTS_KINDS = ("pretrained", "file", "random")
+_ALIASES = {"registry": "pretrained"}  # the SAM 2 name of the download source
+_OFFLINE_HELP = (
+    "Without network, either set SAMGRAPH_CLIP_CHECKPOINT=/path/to/checkpoint (an open_clip checkpoint: "
+    ".safetensors, or a torch file holding a state dict), or run once where there is network so that "
+    "the weights are cached in {directory}, or set SAMGRAPH_WEIGHTS=random for an offline smoke run with "
+    "meaningless embeddings."
+)
+
+
+def clip_cache_dir() -> Path:
+    """Where open_clip's downloads are cached: ``<cache dir>/open_clip`` (see :func:`serve_app.weights.cache_dir`)."""
+    return cache_dir() / "open_clip"
+
+
+@dataclass(frozen=True)
+class ClipWeightsSource:
+    """A resolved choice of CLIP weights.
+
+    Attributes:
+        kind: ``pretrained`` (``registry`` is accepted and stored as ``pretrained``), ``file`` or ``random``.
+        checkpoint: path of the checkpoint file for ``file``.
+        seed: seed of the random initialisation for ``random``.
+    """
+
+    kind: str = "pretrained"
+    checkpoint: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", _ALIASES.get(self.kind, self.kind))
+        if self.kind not in CLIP_WEIGHTS_KINDS:
+            raise ValueError(f"CLIP weights must be one of pretrained (or registry), file, random; got {self.kind!r}")
+        if self.kind == "file" and not self.checkpoint:
+            raise ValueError("CLIP weights 'file' need a checkpoint path (SAMGRAPH_CLIP_CHECKPOINT)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer; got {self.seed!r}")
+
+    def as_dict(self) -> dict:
+        """``{"kind", "checkpoint", "seed"}``: the ``weights`` argument of the ``Embedder`` deployment."""
+        return {"kind": self.kind, "checkpoint": self.checkpoint, "seed": self.seed}
+
+    @classmethod
+    def resolve(
+        cls, weights: str | None = None, checkpoint: str | None = None, seed: int | None = None
+    ) -> ClipWeightsSource:
+        """Combine explicit settings with ``SAMGRAPH_WEIGHTS``, ``SAMGRAPH_CLIP_CHECKPOINT``, ``SAMGRAPH_SEED``.
+
+        A checkpoint path (given or from the environment) selects ``file`` unless ``weights`` (given or
+        ``SAMGRAPH_WEIGHTS``) says otherwise; without either the default is ``pretrained``.
+
+        Raises:
+            ValueError: an unknown ``weights`` value, ``file`` without a checkpoint, or a seed that is not
+                an integer.
+        """
+        checkpoint = checkpoint or os.environ.get("SAMGRAPH_CLIP_CHECKPOINT") or None
+        weights = weights or os.environ.get("SAMGRAPH_WEIGHTS") or ("file" if checkpoint else "pretrained")
+        if seed is None:
+            raw = os.environ.get("SAMGRAPH_SEED", "0")
+            try:
+                seed = int(raw)
+            except ValueError:
+                raise ValueError(f"SAMGRAPH_SEED must be an integer, got {raw!r}") from None
+        return cls(kind=weights, checkpoint=checkpoint, seed=seed)
+
+
+def _pretrained_cfg(spec: ClipSpec) -> dict:
+    import open_clip
+
+    if not spec.pretrained:
+        raise ValueError(
+            f"CLIP {spec.model_name} has no pretrained tag to download; name one "
+            f"({', '.join(open_clip.list_pretrained_tags_by_model(spec.model_name)) or 'none published'}) "
+            "or use SAMGRAPH_CLIP_CHECKPOINT / SAMGRAPH_WEIGHTS=random"
+        )
+    return open_clip.pretrained.get_pretrained_cfg(spec.model_name, spec.pretrained)
+
+
+def _cached_hub_file(cfg: Mapping, directory: Path) -> Path | None:
+    """The file open_clip's Hub download would return, if it is in ``directory`` already (no network).
+
+    Looks for the same names in the same order as ``open_clip.pretrained.download_pretrained``: the
+    safetensors variant first, then the named file (default ``open_clip_pytorch_model.bin``).
+    """
+    import open_clip
+
+    hub = cfg.get("hf_hub")
+    if not hub or "file" in cfg or not open_clip.pretrained.has_hf_hub():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    repo_id, filename = os.path.split(hub)
+    filename = filename or HF_WEIGHTS_NAME
+    names = [filename]
+    if filename == HF_WEIGHTS_NAME:
+        names.insert(0, HF_SAFE_WEIGHTS_NAME)
+    elif filename.endswith((".bin", ".pth")):
+        names.insert(0, filename[:-4] + ".safetensors")
+    for name in names:
+        hit = try_to_load_from_cache(repo_id, name, cache_dir=str(directory))
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
+
+
+def pull_pretrained(spec: ClipSpec, directory: Path | None = None) -> Path:
+    """Return the cached file of open_clip's published weights for ``spec``, downloading it if needed.
+
+    Uses open_clip's own downloader (``open_clip.pretrained.download_pretrained`` with
+    ``cache_dir=directory``), so the files and cache layout are exactly open_clip's. Offline, an already
+    cached Hub file is found without any network request.
+
+    Args:
+        spec: architecture and pretrained tag.
+        directory: cache dir; default :func:`clip_cache_dir`.
+
+    Returns:
+        Path of the checkpoint file (a ``.safetensors`` or torch file).
+
+    Raises:
+        ValueError: ``spec`` has no pretrained tag.
+        WeightsError: the download failed; the message names the offline alternatives.
+    """
+    import open_clip
+
+    cfg = _pretrained_cfg(spec)
+    directory = directory or clip_cache_dir()
+    cached = _cached_hub_file(cfg, directory)
+    if cached is not None:
+        return cached
+    log.info("downloading CLIP %s via open_clip into %s", spec.model_id, directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = open_clip.pretrained.download_pretrained(cfg, cache_dir=str(directory))
+        if not path:
+            raise FileNotFoundError(f"open_clip has no download for {spec.model_id}")
+    except Exception as e:  # FileNotFoundError from the Hub, URLError, RuntimeError on a bad checksum
+        raise WeightsError(
+            f"could not download CLIP weights {spec.model_id}: {e}. {_OFFLINE_HELP.format(directory=directory)}"
+        ) from e
+    return Path(path)
+
+
+def read_clip_checkpoint(path: str | os.PathLike) -> tuple[dict, str]:
+    """Load the state dict of an open_clip checkpoint file, as open_clip's ``load_state_dict`` reads it.
+
+    ``.safetensors`` files are read with ``safetensors.torch.load_file``, others with
+    ``torch.load(weights_only=True)``; a ``{"state_dict": ...}`` wrapper and ``"module."`` prefixes
+    (from DDP training) are removed. Unlike ``open_clip.factory.load_state_dict`` there is no retry
+    without ``weights_only``.
+
+    Args:
+        path: checkpoint file.
+
+    Returns:
+        (state_dict, SHA-256 hex of the file).
+
+    Raises:
+        WeightsError: the file is missing or unreadable, or holds no state dict of tensors.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"CLIP checkpoint file {path} does not exist")
+    digest = sha256_file(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            ckpt = load_file(str(path), device="cpu")
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, disallowed globals, bad safetensors header
+        raise WeightsError(f"cannot load CLIP checkpoint {path} with weights_only=True: {e}") from e
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        ckpt = ckpt["state_dict"]
+    if not (isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())):
+        raise WeightsError(
+            f"CLIP checkpoint {path} must hold a state dict of tensors, bare or under 'state_dict' "
+            "(as open_clip saves them)"
+        )
+    if next(iter(ckpt)).startswith("module."):
+        ckpt = {k.removeprefix("module."): v for k, v in ckpt.items()}
+    return ckpt, digest
+
+
+@dataclass(frozen=True)
+class LoadedClip:
+    """A built CLIP embedder and the identity of its weights.
+
+    Attributes:
+        embedder: the :class:`models.embedder.ClipEmbedder`.
+        model_id: ``"<model_name>/<pretrained tag>"``, e.g. ``"ViT-B-32/laion2b_s34b_b79k"``.
+        weights: ``"sha256:<hex>"`` of the checkpoint file, or ``"random"`` (seeded, meaningless embeddings).
+    """
+
+    embedder: ClipEmbedder
+    model_id: str
+    weights: str
+
+
+def load_clip(spec: ClipSpec, source: ClipWeightsSource, device: str = "cpu") -> LoadedClip:
+    """Build the CLIP of ``spec`` with weights from ``source``.
+
+    The image preprocessing is that of ``spec.pretrained`` whatever the source.
+
+    Raises:
+        ValueError: ``pretrained`` source for a spec without a tag.
+        WeightsError: as :func:`pull_pretrained` and :func:`read_clip_checkpoint`.
+        RuntimeError: the checkpoint does not fit the architecture (missing/unexpected keys, shapes).
+    """
+    from models.embedder import build_clip
+
+    tag = spec.pretrained or None
+    if source.kind == "random":
+        log.warning("CLIP %s with RANDOM weights (seed %d): embeddings are meaningless", spec.model_id, source.seed)
+        embedder = build_clip(spec.model_name, seed=source.seed, pretrained=tag, device=device)
+        return LoadedClip(embedder, spec.model_id, "random")
+    if source.kind == "file":
+        state, digest = read_clip_checkpoint(source.checkpoint)
+        log.info("CLIP %s from %s (sha256 %s)", spec.model_id, source.checkpoint, digest)
+    else:
+        path = pull_pretrained(spec)
+        state, digest = read_clip_checkpoint(path)
+        log.info("CLIP %s from open_clip download %s (sha256 %s)", spec.model_id, path, digest)
+    embedder = build_clip(spec.model_name, state, pretrained=tag, device=device)
+    return LoadedClip(embedder, spec.model_id, f"sha256:{digest}")
+
+
+def preflight_clip(spec: ClipSpec, source: ClipWeightsSource) -> None:
+    """Fail fast, before any replica starts, when the chosen CLIP weights cannot be had.
+
+    ``pretrained``: the weights are downloaded now if they are not cached, so replicas on this node find
+    them and do not race to download them. ``file``: the file must exist. ``random``: nothing.
+
+    Raises:
+        ValueError: ``pretrained`` source for a spec without a tag.
+        WeightsError: as :func:`pull_pretrained`; a missing checkpoint file.
+    """
+    if source.kind == "pretrained":
+        pull_pretrained(spec)
+    elif source.kind == "file" and not Path(source.checkpoint).is_file():
+        raise WeightsError(f"CLIP checkpoint file {source.checkpoint} (SAMGRAPH_CLIP_CHECKPOINT) does not exist")

@@ -1,0 +1,124 @@
+"""The FastAPI app object, its error handlers and request-body parsing (JSON or multipart).
+
+Every error leaves as ``{"error": {"code", "message", "field", "request_id"}}``; unexpected ones are
+logged with the request id and answered 500 without a stack trace.
+"""
+
+import json
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve_app.errors import ApiError, from_validation_error
+
+log = logging.getLogger("ray.serve")
+
+api = FastAPI(
+    title="samgraph",
+    summary="Promptable segmentation (SAM 2) and few-shot detection as a Ray Serve deployment graph",
+    version="0.1.0",
+)
+
+
+def request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", None) or "-"
+
+
+@api.middleware("http")
+async def _request_id(request: Request, call_next):
+    request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    response = await call_next(request)
+    response.headers["x-request-id"] = request.state.request_id
+    return response
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(request_id(request)), status_code=exc.status)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")) or None
+    return await _api_error(request, ApiError(422, "invalid_request", f"{field}: {err.get('msg')}", field))
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return await _api_error(request, ApiError(exc.status_code, code, str(exc.detail)))
+
+
+@api.exception_handler(Exception)
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("request %s failed", request_id(request), exc_info=exc)
+    return await _api_error(request, ApiError(500, "internal", "internal error; see the server log for this request id"))
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refusing (413) anything over ``max_bytes`` before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, "body_too_large", f"request body is {declared} bytes, over the limit of {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, "body_too_large", f"request body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_body(request: Request, model: type[BaseModel], max_bytes: int) -> tuple:
+    """A JSON body, or multipart with an ``image`` file part and an optional ``request`` JSON part.
+
+    Returns:
+        (the validated ``model`` instance, the uploaded image bytes or None).
+
+    Raises:
+        ApiError: 400/413/415/422 naming the field at fault.
+    """
+    body = await read_body(request, max_bytes)
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    upload = None
+    if ctype == "multipart/form-data":
+
+        async def replay():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=1)
+        except Exception as e:  # malformed multipart, too many parts
+            raise ApiError(400, "invalid_multipart", f"cannot parse multipart body: {e}") from None
+        for key in form.keys():
+            if key not in ("image", "request"):
+                raise ApiError(422, "invalid_request", f"{key}: unknown multipart part (allowed: image, request)", key)
+        part = form.get("image")
+        if part is None or isinstance(part, str):
+            raise ApiError(422, "invalid_request", "image: multipart upload needs an 'image' file part", "image")
+        upload = await part.read()
+        raw = form.get("request") or "{}"
+        raw = raw if isinstance(raw, str) else (await raw.read()).decode("utf-8", "replace")
+    elif ctype == "application/json":
+        raw = body
+    else:
+        raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
+    try:
+        data = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {e}"[:300], "request" if upload is not None else None) from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_request", "body must be a JSON object")
+    try:
+        req = model.model_validate(data)
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+    if upload is not None and (getattr(req, "image", None) is not None or getattr(req, "image_id", None) is not None):
+        raise ApiError(422, "invalid_request", "image: give the image once: a file part, inline base64 or image_id", "image")
+    return req, upload

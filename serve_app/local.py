@@ -1,0 +1,150 @@
+"""In-process API without Ray, for notebooks and scripts: the same ``models/`` code as the deployments.
+
+    from serve_app.local import LocalPipeline
+    pipe = LocalPipeline.load(weights="random")              # or a checkpoint / the registry download
+    masks = pipe.segment(image, [PromptIn(box_xyxy=[75, 275, 1725, 850])])
+    pipe.add_example(image, "truck", box_xyxy=[75, 275, 1725, 850])
+    found = pipe.predict(other_image)                        # instances with labels from the examples
+
+Every part is injectable: pass your own encoder/decoder, fade strategy, embedder or vector store.
+Images are (H, W, 3) uint8 RGB arrays; coordinates are pixels, boxes XYXY.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from models.amg import AmgSettings, AutoMask, generate_masks
+from models.fader import CropSettings, FadeStrategy, GaussianFade, fade_and_crop_batch
+from models.masks import decode_rle, encode_rle, rle_area, rle_bbox_xyxy
+from models.sam2_image import DecodeRequest, MaskPrediction, Sam2ImageEncoder, Sam2MaskDecoder
+from serve_app.assemble import instances, rank_by_text
+from serve_app.schemas import PromptIn, check_prompts_in_image, to_prompt_specs
+
+
+class LocalPipeline:
+    """Segment, label and search in one process.
+
+    Args:
+        encoder, decoder: SAM 2 stages (share one model).
+        embedder: a :class:`models.embedder.ClipEmbedder`, or None (segmentation only).
+        store: a :class:`serve_app.vectorstore.ExampleStore`, or None (no examples).
+        fade: the fade strategy for crops (default ``GaussianFade()``).
+        crop: crop geometry (default ``CropSettings()``).
+        amg: automatic-mask settings (default ``AmgSettings()``).
+    """
+
+    def __init__(
+        self,
+        encoder: Sam2ImageEncoder,
+        decoder: Sam2MaskDecoder,
+        embedder=None,
+        store=None,
+        fade: FadeStrategy | None = None,
+        crop: CropSettings | None = None,
+        amg: AmgSettings | None = None,
+    ) -> None:
+        self.encoder, self.decoder, self.embedder, self.store = encoder, decoder, embedder, store
+        self.fade = fade or GaussianFade()
+        self.crop = crop or CropSettings()
+        self.amg = amg or AmgSettings()
+
+    @classmethod
+    def load(
+        cls,
+        model_id: str = "sam2.1_hiera_tiny",
+        weights: str | None = None,
+        checkpoint: str | None = None,
+        clip_model: str = "ViT-B-32",
+        clip_pretrained: str = "laion2b_s34b_b79k",
+        clip_checkpoint: str | None = None,
+        store=None,
+        **kwargs,
+    ) -> LocalPipeline:
+        """Build every stage from the same weight sources as the service (environment fills unset ones).
+
+        ``store`` defaults to an in-memory store; pass ``ExampleStore.from_env()`` to use the service's.
+        """
+        from models.embedder import ClipSpec
+        from serve_app.clip_weights import ClipWeightsSource, load_clip
+        from serve_app.vectorstore import ExampleStore
+        from serve_app.weights import WeightsSource, load_sam2
+
+        loaded = load_sam2(model_id, WeightsSource.resolve(weights, checkpoint))
+        clip_weights = "random" if weights == "random" else None
+        clip = load_clip(ClipSpec(clip_model, clip_pretrained), ClipWeightsSource.resolve(clip_weights, clip_checkpoint))
+        return cls(
+            Sam2ImageEncoder(loaded.model),
+            Sam2MaskDecoder(loaded.model),
+            clip.embedder,
+            store if store is not None else ExampleStore(in_memory=True),
+            **kwargs,
+        )
+
+    def segment(self, image: np.ndarray, prompts: Sequence[PromptIn], multimask_output: bool | None = None) -> list[MaskPrediction]:
+        """Masks for box/point/mask prompts (text prompts: :meth:`find_by_text`); no prompts -> centre click.
+
+        Raises:
+            ApiError: a prompt outside the image.
+        """
+        h, w = image.shape[:2]
+        check_prompts_in_image(list(prompts), w, h)
+        specs, defaults = to_prompt_specs(list(prompts), w, h)
+        flags = defaults if multimask_output is None else [multimask_output] * len(specs)
+        features = self.encoder.encode(image)
+        return self.decoder.predict_batch([DecodeRequest(features, specs, flags)])[0]
+
+    def auto_masks(self, image: np.ndarray, settings: AmgSettings | None = None) -> list[AutoMask]:
+        """Every object in the image (sam2's automatic mask generation over the split stages)."""
+        return generate_masks(self.decoder, self.encoder.encode(image), settings or self.amg)
+
+    def crops(self, image: np.ndarray, masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Faded, cropped, resized views of the image around each (H, W) bool mask."""
+        return fade_and_crop_batch([image] * len(masks), list(masks), self.fade, self.crop)
+
+    def add_example(
+        self,
+        image: np.ndarray,
+        label: str,
+        box_xyxy: Sequence[float] | None = None,
+        points: Sequence[Sequence] | None = None,
+        mask: np.ndarray | None = None,
+        collection: str = "default",
+    ) -> list[str]:
+        """Store one labelled object given by a prompt (its best mask) or an (H, W) bool mask."""
+        self._need_retrieval()
+        if mask is None:
+            pred = self.segment(image, [PromptIn(box_xyxy=box_xyxy, points=points)], multimask_output=None)[0]
+            mask = pred.masks[int(np.argmax(pred.predicted_iou))]
+        if not mask.any():
+            raise ValueError("the object's mask is empty; nothing to embed")
+        vec = self.embedder.embed_images(self.crops(image, [mask]))
+        rle = encode_rle(mask)
+        return self.store.add(collection, vec, [label], [{"bbox_xyxy": rle_bbox_xyxy(rle), "area_px": rle_area(rle)}])
+
+    def predict(
+        self, image: np.ndarray, collection: str = "default", top_k: int = 5, min_score: float = 0.0, max_instances: int = 20, mask_format: str = "rle"
+    ) -> list[dict]:
+        """Automatic masks labelled by their nearest examples; records as ``/v1/predict``'s instances."""
+        self._need_retrieval()
+        masks = self.auto_masks(image)[:max_instances]
+        if not masks:
+            return []
+        vecs = self.embedder.embed_images(self.crops(image, [decode_rle(m.rle) for m in masks]))
+        return instances(masks, self.store.search(collection, vecs, top_k), min_score, mask_format)
+
+    def find_by_text(self, image: np.ndarray, text: str, max_masks: int = 3, candidates: int = 64, mask_format: str = "rle") -> list[dict]:
+        """Automatic masks ranked by CLIP similarity of their faded crop to ``text`` (``text_score``)."""
+        if self.embedder is None:
+            raise ValueError("find_by_text needs an embedder")
+        masks = self.auto_masks(image)[:candidates]
+        if not masks:
+            return []
+        vecs = self.embedder.embed_images(self.crops(image, [decode_rle(m.rle) for m in masks]))
+        return rank_by_text(masks, vecs, self.embedder.embed_texts([text])[0], max_masks, mask_format)
+
+    def _need_retrieval(self) -> None:
+        if self.embedder is None or self.store is None:
+            raise ValueError("examples and predict need an embedder and a store")

@@ -1,0 +1,555 @@
+"""Few-shot example store: one facade over Qdrant's embedded local mode and a Qdrant server.
+
+Every backend goes through the same ``qdrant_client.QdrantClient`` calls, so the same tests run against each:
+
+* ``ExampleStore(in_memory=True)``: ``QdrantClient(":memory:")``, nothing kept (tests, demos).
+* ``ExampleStore(path=...)``: ``QdrantClient(path=...)``, the embedded local mode persisted to a folder.
+  Qdrant takes an exclusive file lock on that folder, so **only one client (one process) may open it at a
+  time**: the ``Retriever`` deployment must run as ONE replica in local mode. :meth:`ExampleStore.close`
+  releases the lock.
+* ``ExampleStore(url=..., api_key=...)``: ``QdrantClient(url=...)``, a Qdrant server; any number of
+  replicas may share it.
+
+A collection holds one single-vector cosine index per user-named example set (e.g. one per project). Each
+point's id is a new UUID4 string and its payload holds ``"label"`` plus any extras given to :meth:`add`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.knn import Neighbor
+
+COLLECTION_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_LABEL_CHARS = 100
+MAX_TOP_K = 100
+MAX_PAGE = 1000
+MAX_DIM = 65536
+_SCROLL_PAGE = 1000
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used (unwritable data dir, folder locked by another client, closed)."""
+
+
+class DimensionMismatch(ValueError):
+    """Vectors of one dimension were sent to a collection that holds another."""
+
+
+class UnknownCollection(ValueError, LookupError):
+    """No collection of that name exists. A ``ValueError`` (bad input) and a ``LookupError`` (like KeyError).
+
+    Attributes:
+        collection: the name asked for.
+    """
+
+    def __init__(self, collection: str) -> None:
+        super().__init__(f"unknown collection {collection!r}; add examples to it first")
+        self.collection = collection
+
+    def __reduce__(self):  # pickles (e.g. across Ray) by name, not by message
+        return (type(self), (self.collection,))
+
+
+def check_collection_name(name: str) -> str:
+    """Return ``name`` if it is 1-64 characters of ``[A-Za-z0-9_-]``.
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if not isinstance(name, str) or not COLLECTION_NAME_RE.fullmatch(name):
+        raise ValueError(f"collection name must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'; got {name!r}")
+    return name
+
+
+def check_label(label: str) -> str:
+    """Return ``label`` stripped of surrounding whitespace if it is then 1-100 characters.
+
+    Raises:
+        ValueError: not a string, empty after stripping, or longer than 100 characters.
+    """
+    if not isinstance(label, str):
+        raise ValueError(f"label must be a string; got {type(label).__name__}")
+    stripped = label.strip()
+    if not 1 <= len(stripped) <= MAX_LABEL_CHARS:
+        raise ValueError(f"label must be 1-{MAX_LABEL_CHARS} characters after stripping whitespace; got {label!r}")
+    return stripped
+
+
+def check_top_k(top_k: int) -> int:
+    """Return ``top_k`` if it is an integer in 1..100.
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= MAX_TOP_K:
+        raise ValueError(f"top_k must be an integer in 1..{MAX_TOP_K}; got {top_k!r}")
+    return int(top_k)
+
+
+def as_vectors(x: np.ndarray, what: str = "vectors", dim: int | None = None) -> np.ndarray:
+    """Validate a batch of embedding vectors.
+
+    Args:
+        x: (N, D) float array; finite, no all-zero rows (a zero vector has no cosine direction).
+        what: name used in error messages (``"vectors"``, ``"queries"``).
+        dim: the dimension D must equal, or None for any.
+
+    Returns:
+        (N, D) float32 C-contiguous array.
+
+    Raises:
+        ValueError: not 2-D, not numeric, non-finite values or zero rows.
+        DimensionMismatch: ``D != dim``.
+    """
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D (N, D) array; got shape {x.shape}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"{what} must be a float array; got dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not 1 <= x.shape[1] <= MAX_DIM:
+        raise ValueError(f"{what} must have 1..{MAX_DIM} columns; got {x.shape[1]}")
+    if dim is not None and x.shape[1] != dim:
+        raise DimensionMismatch(f"{what} are {x.shape[1]}-d, the collection holds {dim}-d vectors")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what} hold non-finite values (nan or inf)")
+    zero = np.flatnonzero(~np.any(x != 0, axis=1))
+    if zero.size:
+        raise ValueError(f"{what} rows {zero[:10].tolist()} are all zero and have no cosine direction")
+    return x
+
+
+def _check_point_id(point_id: str, what: str = "id") -> str:
+    try:
+        return str(uuid.UUID(str(point_id)))
+    except ValueError:
+        raise ValueError(f"{what} must be a UUID string; got {point_id!r}") from None
+
+
+class ExampleStore:
+    """Labelled example vectors in Qdrant, searched by cosine similarity.
+
+    Give exactly one of ``path``, ``url`` or ``in_memory=True``. All methods are blocking; in the local
+    modes calls are serialised by a lock (the embedded engine is not thread-safe), so the store may be used
+    from ``asyncio.to_thread`` workers.
+
+    Args:
+        path: folder of the embedded local mode (created if missing). One client per folder at a time.
+        url: Qdrant server URL, e.g. ``http://qdrant:6333``.
+        api_key: API key of the server (only with ``url``).
+        in_memory: the embedded local mode in memory, nothing persisted.
+
+    Raises:
+        ValueError: no backend or several backends given, or ``api_key`` without ``url``.
+        StoreError: the data dir cannot be created or written, is locked by another client, or the server
+            cannot be reached.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str | os.PathLike | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        in_memory: bool = False,
+    ) -> None:
+        from qdrant_client import QdrantClient  # heavy; kept out of import time
+
+        given = [
+            name for name, on in (("path", path is not None), ("url", url is not None), ("in_memory", in_memory)) if on
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of path=<folder> (Qdrant local), url=<server URL> (Qdrant server) or "
+                f"in_memory=True; got {given or 'none'}"
+            )
+        if api_key is not None and url is None:
+            raise ValueError("api_key is only used with url=<server URL>")
+        self._closed = False
+        self.location: str
+        if in_memory:
+            self._backend = "memory"
+            self.location = ":memory:"
+            self._client = QdrantClient(location=":memory:", force_disable_check_same_thread=True)
+        elif path is not None:
+            self._backend = "local"
+            folder = Path(path).expanduser()
+            self.location = str(folder)
+            _check_writable(folder)
+            try:
+                self._client = QdrantClient(path=str(folder), force_disable_check_same_thread=True)
+            except RuntimeError as exc:  # the folder's lock is held by another client
+                raise StoreError(
+                    f"data dir {folder} is in use: {exc} (Qdrant local mode allows one process per folder; run "
+                    "the retriever as one replica or use a Qdrant server)"
+                ) from exc
+            except OSError as exc:
+                raise StoreError(f"data dir {folder} is not usable: {exc}") from exc
+        else:
+            if not isinstance(url, str) or not url.strip():
+                raise ValueError(f"url must be a non-empty server URL; got {url!r}")
+            self._backend = "server"
+            self.location = url
+            self._client = QdrantClient(url=url, api_key=api_key)
+            try:
+                self._client.get_collections()
+            except Exception as exc:
+                self._client.close()
+                raise StoreError(f"cannot reach the Qdrant server at {url}: {exc}") from exc
+        # the embedded engine mutates numpy arrays and a sqlite file: one call at a time
+        self._lock: Any = threading.RLock() if self._backend != "server" else contextlib.nullcontext()
+
+    @classmethod
+    def from_env(cls) -> ExampleStore:
+        """The store named by the environment.
+
+        ``SAMGRAPH_QDRANT_URL`` (and ``SAMGRAPH_QDRANT_API_KEY``) -> a Qdrant server; otherwise the local mode
+        in ``$SAMGRAPH_DATA_DIR/qdrant`` (default ``~/.local/share/samgraph/qdrant``).
+        """
+        url = os.environ.get("SAMGRAPH_QDRANT_URL") or None
+        if url:
+            return cls(url=url, api_key=os.environ.get("SAMGRAPH_QDRANT_API_KEY") or None)
+        data_dir = os.environ.get("SAMGRAPH_DATA_DIR") or "~/.local/share/samgraph"
+        return cls(path=Path(data_dir).expanduser() / "qdrant")
+
+    @property
+    def backend(self) -> str:
+        """``"local"`` (embedded, on disk), ``"memory"`` (embedded, in memory) or ``"server"``."""
+        return self._backend
+
+    def __repr__(self) -> str:
+        return f"ExampleStore(backend={self._backend!r}, location={self.location!r})"
+
+    def __enter__(self) -> ExampleStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the client; in local mode this releases the folder's lock. Safe to call twice."""
+        if self._closed:
+            return
+        with self._lock:
+            self._closed = True
+            self._client.close()
+
+    # -- collections -----------------------------------------------------------------------------------------
+
+    def collections(self) -> list[str]:
+        """Names of all collections, sorted."""
+        with self._lock:
+            return sorted(c.name for c in self._qdrant().get_collections().collections)
+
+    def dimension(self, name: str) -> int:
+        """Vector dimension of collection ``name``.
+
+        Raises:
+            ValueError: invalid name, or a collection not made by this store (named vectors, not cosine).
+            UnknownCollection: no such collection.
+        """
+        check_collection_name(name)
+        with self._lock:
+            return self._dimension(name)
+
+    def collection_info(self, name: str) -> dict:
+        """``{"dim": int, "count": int}`` of collection ``name`` (exact count).
+
+        Raises:
+            UnknownCollection: no such collection.
+        """
+        check_collection_name(name)
+        with self._lock:
+            dim = self._dimension(name)
+            count = self._qdrant().count(collection_name=name, exact=True).count
+        return {"dim": dim, "count": int(count)}
+
+    def ensure_collection(self, name: str, dim: int) -> None:
+        """Create collection ``name`` for ``dim``-d cosine vectors unless it exists.
+
+        Raises:
+            ValueError: invalid name or ``dim``.
+            DimensionMismatch: it exists with another dimension (it is left untouched).
+        """
+        check_collection_name(name)
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= MAX_DIM:
+            raise ValueError(f"dim must be an integer in 1..{MAX_DIM}; got {dim!r}")
+        with self._lock:
+            self._ensure_collection(name, int(dim))
+
+    # -- examples --------------------------------------------------------------------------------------------
+
+    def add(
+        self,
+        collection: str,
+        vectors: np.ndarray,
+        labels: Sequence[str],
+        payloads: Sequence[dict] | None = None,
+    ) -> list[str]:
+        """Store labelled example vectors, creating the collection on first use.
+
+        Written with ``wait=True``: a read after ``add`` returns sees the new examples.
+
+        Args:
+            collection: collection name, 1-64 characters of ``[A-Za-z0-9_-]``.
+            vectors: (N, D) float32 embeddings, N >= 1, finite, no zero rows (stored L2-normalised by Qdrant).
+            labels: N class labels, each 1-100 characters after stripping (stored stripped).
+            payloads: N JSON-serialisable dicts of extra fields (e.g. ``image_id``, ``bbox_xyxy``,
+                ``created_at``), stored beside ``"label"``; they may not contain the key ``"label"``.
+
+        Returns:
+            The N new ids (UUID4 strings), in the order of ``vectors``.
+
+        Raises:
+            ValueError: invalid name, vectors, labels or payloads.
+            DimensionMismatch: the collection holds vectors of another dimension.
+        """
+        from qdrant_client import models
+
+        check_collection_name(collection)
+        x = as_vectors(vectors, "vectors")
+        if isinstance(labels, str):
+            raise ValueError("labels must be a sequence of strings, one per vector, not a single string")
+        labels = [check_label(label) for label in labels]
+        if len(labels) != len(x) or len(x) == 0:
+            raise ValueError(
+                f"need one label per vector and at least one vector; got {len(x)} vectors, {len(labels)} labels"
+            )
+        if payloads is None:
+            payloads = [{}] * len(x)
+        if len(payloads) != len(x):
+            raise ValueError(f"need one payload per vector; got {len(x)} vectors, {len(payloads)} payloads")
+        bodies = []
+        for i, extra in enumerate(payloads):
+            if not isinstance(extra, dict) or "label" in extra:
+                raise ValueError(f"payloads[{i}] must be a dict without the key 'label'")
+            try:
+                json.dumps(extra)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"payloads[{i}] is not JSON-serialisable: {exc}") from None
+            bodies.append({"label": labels[i], **extra})
+        ids = [str(uuid.uuid4()) for _ in range(len(x))]
+        points = [
+            models.PointStruct(id=pid, vector=vec, payload=body) for pid, vec, body in zip(ids, x.tolist(), bodies)
+        ]
+        with self._lock:
+            self._ensure_collection(collection, x.shape[1])
+            self._qdrant().upsert(collection_name=collection, points=points, wait=True)
+        return ids
+
+    def search(self, collection: str, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
+        """Cosine k-NN of each query among the collection's examples, in one batched Qdrant request.
+
+        Args:
+            collection: collection name.
+            queries: (M, D) float32 query embeddings, finite, no zero rows; D = the collection's dimension.
+            top_k: neighbours per query, 1..100.
+
+        Returns:
+            M lists of up to ``top_k`` :class:`Neighbor`, best (highest cosine similarity) first.
+
+        Raises:
+            ValueError: invalid name, queries or ``top_k``.
+            UnknownCollection: no such collection.
+            DimensionMismatch: D differs from the collection's dimension.
+        """
+        from qdrant_client import models
+
+        check_collection_name(collection)
+        top_k = check_top_k(top_k)
+        q = as_vectors(queries, "queries")
+        with self._lock:
+            held = self._dimension(collection)
+            if q.shape[1] != held:
+                raise DimensionMismatch(f"collection {collection!r} holds {held}-d vectors, got {q.shape[1]}-d queries")
+            if len(q) == 0:
+                return []
+            requests = [models.QueryRequest(query=row, limit=top_k, with_payload=["label"]) for row in q.tolist()]
+            responses = self._qdrant().query_batch_points(collection_name=collection, requests=requests)
+        assert len(responses) == len(q)
+        return [
+            [
+                Neighbor(id=str(p.id), label=str((p.payload or {}).get("label", "")), score=float(p.score))
+                for p in r.points
+            ]
+            for r in responses
+        ]
+
+    def counts(self, collection: str) -> dict[str, int]:
+        """Number of examples per label, sorted by label (a scroll over the ``"label"`` payloads).
+
+        Raises:
+            UnknownCollection: no such collection.
+        """
+        check_collection_name(collection)
+        out: dict[str, int] = {}
+        offset = None
+        with self._lock:
+            self._dimension(collection)
+            while True:
+                points, offset = self._qdrant().scroll(
+                    collection_name=collection,
+                    limit=_SCROLL_PAGE,
+                    offset=offset,
+                    with_payload=["label"],
+                    with_vectors=False,
+                )
+                for p in points:
+                    label = str((p.payload or {}).get("label", ""))
+                    out[label] = out.get(label, 0) + 1
+                if offset is None:
+                    break
+        return dict(sorted(out.items()))
+
+    def list_ids(
+        self, collection: str, label: str | None = None, offset: str | None = None, limit: int = 100
+    ) -> tuple[list[dict], str | None]:
+        """One page of example ids, in id order.
+
+        Args:
+            collection: collection name.
+            label: only examples of this label (None: all).
+            offset: the ``next_offset`` of the previous page (None: the first page).
+            limit: items per page, 1..1000.
+
+        Returns:
+            ``(items, next_offset)``: items ``{"id": str, "label": str}``; ``next_offset`` is None on the last page.
+
+        Raises:
+            ValueError: invalid name, label, offset or limit.
+            UnknownCollection: no such collection.
+        """
+        from qdrant_client import models
+
+        check_collection_name(collection)
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be an integer in 1..{MAX_PAGE}; got {limit!r}")
+        if offset is not None:
+            offset = _check_point_id(offset, "offset")
+        flt = None
+        if label is not None:
+            flt = models.Filter(
+                must=[models.FieldCondition(key="label", match=models.MatchValue(value=check_label(label)))]
+            )
+        with self._lock:
+            self._dimension(collection)
+            points, next_offset = self._qdrant().scroll(
+                collection_name=collection,
+                scroll_filter=flt,
+                limit=int(limit),
+                offset=offset,
+                with_payload=["label"],
+                with_vectors=False,
+            )
+        items = [{"id": str(p.id), "label": str((p.payload or {}).get("label", ""))} for p in points]
+        return items, None if next_offset is None else str(next_offset)
+
+    def delete(self, collection: str, id: str) -> bool:
+        """Delete one example; True if it existed, False if not.
+
+        Raises:
+            ValueError: invalid name or an ``id`` that is not a UUID string.
+            UnknownCollection: no such collection.
+        """
+        from qdrant_client import models
+
+        check_collection_name(collection)
+        point_id = _check_point_id(id)
+        with self._lock:
+            self._dimension(collection)
+            client = self._qdrant()
+            if not client.retrieve(collection_name=collection, ids=[point_id], with_payload=False, with_vectors=False):
+                return False
+            client.delete(collection_name=collection, points_selector=models.PointIdsList(points=[point_id]), wait=True)
+        return True
+
+    # -- internals (callers hold the lock) -------------------------------------------------------------------
+
+    def _qdrant(self):
+        if self._closed:
+            raise StoreError(f"the example store at {self.location} is closed")
+        return self._client
+
+    def _dimension(self, name: str) -> int:
+        client = self._qdrant()
+        try:
+            info = client.get_collection(collection_name=name)
+        except Exception as exc:
+            if not client.collection_exists(collection_name=name):
+                raise UnknownCollection(name) from exc
+            raise
+        params = info.config.params.vectors
+        size = getattr(params, "size", None)
+        distance = getattr(params, "distance", None)
+        if size is None or getattr(distance, "value", distance) != "Cosine":
+            raise ValueError(f"collection {name!r} is not a single-vector cosine collection made by samgraph")
+        return int(size)
+
+    def _ensure_collection(self, name: str, dim: int) -> None:
+        from qdrant_client import models
+
+        client = self._qdrant()
+        if not client.collection_exists(collection_name=name):
+            try:
+                client.create_collection(
+                    collection_name=name,
+                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                )
+            except Exception:
+                if not client.collection_exists(collection_name=name):  # not lost to a concurrent create
+                    raise
+            else:
+                if self._backend == "server":
+                    # keyword index for label filters; the embedded engine ignores payload indexes (and warns)
+                    client.create_payload_index(
+                        collection_name=name, field_name="label", field_schema=models.PayloadSchemaType.KEYWORD
+                    )
+                return
+        held = self._dimension(name)
+        if held != dim:
+            raise DimensionMismatch(f"collection {name!r} holds {held}-d vectors, got {dim}")
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` and prove it writable by making a temporary file in it.
+
+    Raises:
+        StoreError: naming the folder and the OS error.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise StoreError(f"data dir {folder} is not writable: {exc}") from exc
+
+
+def preflight_store(path: str | None = None, url: str | None = None, api_key: str | None = None) -> dict:
+    """Resolve the store settings as :meth:`ExampleStore.from_env` would, and fail fast on a data dir
+    that cannot be written (before any replica starts). Opens no client (the local mode locks its folder).
+
+    Returns:
+        Keyword arguments for the ``Retriever`` deployment: ``{"url", "api_key"}`` or ``{"path"}``.
+
+    Raises:
+        StoreError: the data dir is not writable.
+    """
+    url = url or os.environ.get("SAMGRAPH_QDRANT_URL") or None
+    if url:
+        return {"url": url, "api_key": api_key or os.environ.get("SAMGRAPH_QDRANT_API_KEY") or None}
+    if path is None:
+        path = str(Path(os.environ.get("SAMGRAPH_DATA_DIR") or "~/.local/share/samgraph").expanduser() / "qdrant")
+    _check_writable(Path(path).expanduser())
+    return {"path": str(Path(path).expanduser())}
