@@ -313,9 +313,9 @@ class Ingress:
         req, upload = await parse_body(request, ExampleRequest, self.args.limits.max_body_bytes)
         fade = self._fade_spec(req.fade)
         prompt = req.prompt() if req.mask_rle is None else None
-        image_id, entry, cached, timing = await self._image(req, upload, [prompt] if prompt else [])
+        image_id, entry, cached, timing = await self._image(req, upload)
         if prompt is not None:
-            check_prompts_in_image([prompt], entry.width, entry.height)
+            check_prompts_in_image([prompt], entry.width, entry.height, field_prefix=None)
             features = await self._features(image_id, entry, timing)
             specs, multimask = to_prompt_specs([prompt], entry.width, entry.height)
             out = await self._guard(image_id, self.decoder.decode.remote(features, DecodeJob(tuple(specs), tuple(multimask), "rle", 1, False)))

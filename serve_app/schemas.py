@@ -49,6 +49,37 @@ class LogitsIn(BaseModel):
         return decode_logits_base64(self.base64, self.shape, self.dtype)
 
 
+def check_box(v: list[float] | None) -> list[float] | None:
+    """``box_xyxy`` rule: x1 > x0 and y1 > y0 (finiteness is pydantic's ``allow_inf_nan=False``)."""
+    if v is not None:
+        x0, y0, x1, y1 = v
+        if not x1 > x0:
+            raise ValueError("x1 must be greater than x0 (box is [x0, y0, x1, y1])")
+        if not y1 > y0:
+            raise ValueError("y1 must be greater than y0 (box is [x0, y0, x1, y1])")
+    return v
+
+
+def check_points(v: list[list[Any]] | None) -> list[list[float]] | None:
+    """``points`` rule: non-empty [[x, y, label], ...], finite x/y, label 1/0/"fg"/"bg" -> [[x, y, 1|0]]."""
+    if v is None:
+        return v
+    if not v:
+        raise ValueError("points must not be empty; leave it out instead")
+    out = []
+    for i, p in enumerate(v):
+        if len(p) != 3:
+            raise ValueError(f"point {i} must be [x, y, label]")
+        x, y, label = p
+        for name, c in (("x", x), ("y", y)):
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
+                raise ValueError(f"point {i}: {name} must be a finite number")
+        if isinstance(label, bool) or not isinstance(label, (int, str)) or label not in _LABELS:
+            raise ValueError(f"point {i}: label must be 1, 0, 'fg' or 'bg'")
+        out.append([float(x), float(y), _LABELS[label]])
+    return out
+
+
 class PromptIn(BaseModel):
     """One object to segment: a box, points, both, and/or the low-res logits of an earlier answer.
 
@@ -65,33 +96,12 @@ class PromptIn(BaseModel):
     @field_validator("box_xyxy")
     @classmethod
     def _box(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None:
-            x0, y0, x1, y1 = v
-            if not x1 > x0:
-                raise ValueError("x1 must be greater than x0 (box is [x0, y0, x1, y1])")
-            if not y1 > y0:
-                raise ValueError("y1 must be greater than y0 (box is [x0, y0, x1, y1])")
-        return v
+        return check_box(v)
 
     @field_validator("points")
     @classmethod
     def _points(cls, v: list[list[Any]] | None) -> list[list[Any]] | None:
-        if v is None:
-            return v
-        if not v:
-            raise ValueError("points must not be empty; leave it out instead")
-        out = []
-        for i, p in enumerate(v):
-            if len(p) != 3:
-                raise ValueError(f"point {i} must be [x, y, label]")
-            x, y, label = p
-            for name, c in (("x", x), ("y", y)):
-                if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
-                    raise ValueError(f"point {i}: {name} must be a finite number")
-            if isinstance(label, bool) or not isinstance(label, (int, str)) or label not in _LABELS:
-                raise ValueError(f"point {i}: label must be 1, 0, 'fg' or 'bg'")
-            out.append([float(x), float(y), _LABELS[label]])
-        return out
+        return check_points(v)
 
     @field_validator("text")
     @classmethod
@@ -215,6 +225,16 @@ class ExampleRequest(BaseModel):
     collection: COLLECTION = "default"
     fade: FadeIn | None = None
 
+    @field_validator("box_xyxy")
+    @classmethod
+    def _box(cls, v: list[float] | None) -> list[float] | None:
+        return check_box(v)
+
+    @field_validator("points")
+    @classmethod
+    def _points(cls, v: list[list[Any]] | None) -> list[list[Any]] | None:
+        return check_points(v)
+
     @field_validator("label")
     @classmethod
     def _label(cls, v: str) -> str:
@@ -237,25 +257,30 @@ class ExampleRequest(BaseModel):
         return PromptIn(box_xyxy=self.box_xyxy, points=self.points)
 
 
-def check_prompts_in_image(prompts: list[PromptIn], width: int, height: int) -> None:
+def check_prompts_in_image(prompts: list[PromptIn], width: int, height: int, field_prefix: str | None = "prompts") -> None:
     """Every coordinate must lie in [0, width] x [0, height].
+
+    Args:
+        field_prefix: the error names ``{field_prefix}[i].box_xyxy``; None names a lone prompt's
+            ``box_xyxy`` (as in ``/v1/examples``).
 
     Raises:
         ApiError: 422 naming the first prompt field outside the image.
     """
     for i, p in enumerate(prompts):
+        at = f"{field_prefix}[{i}]." if field_prefix else ""
         if p.box_xyxy is not None:
             x0, y0, x1, y1 = p.box_xyxy
             if min(x0, y0) < 0 or max(x0, x1) > width or max(y0, y1) > height:
                 raise ApiError(
                     422, "out_of_image", f"box {p.box_xyxy} is outside the {width}x{height} image",
-                    f"prompts[{i}].box_xyxy",
+                    f"{at}box_xyxy",
                 )
         for j, (x, y, _) in enumerate(p.points or []):
             if not (0 <= x <= width and 0 <= y <= height):
                 raise ApiError(
                     422, "out_of_image", f"point ({x}, {y}) is outside the {width}x{height} image",
-                    f"prompts[{i}].points[{j}]",
+                    f"{at}points[{j}]",
                 )
 
 

@@ -20,27 +20,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A small automatic-mask grid with the filters off: random weights give low predicted IoU and stability,
+# so the default thresholds would leave nothing; NMS still deduplicates.
+AMG = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+
+
 @pytest.fixture(scope="package")
-def app_url(tiny_checkpoint):
-    """Start Ray (2 CPUs) and the app with the test checkpoint file; shut both down afterwards."""
-    import ray
+def app_args(tiny_checkpoint, tmp_path_factory) -> dict:
+    """SAM 2 from the test checkpoint file, CLIP with random weights, Qdrant embedded in a temp dir."""
+    return {
+        "model_id": MODEL_ID,
+        "weights": "file",
+        "checkpoint": str(tiny_checkpoint),
+        "encoder": {"device": "cpu", "torch_threads": 2},
+        "decoder": {"device": "cpu", "torch_threads": 2},
+        "clip": {"weights": "random", "device": "cpu", "torch_threads": 2},
+        "retriever": {"path": str(tmp_path_factory.mktemp("qdrant"))},
+        "amg": AMG,
+        "text_candidates": 8,
+        "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS},
+    }
+
+
+def run_app(args: dict) -> None:
+    """Deploy (or redeploy) the app and wait until it is running."""
     from ray import serve
 
     from serve_app.app import build_app
+
+    serve.run(build_app(args), name="samgraph", route_prefix="/")  # what configs/serve.yaml imports
+
+
+@pytest.fixture(scope="package")
+def app_url(app_args):
+    """Start Ray (2 CPUs) and the app; shut both down afterwards."""
+    import ray
+    from ray import serve
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = {
-            "model_id": MODEL_ID,
-            "weights": "file",
-            "checkpoint": str(tiny_checkpoint),
-            "encoder": {"device": "cpu", "torch_threads": 2},
-            "decoder": {"device": "cpu", "torch_threads": 2},
-            "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS},
-        }
-        serve.run(build_app(args), name="samgraph", route_prefix="/")  # what configs/serve.yaml imports
+        run_app(app_args)
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()

@@ -70,7 +70,9 @@ def test_health_and_readiness_report_the_checkpoint(client, tiny_checkpoint):
     assert body["model_id"] == MODEL_ID
     assert body["weights"] == f"sha256:{sha256_file(tiny_checkpoint)}"
     assert body["device"] == "cpu"
-    assert "warnings" not in body  # a checkpoint file is not random weights
+    assert body["embedder"]["weights"] == "random" and body["embedder"]["dim"] == 512
+    assert any("meaningless" in w for w in body["warnings"])  # the test app's CLIP weights are random
+    assert body["retriever"]["backend"] == "local"
 
 
 def test_first_call_encodes_and_reports_everything(first_call, truck_rgb, tiny_checkpoint):
