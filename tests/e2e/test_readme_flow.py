@@ -34,6 +34,7 @@ def served(tmp_path_factory):
     env = {
         **os.environ,
         "SAMGRAPH_WEIGHTS": "random",
+        "SAMGRAPH_DATA_DIR": str(tmp / "data"),
         "RAY_AUTH_MODE": "disabled",
         "RAY_ADDRESS": "local",  # a fresh local cluster, never one that happens to be running
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -114,3 +115,27 @@ def test_serve_without_weights_fails_fast_naming_the_options(tmp_path):
     run = subprocess.run([*SAMGRAPH, "serve"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
     assert "missing.pt" in run.stderr and "does not exist" in run.stderr
+
+
+def test_examples_and_predict_through_the_cli(served, truck_path):
+    api, env, _, _ = served
+    box = ",".join(str(v) for v in TRUCK_BOX)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*SAMGRAPH, *args, "--api", api], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    add = cli("examples", "add", "--image", str(truck_path), "--box", box, "--label", "truck")
+    assert add.returncode == 0, add.stderr
+    assert json.loads(add.stdout)["label"] == "truck"
+    listing = cli("examples", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "1 examples, 512-d" in listing.stdout and "truck" in listing.stdout
+    predict = cli("predict", "--image", str(truck_path), "--json")
+    assert predict.returncode == 0, predict.stderr
+    out = json.loads(predict.stdout)
+    assert out["collection"] == "default" and isinstance(out["instances"], list)
+    assert {"amg", "fade", "embed", "retrieve"} <= set(out["timing_ms"])
+    text = cli("segment", "--image", str(truck_path), "--text", "a truck")
+    assert text.returncode == 0, text.stderr
+    missing = cli("predict", "--image", str(truck_path), "--collection", "nope")
+    assert missing.returncode == 1 and "unknown_collection" in missing.stderr

@@ -352,3 +352,29 @@ def test_preflight_existing_file_and_random(tiny_checkpoint, tmp_path, monkeypat
 def test_preflight_unknown_model():
     with pytest.raises(ValueError, match="valid names"):
         preflight("nope", WeightsSource(kind="random"))
+
+
+def test_preflight_store_refuses_an_unwritable_data_dir(tmp_path, monkeypatch):
+    from serve_app.vectorstore import StoreError, preflight_store
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.delenv("SAMGRAPH_QDRANT_URL", raising=False)
+    monkeypatch.setenv("SAMGRAPH_DATA_DIR", str(blocker / "sub"))
+    with pytest.raises(StoreError, match="not writable"):
+        preflight_store()
+    monkeypatch.setenv("SAMGRAPH_DATA_DIR", str(tmp_path / "data"))
+    assert preflight_store() == {"path": str(tmp_path / "data" / "qdrant")}
+    monkeypatch.setenv("SAMGRAPH_QDRANT_URL", "http://127.0.0.1:6333")
+    assert preflight_store()["url"] == "http://127.0.0.1:6333"
+
+
+def test_build_app_fails_fast_on_an_unwritable_data_dir(tmp_path, tiny_checkpoint):
+    from serve_app.app import build_app
+    from serve_app.vectorstore import StoreError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = {"weights": "file", "checkpoint": str(tiny_checkpoint), "clip": {"weights": "random"}, "retriever": {"path": str(blocker / "q")}}
+    with pytest.raises(StoreError, match=str(blocker)):
+        build_app(args)

@@ -1,0 +1,51 @@
+"""The in-process API (no Ray) over the same models/ code: segment, examples, predict, text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.amg import AmgSettings
+from serve_app.local import LocalPipeline
+from serve_app.schemas import PromptIn
+from tests.conftest import TRUCK_BOX, mask_iou
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from models.embedder import build_clip
+    from models.sam2_image import Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
+    from serve_app.vectorstore import ExampleStore
+
+    sam = build_sam2_model("sam2.1_hiera_tiny", seed=0)
+    amg = AmgSettings(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    return LocalPipeline(Sam2ImageEncoder(sam), Sam2MaskDecoder(sam), build_clip("ViT-B-32", seed=0), ExampleStore(in_memory=True), amg=amg)
+
+
+def test_segment_equals_the_reference_predictor(pipe, truck_rgb):
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    (pred,) = pipe.segment(truck_rgb, [PromptIn(box_xyxy=TRUCK_BOX)])
+    assert pred.masks.shape == (1, *truck_rgb.shape[:2]) and pred.masks.any()
+    reference = SAM2ImagePredictor(pipe.encoder.model)  # Meta's predictor on the very same weights
+    reference.set_image(truck_rgb)
+    masks, iou, _ = reference.predict(box=np.array(TRUCK_BOX, np.float32), multimask_output=False)
+    assert mask_iou(pred.masks[0], masks[0].astype(bool)) >= 0.999
+    assert pred.predicted_iou[0] == pytest.approx(iou[0], abs=1e-4)
+
+
+def test_examples_then_predict_and_text(pipe, truck_rgb):
+    ids = pipe.add_example(truck_rgb, "truck", box_xyxy=TRUCK_BOX, collection="local")
+    pipe.add_example(truck_rgb, "window", points=[[500, 375, 1]], collection="local")
+    assert len(ids) == 1 and pipe.store.counts("local") == {"truck": 1, "window": 1}
+    found = pipe.predict(truck_rgb, collection="local", top_k=2, max_instances=3)
+    assert found and all(i["label"] in ("truck", "window") for i in found)
+    assert all({n["label"] for n in i["neighbors"]} == {"truck", "window"} for i in found)
+    ranked = pipe.find_by_text(truck_rgb, "a truck", max_masks=2)
+    assert 1 <= len(ranked) <= 2 and ranked[0]["text_score"] >= ranked[-1]["text_score"]
+
+
+def test_needs_embedder_and_store(truck_rgb, pipe):
+    bare = LocalPipeline(pipe.encoder, pipe.decoder)
+    with pytest.raises(ValueError, match="embedder and a store"):
+        bare.predict(truck_rgb)
