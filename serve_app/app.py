@@ -259,7 +259,10 @@ class Ingress:
         for p in req.prompts or [None]:
             results.append(next(text_iter) if p is not None and p.is_text else next(geo_iter))
         timing["total"] = (time.perf_counter() - t0) * 1e3
-        return self._respond(image_id, entry, cached, {"model_id": model_id, "weights": weights, "results": results}, timing)
+        body = {"model_id": model_id, "weights": weights, "results": results}
+        if texts:
+            body["embedder_weights"] = emb["weights"]
+        return self._respond(image_id, entry, cached, body, timing)
 
     def _respond(self, image_id: str, entry: CacheEntry, cached: bool, body: dict, timing: dict) -> dict:
         out = {

@@ -1,0 +1,125 @@
+"""/v1/predict per-stage latency, and samgraph's automatic masks against sam2's own generator, same run.
+
+Baselines, measured in this process before the service starts (same seeded random weights, threads):
+  sam2 AMG     - Meta's SAM2AutomaticMaskGenerator.generate (encode included), the same settings;
+  ours AMG     - samgraph's encoder + models.amg.generate_masks over the split decoder;
+  one-process  - SAM2AutomaticMaskGenerator + fade/crop + open_clip + numpy brute-force k-NN in a loop
+                 (what a script without serving would do).
+Service: `serve run configs/serve.yaml` with the same settings; /v1/predict on truck.jpg, cold (new
+image) and warm (cached image_id), with the server-side time of each stage.
+
+Random weights give predicted IoU near 0.5 and stability 0, so the filters are set to
+pred_iou_thresh 0.5 and stability 0 (reported: how many masks survive), else nothing would.
+
+    python -m benchmarks.predict_latency [--points-per-side 16] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.common import REPO, SHARED_DATA, serve_config, summarize, write_result
+from benchmarks.segment_latency import variants
+
+
+def main() -> None:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(REPO / "configs" / "serve.yaml"))
+    p.add_argument("--points-per-side", type=int, default=16)
+    p.add_argument("--max-instances", type=int, default=20)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    amg = {"points_per_side": args.points_per_side, "points_per_batch": 64, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.0, "box_nms_thresh": 0.7}
+
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    from models.amg import AmgSettings, generate_masks
+    from models.embedder import build_clip
+    from models.fader import GaussianFade, fade_and_crop_batch
+    from models.knn import brute_force_knn
+    from models.masks import decode_rle
+    from models.sam2_image import Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
+
+    torch.set_num_threads(args.threads)
+    with Image.open(SHARED_DATA / "images" / "truck.jpg") as im:
+        rgb = np.asarray(im.convert("RGB"))
+    sam = build_sam2_model("sam2.1_hiera_tiny", seed=0)
+    clip = build_clip("ViT-B-32", seed=0)
+    encoder, decoder = Sam2ImageEncoder(sam), Sam2MaskDecoder(sam)
+    reference = SAM2AutomaticMaskGenerator(sam, output_mode="coco_rle", **amg)
+    fade = GaussianFade(sigma_px=50.0, min_fade=0.1)
+    examples = clip.embed_images([rgb[275:850, 75:1725]])  # one stored example: a k-NN over one vector
+
+    t_ref, t_ours, t_one, n_masks = [], [], [], []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        ref_masks = reference.generate(rgb)
+        t_ref.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ours = generate_masks(decoder, encoder.encode(rgb), AmgSettings(**amg))
+        t_ours.append(time.perf_counter() - t)
+        n_masks.append(len(ours))
+        assert len(ours) == len(ref_masks)
+        t = time.perf_counter()
+        masks = [decode_rle(m["segmentation"]) for m in reference.generate(rgb)[: args.max_instances]]
+        vecs = clip.embed_images(fade_and_crop_batch([rgb] * len(masks), masks, fade))
+        brute_force_knn(vecs, examples, 5)
+        t_one.append(time.perf_counter() - t)
+
+    stages, cold, warm = [], [], []
+    with serve_config(Path(args.config), {"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_SEED": "0", "SAMGRAPH_DATA_DIR": str(REPO / "benchmarks" / "results" / ".data")}) as url:
+        import httpx
+
+        with httpx.Client(base_url=url, timeout=600) as c:
+            images = variants(rgb, args.runs + 1)
+            b64 = [base64.b64encode(x).decode() for x in images]
+            c.post("/v1/examples", json={"image": {"base64": b64[0]}, "box_xyxy": [75, 275, 1725, 850], "label": "truck", "collection": "bench"}).raise_for_status()
+            body = {"collection": "bench", "max_instances": args.max_instances, "amg": amg}
+            for data in b64[1:]:
+                t = time.perf_counter()
+                r = c.post("/v1/predict", json={**body, "image": {"base64": data}})
+                cold.append(time.perf_counter() - t)
+                r.raise_for_status()
+                stages.append(r.json()["timing_ms"])
+                t = time.perf_counter()
+                c.post("/v1/predict", json={**body, "image_id": r.json()["image_id"]}).raise_for_status()
+                warm.append(time.perf_counter() - t)
+            instances = len(r.json()["instances"])
+
+    med = {k: float(np.median([s[k] for s in stages])) for k in stages[0]}
+    result = {
+        "settings": amg,
+        "masks_after_nms": n_masks,
+        "instances_per_predict": instances,
+        "sam2_amg_generate": summarize(t_ref),
+        "samgraph_encode_plus_amg": summarize(t_ours),
+        "one_process_predict": summarize(t_one),
+        "service_predict_cold": summarize(cold),
+        "service_predict_warm": summarize(warm),
+        "service_cold_stage_median_ms": med,
+        "ratios": {
+            "samgraph_amg_over_sam2_amg": float(np.median(t_ours) / np.median(t_ref)),
+            "service_cold_over_one_process": float(np.median(cold) / np.median(t_one)),
+        },
+    }
+    print(f"settings {amg}; masks after NMS {n_masks}; instances per predict {instances}")
+    print(f"{'workload':<46} {'n':>3} {'p50 ms':>10}")
+    for name in ("sam2_amg_generate", "samgraph_encode_plus_amg", "one_process_predict", "service_predict_cold", "service_predict_warm"):
+        print(f"{name:<46} {result[name]['n']:>3} {result[name]['p50_ms']:>10.1f}")
+    print("service cold, server-side median per stage (ms):", {k: round(v, 1) for k, v in med.items()})
+    for k, v in result["ratios"].items():
+        print(f"{k}: {v:.3f}")
+    print(f"wrote {write_result('predict_latency', result)}")
+
+
+if __name__ == "__main__":
+    main()
