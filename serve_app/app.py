@@ -29,6 +29,7 @@ from deployments.embedder import Embedder
 from deployments.encoder import ImageEncoder
 from deployments.fader import Fader
 from deployments.retriever import Retriever
+from models.amg import AmgSettings
 from models.embedder import ClipSpec
 from models.masks import decode_rle, encode_masks
 from models.sam2_image import feature_nbytes
@@ -185,12 +186,17 @@ class Ingress:
         return ref
 
     async def _guard(self, image_id: str, awaitable):
-        """Await a stage call that reads cached refs; lost or failed refs are dropped from the cache."""
+        """Await stage calls that read the image's cached refs. Any failure drops the entry: a failed
+        encode leaves an error in place of the features (``_ready`` does not raise), and it must not
+        answer later requests; lost refs become a 404 asking for the image again."""
         try:
             return await awaitable
         except _LOST:
             self.cache.pop(image_id)
             raise ApiError(404, "image_not_cached", "the cached data of this image were lost; send the image again", "image_id") from None
+        except Exception:
+            self.cache.pop(image_id)
+            raise
 
     def _fade_spec(self, fade: FadeIn | None) -> dict:
         """Request fade settings over the app's defaults, validated now (422 naming the parameter)."""
@@ -210,7 +216,7 @@ class Ingress:
             raise ApiError(422, "invalid_request", f"{field}: {e}", field) from None
         return {"strategy": strategy, "params": params}
 
-    def _amg(self, overrides) -> object:
+    def _amg(self, overrides) -> AmgSettings:
         try:
             return amg_settings(self.args.amg.model_dump(), overrides.model_dump() if overrides is not None else None)
         except ValueError as e:
