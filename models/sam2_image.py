@@ -325,16 +325,7 @@ class Sam2MaskDecoder:
                 mask_input = torch.stack(
                     [torch.as_tensor(requests[r].prompts[p].mask_input, dtype=torch.float32) for r, p in members]
                 )[:, None].to(dev)
-            sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
-            low_res, iou, _, _ = self.mask_decoder(
-                image_embeddings=embed,
-                image_pe=self.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-                repeat_image=repeat_image,
-                high_res_features=high_res,
-            )
+            low_res, iou = self._decode(points, mask_input, embed, high_res, multimask, repeat_image)
             for k, (r, p) in enumerate(members):
                 logits = self.transforms.postprocess_masks(low_res[k : k + 1], requests[r].features.orig_hw)[0]
                 stability = calculate_stability_score(
@@ -385,18 +376,24 @@ class Sam2MaskDecoder:
         coords = torch.as_tensor(np.asarray(point_coords), dtype=torch.float)[:, None, :]
         xy = self.transforms.transform_coords(coords, normalize=True, orig_hw=features.orig_hw).to(self.device)
         labels = torch.ones(xy.shape[:2], dtype=torch.int, device=self.device)
-        sparse, dense = self.prompt_encoder(points=(xy, labels), boxes=None, masks=None)
         embed, high_res, _ = self._group_features([features], [0] * xy.shape[0])
+        low_res, iou = self._decode((xy, labels), None, embed, high_res, multimask_output, True)
+        return low_res.float(), iou.float()
+
+    def _decode(self, points, mask_input, embed, high_res, multimask_output: bool, repeat_image: bool):
+        """Prompt encoder + mask decoder, as ``SAM2ImagePredictor._predict`` calls them (boxes already
+        merged into ``points`` as corner clicks)."""
+        sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
         low_res, iou, _, _ = self.mask_decoder(
             image_embeddings=embed,
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
-            repeat_image=True,
+            repeat_image=repeat_image,
             high_res_features=high_res,
         )
-        return low_res.float(), iou.float()
+        return low_res, iou
 
     def upsample_logits(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         """(N, 256, 256) low-res logits -> (N, H, W) logits at the original size (sam2's bilinear upsampling)."""

@@ -75,10 +75,14 @@ def _fail(response) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Check the weights first (exit 1 with the reason, before Ray starts), then ``serve run CONFIG``."""
+    """Check SAM 2 and CLIP weights and the data dir first (exit 1 with the reason, before Ray starts),
+    then ``serve run CONFIG``."""
     import yaml
 
+    from models.embedder import ClipSpec
+    from serve_app.clip_weights import ClipWeightsSource, preflight_clip
     from serve_app.config import AppArgs
+    from serve_app.vectorstore import StoreError, preflight_store
     from serve_app.weights import WeightsError, WeightsSource, preflight
 
     config = Path(args.config)
@@ -90,7 +94,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             try:
                 cfg = AppArgs.model_validate(app.get("args") or {})
                 preflight(cfg.model_id, WeightsSource.resolve(cfg.weights, cfg.checkpoint, cfg.seed))
-            except (ValueError, WeightsError) as e:
+                clip_source = ClipWeightsSource.resolve(cfg.clip.weights, cfg.clip.checkpoint, cfg.seed)
+                preflight_clip(ClipSpec(cfg.clip.model_name, cfg.clip.pretrained), clip_source)
+                preflight_store(cfg.retriever.path, cfg.retriever.url, cfg.retriever.api_key)
+            except (ValueError, WeightsError, StoreError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 1
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -80,18 +80,12 @@ def check_points(v: list[list[Any]] | None) -> list[list[float]] | None:
     return out
 
 
-class PromptIn(BaseModel):
-    """One object to segment: a box, points, both, and/or the low-res logits of an earlier answer.
-
-    ``box_xyxy``: [x0, y0, x1, y1] pixels with x1 > x0 and y1 > y0. ``points``: [[x, y, label], ...],
-    label 1 or "fg" for foreground, 0 or "bg" for background.
-    """
+class _Geometry(BaseModel):
+    """``box_xyxy`` and ``points`` with their rules, shared by prompts and examples."""
 
     model_config = _STRICT
     box_xyxy: list[float] | None = Field(default=None, min_length=4, max_length=4)
     points: list[list[Any]] | None = Field(default=None, max_length=64)
-    mask_input: LogitsIn | None = None
-    text: str | None = Field(default=None, min_length=1, max_length=300)
 
     @field_validator("box_xyxy")
     @classmethod
@@ -102,6 +96,18 @@ class PromptIn(BaseModel):
     @classmethod
     def _points(cls, v: list[list[Any]] | None) -> list[list[Any]] | None:
         return check_points(v)
+
+
+class PromptIn(_Geometry):
+    """One object to segment: a box, points, both, and/or the low-res logits of an earlier answer, or a
+    text alone.
+
+    ``box_xyxy``: [x0, y0, x1, y1] pixels with x1 > x0 and y1 > y0. ``points``: [[x, y, label], ...],
+    label 1 or "fg" for foreground, 0 or "bg" for background.
+    """
+
+    mask_input: LogitsIn | None = None
+    text: str | None = Field(default=None, min_length=1, max_length=300)
 
     @field_validator("text")
     @classmethod
@@ -212,28 +218,16 @@ class RleIn(BaseModel):
     counts: str = Field(min_length=1)
 
 
-class ExampleRequest(BaseModel):
-    """Body of ``POST /v1/examples``: one labelled object, given by a prompt or a mask."""
+class ExampleRequest(_Geometry):
+    """Body of ``POST /v1/examples``: one labelled object, given by a prompt (``box_xyxy`` and/or
+    ``points``, as in /v1/segment) or a mask."""
 
-    model_config = _STRICT
     image: ImageIn | None = None
     image_id: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
-    box_xyxy: list[float] | None = Field(default=None, min_length=4, max_length=4)
-    points: list[list[Any]] | None = Field(default=None, max_length=64)
     mask_rle: RleIn | None = None
     label: LABEL
     collection: COLLECTION = "default"
     fade: FadeIn | None = None
-
-    @field_validator("box_xyxy")
-    @classmethod
-    def _box(cls, v: list[float] | None) -> list[float] | None:
-        return check_box(v)
-
-    @field_validator("points")
-    @classmethod
-    def _points(cls, v: list[list[Any]] | None) -> list[list[Any]] | None:
-        return check_points(v)
 
     @field_validator("label")
     @classmethod

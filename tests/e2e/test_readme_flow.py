@@ -139,3 +139,13 @@ def test_examples_and_predict_through_the_cli(served, truck_path):
     assert text.returncode == 0, text.stderr
     missing = cli("predict", "--image", str(truck_path), "--collection", "nope")
     assert missing.returncode == 1 and "unknown_collection" in missing.stderr
+
+
+def test_serve_fails_fast_on_an_unwritable_data_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAMGRAPH_")}
+    env.update({"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_DATA_DIR": str(blocker / "data")})
+    run = subprocess.run([*SAMGRAPH, "serve"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert "not writable" in run.stderr and str(blocker) in run.stderr

@@ -12,7 +12,7 @@ from models.masks import decode_rle, encode_rle
 from tests.conftest import TRUCK_BOX, shared_file
 
 COLLECTION = "things"
-DOG_POINT = [400, 250]
+DOG_BOX = [50, 50, 700, 500]
 
 
 def _b64(path) -> str:
@@ -32,9 +32,9 @@ def dog_path():
 
 @pytest.fixture(scope="module")
 def examples(client, truck_path, dog_path) -> dict:
-    """Two labels added by box and by point, plus one by mask: {"truck": [ids], "dog": [ids], ids...}."""
+    """Two labels added by box, plus one by mask: {"truck": ..., "dog": ..., "by_mask": ...} responses."""
     truck = _post(client, "/v1/examples", {"image": {"base64": _b64(truck_path)}, "box_xyxy": TRUCK_BOX, "label": "truck", "collection": COLLECTION})
-    dog = _post(client, "/v1/examples", {"image": {"base64": _b64(dog_path)}, "points": [[*DOG_POINT, "fg"]], "label": "dog", "collection": COLLECTION})
+    dog = _post(client, "/v1/examples", {"image": {"base64": _b64(dog_path)}, "box_xyxy": DOG_BOX, "label": "dog", "collection": COLLECTION})
     h, w = 1200, 1800
     mask = np.zeros((h, w), bool)
     mask[300:800, 100:1700] = True
@@ -58,7 +58,7 @@ def test_examples_are_counted_listed_and_deleted(client, examples):
     added = [*examples["truck"]["ids"], *examples["dog"]["ids"], *examples["by_mask"]["ids"]]
     assert sorted(ids) == sorted(added)
 
-    extra = _post(client, "/v1/examples", {"image_id": examples["dog"]["image_id"], "box_xyxy": [50, 50, 700, 500], "label": "scratch", "collection": COLLECTION})
+    extra = _post(client, "/v1/examples", {"image_id": examples["dog"]["image_id"], "points": [[400, 250, "fg"]], "label": "scratch", "collection": COLLECTION})
     (extra_id,) = extra["ids"]
     assert client.get("/v1/examples", params={"collection": COLLECTION}).json()["counts"]["scratch"] == 1
     r = client.delete(f"/v1/examples/{extra_id}", params={"collection": COLLECTION})
