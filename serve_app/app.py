@@ -31,7 +31,7 @@ from deployments.fader import Fader
 from deployments.retriever import Retriever
 from models.amg import AmgSettings
 from models.embedder import ClipSpec
-from models.masks import decode_rle, encode_masks
+from models.masks import decode_rle, rle_area, rle_bbox_xyxy
 from models.sam2_image import feature_nbytes
 from serve_app.assemble import amg_settings, instances, rank_by_text
 from serve_app.cache import CacheEntry, EmbeddingCache
@@ -125,8 +125,9 @@ class Ingress:
         return {"cache": self.cache.stats(), **dict(zip(names, results))}
 
     # ---------------------------------------------------------------- images
-    async def _image(self, req, upload: bytes | None, prompts=()) -> tuple[str, CacheEntry, bool, dict]:
-        """The request's image as a cache entry, encoding it if new.
+    async def _image(self, req, upload: bytes | None, prompts=(), field_prefix: str | None = "prompts") -> tuple[str, CacheEntry, bool, dict]:
+        """The request's image as a cache entry, encoding it if new; ``prompts`` are checked against its
+        size first (before any encode; ``field_prefix`` as in :func:`check_prompts_in_image`).
 
         Returns:
             (image_id, entry, found in cache, timing_ms with ``decode_image``).
@@ -141,16 +142,18 @@ class Ingress:
             image_id = image_id_of(data)
             entry = self.cache.get(image_id)  # before decoding: a known image costs no decode
             if entry is not None:
+                check_prompts_in_image(list(prompts), entry.width, entry.height, field_prefix)
                 return image_id, entry, True, timing
             td = time.perf_counter()
             rgb = decode_image(data, self.args.limits.max_image_pixels)
             timing["decode_image"] = (time.perf_counter() - td) * 1e3
-            check_prompts_in_image(list(prompts), rgb.shape[1], rgb.shape[0])
+            check_prompts_in_image(list(prompts), rgb.shape[1], rgb.shape[0], field_prefix)
             return image_id, self._start_encode(image_id, rgb), False, timing
         if req.image_id is not None:
             entry = self.cache.get(req.image_id)
             if entry is None:
                 raise ApiError(404, "image_not_cached", "image_id is not (or no longer) cached; send the image again", "image_id")
+            check_prompts_in_image(list(prompts), entry.width, entry.height, field_prefix)
             return req.image_id, entry, True, timing
         raise ApiError(422, "invalid_request", "image: give image (base64 or file part) or image_id", "image")
 
@@ -216,6 +219,13 @@ class Ingress:
             raise ApiError(422, "invalid_request", f"{field}: {e}", field) from None
         return {"strategy": strategy, "params": params}
 
+    async def _collection(self, name: str) -> dict:
+        """``{"dim", "count"}`` of an existing collection; 404 ``unknown_collection`` otherwise."""
+        info = await self.retriever.collection_or_none.remote(name)
+        if info is None:
+            raise ApiError(404, "unknown_collection", f"collection {name!r} does not exist; add examples first", "collection")
+        return info
+
     def _amg(self, overrides) -> AmgSettings:
         try:
             return amg_settings(self.args.amg.model_dump(), overrides.model_dump() if overrides is not None else None)
@@ -229,7 +239,6 @@ class Ingress:
         t0 = time.perf_counter()
         req, upload = await parse_body(request, SegmentRequest, self.args.limits.max_body_bytes)
         image_id, entry, cached, timing = await self._image(req, upload, req.prompts)
-        check_prompts_in_image(req.prompts, entry.width, entry.height)
         geometric = [p for p in req.prompts if not p.is_text]
         texts = [p for p in req.prompts if p.is_text]
         fade = self._fade_spec(req.fade) if texts else None
@@ -293,9 +302,7 @@ class Ingress:
         req, upload = await parse_body(request, PredictRequest, self.args.limits.max_body_bytes)
         fade = self._fade_spec(req.fade)
         amg = self._amg(req.amg)
-        info = await self.retriever.collection_or_none.remote(req.collection)
-        if info is None:
-            raise ApiError(404, "unknown_collection", f"collection {req.collection!r} does not exist; add examples first", "collection")
+        await self._collection(req.collection)
         image_id, entry, cached, timing = await self._image(req, upload)
         features = await self._features(image_id, entry, timing)
         generated = self.decoder.generate.remote(features, amg, req.max_instances)
@@ -322,21 +329,20 @@ class Ingress:
         req, upload = await parse_body(request, ExampleRequest, self.args.limits.max_body_bytes)
         fade = self._fade_spec(req.fade)
         prompt = req.prompt() if req.mask_rle is None else None
-        image_id, entry, cached, timing = await self._image(req, upload)
+        image_id, entry, cached, timing = await self._image(req, upload, [prompt] if prompt else [], field_prefix=None)
         if prompt is not None:
-            check_prompts_in_image([prompt], entry.width, entry.height, field_prefix=None)
             features = await self._features(image_id, entry, timing)
             specs, multimask = to_prompt_specs([prompt], entry.width, entry.height)
             out = await self._guard(image_id, self.decoder.decode.remote(features, DecodeJob(tuple(specs), tuple(multimask), "rle", 1, False)))
             rle = out["results"][0]["masks"][0]["rle"]
         else:
             rle = self._check_mask(req.mask_rle.model_dump(), entry)
-        area = int(decode_rle(rle).sum())
+        area = rle_area(rle)
         if area == 0:
             raise ApiError(422, "empty_mask", "the object's mask is empty; nothing to embed", "mask_rle" if prompt is None else "box_xyxy")
         crops = self.fader.fade_masks.remote(entry.image, [rle], fade)
         embedded = self.embedder.embed_crops.remote(crops)
-        payload = {"image_id": image_id, "bbox_xyxy": encode_masks(decode_rle(rle)[None], "none")[0]["bbox_xyxy"], "area_px": area}
+        payload = {"image_id": image_id, "bbox_xyxy": rle_bbox_xyxy(rle), "area_px": area}
         try:
             ids = await self._guard(image_id, self.retriever.add_chain.remote(req.collection, embedded, [req.label], [payload]))
         except ValueError as e:  # dimension mismatch with an existing collection
@@ -358,9 +364,7 @@ class Ingress:
         """Examples per label in a collection, and a page of their ids."""
         if not 1 <= limit <= 1000:
             raise ApiError(422, "invalid_request", "limit: must be in 1..1000", "limit")
-        info = await self.retriever.collection_or_none.remote(collection)
-        if info is None:
-            raise ApiError(404, "unknown_collection", f"collection {collection!r} does not exist", "collection")
+        info = await self._collection(collection)
         counts, (items, next_offset) = await asyncio.gather(
             self.retriever.counts.remote(collection), self.retriever.list_ids.remote(collection, label, offset, limit)
         )
@@ -369,8 +373,7 @@ class Ingress:
     @api.delete("/v1/examples/{example_id}")
     async def delete_example(self, example_id: str, collection: str = "default") -> dict:
         """Delete one example by id."""
-        if await self.retriever.collection_or_none.remote(collection) is None:
-            raise ApiError(404, "unknown_collection", f"collection {collection!r} does not exist", "collection")
+        await self._collection(collection)
         try:
             deleted = await self.retriever.delete.remote(collection, example_id)
         except ValueError as e:

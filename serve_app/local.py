@@ -129,21 +129,24 @@ class LocalPipeline:
     ) -> list[dict]:
         """Automatic masks labelled by their nearest examples; records as ``/v1/predict``'s instances."""
         self._need_retrieval()
-        masks = self.auto_masks(image)[:max_instances]
+        masks, vecs = self._embedded_auto_masks(image, max_instances)
         if not masks:
             return []
-        vecs = self.embedder.embed_images(self.crops(image, [decode_rle(m.rle) for m in masks]))
         return instances(masks, self.store.search(collection, vecs, top_k), min_score, mask_format)
 
     def find_by_text(self, image: np.ndarray, text: str, max_masks: int = 3, candidates: int = 64, mask_format: str = "rle") -> list[dict]:
         """Automatic masks ranked by CLIP similarity of their faded crop to ``text`` (``text_score``)."""
         if self.embedder is None:
             raise ValueError("find_by_text needs an embedder")
-        masks = self.auto_masks(image)[:candidates]
-        if not masks:
-            return []
-        vecs = self.embedder.embed_images(self.crops(image, [decode_rle(m.rle) for m in masks]))
+        masks, vecs = self._embedded_auto_masks(image, candidates)
         return rank_by_text(masks, vecs, self.embedder.embed_texts([text])[0], max_masks, mask_format)
+
+    def _embedded_auto_masks(self, image: np.ndarray, limit: int) -> tuple[list[AutoMask], np.ndarray]:
+        """The best ``limit`` automatic masks and the (N, D) embeddings of their faded crops."""
+        masks = self.auto_masks(image)[:limit]
+        if not masks:
+            return [], np.zeros((0, self.embedder.dim), np.float32)
+        return masks, self.embedder.embed_images(self.crops(image, [decode_rle(m.rle) for m in masks]))
 
     def _need_retrieval(self) -> None:
         if self.embedder is None or self.store is None:
