@@ -162,3 +162,58 @@ def decode_logits_base64(data: str, shape: tuple[int, ...], dtype: str = "float3
     if not np.isfinite(arr).all():
         raise ValueError("values must be finite")
     return arr
+
+
+def segmentation_to_rle(segmentation, height: int, width: int) -> dict:
+    """A COCO annotation's ``segmentation`` as one compressed RLE (``COCO.annToRLE`` without the file).
+
+    Args:
+        segmentation: polygons (list of flat ``[x0, y0, x1, y1, ...]`` lists, pixels), an uncompressed
+            RLE (``counts`` a list, as crowd annotations use) or a compressed RLE.
+        height, width: the image size in pixels.
+
+    Returns:
+        ``{"size": [height, width], "counts": str}``; several polygons are merged into one mask.
+
+    Raises:
+        ValueError: the segmentation is malformed (e.g. a polygon with fewer than 3 points).
+    """
+    try:
+        if isinstance(segmentation, list):
+            if any(len(poly) < 6 or len(poly) % 2 for poly in segmentation):
+                raise ValueError("each polygon needs an even number of coordinates, at least 6")
+            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width)) if segmentation else mask_utils.encode(np.zeros((height, width, 1), np.uint8, order="F"))[0]
+        elif isinstance(segmentation.get("counts"), list):
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = _coded(segmentation)
+    except (AttributeError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"not a COCO segmentation: {e}") from None
+    counts = rle["counts"]
+    return {"size": [int(height), int(width)], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def interior_point(mask: np.ndarray) -> tuple[int, int]:
+    """The mask pixel farthest from the mask's border: a click that is well inside the object.
+
+    The Euclidean distance transform of the mask, zero-padded by one pixel so the image edge counts as
+    border, is maximal there (the point-prompt protocol of RITM, Sofiiuk et al. 2022, used in SAM's
+    point-prompt evaluation, Kirillov et al. 2023, sec. 7.1). Ties go to the first pixel in row-major order.
+
+    Args:
+        mask: (H, W) bool, not empty.
+
+    Returns:
+        ``(x, y)``: column and row of that pixel, in pixels of the image.
+
+    Raises:
+        ValueError: the mask is empty or not 2-D.
+    """
+    from scipy import ndimage
+
+    mask = _check_2d(np.asarray(mask, dtype=bool))
+    if not mask.any():
+        raise ValueError("the mask is empty: it has no interior point")
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y)

@@ -8,6 +8,8 @@
     samgraph predict --api URL --image photo.jpg [--collection NAME] [--top-k 5] [--json]
     samgraph examples add --api URL --image photo.jpg (--box x0,y0,x1,y1 | --point x,y ...) --label NAME
     samgraph examples list --api URL [--collection NAME]
+    samgraph batch --input DIR|annotations.json --output OUT_DIR [...]    (serve_app/offline_cli.py)
+    samgraph eval --coco annotations.json --images DIR --prompt box|center-point [--output report.json]
 """
 
 from __future__ import annotations
@@ -301,6 +303,10 @@ def make_parser() -> argparse.ArgumentParser:
     lst = exsub.add_parser("list", help="examples per label")
     _api_args(lst, cmd_examples)
     lst.add_argument("--collection", default="default")
+
+    from serve_app.offline_cli import add_commands
+
+    add_commands(sub)
     return p
 
 

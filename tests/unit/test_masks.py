@@ -282,3 +282,54 @@ def test_logits_decode_unknown_dtype(dtype):
     data = base64.b64encode(np.zeros(4, "<f8").tobytes()).decode()
     with pytest.raises(ValueError, match="dtype"):
         decode_logits_base64(data, (4,), dtype)
+
+
+# ---------------------------------------------------------------- COCO segmentations and interior points
+def test_segmentation_to_rle_matches_pycocotools_ann_to_rle():
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    from models.masks import decode_rle, segmentation_to_rle
+    from tests.conftest import shared_file
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(shared_file("coco_subset", "annotations", "instances_val2017_subset32.json")))
+    kinds = set()
+    for ann in gt.dataset["annotations"]:
+        img = gt.imgs[ann["image_id"]]
+        rle = segmentation_to_rle(ann["segmentation"], img["height"], img["width"])
+        assert rle["size"] == [img["height"], img["width"]] and isinstance(rle["counts"], str)
+        np.testing.assert_array_equal(decode_rle(rle), gt.annToMask(ann).astype(bool))
+        kinds.add("rle" if isinstance(ann["segmentation"], dict) else "polygon")
+    assert kinds == {"rle", "polygon"}  # crowd annotations carry uncompressed RLE
+
+
+def test_segmentation_to_rle_rejects_malformed_polygons():
+    from models.masks import segmentation_to_rle
+
+    with pytest.raises(ValueError, match="polygon"):
+        segmentation_to_rle([[1, 2, 3, 4]], 10, 10)
+    with pytest.raises(ValueError, match="segmentation"):
+        segmentation_to_rle(17, 10, 10)
+
+
+def test_interior_point_is_farthest_from_the_border():
+    from models.masks import interior_point
+
+    m = np.zeros((40, 60), bool)
+    m[10:31, 5:56] = True  # 21 rows x 51 columns: the centre row 20 is 11 px from the top and bottom edges
+    x, y = interior_point(m)
+    assert y == 20 and m[y, x]
+    # an L shape: the point lies in the thick arm, never in the notch
+    m = np.zeros((50, 50), bool)
+    m[0:50, 0:30] = True
+    m[40:50, 30:50] = True
+    x, y = interior_point(m)
+    assert m[y, x] and x < 30
+    # the image edge counts as border
+    m = np.ones((9, 9), bool)
+    assert interior_point(m) == (4, 4)
+    with pytest.raises(ValueError, match="empty"):
+        interior_point(np.zeros((4, 4), bool))

@@ -1,0 +1,151 @@
+"""`samgraph batch` throughput and memory against the bare batched model, measured in the same run.
+
+Baseline ("bare"): samgraph's batched SAM 2 encoder and decoder (models/) in this process, batch 1 (the
+best batch on CPU), the same torch threads as the batch stages, a centre click per image and its RLE:
+the work `samgraph batch --prompts center-points` does, without Ray Data, file reading or writing.
+
+Pipeline: `samgraph batch` in a fresh process with its own local Ray, SAMGRAPH_WEIGHTS=random (seeded:
+the real SAM 2.1 compute), over the first --n frames of the bedroom clip (960x540 JPEGs), as a folder.
+Memory: the resident set of the batch process and every process it starts (Ray's raylet, workers and
+object store), sampled every 0.5 s from /proc (Linux); the peak of the sum, which counts shared
+object-store pages once per process that maps them, so it is an upper bound.
+
+    python benchmarks/batch_throughput.py [--n 200] [--baseline-n 16] [--set encode.batch_size=2 ...]
+
+Writes benchmarks/results/batch_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.common import REPO, SHARED_DATA, write_result
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Sum of the resident sets of ``root`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except OSError:
+            pass
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def bare(frames: list[Path], threads: int) -> dict:
+    import torch
+
+    from models.masks import encode_masks
+    from models.sam2_image import DecodeRequest, PromptSpec, Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
+
+    torch.set_num_threads(threads)
+    model = build_sam2_model("sam2.1_hiera_tiny", seed=0)
+    encoder, decoder = Sam2ImageEncoder(model), Sam2MaskDecoder(model)
+    images = []
+    for p in frames:
+        with Image.open(p) as im:
+            images.append(np.asarray(im.convert("RGB")))
+    encoder.encode_batch(images[:1])  # warm-up
+    t0 = time.perf_counter()
+    for img in images:
+        h, w = img.shape[:2]
+        feats = encoder.encode_batch([img])
+        click = PromptSpec(point_coords=np.array([[w / 2, h / 2]], np.float32), point_labels=np.ones(1, np.int32))
+        pred = decoder.predict_batch([DecodeRequest(feats[0], [click], [True])])[0][0]
+        encode_masks(pred.masks[[int(np.argmax(pred.predicted_iou))]], "rle")
+    wall = time.perf_counter() - t0
+    return {"images": len(images), "wall_s": wall, "images_per_s": len(images) / wall}
+
+
+def pipeline(frames: list[Path], sets: list[str]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="samgraph-bench-") as tmp:
+        src = Path(tmp) / "frames"
+        src.mkdir()
+        for p in frames:
+            os.symlink(p, src / p.name)
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local", "SAMGRAPH_WEIGHTS": "random"}
+        cmd = [sys.executable, "-m", "serve_app.cli", "batch", "--input", str(src), "--output", f"{tmp}/out", "--quiet", *[f"--set={s}" for s in sets]]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        peak = [0]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], tree_rss_bytes(proc.pid))
+                done.wait(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        out, err = proc.communicate(timeout=3 * 3600)
+        done.set()
+        sampler.join()
+        total = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"samgraph batch failed: {err[-2000:]}")
+        summary = json.loads((Path(tmp) / "out" / "summary.json").read_text())
+    return {
+        "images": summary["images_ok"],
+        "failed": summary["images_failed"],
+        "pipeline_wall_s": summary["wall_s"],
+        "images_per_s": summary["images_per_s"],
+        "process_wall_s": total,
+        "stage_ms_per_image": summary["stage_ms_per_image"],
+        "peak_tree_rss_mb": peak[0] / 2**20,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", default=str(SHARED_DATA / "video" / "bedroom" / "frames"))
+    ap.add_argument("--n", type=int, default=200, help="frames for samgraph batch")
+    ap.add_argument("--baseline-n", type=int, default=16, help="frames for the bare model (its rate is steady)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the bare model (the encode stage's)")
+    ap.add_argument("--set", action="append", default=[], help="override a batch setting (samgraph batch --set)")
+    ap.add_argument("--name", default="batch_throughput")
+    args = ap.parse_args()
+    frames = sorted(Path(args.frames).glob("*.jpg"))
+    if not frames:
+        sys.exit(f"no frames in {args.frames}")
+    print(f"bare model on {min(args.baseline_n, len(frames))} frames ...", flush=True)
+    base = bare(frames[: args.baseline_n], args.threads)
+    print(f"samgraph batch on {min(args.n, len(frames))} frames ...", flush=True)
+    ours = pipeline(frames[: args.n], args.set)
+    ratio = ours["images_per_s"] / base["images_per_s"]
+    print(f"\n{'':<28}{'images':>8}{'images/s':>10}{'ratio':>8}")
+    print(f"{'bare model (1 process)':<28}{base['images']:>8}{base['images_per_s']:>10.3f}{1.0:>8.2f}")
+    print(f"{'samgraph batch (Ray Data)':<28}{ours['images']:>8}{ours['images_per_s']:>10.3f}{ratio:>8.2f}")
+    print(f"process wall incl. Ray start: {ours['process_wall_s']:.1f} s; peak RSS of the process tree: {ours['peak_tree_rss_mb']:.0f} MB")
+    print("stage ms/image:", ", ".join(f"{k} {v:.0f}" for k, v in ours["stage_ms_per_image"].items()))
+    path = write_result(args.name, {"frames": args.frames, "settings": args.set, "bare": base, "samgraph_batch": ours, "ratio_batch_over_bare": ratio})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""`samgraph batch` (Ray Data, its own local Ray) against the online service with the same weights:
+the same masks for the same boxes, and the same labels for the same examples and automatic masks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from models.masks import decode_rle, segmentation_to_rle
+from tests.conftest import REPO, mask_iou, shared_file
+from tests.integration.conftest import AMG
+
+IMAGES = (41888, 143931)  # three birds; a bus and a person
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory):
+    """A COCO file with two images of coco_subset, and its images folder."""
+    src = shared_file("coco_subset", "annotations", "instances_val2017_subset32.json")
+    data = json.loads(src.read_text())
+    data["images"] = [im for im in data["images"] if im["id"] in IMAGES]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in IMAGES]
+    path = tmp_path_factory.mktemp("subset") / "instances_val2017_two.json"
+    path.write_text(json.dumps(data))
+    return path, src.parent.parent / "val2017", data
+
+
+def batch(tmp_path, subset, tiny_checkpoint, *flags):
+    path, images, _ = subset
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local", "SAMGRAPH_SEED": "0"}
+    amg = [f"--set=amg.{k}={v}" for k, v in AMG.items()]
+    cmd = [sys.executable, "-m", "serve_app.cli", "batch", "--input", str(path), "--images", str(images), "--output", str(out),
+           "--weights", "file", "--checkpoint", str(tiny_checkpoint), "--clip-weights", "random", "--store", str(tmp_path.parent / "store"),
+           "--quiet", *amg, *flags]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    return out, summary, proc.stdout
+
+
+def _b64(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_batch_masks_and_labels_equal_the_online_service(client, subset, tiny_checkpoint, tmp_path_factory):
+    path, images, data = subset
+    cats = {c["id"]: c["name"] for c in data["categories"]}
+    files = {im["id"]: images / im["file_name"] for im in data["images"]}
+
+    # 1. boxes -> masks, and every ground-truth instance stored as an example
+    out, summary, stdout = batch(tmp_path_factory.mktemp("add"), subset, tiny_checkpoint, "--add-examples", "--collection", "parity")
+    assert summary["images_ok"] == 2 and summary["images_failed"] == 0
+    assert summary["examples_added"] == 5 and summary["instances"] == 5
+    assert "encode" in summary["stage_ms_per_image"] and "images/s" in stdout
+    results = json.loads((out / "results.json").read_text())
+    for image_id, file in files.items():
+        anns = [a for a in data["annotations"] if a["image_id"] == image_id and not a["iscrowd"]]
+        prompts = [{"box_xyxy": [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]} for a in anns]
+        online = client.post("/v1/segment", json={"image": {"base64": _b64(file)}, "prompts": prompts}).json()
+        offline = [r for r in results if r["image_id"] == image_id]
+        assert len(offline) == len(anns)
+        for a, res, rec in zip(anns, online["results"], offline):
+            assert rec["category_id"] == a["category_id"]
+            ours, theirs = decode_rle(rec["segmentation"]), decode_rle(res["masks"][0]["rle"])
+            assert ours.any() and mask_iou(ours, theirs) >= 0.999
+            assert rec["score"] == pytest.approx(res["masks"][0]["predicted_iou"], abs=1e-4)
+        # the same examples, stored through the API
+        for a in anns:
+            im = next(i for i in data["images"] if i["id"] == image_id)
+            rle = segmentation_to_rle(a["segmentation"], im["height"], im["width"])
+            r = client.post("/v1/examples", json={"image": {"base64": _b64(file)}, "mask_rle": rle, "label": cats[a["category_id"]], "collection": "parity-online"})
+            assert r.status_code == 200, r.text
+
+    # 2. automatic masks -> crops -> embeddings -> labels, from the batch store vs the service's
+    out, summary, _ = batch(tmp_path_factory.mktemp("predict"), subset, tiny_checkpoint, "--prompts", "auto", "--predict", "--collection", "parity", "--embeddings")
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "instances.parquet").to_pylist()
+    assert summary["images_ok"] == 2 and rows and all(len(r["embedding"]) == 512 for r in rows)
+    labels_seen = set()
+    for image_id, file in files.items():
+        online = client.post("/v1/predict", json={"image": {"base64": _b64(file)}, "collection": "parity-online"}).json()["instances"]
+        offline = [r for r in rows if r["image_id"] == image_id]
+        assert len(offline) == len(online) > 0
+        for rec, inst in zip(offline, online):
+            ours = decode_rle({"size": rec["rle_size"], "counts": rec["rle_counts"]})
+            assert mask_iou(ours, decode_rle(inst["rle"])) >= 0.999
+            assert rec["label"] == inst["label"] and rec["label"] in cats.values()
+            assert rec["confidence"] == pytest.approx(inst["confidence"], abs=1e-4)
+            labels_seen.add(rec["label"])
+    assert np.isfinite([r["predicted_iou"] for r in rows]).all() and labels_seen

@@ -1,0 +1,193 @@
+"""The offline pipeline's parts without Ray: inputs, settings, stages (same models as Meta's), writers."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from deployments.batch import DecodeMasks, EncodeImages, LoadImages, batch_rows, object_column
+from models.masks import decode_rle
+from serve_app.batch import (
+    BatchArgs,
+    ResultWriter,
+    apply_overrides,
+    list_inputs,
+    load_batch_args,
+    plan_run,
+)
+from tests.conftest import MODEL_ID, mask_iou, shared_file
+
+COCO_JSON = ("coco_subset", "annotations", "instances_val2017_subset32.json")
+
+
+@pytest.fixture(scope="module")
+def coco_path():
+    return shared_file(*COCO_JSON)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Two real frames, a corrupt JPEG and a text file."""
+    frames = shared_file("video", "bedroom", "frames")
+    folder = tmp_path_factory.mktemp("frames")
+    for name in ("00000.jpg", "00001.jpg"):
+        shutil.copy(frames / name, folder / name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def _input_batch(items: list[dict]) -> dict:
+    return {k: np.array([it[k] for it in items], dtype=object) for k in items[0]}
+
+
+def test_folder_inputs_skip_non_images_and_number_in_name_order(image_folder):
+    data = list_inputs(image_folder)
+    assert [p.rsplit("/", 1)[-1] for p in (it["path"] for it in data.items)] == ["00000.jpg", "00001.jpg", "broken.jpg"]
+    assert [it["image_id"] for it in data.items] == [1, 2, 3]
+    assert data.skipped and data.skipped[0][0].endswith("notes.txt") and "not an image" in data.skipped[0][1]
+    assert data.coco_path is None and data.categories == {}
+    assert len(list_inputs(image_folder, limit=1).items) == 1
+
+
+def test_coco_inputs_find_their_images_folder(coco_path):
+    data = list_inputs(coco_path)
+    assert len(data.items) == 32 and data.categories[1] == "person"
+    first = data.items[0]
+    assert first["path"].endswith("val2017/000000006818.jpg") and first["image_id"] == 6818
+    assert [a["category_id"] for a in json.loads(first["anns"])] == [70]
+    with pytest.raises(FileNotFoundError, match="images folder"):
+        list_inputs(coco_path, images_dir=coco_path.parent / "nowhere")
+
+
+def test_bad_inputs_are_refused(tmp_path, coco_path, image_folder):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_inputs(tmp_path / "missing")
+    (tmp_path / "x.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(ValueError, match="not a COCO annotation file"):
+        list_inputs(tmp_path / "x.json")
+    folder = list_inputs(image_folder)
+    with pytest.raises(ValueError, match="coco-boxes needs a COCO"):
+        plan_run(folder, "coco-boxes", False, False, "default", False)
+    with pytest.raises(ValueError, match="--add-examples needs a COCO"):
+        plan_run(folder, None, False, True, "default", False)
+    with pytest.raises(ValueError, match="run --add-examples first"):
+        plan_run(list_inputs(coco_path), None, True, True, "default", False)
+    assert plan_run(folder, None, False, False, "default", False).prompts == "center-points"
+    assert plan_run(list_inputs(coco_path), None, False, False, "default", False).prompts == "coco-boxes"
+
+
+def test_settings_overrides_are_typed_and_validated():
+    args = load_batch_args(["encode.batch_size=4", "decode.concurrency=2", "encode.num_gpus=0.5", "amg.points_per_side=8", "weights=random"])
+    assert (args.encode.batch_size, args.decode.concurrency, args.encode.num_gpus, args.amg.points_per_side) == (4, 2, 0.5, 8)
+    assert args.weights == "random"
+    with pytest.raises(ValueError, match=r"encode\.batch_size"):
+        load_batch_args(["encode.batch_size=0"])
+    with pytest.raises(ValueError, match="bogus"):
+        load_batch_args(["encode.bogus=1"])
+    with pytest.raises(ValueError, match="key.sub=value"):
+        apply_overrides({}, ["encode.batch_size"])
+    # the defaults fit a 2-core machine and match the online service's
+    d = BatchArgs()
+    assert sum(getattr(d, s).num_cpus for s in ("load", "encode", "decode", "fade", "embed", "retrieve")) == pytest.approx(2.0)
+    assert (d.top_k, d.min_score, d.max_instances) == (5, 0.0, 20)
+
+
+def test_load_stage_reports_unreadable_files_and_builds_prompts(image_folder, coco_path):
+    stage = LoadImages("center-points", False, {}, 50_000_000)
+    rows = batch_rows(stage(_input_batch(list_inputs(image_folder).items)))
+    ok, broken = rows[:2], rows[2]
+    assert broken["error"].startswith("ApiError") and "not an image" in broken["error"]
+    for r in ok:
+        assert r["error"] == "" and r["image"].shape == (540, 960, 3)
+        assert r["prompts"] == [{"ann_id": None, "category_id": None, "points": [[480.0, 270.0, 1]]}]
+    data = list_inputs(coco_path, limit=3)
+    boxes = batch_rows(LoadImages("coco-boxes", True, data.categories, 50_000_000)(_input_batch(data.items)))
+    anns = json.loads(data.items[1]["anns"])
+    x, y, w, h = anns[0]["bbox"]
+    assert boxes[1]["prompts"][0] == {"ann_id": anns[0]["id"], "category_id": anns[0]["category_id"], "box_xyxy": [x, y, x + w, y + h]}
+    assert len(boxes[1]["examples"]) == len([a for a in anns if not a["iscrowd"]])
+    assert boxes[1]["examples"][0]["label"] == data.categories[anns[0]["category_id"]]
+    points = batch_rows(LoadImages("center-points", False, data.categories, 50_000_000)(_input_batch(data.items)))
+    for p, ex in zip(points[1]["prompts"], boxes[1]["examples"]):
+        (px, py, label), = p["points"]
+        assert label == 1 and decode_rle(ex["rle"])[py, px]  # the click lies inside its object
+
+
+def test_encode_and_decode_stages_equal_sam2_image_predictor(coco_path, tiny_checkpoint, reference_predictor):
+    """Box prompts from COCO through the batch stages give the masks of Meta's predictor, per box."""
+    data = list_inputs(coco_path)
+    item = next(it for it in data.items if it["image_id"] == 41888)
+    weights = {"kind": "file", "checkpoint": str(tiny_checkpoint), "seed": 0}
+    batch = LoadImages("coco-boxes", False, data.categories, 50_000_000)(_input_batch([item]))
+    batch = EncodeImages(MODEL_ID, weights, "cpu", 2)(batch)
+    row = batch_rows(DecodeMasks(MODEL_ID, weights, "cpu", 2)(batch))[0]
+    assert "features" not in row and set(row["timing_ms"]) == {"load", "encode", "decode"}
+    reference_predictor.set_image(row["image"])
+    ours = []
+    for prompt, inst in zip(row["prompts"], row["instances"], strict=True):
+        masks, ious, _ = reference_predictor.predict(box=np.array(prompt["box_xyxy"]), multimask_output=False)
+        mask = decode_rle(inst["rle"])
+        assert mask.any()
+        assert mask_iou(mask, masks[0].astype(bool)) >= 0.999
+        assert inst["predicted_iou"] == pytest.approx(float(ious[0]), abs=1e-4)
+        assert inst["ann_id"] == prompt["ann_id"]
+        ours.append(mask)
+    assert len(ours) == 3 and mask_iou(ours[0], ours[1]) < 0.99  # distinct boxes, distinct masks
+
+
+def _row(path, image_id, instances, embeddings=None):
+    return {"path": path, "image_id": image_id, "instances": instances, "embeddings": embeddings}
+
+
+def _inst(mask, label=None, category_id=None, ann_id=None):
+    from models.masks import encode_masks
+
+    enc = encode_masks(mask[None], "rle")[0]
+    return {**enc, "predicted_iou": 0.8, "stability_score": 0.9, "ann_id": ann_id, "category_id": category_id, "label": label,
+            "confidence": 0.5 if label else 0.0, "embedded": True}
+
+
+def test_result_writer_outputs_load_in_pycocotools_and_parquet(tmp_path, coco_path):
+    import pyarrow.parquet as pq
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(coco_path))
+    h, w = gt.imgs[41888]["height"], gt.imgs[41888]["width"]
+    m1 = np.zeros((h, w), bool)
+    m1[10:20, 30:50] = True
+    m2 = np.zeros((h, w), bool)
+    m2[100:200, 100:110] = True
+    writer = ResultWriter(tmp_path / "out", with_embeddings=True, categories={16: "bird"})
+    assert not (tmp_path / "out" / "results.json").exists()  # nothing visible before commit
+    writer.add(_row("a.jpg", 41888, [_inst(m1, label="bird"), _inst(m2, label="dragon")], np.eye(2, 4, dtype=np.float32)))
+    writer.close()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results[0]["bbox"] == [30, 10, 20, 10] and results[0]["category_id"] == 16
+    assert "category_id" not in results[1]  # a label that is no COCO category
+    assert results[0]["score"] == pytest.approx(0.4)  # predicted_iou x label confidence
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results[:1])
+    np.testing.assert_array_equal(dt.annToMask(dt.loadAnns(dt.getAnnIds())[0]).astype(bool), m1)
+    table = pq.read_table(tmp_path / "out" / "instances.parquet").to_pylist()
+    assert [r["label"] for r in table] == ["bird", "dragon"] and table[1]["area_px"] == 1000
+    assert table[0]["embedding"] == [1.0, 0.0, 0.0, 0.0] and table[0]["bbox_xyxy"] == [30.0, 10.0, 50.0, 20.0]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["instances.parquet", "results.json"]
+
+
+def test_result_writer_discards_on_failure(tmp_path):
+    writer = ResultWriter(tmp_path)
+    writer.add(_row("a.jpg", 1, [_inst(np.ones((4, 4), bool))]))
+    writer.close(commit=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_object_column_keeps_equal_shaped_arrays_apart():
+    col = object_column([np.zeros((2, 2)), np.ones((2, 2))])
+    assert col.shape == (2,) and col[1].shape == (2, 2)
