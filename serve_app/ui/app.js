@@ -43,6 +43,8 @@ const ui = {
   queue: Promise.resolve(), // segment requests run one after the other: each needs the last logits
   busy: 0,
   scale: 1,
+  transposed: null, // the overlay's pixels, column-major: a canvas (h wide, w high) and its ImageData
+  pixels: null,
   renders: 0,
   masksShown: 0, // prompts answered and drawn; with the timings on #status's dataset
   warnings: new Set(),
@@ -310,44 +312,56 @@ async function segment(state, prev, t0) {
 // ------------------------------------------------------------------ drawing
 const pack = ([r, g, b], a) => ((a << 24) | (b << 16) | (g << 8) | r) >>> 0; // RGBA bytes, little-endian
 
-/** Paint a decoded mask into ``px`` (the overlay's pixels as Uint32): a translucent fill, then an
- *  opaque outline ``t`` pixels wide drawn inside the mask. */
+/** Paint a decoded mask into ``px``, the overlay's pixels as Uint32 in the mask's column-major order
+ *  (index x * h + y): a translucent fill, then an opaque outline about ``t`` pixels wide inside the mask. */
 function paintMask(px, m, color, fillAlpha, t) {
-  const { width: w, height: h, data, bbox } = m;
-  if (!bbox) return;
-  const [x0, y0, x1, y1] = bbox;
+  const { height: h, data, runs } = m;
+  const n = data.length;
   const fill = pack(color, fillAlpha);
   const line = pack(color, 255);
-  for (let y = y0; y < y1; y++) {
-    for (let i = y * w + x0, e = y * w + x1; i < e; i++) if (data[i]) px[i] = fill;
-  }
-  for (let y = y0; y < y1; y++) {
-    for (let x = x0; x < x1; x++) {
-      const i = y * w + x;
-      if (!data[i]) continue;
-      const edge = x === 0 || x === w - 1 || y === 0 || y === h - 1 || !data[i - 1] || !data[i + 1] || !data[i - w] || !data[i + w];
+  for (let r = 0; r < runs.length; r += 2) px.fill(fill, runs[r], runs[r + 1]);
+  for (let r = 0; r < runs.length; r += 2) {
+    for (let i = runs[r], e = runs[r + 1], y = i % h; i < e; i++, y = y + 1 === h ? 0 : y + 1) {
+      const edge = y === 0 || y === h - 1 || i < h || i >= n - h || !data[i - 1] || !data[i + 1] || !data[i - h] || !data[i + h];
       if (!edge) continue;
-      for (let yy = Math.max(0, y - t + 1); yy < Math.min(h, y + t); yy++) {
-        for (let xx = Math.max(0, x - t + 1), r = yy * w; xx < Math.min(w, x + t); xx++) if (data[r + xx]) px[r + xx] = line;
+      px[i] = line;
+      for (let k = 1; k < t; k++) { // thicken inwards along the column and the row
+        if (y - k >= 0 && data[i - k]) px[i - k] = line;
+        if (y + k < h && data[i + k]) px[i + k] = line;
+        if (i - k * h >= 0 && data[i - k * h]) px[i - k * h] = line;
+        if (i + k * h < n && data[i + k * h]) px[i + k * h] = line;
       }
     }
   }
 }
 
+/** Redraw the overlay: open predictions, then the current mask on top. Painted column-major into a
+ *  transposed buffer (memset fills, contiguous reads), then drawn transposed back onto the canvas. */
 function render() {
   updateControls();
   drawPrompts();
   if (!ui.image) return;
-  const canvas = $("overlay");
-  const ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(ui.image.width, ui.image.height);
-  const px = new Uint32Array(img.data.buffer);
-  const t = Math.max(1, Math.round(1.5 / ui.scale));
+  const { width: w, height: h } = ui.image;
+  if (!ui.transposed || ui.transposed.width !== h || ui.transposed.height !== w) {
+    ui.transposed = Object.assign(document.createElement("canvas"), { width: h, height: w });
+    ui.pixels = new ImageData(h, w);
+  }
+  const px = new Uint32Array(ui.pixels.data.buffer);
+  px.fill(0);
+  const t = Math.max(1, Math.round(1 / ui.scale));
   for (const p of ui.predictions) if (p.state === "open") paintMask(px, maskOf(p.rle), p.color, PREDICTION_FILL_ALPHA, t);
   const s = current();
   const m = s.masks && s.masks[s.sel];
   if (m && m.rle) paintMask(px, maskOf(m.rle), CURRENT_COLOR, FILL_ALPHA, t);
-  ctx.putImageData(img, 0, 0);
+  ui.transposed.getContext("2d").putImageData(ui.pixels, 0, 0);
+  const canvas = $("overlay");
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  ctx.setTransform(0, 1, 1, 0, 0, 0); // (u, v) -> (v, u): column x of the image is row x of the buffer
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(ui.transposed, 0, 0);
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
   canvas.dataset.renders = String(++ui.renders);
 }
 

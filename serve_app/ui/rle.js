@@ -29,28 +29,28 @@ export function rleCounts(counts) {
 }
 
 /**
- * Decode a COCO RLE to a row-major mask.
+ * Decode a COCO RLE, keeping its column-major order (runs are filled with memset, no scattered writes).
  * @param {{size: number[], counts: string|number[]}} rle
- * @returns {{width: number, height: number, data: Uint8Array, area: number, bbox: number[]|null}}
- *   data: (h*w) 0/1, row-major; bbox: [x0, y0, x1, y1] in pixel edges (last column/row + 1), null if empty.
+ * @returns {{width: number, height: number, data: Uint8Array, runs: Uint32Array, area: number, bbox: number[]|null}}
+ *   data: (w*h) 0/1, column-major (index x * h + y); runs: [start, end) index pairs of the runs of ones;
+ *   bbox: [x0, y0, x1, y1] in pixel edges (last column/row + 1), null if empty.
  */
 export function decodeRle(rle) {
   const [h, w] = rle.size;
   const data = new Uint8Array(h * w);
   const counts = rleCounts(rle.counts);
-  let pos = 0, area = 0;
+  const runs = new Uint32Array(counts.length + 1);
+  let pos = 0, area = 0, nRuns = 0;
   let x0 = w, y0 = h, x1 = -1, y1 = -1;
   for (let i = 0; i < counts.length; i++) {
     const n = counts[i];
     if (n < 0 || pos + n > h * w) throw new Error("RLE counts do not fit the mask size");
-    if (i % 2 === 1 && n > 0) { // a run of ones, column-major: index = x * h + y
+    if (i % 2 === 1 && n > 0) {
+      data.fill(1, pos, pos + n);
+      runs[nRuns++] = pos;
+      runs[nRuns++] = pos + n;
       const xs = Math.floor(pos / h), ys = pos - xs * h;
       const xe = Math.floor((pos + n - 1) / h), ye = pos + n - 1 - xe * h;
-      let x = xs, y = ys;
-      for (let j = 0; j < n; j++) {
-        data[y * w + x] = 1;
-        if (++y === h) { y = 0; x++; }
-      }
       x0 = Math.min(x0, xs); x1 = Math.max(x1, xe);
       if (xe > xs) { y0 = 0; y1 = h - 1; } // the run wraps a column: it touches the top and bottom rows
       else { y0 = Math.min(y0, ys); y1 = Math.max(y1, ye); }
@@ -59,7 +59,14 @@ export function decodeRle(rle) {
     pos += n;
   }
   if (pos !== h * w) throw new Error(`RLE counts cover ${pos} pixels, the mask has ${h * w}`);
-  return { width: w, height: h, data, area, bbox: area ? [x0, y0, x1 + 1, y1 + 1] : null };
+  return { width: w, height: h, data, runs: runs.subarray(0, nRuns), area, bbox: area ? [x0, y0, x1 + 1, y1 + 1] : null };
+}
+
+/** (h*w) 0/1 row-major (index y * w + x) copy of a decoded mask. */
+export function toRowMajor({ width: w, height: h, data }) {
+  const out = new Uint8Array(w * h);
+  for (let x = 0, i = 0; x < w; x++) for (let y = 0; y < h; y++, i++) out[y * w + x] = data[i];
+  return out;
 }
 
 /** [x, y, width, height] of a COCO box from samgraph's pixel-edge [x0, y0, x1, y1]. */

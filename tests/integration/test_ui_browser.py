@@ -125,6 +125,19 @@ def _segment(page, action) -> tuple[dict, dict]:
     return response.request.post_data_json, response.json()
 
 
+def _predict(page, action) -> list[dict]:
+    """Run ``action`` (the button, the key); wait until the instances of its /v1/predict are listed."""
+    with page.expect_response(_is_post("/v1/predict"), timeout=180_000) as info:
+        action()
+    assert info.value.ok, info.value.text()
+    instances = info.value.json()["instances"]
+    assert instances
+    page.wait_for_function(f"document.querySelectorAll('#instances li[data-state=\"open\"]').length === {len(instances)}")
+    _wait_idle(page)
+    _no_error(page)
+    return instances
+
+
 def _open_truck(page, truck_path: Path) -> dict:
     with page.expect_response(_is_post("/v1/segment")) as info:
         page.set_input_files("#file", str(truck_path))
@@ -172,8 +185,8 @@ def test_browser_rle_decoder_matches_pycocotools(page):
     rles = [encode_rle(m) for m in masks]
     out = page.evaluate(
         """async (rles) => {
-            const { decodeRle } = await import('./rle.js');
-            return rles.map((r) => { const m = decodeRle(r); return { data: Array.from(m.data).join(''), area: m.area, bbox: m.bbox }; });
+            const { decodeRle, toRowMajor } = await import('./rle.js');
+            return rles.map((r) => { const m = decodeRle(r); return { data: Array.from(toRowMajor(m)).join(''), area: m.area, bbox: m.bbox }; });
         }""",
         rles,
     )
@@ -267,46 +280,40 @@ def test_click_box_accept_predict_export(page, client, truck_path, tmp_path):
     assert client.get("/v1/examples", params={"collection": COLLECTION}).json()["counts"] == {"truck": 1}
     assert page.inner_text("#annotation-count") == "1" and not _overlay(page).any()
 
-    # Predict: every instance listed with its label and confidence; accept one, correct another.
-    with page.expect_response(_is_post("/v1/predict"), timeout=180_000) as info:
-        page.click("#predict")
-    assert info.value.ok, info.value.text()
-    instances = info.value.json()["instances"]
-    assert instances
+    # Predict: every instance listed with its label and confidence; one click accepts a suggestion.
+    instances = _predict(page, lambda: page.click("#predict"))
     print(f"predict: {[(inst['label'], round(inst['confidence'] or 0, 3)) for inst in instances]}")
     rows = page.locator("#instances li")
-    rows.first.wait_for()
-    _wait_idle(page)
-    _no_error(page)
-    assert rows.count() == len(instances)
     for i, inst in enumerate(instances):
         row = rows.nth(i)
         assert row.locator("input").input_value() == (inst["label"] or "")
         assert row.locator(".conf").inner_text() == ("no vote" if inst["label"] is None else f"{inst['confidence'] * 100:.0f}%")
     assert _overlay(page).any()  # the instances are drawn
-
     expected = [("truck", boxed["rle"])]
-    labelled = [i for i, inst in enumerate(instances) if inst["label"] is not None]
-    accepted = labelled[0] if labelled else None
-    if accepted is not None:  # one click accepts the suggestion: no new example
-        rows.nth(accepted).locator("button").click()
-        page.wait_for_function(f"document.querySelector('#instances li[data-index=\"{accepted}\"]').dataset.state === 'accepted'")
-        expected.append((instances[accepted]["label"], instances[accepted]["rle"]))
-    others = [k for k in range(len(instances)) if k != accepted]
-    j = others[-1] if others else None
-    if j is not None:  # correcting stores the new label as an example
-        rows.nth(j).locator("input").fill("cab")
-        assert rows.nth(j).locator("button").inner_text() == "Correct"
-        with page.expect_response(_is_post("/v1/examples")) as info:
-            rows.nth(j).locator("button").click()
-        assert info.value.ok, info.value.text()
-        assert info.value.request.post_data_json["mask_rle"] == instances[j]["rle"]
-        page.wait_for_function(f"document.querySelector('#instances li[data-index=\"{j}\"]').dataset.state === 'corrected'")
-        expected.append(("cab", instances[j]["rle"]))
+    assert instances[0]["label"] == "truck"  # the only example's label: every voter votes for it
+    assert rows.nth(0).locator("button").inner_text() == "Accept"
+    posts = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    rows.nth(0).locator("button").click()
+    page.wait_for_function("document.querySelector('#instances li[data-index=\"0\"]').dataset.state === 'accepted'")
+    _wait_idle(page)
+    assert posts == [], "accepting a suggestion stores no example"
+    expected.append(("truck", instances[0]["rle"]))
+
+    # Predict again (key P); correcting a suggestion stores the new label as an example.
+    instances = _predict(page, lambda: page.keyboard.press("p"))
+    rows.nth(0).locator("input").fill("cab")
+    assert rows.nth(0).locator("button").inner_text() == "Correct"
+    with page.expect_response(_is_post("/v1/examples")) as info:
+        rows.nth(0).locator("button").click()
+    assert info.value.ok, info.value.text()
+    assert info.value.request.post_data_json["mask_rle"] == instances[0]["rle"]
+    page.wait_for_function("document.querySelector('#instances li[data-index=\"0\"]').dataset.state === 'corrected'")
+    expected.append(("cab", instances[0]["rle"]))
+    page.wait_for_function("document.querySelector('#labels option[value=\"cab\"]') !== null")
     _wait_idle(page)
     _no_error(page)
-    counts = client.get("/v1/examples", params={"collection": COLLECTION}).json()["counts"]
-    assert counts == {"truck": 1, **({"cab": 1} if j is not None else {})}
+    assert client.get("/v1/examples", params={"collection": COLLECTION}).json()["counts"] == {"truck": 1, "cab": 1}
     assert page.inner_text("#annotation-count") == str(len(expected))
 
     # Export: COCO JSON that pycocotools loads, with the accepted masks.
