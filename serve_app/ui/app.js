@@ -158,14 +158,16 @@ async function openImage(file) {
   try {
     const t0 = performance.now();
     const out = await uploadImage(file);
-    const photo = $("photo");
     const url = URL.createObjectURL(file);
-    photo.src = url;
+    const probe = new Image(); // decoded first, so that a failure leaves the current image on screen
+    probe.src = url;
     try {
-      await photo.decode();
+      await probe.decode();
     } catch {
+      URL.revokeObjectURL(url);
       throw new ShownError("undisplayable_image", "the service read the image, but this browser cannot display its format");
     }
+    $("photo").src = url;
     if (ui.photoUrl) URL.revokeObjectURL(ui.photoUrl);
     ui.photoUrl = url;
     let image = ui.images.find((im) => im.image_id === out.image_id);

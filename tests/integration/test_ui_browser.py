@@ -168,6 +168,19 @@ def test_ui_is_served_by_the_ingress(client):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
+def test_ui_files_ship_in_the_wheel():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from fnmatch import fnmatch
+
+    from serve_app.http import UI_DIR
+
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["serve_app"]
+    files = sorted(p.relative_to(UI_DIR.parent).as_posix() for p in UI_DIR.iterdir())
+    assert sorted(f"ui/{n}" for n in UI_FILES) == files
+    for f in files:
+        assert any(fnmatch(f, g) for g in globs), f"{f} is not in [tool.setuptools.package-data]"
+
+
 # ---------------------------------------------------------------- the RLE decoder
 def test_browser_rle_decoder_matches_pycocotools(page):
     rng = np.random.default_rng(0)
