@@ -7,10 +7,12 @@ logged with the request id and answered 500 without a stack trace.
 import json
 import logging
 import uuid
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -23,6 +25,20 @@ api = FastAPI(
     summary="Promptable segmentation (SAM 2) and few-shot detection as a Ray Serve deployment graph",
     version="0.1.0",
 )
+
+
+#: The annotation page: plain HTML/JS/CSS shipped as package data, no build step, no CDN.
+UI_DIR = Path(__file__).resolve().parent / "ui"
+
+
+@api.get("/ui", include_in_schema=False)
+async def ui_root() -> RedirectResponse:
+    """The annotation page lives at ``/ui/``; a relative redirect keeps any route prefix."""
+    return RedirectResponse("ui/", status_code=307)
+
+
+# Module-level routes and mounts stay on ``api`` when ``@serve.ingress(api)`` moves the Ingress methods.
+api.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
 
 
 def request_id(request: Request) -> str:
