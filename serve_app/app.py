@@ -64,6 +64,14 @@ _LOST = (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError)
 log = logging.getLogger("ray.serve")
 
 
+# Module-level helpers the Ingress uses are defined above it: Serve pickles the ingress's routes while
+# the class is being decorated, when later module globals do not exist yet.
+def _propagate_timing(frames: list[dict]) -> dict:
+    """``propagate`` (sum) and ``propagate_per_frame`` (mean) in ms over frame records."""
+    total = sum(f["propagate_ms"] for f in frames)
+    return {"propagate": total, "propagate_per_frame": total / len(frames) if frames else 0.0}
+
+
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
@@ -475,12 +483,6 @@ class Ingress:
         if not deleted:
             raise ApiError(404, "unknown_example", f"no example {example_id!r} in collection {collection!r}", "example_id")
         return {"deleted": example_id, "collection": collection}
-
-
-def _propagate_timing(frames: list[dict]) -> dict:
-    """``propagate`` (sum) and ``propagate_per_frame`` (mean) in ms over frame records."""
-    total = sum(f["propagate_ms"] for f in frames)
-    return {"propagate": total, "propagate_per_frame": total / len(frames) if frames else 0.0}
 
 
 def build_app(args: dict | None = None) -> serve.Application:
