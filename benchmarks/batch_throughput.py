@@ -2,7 +2,9 @@
 
 Baseline ("bare"): samgraph's batched SAM 2 encoder and decoder (models/) in this process, batch 1 (the
 best batch on CPU), the same torch threads as the batch stages, a centre click per image and its RLE:
-the work `samgraph batch --prompts center-points` does, without Ray Data, file reading or writing.
+the work `samgraph batch --prompts center-points` does, without Ray Data, file reading or writing. It
+runs on half of --baseline-n frames before the pipeline and on the other half after it, so a change in
+the machine's load shows (both rates are written) and averages out.
 
 Pipeline: `samgraph batch` in a fresh process with its own local Ray, SAMGRAPH_WEIGHTS=random (seeded:
 the real SAM 2.1 compute), over the first --n frames of the bedroom clip (960x540 JPEGs), as a folder.
@@ -125,7 +127,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", default=str(SHARED_DATA / "video" / "bedroom" / "frames"))
     ap.add_argument("--n", type=int, default=200, help="frames for samgraph batch")
-    ap.add_argument("--baseline-n", type=int, default=16, help="frames for the bare model (its rate is steady)")
+    ap.add_argument("--baseline-n", type=int, default=16, help="frames for the bare model, half before and half after")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the bare model (the encode stage's)")
     ap.add_argument("--set", action="append", default=[], help="override a batch setting (samgraph batch --set)")
     ap.add_argument("--name", default="batch_throughput")
@@ -133,13 +135,21 @@ def main() -> None:
     frames = sorted(Path(args.frames).glob("*.jpg"))
     if not frames:
         sys.exit(f"no frames in {args.frames}")
-    print(f"bare model on {min(args.baseline_n, len(frames))} frames ...", flush=True)
-    base = bare(frames[: args.baseline_n], args.threads)
+    half = max(1, args.baseline_n // 2)
+    print(f"bare model on {half} frames ...", flush=True)
+    before = bare(frames[:half], args.threads)
     print(f"samgraph batch on {min(args.n, len(frames))} frames ...", flush=True)
     ours = pipeline(frames[: args.n], args.set)
+    print(f"bare model on {half} frames again ...", flush=True)
+    after = bare(frames[half : 2 * half] or frames[:half], args.threads)
+    # before and after the pipeline, so that a change in the machine's load shows and averages out
+    n = before["images"] + after["images"]
+    wall = before["wall_s"] + after["wall_s"]
+    base = {"images": n, "wall_s": wall, "images_per_s": n / wall, "before": before, "after": after}
     ratio = ours["images_per_s"] / base["images_per_s"]
     print(f"\n{'':<28}{'images':>8}{'images/s':>10}{'ratio':>8}")
-    print(f"{'bare model (1 process)':<28}{base['images']:>8}{base['images_per_s']:>10.3f}{1.0:>8.2f}")
+    print(f"{'bare model (1 process)':<28}{base['images']:>8}{base['images_per_s']:>10.3f}{1.0:>8.2f}"
+          f"   (before {before['images_per_s']:.3f}, after {after['images_per_s']:.3f})")
     print(f"{'samgraph batch (Ray Data)':<28}{ours['images']:>8}{ours['images_per_s']:>10.3f}{ratio:>8.2f}")
     print(f"process wall incl. Ray start: {ours['process_wall_s']:.1f} s; peak RSS of the process tree: {ours['peak_tree_rss_mb']:.0f} MB")
     print("stage ms/image:", ", ".join(f"{k} {v:.0f}" for k, v in ours["stage_ms_per_image"].items()))

@@ -33,7 +33,7 @@ class DecodeJob:
     return_logits: bool = False
 
 
-@serve.deployment(name="MaskDecoder", ray_actor_options={"num_cpus": 0.4}, max_ongoing_requests=32)
+@serve.deployment(name="MaskDecoder", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=32)
 class MaskDecoder:
     """Turns prompts on encoded images into masks; batches prompts of many requests per forward pass.
 

@@ -92,7 +92,7 @@ def run_search_jobs(store: ExampleStore, jobs: Sequence[SearchJob]) -> list[Sear
     return results  # type: ignore[return-value]
 
 
-@serve.deployment(name="Retriever", ray_actor_options={"num_cpus": 0.15}, max_ongoing_requests=64)
+@serve.deployment(name="Retriever", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
 class Retriever:
     """Stores labelled example embeddings and answers cosine k-NN queries, batched with ``@serve.batch``.
 

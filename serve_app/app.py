@@ -5,7 +5,8 @@ Graph::
     Ingress ──> ImageEncoder (once per new image)
        │──────> MaskDecoder  (prompts: /v1/segment; automatic masks: /v1/predict, text prompts)
        │          └─> Fader ──> Embedder ──> Retriever      (chained by DeploymentResponses)
-       └──────> Embedder (text tower), Retriever (examples)
+       │──────> Embedder (text tower), Retriever (examples)
+       └──────> VideoSegmenter (/v1/segment/video: sam2's video predictor, streamed frame by frame)
 
 Image pixels and features stay in Ray's object store: the ingress keeps only ObjectRefs in its LRU
 cache and hands them to the stages, which Ray resolves there. Later stages receive the previous stage's
@@ -14,12 +15,14 @@ its crops or embeddings passing through the ingress, each stage batching across 
 """
 
 import asyncio
+import json
+import logging
 import time
 
 import numpy as np
 import ray
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -29,6 +32,7 @@ from deployments.embedder import Embedder
 from deployments.encoder import ImageEncoder
 from deployments.fader import Fader
 from deployments.retriever import Retriever
+from deployments.video import VideoJob, VideoSegmenter
 from models.amg import AmgSettings
 from models.embedder import ClipSpec
 from models.masks import decode_rle, rle_area, rle_bbox_xyxy
@@ -45,14 +49,27 @@ from serve_app.schemas import (
     FadeIn,
     PredictRequest,
     SegmentRequest,
+    VideoRequest,
     check_prompts_in_image,
+    check_video_objects,
     to_prompt_specs,
+    to_video_objects,
 )
 from serve_app.vectorstore import preflight_store
+from serve_app.video import decode_frames, decode_video
 from serve_app.weights import WeightsSource, preflight
 
 RANDOM_WEIGHTS_WARNING = "random weights: masks and labels are meaningless (SAMGRAPH_WEIGHTS=random)"
 _LOST = (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError)
+log = logging.getLogger("ray.serve")
+
+
+# Module-level helpers the Ingress uses are defined above it: Serve pickles the ingress's routes while
+# the class is being decorated, when later module globals do not exist yet.
+def _propagate_timing(frames: list[dict]) -> dict:
+    """``propagate`` (sum) and ``propagate_per_frame`` (mean) in ms over frame records."""
+    total = sum(f["propagate_ms"] for f in frames)
+    return {"propagate": total, "propagate_per_frame": total / len(frames) if frames else 0.0}
 
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
@@ -63,6 +80,7 @@ class Ingress:
     Args:
         encoder, decoder, fader, embedder, retriever: handles to the stage deployments.
         args: :class:`serve_app.config.AppArgs` as a dict.
+        video: handle to the ``VideoSegmenter`` (None: ``/v1/segment/video`` answers 404).
     """
 
     def __init__(
@@ -73,9 +91,11 @@ class Ingress:
         embedder: DeploymentHandle,
         retriever: DeploymentHandle,
         args: dict,
+        video: DeploymentHandle | None = None,
     ) -> None:
         self.args = AppArgs.model_validate(args)
         self.encoder, self.decoder, self.fader, self.embedder, self.retriever = encoder, decoder, fader, embedder, retriever
+        self.video = video
         self.cache = EmbeddingCache(self.args.cache.max_entries, self.args.cache.max_bytes)
         self._feature_nbytes = feature_nbytes()
 
@@ -88,27 +108,29 @@ class Ingress:
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
         """Readiness: 200 only when every stage answers and encoder and decoder run the same weights."""
+        calls = [
+            self.encoder.info.remote(),
+            self.decoder.info.remote(),
+            self.embedder.info.remote(),
+            self.retriever.info.remote(),
+            self.fader.stats.remote(),
+        ]
+        if self.video is not None:
+            calls.append(self.video.info.remote())
         try:
-            enc, dec, emb, ret, fad = await asyncio.wait_for(
-                asyncio.gather(
-                    self.encoder.info.remote(),
-                    self.decoder.info.remote(),
-                    self.embedder.info.remote(),
-                    self.retriever.info.remote(),
-                    self.fader.stats.remote(),
-                ),
-                timeout=self.args.readiness_timeout_s,
-            )
+            enc, dec, emb, ret, fad, *vid = await asyncio.wait_for(asyncio.gather(*calls), timeout=self.args.readiness_timeout_s)
         except Exception as e:  # timeout, replica not up yet
             return JSONResponse({"status": "not_ready", "reason": f"{type(e).__name__}: {e}"[:300]}, status_code=503)
         if (enc["model_id"], enc["weights"]) != (dec["model_id"], dec["weights"]):
             return JSONResponse({"status": "not_ready", "reason": "encoder and decoder weights differ"}, status_code=503)
+        if vid and (enc["model_id"], enc["weights"]) != (vid[0]["model_id"], vid[0]["weights"]):
+            return JSONResponse({"status": "not_ready", "reason": "encoder and video segmenter weights differ"}, status_code=503)
         body = {
             "status": "ready",
             "model_id": enc["model_id"],
             "weights": enc["weights"],
             "device": enc["device"],
-            "devices": {"encoder": enc["device"], "decoder": dec["device"], "embedder": emb["device"]},
+            "devices": {"encoder": enc["device"], "decoder": dec["device"], "embedder": emb["device"], **({"video": vid[0]["device"]} if vid else {})},
             "embedder": {"model_id": emb["model_id"], "weights": emb["weights"], "dim": emb["dim"]},
             "retriever": {"backend": ret["backend"]},
         }
@@ -119,8 +141,8 @@ class Ingress:
     @api.get("/v1/stats")
     async def stats(self) -> dict:
         """Embedding-cache counters of this ingress replica and work counters of one replica per stage."""
-        names = ("encoder", "decoder", "fader", "embedder", "retriever")
-        handles = (self.encoder, self.decoder, self.fader, self.embedder, self.retriever)
+        names = ("encoder", "decoder", "fader", "embedder", "retriever") + (("video",) if self.video is not None else ())
+        handles = (self.encoder, self.decoder, self.fader, self.embedder, self.retriever) + ((self.video,) if self.video is not None else ())
         results = await asyncio.gather(*(h.stats.remote() for h in handles))
         return {"cache": self.cache.stats(), **dict(zip(names, results))}
 
@@ -294,6 +316,86 @@ class Ingress:
             out["warnings"] = [RANDOM_WEIGHTS_WARNING]
         return out
 
+    # ---------------------------------------------------------------- video
+    @api.post("/v1/segment/video")
+    async def segment_video(self, request: Request):
+        """Track prompted objects through a clip (MP4 or frame list); JSON, or NDJSON with ``stream``.
+
+        Everything that can be checked before tracking is checked first (4xx naming the field): the clip
+        decodes, its frame count and size are within ``args.video`` limits, prompts lie on frames of the
+        clip and inside them, object ids are unique. See README for the schema.
+        """
+        t0 = time.perf_counter()
+        if self.video is None:
+            raise ApiError(404, "not_found", "this app has no video segmenter")
+        lim = self.args.video
+        req, upload = await parse_body(request, VideoRequest, self.args.limits.max_body_bytes, file_part="video")
+        if upload is not None and req.frames is not None:
+            raise ApiError(422, "invalid_request", "frames: give either a video file part or frames, not both", "frames")
+        td = time.perf_counter()
+        if upload is not None or req.video is not None:
+            data = upload if upload is not None else b64_to_bytes(req.video.base64, "video.base64")
+            frames = await asyncio.to_thread(decode_video, data, lim.max_frames, lim.max_frame_pixels, "video")
+        elif req.frames is not None:
+            frames = await asyncio.to_thread(decode_frames, [f.base64 for f in req.frames], lim.max_frames, lim.max_frame_pixels, "frames")
+        else:
+            raise ApiError(422, "invalid_request", "video: give the clip as a video (MP4 file part or base64) or as frames", "video")
+        timing = {"decode_video": (time.perf_counter() - td) * 1e3}
+        n, h, w = (int(v) for v in frames.shape[:3])
+        check_video_objects(req.objects, n, w, h)
+        if req.start_frame is not None and req.start_frame >= n:
+            raise ApiError(422, "out_of_clip", f"start_frame {req.start_frame} is outside the clip of {n} frames", "start_frame")
+        job = VideoJob(tuple(to_video_objects(req.objects)), req.start_frame, req.max_frames, req.reverse, req.mask_format)
+        records = self.video.options(stream=True).track.remote(ray.put(frames), job)
+        del frames  # the object store holds them now
+        try:
+            init = await records.__anext__()
+        except ValueError as e:  # the tracker's own checks; the ingress checks the same first
+            raise ApiError(422, "invalid_request", str(e).splitlines()[-1][:300]) from None
+        timing["init"] = init["init_ms"]
+        head = {
+            "model_id": init["model_id"],
+            "weights": init["weights"],
+            "num_frames": n,
+            "width": w,
+            "height": h,
+            "obj_ids": [o.obj_id for o in req.objects],
+        }
+        if init["weights"] == "random":
+            head["warnings"] = [RANDOM_WEIGHTS_WARNING]
+        if req.stream:
+            return StreamingResponse(self._video_lines(request, records, head, timing, t0), media_type="application/x-ndjson")
+        frames_out = []
+        async for rec in records:
+            rec.pop("type")
+            frames_out.append(rec)
+        frames_out.sort(key=lambda r: r["frame_index"])
+        timing.update(_propagate_timing(frames_out))
+        timing["total"] = (time.perf_counter() - t0) * 1e3
+        return {**head, "frames": frames_out, "timing_ms": timing}
+
+    async def _video_lines(self, request: Request, records, head: dict, timing: dict, t0: float):
+        """NDJSON lines: ``start`` (the head and ``timing_ms`` so far), one ``frame`` line per frame as the
+        tracker yields it, then ``end`` with the totals, or an ``error`` line if tracking fails midway.
+        Nothing is accumulated but the per-frame times."""
+        yield json.dumps({"type": "start", **head, "timing_ms": dict(timing)}) + "\n"
+        per_frame = []
+        try:
+            async for rec in records:
+                per_frame.append({"propagate_ms": rec["propagate_ms"]})
+                yield json.dumps(rec) + "\n"
+        except Exception as e:
+            rid = getattr(request.state, "request_id", "-")
+            log.error("request %s: video tracking failed midway", rid, exc_info=e)
+            err = ApiError(500, "internal", "tracking failed midway; see the server log for this request id")
+            yield json.dumps({"type": "error", **err.body(rid)}) + "\n"
+            return
+        finally:
+            records.cancel()  # a no-op once done; stops the tracker when the client went away
+        timing.update(_propagate_timing(per_frame))
+        timing["total"] = (time.perf_counter() - t0) * 1e3
+        yield json.dumps({"type": "end", "frames": len(per_frame), "timing_ms": timing}) + "\n"
+
     # ---------------------------------------------------------------- predict
     @api.post("/v1/predict")
     async def predict(self, request: Request) -> dict:
@@ -410,4 +512,13 @@ def build_app(args: dict | None = None) -> serve.Application:
     fader = Fader.bind(cfg.fader.strategy, cfg.fader.params, {"context_margin": cfg.fader.context_margin, "output_size": cfg.fader.output_size})
     embedder = Embedder.bind(cfg.clip.model_name, cfg.clip.pretrained, clip_source.as_dict(), cfg.clip.device, cfg.clip.torch_threads)
     retriever = Retriever.bind(**store)
-    return Ingress.bind(encoder, decoder, fader, embedder, retriever, cfg.model_dump())
+    v = cfg.video
+    video = VideoSegmenter.bind(
+        cfg.model_id,
+        weights,
+        v.device,
+        v.torch_threads,
+        {"offload_video_to_cpu": v.offload_video_to_cpu, "offload_state_to_cpu": v.offload_state_to_cpu},
+        v.max_concurrent_clips,
+    )
+    return Ingress.bind(encoder, decoder, fader, embedder, retriever, cfg.model_dump(), video=video)

@@ -10,6 +10,9 @@
     samgraph examples list --api URL [--collection NAME]
     samgraph batch --input DIR|annotations.json --output OUT_DIR [...]    (serve_app/offline_cli.py)
     samgraph eval --coco annotations.json --images DIR --prompt box|center-point [--output report.json]
+    samgraph video --api URL (--video clip.mp4 | --frames DIR) --box OBJ:x0,y0,x1,y1 [--point OBJ:x,y[,fg|bg]]...
+                   [--frame-index N] [--start-frame N] [--max-frames N] [--reverse] [--out masks.json]
+                   [--overlay-video out.mp4]
 """
 
 from __future__ import annotations
@@ -44,6 +47,55 @@ def _parse_point(text: str) -> list:
         return [float(parts[0]), float(parts[1]), 1 if label in ("fg", "1") else 0]
     except ValueError:
         raise argparse.ArgumentTypeError(f"point must be x,y or x,y,fg|bg; got {text!r}") from None
+
+
+def _parse_obj(text: str, parse, what: str) -> tuple[int, list]:
+    """``OBJ:rest`` -> (obj_id, parse(rest)); ``rest`` alone is object 0."""
+    obj, sep, rest = text.partition(":")
+    if not sep:
+        obj, rest = "0", text
+    try:
+        obj_id = int(obj)
+        if obj_id < 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must start with an object id >= 0, as OBJ:...; got {text!r}") from None
+    return obj_id, parse(rest)
+
+
+def _parse_obj_box(text: str) -> tuple[int, list[float]]:
+    return _parse_obj(text, _parse_box, "--box")
+
+
+def _parse_obj_point(text: str) -> tuple[int, list]:
+    return _parse_obj(text, _parse_point, "--point")
+
+
+def build_video_objects(boxes: list[tuple[int, list[float]]], points: list[tuple[int, list]], frame_index: int = 0) -> list[dict]:
+    """CLI flags -> ``objects`` of /v1/segment/video: per object id (in order of first mention) at most one
+    box and any number of points, all on ``frame_index``.
+
+    Raises:
+        ValueError: two boxes for one object.
+    """
+    objects: dict[int, dict] = {}
+    for obj_id, box in boxes:
+        prompt = objects.setdefault(obj_id, {"frame_index": frame_index})
+        if "box_xyxy" in prompt:
+            raise ValueError(f"object {obj_id} has two --box; give one box per object")
+        prompt["box_xyxy"] = box
+    for obj_id, point in points:
+        objects.setdefault(obj_id, {"frame_index": frame_index}).setdefault("points", []).append(point)
+    return [{"obj_id": obj_id, "prompts": [prompt]} for obj_id, prompt in objects.items()]
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """JPEG/PNG files of a folder in frame order: by number where every stem is one (as sam2 sorts
+    ``00000.jpg``...), else by name."""
+    files = [p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    if all(p.stem.isdigit() for p in files):
+        return sorted(files, key=lambda p: int(p.stem))
+    return sorted(files)
 
 
 def build_prompts(boxes: list[list[float]], points: list[list]) -> list[dict]:
@@ -246,6 +298,96 @@ def cmd_examples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_video(args: argparse.Namespace) -> int:
+    """Stream /v1/segment/video, report progress on stderr, write the result as one JSON document."""
+    import base64
+
+    import httpx
+
+    try:
+        objects = build_video_objects(args.box or [], args.point or [], args.frame_index)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not objects:
+        print("error: give at least one --box or --point", file=sys.stderr)
+        return 2
+    request: dict = {"objects": objects, "reverse": args.reverse, "mask_format": "rle", "stream": True}
+    if args.start_frame is not None:
+        request["start_frame"] = args.start_frame
+    if args.max_frames is not None:
+        request["max_frames"] = args.max_frames
+    try:
+        if args.video:
+            send = {"files": {"video": (Path(args.video).name, Path(args.video).read_bytes())}, "data": {"request": json.dumps(request)}}
+        else:
+            files = frame_files(Path(args.frames))
+            if not files:
+                print(f"error: no .jpg/.jpeg/.png frames in {args.frames}", file=sys.stderr)
+                return 2
+            request["frames"] = [{"base64": base64.b64encode(p.read_bytes()).decode("ascii")} for p in files]
+            send = {"json": request}
+    except OSError as e:
+        print(f"error: cannot read the clip: {e}", file=sys.stderr)
+        return 2
+    head, frames, end = None, [], None
+    try:
+        with _client(args.api, args.timeout) as c, c.stream("POST", "/v1/segment/video", **send) as r:
+            if r.status_code != 200:
+                r.read()
+                return _fail(r)
+            for line in r.iter_lines():
+                if not line:
+                    continue
+                rec = json.loads(line)
+                kind = rec.pop("type")
+                if kind == "start":
+                    head = rec
+                    for w in rec.get("warnings", []):
+                        print(f"warning: {w}", file=sys.stderr)
+                elif kind == "frame":
+                    frames.append(rec)
+                    areas = ", ".join(f"{o['obj_id']}: {o['area_px']} px" for o in rec["objects"])
+                    print(f"frame {rec['frame_index']:>5} ({len(frames)} done) {rec['propagate_ms']:8.0f} ms  {areas}", file=sys.stderr)
+                elif kind == "end":
+                    end = rec
+                else:
+                    print(f"error: {rec.get('error', rec)}", file=sys.stderr)
+                    return 1
+    except httpx.HTTPError as e:
+        print(f"error: cannot reach {args.api}: {e}", file=sys.stderr)
+        return 1
+    if head is None or end is None:
+        print("error: the stream ended early", file=sys.stderr)
+        return 1
+    frames.sort(key=lambda f: f["frame_index"])
+    result = {**head, "frames": frames, "timing_ms": end["timing_ms"]}
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    t = end["timing_ms"]
+    print(json.dumps({"frames": len(frames), "obj_ids": head["obj_ids"], "timing_ms": {k: round(v, 1) for k, v in t.items()}}, indent=2))
+    if args.overlay_video:
+        _write_overlay_video(args, result)
+    return 0
+
+
+def _write_overlay_video(args: argparse.Namespace, result: dict) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from models.masks import decode_rle
+    from serve_app.video import decode_video, encode_video, overlay_frames
+
+    masks = {f["frame_index"]: [decode_rle(o["rle"]) for o in f["objects"]] for f in result["frames"]}
+    if args.video:
+        clip = decode_video(Path(args.video).read_bytes(), max_frames=10**6, max_frame_pixels=10**9)
+    else:
+        clip = (np.asarray(Image.open(p).convert("RGB")) for p in frame_files(Path(args.frames)))
+    encode_video(overlay_frames(clip, masks), args.overlay_video, fps=args.fps)
+    print(f"overlay video: {args.overlay_video}", file=sys.stderr)
+
+
 def _api_args(c: argparse.ArgumentParser, func) -> None:
     c.add_argument("--api", default=os.environ.get("SAMGRAPH_API", DEFAULT_API), help="service URL")
     c.add_argument("--timeout", type=float, default=300.0, help="HTTP timeout, seconds")
@@ -300,6 +442,21 @@ def make_parser() -> argparse.ArgumentParser:
     add.add_argument("--point", type=_parse_point, action="append")
     add.add_argument("--label", required=True)
     add.add_argument("--collection", default="default")
+    vd = sub.add_parser("video", help="track objects through a clip (MP4 or a folder of frames)")
+    _api_args(vd, cmd_video)
+    clip = vd.add_mutually_exclusive_group(required=True)
+    clip.add_argument("--video", help="MP4 file (sent as multipart)")
+    clip.add_argument("--frames", help="folder of JPEG/PNG frames, in numeric order (sent as base64 JSON)")
+    vd.add_argument("--box", type=_parse_obj_box, action="append", help="OBJ:x0,y0,x1,y1 in pixels; one per object")
+    vd.add_argument("--point", type=_parse_obj_point, action="append", help="OBJ:x,y[,fg|bg] in pixels; repeat")
+    vd.add_argument("--frame-index", type=int, default=0, help="the frame the prompts are on (default 0)")
+    vd.add_argument("--start-frame", type=int, help="frame to track from (default: the prompted frame)")
+    vd.add_argument("--max-frames", type=int, help="frames to track in each direction, the start frame included")
+    vd.add_argument("--reverse", action="store_true", help="also track backward from the start frame")
+    vd.add_argument("--out", help="write the result (all frames' masks as COCO RLE) as JSON here")
+    vd.add_argument("--overlay-video", help="write the clip with the masks drawn over it (MP4)")
+    vd.add_argument("--fps", type=float, default=24.0, help="frame rate of --overlay-video")
+
     lst = exsub.add_parser("list", help="examples per label")
     _api_args(lst, cmd_examples)
     lst.add_argument("--collection", default="default")

@@ -77,6 +77,22 @@ class AmgDefaults(BaseModel):
     min_area_px: int = Field(default=0, ge=0)
 
 
+class VideoArgs(StageArgs):
+    """The video tracker (``POST /v1/segment/video``): per-request limits and sam2's memory options.
+
+    ``max_frames`` bounds the frames of one clip and ``max_frame_pixels`` their size, so one request holds
+    at most ``3 * max_frames * max_frame_pixels`` bytes of frames; ``max_concurrent_clips`` clips are
+    tracked at once per replica (others wait). ``offload_video_to_cpu`` / ``offload_state_to_cpu`` are
+    sam2's ``init_state`` options (see ``models/sam2_video.py::VideoSettings``).
+    """
+
+    max_frames: int = Field(default=300, ge=1, le=100_000)
+    max_frame_pixels: int = Field(default=1920 * 1080, ge=1)
+    max_concurrent_clips: int = Field(default=1, ge=1, le=64)
+    offload_video_to_cpu: bool = True
+    offload_state_to_cpu: bool = False
+
+
 class AppArgs(BaseModel):
     """Arguments of :func:`serve_app.app.build_app`.
 
@@ -92,6 +108,7 @@ class AppArgs(BaseModel):
     seed: int | None = None
     encoder: StageArgs = StageArgs()
     decoder: StageArgs = StageArgs()
+    video: VideoArgs = VideoArgs()
     limits: LimitArgs = LimitArgs()
     cache: CacheArgs = CacheArgs()
     clip: ClipArgs = ClipArgs()

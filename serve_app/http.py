@@ -91,11 +91,12 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_body(request: Request, model: type[BaseModel], max_bytes: int) -> tuple:
-    """A JSON body, or multipart with an ``image`` file part and an optional ``request`` JSON part.
+async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, file_part: str = "image") -> tuple:
+    """A JSON body, or multipart with a ``file_part`` file part (``image``, or ``video`` for clips) and an
+    optional ``request`` JSON part.
 
     Returns:
-        (the validated ``model`` instance, the uploaded image bytes or None).
+        (the validated ``model`` instance, the uploaded file's bytes or None).
 
     Raises:
         ApiError: 400/413/415/422 naming the field at fault.
@@ -113,11 +114,11 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int) -
         except Exception as e:  # malformed multipart, too many parts
             raise ApiError(400, "invalid_multipart", f"cannot parse multipart body: {e}") from None
         for key in form.keys():
-            if key not in ("image", "request"):
-                raise ApiError(422, "invalid_request", f"{key}: unknown multipart part (allowed: image, request)", key)
-        part = form.get("image")
+            if key not in (file_part, "request"):
+                raise ApiError(422, "invalid_request", f"{key}: unknown multipart part (allowed: {file_part}, request)", key)
+        part = form.get(file_part)
         if part is None or isinstance(part, str):
-            raise ApiError(422, "invalid_request", "image: multipart upload needs an 'image' file part", "image")
+            raise ApiError(422, "invalid_request", f"{file_part}: multipart upload needs an '{file_part}' file part", file_part)
         upload = await part.read()
         raw = form.get("request") or "{}"
         raw = raw if isinstance(raw, str) else (await raw.read()).decode("utf-8", "replace")
@@ -135,6 +136,6 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int) -
         req = model.model_validate(data)
     except ValidationError as e:
         raise from_validation_error(e) from None
-    if upload is not None and (getattr(req, "image", None) is not None or getattr(req, "image_id", None) is not None):
-        raise ApiError(422, "invalid_request", "image: give the image once: a file part, inline base64 or image_id", "image")
+    if upload is not None and (getattr(req, file_part, None) is not None or getattr(req, "image_id", None) is not None):
+        raise ApiError(422, "invalid_request", f"{file_part}: give the {file_part} once: a file part, inline base64 or image_id", file_part)
     return req, upload

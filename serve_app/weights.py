@@ -249,6 +249,22 @@ class LoadedSam2:
     weights: str
 
 
+def _resolve_state(model_id: str, source: WeightsSource, progress: bool) -> tuple[dict | None, str]:
+    """(state dict, weights id) of ``source``; (None, ``"random"``) for random weights."""
+    spec = get_sam2_checkpoint(model_id)
+    if source.kind == "random":
+        log.warning("SAM 2 %s with RANDOM weights (seed %d): masks are meaningless", model_id, source.seed)
+        return None, "random"
+    if source.kind == "file":
+        state, digest = load_state_dict(source.checkpoint)
+        log.info("SAM 2 %s from %s (sha256 %s)", model_id, source.checkpoint, digest)
+    else:
+        path = pull_checkpoint(spec, progress=progress)
+        state, digest = load_state_dict(path, spec.sha256)
+        log.info("SAM 2 %s from registry file %s (sha256 %s, verified)", model_id, path, digest)
+    return state, f"sha256:{digest}"
+
+
 def load_sam2(model_id: str, source: WeightsSource, device: str = "cpu", progress: bool = True) -> LoadedSam2:
     """Build the registry model ``model_id`` with weights from ``source``.
 
@@ -259,15 +275,24 @@ def load_sam2(model_id: str, source: WeightsSource, device: str = "cpu", progres
     """
     from models.sam2_image import build_sam2_model
 
-    spec = get_sam2_checkpoint(model_id)
-    if source.kind == "random":
-        log.warning("SAM 2 %s with RANDOM weights (seed %d): masks are meaningless", model_id, source.seed)
-        return LoadedSam2(build_sam2_model(model_id, seed=source.seed, device=device), model_id, "random")
-    if source.kind == "file":
-        state, digest = load_state_dict(source.checkpoint)
-        log.info("SAM 2 %s from %s (sha256 %s)", model_id, source.checkpoint, digest)
-    else:
-        path = pull_checkpoint(spec, progress=progress)
-        state, digest = load_state_dict(path, spec.sha256)
-        log.info("SAM 2 %s from registry file %s (sha256 %s, verified)", model_id, path, digest)
-    return LoadedSam2(build_sam2_model(model_id, state, device=device), model_id, f"sha256:{digest}")
+    state, weights = _resolve_state(model_id, source, progress)
+    if state is None:
+        return LoadedSam2(build_sam2_model(model_id, seed=source.seed, device=device), model_id, weights)
+    return LoadedSam2(build_sam2_model(model_id, state, device=device), model_id, weights)
+
+
+def load_sam2_video(model_id: str, source: WeightsSource, device: str = "cpu", progress: bool = True) -> LoadedSam2:
+    """sam2's ``SAM2VideoPredictor`` for ``model_id`` with weights from ``source``: the same file, the same
+    SHA-256 check and the same seeded random weights as :func:`load_sam2` gives the image stages.
+
+    Raises:
+        ValueError: unknown ``model_id``.
+        WeightsError, ChecksumMismatch: as :func:`pull_checkpoint` and :func:`load_state_dict`.
+        RuntimeError: the checkpoint does not fit the architecture (missing/unexpected keys).
+    """
+    from models.sam2_video import build_sam2_video_model
+
+    state, weights = _resolve_state(model_id, source, progress)
+    if state is None:
+        return LoadedSam2(build_sam2_video_model(model_id, seed=source.seed, device=device), model_id, weights)
+    return LoadedSam2(build_sam2_video_model(model_id, state, device=device), model_id, weights)

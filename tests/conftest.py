@@ -45,16 +45,30 @@ def truck_rgb(truck_path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+#: The last bias of SAM 2's object-score head in the test checkpoint (see ``tiny_checkpoint``).
+OBJECT_SCORE_BIAS = 10.0
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A Meta-format checkpoint file ``{"model": state_dict}`` of SAM 2.1 tiny with seeded random weights."""
+    """A Meta-format checkpoint file ``{"model": state_dict}`` of SAM 2.1 tiny with seeded random weights.
+
+    One change to the random weights: the last bias of the object-score head
+    (``sam_mask_decoder.pred_obj_score_head``) is set to ``OBJECT_SCORE_BIAS``. With random weights that
+    head says "no object", and the video predictor then blanks every mask; the image path ignores the
+    head, so its answers are unchanged.
+    """
     import torch
 
     from models.sam2_image import build_sam2_model
 
     model = build_sam2_model(MODEL_ID, seed=SEED)
+    state = model.state_dict()
+    head = sorted(k for k in state if k.startswith("sam_mask_decoder.pred_obj_score_head.") and k.endswith(".bias"))
+    assert head, "no object-score head in the state dict"
+    state[head[-1]].fill_(OBJECT_SCORE_BIAS)  # the MLP's last layer (layers.2)
     path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny_random.pt"
-    torch.save({"model": model.state_dict()}, path)
+    torch.save({"model": state}, path)
     return path
 
 
@@ -68,6 +82,16 @@ def reference_predictor(tiny_checkpoint):
 
     model = build_sam2(get_sam2_checkpoint(MODEL_ID).config, ckpt_path=str(tiny_checkpoint), device="cpu")
     return SAM2ImagePredictor(model)
+
+
+BEDROOM_BOX = [300, 0, 500, 400]  # Meta's video_predictor_example notebook, frame 0
+BEDROOM_POINT = [460, 60]
+
+
+def bedroom_frames(n: int) -> list[Path]:
+    """The first ``n`` JPEG frames (960x540) of the bedroom clip, or skip."""
+    folder = shared_file("video", "bedroom", "frames")
+    return [folder / f"{i:05d}.jpg" for i in range(n)]
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

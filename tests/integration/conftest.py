@@ -12,6 +12,9 @@ from tests.conftest import MODEL_ID
 # Small limits so the 413 paths are cheap to hit; truck.jpg (1800x1200 = 2.16 MP, 0.3 MB) fits.
 MAX_BODY_BYTES = 4 * 2**20
 MAX_IMAGE_PIXELS = 4_000_000
+# Small video limits: the bedroom clip (200 frames) is over VIDEO_MAX_FRAMES; its 960x540 frames fit.
+VIDEO_MAX_FRAMES = 16
+VIDEO_MAX_FRAME_PIXELS = 1_000_000
 
 
 def free_port() -> int:
@@ -34,6 +37,7 @@ def app_args(tiny_checkpoint, tmp_path_factory) -> dict:
         "checkpoint": str(tiny_checkpoint),
         "encoder": {"device": "cpu", "torch_threads": 2},
         "decoder": {"device": "cpu", "torch_threads": 2},
+        "video": {"device": "cpu", "torch_threads": 2, "max_frames": VIDEO_MAX_FRAMES, "max_frame_pixels": VIDEO_MAX_FRAME_PIXELS},
         "clip": {"weights": "random", "device": "cpu", "torch_threads": 2},
         "retriever": {"path": str(tmp_path_factory.mktemp("qdrant"))},
         "amg": AMG,

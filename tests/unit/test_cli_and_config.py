@@ -17,7 +17,7 @@ from serve_app.config import AppArgs
 from serve_app.schemas import SegmentRequest
 
 REPO = Path(__file__).resolve().parents[2]
-DEPLOYMENTS = {"Ingress", "ImageEncoder", "MaskDecoder", "Fader", "Embedder", "Retriever"}
+DEPLOYMENTS = {"Ingress", "ImageEncoder", "MaskDecoder", "Fader", "Embedder", "Retriever", "VideoSegmenter"}
 
 # --- CLI ---------------------------------------------------------------------------------------
 
@@ -241,7 +241,7 @@ def _max_replicas(d: dict) -> int:
 def test_cpu_config_fits_two_cores():
     app = _samgraph_app(_config("serve.yaml"))
     args = AppArgs.model_validate(app["args"])
-    assert args.encoder.device == "cpu" and args.decoder.device == "cpu"
+    assert args.encoder.device == "cpu" and args.decoder.device == "cpu" and args.video.device == "cpu"
     deployments = app["deployments"]
     cpus = {d["name"]: float(d["ray_actor_options"]["num_cpus"]) for d in deployments}
     assert set(cpus) == DEPLOYMENTS
