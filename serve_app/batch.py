@@ -69,8 +69,10 @@ class BatchArgs(BaseModel):
     """Everything ``samgraph batch`` runs with; ``--set key.sub=value`` overrides any field.
 
     Model, weights, fade and automatic-mask settings mean what they mean in
-    :class:`serve_app.config.AppArgs`, with the same defaults, so the masks and labels equal the online
-    service's for the same settings. Stage defaults fit a 2-core machine (their CPUs add up to 2.0).
+    :class:`serve_app.config.AppArgs`, so the masks and labels equal the online service's for the same
+    settings. The defaults are ``configs/serve.yaml``'s (automatic masks on its 16x16 grid); ``top_k``,
+    ``min_score`` and ``max_instances`` default as in ``/v1/predict``. Stage defaults fit a 2-core machine
+    (their CPUs add up to 2.0).
     """
 
     model_config = _STRICT
