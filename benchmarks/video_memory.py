@@ -16,7 +16,7 @@ Warm-up: frame 0's encoding inside init (reported as init_ms, not in the per-fra
 Reports per-frame propagate p50/p95/p99 and mean, frames/s, RSS after 50/100/150/200 frames, peak RSS,
 and the ratios samgraph/sam2; writes benchmarks/results/video.json.
 
-    python -m benchmarks.video_memory [--frames 200] [--threads 2]
+    python -m benchmarks.video_memory [--frames 200] [--threads 2] [--runs-dir DIR]
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs-dir", help="keep each tracker's raw result here and reuse one already measured (same --frames)")
     ap.add_argument("--worker", choices=["samgraph", "sam2"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -141,11 +142,16 @@ def main() -> None:
         return
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.runs_dir) if args.runs_dir else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for kind in ("samgraph", "sam2"):  # one after the other: each gets the same cores
-            out = Path(tmp) / f"{kind}.json"
-            cmd = [sys.executable, "-m", "benchmarks.video_memory", "--worker", kind, "--frames", str(args.frames), "--threads", str(args.threads), "--out", str(out)]
-            print(f"running {kind} on {args.frames} frames ...", flush=True)
-            subprocess.run(cmd, cwd=REPO, check=True, stderr=subprocess.DEVNULL)
+            out = folder / f"{kind}.json"
+            if out.exists() and json.loads(out.read_text())["frames"] == args.frames:
+                print(f"reusing {out} ({kind}, {args.frames} frames)", flush=True)
+            else:
+                cmd = [sys.executable, "-m", "benchmarks.video_memory", "--worker", kind, "--frames", str(args.frames), "--threads", str(args.threads), "--out", str(out)]
+                print(f"running {kind} on {args.frames} frames ...", flush=True)
+                subprocess.run(cmd, cwd=REPO, check=True, stderr=subprocess.DEVNULL)
             runs[kind] = json.loads(out.read_text())
     table = {}
     for kind, r in runs.items():
