@@ -275,10 +275,7 @@ def load_sam2(model_id: str, source: WeightsSource, device: str = "cpu", progres
     """
     from models.sam2_image import build_sam2_model
 
-    state, weights = _resolve_state(model_id, source, progress)
-    if state is None:
-        return LoadedSam2(build_sam2_model(model_id, seed=source.seed, device=device), model_id, weights)
-    return LoadedSam2(build_sam2_model(model_id, state, device=device), model_id, weights)
+    return _build(build_sam2_model, model_id, source, device, progress)
 
 
 def load_sam2_video(model_id: str, source: WeightsSource, device: str = "cpu", progress: bool = True) -> LoadedSam2:
@@ -292,7 +289,11 @@ def load_sam2_video(model_id: str, source: WeightsSource, device: str = "cpu", p
     """
     from models.sam2_video import build_sam2_video_model
 
+    return _build(build_sam2_video_model, model_id, source, device, progress)
+
+
+def _build(builder, model_id: str, source: WeightsSource, device: str, progress: bool) -> LoadedSam2:
+    """``builder(model_id, state_dict | seed=, device=)`` with the weights of ``source``."""
     state, weights = _resolve_state(model_id, source, progress)
-    if state is None:
-        return LoadedSam2(build_sam2_video_model(model_id, seed=source.seed, device=device), model_id, weights)
-    return LoadedSam2(build_sam2_video_model(model_id, state, device=device), model_id, weights)
+    model = builder(model_id, seed=source.seed, device=device) if state is None else builder(model_id, state, device=device)
+    return LoadedSam2(model, model_id, weights)
