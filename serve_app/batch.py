@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve_app.config import AmgDefaults, FaderArgs, RetrieverArgs
+from serve_app.config import AmgDefaults, FaderArgs, RetrieverArgs, Sam2Args
 from serve_app.schemas import PredictRequest
 
 log = logging.getLogger("samgraph.batch")
@@ -65,7 +65,7 @@ class ClipModelArgs(BaseModel):
     checkpoint: str | None = None
 
 
-class BatchArgs(BaseModel):
+class BatchArgs(Sam2Args):
     """Everything ``samgraph batch`` runs with; ``--set key.sub=value`` overrides any field.
 
     Model, weights, fade and automatic-mask settings mean what they mean in
@@ -75,11 +75,6 @@ class BatchArgs(BaseModel):
     (their CPUs add up to 2.0).
     """
 
-    model_config = _STRICT
-    model_id: str = "sam2.1_hiera_tiny"
-    weights: Literal["registry", "file", "random"] | None = None
-    checkpoint: str | None = None
-    seed: int | None = None
     clip: ClipModelArgs = ClipModelArgs()
     retriever: RetrieverArgs = RetrieverArgs()
     fader: FaderArgs = FaderArgs()

@@ -93,12 +93,11 @@ class VideoArgs(StageArgs):
     offload_state_to_cpu: bool = False
 
 
-class AppArgs(BaseModel):
-    """Arguments of :func:`serve_app.app.build_app`.
+class Sam2Args(BaseModel):
+    """Which SAM 2 model and weights: shared by the service (:class:`AppArgs`) and ``samgraph batch``.
 
     ``weights``/``checkpoint``/``seed`` left unset are taken from ``SAMGRAPH_WEIGHTS``,
-    ``SAMGRAPH_SAM2_CHECKPOINT`` and ``SAMGRAPH_SEED`` when the app is built. ``text_candidates`` caps the
-    automatic masks scored against a text prompt.
+    ``SAMGRAPH_SAM2_CHECKPOINT`` and ``SAMGRAPH_SEED``.
     """
 
     model_config = _STRICT
@@ -106,6 +105,22 @@ class AppArgs(BaseModel):
     weights: Literal["registry", "file", "random"] | None = None
     checkpoint: str | None = None
     seed: int | None = None
+
+    @field_validator("model_id")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        get_sam2_checkpoint(v)  # ValueError listing the valid names
+        return v
+
+
+class AppArgs(Sam2Args):
+    """Arguments of :func:`serve_app.app.build_app`.
+
+    ``weights``/``checkpoint``/``seed`` left unset are taken from ``SAMGRAPH_WEIGHTS``,
+    ``SAMGRAPH_SAM2_CHECKPOINT`` and ``SAMGRAPH_SEED`` when the app is built. ``text_candidates`` caps the
+    automatic masks scored against a text prompt.
+    """
+
     encoder: StageArgs = StageArgs()
     decoder: StageArgs = StageArgs()
     video: VideoArgs = VideoArgs()
@@ -117,9 +132,3 @@ class AppArgs(BaseModel):
     amg: AmgDefaults = AmgDefaults()
     text_candidates: int = Field(default=64, ge=1, le=512)
     readiness_timeout_s: float = Field(default=5.0, gt=0)
-
-    @field_validator("model_id")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        get_sam2_checkpoint(v)  # ValueError listing the valid names
-        return v
