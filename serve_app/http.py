@@ -48,10 +48,15 @@ def request_id(request: Request) -> str:
 
 
 def _endpoint(request: Request) -> str:
-    """The matched route's template (``/v1/examples/{example_id}``, ``/ui`` for the page), else
+    """The matched route's template (``/v1/examples/{example_id}``), a mount's path (``/ui``), else
     ``unmatched``: a bounded set of label values."""
-    route = request.scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
+    scope = request.scope
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    if scope.get("endpoint") is not None:  # a mount: FastAPI's router leaves no "route"; its path is in root_path
+        return scope.get("root_path", "")[len(scope.get("app_root_path", "")) :] or "mounted"
+    return "unmatched"
 
 
 @api.middleware("http")

@@ -150,3 +150,27 @@ def test_alert_rules_parse_and_use_only_exported_metrics():
     _check_names(_exprs(rules))
     scrape = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     assert scrape["rule_files"] == ["prometheus-alerts.yml"]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def request(self, endpoint: str, status: int, latency_ms: float) -> None:
+        self.calls.append((endpoint, status, latency_ms))
+
+
+def test_middleware_records_route_template_and_status(monkeypatch):
+    from fastapi.testclient import TestClient
+
+    import serve_app.metrics
+    from serve_app.http import api
+
+    rec = _Recorder()
+    monkeypatch.setattr(serve_app.metrics, "_INGRESS", rec)
+    with TestClient(api) as c:
+        assert c.get("/ui", follow_redirects=False).status_code == 307
+        assert c.get("/no/such/path").status_code == 404
+        assert c.get("/ui/").status_code == 200
+    assert [(e, s) for e, s, _ in rec.calls] == [("/ui", 307), ("unmatched", 404), ("/ui", 200)]
+    assert all(ms >= 0 for *_, ms in rec.calls)
