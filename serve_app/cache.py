@@ -84,6 +84,11 @@ class EmbeddingCache:
             self._bytes -= entry.nbytes
         return entry
 
+    @property
+    def nbytes(self) -> int:
+        """Feature bytes held now."""
+        return self._bytes
+
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
