@@ -35,10 +35,18 @@ def encode_rle(mask: np.ndarray) -> dict:
 
 
 def encode_rle_batch(masks: np.ndarray) -> list[dict]:
-    """COCO RLE of each of (N, H, W) bool masks; see :func:`encode_rle`."""
+    """COCO RLE of each of (N, H, W) bool masks; see :func:`encode_rle`.
+
+    pycocotools reads (H, W, N) uint8 in Fortran order, i.e. each mask column by column. Masks stored
+    that way (the transposed view of an (N, W, H) array, as
+    :meth:`models.sam2_image.Sam2MaskDecoder.upsample_logits` produces) are passed without a copy; others
+    are copied once.
+    """
     if masks.ndim != 3:
         raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    hwn = masks.transpose(1, 2, 0)
+    hwn = hwn.view(np.uint8) if hwn.dtype == np.bool_ else hwn.astype(np.uint8)
+    rles = mask_utils.encode(np.asfortranarray(hwn))
     return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
 
 

@@ -327,7 +327,7 @@ class Sam2MaskDecoder:
                 )[:, None].to(dev)
             low_res, iou = self._decode(points, mask_input, embed, high_res, multimask, repeat_image)
             for k, (r, p) in enumerate(members):
-                logits = self.transforms.postprocess_masks(low_res[k : k + 1], requests[r].features.orig_hw)[0]
+                logits = self.upsample_logits(low_res[k], requests[r].features.orig_hw)
                 stability = calculate_stability_score(
                     logits, self.settings.mask_threshold, self.settings.stability_score_offset
                 )
@@ -396,8 +396,17 @@ class Sam2MaskDecoder:
         return low_res, iou
 
     def upsample_logits(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
-        """(N, 256, 256) low-res logits -> (N, H, W) logits at the original size (sam2's bilinear upsampling)."""
-        return self.transforms.postprocess_masks(low_res[:, None], orig_hw)[:, 0]
+        """(N, 256, 256) low-res logits -> (N, H, W) float32 logits at the original size (sam2's bilinear
+        upsampling, ``SAM2Transforms.postprocess_masks``).
+
+        The result is the transposed view of an (N, W, H) contiguous tensor: each mask is stored column
+        by column, the order COCO RLE reads, so masks thresholded from it (which keep that layout) are
+        RLE-encoded without copying (:func:`models.masks.encode_rle_batch`). It equals sam2's row-major
+        upsampling up to float rounding of the bilinear weights (about 1e-6 on logits of magnitude 10),
+        so a pixel can differ only where a logit lies within that of the threshold.
+        """
+        h, w = orig_hw
+        return self.transforms.postprocess_masks(low_res.transpose(-1, -2)[:, None], (w, h))[:, 0].transpose(-1, -2)
 
     def predict(self, features: ImageFeatures, prompt: PromptSpec, multimask_output: bool) -> MaskPrediction:
         """Masks for one prompt on one image; see :meth:`predict_batch`."""
