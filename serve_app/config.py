@@ -19,16 +19,16 @@ class StageArgs(BaseModel):
     torch_threads: int | None = Field(default=None, ge=1)
 
 
-class Sam2StageArgs(StageArgs):
-    """A SAM 2 image stage (encoder or decoder): device and threads, plus optional speed-ups.
+class AccelArgs(BaseModel):
+    """Optional speed-ups of a SAM 2 image stage (see ``models/accel.py`` and the README, "GPU options").
 
     ``precision: bf16`` runs the forward pass under ``torch.autocast(device, torch.bfloat16)``;
     ``compile`` wraps it in ``torch.compile(mode=compile_mode, backend=compile_backend)``, compiled when
     the replica starts (a warm-up call). What cannot be had falls back (bf16 -> fp32, compiled -> eager)
-    with one log line, and ``/readyz`` reports what is in force; see ``models/accel.py`` and the README,
-    "GPU options".
+    with one log line, and ``/readyz`` reports what is in force.
     """
 
+    model_config = _STRICT
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
@@ -43,6 +43,10 @@ class Sam2StageArgs(StageArgs):
             "compile_backend": self.compile_backend,
             "tensorrt": getattr(self, "tensorrt", False),
         }
+
+
+class Sam2StageArgs(StageArgs, AccelArgs):
+    """A SAM 2 image stage (encoder or decoder): device and threads plus :class:`AccelArgs`."""
 
 
 class EncoderArgs(Sam2StageArgs):

@@ -19,7 +19,9 @@ from models.sam2_image import ImageFeatures, PromptSpec, Sam2ImageEncoder, Sam2M
 from serve_app.weights import load_state_dict
 from tests.conftest import MODEL_ID, TRUCK_BOX, mask_iou
 
-CLICK = [[500, 375]]
+# A foreground and a background click: two prompt tokens like the box (two corners), so that the compiled
+# decoder traces one graph for both prompts (each new shape is another compilation, ~10-60 s on 2 cores).
+CLICKS = [[500, 375], [1125, 625]]
 IOU_MIN = 0.999
 PRED_IOU_TOL = 1e-4
 BF16_IOU_MIN = 0.95  # bf16 has an 8-bit mantissa: logits near 0 may flip sign at a few edge pixels
@@ -44,7 +46,7 @@ def truck_features(eager_encoder, truck_rgb) -> ImageFeatures:
 def _prompts() -> dict[str, PromptSpec]:
     return {
         "box": PromptSpec(box_xyxy=np.array(TRUCK_BOX, np.float32)),
-        "click": PromptSpec(point_coords=np.array(CLICK, np.float32), point_labels=np.array([1], np.int32)),
+        "click": PromptSpec(point_coords=np.array(CLICKS, np.float32), point_labels=np.array([1, 0], np.int32)),
     }
 
 
