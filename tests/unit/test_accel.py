@@ -1,8 +1,9 @@
 """models.accel: bf16 autocast, torch.compile and TensorRT options of the SAM 2 stages, and their fallbacks.
 
 The compiled decoder must give the eager decoder's masks on the truck photo (random weights, box and click
-prompts). Compiling the mask decoder with inductor takes ~10-40 s on 2 busy cores (less with a warm
-inductor cache); compiling the image encoder takes minutes there, so that test is marked ``slow``.
+prompts). Compiling the mask decoder with inductor took 40 s to 4.5 min (depending on the load) on 2
+cores with an empty inductor cache, ~20 s with a warm one; compiling the image encoder took ~8 min on the
+loaded machine, so that test is marked ``slow``.
 """
 
 from __future__ import annotations
