@@ -27,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.common import load_stage_model, pick_device, set_torch_threads
+from deployments.common import (
+    accel_settings,
+    fallback_logger,
+    load_stage_model,
+    pick_device,
+    set_torch_threads,
+    warm_up,
+)
 
 PROMPT_MODES = ("coco-boxes", "center-points", "auto")
 _IMAGE_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
@@ -156,16 +163,20 @@ class EncodeImages(_Stage):
     """SAM 2 image encoder over a batch of images (``Sam2ImageEncoder.encode_batch``).
 
     Args:
-        model_id, weights, device, torch_threads: as :class:`deployments.encoder.ImageEncoder`.
+        model_id, weights, device, torch_threads, accel: as :class:`deployments.encoder.ImageEncoder`.
     """
 
     name = "encode"
 
-    def __init__(self, model_id: str, weights: dict, device: str = "auto", torch_threads: int | None = None) -> None:
+    def __init__(
+        self, model_id: str, weights: dict, device: str = "auto", torch_threads: int | None = None, accel: dict | None = None
+    ) -> None:
         from models.sam2_image import Sam2ImageEncoder
 
+        settings = accel_settings(accel)
         loaded, _ = load_stage_model(model_id, weights, device, torch_threads)
-        self.encoder = Sam2ImageEncoder(loaded.model)
+        self.encoder = Sam2ImageEncoder(loaded.model, settings, fallback_logger("encode"))
+        warm_up("encode", self.encoder, settings)
         self.weights = loaded.weights
 
     def _process(self, rows: list[dict]) -> None:
@@ -184,7 +195,7 @@ class DecodeMasks(_Stage):
     is ``/v1/predict``'s: :func:`models.amg.generate_masks`, best ``max_instances`` kept.
 
     Args:
-        model_id, weights, device, torch_threads: as :class:`deployments.decoder.MaskDecoder`.
+        model_id, weights, device, torch_threads, accel: as :class:`deployments.decoder.MaskDecoder`.
         amg: :class:`models.amg.AmgSettings` fields, or None for prompt modes.
         max_instances: automatic masks kept per image.
 
@@ -196,14 +207,23 @@ class DecodeMasks(_Stage):
     drop = ("features",)
 
     def __init__(
-        self, model_id: str, weights: dict, device: str = "auto", torch_threads: int | None = None, amg: dict | None = None, max_instances: int = 20
+        self,
+        model_id: str,
+        weights: dict,
+        device: str = "auto",
+        torch_threads: int | None = None,
+        accel: dict | None = None,
+        amg: dict | None = None,
+        max_instances: int = 20,
     ) -> None:
         from models.amg import AmgSettings
         from models.sam2_image import Sam2MaskDecoder
 
+        settings = accel_settings({**(accel or {}), "tensorrt": False})
         loaded, _ = load_stage_model(model_id, weights, device, torch_threads)
         loaded.model.image_encoder = None
-        self.decoder = Sam2MaskDecoder(loaded.model)
+        self.decoder = Sam2MaskDecoder(loaded.model, accel=settings, on_fallback=fallback_logger("decode"))
+        warm_up("decode", self.decoder, settings)
         self.amg = AmgSettings(**amg) if amg is not None else None
         self.max_instances = max_instances
 

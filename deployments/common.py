@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 
 import torch
 
+from models.accel import AccelSettings
 from serve_app.weights import LoadedSam2, WeightsSource, load_sam2
 
 log = logging.getLogger("samgraph.deployments")
@@ -48,6 +51,34 @@ def load_stage_model(model_id: str, weights: dict, device: str, torch_threads: i
     loaded = load_sam2(model_id, WeightsSource(**weights), device=device, progress=False)
     log.info("%s on %s, %d torch threads, weights %s (pid %d)", model_id, device, threads, loaded.weights, os.getpid())
     return loaded, device
+
+
+def accel_settings(accel: dict | None) -> AccelSettings:
+    """:class:`models.accel.AccelSettings` from a stage's ``accel`` dict (None: fp32 eager).
+
+    Raises:
+        ValueError: a bad precision or compile mode.
+    """
+    return AccelSettings(**(accel or {}))
+
+
+def fallback_logger(stage: str) -> Callable[[str], None]:
+    """The ``on_fallback`` of a stage's model: one warning line per speed-up given up."""
+    return lambda message: log.warning("%s falls back: %s", stage, message)
+
+
+def warm_up(stage: str, model, settings: AccelSettings) -> dict:
+    """Warm a stage's model up when compilation was asked for (``torch.compile`` is lazy), so that the
+    first request does not pay for it and any fallback happens (and is logged) at start-up; then log
+    what is in force. Returns ``model.accel_state()``."""
+    if settings.compile or settings.tensorrt:
+        t0 = time.perf_counter()
+        model.warm_up()
+        log.info("%s: warm-up (compilation) took %.1f s", stage, time.perf_counter() - t0)
+    state = model.accel_state()
+    if not settings.is_default:
+        log.info("%s: precision %s, compiler %s", stage, state["precision"], state["compiler"])
+    return state
 
 
 def check_batch_config(user_config: dict) -> tuple[int, float]:

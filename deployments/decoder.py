@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ray import serve
 
-from deployments.common import check_batch_config, load_stage_model
+from deployments.common import accel_settings, check_batch_config, fallback_logger, load_stage_model, warm_up
 from models.amg import AmgSettings, AutoMask, generate_masks
 from models.masks import encode_logits_base64, encode_masks
 from models.sam2_image import DecodeRequest, ImageFeatures, PromptSpec, Sam2MaskDecoder
@@ -38,13 +38,18 @@ class DecodeJob:
 class MaskDecoder:
     """Turns prompts on encoded images into masks; batches prompts of many requests per forward pass.
 
-    Args: as :class:`deployments.encoder.ImageEncoder`.
+    Args: as :class:`deployments.encoder.ImageEncoder` (``accel["tensorrt"]`` is ignored: TensorRT is for
+    the encoder).
     """
 
-    def __init__(self, model_id: str, weights: dict, device: str = "auto", torch_threads: int | None = None) -> None:
+    def __init__(
+        self, model_id: str, weights: dict, device: str = "auto", torch_threads: int | None = None, accel: dict | None = None
+    ) -> None:
+        settings = accel_settings({**(accel or {}), "tensorrt": False})
         loaded, self._device = load_stage_model(model_id, weights, device, torch_threads)
         loaded.model.image_encoder = None  # the decoder never runs the trunk; free its weights
-        self._decoder = Sam2MaskDecoder(loaded.model)
+        self._decoder = Sam2MaskDecoder(loaded.model, accel=settings, on_fallback=fallback_logger("MaskDecoder"))
+        warm_up("MaskDecoder", self._decoder, settings)
         self._info = {"model_id": loaded.model_id, "weights": loaded.weights, "device": self._device}
         self._requests = 0
         self._batches = 0
@@ -129,8 +134,9 @@ class MaskDecoder:
         }
 
     def info(self) -> dict:
-        """``{"model_id", "weights", "device"}`` of this replica."""
-        return dict(self._info)
+        """``{"model_id", "weights", "device", "accel"}`` of this replica (``accel``: the speed-ups in
+        force, see :meth:`models.accel.AcceleratedCall.state`)."""
+        return {**self._info, "accel": self._decoder.accel_state()}
 
     def stats(self) -> dict:
         """Work done by this replica: requests decoded and batches run."""

@@ -8,7 +8,7 @@ import time
 import numpy as np
 from ray import serve
 
-from deployments.common import check_batch_config, load_stage_model
+from deployments.common import accel_settings, check_batch_config, fallback_logger, load_stage_model, warm_up
 from models.sam2_image import ImageFeatures, Sam2ImageEncoder
 from serve_app.metrics import StageMetrics
 
@@ -25,11 +25,17 @@ class ImageEncoder:
         weights: :class:`serve_app.weights.WeightsSource` fields.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         torch_threads: torch intra-op threads for this replica (None: torch's default).
+        accel: :class:`models.accel.AccelSettings` fields (bf16, torch.compile, TensorRT); None: fp32
+            eager. Compilation happens here (a warm-up image); fallbacks are logged, one line each.
     """
 
-    def __init__(self, model_id: str, weights: dict, device: str = "auto", torch_threads: int | None = None) -> None:
+    def __init__(
+        self, model_id: str, weights: dict, device: str = "auto", torch_threads: int | None = None, accel: dict | None = None
+    ) -> None:
+        settings = accel_settings(accel)
         loaded, self._device = load_stage_model(model_id, weights, device, torch_threads)
-        self._encoder = Sam2ImageEncoder(loaded.model)
+        self._encoder = Sam2ImageEncoder(loaded.model, settings, fallback_logger("ImageEncoder"))
+        warm_up("ImageEncoder", self._encoder, settings)
         self._info = {"model_id": loaded.model_id, "weights": loaded.weights, "device": self._device}
         self._images = 0
         self._batches = 0
@@ -55,8 +61,9 @@ class ImageEncoder:
         return features
 
     def info(self) -> dict:
-        """``{"model_id", "weights", "device"}`` of this replica."""
-        return dict(self._info)
+        """``{"model_id", "weights", "device", "accel"}`` of this replica (``accel``: the speed-ups in
+        force, see :meth:`models.accel.AcceleratedCall.state`)."""
+        return {**self._info, "accel": self._encoder.accel_state()}
 
     def stats(self) -> dict:
         """Work done by this replica: images encoded, batches run, seconds spent encoding."""

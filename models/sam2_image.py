@@ -17,12 +17,13 @@ Pure torch/numpy: no file or network I/O. Weights arrive as a state dict (see ``
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from models.accel import AccelSettings, accelerate
 from models.registry import get_sam2_checkpoint
 
 #: Side of the low-resolution mask logits the decoder returns and accepts as ``mask_input``.
@@ -124,9 +125,17 @@ class Sam2ImageEncoder:
 
     Args:
         model: a ``SAM2Base`` from :func:`build_sam2_model`.
+        accel: bf16 autocast / ``torch.compile`` / TensorRT for ``model.forward_image`` (trunk, neck and
+            the high-res projections); see :mod:`models.accel`. None: fp32 eager.
+        on_fallback: called with a one-line message for each speed-up given up (the caller logs it).
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        accel: AccelSettings | None = None,
+        on_fallback: Callable[[str], None] | None = None,
+    ) -> None:
         from sam2.utils.transforms import SAM2Transforms
 
         self.model = model
@@ -134,10 +143,19 @@ class Sam2ImageEncoder:
         s = model.image_size
         # Spatial sizes of the three feature levels, as in SAM2ImagePredictor._bb_feat_sizes.
         self._feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+        self._forward_image = accelerate(model.forward_image, self.device, accel, on_fallback, "image encoder")
 
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def accel_state(self) -> dict:
+        """The speed-ups in force (see :meth:`models.accel.AcceleratedCall.state`)."""
+        return self._forward_image.state()
+
+    def warm_up(self, batch_size: int = 1) -> None:
+        """Run one batch of black images so that compilation (lazy) and any fallback happen now."""
+        self.encode_batch([np.zeros((64, 64, 3), np.uint8)] * batch_size)
 
     @torch.inference_mode()
     def encode_batch(self, images: Sequence[np.ndarray]) -> list[ImageFeatures]:
@@ -159,7 +177,7 @@ class Sam2ImageEncoder:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
                 raise ValueError(f"images[{i}] must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         batch = self.transforms.forward_batch(list(images)).to(self.device)
-        backbone_out = self.model.forward_image(batch)
+        backbone_out = self._forward_image(batch)
         _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone_out)
         if self.model.directly_add_no_mem_embed:
             vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
@@ -272,21 +290,51 @@ class Sam2MaskDecoder:
     Args:
         model: a ``SAM2Base`` from :func:`build_sam2_model`.
         settings: threshold and stability settings.
+        accel: bf16 autocast / ``torch.compile`` for the mask decoder module (``tensorrt`` is for the
+            encoder and ignored here); see :mod:`models.accel`. None: fp32 eager.
+        on_fallback: called with a one-line message for each speed-up given up (the caller logs it).
     """
 
-    def __init__(self, model: torch.nn.Module, settings: DecoderSettings | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        settings: DecoderSettings | None = None,
+        accel: AccelSettings | None = None,
+        on_fallback: Callable[[str], None] | None = None,
+    ) -> None:
         from sam2.utils.transforms import SAM2Transforms
 
         self.settings = settings or DecoderSettings()
         self.prompt_encoder = model.sam_prompt_encoder
         self.mask_decoder = model.sam_mask_decoder
+        self.image_size = int(model.image_size)
         self.transforms = SAM2Transforms(
             resolution=model.image_size, mask_threshold=self.settings.mask_threshold
         )
+        self._mask_decoder_call = accelerate(self.mask_decoder, self.device, accel, on_fallback, "mask decoder")
 
     @property
     def device(self) -> torch.device:
         return next(self.mask_decoder.parameters()).device
+
+    def accel_state(self) -> dict:
+        """The speed-ups in force (see :meth:`models.accel.AcceleratedCall.state`)."""
+        return self._mask_decoder_call.state()
+
+    def warm_up(self) -> None:
+        """Decode one click on all-zero features so that compilation (lazy) and any fallback happen now.
+
+        Only this prompt shape is compiled here; other shapes (boxes, more clicks, batches) compile on
+        first use.
+        """
+        s = self.image_size
+        zeros = ImageFeatures(
+            image_embed=np.zeros((256, s // 16, s // 16), np.float32),
+            high_res_feats=(np.zeros((32, s // 4, s // 4), np.float32), np.zeros((64, s // 8, s // 8), np.float32)),
+            orig_hw=(s, s),
+        )
+        click = PromptSpec(point_coords=np.array([[s / 2, s / 2]], np.float32), point_labels=np.array([1], np.int32))
+        self.predict(zeros, click, multimask_output=True)
 
     @torch.inference_mode()
     def predict_batch(self, requests: Sequence[DecodeRequest]) -> list[list[MaskPrediction]]:
@@ -382,9 +430,10 @@ class Sam2MaskDecoder:
 
     def _decode(self, points, mask_input, embed, high_res, multimask_output: bool, repeat_image: bool):
         """Prompt encoder + mask decoder, as ``SAM2ImagePredictor._predict`` calls them (boxes already
-        merged into ``points`` as corner clicks)."""
+        merged into ``points`` as corner clicks). Returns float32 (low-res logits, IoU) whatever the
+        precision in force."""
         sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
-        low_res, iou, _, _ = self.mask_decoder(
+        low_res, iou, _, _ = self._mask_decoder_call(
             image_embeddings=embed,
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
@@ -393,7 +442,7 @@ class Sam2MaskDecoder:
             repeat_image=repeat_image,
             high_res_features=high_res,
         )
-        return low_res, iou
+        return low_res.float(), iou.float()
 
     def upsample_logits(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         """(N, 256, 256) low-res logits -> (N, H, W) float32 logits at the original size (sam2's bilinear

@@ -142,6 +142,8 @@ class Ingress:
             "devices": {"encoder": enc["device"], "decoder": dec["device"], "embedder": emb["device"], **({"video": vid[0]["device"]} if vid else {})},
             "embedder": {"model_id": emb["model_id"], "weights": emb["weights"], "dim": emb["dim"]},
             "retriever": {"backend": ret["backend"]},
+            # speed-ups in force (after any fallback), e.g. {"precision": "bf16", "compiler": "inductor"}
+            "accel": {k: {"precision": v["accel"]["precision"], "compiler": v["accel"]["compiler"]} for k, v in (("encoder", enc), ("decoder", dec))},
         }
         if "random" in (enc["weights"], emb["weights"]):
             body["warnings"] = [RANDOM_WEIGHTS_WARNING]
@@ -542,8 +544,8 @@ def build_app(args: dict | None = None) -> serve.Application:
     preflight_clip(ClipSpec(cfg.clip.model_name, cfg.clip.pretrained), clip_source)
     store = preflight_store(cfg.retriever.path, cfg.retriever.url, cfg.retriever.api_key)
     weights = {"kind": source.kind, "checkpoint": source.checkpoint, "seed": source.seed}
-    encoder = ImageEncoder.bind(cfg.model_id, weights, cfg.encoder.device, cfg.encoder.torch_threads)
-    decoder = MaskDecoder.bind(cfg.model_id, weights, cfg.decoder.device, cfg.decoder.torch_threads)
+    encoder = ImageEncoder.bind(cfg.model_id, weights, cfg.encoder.device, cfg.encoder.torch_threads, cfg.encoder.accel())
+    decoder = MaskDecoder.bind(cfg.model_id, weights, cfg.decoder.device, cfg.decoder.torch_threads, cfg.decoder.accel())
     fader = Fader.bind(cfg.fader.strategy, cfg.fader.params, {"context_margin": cfg.fader.context_margin, "output_size": cfg.fader.output_size})
     embedder = Embedder.bind(cfg.clip.model_name, cfg.clip.pretrained, clip_source.as_dict(), cfg.clip.device, cfg.clip.torch_threads)
     retriever = Retriever.bind(**store)

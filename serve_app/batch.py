@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve_app.config import AmgDefaults, FaderArgs, RetrieverArgs, Sam2Args
+from serve_app.config import AccelArgs, AmgDefaults, FaderArgs, RetrieverArgs, Sam2Args
 from serve_app.schemas import PredictRequest
 
 log = logging.getLogger("samgraph.batch")
@@ -53,6 +53,16 @@ class StageResources(BaseModel):
     num_gpus: float = Field(default=0.0, ge=0)
     device: str = "auto"
     torch_threads: int | None = Field(default=None, ge=1)
+
+
+class Sam2StageResources(StageResources, AccelArgs):
+    """A SAM 2 stage (``decode``): resources plus bf16 / ``torch.compile`` (:class:`serve_app.config.AccelArgs`)."""
+
+
+class EncodeResources(Sam2StageResources):
+    """The ``encode`` stage: as :class:`Sam2StageResources`, plus ``tensorrt`` (as the service's encoder)."""
+
+    tensorrt: bool = False
 
 
 class ClipModelArgs(BaseModel):
@@ -85,8 +95,8 @@ class BatchArgs(Sam2Args):
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     object_store_mb: int = Field(default=2048, ge=64)
     load: StageResources = StageResources(batch_size=4, num_cpus=0.25)
-    encode: StageResources = StageResources(batch_size=1, num_cpus=1.0, torch_threads=2)
-    decode: StageResources = StageResources(batch_size=4, num_cpus=0.5, torch_threads=2)
+    encode: EncodeResources = EncodeResources(batch_size=1, num_cpus=1.0, torch_threads=2)
+    decode: Sam2StageResources = Sam2StageResources(batch_size=4, num_cpus=0.5, torch_threads=2)
     fade: StageResources = StageResources(batch_size=4, num_cpus=0.1)
     embed: StageResources = StageResources(batch_size=4, num_cpus=0.1, torch_threads=2)
     retrieve: StageResources = StageResources(batch_size=8, num_cpus=0.05)
@@ -357,9 +367,9 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
 
     ds = ray.data.from_items(data.items, override_num_blocks=max(1, min(len(data.items), 64)))
     ds = add(ds, "load", stages.LoadImages, prompts=plan.prompts, with_examples=plan.add_examples, categories=data.categories, max_image_pixels=args.max_image_pixels)
-    ds = add(ds, "encode", stages.EncodeImages, model_id=args.model_id, weights=weights, device=args.encode.device, torch_threads=args.encode.torch_threads)
+    ds = add(ds, "encode", stages.EncodeImages, model_id=args.model_id, weights=weights, device=args.encode.device, torch_threads=args.encode.torch_threads, accel=args.encode.accel())
     amg = args.amg.model_dump() if plan.prompts == "auto" else None
-    ds = add(ds, "decode", stages.DecodeMasks, model_id=args.model_id, weights=weights, device=args.decode.device, torch_threads=args.decode.torch_threads, amg=amg, max_instances=args.max_instances)
+    ds = add(ds, "decode", stages.DecodeMasks, model_id=args.model_id, weights=weights, device=args.decode.device, torch_threads=args.decode.torch_threads, accel=args.decode.accel(), amg=amg, max_instances=args.max_instances)
     if plan.predict or plan.add_examples or plan.embeddings:
         crop = {"context_margin": args.fader.context_margin, "output_size": args.fader.output_size}
         ds = add(ds, "fade", stages.FadeCrops, strategy=args.fader.strategy, params=dict(args.fader.params), crop=crop)

@@ -19,6 +19,44 @@ class StageArgs(BaseModel):
     torch_threads: int | None = Field(default=None, ge=1)
 
 
+class AccelArgs(BaseModel):
+    """Optional speed-ups of a SAM 2 image stage (see ``models/accel.py`` and the README, "GPU options").
+
+    ``precision: bf16`` runs the forward pass under ``torch.autocast(device, torch.bfloat16)``;
+    ``compile`` wraps it in ``torch.compile(mode=compile_mode, backend=compile_backend)``, compiled when
+    the replica starts (a warm-up call). What cannot be had falls back (bf16 -> fp32, compiled -> eager)
+    with one log line, and ``/readyz`` reports what is in force.
+    """
+
+    model_config = _STRICT
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
+    compile_backend: str = Field(default="inductor", min_length=1)
+
+    def accel(self) -> dict:
+        """The :class:`models.accel.AccelSettings` fields of this stage."""
+        return {
+            "precision": self.precision,
+            "compile": self.compile,
+            "compile_mode": self.compile_mode,
+            "compile_backend": self.compile_backend,
+            "tensorrt": getattr(self, "tensorrt", False),
+        }
+
+
+class Sam2StageArgs(StageArgs, AccelArgs):
+    """A SAM 2 image stage (encoder or decoder): device and threads plus :class:`AccelArgs`."""
+
+
+class EncoderArgs(Sam2StageArgs):
+    """The image encoder: as :class:`Sam2StageArgs`, plus ``tensorrt``: compile the encoder with
+    torch-tensorrt (CUDA and ``pip install -e ".[tensorrt]"``; otherwise it falls back to ``compile``
+    when that is set, else eager, with one log line)."""
+
+    tensorrt: bool = False
+
+
 class LimitArgs(BaseModel):
     """Input limits. ``max_image_pixels`` guards against decompression bombs (default 50 MP)."""
 
@@ -121,8 +159,8 @@ class AppArgs(Sam2Args):
     automatic masks scored against a text prompt.
     """
 
-    encoder: StageArgs = StageArgs()
-    decoder: StageArgs = StageArgs()
+    encoder: EncoderArgs = EncoderArgs()
+    decoder: Sam2StageArgs = Sam2StageArgs()
     video: VideoArgs = VideoArgs()
     limits: LimitArgs = LimitArgs()
     cache: CacheArgs = CacheArgs()

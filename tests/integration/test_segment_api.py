@@ -73,6 +73,8 @@ def test_health_and_readiness_report_the_checkpoint(client, tiny_checkpoint):
     assert body["embedder"]["weights"] == "random" and body["embedder"]["dim"] == 512
     assert any("meaningless" in w for w in body["warnings"])  # the test app's CLIP weights are random
     assert body["retriever"]["backend"] == "local"
+    fp32_eager = {"precision": "fp32", "compiler": "eager"}
+    assert body["accel"] == {"encoder": fp32_eager, "decoder": fp32_eager}
 
 
 def test_first_call_encodes_and_reports_everything(first_call, truck_rgb, tiny_checkpoint):
