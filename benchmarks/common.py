@@ -68,9 +68,10 @@ class Served:
 
 
 @contextmanager
-def serve_app(config: dict, env_extra: dict, ready_timeout_s: float = 300) -> Iterator[Served]:
+def serve_app(config: dict, env_extra: dict, ready_timeout_s: float = 300, keep_log: Path | None = None) -> Iterator[Served]:
     """`serve run` a copy of the Serve config ``config`` on a free 127.0.0.1 port (its own local Ray
-    cluster: ``RAY_ADDRESS=local``); yields :class:`Served` once ``/readyz`` is 200; stops it after."""
+    cluster: ``RAY_ADDRESS=local``); yields :class:`Served` once ``/readyz`` is 200; stops it after,
+    moving its log to ``keep_log`` if given."""
     import httpx
     import yaml
 
@@ -106,6 +107,8 @@ def serve_app(config: dict, env_extra: dict, ready_timeout_s: float = 300) -> It
             proc.wait()
         log.close()
         tmp.unlink(missing_ok=True)
+        if keep_log is not None:
+            os.replace(log.name, keep_log)
         Path(log.name).unlink(missing_ok=True)
 
 

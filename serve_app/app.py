@@ -213,10 +213,11 @@ class Ingress:
         return ref
 
     async def _guard(self, image_id: str, entry: CacheEntry, awaitable):
-        """Await stage calls that read the image's cached refs. Any failure drops the entry: a failed
-        encode leaves an error in place of the features (``_ready`` does not raise), and it must not
-        answer later requests; lost refs become a 404 asking for the image again. A stage that refused
-        the call (``BackPressureError``) never read the features, so the entry stays."""
+        """Await stage calls that read the image's cached refs. A failure drops the entry when its
+        features cannot be read: a failed encode leaves an error in place of the features (``_ready``
+        does not raise), and it must not answer later requests. A stage that refused the call
+        (``BackPressureError``) or failed itself (a bad request, a replica that died) leaves the entry
+        in place for the retry. Lost refs become a 404 asking for the image again."""
         try:
             return await awaitable
         except BackPressureError:
@@ -225,8 +226,18 @@ class Ingress:
             self.cache.discard(image_id, entry)
             raise ApiError(404, "image_not_cached", "the cached data of this image were lost; send the image again", "image_id") from None
         except Exception:
-            self.cache.discard(image_id, entry)
+            if not await self._features_intact(entry):
+                self.cache.discard(image_id, entry)
             raise
+
+    @staticmethod
+    async def _features_intact(entry: CacheEntry) -> bool:
+        """Whether the entry's features can be read (only asked after a failure: it fetches them)."""
+        try:
+            await (await entry.features)
+            return True
+        except Exception:
+            return False
 
     def _fade_spec(self, fade: FadeIn | None) -> dict:
         """Request fade settings over the app's defaults, validated now (422 naming the parameter)."""

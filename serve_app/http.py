@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.errors import ApiError, from_validation_error
@@ -86,8 +86,10 @@ def stage_errors(route):
 
     - ``BackPressureError``: the stage's queue at this caller is full (``max_queued_requests``);
       code ``overloaded``, ``Retry-After`` from the stage's ``backpressure_config.retry_after_s``.
-    - ``RayActorError`` (the replica died mid-request) or ``DeploymentUnavailableError`` (no replica
-      running): code ``unavailable``; Serve starts a replacement, so the request may be retried.
+    - ``RayActorError`` (the replica died mid-request), ``DeploymentUnavailableError`` (no replica
+      running), or the ``RayServeException`` Serve raises for a chained call whose upstream replica
+      died (its cause is the ``ActorDiedError``): code ``unavailable``; Serve starts a replacement, so
+      the request may be retried.
 
     Serve registers its own plain-text handlers for these exceptions on the ingress app when the
     replica starts, after ours, so they are turned into :class:`ApiError` here, inside the route.
@@ -103,6 +105,12 @@ def stage_errors(route):
                 503, "overloaded", "the service is at capacity; retry later", headers=_retry_after(e.retry_after_s)
             ) from e
         except (RayActorError, DeploymentUnavailableError) as e:
+            raise ApiError(
+                503, "unavailable", "a stage of the service is restarting; retry later", headers=_retry_after(None)
+            ) from e
+        except RayServeException as e:  # a chained call whose upstream replica died (the router's wrapper)
+            if not isinstance(e.__cause__, RayActorError):
+                raise
             raise ApiError(
                 503, "unavailable", "a stage of the service is restarting; retry later", headers=_retry_after(None)
             ) from e
