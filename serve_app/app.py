@@ -119,9 +119,14 @@ class Ingress:
         if self.video is not None:
             calls.append(self.video.info.remote())
         try:
-            enc, dec, emb, ret, fad, *vid = await asyncio.wait_for(asyncio.gather(*calls), timeout=self.args.readiness_timeout_s)
-        except Exception as e:  # timeout, replica not up yet
-            return JSONResponse({"status": "not_ready", "reason": f"{type(e).__name__}: {e}"[:300]}, status_code=503)
+            # return_exceptions: a call cancelled by the timeout leaves no "exception never retrieved" in the log
+            answers = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=self.args.readiness_timeout_s)
+        except Exception as e:  # timeout: a replica is not up yet
+            answers = [e]
+        failed = next((a for a in answers if isinstance(a, BaseException)), None)
+        if failed is not None:
+            return JSONResponse({"status": "not_ready", "reason": f"{type(failed).__name__}: {failed}"[:300]}, status_code=503)
+        enc, dec, emb, ret, fad, *vid = answers
         if (enc["model_id"], enc["weights"]) != (dec["model_id"], dec["weights"]):
             return JSONResponse({"status": "not_ready", "reason": "encoder and decoder weights differ"}, status_code=503)
         if vid and (enc["model_id"], enc["weights"]) != (vid[0]["model_id"], vid[0]["weights"]):
