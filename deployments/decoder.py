@@ -12,6 +12,7 @@ from deployments.common import check_batch_config, load_stage_model
 from models.amg import AmgSettings, AutoMask, generate_masks
 from models.masks import encode_logits_base64, encode_masks
 from models.sam2_image import DecodeRequest, ImageFeatures, PromptSpec, Sam2MaskDecoder
+from serve_app.metrics import StageMetrics
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class MaskDecoder:
         self._info = {"model_id": loaded.model_id, "weights": loaded.weights, "device": self._device}
         self._requests = 0
         self._batches = 0
+        self._metrics = StageMetrics("decode")
 
     def reconfigure(self, user_config: dict) -> None:
         size, wait = check_batch_config(user_config)
@@ -61,7 +63,10 @@ class MaskDecoder:
         and one :class:`DecodeJob`; each gets ``{"model_id", "weights", "results": [{"masks": [...]}, ...],
         "timing_ms": {...}}``.
         """
-        return await asyncio.to_thread(self._decode_sync, features, jobs)
+        t0 = time.perf_counter()
+        out = await asyncio.to_thread(self._decode_sync, features, jobs)
+        self._metrics.batch("decode", len(jobs), time.perf_counter() - t0)
+        return out
 
     def _decode_sync(self, features: list[ImageFeatures], jobs: list[DecodeJob]) -> list[dict]:
         t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from ray import serve
 from deployments.common import check_batch_config, pick_device, set_torch_threads
 from models.embedder import ClipSpec
 from serve_app.clip_weights import ClipWeightsSource, load_clip
+from serve_app.metrics import StageMetrics
 
 log = logging.getLogger("samgraph.deployments")
 
@@ -57,6 +58,7 @@ class Embedder:
         self._texts = 0
         self._batches = 0
         self._busy_s = 0.0
+        self._metrics = StageMetrics("embed_images", "embed_texts")
 
     def reconfigure(self, user_config: dict) -> None:
         size, wait = check_batch_config(user_config)
@@ -69,22 +71,24 @@ class Embedder:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def embed_images(self, crops: list[np.ndarray]) -> list[np.ndarray]:
         """Embed a batch of crops; each caller sends one (H, W, 3) uint8 RGB array, gets (dim,) float32."""
-        vectors = await self._run(self._embedder.embed_images, crops)
+        vectors = await self._run(self._embedder.embed_images, crops, "embed_images")
         self._images += len(crops)
         return vectors
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def embed_texts(self, texts: list[str]) -> list[np.ndarray]:
         """Embed a batch of texts; each caller sends one non-blank string, gets (dim,) float32."""
-        vectors = await self._run(self._embedder.embed_texts, texts)
+        vectors = await self._run(self._embedder.embed_texts, texts, "embed_texts")
         self._texts += len(texts)
         return vectors
 
-    async def _run(self, embed, items: list) -> list[np.ndarray]:
+    async def _run(self, embed, items: list, stage: str) -> list[np.ndarray]:
         t0 = time.perf_counter()
         matrix = await asyncio.to_thread(embed, items)
         assert len(matrix) == len(items)
-        self._busy_s += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self._metrics.batch(stage, len(items), dt)
+        self._busy_s += dt
         self._batches += 1
         return [row.copy() for row in matrix]
 

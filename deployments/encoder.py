@@ -10,6 +10,7 @@ from ray import serve
 
 from deployments.common import check_batch_config, load_stage_model
 from models.sam2_image import ImageFeatures, Sam2ImageEncoder
+from serve_app.metrics import StageMetrics
 
 
 @serve.deployment(name="ImageEncoder", ray_actor_options={"num_cpus": 0.8}, max_ongoing_requests=16)
@@ -33,6 +34,7 @@ class ImageEncoder:
         self._images = 0
         self._batches = 0
         self._busy_s = 0.0
+        self._metrics = StageMetrics("encode")
 
     def reconfigure(self, user_config: dict) -> None:
         size, wait = check_batch_config(user_config)
@@ -45,7 +47,9 @@ class ImageEncoder:
         t0 = time.perf_counter()
         features = await asyncio.to_thread(self._encoder.encode_batch, images)
         assert len(features) == len(images)
-        self._busy_s += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self._metrics.batch("encode", len(images), dt)
+        self._busy_s += dt
         self._images += len(images)
         self._batches += 1
         return features

@@ -13,6 +13,7 @@ from ray import serve
 from deployments.common import check_batch_config
 from models.fader import CropSettings, FadeStrategy, fade_and_crop_batch, make_fade_strategy
 from models.masks import decode_rle
+from serve_app.metrics import StageMetrics
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,6 +93,7 @@ class Fader:
         self._crops = 0
         self._batches = 0
         self._busy_s = 0.0
+        self._metrics = StageMetrics("fade")
 
     def reconfigure(self, user_config: dict) -> None:
         size, wait = check_batch_config(user_config)
@@ -107,7 +109,9 @@ class Fader:
         t0 = time.perf_counter()
         crops = await asyncio.to_thread(self.fade_jobs, jobs)
         assert len(crops) == len(jobs)
-        self._busy_s += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self._metrics.batch("fade", len(jobs), dt)
+        self._busy_s += dt
         self._jobs += len(jobs)
         self._crops += sum(len(c) for c in crops)
         self._batches += 1

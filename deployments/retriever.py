@@ -16,6 +16,7 @@ from ray import serve
 
 from deployments.common import check_batch_config
 from models.knn import Neighbor
+from serve_app.metrics import StageMetrics
 from serve_app.vectorstore import ExampleStore, UnknownCollection, as_vectors, check_collection_name, check_top_k
 
 DEFAULT_MAX_BATCH_SIZE = 32
@@ -118,6 +119,7 @@ class Retriever:
         self._queries = 0
         self._batches = 0
         self._busy_s = 0.0
+        self._metrics = StageMetrics("search")
 
     def reconfigure(self, user_config: dict) -> None:
         defaults = {"max_batch_size": DEFAULT_MAX_BATCH_SIZE, "batch_wait_timeout_s": DEFAULT_BATCH_WAIT_TIMEOUT_S}
@@ -131,7 +133,9 @@ class Retriever:
         t0 = time.perf_counter()
         results = await asyncio.to_thread(run_search_jobs, self._store, jobs)
         assert len(results) == len(jobs)
-        self._busy_s += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self._metrics.batch("search", len(jobs), dt)
+        self._busy_s += dt
         self._jobs += len(jobs)
         self._queries += sum(len(j.queries) for j in jobs)
         self._batches += 1

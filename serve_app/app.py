@@ -22,7 +22,7 @@ import time
 import numpy as np
 import ray
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -45,6 +45,14 @@ from serve_app.config import AppArgs
 from serve_app.errors import ApiError
 from serve_app.http import api, parse_body, stage_errors
 from serve_app.images import b64_to_bytes, decode_image, image_id_of
+from serve_app.metrics import (
+    EXPOSITION_CONTENT_TYPE,
+    SCRAPE_TIMEOUT_S,
+    IngressMetrics,
+    merge_exposition,
+    metrics_urls,
+    scrape_nodes,
+)
 from serve_app.schemas import (
     ExampleRequest,
     FadeIn,
@@ -99,6 +107,7 @@ class Ingress:
         self.video = video
         self.cache = EmbeddingCache(self.args.cache.max_entries, self.args.cache.max_bytes)
         self._feature_nbytes = feature_nbytes()
+        self.metrics = IngressMetrics.install()
 
     # ---------------------------------------------------------------- health
     @api.get("/healthz")
@@ -153,6 +162,21 @@ class Ingress:
         results = await asyncio.gather(*(h.stats.remote() for h in handles))
         return {"cache": self.cache.stats(), **dict(zip(names, results))}
 
+    @api.get("/metrics", include_in_schema=False)
+    async def metrics_text(self) -> Response:
+        """Prometheus text: the ``ray_samgraph_*`` and ``ray_serve_*`` families of every alive node's Ray
+        metrics agent, merged (a convenience; Prometheus should scrape the agents, see README).
+
+        Raises:
+            ApiError: 503 ``metrics_unavailable`` when no agent answers.
+        """
+        urls = metrics_urls(await asyncio.to_thread(ray.nodes))
+        bodies = await scrape_nodes(urls, SCRAPE_TIMEOUT_S) if urls else []
+        if not bodies:
+            raise ApiError(503, "metrics_unavailable", f"no Ray metrics agent answered (tried {len(urls)}: {', '.join(urls)[:200]})")
+        text = await asyncio.to_thread(merge_exposition, bodies)  # ~10 ms per node: off the event loop
+        return Response(text, media_type=EXPOSITION_CONTENT_TYPE)
+
     # ---------------------------------------------------------------- images
     async def _image(self, req, upload: bytes | None, prompts=(), field_prefix: str | None = "prompts") -> tuple[str, CacheEntry, bool, dict]:
         """The request's image as a cache entry, encoding it if new; ``prompts`` are checked against its
@@ -170,6 +194,7 @@ class Ingress:
             data = upload if upload is not None else b64_to_bytes(req.image.base64)
             image_id = image_id_of(data)
             entry = self.cache.get(image_id)  # before decoding: a known image costs no decode
+            self.metrics.cache_lookup(entry is not None)
             if entry is not None:
                 check_prompts_in_image(list(prompts), entry.width, entry.height, field_prefix)
                 return image_id, entry, True, timing
@@ -180,6 +205,7 @@ class Ingress:
             return image_id, self._start_encode(image_id, rgb), False, timing
         if req.image_id is not None:
             entry = self.cache.get(req.image_id)
+            self.metrics.cache_lookup(entry is not None)
             if entry is None:
                 raise ApiError(404, "image_not_cached", "image_id is not (or no longer) cached; send the image again", "image_id")
             check_prompts_in_image(list(prompts), entry.width, entry.height, field_prefix)
@@ -200,6 +226,7 @@ class Ingress:
             nbytes=self._feature_nbytes + rgb.nbytes,
         )
         self.cache.put(image_id, entry)
+        self.metrics.cache_size(len(self.cache), self.cache.nbytes)
         return entry
 
     async def _features(self, image_id: str, entry: CacheEntry, timing: dict) -> ray.ObjectRef:
@@ -321,6 +348,8 @@ class Ingress:
         body = {"model_id": model_id, "weights": weights, "results": results}
         if texts:
             body["embedder_weights"] = emb["weights"]
+        self.metrics.stages("/v1/segment", timing)
+        self.metrics.masks("/v1/segment", (m for r in results for m in r["masks"]))
         return self._respond(image_id, entry, cached, body, timing)
 
     def _respond(self, image_id: str, entry: CacheEntry, cached: bool, body: dict, timing: dict) -> dict:
@@ -395,6 +424,7 @@ class Ingress:
         frames_out.sort(key=lambda r: r["frame_index"])
         timing.update(_propagate_timing(frames_out))
         timing["total"] = (time.perf_counter() - t0) * 1e3
+        self.metrics.stages("/v1/segment/video", timing)
         return {**head, "frames": frames_out, "timing_ms": timing}
 
     async def _video_lines(self, request: Request, records, head: dict, timing: dict, t0: float):
@@ -417,6 +447,7 @@ class Ingress:
             records.cancel()  # a no-op once done; stops the tracker when the client went away
         timing.update(_propagate_timing(per_frame))
         timing["total"] = (time.perf_counter() - t0) * 1e3
+        self.metrics.stages("/v1/segment/video", timing)
         yield json.dumps({"type": "end", "frames": len(per_frame), "timing_ms": timing}) + "\n"
 
     # ---------------------------------------------------------------- predict
@@ -445,6 +476,9 @@ class Ingress:
             "embedder_weights": nbrs["embedder_weights"],
         }
         timing["total"] = (time.perf_counter() - t0) * 1e3
+        self.metrics.stages("/v1/predict", timing)
+        self.metrics.masks("/v1/predict", body["instances"])
+        self.metrics.label_confidences(body["instances"])
         return self._respond(image_id, entry, cached, body, timing)
 
     # ---------------------------------------------------------------- examples
@@ -475,6 +509,7 @@ class Ingress:
         except ValueError as e:  # dimension mismatch with an existing collection
             raise ApiError(409, "dimension_mismatch", str(e).splitlines()[-1][:300], "collection") from None
         timing["total"] = (time.perf_counter() - t0) * 1e3
+        self.metrics.stages("/v1/examples", timing)
         return {"ids": ids, "collection": req.collection, "label": req.label, "image_id": image_id, "area_px": area, "timing_ms": timing}
 
     def _check_mask(self, rle: dict, entry: CacheEntry) -> dict:

@@ -91,6 +91,11 @@ class EmbeddingCache:
         self.pop(key)
         return True
 
+    @property
+    def nbytes(self) -> int:
+        """Feature bytes held now."""
+        return self._bytes
+
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 

@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import math
+import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.errors import ApiError, from_validation_error
+from serve_app.metrics import ingress_metrics
 
 log = logging.getLogger("ray.serve")
 
@@ -50,11 +52,32 @@ def request_id(request: Request) -> str:
     return getattr(request.state, "request_id", None) or "-"
 
 
+def _endpoint(request: Request) -> str:
+    """The matched route's template (``/v1/examples/{example_id}``), a mount's path (``/ui``), else
+    ``unmatched``: a bounded set of label values."""
+    scope = request.scope
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    if scope.get("endpoint") is not None:  # a mount: FastAPI's router leaves no "route"; its path is in root_path
+        return scope.get("root_path", "")[len(scope.get("app_root_path", "")) :] or "mounted"
+    return "unmatched"
+
+
 @api.middleware("http")
 async def _request_id(request: Request, call_next):
+    """Request id in and out, and the request's count and latency in the ingress metrics (when built)."""
+    t0 = time.perf_counter()
     request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    response = await call_next(request)
+    try:
+        response = await call_next(request)
+    except Exception:  # answered 500 by the outermost handler
+        if (m := ingress_metrics()) is not None:
+            m.request(_endpoint(request), 500, (time.perf_counter() - t0) * 1e3)
+        raise
     response.headers["x-request-id"] = request.state.request_id
+    if (m := ingress_metrics()) is not None:
+        m.request(_endpoint(request), response.status_code, (time.perf_counter() - t0) * 1e3)
     return response
 
 

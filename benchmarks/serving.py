@@ -1,0 +1,354 @@
+"""Load benchmark: samgraph under concurrent clients against its baselines, all measured in one run.
+
+Workloads (``benchmarks/loadgen.py``): ``fresh`` (a new image with one box per request),
+``interactive`` (per client one upload, then 8 clicks on the cached image) and ``predict``
+(/v1/predict on a new photo per request), each at concurrency 1, 4 and 16, bounded in requests and time.
+
+Baselines, same seeded random weights, same torch threads, measured in this run:
+  bare        - samgraph's encoder + decoder in this process in a tight loop (JPEG decode, encode,
+                decode, RLE), batch 1 as the CPU config; the ceiling for ``fresh`` and ``interactive``;
+  naive       - Meta's SAM2ImagePredictor behind a single-worker HTTP server (set_image + predict per
+                request, ``benchmarks/naive_server.py``), driven by the same load generator;
+  one-process - SAM2AutomaticMaskGenerator + fade/crop + open_clip + numpy brute-force k-NN per photo,
+                the same automatic-mask settings and instance cap, for ``predict``.
+
+The baselines run first, then the naive server, then ``serve run`` of the config; only one of them is
+on the machine at a time. Results: benchmarks/results/serving.json and serving.png.
+
+    python -m benchmarks.serving [--workloads fresh,interactive,predict] [--concurrency 1,4,16]
+                                 [--max-seconds 120] [--config configs/serve.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from benchmarks.common import REPO, RESULTS, SHARED_DATA, free_port, serve_config, summarize, write_result
+from benchmarks.loadgen import (
+    Photo,
+    b64,
+    click_points,
+    fresh_sessions,
+    interactive_sessions,
+    load_photos,
+    predict_sessions,
+    run_load,
+    summarize_records,
+    unique_jpeg,
+)
+
+MODEL_ID = "sam2.1_hiera_tiny"
+# Random weights predict IoU near 0.5 and stability near 0: with the filters off, the grid still gives
+# masks (deduplicated by NMS) for the fader, embedder and retriever to work on. 8x8 clicks keep one
+# /v1/predict at ~10 s on 2 CPU cores so that the concurrency-16 level stays bounded.
+PREDICT_AMG = {"points_per_side": 8, "points_per_batch": 64, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.7}
+PREDICT_MAX_INSTANCES = 8
+N_CLICKS = 8
+
+
+def rgb_of(jpeg: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(jpeg)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def bare(photos: list[Photo], n_images: int, n_click_sessions: int, threads: int) -> dict:
+    """samgraph's models in this process: fresh images/s, and interactive sessions as a tight loop."""
+    import torch
+
+    from models.masks import encode_masks
+    from models.sam2_image import PromptSpec, Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
+
+    torch.set_num_threads(threads)
+    model = build_sam2_model(MODEL_ID, seed=0)
+    encoder, decoder = Sam2ImageEncoder(model), Sam2MaskDecoder(model)
+    encoder.encode(rgb_of(photos[0].jpeg))  # warm-up
+
+    fresh, t_start = [], time.perf_counter()
+    for i in range(n_images):
+        p = photos[i % len(photos)]
+        t = time.perf_counter()
+        feats = encoder.encode_batch([rgb_of(unique_jpeg(p.jpeg, i))])[0]
+        pred = decoder.predict(feats, PromptSpec(box_xyxy=np.asarray(p.box_xyxy, np.float32)), False)
+        encode_masks(pred.masks, "rle")
+        fresh.append(time.perf_counter() - t)
+    fresh_wall = time.perf_counter() - t_start
+
+    def spec(points: list[list[float]]) -> tuple[PromptSpec, bool]:
+        a = np.asarray(points, np.float32)
+        return PromptSpec(point_coords=a[:, :2], point_labels=a[:, 2].astype(np.int32)), len(a) == 1
+
+    clicks_decoder, clicks_total, n_requests, t_start = [], [], 0, time.perf_counter()
+    for s in range(n_click_sessions):
+        p = photos[s % len(photos)]
+        first, *rest = click_points(p, N_CLICKS + 1, seed=s)
+        feats = encoder.encode_batch([rgb_of(unique_jpeg(p.jpeg, 1000 + s))])[0]
+        pr, mm = spec(first)
+        encode_masks(decoder.predict(feats, pr, mm).masks, "rle")
+        n_requests += 1
+        for points in rest:
+            pr, mm = spec(points)
+            t = time.perf_counter()
+            pred = decoder.predict(feats, pr, mm)
+            t1 = time.perf_counter()
+            encode_masks(pred.masks, "rle")
+            clicks_decoder.append(t1 - t)
+            clicks_total.append(time.perf_counter() - t)
+            n_requests += 1
+    inter_wall = time.perf_counter() - t_start
+    return {
+        "fresh": {**summarize(fresh), "throughput_rps": n_images / fresh_wall},
+        "interactive": {"requests": n_requests, "throughput_rps": n_requests / inter_wall},
+        "click_decoder": summarize(clicks_decoder),
+        "click_decoder_plus_rle": summarize(clicks_total),
+    }
+
+
+def one_process_predict(photos: list[Photo], n: int, threads: int) -> dict:
+    """SAM2AutomaticMaskGenerator + fade/crop + open_clip + numpy brute-force k-NN, one photo at a time."""
+    import torch
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    from models.embedder import build_clip
+    from models.fader import CropSettings, GaussianFade, fade_and_crop_batch
+    from models.knn import brute_force_knn, normalize_rows
+    from models.masks import decode_rle
+    from models.sam2_image import build_sam2_model
+
+    torch.set_num_threads(threads)
+    sam = build_sam2_model(MODEL_ID, seed=0)
+    clip = build_clip("ViT-B-32", seed=0)
+    generator = SAM2AutomaticMaskGenerator(sam, output_mode="coco_rle", **PREDICT_AMG)
+    fade, crop = GaussianFade(sigma_px=50.0, min_fade=0.1), CropSettings(context_margin=0.2, output_size=224)
+    truck = rgb_of(photos[0].jpeg)
+    examples = normalize_rows(clip.embed_images([truck[275:850, 75:1725], truck[:600, :900]]))
+    times, n_masks = [], []
+    for i in range(n):
+        rgb = rgb_of(unique_jpeg(photos[i % len(photos)].jpeg, 2000 + i))
+        t = time.perf_counter()
+        records = generator.generate(rgb)
+        masks = [decode_rle(m["segmentation"]) for m in records[:PREDICT_MAX_INSTANCES]]
+        if masks:
+            vecs = clip.embed_images(fade_and_crop_batch([rgb] * len(masks), masks, fade, crop))
+            brute_force_knn(vecs, examples, 5)
+        times.append(time.perf_counter() - t)
+        n_masks.append(len(masks))
+    return {**summarize(times), "throughput_rps": n / sum(times), "instances": n_masks}
+
+
+def start_naive(threads: int):
+    port = free_port()
+    log = open(RESULTS / f".naive-{port}.log", "w")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.naive_server", "--port", str(port), "--threads", str(threads), "--seed", "0"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"naive server did not start; see {log.name}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return proc, url, log
+        except httpx.HTTPError:
+            time.sleep(1)
+
+
+def stop(proc, log) -> None:
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+    Path(log.name).unlink(missing_ok=True)
+
+
+def bounds(workload: str, c: int, max_seconds: float) -> tuple[int, float]:
+    """Requests and seconds for one level: enough to keep every client busy a few times over."""
+    per_client = {"fresh": 2, "interactive": 2 * (N_CLICKS + 1), "predict": 1}[workload]
+    return max(c * per_client, {"fresh": 4, "interactive": 18, "predict": 3}[workload]), max_seconds
+
+
+def sweep(url: str, workload: str, factory, levels: list[int], max_seconds: float, kinds_of: dict, offset: int) -> dict:
+    out = {}
+    for i, c in enumerate(levels):
+        n, secs = bounds(workload, c, max_seconds)
+        records, wall = asyncio.run(run_load(url, factory, c, n, secs, first_session=offset + 1000 * i))
+        level = {"all": summarize_records(records, wall)}
+        for name, kinds in kinds_of.items():
+            level[name] = summarize_records(records, wall, kinds)
+        out[str(c)] = level
+        a = level["all"]
+        print(f"  {workload:<12} c={c:<3} {a['ok']:>4}/{a['requests']:<4} ok  {a['throughput_rps']:7.3f} req/s  p50 {a.get('p50_ms', float('nan')):9.1f} ms  p95 {a.get('p95_ms', float('nan')):9.1f} ms", flush=True)
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = [w for w in ("fresh", "interactive", "predict") if w in result["samgraph"]]
+    fig, axes = plt.subplots(len(workloads), 2, figsize=(11, 3.4 * len(workloads)), squeeze=False)
+    for row, w in zip(axes, workloads):
+        for name, style in (("samgraph", "o-"), ("naive", "s--")):
+            levels = result.get(name, {}).get(w)
+            if not levels:
+                continue
+            cs = [int(c) for c in levels]
+            row[0].plot(cs, [levels[str(c)]["all"]["throughput_rps"] for c in cs], style, label=name)
+            row[1].plot(cs, [levels[str(c)]["all"].get("p50_ms", np.nan) / 1e3 for c in cs], style, label=f"{name} p50")
+            row[1].plot(cs, [levels[str(c)]["all"].get("p95_ms", np.nan) / 1e3 for c in cs], style, alpha=0.5, label=f"{name} p95")
+        base = result["bare"].get(w, {}).get("throughput_rps") if w != "predict" else result.get("one_process_predict", {}).get("throughput_rps")
+        if base:
+            row[0].axhline(base, color="gray", ls=":", label="bare model" if w != "predict" else "one process")
+        row[0].set(title=f"{w}: throughput", xlabel="concurrent clients", ylabel="requests/s", xscale="log", xticks=[1, 4, 16])
+        row[1].set(title=f"{w}: latency", xlabel="concurrent clients", ylabel="seconds", xscale="log", yscale="log", xticks=[1, 4, 16])
+        for ax in row:
+            ax.set_xticklabels(["1", "4", "16"])
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    fig.suptitle(f"samgraph vs baselines, {result['machine_note']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def ratios(result: dict) -> dict:
+    """Headline ratios and the issue's targets."""
+    r: dict = {}
+    s, b, n = result["samgraph"], result["bare"], result.get("naive", {})
+    top = lambda levels: max(levels.values(), key=lambda x: x["all"]["throughput_rps"])["all"]["throughput_rps"]  # noqa: E731
+    if "fresh" in s:
+        r["fresh_serving_efficiency"] = top(s["fresh"]) / b["fresh"]["throughput_rps"]
+        if "fresh" in n:
+            r["fresh_over_naive"] = {c: s["fresh"][c]["all"]["throughput_rps"] / n["fresh"][c]["all"]["throughput_rps"] for c in s["fresh"] if c in n["fresh"]}
+    if "interactive" in s:
+        r["interactive_serving_efficiency"] = top(s["interactive"]) / b["interactive"]["throughput_rps"]
+        if "interactive" in n:
+            r["interactive_over_naive"] = {c: s["interactive"][c]["all"]["throughput_rps"] / n["interactive"][c]["all"]["throughput_rps"] for c in s["interactive"] if c in n["interactive"]}
+        click = s["interactive"]["1"]["click"]["p50_ms"]
+        dec = b["click_decoder"]["p50_ms"]
+        r["click_p50_ms"] = click
+        r["click_p50_over_bare_decoder"] = click / dec
+        r["click_target_ms"] = 1.3 * dec + 5.0
+    if "predict" in s:
+        one = result["one_process_predict"]
+        r["predict_throughput_over_one_process"] = {c: s["predict"][c]["all"]["throughput_rps"] / one["throughput_rps"] for c in s["predict"]}
+        r["predict_best_throughput_over_one_process"] = top(s["predict"]) / one["throughput_rps"]
+        r["predict_c1_p50_speedup_over_one_process"] = one["p50_ms"] / s["predict"]["1"]["all"]["p50_ms"]
+    return r
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(REPO / "configs" / "serve.yaml"))
+    p.add_argument("--workloads", default="fresh,interactive,predict")
+    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="per level: no request starts after this")
+    p.add_argument("--bare-images", type=int, default=6)
+    p.add_argument("--bare-sessions", type=int, default=2)
+    p.add_argument("--one-process-images", type=int, default=3)
+    p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--out", default="serving")
+    args = p.parse_args()
+    workloads = args.workloads.split(",")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    photos = load_photos(SHARED_DATA)
+    app = yaml.safe_load(open(args.config))["applications"][0]["args"]
+    threads = app["encoder"].get("torch_threads") or 1
+    t_run = time.monotonic()
+
+    result: dict = {
+        "config": str(Path(args.config).relative_to(REPO)),
+        "model_id": MODEL_ID,
+        "weights": "seeded random (seed 0): real compute, meaningless masks",
+        "threads": threads,
+        "predict_settings": {"amg": PREDICT_AMG, "max_instances": PREDICT_MAX_INSTANCES, "top_k": 5},
+        "bounds": {"max_seconds_per_level": args.max_seconds, "requests_per_level": {w: {c: bounds(w, c, args.max_seconds)[0] for c in levels} for w in workloads}},
+        "machine_note": f"{os.cpu_count()} CPU cores, no GPU, SAM 2.1 tiny, {threads} torch threads",
+    }
+    print("bare model ...", flush=True)
+    result["bare"] = bare(photos, args.bare_images, args.bare_sessions, threads)
+    if "predict" in workloads:
+        print("one-process predict ...", flush=True)
+        result["one_process_predict"] = one_process_predict(photos, args.one_process_images, threads)
+    kinds = {"fresh": {}, "interactive": {"upload": ("upload",), "click": ("click",)}, "predict": {}}
+
+    if not args.skip_naive and {"fresh", "interactive"} & set(workloads):
+        print("naive server ...", flush=True)
+        proc, url, log = start_naive(threads)
+        try:
+            result["naive"] = {}
+            if "fresh" in workloads:
+                result["naive"]["fresh"] = sweep(url, "fresh", fresh_sessions(photos), levels, args.max_seconds, kinds["fresh"], 10_000)
+            if "interactive" in workloads:
+                result["naive"]["interactive"] = sweep(url, "interactive", interactive_sessions(photos, N_CLICKS, use_image_id=False), levels, args.max_seconds, kinds["interactive"], 20_000)
+        finally:
+            stop(proc, log)
+
+    print("samgraph ...", flush=True)
+    env = {"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_SEED": "0", "SAMGRAPH_DATA_DIR": str(RESULTS / ".data-serving")}
+    result["samgraph"] = {}
+    collection = f"bench{int(time.time())}"
+    with serve_config(Path(args.config), env) as url:
+        import httpx
+
+        with httpx.Client(base_url=url, timeout=600) as c:
+            if "predict" in workloads:
+                # two labelled examples in a collection of this run (the store persists between runs)
+                for label, box in (("truck", [75, 275, 1725, 850]), ("background", [0, 0, 900, 600])):
+                    c.post("/v1/examples", json={"image": {"base64": b64(photos[0].jpeg)}, "box_xyxy": box, "label": label, "collection": collection}).raise_for_status()
+        if "fresh" in workloads:
+            result["samgraph"]["fresh"] = sweep(url, "fresh", fresh_sessions(photos), levels, args.max_seconds, kinds["fresh"], 30_000)
+        if "interactive" in workloads:
+            result["samgraph"]["interactive"] = sweep(url, "interactive", interactive_sessions(photos, N_CLICKS), levels, args.max_seconds, kinds["interactive"], 40_000)
+        if "predict" in workloads:
+            body = {"collection": collection, "amg": PREDICT_AMG, "max_instances": PREDICT_MAX_INSTANCES, "top_k": 5}
+            result["samgraph"]["predict"] = sweep(url, "predict", predict_sessions(photos, body), levels, args.max_seconds, kinds["predict"], 50_000)
+        with httpx.Client(base_url=url, timeout=60) as c:
+            result["samgraph_stats"] = c.get("/v1/stats").json()
+
+    result["ratios"] = ratios(result)
+    result["run_minutes"] = (time.monotonic() - t_run) / 60
+    path = write_result(args.out, result)
+    plot(result, RESULTS / f"{args.out}.png")
+    print_table(result)
+    print(f"wrote {path} and {RESULTS / (args.out + '.png')}")
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{'system':<10} {'workload':<12} {'c':>3} {'ok/sent':>9} {'req/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}")
+    for system in ("naive", "samgraph"):
+        for w, levels in result.get(system, {}).items():
+            for c, level in levels.items():
+                a = level["all"]
+                print(f"{system:<10} {w:<12} {c:>3} {a['ok']:>4}/{a['requests']:<4} {a['throughput_rps']:>8.3f} {a.get('p50_ms', float('nan')):>9.1f} {a.get('p95_ms', float('nan')):>9.1f} {a.get('p99_ms', float('nan')):>9.1f}")
+    b = result["bare"]
+    print(f"bare       fresh {b['fresh']['throughput_rps']:.3f} img/s; interactive {b['interactive']['throughput_rps']:.3f} req/s; decoder click p50 {b['click_decoder']['p50_ms']:.1f} ms")
+    if "one_process_predict" in result:
+        o = result["one_process_predict"]
+        print(f"one-process predict {o['throughput_rps']:.4f} img/s (p50 {o['p50_ms']:.0f} ms), instances {o['instances']}")
+    for k, v in result["ratios"].items():
+        print(f"{k}: {v if not isinstance(v, float) else round(v, 3)}")
+
+
+if __name__ == "__main__":
+    main()
