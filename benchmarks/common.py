@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +58,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Served:
+    """A running `serve run`: ``url`` on 127.0.0.1, ``pid`` of the `serve run` process (its raylet, and
+    through it every Ray worker of that local cluster, descends from it)."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
-def serve_config(config_path: Path, env_extra: dict, ready_timeout_s: float = 300):
-    """`serve run` a copy of ``config_path`` on a free 127.0.0.1 port; yields the base URL; stops it after."""
+def serve_app(config: dict, env_extra: dict, ready_timeout_s: float = 300, keep_log: Path | None = None) -> Iterator[Served]:
+    """`serve run` a copy of the Serve config ``config`` on a free 127.0.0.1 port (its own local Ray
+    cluster: ``RAY_ADDRESS=local``); yields :class:`Served` once ``/readyz`` is 200; stops it after,
+    moving its log to ``keep_log`` if given."""
     import httpx
     import yaml
 
-    config = yaml.safe_load(config_path.read_text())
+    config = copy.deepcopy(config)
     port = free_port()
     config["http_options"].update({"host": "127.0.0.1", "port": port})
     tmp = RESULTS / f".serve-{port}.yaml"
@@ -82,7 +97,7 @@ def serve_config(config_path: Path, env_extra: dict, ready_timeout_s: float = 30
             except httpx.HTTPError:
                 pass
             time.sleep(2)
-        yield url
+        yield Served(url, proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -92,4 +107,55 @@ def serve_config(config_path: Path, env_extra: dict, ready_timeout_s: float = 30
             proc.wait()
         log.close()
         tmp.unlink(missing_ok=True)
+        if keep_log is not None:
+            os.replace(log.name, keep_log)
         Path(log.name).unlink(missing_ok=True)
+
+
+@contextmanager
+def serve_config(config_path: Path, env_extra: dict, ready_timeout_s: float = 300):
+    """`serve run` a copy of ``config_path`` on a free 127.0.0.1 port; yields the base URL; stops it after."""
+    import yaml
+
+    with serve_app(yaml.safe_load(config_path.read_text()), env_extra, ready_timeout_s) as served:
+        yield served.url
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _raylet(serve_pid: int) -> int:
+    for child in _children(serve_pid):
+        if _cmdline(child) and _cmdline(child)[0].endswith("/raylet"):
+            return child
+    raise RuntimeError(f"no raylet under `serve run` pid {serve_pid}")
+
+
+def gcs_address(serve_pid: int) -> str:
+    """``ip:port`` of the GCS of the local cluster a `serve run` started (read off its raylet's
+    command line), for ``ray.init(address=...)``; Linux only."""
+    for arg in _cmdline(_raylet(serve_pid)):
+        if arg.startswith("--gcs-address="):
+            return arg.split("=", 1)[1]
+    raise RuntimeError("the raylet has no --gcs-address")
+
+
+def replica_pids(serve_pid: int, deployment: str, app: str = "samgraph") -> list[int]:
+    """PIDs of the live worker processes of ``deployment``'s replicas in that cluster (their process
+    title is ``ray::ServeReplica:{app}:{deployment}``, with the method running appended); Linux only."""
+    tag = re.compile(rf"ServeReplica:{re.escape(app)}:{re.escape(deployment)}(\.|$)")
+    return sorted(pid for pid in _children(_raylet(serve_pid)) if tag.search(_cmdline(pid)[0] if _cmdline(pid) else ""))

@@ -25,6 +25,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.decoder import DecodeJob, MaskDecoder
@@ -42,7 +43,7 @@ from serve_app.cache import CacheEntry, EmbeddingCache
 from serve_app.clip_weights import ClipWeightsSource, preflight_clip
 from serve_app.config import AppArgs
 from serve_app.errors import ApiError
-from serve_app.http import api, parse_body
+from serve_app.http import api, parse_body, stage_errors
 from serve_app.images import b64_to_bytes, decode_image, image_id_of
 from serve_app.metrics import (
     EXPOSITION_CONTENT_TYPE,
@@ -127,9 +128,14 @@ class Ingress:
         if self.video is not None:
             calls.append(self.video.info.remote())
         try:
-            enc, dec, emb, ret, fad, *vid = await asyncio.wait_for(asyncio.gather(*calls), timeout=self.args.readiness_timeout_s)
-        except Exception as e:  # timeout, replica not up yet
-            return JSONResponse({"status": "not_ready", "reason": f"{type(e).__name__}: {e}"[:300]}, status_code=503)
+            # return_exceptions: a call cancelled by the timeout leaves no "exception never retrieved" in the log
+            answers = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=self.args.readiness_timeout_s)
+        except Exception as e:  # timeout: a replica is not up yet
+            answers = [e]
+        failed = next((a for a in answers if isinstance(a, BaseException)), None)
+        if failed is not None:
+            return JSONResponse({"status": "not_ready", "reason": f"{type(failed).__name__}: {failed}"[:300]}, status_code=503)
+        enc, dec, emb, ret, fad, *vid = answers
         if (enc["model_id"], enc["weights"]) != (dec["model_id"], dec["weights"]):
             return JSONResponse({"status": "not_ready", "reason": "encoder and decoder weights differ"}, status_code=503)
         if vid and (enc["model_id"], enc["weights"]) != (vid[0]["model_id"], vid[0]["weights"]):
@@ -150,6 +156,7 @@ class Ingress:
         return JSONResponse(body)
 
     @api.get("/v1/stats")
+    @stage_errors
     async def stats(self) -> dict:
         """Embedding-cache counters of this ingress replica and work counters of one replica per stage."""
         names = ("encoder", "decoder", "fader", "embedder", "retriever") + (("video",) if self.video is not None else ())
@@ -233,24 +240,38 @@ class Ingress:
                 await ref._ready()  # wait for the features without fetching them here
                 timing["encode"] = (time.perf_counter() - te) * 1e3
                 entry.ready = True
-        except Exception:
-            self.cache.pop(image_id)  # a failed encode must not stay cached
+        except Exception:  # a failed or refused encode must not stay cached: a retry encodes again
+            self.cache.discard(image_id, entry)
             raise
         timing.setdefault("encode", 0.0)
         return ref
 
-    async def _guard(self, image_id: str, awaitable):
-        """Await stage calls that read the image's cached refs. Any failure drops the entry: a failed
-        encode leaves an error in place of the features (``_ready`` does not raise), and it must not
-        answer later requests; lost refs become a 404 asking for the image again."""
+    async def _guard(self, image_id: str, entry: CacheEntry, awaitable):
+        """Await stage calls that read the image's cached refs. A failure drops the entry when its
+        features cannot be read: a failed encode leaves an error in place of the features (``_ready``
+        does not raise), and it must not answer later requests. A stage that refused the call
+        (``BackPressureError``) or failed itself (a bad request, a replica that died) leaves the entry
+        in place for the retry. Lost refs become a 404 asking for the image again."""
         try:
             return await awaitable
+        except BackPressureError:
+            raise
         except _LOST:
-            self.cache.pop(image_id)
+            self.cache.discard(image_id, entry)
             raise ApiError(404, "image_not_cached", "the cached data of this image were lost; send the image again", "image_id") from None
         except Exception:
-            self.cache.pop(image_id)
+            if not await self._features_intact(entry):
+                self.cache.discard(image_id, entry)
             raise
+
+    @staticmethod
+    async def _features_intact(entry: CacheEntry) -> bool:
+        """Whether the entry's features can be read (only asked after a failure: it fetches them)."""
+        try:
+            await (await entry.features)
+            return True
+        except Exception:
+            return False
 
     def _fade_spec(self, fade: FadeIn | None) -> dict:
         """Request fade settings over the app's defaults, validated now (422 naming the parameter)."""
@@ -285,6 +306,7 @@ class Ingress:
 
     # ---------------------------------------------------------------- segment
     @api.post("/v1/segment")
+    @stage_errors
     async def segment(self, request: Request) -> dict:
         """Masks for box/point/mask/text prompts on an uploaded or cached image. See README for the schema."""
         t0 = time.perf_counter()
@@ -306,7 +328,7 @@ class Ingress:
             generated = self.decoder.generate.remote(features, amg, self.args.text_candidates)
             crops = self.fader.fade_masks.remote(entry.image, generated, fade)
             calls += [generated, self.embedder.embed_crops.remote(crops), self.embedder.embed_text_list.remote([p.text for p in texts])]
-        outs = await self._guard(image_id, asyncio.gather(*calls))
+        outs = await self._guard(image_id, entry, asyncio.gather(*calls))
 
         geo_results, text_results = [], []
         model_id = weights = None
@@ -349,6 +371,7 @@ class Ingress:
 
     # ---------------------------------------------------------------- video
     @api.post("/v1/segment/video")
+    @stage_errors
     async def segment_video(self, request: Request):
         """Track prompted objects through a clip (MP4 or frame list); JSON, or NDJSON with ``stream``.
 
@@ -431,6 +454,7 @@ class Ingress:
 
     # ---------------------------------------------------------------- predict
     @api.post("/v1/predict")
+    @stage_errors
     async def predict(self, request: Request) -> dict:
         """Every object in the image, labelled by its nearest labelled examples in a collection."""
         t0 = time.perf_counter()
@@ -444,7 +468,7 @@ class Ingress:
         crops = self.fader.fade_masks.remote(entry.image, generated, fade)
         embedded = self.embedder.embed_crops.remote(crops)
         found = self.retriever.knn_chain.remote(req.collection, embedded, req.top_k)
-        gen, nbrs = await self._guard(image_id, asyncio.gather(generated, found))
+        gen, nbrs = await self._guard(image_id, entry, asyncio.gather(generated, found))
         timing.update({"amg": gen["timing_ms"]["amg"], **{k: nbrs["timing_ms"][k] for k in ("fade", "embed", "retrieve")}})
         body = {
             "model_id": gen["model_id"],
@@ -461,6 +485,7 @@ class Ingress:
 
     # ---------------------------------------------------------------- examples
     @api.post("/v1/examples")
+    @stage_errors
     async def add_example(self, request: Request) -> dict:
         """Store one labelled object (a prompt's best mask, or a given mask) as a few-shot example."""
         t0 = time.perf_counter()
@@ -471,7 +496,7 @@ class Ingress:
         if prompt is not None:
             features = await self._features(image_id, entry, timing)
             specs, multimask = to_prompt_specs([prompt], entry.width, entry.height)
-            out = await self._guard(image_id, self.decoder.decode.remote(features, DecodeJob(tuple(specs), tuple(multimask), "rle", 1, False)))
+            out = await self._guard(image_id, entry, self.decoder.decode.remote(features, DecodeJob(tuple(specs), tuple(multimask), "rle", 1, False)))
             rle = out["results"][0]["masks"][0]["rle"]
         else:
             rle = self._check_mask(req.mask_rle.model_dump(), entry)
@@ -482,7 +507,7 @@ class Ingress:
         embedded = self.embedder.embed_crops.remote(crops)
         payload = {"image_id": image_id, "bbox_xyxy": rle_bbox_xyxy(rle), "area_px": area}
         try:
-            ids = await self._guard(image_id, self.retriever.add_chain.remote(req.collection, embedded, [req.label], [payload]))
+            ids = await self._guard(image_id, entry, self.retriever.add_chain.remote(req.collection, embedded, [req.label], [payload]))
         except ValueError as e:  # dimension mismatch with an existing collection
             raise ApiError(409, "dimension_mismatch", str(e).splitlines()[-1][:300], "collection") from None
         timing["total"] = (time.perf_counter() - t0) * 1e3
@@ -499,6 +524,7 @@ class Ingress:
         return rle
 
     @api.get("/v1/examples")
+    @stage_errors
     async def list_examples(self, collection: str = "default", label: str | None = None, offset: str | None = None, limit: int = 100) -> dict:
         """Examples per label in a collection, and a page of their ids."""
         if not 1 <= limit <= 1000:
@@ -510,6 +536,7 @@ class Ingress:
         return {"collection": collection, "dim": info["dim"], "total": sum(counts.values()), "counts": counts, "items": items, "next_offset": next_offset}
 
     @api.delete("/v1/examples/{example_id}")
+    @stage_errors
     async def delete_example(self, example_id: str, collection: str = "default") -> dict:
         """Delete one example by id."""
         await self._collection(collection)

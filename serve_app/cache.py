@@ -84,6 +84,13 @@ class EmbeddingCache:
             self._bytes -= entry.nbytes
         return entry
 
+    def discard(self, key: str, entry: CacheEntry) -> bool:
+        """Remove ``key`` only if it still holds ``entry`` (not a newer entry put since); True if removed."""
+        if self._entries.get(key) is not entry:
+            return False
+        self.pop(key)
+        return True
+
     @property
     def nbytes(self) -> int:
         """Feature bytes held now."""

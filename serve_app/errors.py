@@ -13,14 +13,18 @@ class ApiError(Exception):
         code: stable machine-readable code, e.g. ``invalid_image``.
         message: what is wrong and the rule broken.
         field: the request field at fault (``prompts[0].box_xyxy``), or None.
+        headers: extra response headers, e.g. ``{"Retry-After": "2"}`` on a 503.
     """
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers
 
     def body(self, request_id: str | None = None) -> dict:
         err = {"code": self.code, "message": self.message, "field": self.field}

@@ -1,11 +1,14 @@
 """The FastAPI app object, its error handlers and request-body parsing (JSON or multipart).
 
 Every error leaves as ``{"error": {"code", "message", "field", "request_id"}}``; unexpected ones are
-logged with the request id and answered 500 without a stack trace.
+logged with the request id and answered 500 without a stack trace. A stage that refuses work (its queue
+is full) or has no live replica gives a 503 with ``Retry-After`` (:func:`stage_errors`).
 """
 
+import functools
 import json
 import logging
+import math
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.errors import ApiError, from_validation_error
@@ -78,7 +83,62 @@ async def _request_id(request: Request, call_next):
 
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(request_id(request)), status_code=exc.status)
+    if exc.status >= 500 and exc.__cause__ is not None:  # one line with the cause, no stack trace
+        cause = str(exc.__cause__).strip().splitlines()
+        log.warning(
+            "request %s: %d %s: %s: %s",
+            request_id(request),
+            exc.status,
+            exc.code,
+            type(exc.__cause__).__name__,
+            cause[0][:300] if cause else "",
+        )
+    return JSONResponse(exc.body(request_id(request)), status_code=exc.status, headers=exc.headers)
+
+
+#: Retry-After (s) of a refusal whose stage sets no ``backpressure_config.retry_after_s``.
+DEFAULT_RETRY_AFTER_S = 1.0
+
+
+def _retry_after(seconds: float | None) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(DEFAULT_RETRY_AFTER_S if seconds is None else seconds)))}
+
+
+def stage_errors(route):
+    """Route decorator: a stage that cannot take the request answers 503 JSON with ``Retry-After``.
+
+    - ``BackPressureError``: the stage's queue at this caller is full (``max_queued_requests``);
+      code ``overloaded``, ``Retry-After`` from the stage's ``backpressure_config.retry_after_s``.
+    - ``RayActorError`` (the replica died mid-request), ``DeploymentUnavailableError`` (no replica
+      running), or the ``RayServeException`` Serve raises for a chained call whose upstream replica
+      died (its cause is the ``ActorDiedError``): code ``unavailable``; Serve starts a replacement, so
+      the request may be retried.
+
+    Serve registers its own plain-text handlers for these exceptions on the ingress app when the
+    replica starts, after ours, so they are turned into :class:`ApiError` here, inside the route.
+    The cause is logged with the request id by the ApiError handler, without a stack trace.
+    """
+
+    @functools.wraps(route)
+    async def guarded(*args, **kwargs):
+        try:
+            return await route(*args, **kwargs)
+        except BackPressureError as e:
+            raise ApiError(
+                503, "overloaded", "the service is at capacity; retry later", headers=_retry_after(e.retry_after_s)
+            ) from e
+        except (RayActorError, DeploymentUnavailableError) as e:
+            raise ApiError(
+                503, "unavailable", "a stage of the service is restarting; retry later", headers=_retry_after(None)
+            ) from e
+        except RayServeException as e:  # a chained call whose upstream replica died (the router's wrapper)
+            if not isinstance(e.__cause__, RayActorError):
+                raise
+            raise ApiError(
+                503, "unavailable", "a stage of the service is restarting; retry later", headers=_retry_after(None)
+            ) from e
+
+    return guarded
 
 
 @api.exception_handler(RequestValidationError)

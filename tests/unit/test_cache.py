@@ -148,6 +148,20 @@ def test_pop_is_not_an_eviction():
     assert (cache.hits, cache.misses) == (0, 0)
 
 
+def test_discard_removes_only_the_same_entry():
+    """A failed encode drops its own entry, never a newer one a retry put under the same key."""
+    cache = EmbeddingCache(max_entries=5, max_bytes=100)
+    failed, retried = _entry(10, "failed"), _entry(10, "retried")
+    cache.put("a", failed)
+    cache.put("a", retried)
+    assert cache.discard("a", failed) is False
+    assert "a" in cache and cache.stats()["bytes"] == 10
+    assert cache.discard("a", retried) is True
+    assert "a" not in cache and cache.stats()["bytes"] == 0
+    assert cache.discard("a", retried) is False
+    assert (cache.hits, cache.misses, cache.evictions) == (0, 0, 0)
+
+
 @pytest.mark.parametrize("max_entries, max_bytes", [(0, 10), (-1, 10), (10, 0), (10, -5)])
 def test_bounds_below_one_rejected(max_entries, max_bytes):
     with pytest.raises(ValueError):

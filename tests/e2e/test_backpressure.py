@@ -1,0 +1,163 @@
+"""Overload: a burst over the queues' bounds is refused at once with 503 + Retry-After, never queued
+without bound, and the service answers normally afterwards.
+
+configs/serve.yaml with tight queues, run by `serve run` in a subprocess (its own local Ray cluster):
+- Ingress: max_ongoing_requests 6, max_queued_requests 2 -> past 8 requests in flight the HTTP proxy
+  refuses (plain-text 503 from Serve, with Retry-After from ``backpressure_config``);
+- ImageEncoder: max_ongoing_requests 1, max_queued_requests 1 -> past 2 encodes in flight the ingress
+  gets ``BackPressureError`` and answers 503 JSON ``overloaded``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from models.masks import decode_rle
+from tests.conftest import REPO
+from tests.integration.conftest import free_port
+
+BURST = 12
+SIZE = 64  # px; the encoder resizes to 1024², so each fresh image costs a full encode (~3 s on 2 cores)
+
+
+def _limits(config: dict) -> dict:
+    app = config["applications"][0]
+    by_name = {d["name"]: d for d in app["deployments"]}
+    by_name["Ingress"].update(max_ongoing_requests=6, max_queued_requests=2, backpressure_config={"retry_after_s": 2})
+    by_name["ImageEncoder"].update(
+        max_ongoing_requests=1, max_queued_requests=1, backpressure_config={"retry_after_s": 3}
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory):
+    """configs/serve.yaml with tight queues on a free port, SAMGRAPH_WEIGHTS=random; the base URL."""
+    tmp = tmp_path_factory.mktemp("backpressure")
+    config = _limits(yaml.safe_load((REPO / "configs" / "serve.yaml").read_text()))
+    port = free_port()
+    config["http_options"]["port"] = port
+    path = tmp / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {
+        **os.environ,
+        "SAMGRAPH_WEIGHTS": "random",
+        "SAMGRAPH_DATA_DIR": str(tmp / "data"),
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_ADDRESS": "local",
+    }
+    log = open(tmp / "serve.log", "w")
+    serve_bin = str(Path(sys.executable).parent / "serve")
+    proc = subprocess.Popen(
+        [serve_bin, "run", str(path)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, f"serve run exited: {(tmp / 'serve.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"not ready in 240 s: {(tmp / 'serve.log').read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        yield url, tmp / "serve.log"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # serve run cleans up the app and its local cluster
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _png(seed: int) -> str:
+    rgb = np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _body(seed: int) -> dict:
+    return {"image": {"base64": _png(seed)}, "prompts": [{"box_xyxy": [8, 8, 56, 56]}]}
+
+
+async def _burst(url: str, seeds: list[int]) -> list[tuple[httpx.Response, float]]:
+    async def one(client: httpx.AsyncClient, seed: int):
+        t0 = time.perf_counter()
+        r = await client.post("/v1/segment", json=_body(seed), headers={"x-request-id": f"burst-{seed}"})
+        return r, time.perf_counter() - t0
+
+    limits = httpx.Limits(max_connections=len(seeds))
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        return await asyncio.gather(*(one(client, s) for s in seeds))
+
+
+def _check_mask(body: dict) -> None:
+    mask = body["results"][0]["masks"][0]
+    assert mask["rle"]["size"] == [SIZE, SIZE]
+    assert int(decode_rle(mask["rle"]).sum()) == mask["area_px"]
+
+
+def test_burst_is_refused_fast_and_the_service_recovers(tight):
+    url, log_path = tight
+    seeds = list(range(100, 100 + BURST))
+    results = asyncio.run(_burst(url, seeds))
+
+    def is_json(r: httpx.Response) -> bool:
+        return r.headers.get("content-type", "").startswith("application/json")
+
+    accepted = [(r, t) for r, t in results if r.status_code == 200]
+    refused_json = [(r, t) for r, t in results if r.status_code == 503 and is_json(r)]
+    refused_proxy = [(r, t) for r, t in results if r.status_code == 503 and not is_json(r)]
+    assert len(accepted) + len(refused_json) + len(refused_proxy) == BURST, [
+        (r.status_code, r.text[:200]) for r, _ in results
+    ]
+    # the encoder takes 1 running + 1 queued; a third only if the first encode ends within the burst
+    assert 1 <= len(accepted) <= 3, [r.status_code for r, _ in results]
+    assert refused_json, "no stage refusal reached the ingress"
+    for r, _ in accepted:
+        _check_mask(r.json())
+    for r, _ in refused_json:
+        err = r.json()["error"]
+        assert err["code"] == "overloaded" and err["field"] is None and err["request_id"].startswith("burst-")
+        assert r.headers["retry-after"] == "3"  # the encoder's backpressure_config
+        assert "Traceback" not in r.text
+    for r, _ in refused_proxy:  # past the ingress queue the HTTP proxy answers itself
+        assert "backpressure" in r.text and r.headers["retry-after"] == "2"
+    slowest_refusal = max(t for _, t in refused_json + refused_proxy)
+    fastest_accept = min(t for _, t in accepted)
+    assert slowest_refusal < 2.0, slowest_refusal
+    assert fastest_accept > slowest_refusal, (fastest_accept, slowest_refusal)
+
+    # A refused image is not left poisoned in the cache: sent again, it is encoded and answered.
+    refused_seed = int(refused_json[0][0].json()["error"]["request_id"].removeprefix("burst-"))
+    with httpx.Client(base_url=url, timeout=120) as client:
+        again = client.post("/v1/segment", json=_body(refused_seed))
+        assert again.status_code == 200, again.text
+        assert again.json()["encode_cached"] is False
+        _check_mask(again.json())
+        click = client.post(
+            "/v1/segment", json={"image_id": again.json()["image_id"], "prompts": [{"points": [[32, 32, "fg"]]}]}
+        )
+        assert click.status_code == 200 and click.json()["encode_cached"] is True
+        assert client.get("/readyz").json()["status"] == "ready"
+    log = log_path.read_text()
+    assert "burst-" in log and "overloaded" in log  # refusals are logged with their request id

@@ -1,0 +1,138 @@
+"""serve_app.http.stage_errors: refusals and dead replicas of a stage become 503 JSON with Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from ray.exceptions import ActorDiedError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
+
+from serve_app.errors import ApiError
+from serve_app.http import stage_errors
+
+
+def _route(exc: Exception | None):
+    @stage_errors
+    async def route(self, x: int) -> dict:
+        if exc is not None:
+            raise exc
+        return {"x": x}
+
+    return route
+
+
+def _raised(exc: Exception) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        asyncio.run(_route(exc)(None, x=1))
+    return info.value
+
+
+def test_passes_results_and_other_errors_through():
+    assert asyncio.run(_route(None)(None, x=3)) == {"x": 3}
+    with pytest.raises(ValueError):
+        asyncio.run(_route(ValueError("bad"))(None, x=1))
+    bad_request = ApiError(422, "invalid_request", "x: bad", "x")
+    assert _raised(bad_request) is bad_request
+
+
+@pytest.mark.parametrize(("retry_after_s", "header"), [(None, "1"), (2, "2"), (0.2, "1"), (4.5, "5")])
+def test_backpressure_is_503_overloaded_with_retry_after(retry_after_s, header):
+    err = _raised(BackPressureError(num_queued_requests=1, max_queued_requests=1, retry_after_s=retry_after_s))
+    assert (err.status, err.code, err.field) == (503, "overloaded", None)
+    assert err.headers == {"Retry-After": header}
+    assert err.body("rid") == {
+        "error": {"code": "overloaded", "message": err.message, "field": None, "request_id": "rid"}
+    }
+    assert isinstance(err.__cause__, BackPressureError)  # logged, one line, by the ApiError handler
+
+
+def _upstream_died() -> RayServeException:
+    """What Serve's router raises for a chained call whose upstream replica died."""
+    e = RayServeException("Request to deployment 'Retriever' failed because an upstream actor died")
+    e.__cause__ = ActorDiedError()
+    return e
+
+
+@pytest.mark.parametrize("exc", [ActorDiedError(), DeploymentUnavailableError("samgraph#Embedder"), _upstream_died()])
+def test_dead_or_missing_replica_is_503_unavailable(exc):
+    err = _raised(exc)
+    assert (err.status, err.code) == (503, "unavailable")
+    assert err.headers == {"Retry-After": "1"}
+
+
+def test_other_serve_errors_pass_through():
+    with pytest.raises(RayServeException):
+        asyncio.run(_route(RayServeException("something else"))(None, x=1))
+
+
+def test_keeps_the_route_signature_for_fastapi():
+    import inspect
+
+    route = _route(None)
+    assert list(inspect.signature(route).parameters) == ["self", "x"]
+    assert route.__qualname__.endswith("route") and inspect.iscoroutinefunction(route)
+
+
+# --- the ingress's cache entries after a failed stage call -----------------------------------------
+
+
+class _FakeIngress:
+    """What Ingress._features and Ingress._guard use: the cache and the features check."""
+
+    def __init__(self, intact: bool) -> None:
+        from serve_app.cache import EmbeddingCache
+
+        self.cache = EmbeddingCache(max_entries=4, max_bytes=1000)
+        self.intact = intact
+
+    async def _features_intact(self, entry) -> bool:
+        return self.intact
+
+
+def _ingress_method(name: str):
+    from serve_app.app import Ingress
+
+    return getattr(Ingress.func_or_class, name)
+
+
+async def _failing(exc: Exception):
+    raise exc
+
+
+def _entry(features=None):
+    from serve_app.cache import CacheEntry
+
+    return CacheEntry(features=features, width=8, height=8, nbytes=10)
+
+
+@pytest.mark.parametrize(
+    ("exc", "intact", "kept"),
+    [
+        (BackPressureError(num_queued_requests=1, max_queued_requests=1), False, True),  # refused: never read the features
+        (ActorDiedError(), True, True),  # the stage died, the features are fine
+        (ValueError("dimension mismatch"), True, True),
+        (ActorDiedError(), False, False),  # the encode behind the features failed
+        (RuntimeError("encoder failed"), False, False),
+    ],
+)
+def test_guard_drops_the_entry_only_when_its_features_are_bad(exc, intact, kept):
+    ingress, entry = _FakeIngress(intact), _entry()
+    ingress.cache.put("img", entry)
+    with pytest.raises(type(exc)):
+        asyncio.run(_ingress_method("_guard")(ingress, "img", entry, _failing(exc)))
+    assert ("img" in ingress.cache) is kept
+
+
+def test_a_refused_encode_leaves_no_entry():
+    async def go(ingress):
+        refused = asyncio.get_running_loop().create_future()
+        refused.set_exception(BackPressureError(num_queued_requests=1, max_queued_requests=1))
+        entry = _entry(refused)
+        ingress.cache.put("img", entry)
+        with pytest.raises(BackPressureError):
+            await _ingress_method("_features")(ingress, "img", entry, {})
+
+    ingress = _FakeIngress(intact=False)
+    asyncio.run(go(ingress))
+    assert "img" not in ingress.cache  # the retry encodes again
