@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.masks import encode_rle_batch, rle_area, rle_bbox_xyxy
+from models.masks import encode_rle_batch
 from models.sam2_image import ImageFeatures, Sam2MaskDecoder
 
 
@@ -108,7 +108,7 @@ def generate_masks(decoder: Sam2MaskDecoder, features: ImageFeatures, settings: 
     thr = decoder.settings.mask_threshold
     points = grid_points(settings.points_per_side, features.orig_hw)
     rles: list[dict] = []
-    boxes, ious, stabilities, origins = [], [], [], []
+    boxes, ious, stabilities, origins, mask_areas = [], [], [], [], []
     for start in range(0, len(points), settings.points_per_batch):
         batch = points[start : start + settings.points_per_batch]
         low_res, iou = decoder.decode_points(features, batch, multimask_output=True)
@@ -123,12 +123,14 @@ def generate_masks(decoder: Sam2MaskDecoder, features: ImageFeatures, settings: 
         keep = stability >= settings.stability_score_thresh if settings.stability_score_thresh > 0 else torch.ones_like(stability, dtype=torch.bool)
         masks = logits[keep] > thr
         del logits
-        big = masks.flatten(1).sum(1) >= max(settings.min_area_px, 1)  # an empty mask is no object
+        areas = masks.sum(dim=(1, 2))  # no flatten: the masks are column-major views (see upsample_logits)
+        big = areas >= max(settings.min_area_px, 1)  # an empty mask is no object
         keep_idx = keep.nonzero()[:, 0][big]
         masks = masks[big]
         if not len(masks):
             continue
         boxes.append(batched_mask_to_box(masks).float())
+        mask_areas.append(areas[big])
         ious.append(iou[keep_idx])
         stabilities.append(stability[keep_idx])
         origins.append(clicks[keep_idx.cpu().numpy()])
@@ -138,11 +140,13 @@ def generate_masks(decoder: Sam2MaskDecoder, features: ImageFeatures, settings: 
     all_boxes, all_ious = torch.cat(boxes), torch.cat(ious)
     order = batched_nms(all_boxes, all_ious, torch.zeros(len(all_boxes), device=all_boxes.device), settings.box_nms_thresh)
     all_stab, all_pts = torch.cat(stabilities), np.concatenate(origins)
+    # sam2's boxes hold the last row/column; ours are pixel-edge (+1), as rle_bbox_xyxy gives them
+    all_areas, edge_boxes = torch.cat(mask_areas).tolist(), (all_boxes + all_boxes.new_tensor([0, 0, 1, 1])).int().tolist()
     return [
         AutoMask(
             rle=rles[i],
-            area_px=rle_area(rles[i]),
-            bbox_xyxy=rle_bbox_xyxy(rles[i]),
+            area_px=int(all_areas[i]),
+            bbox_xyxy=edge_boxes[i],
             predicted_iou=float(all_ious[i]),
             stability_score=float(all_stab[i]),
             point_xy=[float(v) for v in all_pts[i]],

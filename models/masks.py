@@ -109,6 +109,17 @@ def _check_2d(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
+def mask_area_bbox(mask: np.ndarray) -> tuple[int, list[int]]:
+    """Pixel count and tight box of an (H, W) bool mask, as :func:`rle_area` and :func:`rle_bbox_xyxy`
+    give for its RLE ([x0, y0, x1, y1], pixel-edge convention; [0, 0, 0, 0] when empty), without decoding
+    an RLE (which costs as much as its run count: long for speckled masks)."""
+    cols = np.flatnonzero(_check_2d(mask).any(axis=0))
+    if not len(cols):
+        return 0, [0, 0, 0, 0]
+    rows = np.flatnonzero(mask.any(axis=1))
+    return int(np.count_nonzero(mask)), [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
 def _coded(rle: dict) -> dict:
     counts = rle["counts"]
     return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
@@ -130,9 +141,11 @@ def encode_masks(masks: np.ndarray, mask_format: str) -> list[dict]:
     """
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}; got {mask_format!r}")
+    rles = encode_rle_batch(masks) if mask_format == "rle" else [None] * len(masks)
     out = []
-    for mask, rle in zip(masks, encode_rle_batch(masks)):
-        item: dict = {"area_px": rle_area(rle), "bbox_xyxy": rle_bbox_xyxy(rle)}
+    for mask, rle in zip(masks, rles):
+        area, box = mask_area_bbox(mask)
+        item: dict = {"area_px": area, "bbox_xyxy": box}
         if mask_format == "rle":
             item["rle"] = rle
         elif mask_format == "png":

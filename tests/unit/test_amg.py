@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.amg import AmgSettings, generate_masks, grid_points
-from models.masks import decode_rle
+from models.masks import decode_rle, rle_area, rle_bbox_xyxy
 from tests.conftest import MODEL_ID, SEED, mask_iou, shared_file
 
 
@@ -55,6 +55,7 @@ def test_equals_sam2_automatic_mask_generator(model, features, dog_rgb, nms):
         assert a.predicted_iou == pytest.approx(b["predicted_iou"], abs=1e-4)
         assert a.stability_score == pytest.approx(b["stability_score"], abs=1e-4)
         assert a.point_xy == pytest.approx(b["point_coords"][0], abs=1e-3)
+        assert (a.area_px, a.bbox_xyxy) == (rle_area(a.rle), rle_bbox_xyxy(a.rle))  # taken from the mask array
         areas.add(a.area_px)
     assert len(areas) == len(ours)  # every mask differs: the comparison is not of one repeated mask
 

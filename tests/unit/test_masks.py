@@ -333,3 +333,20 @@ def test_interior_point_is_farthest_from_the_border():
     assert interior_point(m) == (4, 4)
     with pytest.raises(ValueError, match="empty"):
         interior_point(np.zeros((4, 4), bool))
+
+
+def test_mask_area_bbox_equals_pycocotools_on_speckled_masks():
+    """Area and box from the array equal pycocotools' from the RLE, for row- and column-major storage."""
+    from models.masks import mask_area_bbox, rle_area, rle_bbox_xyxy
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((4, 37, 53)) > 0.97
+    masks[1] = False  # empty
+    masks[2] = False
+    masks[2, 36, 52] = True  # the last pixel alone
+    column_major = np.ascontiguousarray(masks.transpose(0, 2, 1)).transpose(0, 2, 1)
+    for stored in (masks, column_major):
+        for m, rle in zip(stored, encode_rle_batch(stored)):
+            assert mask_area_bbox(m) == (rle_area(rle), rle_bbox_xyxy(rle))
+            np.testing.assert_array_equal(decode_rle(rle), m)
+    assert mask_area_bbox(masks[2]) == (1, [52, 36, 53, 37])
