@@ -58,6 +58,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_group(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGINT to the process group of ``proc`` (started with ``start_new_session=True``); SIGKILL after
+    ``timeout_s`` seconds. `serve run` cleans up its app and local cluster on SIGINT."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @dataclass
 class Served:
     """A running `serve run`: ``url`` on 127.0.0.1, ``pid`` of the `serve run` process (its raylet, and
@@ -99,12 +110,7 @@ def serve_app(config: dict, env_extra: dict, ready_timeout_s: float = 300, keep_
             time.sleep(2)
         yield Served(url, proc.pid)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, 60)
         log.close()
         tmp.unlink(missing_ok=True)
         if keep_log is not None:

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import io
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from benchmarks.common import REPO, RESULTS, SHARED_DATA, free_port, serve_config, summarize, write_result
+from benchmarks.common import REPO, RESULTS, SHARED_DATA, free_port, serve_config, stop_group, summarize, write_result
 from benchmarks.loadgen import (
     Photo,
     b64,
@@ -170,12 +169,7 @@ def start_naive(threads: int):
 
 
 def stop(proc, log) -> None:
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_group(proc, 30)
     log.close()
     Path(log.name).unlink(missing_ok=True)
 
