@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -119,6 +120,7 @@ STAGES = {
         Stage("retriever", "Retriever", "jobs", [1, 8, None], [1]),
     )
 }
+UNITS = {s.key: s.unit for s in STAGES.values()}
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -620,26 +622,52 @@ def print_table(rows: list[dict]) -> None:
 
 
 def plot(rows: list[dict], units: dict[str, str], path: Path) -> None:
+    """One panel per stage: throughput per setting (bars; the config's in orange) and the bare model's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     stages = list(dict.fromkeys(r["stage"] for r in rows))
-    fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3.4), squeeze=False)
-    for ax, stage in zip(axes[0], stages):
+    cols = min(3, len(stages))
+    nrows = math.ceil(len(stages) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False)
+    for ax in axes.flat[len(stages) :]:
+        ax.axis("off")
+    for ax, stage in zip(axes.flat, stages):
         mine = [r for r in rows if r["stage"] == stage and "items_per_s" in r]
         x = np.arange(len(mine))
-        ax.bar(x, [r["items_per_s"] for r in mine], color=["tab:orange" if r["is_config_default"] else "tab:blue" for r in mine], label="Serve stage")
-        ax.plot(x, [r["bare"]["items_per_s"] for r in mine], "k_", markersize=18, mew=2, label="bare, same batch")
-        ax.set_xticks(x, [r["setting"] for r in mine], rotation=45, ha="right", fontsize=8)
-        ax.set_title(stage, fontsize=10)
+        colors = ["tab:orange" if r["is_config_default"] else "tab:blue" for r in mine]
+        ax.bar(x, [r["items_per_s"] for r in mine], color=colors)
+        ax.plot(x, [r["bare"]["items_per_s"] for r in mine], "k_", markersize=20, mew=2)
+        ax.set_xticks(x, [r["setting"] for r in mine], fontsize=8)
+        ax.set_title(f"{stage} ({mine[0]['deployment'] if mine else ''})", fontsize=10)
         ax.set_ylabel(f"{units[stage]}/s", fontsize=9)
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("Per-stage throughput (orange: config setting; b = max_batch_size, r = replicas)", fontsize=10)
-    fig.tight_layout()
+    handles = [
+        Patch(color="tab:blue", label="Serve stage"),
+        Patch(color="tab:orange", label="Serve stage, config setting"),
+        Line2D([], [], color="k", marker="_", linestyle="", markersize=14, mew=2, label="bare model, same batch"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle("Throughput of each stage alone (b = max_batch_size, r = replicas)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def report(payload: dict) -> None:
+    """Print the table and the capacities of a result payload."""
+    print_table(payload["rows"])
+    k = payload["k_masks_per_image"]
+    print(f"\nrequests/s each stage alone could serve (K = {k} masks per image; best setting / config setting):")
+    for workload, c in payload["capacity"].items():
+        parts = [
+            f"{s} {c['requests_per_s_best'].get(s, float('nan')):.3g} / {c['requests_per_s_config'].get(s, float('nan')):.3g}"
+            for s in c["items_per_request"]
+        ]
+        print(f"  /v1/{workload}: " + ", ".join(parts) + f"  -> bottleneck: {c['bottleneck_best']} (config: {c['bottleneck_config']})")
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -693,7 +721,13 @@ def main() -> None:
     ap.add_argument("--num-cpus", type=float, default=2, help="CPUs of the local Ray")
     ap.add_argument("--amg-as-config", action="store_true", help="keep the config's AMG filters (with random weights nothing survives them)")
     ap.add_argument("--name", default="stage_scaling")
+    ap.add_argument("--replot", action="store_true", help="only print the table and redraw the plot of results/<name>.json")
     args = ap.parse_args()
+    if args.replot:
+        payload = json.loads((RESULTS / f"{args.name}.json").read_text())
+        report(payload)
+        plot(payload["rows"], UNITS, RESULTS / f"{args.name}.png")
+        return
 
     keys = [k.strip() for k in args.stages.split(",") if k.strip()]
     keys = [stage_key(k) or k for k in keys]
@@ -739,33 +773,27 @@ def main() -> None:
                 bare.close()
     wall = time.perf_counter() - t_start
 
-    print()
-    print_table(rows)
     caps = capacities(rows, args.k)
-    print(f"\nrequests/s each stage alone could serve (K = {args.k} masks per image; best setting / config setting):")
-    for workload, c in caps.items():
-        parts = [f"{s} {c['requests_per_s_best'].get(s, float('nan')):.2f} / {c['requests_per_s_config'].get(s, float('nan')):.2f}" for s in c["items_per_request"]]
-        print(f"  /v1/{workload}: " + ", ".join(parts) + f"  -> bottleneck: {c['bottleneck_best']} (config: {c['bottleneck_config']})")
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = RESULTS / f"{args.name}.png"
-    plot(rows, {s.key: s.unit for s in STAGES.values()}, png)
-    path = write_result(
-        args.name,
-        {
-            "config": str(Path(args.config).resolve().relative_to(REPO)) if Path(args.config).resolve().is_relative_to(REPO) else args.config,
-            "overrides": args.set,
-            "weights": "random (seed 0)",
-            "k_masks_per_image": args.k,
-            "amg": dataclasses.asdict(inp.amg),
-            "seconds": args.seconds,
-            "slow_factor": args.slow_factor,
-            "min_calls": args.min_calls,
-            "num_cpus": args.num_cpus,
-            "wall_s": wall,
-            "rows": rows,
-            "capacity": caps,
-        },
-    )
+    plot(rows, UNITS, png)
+    payload = {
+        "config": str(Path(args.config).resolve().relative_to(REPO)) if Path(args.config).resolve().is_relative_to(REPO) else args.config,
+        "overrides": args.set,
+        "weights": "random (seed 0)",
+        "k_masks_per_image": args.k,
+        "amg": dataclasses.asdict(inp.amg),
+        "seconds": args.seconds,
+        "slow_factor": args.slow_factor,
+        "min_calls": args.min_calls,
+        "num_cpus": args.num_cpus,
+        "wall_s": wall,
+        "rows": rows,
+        "capacity": caps,
+    }
+    path = write_result(args.name, payload)
+    print()
+    report(payload)
     print(f"wrote {path} and {png} in {wall / 60:.1f} min")
 
 
