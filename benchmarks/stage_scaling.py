@@ -45,7 +45,7 @@ mask survives and AMG skips its upsampling and RLE work.
 The Retriever stays at one replica: embedded Qdrant (a data folder) allows one client per folder; more
 replicas need a Qdrant server (SAMGRAPH_QDRANT_URL), which this program does not start.
 
-    python -m benchmarks.stage_scaling [--stages encoder,embedder] [--seconds 10] [--min-calls 6]
+    python -m benchmarks.stage_scaling [--stages encoder,embedder] [--seconds 8] [--min-calls 6] [--replot]
         [--set Embedder.num_replicas=2] [--batch Embedder=1,8,32] [--replicas Embedder=1,2] [--k 8]
 
 Writes benchmarks/results/stage_scaling.json and benchmarks/results/stage_scaling.png.
