@@ -187,6 +187,7 @@ async def run_load(
     max_seconds: float,
     request_timeout_s: float = 900.0,
     first_session: int = 0,
+    honor_retry_after: bool = True,
 ) -> tuple[list[Record], float]:
     """Drive ``concurrency`` closed-loop clients; returns (records, wall seconds from first send to last answer).
 
@@ -197,6 +198,9 @@ async def run_load(
         max_requests: no request is started after this many (>= 1).
         max_seconds: no request is started after this long.
         request_timeout_s: per-request bound (a timeout is recorded with status 0).
+        honor_retry_after: on a 503 (the service refused the request at capacity), wait its
+            ``Retry-After`` seconds and send the same request again, as a well-behaved client does; the
+            refusal is recorded (and counts towards ``max_requests``). False: the session ends.
 
     Raises:
         ValueError: a non-loopback URL or bad bounds.
@@ -225,15 +229,21 @@ async def run_load(
                         return
                     started += 1
                     start = time.monotonic()
+                    retry_after = None
                     try:
                         r = await http.post(path, json=body)
                         payload = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
                         ok = r.status_code == 200
-                        records.append(Record(kind, r.status_code, start, time.monotonic(), payload.get("timing_ms", {}) if ok else {}, None if ok else str(payload.get("error"))[:200]))
+                        records.append(Record(kind, r.status_code, start, time.monotonic(), payload.get("timing_ms", {}) if ok else {}, None if ok else str(payload.get("error") or r.text)[:200]))
                         response = payload if ok else None
+                        if r.status_code == 503 and honor_retry_after:
+                            retry_after = float(r.headers.get("retry-after", 1))
                     except httpx.HTTPError as e:
                         records.append(Record(kind, 0, start, time.monotonic(), {}, f"{type(e).__name__}: {e}"[:200]))
                         response = None
+                    if retry_after is not None:  # refused at capacity: wait as told, then send the same request again
+                        await asyncio.sleep(min(retry_after, max(0.0, deadline - time.monotonic())))
+                        continue
                     path, body, kind = gen.send(response)
             except StopIteration:
                 continue

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import subprocess
 import sys
@@ -262,6 +263,7 @@ def main() -> None:
     p.add_argument("--one-process-images", type=int, default=3)
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--out", default="serving")
+    p.add_argument("--baselines-from", default=None, help="reuse bare/naive/one-process results of benchmarks/results/NAME.json")
     args = p.parse_args()
     workloads = args.workloads.split(",")
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -279,14 +281,22 @@ def main() -> None:
         "bounds": {"max_seconds_per_level": args.max_seconds, "requests_per_level": {w: {c: bounds(w, c, args.max_seconds)[0] for c in levels} for w in workloads}},
         "machine_note": f"{os.cpu_count()} CPU cores, no GPU, SAM 2.1 tiny, {threads} torch threads",
     }
-    print("bare model ...", flush=True)
-    result["bare"] = bare(photos, args.bare_images, args.bare_sessions, threads)
-    if "predict" in workloads:
-        print("one-process predict ...", flush=True)
-        result["one_process_predict"] = one_process_predict(photos, args.one_process_images, threads)
     kinds = {"fresh": {}, "interactive": {"upload": ("upload",), "click": ("click",)}, "predict": {}}
+    if args.baselines_from:
+        # Re-measure samgraph only, against the baselines of an earlier run (recorded in the result).
+        earlier = json.loads((RESULTS / f"{args.baselines_from}.json").read_text())
+        result["baselines_from"] = {"file": f"benchmarks/results/{args.baselines_from}.json", "measured_at": earlier["measured_at"]}
+        for key in ("bare", "one_process_predict", "naive"):
+            if key in earlier:
+                result[key] = earlier[key]
+    else:
+        print("bare model ...", flush=True)
+        result["bare"] = bare(photos, args.bare_images, args.bare_sessions, threads)
+        if "predict" in workloads:
+            print("one-process predict ...", flush=True)
+            result["one_process_predict"] = one_process_predict(photos, args.one_process_images, threads)
 
-    if not args.skip_naive and {"fresh", "interactive"} & set(workloads):
+    if not args.skip_naive and not args.baselines_from and {"fresh", "interactive"} & set(workloads):
         print("naive server ...", flush=True)
         proc, url, log = start_naive(threads)
         try:

@@ -10,7 +10,8 @@ import time
 import numpy as np
 from ray import serve
 
-from deployments.common import check_batch_config, pick_device, set_torch_threads
+from deployments.batching import check_batch_config
+from deployments.common import pick_device, set_torch_threads
 from models.embedder import ClipSpec
 from serve_app.clip_weights import ClipWeightsSource, load_clip
 from serve_app.metrics import StageMetrics

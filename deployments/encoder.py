@@ -8,7 +8,8 @@ import time
 import numpy as np
 from ray import serve
 
-from deployments.common import accel_settings, check_batch_config, fallback_logger, load_stage_model, warm_up
+from deployments.batching import check_batch_config
+from deployments.common import accel_settings, fallback_logger, load_stage_model, warm_up
 from models.sam2_image import ImageFeatures, Sam2ImageEncoder
 from serve_app.metrics import StageMetrics
 

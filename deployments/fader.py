@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ray import serve
 
-from deployments.common import check_batch_config
+from deployments.batching import check_batch_config
 from models.fader import CropSettings, FadeStrategy, fade_and_crop_batch, make_fade_strategy
 from models.masks import decode_rle
 from serve_app.metrics import StageMetrics

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from deployments.common import check_batch_config
+from deployments.batching import check_batch_config
 from models.knn import Neighbor
 from serve_app.metrics import StageMetrics
 from serve_app.vectorstore import ExampleStore, UnknownCollection, as_vectors, check_collection_name, check_top_k

@@ -10,7 +10,8 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from deployments.common import check_batch_config, set_torch_threads
+from deployments.batching import check_batch_config
+from deployments.common import set_torch_threads
 from models.registry import list_sam2_models
 from serve_app.cli import _parse_box, _parse_point, build_prompts, make_parser
 from serve_app.config import AppArgs
