@@ -58,6 +58,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float, log_name: str) -> None:
+    """Poll ``url`` until it answers 200.
+
+    Raises:
+        RuntimeError: ``proc`` exited or ``timeout_s`` passed first (the message names the log).
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up; see {log_name}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+
+
 def stop_group(proc: subprocess.Popen, timeout_s: float) -> None:
     """SIGINT to the process group of ``proc`` (started with ``start_new_session=True``); SIGKILL after
     ``timeout_s`` seconds. `serve run` cleans up its app and local cluster on SIGINT."""
@@ -83,7 +103,6 @@ def serve_app(config: dict, env_extra: dict, ready_timeout_s: float = 300, keep_
     """`serve run` a copy of the Serve config ``config`` on a free 127.0.0.1 port (its own local Ray
     cluster: ``RAY_ADDRESS=local``); yields :class:`Served` once ``/readyz`` is 200; stops it after,
     moving its log to ``keep_log`` if given."""
-    import httpx
     import yaml
 
     config = copy.deepcopy(config)
@@ -98,16 +117,7 @@ def serve_app(config: dict, env_extra: dict, ready_timeout_s: float = 300, keep_
     proc = subprocess.Popen([serve_bin, "run", str(tmp)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"service did not start; see {log.name}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
+        wait_ready(proc, f"{url}/readyz", ready_timeout_s, log.name)
         yield Served(url, proc.pid)
     finally:
         stop_group(proc, 60)

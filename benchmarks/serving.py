@@ -35,7 +35,17 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from benchmarks.common import REPO, RESULTS, SHARED_DATA, free_port, serve_config, stop_group, summarize, write_result
+from benchmarks.common import (
+    REPO,
+    RESULTS,
+    SHARED_DATA,
+    free_port,
+    serve_config,
+    stop_group,
+    summarize,
+    wait_ready,
+    write_result,
+)
 from benchmarks.loadgen import (
     Photo,
     b64,
@@ -155,18 +165,9 @@ def start_naive(threads: int):
         [sys.executable, "-m", "benchmarks.naive_server", "--port", str(port), "--threads", str(threads), "--seed", "0"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    import httpx
-
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"naive server did not start; see {log.name}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return proc, url, log
-        except httpx.HTTPError:
-            time.sleep(1)
+    wait_ready(proc, f"{url}/healthz", 300, log.name)
+    return proc, url, log
 
 
 def stop(proc, log) -> None:
@@ -175,10 +176,10 @@ def stop(proc, log) -> None:
     Path(log.name).unlink(missing_ok=True)
 
 
-def bounds(workload: str, c: int, max_seconds: float) -> tuple[int, float]:
-    """Requests and seconds for one level: enough to keep every client busy a few times over."""
+def request_budget(workload: str, c: int) -> int:
+    """Requests for one level: enough to keep every client busy a few times over."""
     per_client = {"fresh": 2, "interactive": 2 * (N_CLICKS + 1), "predict": 1}[workload]
-    return max(c * per_client, {"fresh": 4, "interactive": 18, "predict": 3}[workload]), max_seconds
+    return max(c * per_client, {"fresh": 4, "interactive": 18, "predict": 3}[workload])
 
 
 def sweep(url: str, workload: str, factory, levels: list[int], max_seconds: float, kinds_of: dict, offset: int, n_photos: int) -> dict:
@@ -186,9 +187,9 @@ def sweep(url: str, workload: str, factory, levels: list[int], max_seconds: floa
     ``n_photos`` apart), as the in-process baselines do, so every system sees the same images."""
     out = {}
     for i, c in enumerate(levels):
-        n, secs = bounds(workload, c, max_seconds)
+        n = request_budget(workload, c)
         first = n_photos * (offset + 1000 * i)  # unique image bytes per level, photo order from 0
-        records, wall = asyncio.run(run_load(url, factory, c, n, secs, first_session=first))
+        records, wall = asyncio.run(run_load(url, factory, c, n, max_seconds, first_session=first))
         level = {"all": summarize_records(records, wall)}
         for name, kinds in kinds_of.items():
             level[name] = summarize_records(records, wall, kinds)
@@ -284,7 +285,7 @@ def main() -> None:
         "weights": "seeded random (seed 0): real compute, meaningless masks",
         "threads": threads,
         "predict_settings": {"amg": PREDICT_AMG, "max_instances": PREDICT_MAX_INSTANCES, "top_k": 5},
-        "bounds": {"max_seconds_per_level": args.max_seconds, "requests_per_level": {w: {c: bounds(w, c, args.max_seconds)[0] for c in levels} for w in workloads}},
+        "bounds": {"max_seconds_per_level": args.max_seconds, "requests_per_level": {w: {c: request_budget(w, c) for c in levels} for w in workloads}},
         "machine_note": f"{os.cpu_count()} CPU cores, no GPU, SAM 2.1 tiny, {threads} torch threads",
     }
     kinds = {"fresh": {}, "interactive": {"upload": ("upload",), "click": ("click",)}, "predict": {}}
