@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.common import (
+from deployments.runtime.replica import (
     accel_settings,
     fallback_logger,
     load_stage_model,
@@ -128,8 +128,8 @@ class LoadImages:
         return rows_batch(rows)
 
     def _load(self, row: dict) -> None:
+        from deployments.runtime.images import decode_image
         from models.masks import decode_rle, interior_point, segmentation_to_rle
-        from serve_app.images import decode_image
 
         image = decode_image(Path(row["path"]).read_bytes(), self.max_image_pixels)
         h, w = image.shape[:2]
@@ -301,8 +301,8 @@ class EmbedCrops(_Stage):
     drop = ("crops", "example_crops")
 
     def __init__(self, model_name: str, pretrained: str, weights: dict, device: str = "auto", torch_threads: int | None = None) -> None:
+        from deployments.runtime.clip_weights import ClipWeightsSource, load_clip
         from models.embedder import ClipSpec
-        from serve_app.clip_weights import ClipWeightsSource, load_clip
 
         set_torch_threads(torch_threads)
         loaded = load_clip(ClipSpec(model_name, pretrained), ClipWeightsSource(**weights), device=pick_device(device))
@@ -325,7 +325,7 @@ class RetrieveLabels(_Stage):
     """Store ground-truth examples, or label instances by their nearest examples (``/v1/predict``'s vote).
 
     Args:
-        store: :class:`serve_app.vectorstore.ExampleStore` keyword arguments (``path`` or ``url``).
+        store: :class:`deployments.runtime.vectorstore.ExampleStore` keyword arguments (``path`` or ``url``).
         collection: the examples' collection.
         mode: ``add`` (store every example under its label) or ``search``.
         top_k, min_score: as ``/v1/predict``.
@@ -333,13 +333,13 @@ class RetrieveLabels(_Stage):
 
     Raises:
         ValueError: an unknown ``mode``.
-        StoreError, UnknownCollection: as :class:`serve_app.vectorstore.ExampleStore`.
+        StoreError, UnknownCollection: as :class:`deployments.runtime.vectorstore.ExampleStore`.
     """
 
     name = "retrieve"
 
     def __init__(self, store: dict, collection: str, mode: str, top_k: int = 5, min_score: float = 0.0, keep_embeddings: bool = False) -> None:
-        from serve_app.vectorstore import ExampleStore
+        from deployments.runtime.vectorstore import ExampleStore
 
         if mode not in ("add", "search"):
             raise ValueError(f"mode must be add or search; got {mode!r}")

@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 from ray import serve
 
-from deployments.batching import check_batch_config
-from deployments.common import accel_settings, fallback_logger, load_stage_model, warm_up
-from models.amg import AmgSettings, AutoMask, generate_masks
+from deployments.contracts import DecodeJob, DecodeResult, GenerateResult
+from deployments.runtime.batching import check_batch_config
+from deployments.runtime.metrics import StageMetrics
+from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
+from models.amg import AmgSettings, generate_masks
 from models.masks import encode_logits_base64, encode_masks
-from models.sam2_image import DecodeRequest, ImageFeatures, PromptSpec, Sam2MaskDecoder
-from serve_app.metrics import StageMetrics
-
-
-@dataclass(frozen=True)
-class DecodeJob:
-    """What the ingress asks of the decoder for one image (the features travel separately, by reference).
-
-    Attributes:
-        prompts: validated prompts, one per object.
-        multimask_output: one flag per prompt.
-        mask_format: ``rle``, ``png`` or ``none``.
-        max_masks: at most this many masks per prompt, best ``predicted_iou`` first.
-        return_logits: also return each mask's (256, 256) low-res logits (for ``mask_input``).
-    """
-
-    prompts: tuple[PromptSpec, ...]
-    multimask_output: tuple[bool, ...]
-    mask_format: str = "rle"
-    max_masks: int = 3
-    return_logits: bool = False
+from models.sam2_image import DecodeRequest, ImageFeatures, Sam2MaskDecoder
 
 
 @serve.deployment(name="MaskDecoder", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=32)
@@ -62,19 +43,18 @@ class MaskDecoder:
         self.decode.set_batch_wait_timeout_s(wait)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def decode(self, features: list[ImageFeatures], jobs: list[DecodeJob]) -> list[dict]:
+    async def decode(self, features: list[ImageFeatures], jobs: list[DecodeJob]) -> list[DecodeResult]:
         """Masks for a batch of jobs.
 
         Each caller passes one image's :class:`ImageFeatures` (usually as an ObjectRef, resolved by Ray)
-        and one :class:`DecodeJob`; each gets ``{"model_id", "weights", "results": [{"masks": [...]}, ...],
-        "timing_ms": {...}}``.
+        and one :class:`DecodeJob`; each gets a :class:`DecodeResult`.
         """
         t0 = time.perf_counter()
         out = await asyncio.to_thread(self._decode_sync, features, jobs)
         self._metrics.batch("decode", len(jobs), time.perf_counter() - t0)
         return out
 
-    def _decode_sync(self, features: list[ImageFeatures], jobs: list[DecodeJob]) -> list[dict]:
+    def _decode_sync(self, features: list[ImageFeatures], jobs: list[DecodeJob]) -> list[DecodeResult]:
         t0 = time.perf_counter()
         requests = [DecodeRequest(f, j.prompts, j.multimask_output) for f, j in zip(features, jobs)]
         predictions = self._decoder.predict_batch(requests)
@@ -83,18 +63,8 @@ class MaskDecoder:
         for job, per_prompt in zip(jobs, predictions):
             tj = time.perf_counter()
             results = [{"masks": self._format(p, job)} for p in per_prompt]
-            out.append(
-                {
-                    "model_id": self._info["model_id"],
-                    "weights": self._info["weights"],
-                    "results": results,
-                    "timing_ms": {
-                        "decode_masks": (t1 - t0) * 1e3,
-                        "postprocess": (time.perf_counter() - tj) * 1e3,
-                        "batch_size": len(jobs),
-                    },
-                }
-            )
+            timing = {"decode_masks": (t1 - t0) * 1e3, "postprocess": (time.perf_counter() - tj) * 1e3, "batch_size": len(jobs)}
+            out.append(DecodeResult(self._info["model_id"], self._info["weights"], results, timing))
         assert len(out) == len(jobs)
         self._requests += len(jobs)
         self._batches += 1
@@ -116,23 +86,14 @@ class MaskDecoder:
             masks.append(item)
         return masks
 
-    async def generate(self, features: ImageFeatures, settings: AmgSettings, max_masks: int | None = None) -> dict:
-        """Automatic masks of one image (grid clicks batched ``points_per_batch`` per forward pass).
-
-        Returns:
-            ``{"masks": [AutoMask, ...] in NMS order (at most ``max_masks``), "timing_ms": {"amg": ...},
-            "model_id", "weights"}``.
-        """
+    async def generate(self, features: ImageFeatures, settings: AmgSettings, max_masks: int | None = None) -> GenerateResult:
+        """Automatic masks of one image (grid clicks batched ``points_per_batch`` per forward pass), at
+        most ``max_masks`` of them, in NMS order."""
         t0 = time.perf_counter()
-        masks: list[AutoMask] = await asyncio.to_thread(generate_masks, self._decoder, features, settings)
-        masks = masks[:max_masks]
+        masks = await asyncio.to_thread(generate_masks, self._decoder, features, settings)
         self._requests += 1
-        return {
-            "masks": masks,
-            "timing_ms": {"amg": (time.perf_counter() - t0) * 1e3},
-            "model_id": self._info["model_id"],
-            "weights": self._info["weights"],
-        }
+        timing = {"amg": (time.perf_counter() - t0) * 1e3}
+        return GenerateResult(tuple(masks[:max_masks]), self._info["model_id"], self._info["weights"], timing)
 
     def info(self) -> dict:
         """``{"model_id", "weights", "device", "accel"}`` of this replica (``accel``: the speed-ups in

@@ -10,11 +10,12 @@ import time
 import numpy as np
 from ray import serve
 
-from deployments.batching import check_batch_config
-from deployments.common import pick_device, set_torch_threads
+from deployments.contracts import EmbedResult, FadeResult
+from deployments.runtime.batching import check_batch_config
+from deployments.runtime.clip_weights import ClipWeightsSource, load_clip
+from deployments.runtime.metrics import StageMetrics
+from deployments.runtime.replica import pick_device, set_torch_threads
 from models.embedder import ClipSpec
-from serve_app.clip_weights import ClipWeightsSource, load_clip
-from serve_app.metrics import StageMetrics
 
 log = logging.getLogger("samgraph.deployments")
 
@@ -29,7 +30,7 @@ class Embedder:
     Args:
         model_name: open_clip architecture, e.g. ``"ViT-B-32"``.
         pretrained: open_clip pretrained tag, e.g. ``"laion2b_s34b_b79k"``.
-        weights: :class:`serve_app.clip_weights.ClipWeightsSource` fields ``{"kind", "checkpoint", "seed"}``.
+        weights: :class:`deployments.runtime.clip_weights.ClipWeightsSource` fields ``{"kind", "checkpoint", "seed"}``.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         torch_threads: torch intra-op threads for this replica (None: torch's default).
     """
@@ -93,21 +94,13 @@ class Embedder:
         self._batches += 1
         return [row.copy() for row in matrix]
 
-    async def embed_crops(self, faded: dict) -> dict:
-        """The graph's entry after the fader: one L2-normalised embedding per crop.
-
-        Args:
-            faded: the fader's ``{"crops": [...], "timing_ms": {...}}``.
-
-        Returns:
-            ``{"embeddings": (N, dim) float32, "timing_ms": the fader's and ``embed``, "weights"}``.
-        """
+    async def embed_crops(self, faded: FadeResult) -> EmbedResult:
+        """The graph's entry after the fader: one L2-normalised (dim,) float32 embedding per crop."""
         t0 = time.perf_counter()
-        crops = faded["crops"]
-        vectors = await asyncio.gather(*(self.embed_images(c) for c in crops))
+        vectors = await asyncio.gather(*(self.embed_images(c) for c in faded.crops))
         embeddings = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, self._embedder.dim), np.float32)
-        timing = {**faded["timing_ms"], "embed": (time.perf_counter() - t0) * 1e3}
-        return {"embeddings": embeddings, "timing_ms": timing, "weights": self._info["weights"]}
+        timing = {**faded.timing_ms, "embed": (time.perf_counter() - t0) * 1e3}
+        return EmbedResult(embeddings, self._info["weights"], timing)
 
     async def embed_text_list(self, texts: list[str]) -> np.ndarray:
         """(T, dim) float32 L2-normalised text embeddings, batched with other callers' texts."""

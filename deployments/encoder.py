@@ -8,10 +8,10 @@ import time
 import numpy as np
 from ray import serve
 
-from deployments.batching import check_batch_config
-from deployments.common import accel_settings, fallback_logger, load_stage_model, warm_up
+from deployments.runtime.batching import check_batch_config
+from deployments.runtime.metrics import StageMetrics
+from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
 from models.sam2_image import ImageFeatures, Sam2ImageEncoder
-from serve_app.metrics import StageMetrics
 
 
 @serve.deployment(name="ImageEncoder", ray_actor_options={"num_cpus": 0.8}, max_ongoing_requests=16)
@@ -23,7 +23,7 @@ class ImageEncoder:
 
     Args:
         model_id: SAM 2 registry name.
-        weights: :class:`serve_app.weights.WeightsSource` fields.
+        weights: :class:`deployments.runtime.weights.WeightsSource` fields.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         torch_threads: torch intra-op threads for this replica (None: torch's default).
         accel: :class:`models.accel.AccelSettings` fields (bf16, torch.compile, TensorRT); None: fp32

@@ -4,64 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 from ray import serve
 
-from deployments.batching import check_batch_config
+from deployments.contracts import FadeJob, FadeResult, GenerateResult
+from deployments.runtime.batching import check_batch_config
+from deployments.runtime.metrics import StageMetrics
 from models.fader import CropSettings, FadeStrategy, fade_and_crop_batch, make_fade_strategy
 from models.masks import decode_rle
-from serve_app.metrics import StageMetrics
-
-
-@dataclass(frozen=True, eq=False)
-class FadeJob:
-    """One image and the masks to crop from it.
-
-    Built by the caller, so that a bad strategy name or parameter fails there (as a ``ValueError``) and
-    not in a batch shared with other callers' jobs.
-
-    Attributes:
-        image: (H, W, 3) uint8 RGB.
-        masks: N (H, W) bool masks on ``image``, none empty; any sequence (or an (N, H, W) array) is
-            stored as a tuple.
-        strategy: registry name of the fade (``models.fader.list_fade_strategies``); None: the
-            deployment's default strategy.
-        params: the strategy's parameters. None: the deployment's default parameters where the strategy
-            is the deployment's default one, else the strategy's own defaults. Params need a
-            ``strategy`` name (the caller does not know the deployment's default).
-    """
-
-    image: np.ndarray
-    masks: tuple[np.ndarray, ...]
-    strategy: str | None = None
-    params: dict | None = None
-    #: The strategy built from ``strategy`` and ``params`` (None where ``strategy`` is None).
-    built: FadeStrategy | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        image = self.image
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            raise ValueError(f"image must be (H, W, 3) uint8 RGB; got {desc}")
-        object.__setattr__(self, "masks", tuple(self.masks))
-        for i, mask in enumerate(self.masks):
-            if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != image.shape[:2]:
-                desc = f"{mask.dtype} {mask.shape}" if isinstance(mask, np.ndarray) else type(mask).__name__
-                raise ValueError(f"masks[{i}] must be (H, W) bool with (H, W) = {image.shape[:2]}; got {desc}")
-            if not mask.any():
-                raise ValueError(f"masks[{i}] is empty")
-        if self.params is not None and not isinstance(self.params, Mapping):
-            raise ValueError(f"params must be a dict or None; got {type(self.params).__name__}")
-        if self.strategy is None:
-            if self.params is not None:
-                raise ValueError("params need a strategy name; leave both out for the deployment's defaults")
-        else:
-            # Built here so that a bad name or parameter is the caller's error; params None -> the
-            # strategy's own defaults, replaced by the Fader's defaults when it is the Fader's strategy.
-            object.__setattr__(self, "built", make_fade_strategy(self.strategy, **(self.params or {})))
 
 
 @serve.deployment(name="Fader", ray_actor_options={"num_cpus": 0.15}, max_ongoing_requests=32)
@@ -117,26 +68,25 @@ class Fader:
         self._batches += 1
         return crops
 
-    async def fade_masks(self, image: np.ndarray, masks, fade: dict | None = None) -> dict:
+    async def fade_masks(self, image: np.ndarray, masks: GenerateResult | list[dict], fade: dict | None = None) -> FadeResult:
         """The graph's entry: crops of one image for masks given as COCO RLE.
 
         Args:
             image: (H, W, 3) uint8 RGB (usually an ObjectRef resolved by Ray).
-            masks: the decoder's ``generate`` output (``{"masks": [AutoMask, ...]}``) or a list of RLEs.
+            masks: the decoder's :class:`GenerateResult`, or a list of COCO RLEs on ``image``.
             fade: ``{"strategy", "params"}``, or None for this replica's defaults.
 
         Returns:
-            ``{"crops": [(S, S, 3) uint8, ...], "timing_ms": {"fade": ms}}``, one crop per mask, in order.
+            One (S, S, 3) uint8 crop per mask, in order.
         """
         t0 = time.perf_counter()
-        items = masks["masks"] if isinstance(masks, dict) else masks
-        rles = [m if isinstance(m, dict) else m.rle for m in items]
+        rles = [m.rle for m in masks.masks] if isinstance(masks, GenerateResult) else list(masks)
         crops: list[np.ndarray] = []
         if rles:
             bool_masks = await asyncio.to_thread(lambda: [decode_rle(r) for r in rles])
             fade = fade or {}
             crops = await self.fade(FadeJob(image, bool_masks, fade.get("strategy"), fade.get("params")))
-        return {"crops": crops, "timing_ms": {"fade": (time.perf_counter() - t0) * 1e3}}
+        return FadeResult(tuple(crops), {"fade": (time.perf_counter() - t0) * 1e3})
 
     def fade_jobs(self, jobs: list[FadeJob]) -> list[list[np.ndarray]]:
         """The CPU work of :meth:`fade`, synchronous: one list of crops per job (no counters touched)."""

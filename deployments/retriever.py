@@ -9,33 +9,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from ray import serve
 
-from deployments.batching import check_batch_config
+from deployments.contracts import EmbedResult, KnnResult, SearchJob
+from deployments.errors import InvalidRequest, UnknownCollection
+from deployments.runtime.batching import check_batch_config
+from deployments.runtime.metrics import StageMetrics
+from deployments.runtime.store_checks import as_vectors, check_collection_name, check_top_k
+from deployments.runtime.vectorstore import ExampleStore
 from models.knn import Neighbor
-from serve_app.metrics import StageMetrics
-from serve_app.vectorstore import ExampleStore, UnknownCollection, as_vectors, check_collection_name, check_top_k
 
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.002
-
-
-@dataclass(frozen=True, eq=False)
-class SearchJob:
-    """One caller's k-NN request inside a batch.
-
-    Attributes:
-        collection: collection name.
-        queries: (M, D) float32 query embeddings, D = the collection's dimension.
-        top_k: neighbours per query, 1..100.
-    """
-
-    collection: str
-    queries: np.ndarray
-    top_k: int
 
 
 SearchResult = list[list[Neighbor]] | Exception
@@ -61,7 +48,7 @@ def run_search_jobs(store: ExampleStore, jobs: Sequence[SearchJob]) -> list[Sear
         try:
             groups.setdefault((job.collection, job.top_k), []).append(i)
         except TypeError:  # unhashable field: not a valid job
-            results[i] = ValueError(f"bad search job: collection {job.collection!r}, top_k {job.top_k!r}")
+            results[i] = InvalidRequest(f"bad search job: collection {job.collection!r}, top_k {job.top_k!r}")
     for (collection, top_k), members in groups.items():
         try:
             check_top_k(top_k)
@@ -191,21 +178,19 @@ class Retriever:
         except UnknownCollection:
             return None
 
-    async def knn_chain(self, collection: str, embedded: dict, top_k: int) -> dict:
-        """The graph's entry after the embedder: neighbours of ``embedded["embeddings"]`` (N, D).
-
-        Returns:
-            ``{"neighbors": N lists, "timing_ms": the embedder's and ``retrieve``, "embedder_weights"}``.
-        """
+    async def knn_chain(self, collection: str, embedded: EmbedResult, top_k: int) -> KnnResult:
+        """The graph's entry after the embedder: neighbours of the (N, D) ``embedded.embeddings``."""
         t0 = time.perf_counter()
-        vectors = embedded["embeddings"]
+        vectors = embedded.embeddings
         neighbors = await self.knn(collection, vectors, top_k) if len(vectors) else []
-        timing = {**embedded["timing_ms"], "retrieve": (time.perf_counter() - t0) * 1e3}
-        return {"neighbors": neighbors, "timing_ms": timing, "embedder_weights": embedded["weights"]}
+        timing = {**embedded.timing_ms, "retrieve": (time.perf_counter() - t0) * 1e3}
+        return KnnResult(neighbors, embedded.weights, timing)
 
-    async def add_chain(self, collection: str, embedded: dict, labels: Sequence[str], payloads: Sequence[dict] | None = None) -> list[str]:
-        """The graph's entry after the embedder: store ``embedded["embeddings"]`` with their labels."""
-        return await self.add(collection, embedded["embeddings"], labels, payloads)
+    async def add_chain(
+        self, collection: str, embedded: EmbedResult, labels: Sequence[str], payloads: Sequence[dict] | None = None
+    ) -> list[str]:
+        """The graph's entry after the embedder: store ``embedded.embeddings`` with their labels."""
+        return await self.add(collection, embedded.embeddings, labels, payloads)
 
     async def info(self) -> dict:
         """``{"backend": "local" | "memory" | "server", "collections": [names]}``."""

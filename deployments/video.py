@@ -8,37 +8,19 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 from ray import serve
 
-from deployments.common import pick_device, set_torch_threads
+from deployments.contracts import VideoJob
+from deployments.runtime.replica import pick_device, set_torch_threads
+from deployments.runtime.sam2_weights import load_sam2_video
+from deployments.runtime.weights import WeightsSource
 from models.masks import encode_masks
-from models.sam2_video import FrameMasks, Sam2VideoTracker, VideoObject, VideoSettings
-from serve_app.weights import WeightsSource, load_sam2_video
+from models.sam2_video import FrameMasks, Sam2VideoTracker, VideoSettings
 
 log = logging.getLogger("samgraph.deployments")
 _DONE = object()
-
-
-@dataclass(frozen=True)
-class VideoJob:
-    """What the ingress asks of the tracker for one clip (the frames travel separately, by reference).
-
-    Attributes:
-        objects: validated objects with their prompts.
-        start_frame: first frame to track from, or None for the earliest prompted frame.
-        max_frames: frames to track in each direction, the start frame included; None: all.
-        reverse: also track backward from the start frame.
-        mask_format: ``rle``, ``png`` or ``none``.
-    """
-
-    objects: tuple[VideoObject, ...]
-    start_frame: int | None = None
-    max_frames: int | None = None
-    reverse: bool = False
-    mask_format: str = "rle"
 
 
 @serve.deployment(name="VideoSegmenter", ray_actor_options={"num_cpus": 0.15}, max_ongoing_requests=8)
@@ -48,7 +30,7 @@ class VideoSegmenter:
 
     Args:
         model_id: SAM 2 registry name.
-        weights: :class:`serve_app.weights.WeightsSource` fields (the image stages' source).
+        weights: :class:`deployments.runtime.weights.WeightsSource` fields (the image stages' source).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         torch_threads: torch intra-op threads for this replica (None: torch's default).
         settings: :class:`models.sam2_video.VideoSettings` fields.

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from deployments.contracts import DecodeResult, EmbedResult, GenerateResult
 from models.amg import AmgSettings, AutoMask
 from models.knn import Neighbor, vote
 from models.masks import decode_rle, encode_png_base64
@@ -80,3 +81,34 @@ def rank_by_text(masks: Sequence[AutoMask], crop_embeddings: np.ndarray, text_em
     scores = np.asarray(crop_embeddings, np.float32) @ np.asarray(text_embedding, np.float32)
     order = np.argsort(-scores, kind="stable")[:max_masks]
     return [{**mask_record(masks[i], mask_format), "text_score": float(scores[i])} for i in order]
+
+
+def merge_segment_results(req, decoded: DecodeResult | None, generated: GenerateResult | None, embedded: EmbedResult | None, text_vectors: np.ndarray | None, timing: dict) -> dict:
+    """The ``/v1/segment`` body from the decoder's answer to the geometric prompts and the text prompts'
+    automatic masks ranked by CLIP, one result per prompt in the request's order.
+
+    Args:
+        req: the :class:`serve_app.schemas.SegmentRequest` (its ``prompts``, ``max_masks``, ``mask_format``).
+        decoded: the decoder's answer to the geometric prompts, or None when there are none.
+        generated, embedded: the candidate masks and their crops' embeddings, or None without text prompts.
+        text_vectors: (T, D) float32 L2-normalised embeddings of the T text prompts, or None.
+        timing: the request's ``timing_ms``; the stages' times are added to it.
+
+    Returns:
+        ``{"model_id", "weights", "results", ["embedder_weights"]}``.
+    """
+    body: dict = {"model_id": None, "weights": None}
+    geo_results, text_results = [], []
+    if decoded is not None:
+        geo_results = decoded.results
+        body.update(model_id=decoded.model_id, weights=decoded.weights)
+        timing.update({k: decoded.timing_ms[k] for k in ("decode_masks", "postprocess")})
+    if generated is not None:
+        body.update(model_id=generated.model_id, weights=generated.weights, embedder_weights=embedded.weights)
+        text_results = [
+            {"masks": rank_by_text(generated.masks, embedded.embeddings, t, req.max_masks, req.mask_format)} for t in text_vectors
+        ]
+        timing.update({"amg": generated.timing_ms["amg"], **{k: embedded.timing_ms[k] for k in ("fade", "embed")}})
+    geo_iter, text_iter = iter(geo_results), iter(text_results)
+    body["results"] = [next(text_iter) if p is not None and p.is_text else next(geo_iter) for p in req.prompts or [None]]
+    return body

@@ -342,7 +342,7 @@ def plan_run(data: BatchInput, prompts: str | None, predict: bool, add_examples:
         raise ValueError("--add-examples needs a COCO annotation file as --input (its instances are the examples)")
     if add_examples and predict:
         raise ValueError("--add-examples and --predict in one run would label images by examples of images that happen to finish first; run --add-examples first, then --predict")
-    from serve_app.vectorstore import check_collection_name
+    from deployments.runtime.store_checks import check_collection_name
 
     return BatchPlan(prompts, predict, add_examples, check_collection_name(collection), embeddings)
 
@@ -450,10 +450,13 @@ def run_batch(
     import ray
     from ray.data import DataContext
 
+    from deployments.errors import UnknownCollection
+    from deployments.runtime.clip_weights import ClipWeightsSource, preflight_clip
+    from deployments.runtime.sam2_weights import preflight
+    from deployments.runtime.store_checks import preflight_store
+    from deployments.runtime.vectorstore import ExampleStore
+    from deployments.runtime.weights import WeightsSource
     from models.embedder import ClipSpec
-    from serve_app.clip_weights import ClipWeightsSource, preflight_clip
-    from serve_app.vectorstore import ExampleStore, UnknownCollection, preflight_store
-    from serve_app.weights import WeightsSource, preflight
 
     source = WeightsSource.resolve(args.weights, args.checkpoint, args.seed)
     preflight(args.model_id, source)

@@ -133,11 +133,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     then ``serve run CONFIG``."""
     import yaml
 
+    from deployments.runtime.clip_weights import ClipWeightsSource, preflight_clip
+    from deployments.runtime.sam2_weights import preflight
+    from deployments.runtime.store_checks import StoreError, preflight_store
+    from deployments.runtime.weights import WeightsError, WeightsSource
     from models.embedder import ClipSpec
-    from serve_app.clip_weights import ClipWeightsSource, preflight_clip
     from serve_app.config import AppArgs
-    from serve_app.vectorstore import StoreError, preflight_store
-    from serve_app.weights import WeightsError, WeightsSource, preflight
 
     config = Path(args.config)
     if not config.is_file():
@@ -160,8 +161,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from deployments.runtime.sam2_weights import pull_checkpoint
+    from deployments.runtime.weights import WeightsError, cache_dir
     from models.registry import DEFAULT_SAM2_MODEL, get_sam2_checkpoint, list_sam2_models
-    from serve_app.weights import WeightsError, cache_dir, pull_checkpoint
 
     if args.action == "list":
         print(f"cache dir: {cache_dir()}")
@@ -376,8 +378,9 @@ def _write_overlay_video(args: argparse.Namespace, result: dict) -> None:
     import numpy as np
     from PIL import Image
 
+    from deployments.runtime.video_io import decode_video
     from models.masks import decode_rle
-    from serve_app.video import decode_video, encode_video, overlay_frames
+    from serve_app.render import encode_video, overlay_frames
 
     masks = {f["frame_index"]: [decode_rle(o["rle"]) for o in f["objects"]] for f in result["frames"]}
     if args.video:

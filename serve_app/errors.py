@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from deployments.errors import InputError
+
 
 class ApiError(Exception):
     """A client-facing error.
@@ -25,6 +27,16 @@ class ApiError(Exception):
         self.message = message
         self.field = field
         self.headers = headers
+
+    @classmethod
+    def from_input_error(cls, e: InputError) -> ApiError:
+        """The 4xx of a stage's typed input error (its ``status``, ``code``, message and ``field``).
+
+        ``e`` may be Ray's wrapper of a stage's exception: it is an instance of the stage's class and
+        forwards the attributes; only the message's last line is kept (Ray prepends the remote traceback).
+        """
+        message = str(getattr(e, "message", e)).splitlines()[-1][:300] if str(e) else type(e).__name__
+        return cls(e.status, e.code, message, e.field)
 
     def body(self, request_id: str | None = None) -> dict:
         err = {"code": self.code, "message": self.message, "field": self.field}

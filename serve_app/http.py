@@ -22,6 +22,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.errors import InputError
 from serve_app.errors import ApiError, from_validation_error
 from serve_app.metrics import ingress_metrics
 
@@ -114,6 +115,9 @@ def stage_errors(route):
       died (its cause is the ``ActorDiedError``): code ``unavailable``; Serve starts a replacement, so
       the request may be retried.
 
+    A typed input error of a stage or of the runtime (:class:`deployments.errors.InputError`, here or
+    raised in a stage replica) becomes its documented 4xx.
+
     Serve registers its own plain-text handlers for these exceptions on the ingress app when the
     replica starts, after ours, so they are turned into :class:`ApiError` here, inside the route.
     The cause is logged with the request id by the ApiError handler, without a stack trace.
@@ -123,6 +127,8 @@ def stage_errors(route):
     async def guarded(*args, **kwargs):
         try:
             return await route(*args, **kwargs)
+        except InputError as e:
+            raise ApiError.from_input_error(e) from None
         except BackPressureError as e:
             raise ApiError(
                 503, "overloaded", "the service is at capacity; retry later", headers=_retry_after(e.retry_after_s)

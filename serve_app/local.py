@@ -30,7 +30,7 @@ class LocalPipeline:
     Args:
         encoder, decoder: SAM 2 stages (share one model).
         embedder: a :class:`models.embedder.ClipEmbedder`, or None (segmentation only).
-        store: a :class:`serve_app.vectorstore.ExampleStore`, or None (no examples).
+        store: a :class:`deployments.runtime.vectorstore.ExampleStore`, or None (no examples).
         fade: the fade strategy for crops (default ``GaussianFade()``).
         crop: crop geometry (default ``CropSettings()``).
         amg: automatic-mask settings (default ``AmgSettings()``).
@@ -67,10 +67,11 @@ class LocalPipeline:
 
         ``store`` defaults to an in-memory store; pass ``ExampleStore.from_env()`` to use the service's.
         """
+        from deployments.runtime.clip_weights import ClipWeightsSource, load_clip
+        from deployments.runtime.sam2_weights import load_sam2
+        from deployments.runtime.vectorstore import ExampleStore
+        from deployments.runtime.weights import WeightsSource
         from models.embedder import ClipSpec
-        from serve_app.clip_weights import ClipWeightsSource, load_clip
-        from serve_app.vectorstore import ExampleStore
-        from serve_app.weights import WeightsSource, load_sam2
 
         loaded = load_sam2(model_id, WeightsSource.resolve(weights, checkpoint))
         clip_weights = "random" if weights == "random" else None

@@ -62,6 +62,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from pycocotools.coco import COCO
 
+    from deployments.runtime.weights import WeightsSource
     from serve_app.batch import list_inputs
     from serve_app.evaluate import (
         PROMPTS,
@@ -71,7 +72,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report_table,
         write_report,
     )
-    from serve_app.weights import WeightsSource
 
     args.collection, args.store = "default", None
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="samgraph-eval-"))

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from deployments.runtime.weights import sha256_file
 from models.masks import decode_png_base64, decode_rle
-from serve_app.weights import sha256_file
 from tests.conftest import MODEL_ID, TRUCK_BOX, mask_iou
 
 POINT = [500, 375]

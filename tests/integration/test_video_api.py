@@ -72,7 +72,7 @@ def reference_eight(tiny_checkpoint, tmp_path_factory):
 
 
 def test_parity_with_sam2_video_predictor(eight, reference_eight, tiny_checkpoint):
-    from serve_app.weights import sha256_file
+    from deployments.runtime.weights import sha256_file
 
     assert eight["model_id"] == MODEL_ID
     assert eight["weights"] == f"sha256:{sha256_file(tiny_checkpoint)}"
@@ -127,8 +127,9 @@ def test_streaming_equals_non_streaming(client, eight):
 def test_mp4_and_frames_give_the_same_masks_through_the_cli(app_url, tmp_path, capsys):
     """`samgraph video --video clip.mp4` and `--frames DIR` on the same frames (the MP4's own decoded
     frames, as PNGs) give the same masks; --overlay-video writes a playable MP4."""
+    from deployments.runtime.video_io import decode_video
     from serve_app.cli import main
-    from serve_app.video import decode_video, encode_video
+    from serve_app.render import encode_video
 
     clip = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in bedroom_frames(2)])
     mp4 = tmp_path / "clip.mp4"

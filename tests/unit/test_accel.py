@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from deployments.runtime.sam2_weights import load_state_dict
 from models.accel import AccelSettings, accelerate, bf16_support, tensorrt_support
 from models.sam2_image import ImageFeatures, PromptSpec, Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
-from serve_app.weights import load_state_dict
 from tests.conftest import MODEL_ID, TRUCK_BOX, mask_iou
 
 # A foreground and a background click: two prompt tokens like the box (two corners), so that the compiled
@@ -152,7 +152,7 @@ def test_bf16_decoder_close_to_fp32(model, truck_features, eager_answers):
 
 
 def test_bf16_unsupported_device_falls_back_with_one_line(caplog):
-    from deployments.common import fallback_logger
+    from deployments.runtime.replica import fallback_logger
 
     call = accelerate(_double, "meta", AccelSettings(precision="bf16"), fallback_logger("MaskDecoder"))
     assert call.precision == "fp32"
@@ -161,7 +161,7 @@ def test_bf16_unsupported_device_falls_back_with_one_line(caplog):
 
 
 def test_tensorrt_without_cuda_encoder_falls_back_to_eager(model, truck_rgb, truck_features, caplog):
-    from deployments.common import fallback_logger
+    from deployments.runtime.replica import fallback_logger
 
     encoder = Sam2ImageEncoder(model, AccelSettings(tensorrt=True), fallback_logger("ImageEncoder"))
     lines = [r.getMessage() for r in caplog.records if r.name == "samgraph.deployments"]

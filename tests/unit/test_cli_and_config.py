@@ -10,8 +10,8 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from deployments.batching import check_batch_config
-from deployments.common import set_torch_threads
+from deployments.runtime.batching import check_batch_config
+from deployments.runtime.replica import set_torch_threads
 from models.registry import list_sam2_models
 from serve_app.cli import _parse_box, _parse_point, build_prompts, make_parser
 from serve_app.config import AppArgs
@@ -103,7 +103,7 @@ def test_parser_wires_box_and_point_types():
         make_parser().parse_args(["segment", "--image", "x.jpg", "--box", "1,2,3"])
 
 
-# --- deployments.common ------------------------------------------------------------------------
+# --- deployments.runtime.replica ------------------------------------------------------------------------
 
 
 def test_check_batch_config_accepts():

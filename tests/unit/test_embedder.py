@@ -1,4 +1,4 @@
-"""models.embedder, serve_app.clip_weights and the Embedder deployment: CLIP embeddings with open_clip parity.
+"""models.embedder, deployments.runtime.clip_weights and the Embedder deployment: CLIP embeddings with open_clip parity.
 
 ViT-B-32 is built with seeded random weights (no downloads here); parity is checked against open_clip's
 own path (``create_model_and_transforms`` + ``encode_image``/``encode_text``) loaded with the same state
@@ -8,6 +8,7 @@ dict, on the real photos in ../shared/data.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import numpy as np
@@ -15,8 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.embedder import ClipEmbedder, ClipSpec, build_clip
-from serve_app.clip_weights import (
+from deployments.runtime.clip_weights import (
     ClipWeightsSource,
     LoadedClip,
     clip_cache_dir,
@@ -25,7 +25,8 @@ from serve_app.clip_weights import (
     pull_pretrained,
     read_clip_checkpoint,
 )
-from serve_app.weights import WeightsError, sha256_file
+from deployments.runtime.weights import WeightsError, sha256_file
+from models.embedder import ClipEmbedder, ClipSpec, build_clip
 from tests.conftest import shared_file
 
 MODEL = "ViT-B-32"
@@ -279,6 +280,10 @@ def test_read_checkpoint_formats(tmp_path):
     assert list(sd) == ["a"] and torch.equal(sd["a"], t) and digest == sha256_file(st)
 
 
+class _NotAllowed:
+    """A class outside every torch release's ``weights_only`` allow-list."""
+
+
 def test_read_checkpoint_rejects_bad_files(tmp_path):
     with pytest.raises(WeightsError, match="does not exist"):
         read_clip_checkpoint(tmp_path / "nope.pt")
@@ -286,10 +291,18 @@ def test_read_checkpoint_rejects_bad_files(tmp_path):
     torch.save([torch.zeros(1)], not_tensors)
     with pytest.raises(WeightsError, match="state dict"):
         read_clip_checkpoint(not_tensors)
+    # Refused either by torch's weights_only unpickler or by our check for a dict of tensors, depending
+    # on the torch release (2.14 admits a pickled ValueError, 2.15 does not): assert the refusal and
+    # which file was refused, not torch's words.
     pickled = tmp_path / "object.pt"
     torch.save({"a": ValueError("not a tensor")}, pickled)
-    with pytest.raises(WeightsError, match="weights_only"):
+    with pytest.raises(WeightsError, match=re.escape(str(pickled))):
         read_clip_checkpoint(pickled)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"a": _NotAllowed()}, foreign)  # no weights_only unpickler admits this class
+    with pytest.raises(WeightsError, match=re.escape(str(foreign))) as info:
+        read_clip_checkpoint(foreign)
+    assert "weights_only" in str(info.value)  # our message says how it was loaded
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not safetensors")
     with pytest.raises(WeightsError):

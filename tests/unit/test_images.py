@@ -1,4 +1,4 @@
-"""serve_app.images: decoding uploads into RGB arrays, limits, EXIF orientation, base64."""
+"""deployments.runtime.images: decoding uploads into RGB arrays, limits, EXIF orientation, base64."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.errors import ApiError
-from serve_app.images import b64_to_bytes, decode_image, image_id_of
+from deployments.errors import InputError
+from deployments.runtime.images import b64_to_bytes, decode_image, image_id_of
 
 SEED = 1234
 MAX = 50_000_000
@@ -39,8 +39,8 @@ def _blocks(h: int, w: int) -> np.ndarray:
     return img
 
 
-def _api_error(data: bytes, max_pixels: int = MAX) -> ApiError:
-    with pytest.raises(ApiError) as info:
+def _input_error(data: bytes, max_pixels: int = MAX) -> InputError:
+    with pytest.raises(InputError) as info:
         decode_image(data, max_pixels=max_pixels)
     return info.value
 
@@ -77,7 +77,7 @@ def test_jpeg_decodes_to_right_pixels():
 
 
 def test_16bit_grayscale_png_keeps_its_brightness():
-    """BUG (serve_app/images.py:65): a 16-bit grayscale PNG opens in PIL mode I;16, and ``convert("RGB")``
+    """BUG (deployments/runtime/images.py:65): a 16-bit grayscale PNG opens in PIL mode I;16, and ``convert("RGB")``
     clips every value above 255 to 255 instead of scaling: a mid-grey image comes out white."""
     gray16 = (np.random.default_rng(SEED).integers(0, 256, (12, 16)) * 257).astype(np.uint16)
     data = _encode(gray16, "PNG")
@@ -96,14 +96,14 @@ def test_16bit_grayscale_png_keeps_its_brightness():
     ids=["text", "zeros", "png-signature-only", "gif-header-only"],
 )
 def test_not_an_image_is_400(data):
-    err = _api_error(data)
+    err = _input_error(data)
     assert err.status == 400
     assert err.code == "invalid_image"
     assert err.field == "image"
 
 
 def test_empty_bytes_is_400():
-    err = _api_error(b"")
+    err = _input_error(b"")
     assert err.status == 400
     assert err.code == "invalid_image"
 
@@ -111,14 +111,14 @@ def test_empty_bytes_is_400():
 def test_truncated_jpeg_is_400():
     data = _encode(_noise(256, 256), "JPEG", quality=90)
     decode_image(data, max_pixels=MAX)  # the whole file is fine
-    err = _api_error(data[: len(data) // 2])
+    err = _input_error(data[: len(data) // 2])
     assert err.status == 400
     assert err.code == "invalid_image"
 
 
 def test_truncated_png_is_400():
     data = _encode(_noise(128, 128), "PNG")
-    err = _api_error(data[: len(data) // 2])
+    err = _input_error(data[: len(data) // 2])
     assert err.status == 400
     assert err.code == "invalid_image"
 
@@ -126,7 +126,7 @@ def test_truncated_png_is_400():
 def test_over_max_pixels_is_413():
     data = _encode(np.zeros((3000, 3000), np.uint8), "PNG")
     assert len(data) < 100_000  # tiny file, many pixels
-    err = _api_error(data, max_pixels=1_000_000)
+    err = _input_error(data, max_pixels=1_000_000)
     assert err.status == 413
     assert err.code == "image_too_large"
     assert "3000x3000" in err.message
@@ -135,7 +135,7 @@ def test_over_max_pixels_is_413():
 def test_exactly_max_pixels_is_accepted():
     data = _encode(np.zeros((10, 20), np.uint8), "PNG")
     assert decode_image(data, max_pixels=200).shape == (10, 20, 3)
-    assert _api_error(data, max_pixels=199).status == 413
+    assert _input_error(data, max_pixels=199).status == 413
 
 
 def _png_with_header_size(width: int, height: int) -> bytes:
@@ -150,7 +150,7 @@ def _png_with_header_size(width: int, height: int) -> bytes:
 
 
 def test_bomb_header_is_413_not_decoded():
-    err = _api_error(_png_with_header_size(20_000, 20_000), max_pixels=1_000_000)
+    err = _input_error(_png_with_header_size(20_000, 20_000), max_pixels=1_000_000)
     assert err.status == 413
     assert err.code == "image_too_large"
 
@@ -183,7 +183,7 @@ def test_b64_to_bytes_round_trip_and_data_url():
 
 @pytest.mark.parametrize("text", ["not base64!", "AAA", "AA AA", "AAAA\n", "QUJD*", "data:image/png;base64,@@@@"])
 def test_b64_to_bytes_strict(text):
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(InputError) as info:
         b64_to_bytes(text, field="prompts[0].image")
     assert info.value.status == 400
     assert info.value.code == "invalid_base64"

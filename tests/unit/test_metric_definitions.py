@@ -10,16 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app.metrics import (
-    BATCH_STAGES,
-    METRICS,
-    SCRAPE_PREFIXES,
-    StageMetrics,
-    exported_names,
-    merge_exposition,
-    metric_names,
-    metrics_urls,
-)
+from deployments.runtime.metrics import BATCH_STAGES, METRICS, StageMetrics, exported_names, metric_names
+from serve_app.metrics import SCRAPE_PREFIXES, merge_exposition, metrics_urls
 
 MONITORING = Path(__file__).resolve().parents[2] / "configs" / "monitoring"
 # Every Ray Serve family the configs use, as seen in a scrape of Ray 2.60 (tests/integration/test_metrics.py

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from deployments.runtime.sam2_weights import load_state_dict
 from models.sam2_image import (
     DecodeRequest,
     ImageFeatures,
@@ -15,7 +16,6 @@ from models.sam2_image import (
     build_sam2_model,
     feature_nbytes,
 )
-from serve_app.weights import load_state_dict
 from tests.conftest import MODEL_ID, TRUCK_BOX, mask_iou
 
 POINT = [[500, 375]]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from deployments.runtime.sam2_weights import load_state_dict
 from models.sam2_video import (
     FramePrompt,
     Sam2VideoTracker,
@@ -17,7 +18,6 @@ from models.sam2_video import (
     check_objects,
     preprocess_frame,
 )
-from serve_app.weights import load_state_dict
 from tests.conftest import BEDROOM_BOX, BEDROOM_POINT, MODEL_ID, bedroom_frames, mask_iou
 
 

@@ -77,23 +77,10 @@ def test_keeps_the_route_signature_for_fastapi():
 # --- the ingress's cache entries after a failed stage call -----------------------------------------
 
 
-class _FakeIngress:
-    """What Ingress._features and Ingress._guard use: the cache and the features check."""
+def _cache():
+    from serve_app.image_cache import ImageCache
 
-    def __init__(self, intact: bool) -> None:
-        from serve_app.cache import EmbeddingCache
-
-        self.cache = EmbeddingCache(max_entries=4, max_bytes=1000)
-        self.intact = intact
-
-    async def _features_intact(self, entry) -> bool:
-        return self.intact
-
-
-def _ingress_method(name: str):
-    from serve_app.app import Ingress
-
-    return getattr(Ingress.func_or_class, name)
+    return ImageCache(encoder=None, max_entries=4, max_bytes=1000, max_image_pixels=100, metrics=None)
 
 
 async def _failing(exc: Exception):
@@ -104,6 +91,20 @@ def _entry(features=None):
     from serve_app.cache import CacheEntry
 
     return CacheEntry(features=features, width=8, height=8, nbytes=10)
+
+
+def _features(intact: bool) -> asyncio.Future:
+    """An entry's features as the cache holds them: a task resolving to a ref that yields them (here a
+    future that holds them, or the encode's error). Call inside the event loop."""
+    loop = asyncio.get_running_loop()
+    ref = loop.create_future()
+    if intact:
+        ref.set_result("features")
+    else:
+        ref.set_exception(RuntimeError("the encode failed"))
+    task = loop.create_future()
+    task.set_result(ref)
+    return task
 
 
 @pytest.mark.parametrize(
@@ -117,22 +118,27 @@ def _entry(features=None):
     ],
 )
 def test_guard_drops_the_entry_only_when_its_features_are_bad(exc, intact, kept):
-    ingress, entry = _FakeIngress(intact), _entry()
-    ingress.cache.put("img", entry)
-    with pytest.raises(type(exc)):
-        asyncio.run(_ingress_method("_guard")(ingress, "img", entry, _failing(exc)))
-    assert ("img" in ingress.cache) is kept
+    cache = _cache()
+
+    async def go():
+        entry = _entry(_features(intact))
+        cache.entries.put("img", entry)
+        with pytest.raises(type(exc)):
+            await cache.guard("img", entry, _failing(exc))
+
+    asyncio.run(go())
+    assert ("img" in cache.entries) is kept
 
 
 def test_a_refused_encode_leaves_no_entry():
-    async def go(ingress):
+    async def go(cache):
         refused = asyncio.get_running_loop().create_future()
         refused.set_exception(BackPressureError(num_queued_requests=1, max_queued_requests=1))
         entry = _entry(refused)
-        ingress.cache.put("img", entry)
+        cache.entries.put("img", entry)
         with pytest.raises(BackPressureError):
-            await _ingress_method("_features")(ingress, "img", entry, {})
+            await cache.features("img", entry, {})
 
-    ingress = _FakeIngress(intact=False)
-    asyncio.run(go(ingress))
-    assert "img" not in ingress.cache  # the retry encodes again
+    cache = _cache()
+    asyncio.run(go(cache))
+    assert "img" not in cache.entries  # the retry encodes again

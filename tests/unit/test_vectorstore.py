@@ -1,4 +1,4 @@
-"""serve_app/vectorstore.py against every Qdrant backend available, plus the Retriever's batch grouping.
+"""deployments/runtime/vectorstore.py against every Qdrant backend available, plus the Retriever's batch grouping.
 
 The ``store`` fixture runs each test on every backend available: the in-memory and the on-disk embedded
 engines always, and a Qdrant server when ``SAMGRAPH_QDRANT_URL`` is set (none can be installed on the
@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deployments.errors import DimensionMismatch, UnknownCollection
+from deployments.runtime.store_checks import StoreError
+from deployments.runtime.vectorstore import ExampleStore
 from models.knn import brute_force_knn
-from serve_app.vectorstore import DimensionMismatch, ExampleStore, StoreError, UnknownCollection
 
 SEED = 1234
 N, DIM, M, TOP_K = 200, 64, 10, 5

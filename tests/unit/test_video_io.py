@@ -1,4 +1,4 @@
-"""serve_app.video (PyAV decoding, frame lists, limits), the video request schema and the CLI's video flags."""
+"""deployments.runtime.video_io (PyAV decoding, frame lists, limits), the video request schema and the CLI's video flags."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deployments.errors import InputError
+from deployments.runtime.video_io import decode_frames, decode_video
 from serve_app.cli import _parse_obj_box, _parse_obj_point, build_video_objects, frame_files, make_parser
 from serve_app.errors import ApiError
+from serve_app.render import encode_video
 from serve_app.schemas import VideoRequest, check_video_objects, to_video_objects
-from serve_app.video import decode_frames, decode_video, encode_video
 from tests.conftest import shared_file
 
 
@@ -23,8 +25,10 @@ def _png_b64(w: int, h: int, value: int = 0) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _api_error(fn, *args) -> ApiError:
-    with pytest.raises(ApiError) as info:
+def _input_error(fn, *args) -> InputError | ApiError:
+    """The typed error of the decoders (``InputError``) or of the ingress's checks (``ApiError``): both
+    carry the status, code and field of the 4xx."""
+    with pytest.raises((InputError, ApiError)) as info:
         fn(*args)
     return info.value
 
@@ -41,12 +45,12 @@ def test_mp4_limits_and_bad_bytes(tmp_path):
     encode_video(clip, str(tmp_path / "c.mp4"))
     data = (tmp_path / "c.mp4").read_bytes()
     assert decode_video(data, 5, 64 * 48).shape == (5, 48, 64, 3)
-    e = _api_error(decode_video, data, 4, 10**6)
+    e = _input_error(decode_video, data, 4, 10**6)
     assert (e.status, e.code, e.field) == (413, "too_many_frames", "video")
-    e = _api_error(decode_video, data, 10, 64 * 48 - 1)
+    e = _input_error(decode_video, data, 10, 64 * 48 - 1)
     assert (e.status, e.code) == (413, "frame_too_large")
     for bad in (b"", b"no video here", data[: len(data) // 3], base64.b64decode(_png_b64(8, 8))):
-        e = _api_error(decode_video, bad, 10, 10**6)
+        e = _input_error(decode_video, bad, 10, 10**6)
         assert (e.status, e.code, e.field) == (400, "invalid_video", "video")
 
 
@@ -58,13 +62,13 @@ def test_odd_sizes_are_padded_for_h264(tmp_path):
 def test_decode_frames():
     frames = decode_frames([_png_b64(16, 8, 10), _png_b64(16, 8, 200)], 5, 1000)
     assert frames.shape == (2, 8, 16, 3) and frames[0, 0, 0, 0] == 10 and frames[1, 0, 0, 0] == 200
-    e = _api_error(decode_frames, [], 5, 1000)
+    e = _input_error(decode_frames, [], 5, 1000)
     assert (e.status, e.field) == (422, "frames")
-    e = _api_error(decode_frames, [_png_b64(16, 8)] * 6, 5, 1000)
+    e = _input_error(decode_frames, [_png_b64(16, 8)] * 6, 5, 1000)
     assert (e.status, e.code, e.field) == (413, "too_many_frames", "frames")
-    e = _api_error(decode_frames, [_png_b64(16, 8), _png_b64(8, 16)], 5, 1000)
+    e = _input_error(decode_frames, [_png_b64(16, 8), _png_b64(8, 16)], 5, 1000)
     assert (e.status, e.code, e.field) == (422, "frame_size_mismatch", "frames[1]")
-    e = _api_error(decode_frames, [_png_b64(16, 8), "!!"], 5, 1000)
+    e = _input_error(decode_frames, [_png_b64(16, 8), "!!"], 5, 1000)
     assert (e.status, e.code, e.field) == (400, "invalid_base64", "frames[1].base64")
 
 
@@ -82,7 +86,7 @@ def test_check_video_objects_names_the_field():
         ([{"obj_id": 1, "prompts": [{"frame_index": 1, "mask_rle": {"size": [9, 10], "counts": "0"}}]}], "objects[0].prompts[0].mask_rle", "invalid_request"),
     ]
     for objects, field, code in cases:
-        e = _api_error(check_video_objects, _req(objects).objects, 4, 10, 8)
+        e = _input_error(check_video_objects, _req(objects).objects, 4, 10, 8)
         assert (e.field, e.code) == (field, code)
     check_video_objects(_req([{"obj_id": 1, "prompts": [box]}]).objects, 4, 10, 8)
 

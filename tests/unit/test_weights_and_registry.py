@@ -1,4 +1,4 @@
-"""models.registry and serve_app.weights: checkpoint registry, SHA-256 verified loading, weight sources."""
+"""models.registry and deployments.runtime.weights: checkpoint registry, SHA-256 verified loading, weight sources."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from deployments.runtime.sam2_weights import load_sam2, load_state_dict, preflight, pull_checkpoint
+from deployments.runtime.weights import (
+    ChecksumMismatch,
+    WeightsError,
+    WeightsSource,
+    download,
+    sha256_file,
+    verify_sha256,
+)
 from models.registry import (
     DEFAULT_SAM2_MODEL,
     SAM2_CHECKPOINTS,
@@ -18,18 +27,6 @@ from models.registry import (
     list_sam2_models,
 )
 from models.sam2_image import build_sam2_model
-from serve_app.weights import (
-    ChecksumMismatch,
-    WeightsError,
-    WeightsSource,
-    download,
-    load_sam2,
-    load_state_dict,
-    preflight,
-    pull_checkpoint,
-    sha256_file,
-    verify_sha256,
-)
 from tests.conftest import MODEL_ID, SEED
 
 NAMES = ["sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"]
@@ -225,6 +222,10 @@ def test_pull_missing_source_names_offline_alternatives(tmp_path):
     assert "SAMGRAPH_WEIGHTS=random" in str(info.value)
 
 
+class _NotAllowed:
+    """A class outside every torch release's ``weights_only`` allow-list: loading it must be refused."""
+
+
 def test_load_state_dict_without_model_key(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save({"weights": {}}, path)
@@ -235,8 +236,12 @@ def test_load_state_dict_without_model_key(tmp_path):
 def test_load_state_dict_not_a_checkpoint(tmp_path):
     path = tmp_path / "junk.pt"
     path.write_bytes(b"this is not a torch file")
-    with pytest.raises(WeightsError):
+    with pytest.raises(WeightsError, match=re.escape(str(path))):
         load_state_dict(path)
+    pickled = tmp_path / "object.pt"
+    torch.save({"model": {"a": _NotAllowed()}}, pickled)  # no weights_only unpickler admits this class
+    with pytest.raises(WeightsError, match=re.escape(str(pickled))):
+        load_state_dict(pickled)
     with pytest.raises(WeightsError, match="does not exist"):
         load_state_dict(tmp_path / "missing.pt")
 
@@ -246,14 +251,14 @@ def test_strict_loading_missing_key(tiny_checkpoint):
     state = dict(state)
     dropped = sorted(state)[len(state) // 2]
     del state[dropped]
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(RuntimeError, match=re.escape(dropped)):  # the refusal names the missing key
         build_sam2_model(MODEL_ID, state)
 
 
 def test_strict_loading_unexpected_key(tiny_checkpoint):
     state, _ = load_state_dict(tiny_checkpoint)
     state = {**state, "extra.weight": torch.zeros(1)}
-    with pytest.raises(RuntimeError, match="Unexpected key"):
+    with pytest.raises(RuntimeError, match=re.escape("extra.weight")):  # the refusal names the extra key
         build_sam2_model(MODEL_ID, state)
 
 
@@ -355,7 +360,7 @@ def test_preflight_unknown_model():
 
 
 def test_preflight_store_refuses_an_unwritable_data_dir(tmp_path, monkeypatch):
-    from serve_app.vectorstore import StoreError, preflight_store
+    from deployments.runtime.store_checks import StoreError, preflight_store
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -370,8 +375,8 @@ def test_preflight_store_refuses_an_unwritable_data_dir(tmp_path, monkeypatch):
 
 
 def test_build_app_fails_fast_on_an_unwritable_data_dir(tmp_path, tiny_checkpoint):
+    from deployments.runtime.store_checks import StoreError
     from serve_app.app import build_app
-    from serve_app.vectorstore import StoreError
 
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 import torch
 
+from deployments.runtime.sam2_weights import LoadedSam2, load_sam2
+from deployments.runtime.weights import WeightsSource
 from models.accel import AccelSettings
-from serve_app.weights import LoadedSam2, WeightsSource, load_sam2
 
 log = logging.getLogger("samgraph.deployments")
 

@@ -1,6 +1,6 @@
 """Where CLIP weights come from: open_clip's pretrained download, a local checkpoint file, or seeded random weights.
 
-The CLIP side of :mod:`serve_app.weights`: all file and network I/O for CLIP weights lives here
+The CLIP side of :mod:`deployments.runtime.weights`: all file and network I/O for CLIP weights lives here
 (``models.embedder`` only ever sees a state dict).
 
 Sources, chosen by the app config or the environment (the config wins where it sets a value):
@@ -28,9 +28,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
-from serve_app.weights import WeightsError, cache_dir, sha256_file
+from deployments.runtime.weights import WeightsError, WeightsSource, cache_dir, sha256_file
 
 if TYPE_CHECKING:  # models.embedder imports torch: only on use
     from models.embedder import ClipEmbedder, ClipSpec
@@ -38,7 +38,6 @@ if TYPE_CHECKING:  # models.embedder imports torch: only on use
 log = logging.getLogger("samgraph.weights")
 
 CLIP_WEIGHTS_KINDS = ("pretrained", "file", "random")
-_ALIASES = {"registry": "pretrained"}  # the SAM 2 name of the download source
 _OFFLINE_HELP = (
     "Without network, either set SAMGRAPH_CLIP_CHECKPOINT=/path/to/checkpoint (an open_clip checkpoint: "
     ".safetensors, or a torch file holding a state dict), or run once where there is network so that "
@@ -48,59 +47,27 @@ _OFFLINE_HELP = (
 
 
 def clip_cache_dir() -> Path:
-    """Where open_clip's downloads are cached: ``<cache dir>/open_clip`` (see :func:`serve_app.weights.cache_dir`)."""
+    """Where open_clip's downloads are cached: ``<cache dir>/open_clip`` (see :func:`deployments.runtime.weights.cache_dir`)."""
     return cache_dir() / "open_clip"
 
 
 @dataclass(frozen=True)
-class ClipWeightsSource:
-    """A resolved choice of CLIP weights.
+class ClipWeightsSource(WeightsSource):
+    """A resolved choice of CLIP weights: :class:`deployments.runtime.weights.WeightsSource` with CLIP's
+    names.
 
     Attributes:
         kind: ``pretrained`` (``registry`` is accepted and stored as ``pretrained``), ``file`` or ``random``.
-        checkpoint: path of the checkpoint file for ``file``.
+        checkpoint: path of the checkpoint file for ``file`` (``SAMGRAPH_CLIP_CHECKPOINT``).
         seed: seed of the random initialisation for ``random``.
     """
 
     kind: str = "pretrained"
-    checkpoint: str | None = None
-    seed: int = 0
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", _ALIASES.get(self.kind, self.kind))
-        if self.kind not in CLIP_WEIGHTS_KINDS:
-            raise ValueError(f"CLIP weights must be one of pretrained (or registry), file, random; got {self.kind!r}")
-        if self.kind == "file" and not self.checkpoint:
-            raise ValueError("CLIP weights 'file' need a checkpoint path (SAMGRAPH_CLIP_CHECKPOINT)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer; got {self.seed!r}")
-
-    def as_dict(self) -> dict:
-        """``{"kind", "checkpoint", "seed"}``: the ``weights`` argument of the ``Embedder`` deployment."""
-        return {"kind": self.kind, "checkpoint": self.checkpoint, "seed": self.seed}
-
-    @classmethod
-    def resolve(
-        cls, weights: str | None = None, checkpoint: str | None = None, seed: int | None = None
-    ) -> ClipWeightsSource:
-        """Combine explicit settings with ``SAMGRAPH_WEIGHTS``, ``SAMGRAPH_CLIP_CHECKPOINT``, ``SAMGRAPH_SEED``.
-
-        A checkpoint path (given or from the environment) selects ``file`` unless ``weights`` (given or
-        ``SAMGRAPH_WEIGHTS``) says otherwise; without either the default is ``pretrained``.
-
-        Raises:
-            ValueError: an unknown ``weights`` value, ``file`` without a checkpoint, or a seed that is not
-                an integer.
-        """
-        checkpoint = checkpoint or os.environ.get("SAMGRAPH_CLIP_CHECKPOINT") or None
-        weights = weights or os.environ.get("SAMGRAPH_WEIGHTS") or ("file" if checkpoint else "pretrained")
-        if seed is None:
-            raw = os.environ.get("SAMGRAPH_SEED", "0")
-            try:
-                seed = int(raw)
-            except ValueError:
-                raise ValueError(f"SAMGRAPH_SEED must be an integer, got {raw!r}") from None
-        return cls(kind=weights, checkpoint=checkpoint, seed=seed)
+    what: ClassVar[str] = "CLIP"
+    kinds: ClassVar[tuple[str, ...]] = CLIP_WEIGHTS_KINDS
+    aliases: ClassVar[dict[str, str]] = {"registry": "pretrained"}  # the SAM 2 name of the download source
+    checkpoint_env: ClassVar[str] = "SAMGRAPH_CLIP_CHECKPOINT"
 
 
 def _pretrained_cfg(spec: ClipSpec) -> dict:
@@ -269,16 +236,11 @@ def load_clip(spec: ClipSpec, source: ClipWeightsSource, device: str = "cpu") ->
 
 
 def preflight_clip(spec: ClipSpec, source: ClipWeightsSource) -> None:
-    """Fail fast, before any replica starts, when the chosen CLIP weights cannot be had.
-
-    ``pretrained``: the weights are downloaded now if they are not cached, so replicas on this node find
-    them and do not race to download them. ``file``: the file must exist. ``random``: nothing.
+    """Fail fast, before any replica starts, when the chosen CLIP weights cannot be had (see
+    :meth:`WeightsSource.preflight`; ``pretrained`` downloads the weights now if they are not cached).
 
     Raises:
         ValueError: ``pretrained`` source for a spec without a tag.
         WeightsError: as :func:`pull_pretrained`; a missing checkpoint file.
     """
-    if source.kind == "pretrained":
-        pull_pretrained(spec)
-    elif source.kind == "file" and not Path(source.checkpoint).is_file():
-        raise WeightsError(f"CLIP checkpoint file {source.checkpoint} (SAMGRAPH_CLIP_CHECKPOINT) does not exist")
+    source.preflight(lambda: pull_pretrained(spec))

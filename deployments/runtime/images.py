@@ -1,4 +1,7 @@
-"""Decoding uploaded image bytes safely: format sniffing, pixel limit before decoding, truncation."""
+"""Decoding uploaded image bytes safely: format sniffing, pixel limit before decoding, truncation.
+
+Errors are the typed :mod:`deployments.errors` (a ``ValueError`` per rule, with ``code`` and ``field``),
+so the ingress, the video decoder and the offline pipeline read them the same way."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from serve_app.errors import ApiError
+from deployments.errors import EmptyImage, ImageTooLarge, InvalidBase64, InvalidImage
 
 
 def image_id_of(data: bytes) -> str:
@@ -23,14 +26,14 @@ def b64_to_bytes(data: str, field: str = "image.base64") -> bytes:
     """Strict base64 (a ``data:...;base64,`` prefix is allowed).
 
     Raises:
-        ApiError: 400 ``invalid_base64``.
+        InvalidBase64: 400 ``invalid_base64``.
     """
     if data.startswith("data:") and "," in data:
         data = data.split(",", 1)[1]
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, "invalid_base64", "not valid base64", field) from None
+        raise InvalidBase64("not valid base64", field) from None
 
 
 def _to_rgb8(im: Image.Image) -> np.ndarray:
@@ -50,29 +53,30 @@ def decode_image(data: bytes, max_pixels: int, field: str = "image") -> np.ndarr
     decompression bombs cost nothing.
 
     Raises:
-        ApiError: 400 ``invalid_image`` (empty, not an image, truncated or corrupt), 400 ``empty_image``
-            (0 pixels), 413 ``image_too_large`` (over ``max_pixels``).
+        InvalidImage: 400 ``invalid_image`` (empty, not an image, truncated or corrupt).
+        EmptyImage: 400 ``empty_image`` (0 pixels).
+        ImageTooLarge: 413 ``image_too_large`` (over ``max_pixels``).
     """
     if not data:
-        raise ApiError(400, "invalid_image", "image is empty (0 bytes)", field)
+        raise InvalidImage("image is empty (0 bytes)", field)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
-        raise ApiError(413, "image_too_large", f"image is over the limit of {max_pixels} pixels", field) from None
+        raise ImageTooLarge(f"image is over the limit of {max_pixels} pixels", field) from None
     except (UnidentifiedImageError, OSError, ValueError):
-        raise ApiError(400, "invalid_image", "bytes are not an image in a supported format (JPEG, PNG, WebP, ...)", field) from None
+        raise InvalidImage("bytes are not an image in a supported format (JPEG, PNG, WebP, ...)", field) from None
     with im:
         w, h = im.size
         if w * h == 0:
-            raise ApiError(400, "empty_image", f"image has 0 pixels ({w}x{h})", field)
+            raise EmptyImage(f"image has 0 pixels ({w}x{h})", field)
         if w * h > max_pixels:
-            raise ApiError(413, "image_too_large", f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}", field)
+            raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}", field)
         try:
             im.load()
             im = ImageOps.exif_transpose(im)
             rgb = _to_rgb8(im)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise ApiError(400, "invalid_image", f"image is truncated or corrupt: {e}", field) from None
+            raise InvalidImage(f"image is truncated or corrupt: {e}", field) from None
     return rgb

@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import tempfile
 import threading
 import uuid
 from collections.abc import Sequence
@@ -29,113 +27,23 @@ from typing import Any
 
 import numpy as np
 
+from deployments.errors import DimensionMismatch, InvalidRequest, UnknownCollection
+from deployments.runtime.store_checks import (
+    MAX_DIM,
+    MAX_PAGE,
+    StoreError,
+    as_vectors,
+    check_collection_name,
+    check_label,
+    check_point_id,
+    check_top_k,
+    check_writable,
+    store_settings,
+)
 from models.knn import Neighbor
 
-COLLECTION_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-MAX_LABEL_CHARS = 100
-MAX_TOP_K = 100
-MAX_PAGE = 1000
-MAX_DIM = 65536
 _SCROLL_PAGE = 1000
 
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or used (unwritable data dir, folder locked by another client, closed)."""
-
-
-class DimensionMismatch(ValueError):
-    """Vectors of one dimension were sent to a collection that holds another."""
-
-
-class UnknownCollection(ValueError, LookupError):
-    """No collection of that name exists. A ``ValueError`` (bad input) and a ``LookupError`` (like KeyError).
-
-    Attributes:
-        collection: the name asked for.
-    """
-
-    def __init__(self, collection: str) -> None:
-        super().__init__(f"unknown collection {collection!r}; add examples to it first")
-        self.collection = collection
-
-    def __reduce__(self):  # pickles (e.g. across Ray) by name, not by message
-        return (type(self), (self.collection,))
-
-
-def check_collection_name(name: str) -> str:
-    """Return ``name`` if it is 1-64 characters of ``[A-Za-z0-9_-]``.
-
-    Raises:
-        ValueError: otherwise.
-    """
-    if not isinstance(name, str) or not COLLECTION_NAME_RE.fullmatch(name):
-        raise ValueError(f"collection name must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'; got {name!r}")
-    return name
-
-
-def check_label(label: str) -> str:
-    """Return ``label`` stripped of surrounding whitespace if it is then 1-100 characters.
-
-    Raises:
-        ValueError: not a string, empty after stripping, or longer than 100 characters.
-    """
-    if not isinstance(label, str):
-        raise ValueError(f"label must be a string; got {type(label).__name__}")
-    stripped = label.strip()
-    if not 1 <= len(stripped) <= MAX_LABEL_CHARS:
-        raise ValueError(f"label must be 1-{MAX_LABEL_CHARS} characters after stripping whitespace; got {label!r}")
-    return stripped
-
-
-def check_top_k(top_k: int) -> int:
-    """Return ``top_k`` if it is an integer in 1..100.
-
-    Raises:
-        ValueError: otherwise.
-    """
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= MAX_TOP_K:
-        raise ValueError(f"top_k must be an integer in 1..{MAX_TOP_K}; got {top_k!r}")
-    return int(top_k)
-
-
-def as_vectors(x: np.ndarray, what: str = "vectors", dim: int | None = None) -> np.ndarray:
-    """Validate a batch of embedding vectors.
-
-    Args:
-        x: (N, D) float array; finite, no all-zero rows (a zero vector has no cosine direction).
-        what: name used in error messages (``"vectors"``, ``"queries"``).
-        dim: the dimension D must equal, or None for any.
-
-    Returns:
-        (N, D) float32 C-contiguous array.
-
-    Raises:
-        ValueError: not 2-D, not numeric, non-finite values or zero rows.
-        DimensionMismatch: ``D != dim``.
-    """
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D (N, D) array; got shape {x.shape}")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise ValueError(f"{what} must be a float array; got dtype {x.dtype}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not 1 <= x.shape[1] <= MAX_DIM:
-        raise ValueError(f"{what} must have 1..{MAX_DIM} columns; got {x.shape[1]}")
-    if dim is not None and x.shape[1] != dim:
-        raise DimensionMismatch(f"{what} are {x.shape[1]}-d, the collection holds {dim}-d vectors")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{what} hold non-finite values (nan or inf)")
-    zero = np.flatnonzero(~np.any(x != 0, axis=1))
-    if zero.size:
-        raise ValueError(f"{what} rows {zero[:10].tolist()} are all zero and have no cosine direction")
-    return x
-
-
-def _check_point_id(point_id: str, what: str = "id") -> str:
-    try:
-        return str(uuid.UUID(str(point_id)))
-    except ValueError:
-        raise ValueError(f"{what} must be a UUID string; got {point_id!r}") from None
 
 
 class ExampleStore:
@@ -187,7 +95,7 @@ class ExampleStore:
             self._backend = "local"
             folder = Path(path).expanduser()
             self.location = str(folder)
-            _check_writable(folder)
+            check_writable(folder)
             try:
                 self._client = QdrantClient(path=str(folder), force_disable_check_same_thread=True)
             except RuntimeError as exc:  # the folder's lock is held by another client
@@ -218,11 +126,7 @@ class ExampleStore:
         ``SAMGRAPH_QDRANT_URL`` (and ``SAMGRAPH_QDRANT_API_KEY``) -> a Qdrant server; otherwise the local mode
         in ``$SAMGRAPH_DATA_DIR/qdrant`` (default ``~/.local/share/samgraph/qdrant``).
         """
-        url = os.environ.get("SAMGRAPH_QDRANT_URL") or None
-        if url:
-            return cls(url=url, api_key=os.environ.get("SAMGRAPH_QDRANT_API_KEY") or None)
-        data_dir = os.environ.get("SAMGRAPH_DATA_DIR") or "~/.local/share/samgraph"
-        return cls(path=Path(data_dir).expanduser() / "qdrant")
+        return cls(**store_settings())
 
     @property
     def backend(self) -> str:
@@ -285,7 +189,7 @@ class ExampleStore:
         """
         check_collection_name(name)
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= MAX_DIM:
-            raise ValueError(f"dim must be an integer in 1..{MAX_DIM}; got {dim!r}")
+            raise InvalidRequest(f"dim must be an integer in 1..{MAX_DIM}; got {dim!r}", "dim")
         with self._lock:
             self._ensure_collection(name, int(dim))
 
@@ -321,24 +225,24 @@ class ExampleStore:
         check_collection_name(collection)
         x = as_vectors(vectors, "vectors")
         if isinstance(labels, str):
-            raise ValueError("labels must be a sequence of strings, one per vector, not a single string")
+            raise InvalidRequest("labels must be a sequence of strings, one per vector, not a single string", "labels")
         labels = [check_label(label) for label in labels]
         if len(labels) != len(x) or len(x) == 0:
-            raise ValueError(
-                f"need one label per vector and at least one vector; got {len(x)} vectors, {len(labels)} labels"
+            raise InvalidRequest(
+                f"need one label per vector and at least one vector; got {len(x)} vectors, {len(labels)} labels", "labels"
             )
         if payloads is None:
             payloads = [{}] * len(x)
         if len(payloads) != len(x):
-            raise ValueError(f"need one payload per vector; got {len(x)} vectors, {len(payloads)} payloads")
+            raise InvalidRequest(f"need one payload per vector; got {len(x)} vectors, {len(payloads)} payloads", "payloads")
         bodies = []
         for i, extra in enumerate(payloads):
             if not isinstance(extra, dict) or "label" in extra:
-                raise ValueError(f"payloads[{i}] must be a dict without the key 'label'")
+                raise InvalidRequest(f"payloads[{i}] must be a dict without the key 'label'", f"payloads[{i}]")
             try:
                 json.dumps(extra)
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"payloads[{i}] is not JSON-serialisable: {exc}") from None
+                raise InvalidRequest(f"payloads[{i}] is not JSON-serialisable: {exc}", f"payloads[{i}]") from None
             bodies.append({"label": labels[i], **extra})
         ids = [str(uuid.uuid4()) for _ in range(len(x))]
         points = [
@@ -435,9 +339,9 @@ class ExampleStore:
 
         check_collection_name(collection)
         if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_PAGE:
-            raise ValueError(f"limit must be an integer in 1..{MAX_PAGE}; got {limit!r}")
+            raise InvalidRequest(f"limit must be an integer in 1..{MAX_PAGE}; got {limit!r}", "limit")
         if offset is not None:
-            offset = _check_point_id(offset, "offset")
+            offset = check_point_id(offset, "offset")
         flt = None
         if label is not None:
             flt = models.Filter(
@@ -466,7 +370,7 @@ class ExampleStore:
         from qdrant_client import models
 
         check_collection_name(collection)
-        point_id = _check_point_id(id)
+        point_id = check_point_id(id)
         with self._lock:
             self._dimension(collection)
             client = self._qdrant()
@@ -494,7 +398,7 @@ class ExampleStore:
         size = getattr(params, "size", None)
         distance = getattr(params, "distance", None)
         if size is None or getattr(distance, "value", distance) != "Cosine":
-            raise ValueError(f"collection {name!r} is not a single-vector cosine collection made by samgraph")
+            raise InvalidRequest(f"collection {name!r} is not a single-vector cosine collection made by samgraph", "collection")
         return int(size)
 
     def _ensure_collection(self, name: str, dim: int) -> None:
@@ -520,36 +424,3 @@ class ExampleStore:
         held = self._dimension(name)
         if held != dim:
             raise DimensionMismatch(f"collection {name!r} holds {held}-d vectors, got {dim}")
-
-
-def _check_writable(folder: Path) -> None:
-    """Create ``folder`` and prove it writable by making a temporary file in it.
-
-    Raises:
-        StoreError: naming the folder and the OS error.
-    """
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise StoreError(f"data dir {folder} is not writable: {exc}") from exc
-
-
-def preflight_store(path: str | None = None, url: str | None = None, api_key: str | None = None) -> dict:
-    """Resolve the store settings as :meth:`ExampleStore.from_env` would, and fail fast on a data dir
-    that cannot be written (before any replica starts). Opens no client (the local mode locks its folder).
-
-    Returns:
-        Keyword arguments for the ``Retriever`` deployment: ``{"url", "api_key"}`` or ``{"path"}``.
-
-    Raises:
-        StoreError: the data dir is not writable.
-    """
-    url = url or os.environ.get("SAMGRAPH_QDRANT_URL") or None
-    if url:
-        return {"url": url, "api_key": api_key or os.environ.get("SAMGRAPH_QDRANT_API_KEY") or None}
-    if path is None:
-        path = str(Path(os.environ.get("SAMGRAPH_DATA_DIR") or "~/.local/share/samgraph").expanduser() / "qdrant")
-    _check_writable(Path(path).expanduser())
-    return {"path": str(Path(path).expanduser())}

@@ -1,0 +1,205 @@
+"""What travels between the stages: each stage's job and result, as frozen dataclasses.
+
+The ingress (and the offline pipeline) build the jobs, so a bad value fails in the caller, as a typed
+:mod:`deployments.errors` error or a ``ValueError``, and not inside a batch shared with other callers.
+Large arrays (an image's pixels and features, a clip's frames) travel beside the jobs, by ObjectRef, and
+are resolved by Ray in the stage that reads them.
+
+Results carry the identity of the weights that made them (``model_id``, ``weights``: ``"sha256:<hex>"``
+or ``"random"``) and ``timing_ms``, each stage's time in milliseconds; chained stages (fader -> embedder
+-> retriever) add theirs to the ``timing_ms`` they were given. The video tracker's per-frame records are
+JSON-ready dicts streamed as they are made (see ``VideoSegmenter.track``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.amg import AutoMask
+from models.fader import FadeStrategy, make_fade_strategy
+from models.knn import Neighbor
+from models.sam2_image import PromptSpec
+from models.sam2_video import VideoObject
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+@dataclass(frozen=True)
+class DecodeJob:
+    """What the ingress asks of the decoder for one image (the features travel separately, by reference).
+
+    Attributes:
+        prompts: validated prompts, one per object.
+        multimask_output: one flag per prompt.
+        mask_format: ``rle``, ``png`` or ``none``.
+        max_masks: at most this many masks per prompt, best ``predicted_iou`` first.
+        return_logits: also return each mask's (256, 256) low-res logits (for ``mask_input``).
+    """
+
+    prompts: tuple[PromptSpec, ...]
+    multimask_output: tuple[bool, ...]
+    mask_format: str = "rle"
+    max_masks: int = 3
+    return_logits: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class FadeJob:
+    """One image and the masks to crop from it.
+
+    Built by the caller, so that a bad strategy name or parameter fails there (as a ``ValueError``) and
+    not in a batch shared with other callers' jobs.
+
+    Attributes:
+        image: (H, W, 3) uint8 RGB.
+        masks: N (H, W) bool masks on ``image``, none empty; any sequence (or an (N, H, W) array) is
+            stored as a tuple.
+        strategy: registry name of the fade (``models.fader.list_fade_strategies``); None: the
+            deployment's default strategy.
+        params: the strategy's parameters. None: the deployment's default parameters where the strategy
+            is the deployment's default one, else the strategy's own defaults. Params need a
+            ``strategy`` name (the caller does not know the deployment's default).
+    """
+
+    image: np.ndarray
+    masks: tuple[np.ndarray, ...]
+    strategy: str | None = None
+    params: dict | None = None
+    #: The strategy built from ``strategy`` and ``params`` (None where ``strategy`` is None).
+    built: FadeStrategy | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        image = self.image
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"image must be (H, W, 3) uint8 RGB; got {desc}")
+        object.__setattr__(self, "masks", tuple(self.masks))
+        for i, mask in enumerate(self.masks):
+            if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != image.shape[:2]:
+                desc = f"{mask.dtype} {mask.shape}" if isinstance(mask, np.ndarray) else type(mask).__name__
+                raise ValueError(f"masks[{i}] must be (H, W) bool with (H, W) = {image.shape[:2]}; got {desc}")
+            if not mask.any():
+                raise ValueError(f"masks[{i}] is empty")
+        if self.params is not None and not isinstance(self.params, Mapping):
+            raise ValueError(f"params must be a dict or None; got {type(self.params).__name__}")
+        if self.strategy is None:
+            if self.params is not None:
+                raise ValueError("params need a strategy name; leave both out for the deployment's defaults")
+        else:
+            # Built here so that a bad name or parameter is the caller's error; params None -> the
+            # strategy's own defaults, replaced by the Fader's defaults when it is the Fader's strategy.
+            object.__setattr__(self, "built", make_fade_strategy(self.strategy, **(self.params or {})))
+
+
+@dataclass(frozen=True, eq=False)
+class SearchJob:
+    """One caller's k-NN request inside a batch.
+
+    Attributes:
+        collection: collection name.
+        queries: (M, D) float32 query embeddings, D = the collection's dimension.
+        top_k: neighbours per query, 1..100.
+    """
+
+    collection: str
+    queries: np.ndarray
+    top_k: int
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """What the ingress asks of the tracker for one clip (the frames travel separately, by reference).
+
+    Attributes:
+        objects: validated objects with their prompts.
+        start_frame: first frame to track from, or None for the earliest prompted frame.
+        max_frames: frames to track in each direction, the start frame included; None: all.
+        reverse: also track backward from the start frame.
+        mask_format: ``rle``, ``png`` or ``none``.
+    """
+
+    objects: tuple[VideoObject, ...]
+    start_frame: int | None = None
+    max_frames: int | None = None
+    reverse: bool = False
+    mask_format: str = "rle"
+
+
+# --------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class DecodeResult:
+    """The decoder's masks for one :class:`DecodeJob`.
+
+    Attributes:
+        model_id, weights: the decoder's model and weights.
+        results: one ``{"masks": [...]}`` per prompt, in the job's order; each mask a JSON-ready dict with
+            ``predicted_iou``, ``stability_score``, ``area_px``, ``bbox_xyxy`` and ``rle``/``png`` (and
+            ``low_res_logits`` when asked), best ``predicted_iou`` first.
+        timing_ms: ``decode_masks`` (the batch's forward pass), ``postprocess``, ``batch_size``.
+    """
+
+    model_id: str
+    weights: str
+    results: list[dict]
+    timing_ms: dict
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """The decoder's automatic masks of one image.
+
+    Attributes:
+        masks: :class:`models.amg.AutoMask` in NMS order, at most the ``max_masks`` asked for.
+        model_id, weights: the decoder's model and weights.
+        timing_ms: ``amg``.
+    """
+
+    masks: tuple[AutoMask, ...]
+    model_id: str
+    weights: str
+    timing_ms: dict
+
+
+@dataclass(frozen=True, eq=False)
+class FadeResult:
+    """The fader's crops of one image.
+
+    Attributes:
+        crops: one (S, S, 3) uint8 RGB crop per mask, in the masks' order (S: ``output_size``).
+        timing_ms: ``fade``.
+    """
+
+    crops: tuple[np.ndarray, ...]
+    timing_ms: dict
+
+
+@dataclass(frozen=True, eq=False)
+class EmbedResult:
+    """The embedder's vectors of one image's crops.
+
+    Attributes:
+        embeddings: (N, dim) float32, L2-normalised, one row per crop.
+        weights: the embedder's weights.
+        timing_ms: the fader's and ``embed``.
+    """
+
+    embeddings: np.ndarray
+    weights: str
+    timing_ms: dict
+
+
+@dataclass(frozen=True)
+class KnnResult:
+    """The retriever's neighbours of one image's embeddings.
+
+    Attributes:
+        neighbors: one list of :class:`models.knn.Neighbor` per embedding, best first.
+        embedder_weights: the weights of the embedder that made the queries.
+        timing_ms: the embedder's and ``retrieve``.
+    """
+
+    neighbors: list[list[Neighbor]]
+    embedder_weights: str
+    timing_ms: dict

@@ -1,0 +1,129 @@
+"""Typed input errors raised by the stages and their runtime: one ``ValueError`` subclass per rule.
+
+Each class carries the HTTP ``status`` and the stable ``code`` of its rule; each instance carries the
+``message`` (what is wrong and the rule broken) and the ``field`` at fault (``image``, ``frames[1]``,
+``collection``), or None. The ingress turns any of them into the documented 4xx body
+``{"error": {"code", "message", "field"}}`` (``serve_app.errors.ApiError.from_input_error``), so a stage
+never needs to know about HTTP, and no error changes its meaning on the way up.
+
+They pickle by ``(message, field)``, so they cross Ray unchanged. A stage's exception reaches the caller
+wrapped in Ray's ``RayTaskError``, which is also an instance of the original class and forwards its
+attributes, so ``except InputError`` works on the caller's side too.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class InputError(ValueError):
+    """Bad input: the client's fault, answered with a 4xx.
+
+    Args:
+        message: what is wrong and the rule broken.
+        field: the request field at fault, or None.
+
+    Attributes:
+        status: HTTP status of the rule (class attribute).
+        code: stable machine-readable code of the rule (class attribute).
+    """
+
+    status: ClassVar[int] = 422
+    code: ClassVar[str] = "invalid_request"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __reduce__(self):  # pickles (across Ray) by message and field
+        return (type(self), (self.message, self.field))
+
+
+class InvalidRequest(InputError):
+    """A value breaks a rule of its field (range, shape, format): 422 ``invalid_request``."""
+
+
+class InvalidBase64(InputError):
+    """A ``base64`` field is not strict base64: 400 ``invalid_base64``."""
+
+    status, code = 400, "invalid_base64"
+
+
+class InvalidImage(InputError):
+    """Bytes that are not an image in a supported format, or a truncated one: 400 ``invalid_image``."""
+
+    status, code = 400, "invalid_image"
+
+
+class EmptyImage(InputError):
+    """An image of 0 pixels: 400 ``empty_image``."""
+
+    status, code = 400, "empty_image"
+
+
+class ImageTooLarge(InputError):
+    """An image over the pixel limit (checked before decoding): 413 ``image_too_large``."""
+
+    status, code = 413, "image_too_large"
+
+
+class InvalidVideo(InputError):
+    """Not a video container, no video stream, or corrupt data: 400 ``invalid_video``."""
+
+    status, code = 400, "invalid_video"
+
+
+class EmptyVideo(InputError):
+    """A clip without frames, or with frames of 0 pixels: 400 ``empty_video``."""
+
+    status, code = 400, "empty_video"
+
+
+class TooManyFrames(InputError):
+    """A clip over the frame limit per request: 413 ``too_many_frames``."""
+
+    status, code = 413, "too_many_frames"
+
+
+class FrameTooLarge(InputError):
+    """Frames over the pixel limit: 413 ``frame_too_large``."""
+
+    status, code = 413, "frame_too_large"
+
+
+class FrameSizeMismatch(InputError):
+    """Frames of one clip with different sizes: 422 ``frame_size_mismatch``."""
+
+    status, code = 422, "frame_size_mismatch"
+
+
+class DimensionMismatch(InputError):
+    """Vectors of one dimension sent to a collection that holds another: 409 ``dimension_mismatch``.
+
+    The field at fault defaults to ``collection``: the collection is fixed to its dimension by its first
+    examples.
+    """
+
+    status, code = 409, "dimension_mismatch"
+
+    def __init__(self, message: str, field: str | None = "collection") -> None:
+        super().__init__(message, field)
+
+
+class UnknownCollection(InputError, LookupError):
+    """No collection of that name exists: 404 ``unknown_collection``. Also a ``LookupError``.
+
+    Args:
+        collection: the name asked for.
+        field: the request field that named it.
+    """
+
+    status, code = 404, "unknown_collection"
+
+    def __init__(self, collection: str, field: str | None = "collection") -> None:
+        super().__init__(f"collection {collection!r} does not exist; add examples first", field)
+        self.collection = collection
+
+    def __reduce__(self):  # pickles by name, not by message
+        return (type(self), (self.collection, self.field))

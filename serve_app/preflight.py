@@ -1,0 +1,54 @@
+"""One pre-flight for ``samgraph serve``, ``samgraph batch`` and :func:`serve_app.app.build_app`: resolve
+the weights and the store from the settings and the environment, and fail fast, before any replica
+starts, when they cannot be had."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from deployments.runtime.clip_weights import ClipWeightsSource, preflight_clip
+from deployments.runtime.sam2_weights import preflight as preflight_sam2
+from deployments.runtime.store_checks import preflight_store
+from deployments.runtime.weights import WeightsSource
+from models.embedder import ClipSpec
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every replica of every stage loads, resolved once.
+
+    Attributes:
+        sam2: the SAM 2 weights (image and video stages).
+        clip: the CLIP weights.
+        store: keyword arguments of the Retriever (``{"path"}`` or ``{"url", "api_key"}``); empty when the
+            store was not asked for.
+    """
+
+    sam2: WeightsSource
+    clip: ClipWeightsSource
+    store: dict
+
+
+def preflight(args: Any, *, clip: bool = True, store: bool = True) -> Prepared:
+    """Resolve and check the weights (and the store) named by ``args``.
+
+    Args:
+        args: :class:`serve_app.config.AppArgs` or the offline ``BatchArgs``: ``model_id``, ``weights``,
+            ``checkpoint``, ``seed``, ``clip`` (``model_name``, ``pretrained``, ``weights``,
+            ``checkpoint``) and ``retriever`` (``path``, ``url``, ``api_key``).
+        clip: check the CLIP weights too (downloading them if they are to be downloaded).
+        store: check the store's data dir too.
+
+    Raises:
+        ValueError: an unknown model id or weights kind.
+        WeightsError, ChecksumMismatch: weights that cannot be had; the message names the alternatives.
+        StoreError: a data dir that cannot be written.
+    """
+    sam2 = WeightsSource.resolve(args.weights, args.checkpoint, args.seed)
+    clip_source = ClipWeightsSource.resolve(args.clip.weights, args.clip.checkpoint, args.seed)
+    preflight_sam2(args.model_id, sam2)
+    if clip:
+        preflight_clip(ClipSpec(args.clip.model_name, args.clip.pretrained), clip_source)
+    r = args.retriever
+    return Prepared(sam2, clip_source, preflight_store(r.path, r.url, r.api_key) if store else {})
