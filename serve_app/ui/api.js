@@ -1,0 +1,89 @@
+// The service's public API, relative to the ingress root (so the page works under any route prefix):
+//   POST   v1/segment          the image once (multipart, mask_format "none"), then every prompt by
+//                              image_id with return_logits, the chosen mask's low_res_logits going back
+//                              as mask_input;
+//   POST   v1/examples         an accepted mask (mask_rle) with its label;
+//   GET    v1/examples         labels and counts of a collection (label completion);
+//   DELETE v1/examples/{id}    an example removed with its annotation;
+//   POST   v1/predict          every object with its suggested label;
+//   GET    readyz              the models behind the service, and its warnings.
+// Masks travel as COCO RLE both ways. Every failure is thrown as a ShownError: the API's own
+// {error: {code, message, field, request_id}}, else http_<status>, network or bad_response.
+// Warnings in any answer go to the warnings banner.
+
+import { ui } from "./state.js";
+import { ShownError, setStatus, showWarnings } from "./status.js";
+
+const API_ROOT = new URL("../", window.location.href); // the page is at <root>/ui/
+
+/** ``method`` ``path`` with a JSON body (``json``) or a multipart one (``form``); the answer's JSON. */
+async function call(method, path, { json, form } = {}) {
+  const url = new URL(path, API_ROOT);
+  const init = { method, headers: {} };
+  if (form) init.body = form;
+  if (json !== undefined) {
+    init.body = JSON.stringify(json);
+    init.headers["content-type"] = "application/json";
+  }
+  const where = `${method} ${url.pathname}`;
+  let res;
+  try {
+    res = await fetch(url, init);
+  } catch (e) {
+    throw new ShownError("network", `the service did not answer: ${e.message}`, { where });
+  }
+  const text = await res.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!res.ok) {
+    const err = data && data.error ? data.error : { code: `http_${res.status}`, message: (data && data.reason) || text.slice(0, 300) || res.statusText };
+    throw new ShownError(err.code, err.message, { status: res.status, field: err.field, requestId: err.request_id, where });
+  }
+  if (data === null) throw new ShownError("bad_response", "the answer is not JSON", { status: res.status, where });
+  if (data.warnings) showWarnings(data.warnings);
+  return data;
+}
+
+/** POST ``path`` with the current image_id; if the service no longer has the image, send it again once. */
+async function callWithImage(path, body) {
+  const image = ui.image;
+  try {
+    return await call("POST", path, { json: { ...body, image_id: image.image_id } });
+  } catch (e) {
+    if (e.code !== "image_not_cached" || !ui.file) throw e;
+    setStatus("the service evicted the image; sending it again…");
+    const out = await uploadImage(ui.file);
+    if (out.image_id !== image.image_id) throw new ShownError("image_changed", "the image sent again has another image_id");
+    return call("POST", path, { json: { ...body, image_id: image.image_id } });
+  }
+}
+
+/** Send the image's bytes, to be encoded once; {image_id, width, height, encode_cached, …}. */
+export function uploadImage(file) {
+  const form = new FormData();
+  form.append("image", file, file.name || "image");
+  form.append("request", JSON.stringify({ mask_format: "none" }));
+  return call("POST", "v1/segment", { form });
+}
+
+/** A /v1/segment request body (prompts, return_logits, …) on the current image. */
+export const postSegment = (body) => callWithImage("v1/segment", body);
+
+/** Every object of the current image with its label suggested from ``collection``. */
+export const postPredict = (collection) => callWithImage("v1/predict", { collection, mask_format: "rle" });
+
+/** Store ``rle`` (a mask of the current image) as an example of ``label``; {ids, label, collection}. */
+export const postExample = (rle, label, collection) =>
+  callWithImage("v1/examples", { mask_rle: { size: rle.size, counts: rle.counts }, label, collection });
+
+/** {counts: {label: n}, total} of ``collection``; throws unknown_collection before its first example. */
+export const getExampleCounts = (collection) => call("GET", `v1/examples?collection=${encodeURIComponent(collection)}&limit=1`);
+
+export const deleteExample = (exampleId, collection) =>
+  call("DELETE", `v1/examples/${encodeURIComponent(exampleId)}?collection=${encodeURIComponent(collection)}`);
+
+export const getReady = () => call("GET", "readyz");
