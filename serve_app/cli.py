@@ -8,7 +8,7 @@
     samgraph predict --api URL --image photo.jpg [--collection NAME] [--top-k 5] [--json]
     samgraph examples add --api URL --image photo.jpg (--box x0,y0,x1,y1 | --point x,y ...) --label NAME
     samgraph examples list --api URL [--collection NAME]
-    samgraph batch --input DIR|annotations.json --output OUT_DIR [...]    (serve_app/offline_cli.py)
+    samgraph batch --input DIR|annotations.json --output OUT_DIR [...]    (serve_app/offline/cli.py)
     samgraph eval --coco annotations.json --images DIR --prompt box|center-point [--output report.json]
     samgraph video --api URL (--video clip.mp4 | --frames DIR) --box OBJ:x0,y0,x1,y1 [--point OBJ:x,y[,fg|bg]]...
                    [--frame-index N] [--start-frame N] [--max-frames N] [--reverse] [--out masks.json]
@@ -461,7 +461,7 @@ def make_parser() -> argparse.ArgumentParser:
     _api_args(lst, cmd_examples)
     lst.add_argument("--collection", default="default")
 
-    from serve_app.offline_cli import add_commands
+    from serve_app.offline.cli import add_commands
 
     add_commands(sub)
     return p

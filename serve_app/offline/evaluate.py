@@ -1,7 +1,7 @@
 """Mask quality against COCO ground truth: ``samgraph eval``.
 
 SAM 2 is prompted with each ground-truth instance (its box, or one point inside its mask) through the
-offline pipeline (:mod:`serve_app.batch`); its best mask is compared with the ground-truth mask decoded by
+offline pipeline (:mod:`serve_app.offline.pipeline`); its best mask is compared with the ground-truth mask decoded by
 pycocotools. Reported:
 
 * mIoU over all instances, per category and per COCO area range (of the ground-truth ``area``:
@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from serve_app.offline.writer import AtomicFile
 
 # pycocotools/cocoeval.py, Params.setDetParams: areaRng [0, 32²], [32², 96²], [96², 1e5²]
 AREA_RANGES: dict[str, tuple[float, float]] = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, math.inf)}
@@ -168,8 +170,5 @@ def plot_by_area(report: dict, path: str | os.PathLike, title: str = "") -> None
 
 def write_report(report: dict, path: str | os.PathLike) -> None:
     """The report as JSON, written atomically (temp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    AtomicFile(path).write_text(json.dumps(report, indent=2) + "\n")
