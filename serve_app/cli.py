@@ -79,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """``models list`` (the registry and what is cached) or ``models pull [NAME]`` (download and verify)."""
     from models.registry import DEFAULT_SAM2_MODEL, get_sam2_checkpoint, list_sam2_models
     from serve_app.weights import WeightsError, cache_dir, pull_checkpoint
 
@@ -102,6 +103,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
+    """Print ``/readyz``'s answer; exit 0 when the service is ready, else 1."""
     try:
         with _client(args) as api:
             status, body = api.readyz()
@@ -112,6 +114,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    """``/v1/segment`` on ``--image``: print a summary (or ``--json``), write ``--out``/``--overlay``/``--cutout``."""
     request = {"prompts": build_prompts(args.box or [], args.point or []) + [{"text": t} for t in args.text or []], "mask_format": "rle"}
     if args.multimask is not None:
         request["multimask_output"] = args.multimask
@@ -164,6 +167,7 @@ def _post_image(args: argparse.Namespace, call, request: dict) -> dict | int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """``/v1/predict`` on ``--image``: print a table of the labelled instances (or ``--json``)."""
     request = {"collection": args.collection, "top_k": args.top_k, "min_score": args.min_score, "max_instances": args.max_instances}
     if args.points_per_side:
         request["amg"] = {"points_per_side": args.points_per_side}
@@ -182,6 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
+    """``examples add`` (``POST /v1/examples``) or ``examples list`` (counts per label)."""
     if args.action == "add":
         prompt = build_prompts([args.box] if args.box else [], args.point or [])
         if not prompt:
@@ -285,6 +290,7 @@ def _api_args(c: argparse.ArgumentParser, func) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """The ``samgraph`` argument parser, every sub-command's ``func`` set."""
     p = argparse.ArgumentParser(prog="samgraph", description="SAM 2 segmentation served as a Ray Serve graph")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -358,6 +364,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``samgraph`` with ``argv`` (default ``sys.argv[1:]``); the exit code."""
     args = make_parser().parse_args(argv)
     return args.func(args)
 
