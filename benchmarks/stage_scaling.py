@@ -277,8 +277,9 @@ class Bare:
 
     def clip(self):
         if self._clip is None:
-            from models.embedder import ClipSpec
             from serve_app.clip_weights import ClipWeightsSource, load_clip
+
+            from models.embedder import ClipSpec
 
             c = self.cfg.clip
             self._clip = load_clip(ClipSpec(c.model_name, c.pretrained), ClipWeightsSource("random", seed=0)).embedder

@@ -10,7 +10,8 @@ An image's state travels as one :class:`Item` (column ``item``). Its keys, in th
 them::
 
     path, image_id, anns                              input (anns: the image's COCO annotations, JSON)
-    error, width, height, image, prompts, examples    LoadImages
+    error, width, height, image, prompts,             LoadImages     (prompts: dicts with ann_id, category_id;
+      prompt_specs, multimask, examples                              prompt_specs: their PromptSpecs)
     features                                          EncodeImages   (dropped by DecodeMasks)
     instances                                         DecodeMasks
     crops, example_crops                              FadeCrops      (image dropped here)
@@ -24,6 +25,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,7 +38,13 @@ from deployments.runtime.replica import (
     warm_up,
 )
 
+if TYPE_CHECKING:
+    from models.sam2_image import PromptSpec
+
 PROMPT_MODES = ("coco-boxes", "center-points", "auto")
+#: One image's prompt dicts (``box_xyxy`` / ``points``, pixels), width, height -> (decoder prompts, multimask
+#: flag per prompt). The driver passes its validation (``serve_app.offline.inputs.prompt_specs``).
+PromptSpecsFn = Callable[[list[dict], int, int], "tuple[list[PromptSpec], list[bool]]"]
 _IMAGE_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
 
 
@@ -102,28 +110,43 @@ class LoadImages:
         with_examples: also decode every non-crowd annotation's mask into ``examples`` (``--add-examples``).
         categories: COCO category id -> name, for the examples' labels.
         max_image_pixels: larger images are reported as errors (the service's limit).
+        prompt_specs: validates an image's prompts into decoder prompts (:data:`PromptSpecsFn`); needed
+            for ``coco-boxes`` and ``center-points``. Its results become the row's ``prompt_specs`` (one
+            :class:`models.sam2_image.PromptSpec` per prompt) and ``multimask``; a prompt it refuses
+            makes the image an error row.
 
     Raises:
-        ValueError: an unknown ``prompts`` mode.
+        ValueError: an unknown ``prompts`` mode, or a prompt mode without ``prompt_specs``.
     """
 
-    def __init__(self, prompts: str, with_examples: bool, categories: dict[int, str], max_image_pixels: int) -> None:
+    def __init__(
+        self,
+        prompts: str,
+        with_examples: bool,
+        categories: dict[int, str],
+        max_image_pixels: int,
+        prompt_specs: PromptSpecsFn | None = None,
+    ) -> None:
         if prompts not in PROMPT_MODES:
             raise ValueError(f"prompts must be one of {', '.join(PROMPT_MODES)}; got {prompts!r}")
+        if prompts != "auto" and prompt_specs is None:
+            raise ValueError(f"prompts {prompts!r} needs prompt_specs, the validation of an image's prompts")
         self.prompts, self.with_examples = prompts, with_examples
         self.categories = {int(k): v for k, v in categories.items()}
         self.max_image_pixels = max_image_pixels
+        self.prompt_specs = prompt_specs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = list(batch)
         rows = [{k: batch[k][i].item() if isinstance(batch[k][i], np.generic) else batch[k][i] for k in names} for i in range(len(batch[names[0]]))]
         for row in rows:
             t0 = time.perf_counter()
-            row.update(error="", width=0, height=0, image=_IMAGE_PLACEHOLDER, prompts=[], examples=[])
+            empty = {"image": _IMAGE_PLACEHOLDER, "prompts": [], "prompt_specs": [], "multimask": [], "examples": []}
+            row.update(error="", width=0, height=0, **empty)
             try:
                 self._load(row)
-            except Exception as e:  # any unreadable input is reported, never fatal
-                row.update(error=f"{type(e).__name__}: {getattr(e, 'message', None) or e}"[:500], image=_IMAGE_PLACEHOLDER, prompts=[], examples=[])
+            except Exception as e:  # any unreadable input or refused prompt is reported, never fatal
+                row.update(error=f"{type(e).__name__}: {getattr(e, 'message', None) or e}"[:500], **empty)
             row["timing_ms"] = {"load": (time.perf_counter() - t0) * 1e3}
         return rows_batch(rows)
 
@@ -156,7 +179,10 @@ class LoadImages:
                 examples.append({**meta, "label": self.categories.get(meta["category_id"], str(meta["category_id"])), "rle": rle})
         if self.prompts == "center-points" and not all_anns:
             prompts.append({"ann_id": None, "category_id": None, "points": [[w / 2, h / 2, 1]]})
-        row.update(prompts=prompts, examples=examples)
+        specs, multimask = self.prompt_specs(prompts, w, h) if self.prompt_specs is not None else ([], [])
+        if len(specs) != len(prompts) or len(multimask) != len(prompts):
+            raise ValueError(f"prompt_specs gave {len(specs)} prompts and {len(multimask)} flags for {len(prompts)} prompts")
+        row.update(prompts=prompts, prompt_specs=specs, multimask=multimask, examples=examples)
 
 
 class EncodeImages(_Stage):
@@ -189,10 +215,10 @@ class EncodeImages(_Stage):
 class DecodeMasks(_Stage):
     """Masks for each image's prompts (best ``predicted_iou`` per prompt) or its automatic masks.
 
-    The prompt path is ``/v1/segment``'s: prompts become :class:`models.sam2_image.PromptSpec` through
-    :func:`serve_app.schemas.to_prompt_specs` (a lone point is multimask, a box is not) and every prompt of
-    every image in the batch runs through one ``Sam2MaskDecoder.predict_batch`` call. The automatic path
-    is ``/v1/predict``'s: :func:`models.amg.generate_masks`, best ``max_instances`` kept.
+    The prompt path is ``/v1/segment``'s: the rows' ``prompt_specs`` (:class:`models.sam2_image.PromptSpec`,
+    validated in the load stage) with their ``multimask`` flags (a lone point is multimask, a box is not);
+    every prompt of every image in the batch runs through one ``Sam2MaskDecoder.predict_batch`` call. The
+    automatic path is ``/v1/predict``'s: :func:`models.amg.generate_masks`, best ``max_instances`` kept.
 
     Args:
         model_id, weights, device, torch_threads, accel: as :class:`deployments.decoder.MaskDecoder`.
@@ -240,15 +266,12 @@ class DecodeMasks(_Stage):
             return
         from models.masks import encode_masks
         from models.sam2_image import DecodeRequest
-        from serve_app.schemas import PromptIn, to_prompt_specs
 
         requests, todo = [], []
         for r in rows:
             r["instances"] = []
-            if r["prompts"]:
-                geometry = [{k: p[k] for k in ("box_xyxy", "points") if k in p} for p in r["prompts"]]
-                specs, multimask = to_prompt_specs([PromptIn(**g) for g in geometry], r["width"], r["height"])
-                requests.append(DecodeRequest(r["features"], specs, multimask))
+            if r["prompt_specs"]:
+                requests.append(DecodeRequest(r["features"], r["prompt_specs"], r["multimask"]))
                 todo.append(r)
         for r, per_prompt in zip(todo, self.decoder.predict_batch(requests) if requests else []):
             for prompt, pred in zip(r["prompts"], per_prompt):

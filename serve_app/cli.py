@@ -8,7 +8,7 @@
     samgraph predict --api URL --image photo.jpg [--collection NAME] [--top-k 5] [--json]
     samgraph examples add --api URL --image photo.jpg (--box x0,y0,x1,y1 | --point x,y ...) --label NAME
     samgraph examples list --api URL [--collection NAME]
-    samgraph batch --input DIR|annotations.json --output OUT_DIR [...]    (serve_app/offline_cli.py)
+    samgraph batch --input DIR|annotations.json --output OUT_DIR [...]    (serve_app/offline/cli.py)
     samgraph eval --coco annotations.json --images DIR --prompt box|center-point [--output report.json]
     samgraph video --api URL (--video clip.mp4 | --frames DIR) --box OBJ:x0,y0,x1,y1 [--point OBJ:x,y[,fg|bg]]...
                    [--frame-index N] [--start-frame N] [--max-frames N] [--reverse] [--out masks.json]
@@ -23,108 +23,27 @@ import os
 import sys
 from pathlib import Path
 
+from serve_app.cli_flags import (
+    build_prompts,
+    build_video_objects,
+    frame_files,
+    parse_box,
+    parse_obj_box,
+    parse_obj_point,
+    parse_point,
+)
+from serve_app.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
+
 DEFAULT_API = "http://127.0.0.1:8000"
 
 
-def _parse_box(text: str) -> list[float]:
-    try:
-        box = [float(v) for v in text.split(",")]
-    except ValueError:
-        box = []
-    if len(box) != 4:
-        raise argparse.ArgumentTypeError(f"box must be x0,y0,x1,y1; got {text!r}")
-    return box
+def _client(args: argparse.Namespace) -> SamgraphClient:
+    return SamgraphClient(args.api, args.timeout)
 
 
-def _parse_point(text: str) -> list:
-    parts = text.split(",")
-    try:
-        if len(parts) not in (2, 3):
-            raise ValueError
-        label = parts[2].strip().lower() if len(parts) == 3 else "fg"
-        if label not in ("fg", "bg", "1", "0"):
-            raise ValueError
-        return [float(parts[0]), float(parts[1]), 1 if label in ("fg", "1") else 0]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"point must be x,y or x,y,fg|bg; got {text!r}") from None
-
-
-def _parse_obj(text: str, parse, what: str) -> tuple[int, list]:
-    """``OBJ:rest`` -> (obj_id, parse(rest)); ``rest`` alone is object 0."""
-    obj, sep, rest = text.partition(":")
-    if not sep:
-        obj, rest = "0", text
-    try:
-        obj_id = int(obj)
-        if obj_id < 0:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must start with an object id >= 0, as OBJ:...; got {text!r}") from None
-    return obj_id, parse(rest)
-
-
-def _parse_obj_box(text: str) -> tuple[int, list[float]]:
-    return _parse_obj(text, _parse_box, "--box")
-
-
-def _parse_obj_point(text: str) -> tuple[int, list]:
-    return _parse_obj(text, _parse_point, "--point")
-
-
-def build_video_objects(boxes: list[tuple[int, list[float]]], points: list[tuple[int, list]], frame_index: int = 0) -> list[dict]:
-    """CLI flags -> ``objects`` of /v1/segment/video: per object id (in order of first mention) at most one
-    box and any number of points, all on ``frame_index``.
-
-    Raises:
-        ValueError: two boxes for one object.
-    """
-    objects: dict[int, dict] = {}
-    for obj_id, box in boxes:
-        prompt = objects.setdefault(obj_id, {"frame_index": frame_index})
-        if "box_xyxy" in prompt:
-            raise ValueError(f"object {obj_id} has two --box; give one box per object")
-        prompt["box_xyxy"] = box
-    for obj_id, point in points:
-        objects.setdefault(obj_id, {"frame_index": frame_index}).setdefault("points", []).append(point)
-    return [{"obj_id": obj_id, "prompts": [prompt]} for obj_id, prompt in objects.items()]
-
-
-def frame_files(folder: Path) -> list[Path]:
-    """JPEG/PNG files of a folder in frame order: by number where every stem is one (as sam2 sorts
-    ``00000.jpg``...), else by name."""
-    files = [p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
-    if all(p.stem.isdigit() for p in files):
-        return sorted(files, key=lambda p: int(p.stem))
-    return sorted(files)
-
-
-def build_prompts(boxes: list[list[float]], points: list[list]) -> list[dict]:
-    """CLI flags -> ``prompts``: the first box and all points are one object, further boxes more objects."""
-    prompts: list[dict] = []
-    if boxes or points:
-        first: dict = {}
-        if boxes:
-            first["box_xyxy"] = boxes[0]
-        if points:
-            first["points"] = points
-        prompts.append(first)
-        prompts.extend({"box_xyxy": b} for b in boxes[1:])
-    return prompts
-
-
-def _client(api: str, timeout_s: float):
-    import httpx
-
-    return httpx.Client(base_url=api.rstrip("/"), timeout=timeout_s)
-
-
-def _fail(response) -> int:
-    try:
-        err = response.json()["error"]
-        where = f" (field {err['field']})" if err.get("field") else ""
-        print(f"error {response.status_code} {err['code']}: {err['message']}{where}", file=sys.stderr)
-    except Exception:
-        print(f"error {response.status_code}: {response.text[:500]}", file=sys.stderr)
+def _fail(error: ApiResponseError | ApiUnreachable | ApiStreamError) -> int:
+    """Print a failed call as the CLI reports it; the exit code (1)."""
+    print(f"error {error}" if isinstance(error, ApiResponseError) else f"error: {error}", file=sys.stderr)
     return 1
 
 
@@ -133,12 +52,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     then ``serve run CONFIG``."""
     import yaml
 
-    from deployments.runtime.clip_weights import ClipWeightsSource, preflight_clip
-    from deployments.runtime.sam2_weights import preflight
-    from deployments.runtime.store_checks import StoreError, preflight_store
-    from deployments.runtime.weights import WeightsError, WeightsSource
-    from models.embedder import ClipSpec
+    from deployments.runtime.store_checks import StoreError
+    from deployments.runtime.weights import WeightsError
     from serve_app.config import AppArgs
+    from serve_app.preflight import preflight
 
     config = Path(args.config)
     if not config.is_file():
@@ -147,11 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for app in yaml.safe_load(config.read_text()).get("applications", []):
         if app.get("import_path") == "serve_app.app:build_app":
             try:
-                cfg = AppArgs.model_validate(app.get("args") or {})
-                preflight(cfg.model_id, WeightsSource.resolve(cfg.weights, cfg.checkpoint, cfg.seed))
-                clip_source = ClipWeightsSource.resolve(cfg.clip.weights, cfg.clip.checkpoint, cfg.seed)
-                preflight_clip(ClipSpec(cfg.clip.model_name, cfg.clip.pretrained), clip_source)
-                preflight_store(cfg.retriever.path, cfg.retriever.url, cfg.retriever.api_key)
+                preflight(AppArgs.model_validate(app.get("args") or {}))
             except (ValueError, WeightsError, StoreError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 1
@@ -161,6 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """``models list`` (the registry and what is cached) or ``models pull [NAME]`` (download and verify)."""
     from deployments.runtime.sam2_weights import pull_checkpoint
     from deployments.runtime.weights import WeightsError, cache_dir
     from models.registry import DEFAULT_SAM2_MODEL, get_sam2_checkpoint, list_sam2_models
@@ -185,26 +99,24 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
-    import httpx
-
+    """Print ``/readyz``'s answer; exit 0 when the service is ready, else 1."""
     try:
-        with _client(args.api, args.timeout) as c:
-            r = c.get("/readyz")
-    except httpx.HTTPError as e:
-        print(f"error: cannot reach {args.api}: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(r.json(), indent=2))
-    return 0 if r.status_code == 200 else 1
+        with _client(args) as api:
+            status, body = api.readyz()
+    except (ApiUnreachable, ApiResponseError) as e:
+        return _fail(e)
+    print(json.dumps(body, indent=2))
+    return 0 if status == 200 else 1
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    """``/v1/segment`` on ``--image``: print a summary (or ``--json``), write ``--out``/``--overlay``/``--cutout``."""
     request = {"prompts": build_prompts(args.box or [], args.point or []) + [{"text": t} for t in args.text or []], "mask_format": "rle"}
     if args.multimask is not None:
         request["multimask_output"] = args.multimask
-    r = _post_image(args, "/v1/segment", request)
-    if isinstance(r, int):
-        return r
-    result = r.json()
+    result = _post_image(args, SamgraphClient.segment, request)
+    if isinstance(result, int):
+        return result
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text)
@@ -229,10 +141,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _post_image(args: argparse.Namespace, path: str, request: dict):
-    """POST ``request`` with the image file as multipart; returns the response or an exit code."""
-    import httpx
+def _post_image(args: argparse.Namespace, call, request: dict) -> dict | int:
+    """``call(client, request, image, filename)`` with the ``--image`` file; the answer, or an exit code.
 
+    The answer's warnings go to stderr.
+    """
     image_path = Path(args.image)
     try:
         image_bytes = image_path.read_bytes()
@@ -240,26 +153,23 @@ def _post_image(args: argparse.Namespace, path: str, request: dict):
         print(f"error: cannot read {image_path}: {e}", file=sys.stderr)
         return 2
     try:
-        with _client(args.api, args.timeout) as c:
-            r = c.post(path, files={"image": (image_path.name, image_bytes)}, data={"request": json.dumps(request)})
-    except httpx.HTTPError as e:
-        print(f"error: cannot reach {args.api}: {e}", file=sys.stderr)
-        return 1
-    if r.status_code != 200:
-        return _fail(r)
-    for w in r.json().get("warnings", []):
+        with _client(args) as api:
+            result = call(api, request, image_bytes, image_path.name)
+    except (ApiUnreachable, ApiResponseError) as e:
+        return _fail(e)
+    for w in result.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
-    return r
+    return result
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """``/v1/predict`` on ``--image``: print a table of the labelled instances (or ``--json``)."""
     request = {"collection": args.collection, "top_k": args.top_k, "min_score": args.min_score, "max_instances": args.max_instances}
     if args.points_per_side:
         request["amg"] = {"points_per_side": args.points_per_side}
-    r = _post_image(args, "/v1/predict", request)
-    if isinstance(r, int):
-        return r
-    result = r.json()
+    result = _post_image(args, SamgraphClient.predict, request)
+    if isinstance(result, int):
+        return result
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -272,28 +182,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
-    import httpx
-
+    """``examples add`` (``POST /v1/examples``) or ``examples list`` (counts per label)."""
     if args.action == "add":
         prompt = build_prompts([args.box] if args.box else [], args.point or [])
         if not prompt:
             print("error: give --box and/or --point for the object", file=sys.stderr)
             return 2
-        r = _post_image(args, "/v1/examples", {**prompt[0], "label": args.label, "collection": args.collection})
-        if isinstance(r, int):
-            return r
-        out = r.json()
+        out = _post_image(args, SamgraphClient.add_example, {**prompt[0], "label": args.label, "collection": args.collection})
+        if isinstance(out, int):
+            return out
         print(json.dumps({k: out[k] for k in ("ids", "collection", "label", "area_px")}, indent=2))
         return 0
     try:
-        with _client(args.api, args.timeout) as c:
-            r = c.get("/v1/examples", params={"collection": args.collection})
-    except httpx.HTTPError as e:
-        print(f"error: cannot reach {args.api}: {e}", file=sys.stderr)
-        return 1
-    if r.status_code != 200:
-        return _fail(r)
-    out = r.json()
+        with _client(args) as api:
+            out = api.list_examples(args.collection)
+    except (ApiUnreachable, ApiResponseError) as e:
+        return _fail(e)
     print(f"collection {out['collection']}: {out['total']} examples, {out['dim']}-d")
     for label, n in sorted(out["counts"].items()):
         print(f"  {label:<30} {n:>6}")
@@ -303,8 +207,6 @@ def cmd_examples(args: argparse.Namespace) -> int:
 def cmd_video(args: argparse.Namespace) -> int:
     """Stream /v1/segment/video, report progress on stderr, write the result as one JSON document."""
     import base64
-
-    import httpx
 
     try:
         objects = build_video_objects(args.box or [], args.point or [], args.frame_index)
@@ -321,27 +223,21 @@ def cmd_video(args: argparse.Namespace) -> int:
         request["max_frames"] = args.max_frames
     try:
         if args.video:
-            send = {"files": {"video": (Path(args.video).name, Path(args.video).read_bytes())}, "data": {"request": json.dumps(request)}}
+            send = {"video": Path(args.video).read_bytes(), "filename": Path(args.video).name}
         else:
             files = frame_files(Path(args.frames))
             if not files:
                 print(f"error: no .jpg/.jpeg/.png frames in {args.frames}", file=sys.stderr)
                 return 2
             request["frames"] = [{"base64": base64.b64encode(p.read_bytes()).decode("ascii")} for p in files]
-            send = {"json": request}
+            send = {}
     except OSError as e:
         print(f"error: cannot read the clip: {e}", file=sys.stderr)
         return 2
-    head, frames, end = None, [], None
+    head, frames, end = {}, [], {}
     try:
-        with _client(args.api, args.timeout) as c, c.stream("POST", "/v1/segment/video", **send) as r:
-            if r.status_code != 200:
-                r.read()
-                return _fail(r)
-            for line in r.iter_lines():
-                if not line:
-                    continue
-                rec = json.loads(line)
+        with _client(args) as api:
+            for rec in api.stream_video(request, **send):
                 kind = rec.pop("type")
                 if kind == "start":
                     head = rec
@@ -351,17 +247,10 @@ def cmd_video(args: argparse.Namespace) -> int:
                     frames.append(rec)
                     areas = ", ".join(f"{o['obj_id']}: {o['area_px']} px" for o in rec["objects"])
                     print(f"frame {rec['frame_index']:>5} ({len(frames)} done) {rec['propagate_ms']:8.0f} ms  {areas}", file=sys.stderr)
-                elif kind == "end":
-                    end = rec
                 else:
-                    print(f"error: {rec.get('error', rec)}", file=sys.stderr)
-                    return 1
-    except httpx.HTTPError as e:
-        print(f"error: cannot reach {args.api}: {e}", file=sys.stderr)
-        return 1
-    if head is None or end is None:
-        print("error: the stream ended early", file=sys.stderr)
-        return 1
+                    end = rec
+    except (ApiUnreachable, ApiResponseError, ApiStreamError) as e:
+        return _fail(e)
     frames.sort(key=lambda f: f["frame_index"])
     result = {**head, "frames": frames, "timing_ms": end["timing_ms"]}
     text = json.dumps(result, indent=2)
@@ -398,6 +287,7 @@ def _api_args(c: argparse.ArgumentParser, func) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """The ``samgraph`` argument parser, every sub-command's ``func`` set."""
     p = argparse.ArgumentParser(prog="samgraph", description="SAM 2 segmentation served as a Ray Serve graph")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -418,8 +308,8 @@ def make_parser() -> argparse.ArgumentParser:
         if name == "segment":
             c.add_argument("--text", action="append", help="a text prompt, e.g. 'the red car' (ranked automatic masks)")
             c.add_argument("--image", required=True, help="image file (JPEG, PNG, ...)")
-            c.add_argument("--box", type=_parse_box, action="append", help="x0,y0,x1,y1 in pixels; repeat for more objects")
-            c.add_argument("--point", type=_parse_point, action="append", help="x,y[,fg|bg] in pixels (default fg)")
+            c.add_argument("--box", type=parse_box, action="append", help="x0,y0,x1,y1 in pixels; repeat for more objects")
+            c.add_argument("--point", type=parse_point, action="append", help="x,y[,fg|bg] in pixels (default fg)")
             c.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None)
             c.add_argument("--out", help="write the full JSON response here")
             c.add_argument("--json", action="store_true", help="print the full JSON response, not a summary")
@@ -441,8 +331,8 @@ def make_parser() -> argparse.ArgumentParser:
     add = exsub.add_parser("add", help="store one labelled object given by a box and/or points")
     _api_args(add, cmd_examples)
     add.add_argument("--image", required=True)
-    add.add_argument("--box", type=_parse_box)
-    add.add_argument("--point", type=_parse_point, action="append")
+    add.add_argument("--box", type=parse_box)
+    add.add_argument("--point", type=parse_point, action="append")
     add.add_argument("--label", required=True)
     add.add_argument("--collection", default="default")
     vd = sub.add_parser("video", help="track objects through a clip (MP4 or a folder of frames)")
@@ -450,8 +340,8 @@ def make_parser() -> argparse.ArgumentParser:
     clip = vd.add_mutually_exclusive_group(required=True)
     clip.add_argument("--video", help="MP4 file (sent as multipart)")
     clip.add_argument("--frames", help="folder of JPEG/PNG frames, in numeric order (sent as base64 JSON)")
-    vd.add_argument("--box", type=_parse_obj_box, action="append", help="OBJ:x0,y0,x1,y1 in pixels; one per object")
-    vd.add_argument("--point", type=_parse_obj_point, action="append", help="OBJ:x,y[,fg|bg] in pixels; repeat")
+    vd.add_argument("--box", type=parse_obj_box, action="append", help="OBJ:x0,y0,x1,y1 in pixels; one per object")
+    vd.add_argument("--point", type=parse_obj_point, action="append", help="OBJ:x,y[,fg|bg] in pixels; repeat")
     vd.add_argument("--frame-index", type=int, default=0, help="the frame the prompts are on (default 0)")
     vd.add_argument("--start-frame", type=int, help="frame to track from (default: the prompted frame)")
     vd.add_argument("--max-frames", type=int, help="frames to track in each direction, the start frame included")
@@ -464,13 +354,14 @@ def make_parser() -> argparse.ArgumentParser:
     _api_args(lst, cmd_examples)
     lst.add_argument("--collection", default="default")
 
-    from serve_app.offline_cli import add_commands
+    from serve_app.offline.cli import add_commands
 
     add_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``samgraph`` with ``argv`` (default ``sys.argv[1:]``); the exit code."""
     args = make_parser().parse_args(argv)
     return args.func(args)
 

@@ -7,6 +7,7 @@ import socket
 import httpx
 import pytest
 
+from serve_app.client import SamgraphClient
 from tests.conftest import MODEL_ID
 
 # Small limits so the 413 paths are cheap to hit; truck.jpg (1800x1200 = 2.16 MP, 0.3 MB) fits.
@@ -75,4 +76,11 @@ def app_url(app_args):
 @pytest.fixture(scope="package")
 def client(app_url):
     with httpx.Client(base_url=app_url, timeout=300) as c:
+        yield c
+
+
+@pytest.fixture(scope="package")
+def api(app_url):
+    """The service through :class:`serve_app.client.SamgraphClient` (errors raise)."""
+    with SamgraphClient(app_url, timeout_s=300) as c:
         yield c

@@ -3,7 +3,6 @@ the same masks for the same boxes, and the same labels for the same examples and
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -45,11 +44,7 @@ def batch(tmp_path, subset, tiny_checkpoint, *flags):
     return out, summary, proc.stdout
 
 
-def _b64(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
-def test_batch_masks_and_labels_equal_the_online_service(client, subset, tiny_checkpoint, tmp_path_factory):
+def test_batch_masks_and_labels_equal_the_online_service(api, subset, tiny_checkpoint, tmp_path_factory):
     path, images, data = subset
     cats = {c["id"]: c["name"] for c in data["categories"]}
     files = {im["id"]: images / im["file_name"] for im in data["images"]}
@@ -63,7 +58,7 @@ def test_batch_masks_and_labels_equal_the_online_service(client, subset, tiny_ch
     for image_id, file in files.items():
         anns = [a for a in data["annotations"] if a["image_id"] == image_id and not a["iscrowd"]]
         prompts = [{"box_xyxy": [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]} for a in anns]
-        online = client.post("/v1/segment", json={"image": {"base64": _b64(file)}, "prompts": prompts}).json()
+        online = api.segment({"prompts": prompts}, image=file.read_bytes())
         offline = [r for r in results if r["image_id"] == image_id]
         assert len(offline) == len(anns)
         for a, res, rec in zip(anns, online["results"], offline):
@@ -75,8 +70,7 @@ def test_batch_masks_and_labels_equal_the_online_service(client, subset, tiny_ch
         for a in anns:
             im = next(i for i in data["images"] if i["id"] == image_id)
             rle = segmentation_to_rle(a["segmentation"], im["height"], im["width"])
-            r = client.post("/v1/examples", json={"image": {"base64": _b64(file)}, "mask_rle": rle, "label": cats[a["category_id"]], "collection": "parity-online"})
-            assert r.status_code == 200, r.text
+            api.add_example({"mask_rle": rle, "label": cats[a["category_id"]], "collection": "parity-online"}, image=file.read_bytes())
 
     # 2. automatic masks -> crops -> embeddings -> labels, from the batch store vs the service's
     out, summary, _ = batch(tmp_path_factory.mktemp("predict"), subset, tiny_checkpoint, "--prompts", "auto", "--predict", "--collection", "parity", "--embeddings")
@@ -86,7 +80,7 @@ def test_batch_masks_and_labels_equal_the_online_service(client, subset, tiny_ch
     assert summary["images_ok"] == 2 and rows and all(len(r["embedding"]) == 512 for r in rows)
     labels_seen = set()
     for image_id, file in files.items():
-        online = client.post("/v1/predict", json={"image": {"base64": _b64(file)}, "collection": "parity-online"}).json()["instances"]
+        online = api.predict({"collection": "parity-online"}, image=file.read_bytes())["instances"]
         offline = [r for r in rows if r["image_id"] == image_id]
         assert len(offline) == len(online) > 0
         for rec, inst in zip(offline, online):

@@ -12,14 +12,9 @@ import pytest
 
 from deployments.batch import DecodeMasks, EncodeImages, LoadImages, batch_rows, object_column
 from models.masks import decode_rle
-from serve_app.batch import (
-    BatchArgs,
-    ResultWriter,
-    apply_overrides,
-    list_inputs,
-    load_batch_args,
-    plan_run,
-)
+from serve_app.offline.inputs import list_inputs, plan_run, prompt_specs
+from serve_app.offline.pipeline import BatchArgs, apply_overrides, load_batch_args
+from serve_app.offline.writer import ResultWriter
 from tests.conftest import MODEL_ID, mask_iou, shared_file
 
 COCO_JSON = ("coco_subset", "annotations", "instances_val2017_subset32.json")
@@ -99,21 +94,23 @@ def test_settings_overrides_are_typed_and_validated():
 
 
 def test_load_stage_reports_unreadable_files_and_builds_prompts(image_folder, coco_path):
-    stage = LoadImages("center-points", False, {}, 50_000_000)
+    stage = LoadImages("center-points", False, {}, 50_000_000, prompt_specs)
     rows = batch_rows(stage(_input_batch(list_inputs(image_folder).items)))
     ok, broken = rows[:2], rows[2]
     assert broken["error"].startswith("ApiError") and "not an image" in broken["error"]
     for r in ok:
         assert r["error"] == "" and r["image"].shape == (540, 960, 3)
         assert r["prompts"] == [{"ann_id": None, "category_id": None, "points": [[480.0, 270.0, 1]]}]
+        (spec,), multimask = r["prompt_specs"], r["multimask"]
+        assert multimask == [True] and spec.point_coords.tolist() == [[480.0, 270.0]] and spec.box_xyxy is None
     data = list_inputs(coco_path, limit=3)
-    boxes = batch_rows(LoadImages("coco-boxes", True, data.categories, 50_000_000)(_input_batch(data.items)))
+    boxes = batch_rows(LoadImages("coco-boxes", True, data.categories, 50_000_000, prompt_specs)(_input_batch(data.items)))
     anns = json.loads(data.items[1]["anns"])
     x, y, w, h = anns[0]["bbox"]
     assert boxes[1]["prompts"][0] == {"ann_id": anns[0]["id"], "category_id": anns[0]["category_id"], "box_xyxy": [x, y, x + w, y + h]}
     assert len(boxes[1]["examples"]) == len([a for a in anns if not a["iscrowd"]])
     assert boxes[1]["examples"][0]["label"] == data.categories[anns[0]["category_id"]]
-    points = batch_rows(LoadImages("center-points", False, data.categories, 50_000_000)(_input_batch(data.items)))
+    points = batch_rows(LoadImages("center-points", False, data.categories, 50_000_000, prompt_specs)(_input_batch(data.items)))
     for p, ex in zip(points[1]["prompts"], boxes[1]["examples"]):
         (px, py, label), = p["points"]
         assert label == 1 and decode_rle(ex["rle"])[py, px]  # the click lies inside its object
@@ -124,7 +121,7 @@ def test_encode_and_decode_stages_equal_sam2_image_predictor(coco_path, tiny_che
     data = list_inputs(coco_path)
     item = next(it for it in data.items if it["image_id"] == 41888)
     weights = {"kind": "file", "checkpoint": str(tiny_checkpoint), "seed": 0}
-    batch = LoadImages("coco-boxes", False, data.categories, 50_000_000)(_input_batch([item]))
+    batch = LoadImages("coco-boxes", False, data.categories, 50_000_000, prompt_specs)(_input_batch([item]))
     batch = EncodeImages(MODEL_ID, weights, "cpu", 2)(batch)
     row = batch_rows(DecodeMasks(MODEL_ID, weights, "cpu", 2)(batch))[0]
     assert "features" not in row and set(row["timing_ms"]) == {"load", "encode", "decode"}
@@ -191,3 +188,43 @@ def test_result_writer_discards_on_failure(tmp_path):
 def test_object_column_keeps_equal_shaped_arrays_apart():
     col = object_column([np.zeros((2, 2)), np.ones((2, 2))])
     assert col.shape == (2,) and col[1].shape == (2, 2)
+
+
+def test_prompt_specs_validate_as_the_segment_endpoint():
+    from pydantic import ValidationError
+
+    assert prompt_specs([], 640, 480) == ([], [])  # no prompts, no centre click
+    meta = {"ann_id": 7, "category_id": 3}
+    specs, multimask = prompt_specs([{**meta, "box_xyxy": [1, 2, 30, 40]}, {**meta, "points": [[5, 6, 1]]}], 640, 480)
+    assert multimask == [False, True]  # a box gives one mask, a lone click three
+    np.testing.assert_array_equal(specs[0].box_xyxy, np.array([1, 2, 30, 40], np.float32))
+    assert specs[0].point_coords is None and specs[1].point_labels.tolist() == [1]
+    np.testing.assert_array_equal(specs[1].point_coords, np.array([[5, 6]], np.float32))
+    with pytest.raises(ValidationError):
+        prompt_specs([{"box_xyxy": [30, 40, 1, 2]}], 640, 480)  # inverted box
+
+
+def test_load_stage_needs_prompt_validation_and_reports_refused_prompts(image_folder):
+    with pytest.raises(ValueError, match="needs prompt_specs"):
+        LoadImages("coco-boxes", False, {}, 50_000_000)
+    LoadImages("auto", False, {}, 50_000_000)  # no prompts to validate
+
+    def refuse(prompts, width, height):
+        raise ValueError("no such prompt")
+
+    item = list_inputs(image_folder).items[:1]
+    (row,) = batch_rows(LoadImages("center-points", False, {}, 50_000_000, refuse)(_input_batch(item)))
+    assert row["error"] == "ValueError: no such prompt" and row["prompts"] == [] and row["prompt_specs"] == []
+
+
+def test_batch_stages_do_not_import_serve_app_schemas():
+    """Arrows point down: the driver validates prompts; the Ray Data stages get PromptSpecs."""
+    import ast
+    from pathlib import Path
+
+    import deployments.batch
+
+    tree = ast.parse(Path(deployments.batch.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "serve_app.schemas" not in imported

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from deployments.runtime.batching import check_batch_config
 from deployments.runtime.replica import set_torch_threads
 from models.registry import list_sam2_models
-from serve_app.cli import _parse_box, _parse_point, build_prompts, make_parser
+from serve_app.cli import make_parser
+from serve_app.cli_flags import build_prompts, parse_box, parse_point
 from serve_app.config import AppArgs
 from serve_app.schemas import SegmentRequest
 
@@ -59,13 +60,13 @@ def test_build_prompts_first_box_with_points_then_more_boxes():
     ],
 )
 def test_parse_box(text, expected):
-    assert _parse_box(text) == expected
+    assert parse_box(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "1,2,3", "1,2,3,4,5", "a,b,c,d", "1;2;3;4", "1,2,,4"])
 def test_parse_box_errors(text):
     with pytest.raises(argparse.ArgumentTypeError, match="box must be x0,y0,x1,y1"):
-        _parse_box(text)
+        parse_box(text)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,7 @@ def test_parse_box_errors(text):
     ],
 )
 def test_parse_point(text, expected):
-    out = _parse_point(text)
+    out = parse_point(text)
     assert out == expected
     assert type(out[2]) is int
 
@@ -89,7 +90,7 @@ def test_parse_point(text, expected):
 @pytest.mark.parametrize("text", ["", "10", "10,20,fg,1", "a,20", "10,b,fg", "10,20,2", "10,20,x", "10,20,"])
 def test_parse_point_errors(text):
     with pytest.raises(argparse.ArgumentTypeError, match="point must be"):
-        _parse_point(text)
+        parse_point(text)
 
 
 def test_parser_wires_box_and_point_types():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models.masks import encode_rle
-from serve_app.evaluate import AREA_RANGES, area_range, evaluate_masks, plot_by_area, report_table, write_report
+from serve_app.offline.evaluate import AREA_RANGES, area_range, evaluate_masks, plot_by_area, report_table, write_report
 from tests.conftest import shared_file
 
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from deployments.errors import InputError
 from deployments.runtime.video_io import decode_frames, decode_video
-from serve_app.cli import _parse_obj_box, _parse_obj_point, build_video_objects, frame_files, make_parser
+from serve_app.cli import make_parser
+from serve_app.cli_flags import build_video_objects, frame_files, parse_obj_box, parse_obj_point
 from serve_app.errors import ApiError
 from serve_app.render import encode_video
 from serve_app.schemas import VideoRequest, check_video_objects, to_video_objects
@@ -111,12 +112,12 @@ def test_to_video_objects():
 
 
 def test_cli_video_flags(tmp_path):
-    assert _parse_obj_box("2:1,2,3,4") == (2, [1.0, 2.0, 3.0, 4.0])
-    assert _parse_obj_box("1,2,3,4") == (0, [1.0, 2.0, 3.0, 4.0])
-    assert _parse_obj_point("1:5,6,bg") == (1, [5.0, 6.0, 0])
+    assert parse_obj_box("2:1,2,3,4") == (2, [1.0, 2.0, 3.0, 4.0])
+    assert parse_obj_box("1,2,3,4") == (0, [1.0, 2.0, 3.0, 4.0])
+    assert parse_obj_point("1:5,6,bg") == (1, [5.0, 6.0, 0])
     for bad in ("x:1,2,3,4", "-1:1,2,3,4", "1:1,2,3"):
         with pytest.raises(argparse.ArgumentTypeError):
-            _parse_obj_box(bad)
+            parse_obj_box(bad)
     objects = build_video_objects([(0, [1, 2, 3, 4])], [(1, [5.0, 6.0, 1]), (0, [2.0, 3.0, 0]), (1, [7.0, 8.0, 1])], frame_index=3)
     assert objects == [
         {"obj_id": 0, "prompts": [{"frame_index": 3, "box_xyxy": [1, 2, 3, 4], "points": [[2.0, 3.0, 0]]}]},

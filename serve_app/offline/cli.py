@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def _settings(args: argparse.Namespace):
-    from serve_app.batch import load_batch_args
+    from serve_app.offline.pipeline import load_batch_args
 
     sets = list(args.set or [])
     for flag, key in (("weights", "weights"), ("checkpoint", "checkpoint"), ("seed", "seed"), ("clip_weights", "clip.weights"), ("store", "retriever.path")):
@@ -26,7 +26,8 @@ def _settings(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace, source: str, out_dir: str, prompts: str | None, predict: bool, add_examples: bool, embeddings: bool):
-    from serve_app.batch import list_inputs, plan_run, run_batch
+    from serve_app.offline.inputs import list_inputs, plan_run
+    from serve_app.offline.pipeline import run_batch
 
     settings = _settings(args)
     data = list_inputs(source, args.images, args.limit)
@@ -38,7 +39,7 @@ def _run(args: argparse.Namespace, source: str, out_dir: str, prompts: str | Non
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """Run the offline pipeline; print a summary (images, failures, instances, per-stage times)."""
-    from serve_app.batch import stage_table
+    from serve_app.offline.writer import stage_table
 
     try:
         summary = _run(args, args.input, args.output, args.prompts, args.predict, args.add_examples, args.embeddings)
@@ -63,8 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pycocotools.coco import COCO
 
     from deployments.runtime.weights import WeightsSource
-    from serve_app.batch import list_inputs
-    from serve_app.evaluate import (
+    from serve_app.offline.evaluate import (
         PROMPTS,
         evaluate_masks,
         plot_by_area,
@@ -72,6 +72,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report_table,
         write_report,
     )
+    from serve_app.offline.inputs import list_inputs
 
     args.collection, args.store = "default", None
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="samgraph-eval-"))

@@ -1,7 +1,7 @@
 """Mask quality against COCO ground truth: ``samgraph eval``.
 
 SAM 2 is prompted with each ground-truth instance (its box, or one point inside its mask) through the
-offline pipeline (:mod:`serve_app.batch`); its best mask is compared with the ground-truth mask decoded by
+offline pipeline (:mod:`serve_app.offline.pipeline`); its best mask is compared with the ground-truth mask decoded by
 pycocotools. Reported:
 
 * mIoU over all instances, per category and per COCO area range (of the ground-truth ``area``:
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from serve_app.offline.writer import AtomicFile
+
 # pycocotools/cocoeval.py, Params.setDetParams: areaRng [0, 32²], [32², 96²], [96², 1e5²]
 AREA_RANGES: dict[str, tuple[float, float]] = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, math.inf)}
 PROMPTS = {"box": "coco-boxes", "center-point": "center-points"}
@@ -31,7 +33,14 @@ AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def area_range(area: float) -> str:
-    """COCO area range of an instance area in pixels: ``small``, ``medium`` or ``large``."""
+    """COCO area range of an instance area: ``small``, ``medium`` or ``large``.
+
+    Args:
+        area: the ground-truth ``area``, pixels.
+
+    Returns:
+        The name of the :data:`AREA_RANGES` entry that holds it (``large`` above every bound).
+    """
     for name, (lo, hi) in AREA_RANGES.items():
         if lo <= area < hi:
             return name
@@ -100,6 +109,11 @@ def evaluate_masks(gt, predictions: dict[int, dict], image_ids: list[int] | None
 def coco_segm_ap(gt, results: list[dict], image_ids: list[int]) -> dict | None:
     """COCOeval ``segm`` AP of labelled mask results on ``image_ids``; None without results.
 
+    Args:
+        gt: a ``pycocotools.coco.COCO`` with the ground truth.
+        results: COCO results (``image_id``, ``category_id``, ``segmentation`` RLE, ``score``).
+        image_ids: the images evaluated.
+
     Returns:
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}``: ``COCOeval.stats[:6]``.
     """
@@ -118,7 +132,15 @@ def coco_segm_ap(gt, results: list[dict], image_ids: list[int]) -> dict | None:
 
 
 def predictions_from_instances(parquet_path: str | os.PathLike) -> dict[int, dict]:
-    """``instances.parquet`` of a prompted batch run -> ground-truth annotation id -> ``{"rle", "score"}``."""
+    """``instances.parquet`` of a prompted batch run -> ground-truth annotation id -> ``{"rle", "score"}``.
+
+    Args:
+        parquet_path: the run's ``instances.parquet``.
+
+    Returns:
+        Per prompting annotation, its mask (COCO RLE, image size) scored by ``predicted_iou``; instances
+        without an ``ann_id`` (automatic masks) are left out.
+    """
     import pyarrow.parquet as pq
 
     table = pq.read_table(parquet_path, columns=["ann_id", "rle_size", "rle_counts", "predicted_iou"]).to_pylist()
@@ -130,7 +152,14 @@ def predictions_from_instances(parquet_path: str | os.PathLike) -> dict[int, dic
 
 
 def report_table(report: dict) -> str:
-    """The report as a text table: overall, per area range, per category."""
+    """The report as a text table: overall, per area range, per category, then COCOeval AP.
+
+    Args:
+        report: :func:`evaluate_masks`' answer (with any extra keys).
+
+    Returns:
+        The table, one line per row, without a trailing newline.
+    """
     def fmt(v):
         return "   -  " if v is None else f"{v:6.3f}"
 
@@ -143,7 +172,13 @@ def report_table(report: dict) -> str:
 
 
 def plot_by_area(report: dict, path: str | os.PathLike, title: str = "") -> None:
-    """Bar chart of mIoU per COCO area range (and overall), instance counts on the bars, as PNG."""
+    """Bar chart of mIoU per COCO area range (and overall), instance counts on the bars, as PNG.
+
+    Args:
+        report: :func:`evaluate_masks`' answer.
+        path: the PNG to write (atomically: temp file + rename).
+        title: the chart's title (default: "mask IoU by COCO area range").
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,9 +202,11 @@ def plot_by_area(report: dict, path: str | os.PathLike, title: str = "") -> None
 
 
 def write_report(report: dict, path: str | os.PathLike) -> None:
-    """The report as JSON, written atomically (temp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    """The report as JSON, written atomically (temp + rename).
+
+    Args:
+        report: a JSON-serialisable report.
+        path: the file to write; its folder is created if missing.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    AtomicFile(path).write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,314 @@
+"""HTTP client of the samgraph API: one method per call, failures as exceptions.
+
+    with SamgraphClient("http://127.0.0.1:8000", timeout_s=300) as api:
+        result = api.segment({"prompts": [{"box_xyxy": [10, 20, 300, 400]}]}, image=Path("photo.jpg").read_bytes())
+
+Requests are the JSON bodies the README documents. A call given ``image`` (or ``video``) bytes sends them
+as the multipart file part with the body as its ``request`` part, else the body alone as JSON (inline
+base64 or an ``image_id``). Every method returns the decoded JSON answer and raises:
+
+* :class:`ApiResponseError`: the service answered with an error status; it carries the status and the
+  API's ``{"error": {"code", "message", "field", "request_id"}}`` body;
+* :class:`ApiUnreachable`: no answer (connection refused, timeout, the connection dropped);
+* :class:`ApiStreamError`: a streamed answer (:meth:`SamgraphClient.stream_video`) failed midway.
+
+``httpx`` is imported when a client is made, not with this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
+
+
+class ClientError(Exception):
+    """Any failure of a :class:`SamgraphClient` call."""
+
+
+class ApiUnreachable(ClientError):
+    """The service gave no answer: it is not running at that URL, timed out, or dropped the connection.
+
+    Attributes:
+        url: the service URL, as given to the client.
+        cause: the transport error (an ``httpx.HTTPError``).
+    """
+
+    def __init__(self, url: str, cause: Exception) -> None:
+        super().__init__(f"cannot reach {url}: {cause}")
+        self.url = url
+        self.cause = cause
+
+
+class ApiResponseError(ClientError):
+    """The service answered with an error status.
+
+    ``str(error)`` is ``"422 invalid_request: prompts[0].box_xyxy: ... (field prompts[0].box_xyxy)"``, or
+    ``"502: <the first 500 characters of the body>"`` for a body that is not the API's error shape (a
+    proxy's page, say).
+
+    Attributes:
+        status: the HTTP status.
+        code: the API's machine-readable code (``invalid_image``, ``overloaded``...), or None when the
+            body is not the API's error shape.
+        message: the API's message, else the start of the body.
+        field: the request field at fault (``prompts[0].box_xyxy``), or None.
+        request_id: the id the service logged the request under, or None.
+        retry_after_s: the ``Retry-After`` header in seconds (503 from a full stage), or None.
+        body: the decoded JSON body, or None when it is not JSON.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        field: str | None = None,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
+        body: Any = None,
+    ) -> None:
+        where = f" (field {field})" if field else ""
+        super().__init__(f"{status} {code}: {message}{where}" if code is not None else f"{status}: {message}")
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.request_id, self.retry_after_s, self.body = request_id, retry_after_s, body
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ApiResponseError:
+        """The error of an answer with an error status (its body read).
+
+        Args:
+            response: the service's answer.
+
+        Returns:
+            The error, with the API's code, message and field when the body has the API's error shape.
+        """
+        retry = response.headers.get("retry-after")
+        retry_after_s = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict) and isinstance(err.get("code"), str) and isinstance(err.get("message"), str):
+            return cls(response.status_code, err["code"], err["message"], err.get("field"), err.get("request_id"), retry_after_s, body)
+        return cls(response.status_code, None, response.text[:500], retry_after_s=retry_after_s, body=body)
+
+
+class ApiStreamError(ClientError):
+    """A streamed answer failed after its 200: an ``error`` record, an unknown record, or no ``end``.
+
+    Attributes:
+        record: the record that reported the failure, without its ``type`` (``{"error": {...}}`` for an
+            ``error`` record), or None when the stream ended early.
+    """
+
+    def __init__(self, record: dict | None) -> None:
+        super().__init__("the stream ended early" if record is None else str(record.get("error", record)))
+        self.record = record
+
+
+class SamgraphClient:
+    """A connection to one samgraph service.
+
+    Args:
+        base_url: the service URL, e.g. ``http://127.0.0.1:8000`` (a trailing ``/`` is ignored).
+        timeout_s: seconds to wait for connecting, and between bytes of the answer.
+        transport: an ``httpx`` transport to use instead of the network (tests pass
+            ``httpx.MockTransport``).
+
+    Raises:
+        ValueError: ``timeout_s`` not above 0.
+    """
+
+    def __init__(self, base_url: str, timeout_s: float = 300.0, *, transport: httpx.BaseTransport | None = None) -> None:
+        import httpx
+
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be greater than 0; got {timeout_s}")
+        self.url = base_url
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport)
+
+    def __enter__(self) -> SamgraphClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    # ---------------------------------------------------------------- plumbing
+    def _send(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> httpx.Response:
+        import httpx
+
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ApiUnreachable(self.url, e) from e
+        if response.status_code not in ok:
+            raise ApiResponseError.from_response(response)
+        return response
+
+    @staticmethod
+    def _body(request: dict, file_part: str, data: bytes | None, filename: str) -> dict[str, Any]:
+        """httpx keyword arguments: multipart with a ``file_part`` file and a ``request`` part, or JSON."""
+        if data is None:
+            return {"json": request}
+        return {"files": {file_part: (filename, data)}, "data": {"request": json.dumps(request)}}
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiResponseError(response.status_code, None, f"answer is not JSON: {response.text[:500]}") from None
+
+    # ---------------------------------------------------------------- health
+    def healthz(self) -> dict:
+        """``GET /healthz``: ``{"status": "ok"}`` while the ingress runs."""
+        return self._json(self._send("GET", "/healthz"))
+
+    def readyz(self) -> tuple[int, dict]:
+        """``GET /readyz``: whether every stage answers, with the models and weights they run.
+
+        Returns:
+            (HTTP status, body): 200 and ``{"status": "ready", ...}``, or 503 and ``{"status":
+            "not_ready", "reason": ...}``; any other status with a JSON body, as answered.
+
+        Raises:
+            ApiResponseError: the answer is not JSON.
+        """
+        response = self._send("GET", "/readyz", ok=tuple(range(100, 600)))
+        return response.status_code, self._json(response)
+
+    def stats(self) -> dict:
+        """``GET /v1/stats``: embedding-cache counters and one replica's work counters per stage."""
+        return self._json(self._send("GET", "/v1/stats"))
+
+    # ---------------------------------------------------------------- images
+    def segment(self, request: dict, image: bytes | None = None, filename: str = "image") -> dict:
+        """``POST /v1/segment``: masks for the prompts of one image (or text-ranked automatic masks).
+
+        Args:
+            request: the body (``prompts``, ``mask_format``...); with ``image`` None it names the image
+                itself (``image.base64`` or ``image_id``).
+            image: the encoded image file (JPEG, PNG...), sent as the multipart ``image`` part.
+            filename: the file name sent with ``image``.
+
+        Returns:
+            The answer: ``image_id``, ``results`` (per prompt, its masks), ``timing_ms``, ``warnings``...
+        """
+        return self._json(self._send("POST", "/v1/segment", **self._body(request, "image", image, filename)))
+
+    def predict(self, request: dict, image: bytes | None = None, filename: str = "image") -> dict:
+        """``POST /v1/predict``: every object of the image, labelled by its nearest examples.
+
+        Args:
+            request: the body (``collection``, ``top_k``, ``min_score``, ``max_instances``, ``amg``...).
+            image: the encoded image file, or None when ``request`` names the image.
+            filename: the file name sent with ``image``.
+
+        Returns:
+            The answer: ``image_id``, ``instances`` (``label``, ``confidence``, ``rle``...), ``timing_ms``.
+        """
+        return self._json(self._send("POST", "/v1/predict", **self._body(request, "image", image, filename)))
+
+    def add_example(self, request: dict, image: bytes | None = None, filename: str = "image") -> dict:
+        """``POST /v1/examples``: store one labelled object (a prompt's best mask, or a given mask).
+
+        Args:
+            request: the body: ``label``, ``collection`` and ``box_xyxy``/``points`` or ``mask_rle``.
+            image: the encoded image file, or None when ``request`` names the image.
+            filename: the file name sent with ``image``.
+
+        Returns:
+            The answer: ``ids``, ``collection``, ``label``, ``image_id``, ``area_px``, ``timing_ms``.
+        """
+        return self._json(self._send("POST", "/v1/examples", **self._body(request, "image", image, filename)))
+
+    def list_examples(
+        self, collection: str = "default", label: str | None = None, offset: str | None = None, limit: int | None = None
+    ) -> dict:
+        """``GET /v1/examples``: examples per label in a collection, and a page of their ids.
+
+        Args:
+            collection: the collection.
+            label: only this label's ids in the page.
+            offset: ``next_offset`` of the previous page.
+            limit: ids per page (the service's default when None).
+
+        Returns:
+            ``{"collection", "dim", "total", "counts": {label: n}, "items", "next_offset"}``.
+        """
+        params = {"collection": collection, "label": label, "offset": offset, "limit": limit}
+        return self._json(self._send("GET", "/v1/examples", params={k: v for k, v in params.items() if v is not None}))
+
+    def delete_example(self, example_id: str, collection: str = "default") -> dict:
+        """``DELETE /v1/examples/{example_id}``.
+
+        Returns:
+            ``{"deleted": example_id, "collection": collection}``.
+
+        Raises:
+            ApiResponseError: 404 ``unknown_example`` when the collection has no such example.
+        """
+        return self._json(self._send("DELETE", f"/v1/examples/{example_id}", params={"collection": collection}))
+
+    # ---------------------------------------------------------------- video
+    def segment_video(self, request: dict, video: bytes | None = None, filename: str = "video.mp4") -> dict:
+        """``POST /v1/segment/video`` answered as one JSON document (every frame's masks at the end).
+
+        Args:
+            request: the body (``objects``, ``start_frame``, ``max_frames``, ``reverse``...); with
+                ``video`` None it carries the clip itself (``video.base64`` or ``frames``).
+            video: the MP4 file, sent as the multipart ``video`` part.
+            filename: the file name sent with ``video``.
+
+        Returns:
+            ``{"model_id", "weights", "num_frames", "width", "height", "obj_ids", "frames", "timing_ms"}``.
+        """
+        return self._json(self._send("POST", "/v1/segment/video", **self._body({**request, "stream": False}, "video", video, filename)))
+
+    def stream_video(self, request: dict, video: bytes | None = None, filename: str = "video.mp4") -> Iterator[dict]:
+        """``POST /v1/segment/video`` streamed as NDJSON: the records as the tracker yields them.
+
+        Args:
+            request: as :meth:`segment_video` (``stream`` is set here).
+            video: the MP4 file, or None when ``request`` carries the clip.
+            filename: the file name sent with ``video``.
+
+        Yields:
+            Records with their ``type``: one ``start`` (the head: ``obj_ids``, ``warnings``...), one
+            ``frame`` per tracked frame (``frame_index``, ``objects``, ``propagate_ms``), then one ``end``
+            (``frames``, ``timing_ms``).
+
+        Raises:
+            ApiResponseError: the request was refused (before tracking starts).
+            ApiStreamError: an ``error`` record, a record of an unknown type, or no ``start``/``end``.
+            ApiUnreachable: no answer, or the connection dropped midway.
+        """
+        import httpx
+
+        body = self._body({**request, "stream": True}, "video", video, filename)
+        seen: set[str] = set()
+        try:
+            with self._http.stream("POST", "/v1/segment/video", **body) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise ApiResponseError.from_response(response)
+                for line in response.iter_lines():
+                    if not line:
+                        continue
+                    rec = json.loads(line)
+                    if rec.get("type") not in ("start", "frame", "end"):
+                        raise ApiStreamError({k: v for k, v in rec.items() if k != "type"})
+                    seen.add(rec["type"])
+                    yield rec
+        except httpx.HTTPError as e:
+            raise ApiUnreachable(self.url, e) from e
+        if not {"start", "end"} <= seen:
+            raise ApiStreamError(None)
