@@ -1,4 +1,10 @@
-"""Layering: models/ is pure compute (no serving, network or file I/O, nothing heavy at import)."""
+"""Layering: arrows point down only, ``serve_app`` -> ``deployments`` -> ``models``.
+
+- ``models/`` is pure compute: no serving, network or file I/O, nothing heavy at import, nothing above it.
+- ``deployments/`` never imports ``serve_app`` (not even inside a function).
+- ``deployments/runtime/`` (what replicas need: weights, the vector store, metrics, decoding) imports no
+  stage module: the stages build on the runtime, not the other way round.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +18,37 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = sorted((REPO / "models").glob("*.py"))
+MODELS = sorted((REPO / "models").rglob("*.py"))
+DEPLOYMENTS = sorted((REPO / "deployments").rglob("*.py"))
+RUNTIME = sorted((REPO / "deployments" / "runtime").rglob("*.py"))
 FORBIDDEN = {"ray", "fastapi", "starlette", "qdrant_client", "httpx", "urllib", "requests"}
+#: The packages above ``models`` and ``deployments``.
+ABOVE_MODELS = {"deployments", "serve_app", "benchmarks", "tests"}
+ABOVE_DEPLOYMENTS = {"serve_app", "benchmarks", "tests"}
+#: The stage modules: each holds one ``@serve.deployment`` (``batch``: the Ray Data stages).
+STAGE_MODULES = {f"deployments.{m}" for m in ("encoder", "decoder", "fader", "embedder", "retriever", "video", "batch")}
+
+
+def _imported_modules(tree: ast.AST) -> set[str]:
+    """Every module an import names, anywhere in the file (function bodies too), absolute form."""
+    mods = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            mods.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level or not node.module:
+                raise AssertionError(f"relative import at line {node.lineno}: use absolute imports")
+            mods.add(node.module)
+            mods.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return mods
 
 
 def _imported_roots(tree: ast.AST) -> set[str]:
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            roots.add(node.module.split(".")[0])
-    return roots
+    return {m.split(".")[0] for m in _imported_modules(tree)}
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(REPO))
 
 
 def test_models_package_found():
@@ -31,13 +56,34 @@ def test_models_package_found():
     assert {"__init__.py", "masks.py", "registry.py", "sam2_image.py"} <= names
 
 
-@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODELS, ids=_rel)
 def test_models_import_no_serving_or_network(path):
     roots = _imported_roots(ast.parse(path.read_text(), filename=str(path)))
     assert not roots & FORBIDDEN, f"{path.name} imports {sorted(roots & FORBIDDEN)}"
+    assert not roots & ABOVE_MODELS, f"{path.name} imports {sorted(roots & ABOVE_MODELS)}, a layer above models/"
 
 
-@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", DEPLOYMENTS, ids=_rel)
+def test_deployments_import_nothing_above(path):
+    roots = _imported_roots(ast.parse(path.read_text(), filename=str(path)))
+    assert not roots & ABOVE_DEPLOYMENTS, f"{_rel(path)} imports {sorted(roots & ABOVE_DEPLOYMENTS)}: arrows point down only"
+
+
+@pytest.mark.parametrize("path", RUNTIME, ids=_rel)
+def test_runtime_imports_no_stage_module(path):
+    mods = _imported_modules(ast.parse(path.read_text(), filename=str(path)))
+    stages = {m for m in mods if any(m == s or m.startswith(s + ".") for s in STAGE_MODULES)}
+    assert not stages, f"{_rel(path)} imports the stage modules {sorted(stages)}"
+
+
+def test_every_layer_is_scanned():
+    """The globs find the packages (a moved folder would make every check above vacuous)."""
+    assert {"contracts.py", "errors.py", "decoder.py", "encoder.py"} <= {p.name for p in DEPLOYMENTS}
+    assert {"weights.py", "vectorstore.py", "metrics.py", "images.py"} <= {p.name for p in RUNTIME}
+    assert len(RUNTIME) < len(DEPLOYMENTS)
+
+
+@pytest.mark.parametrize("path", MODELS, ids=_rel)
 def test_models_no_open_calls(path):
     tree = ast.parse(path.read_text(), filename=str(path))
     calls = [
@@ -49,11 +95,16 @@ def test_models_no_open_calls(path):
 
 
 def test_import_checker_catches_violations():
-    """The scan itself works: it sees both import forms, submodules, and open()."""
-    src = "import ray.serve\nfrom urllib.request import urlopen\nimport os\nfrom . import x\nopen('f')\n"
+    """The scan itself works: it sees both import forms, submodules, imports inside functions, and open()."""
+    src = "import ray.serve\nfrom urllib.request import urlopen\nimport os\nopen('f')\n"
+    src += "def f():\n    from serve_app.schemas import PromptIn\n    from deployments import decoder\n"
     tree = ast.parse(src)
     assert _imported_roots(tree) & FORBIDDEN == {"ray", "urllib"}
+    assert _imported_roots(tree) & ABOVE_DEPLOYMENTS == {"serve_app"}
+    assert "deployments.decoder" in _imported_modules(tree)  # `from deployments import decoder` names the stage
     assert any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "open" for n in ast.walk(tree))
+    with pytest.raises(AssertionError, match="relative import"):
+        _imported_modules(ast.parse("from . import x\n"))
 
 
 def test_models_import_is_light():

@@ -1,4 +1,5 @@
-"""serve_app.http.stage_errors: refusals and dead replicas of a stage become 503 JSON with Retry-After."""
+"""serve_app.http.stage_errors: refusals and dead replicas of a stage become 503 JSON with Retry-After,
+typed input errors their documented 4xx; and the image cache keeps or drops entries after a failure."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
+from deployments.errors import DimensionMismatch, ImageTooLarge, InvalidImage, InvalidRequest, UnknownCollection
 from serve_app.errors import ApiError
 from serve_app.http import stage_errors
 
@@ -142,3 +144,42 @@ def test_a_refused_encode_leaves_no_entry():
     cache = _cache()
     asyncio.run(go(cache))
     assert "img" not in cache.entries  # the retry encodes again
+
+
+# --- typed input errors from the stages and the runtime --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code", "field"),
+    [
+        (InvalidImage("bytes are not an image", "image"), 400, "invalid_image", "image"),
+        (ImageTooLarge("over the limit", "prompts[0].image"), 413, "image_too_large", "prompts[0].image"),
+        (DimensionMismatch("queries are 16-d, the collection holds 512-d vectors"), 409, "dimension_mismatch", "collection"),
+        (UnknownCollection("dogs"), 404, "unknown_collection", "collection"),
+        (InvalidRequest("top_k must be an integer in 1..100; got 0", "top_k"), 422, "invalid_request", "top_k"),
+    ],
+)
+def test_input_errors_become_their_documented_4xx(exc, status, code, field):
+    err = _raised(exc)
+    assert (err.status, err.code, err.field) == (status, code, field)
+    assert err.message == exc.message
+
+
+def test_an_input_error_raised_in_a_replica_keeps_its_rule():
+    """Ray hands a stage's exception to the caller as a RayTaskError that is also the stage's class; the
+    route still answers the stage's 4xx, with the message's last line only (no remote traceback)."""
+    import pickle
+
+    from ray.exceptions import RayTaskError
+
+    cause = pickle.loads(pickle.dumps(DimensionMismatch("queries are 16-d, the collection holds 512-d vectors")))
+    wrapped = RayTaskError("Retriever.add", "Traceback (most recent call last):\n  ...", cause).as_instanceof_cause()
+    assert isinstance(wrapped, DimensionMismatch)
+    err = _raised(wrapped)
+    assert (err.status, err.code, err.field) == (409, "dimension_mismatch", "collection")
+    assert err.message == "queries are 16-d, the collection holds 512-d vectors"
+
+
+def test_plain_value_errors_are_not_mistaken_for_input_errors():
+    with pytest.raises(ValueError, match="bad"):
+        asyncio.run(_route(ValueError("bad"))(None, x=1))
