@@ -8,7 +8,7 @@ import time
 from ray import serve
 
 from deployments.contracts import DecodeJob, DecodeResult, GenerateResult
-from deployments.runtime.batching import check_batch_config
+from deployments.runtime.batching import apply_batch_config
 from deployments.runtime.metrics import StageMetrics
 from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
 from models.amg import AmgSettings, generate_masks
@@ -38,9 +38,8 @@ class MaskDecoder:
         self._metrics = StageMetrics("decode")
 
     def reconfigure(self, user_config: dict) -> None:
-        size, wait = check_batch_config(user_config)
-        self.decode.set_max_batch_size(size)
-        self.decode.set_batch_wait_timeout_s(wait)
+        """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`decode` (see :func:`apply_batch_config`)."""
+        apply_batch_config(user_config, self.decode)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def decode(self, features: list[ImageFeatures], jobs: list[DecodeJob]) -> list[DecodeResult]:

@@ -11,7 +11,7 @@ import numpy as np
 from ray import serve
 
 from deployments.contracts import EmbedResult, FadeResult
-from deployments.runtime.batching import check_batch_config
+from deployments.runtime.batching import apply_batch_config
 from deployments.runtime.clip_weights import ClipWeightsSource, load_clip
 from deployments.runtime.metrics import StageMetrics
 from deployments.runtime.replica import pick_device, set_torch_threads
@@ -63,12 +63,8 @@ class Embedder:
         self._metrics = StageMetrics("embed_images", "embed_texts")
 
     def reconfigure(self, user_config: dict) -> None:
-        size, wait = check_batch_config(user_config)
-        for method in (self.embed_images, self.embed_texts):
-            if "max_batch_size" in user_config:
-                method.set_max_batch_size(size)
-            if "batch_wait_timeout_s" in user_config:
-                method.set_batch_wait_timeout_s(wait)
+        """Batching of both towers (see :func:`apply_batch_config`)."""
+        apply_batch_config(user_config, self.embed_images, self.embed_texts)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def embed_images(self, crops: list[np.ndarray]) -> list[np.ndarray]:

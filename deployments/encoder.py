@@ -8,7 +8,7 @@ import time
 import numpy as np
 from ray import serve
 
-from deployments.runtime.batching import check_batch_config
+from deployments.runtime.batching import apply_batch_config
 from deployments.runtime.metrics import StageMetrics
 from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
 from models.sam2_image import ImageFeatures, Sam2ImageEncoder
@@ -44,9 +44,8 @@ class ImageEncoder:
         self._metrics = StageMetrics("encode")
 
     def reconfigure(self, user_config: dict) -> None:
-        size, wait = check_batch_config(user_config)
-        self.encode.set_max_batch_size(size)
-        self.encode.set_batch_wait_timeout_s(wait)
+        """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`encode` (see :func:`apply_batch_config`)."""
+        apply_batch_config(user_config, self.encode)
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
     async def encode(self, images: list[np.ndarray]) -> list[ImageFeatures]:

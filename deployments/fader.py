@@ -9,7 +9,7 @@ import numpy as np
 from ray import serve
 
 from deployments.contracts import FadeJob, FadeResult, GenerateResult
-from deployments.runtime.batching import check_batch_config
+from deployments.runtime.batching import apply_batch_config
 from deployments.runtime.metrics import StageMetrics
 from models.fader import CropSettings, FadeStrategy, fade_and_crop_batch, make_fade_strategy
 from models.masks import decode_rle
@@ -47,9 +47,8 @@ class Fader:
         self._metrics = StageMetrics("fade")
 
     def reconfigure(self, user_config: dict) -> None:
-        size, wait = check_batch_config(user_config)
-        self.fade.set_max_batch_size(size)
-        self.fade.set_batch_wait_timeout_s(wait)
+        """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`fade` (see :func:`apply_batch_config`)."""
+        apply_batch_config(user_config, self.fade)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def fade(self, jobs: list[FadeJob]) -> list[list[np.ndarray]]:

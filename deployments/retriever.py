@@ -15,7 +15,7 @@ from ray import serve
 
 from deployments.contracts import EmbedResult, KnnResult, SearchJob
 from deployments.errors import InvalidRequest, UnknownCollection
-from deployments.runtime.batching import check_batch_config
+from deployments.runtime.batching import apply_batch_config
 from deployments.runtime.metrics import StageMetrics
 from deployments.runtime.store_checks import as_vectors, check_collection_name, check_top_k
 from deployments.runtime.vectorstore import ExampleStore
@@ -109,10 +109,8 @@ class Retriever:
         self._metrics = StageMetrics("search")
 
     def reconfigure(self, user_config: dict) -> None:
-        defaults = {"max_batch_size": DEFAULT_MAX_BATCH_SIZE, "batch_wait_timeout_s": DEFAULT_BATCH_WAIT_TIMEOUT_S}
-        size, wait = check_batch_config({**defaults, **user_config})
-        self.search.set_max_batch_size(size)
-        self.search.set_batch_wait_timeout_s(wait)
+        """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`search` (see :func:`apply_batch_config`)."""
+        apply_batch_config(user_config, self.search)
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
     async def search(self, jobs: list[SearchJob]) -> list[SearchResult]:

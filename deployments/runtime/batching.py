@@ -20,3 +20,28 @@ def check_batch_config(user_config: dict) -> tuple[int, float]:
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
         raise ValueError(f"batch_wait_timeout_s must be a finite number >= 0; got {wait!r}")
     return size, float(wait)
+
+
+def apply_batch_config(user_config: dict, *methods) -> tuple[int, float]:
+    """Validate ``user_config`` (see :func:`check_batch_config`) and set it on ``@serve.batch`` methods.
+
+    A key left out keeps the method's current value (at first, the decorator's), so a config may tune
+    one knob alone.
+
+    Args:
+        user_config: the deployment's ``user_config``.
+        methods: the replica's batched methods, e.g. ``self.decode``.
+
+    Returns:
+        (max_batch_size, batch_wait_timeout_s) as validated (defaults 1 and 0.0 for keys left out).
+
+    Raises:
+        ValueError: a bad value or an unknown key; nothing is changed then.
+    """
+    size, wait = check_batch_config(user_config)
+    for method in methods:
+        if "max_batch_size" in user_config:
+            method.set_max_batch_size(size)
+        if "batch_wait_timeout_s" in user_config:
+            method.set_batch_wait_timeout_s(wait)
+    return size, wait

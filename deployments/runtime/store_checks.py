@@ -6,10 +6,12 @@ Pure checks without Qdrant, so the Retriever and the ingress apply the same rule
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,41 @@ def check_point_id(point_id: str, what: str = "id") -> str:
         return str(uuid.UUID(str(point_id)))
     except ValueError:
         raise InvalidRequest(f"{what} must be a UUID string; got {point_id!r}", what) from None
+
+
+def example_payloads(labels: Sequence[str], payloads: Sequence[dict] | None, n: int) -> list[dict]:
+    """The Qdrant payloads of ``n`` new examples: ``{"label": <stripped label>, **extra}`` each.
+
+    Args:
+        labels: n class labels, each 1-100 characters after stripping.
+        payloads: n JSON-serialisable dicts of extra fields without the key ``"label"``, or None.
+        n: how many vectors are stored (>= 1).
+
+    Raises:
+        InvalidRequest: a single string for ``labels``, counts that differ from ``n``, a bad label or
+            payload.
+    """
+    if isinstance(labels, str):
+        raise InvalidRequest("labels must be a sequence of strings, one per vector, not a single string", "labels")
+    labels = [check_label(label) for label in labels]
+    if len(labels) != n or n == 0:
+        raise InvalidRequest(
+            f"need one label per vector and at least one vector; got {n} vectors, {len(labels)} labels", "labels"
+        )
+    if payloads is None:
+        payloads = [{}] * n
+    if len(payloads) != n:
+        raise InvalidRequest(f"need one payload per vector; got {n} vectors, {len(payloads)} payloads", "payloads")
+    bodies = []
+    for i, extra in enumerate(payloads):
+        if not isinstance(extra, dict) or "label" in extra:
+            raise InvalidRequest(f"payloads[{i}] must be a dict without the key 'label'", f"payloads[{i}]")
+        try:
+            json.dumps(extra)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"payloads[{i}] is not JSON-serialisable: {exc}", f"payloads[{i}]") from None
+        bodies.append({"label": labels[i], **extra})
+    return bodies
 
 
 def store_settings(path: str | None = None, url: str | None = None, api_key: str | None = None) -> dict:

@@ -17,7 +17,6 @@ point's id is a new UUID4 string and its payload holds ``"label"`` plus any extr
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import uuid
@@ -38,6 +37,7 @@ from deployments.runtime.store_checks import (
     check_point_id,
     check_top_k,
     check_writable,
+    example_payloads,
     store_settings,
 )
 from models.knn import Neighbor
@@ -224,26 +224,7 @@ class ExampleStore:
 
         check_collection_name(collection)
         x = as_vectors(vectors, "vectors")
-        if isinstance(labels, str):
-            raise InvalidRequest("labels must be a sequence of strings, one per vector, not a single string", "labels")
-        labels = [check_label(label) for label in labels]
-        if len(labels) != len(x) or len(x) == 0:
-            raise InvalidRequest(
-                f"need one label per vector and at least one vector; got {len(x)} vectors, {len(labels)} labels", "labels"
-            )
-        if payloads is None:
-            payloads = [{}] * len(x)
-        if len(payloads) != len(x):
-            raise InvalidRequest(f"need one payload per vector; got {len(x)} vectors, {len(payloads)} payloads", "payloads")
-        bodies = []
-        for i, extra in enumerate(payloads):
-            if not isinstance(extra, dict) or "label" in extra:
-                raise InvalidRequest(f"payloads[{i}] must be a dict without the key 'label'", f"payloads[{i}]")
-            try:
-                json.dumps(extra)
-            except (TypeError, ValueError) as exc:
-                raise InvalidRequest(f"payloads[{i}] is not JSON-serialisable: {exc}", f"payloads[{i}]") from None
-            bodies.append({"label": labels[i], **extra})
+        bodies = example_payloads(labels, payloads, len(x))
         ids = [str(uuid.uuid4()) for _ in range(len(x))]
         points = [
             models.PointStruct(id=pid, vector=vec, payload=body) for pid, vec, body in zip(ids, x.tolist(), bodies)
