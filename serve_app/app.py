@@ -63,6 +63,37 @@ from serve_app.schemas import (
 from serve_app.video_route import collect_frames, ndjson_lines, read_clip
 
 
+# Module-level helpers the Ingress uses are defined above it: Serve pickles the ingress's routes while
+# the class is being decorated, when later module globals do not exist yet.
+def _respond(image_id: str, entry: CacheEntry, cached: bool, body: dict, timing: dict) -> dict:
+    """The answer about one image: model and weights, the image's id and size, ``encode_cached``, the
+    route's ``body`` and ``timing_ms``, and the random-weights warning where it applies."""
+    out = {
+        "model_id": body.pop("model_id"),
+        "weights": body.pop("weights"),
+        "image_id": image_id,
+        "width": entry.width,
+        "height": entry.height,
+        "encode_cached": cached,
+        **body,
+        "timing_ms": timing,
+    }
+    if out["weights"] == "random" or body.get("embedder_weights") == "random":
+        out["warnings"] = [RANDOM_WEIGHTS_WARNING]
+    return out
+
+
+def _check_mask(rle: dict, entry: CacheEntry) -> dict:
+    """A given ``mask_rle``, checked against the image's size and decoded once (422 naming ``mask_rle``)."""
+    if list(rle["size"]) != [entry.height, entry.width]:
+        raise ApiError(422, "invalid_request", f"mask_rle: size {list(rle['size'])} differs from the image's [{entry.height}, {entry.width}]", "mask_rle")
+    try:
+        decode_rle(rle)
+    except ValueError as e:
+        raise ApiError(422, "invalid_request", f"mask_rle: {e}", "mask_rle") from None
+    return rle
+
+
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
@@ -331,35 +362,6 @@ class Ingress:
         if not deleted:
             raise ApiError(404, "unknown_example", f"no example {example_id!r} in collection {collection!r}", "example_id")
         return {"deleted": example_id, "collection": collection}
-
-
-def _respond(image_id: str, entry: CacheEntry, cached: bool, body: dict, timing: dict) -> dict:
-    """The answer about one image: model and weights, the image's id and size, ``encode_cached``, the
-    route's ``body`` and ``timing_ms``, and the random-weights warning where it applies."""
-    out = {
-        "model_id": body.pop("model_id"),
-        "weights": body.pop("weights"),
-        "image_id": image_id,
-        "width": entry.width,
-        "height": entry.height,
-        "encode_cached": cached,
-        **body,
-        "timing_ms": timing,
-    }
-    if out["weights"] == "random" or body.get("embedder_weights") == "random":
-        out["warnings"] = [RANDOM_WEIGHTS_WARNING]
-    return out
-
-
-def _check_mask(rle: dict, entry: CacheEntry) -> dict:
-    """A given ``mask_rle``, checked against the image's size and decoded once (422 naming ``mask_rle``)."""
-    if list(rle["size"]) != [entry.height, entry.width]:
-        raise ApiError(422, "invalid_request", f"mask_rle: size {list(rle['size'])} differs from the image's [{entry.height}, {entry.width}]", "mask_rle")
-    try:
-        decode_rle(rle)
-    except ValueError as e:
-        raise ApiError(422, "invalid_request", f"mask_rle: {e}", "mask_rle") from None
-    return rle
 
 
 def build_app(args: dict | None = None) -> serve.Application:
