@@ -44,7 +44,8 @@ def main() -> None:
 
     from models.amg import AmgSettings, generate_masks
     from models.embedder import build_clip
-    from models.fader import GaussianFade, fade_and_crop_batch
+    from models.fade_strategies import GaussianFade
+    from models.fader import fade_and_crop_batch
     from models.knn import brute_force_knn
     from models.masks import decode_rle
     from models.sam2_image import Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model

@@ -131,7 +131,8 @@ def one_process_predict(photos: list[Photo], n: int, threads: int) -> dict:
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
     from models.embedder import build_clip
-    from models.fader import CropSettings, GaussianFade, fade_and_crop_batch
+    from models.fade_strategies import GaussianFade
+    from models.fader import CropSettings, fade_and_crop_batch
     from models.knn import brute_force_knn, normalize_rows
     from models.masks import decode_rle
     from models.sam2_image import build_sam2_model

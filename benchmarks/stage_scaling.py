@@ -298,7 +298,8 @@ class Bare:
         from PIL import Image
 
         from deployments.decoder import DecodeJob
-        from models.fader import CropSettings, fade_and_crop_batch, make_fade_strategy
+        from models.fade_strategies import make_fade_strategy
+        from models.fader import CropSettings, fade_and_crop_batch
         from models.masks import encode_rle
         from models.sam2_image import PromptSpec
         from serve_app.assemble import amg_settings
@@ -363,7 +364,8 @@ class Bare:
             dec = self.sam()[1]
             return lambda: (generate_masks(dec, inp.features, inp.amg), 1)[1], "models.amg.generate_masks"
         if stage.key == "fader":
-            from models.fader import CropSettings, fade_and_crop_batch, make_fade_strategy
+            from models.fade_strategies import make_fade_strategy
+            from models.fader import CropSettings, fade_and_crop_batch
             from models.masks import decode_rle
 
             f = self.cfg.fader

@@ -264,7 +264,7 @@ class FadeCrops(_Stage):
     """Faded crops around each instance mask (and each ground-truth example mask), ``/v1/predict``'s fade.
 
     Args:
-        strategy, params: a fade strategy of :func:`models.fader.make_fade_strategy`.
+        strategy, params: a fade strategy of :func:`models.fade_strategies.make_fade_strategy`.
         crop: :class:`models.fader.CropSettings` fields.
     """
 
@@ -272,7 +272,8 @@ class FadeCrops(_Stage):
     drop = ("image",)
 
     def __init__(self, strategy: str, params: dict, crop: dict) -> None:
-        from models.fader import CropSettings, make_fade_strategy
+        from models.fade_strategies import make_fade_strategy
+        from models.fader import CropSettings
 
         self.strategy = make_fade_strategy(strategy, **params)
         self.crop = CropSettings(**crop)

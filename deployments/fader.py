@@ -11,7 +11,8 @@ import numpy as np
 from ray import serve
 
 from deployments.batching import check_batch_config
-from models.fader import CropSettings, FadeStrategy, fade_and_crop_batch, make_fade_strategy
+from models.fade_strategies import FadeStrategy, make_fade_strategy
+from models.fader import CropSettings, fade_and_crop_batch
 from models.masks import decode_rle
 from serve_app.metrics import StageMetrics
 
@@ -27,7 +28,7 @@ class FadeJob:
         image: (H, W, 3) uint8 RGB.
         masks: N (H, W) bool masks on ``image``, none empty; any sequence (or an (N, H, W) array) is
             stored as a tuple.
-        strategy: registry name of the fade (``models.fader.list_fade_strategies``); None: the
+        strategy: registry name of the fade (``models.fade_strategies.list_fade_strategies``); None: the
             deployment's default strategy.
         params: the strategy's parameters. None: the deployment's default parameters where the strategy
             is the deployment's default one, else the strategy's own defaults. Params need a

@@ -58,14 +58,12 @@ from serve_app.schemas import (
     FadeIn,
     PredictRequest,
     SegmentRequest,
-    VideoRequest,
     check_prompts_in_image,
-    check_video_objects,
     to_prompt_specs,
-    to_video_objects,
 )
 from serve_app.vectorstore import preflight_store
 from serve_app.video import decode_frames, decode_video
+from serve_app.video_schemas import VideoRequest, check_video_objects, to_video_objects
 from serve_app.weights import WeightsSource, preflight
 
 RANDOM_WEIGHTS_WARNING = "random weights: masks and labels are meaningless (SAMGRAPH_WEIGHTS=random)"
@@ -275,7 +273,7 @@ class Ingress:
 
     def _fade_spec(self, fade: FadeIn | None) -> dict:
         """Request fade settings over the app's defaults, validated now (422 naming the parameter)."""
-        from models.fader import make_fade_strategy
+        from models.fade_strategies import make_fade_strategy
 
         base = self.args.fader
         if fade is None:

@@ -12,8 +12,8 @@ from PIL import Image
 
 from serve_app.cli import _parse_obj_box, _parse_obj_point, build_video_objects, frame_files, make_parser
 from serve_app.errors import ApiError
-from serve_app.schemas import VideoRequest, check_video_objects, to_video_objects
 from serve_app.video import decode_frames, decode_video, encode_video
+from serve_app.video_schemas import VideoRequest, check_video_objects, to_video_objects
 from tests.conftest import shared_file
 
 
