@@ -78,7 +78,8 @@ def bare(photos: list[Photo], n_images: int, n_click_sessions: int, threads: int
     import torch
 
     from models.masks import encode_masks
-    from models.sam2_image import PromptSpec, Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
+    from models.sam2_decoder import PromptSpec, Sam2MaskDecoder
+    from models.sam2_image import Sam2ImageEncoder, build_sam2_model
 
     torch.set_num_threads(threads)
     model = build_sam2_model(MODEL_ID, seed=0)

@@ -189,7 +189,7 @@ class EncodeImages(_Stage):
 class DecodeMasks(_Stage):
     """Masks for each image's prompts (best ``predicted_iou`` per prompt) or its automatic masks.
 
-    The prompt path is ``/v1/segment``'s: prompts become :class:`models.sam2_image.PromptSpec` through
+    The prompt path is ``/v1/segment``'s: prompts become :class:`models.sam2_decoder.PromptSpec` through
     :func:`serve_app.schemas.to_prompt_specs` (a lone point is multimask, a box is not) and every prompt of
     every image in the batch runs through one ``Sam2MaskDecoder.predict_batch`` call. The automatic path
     is ``/v1/predict``'s: :func:`models.amg.generate_masks`, best ``max_instances`` kept.
@@ -217,7 +217,7 @@ class DecodeMasks(_Stage):
         max_instances: int = 20,
     ) -> None:
         from models.amg import AmgSettings
-        from models.sam2_image import Sam2MaskDecoder
+        from models.sam2_decoder import Sam2MaskDecoder
 
         settings = accel_settings({**(accel or {}), "tensorrt": False})
         loaded, _ = load_stage_model(model_id, weights, device, torch_threads)
@@ -239,7 +239,7 @@ class DecodeMasks(_Stage):
                 ]
             return
         from models.masks import encode_masks
-        from models.sam2_image import DecodeRequest
+        from models.sam2_decoder import DecodeRequest
         from serve_app.schemas import PromptIn, to_prompt_specs
 
         requests, todo = [], []

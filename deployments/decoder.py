@@ -12,7 +12,8 @@ from deployments.batching import check_batch_config
 from deployments.common import accel_settings, fallback_logger, load_stage_model, warm_up
 from models.amg import AmgSettings, AutoMask, generate_masks
 from models.masks import encode_logits_base64, encode_masks
-from models.sam2_image import DecodeRequest, ImageFeatures, PromptSpec, Sam2MaskDecoder
+from models.sam2_decoder import DecodeRequest, PromptSpec, Sam2MaskDecoder
+from models.sam2_image import ImageFeatures
 from serve_app.metrics import StageMetrics
 
 

@@ -15,7 +15,8 @@ from ray import serve
 
 from deployments.common import pick_device, set_torch_threads
 from models.masks import encode_masks
-from models.sam2_video import FrameMasks, Sam2VideoTracker, VideoObject, VideoSettings
+from models.sam2_video import Sam2VideoTracker, VideoSettings
+from models.sam2_video_types import FrameMasks, VideoObject
 from serve_app.weights import WeightsSource, load_sam2_video
 
 log = logging.getLogger("samgraph.deployments")

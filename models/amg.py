@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from models.masks import encode_rle_batch
-from models.sam2_image import ImageFeatures, Sam2MaskDecoder
+from models.sam2_decoder import Sam2MaskDecoder
+from models.sam2_image import ImageFeatures
 from models.settings import bounded, check_bounds
 
 

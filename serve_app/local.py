@@ -20,7 +20,8 @@ from models.amg import AmgSettings, AutoMask, generate_masks
 from models.fade_strategies import FadeStrategy, GaussianFade
 from models.fader import CropSettings, fade_and_crop_batch
 from models.masks import decode_rle, encode_rle, rle_area, rle_bbox_xyxy
-from models.sam2_image import DecodeRequest, MaskPrediction, Sam2ImageEncoder, Sam2MaskDecoder
+from models.sam2_decoder import DecodeRequest, MaskPrediction, Sam2MaskDecoder
+from models.sam2_image import Sam2ImageEncoder
 from serve_app.assemble import instances, rank_by_text
 from serve_app.schemas import PromptIn, check_prompts_in_image, to_prompt_specs
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from models.amg import AmgSettings
 from models.fade_strategies import ExponentialFade, GaussianFade, LinearFade
 from models.masks import decode_logits_base64
-from models.sam2_image import LOW_RES_MASK_SIZE, PromptSpec
+from models.sam2_decoder import LOW_RES_MASK_SIZE, PromptSpec
 from serve_app.errors import ApiError
 from serve_app.settings import derive
 

@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from models.masks import decode_rle
-from models.sam2_video import FramePrompt, VideoObject
+from models.sam2_video_types import FramePrompt, VideoObject
 from serve_app.errors import ApiError
 from serve_app.schemas import STRICT, GeometryIn, ImageIn, PromptIn, RleIn, check_prompts_in_image
 
@@ -101,7 +101,7 @@ def check_video_objects(objects: list[VideoObjectIn], num_frames: int, width: in
 
 
 def to_video_objects(objects: list[VideoObjectIn]) -> list[VideoObject]:
-    """Validated objects -> the tracker's :class:`models.sam2_video.VideoObject` (masks decoded).
+    """Validated objects -> the tracker's :class:`models.sam2_video_types.VideoObject` (masks decoded).
 
     Raises:
         ApiError: 422 for a ``mask_rle`` that does not decode.

@@ -59,7 +59,7 @@ def test_import_checker_catches_violations():
 def test_models_import_is_light():
     code = (
         "import json, sys\n"
-        "import models.sam2_image, models.masks, models.registry\n"
+        "import models.sam2_image, models.sam2_decoder, models.masks, models.registry\n"
         "mods = set(sys.modules)\n"
         "print(json.dumps({m: any(k == m or k.startswith(m + '.') for k in mods) "
         "for m in ('ray', 'sam2', 'fastapi', 'httpx', 'qdrant_client')}))\n"
@@ -69,3 +69,13 @@ def test_models_import_is_light():
     assert proc.returncode == 0, proc.stderr
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert loaded == {"ray": False, "sam2": False, "fastapi": False, "httpx": False, "qdrant_client": False}
+
+
+MAX_LINES = 400
+
+
+@pytest.mark.parametrize("path", [*MODELS, REPO / "serve_app" / "schemas.py", REPO / "serve_app" / "config.py"], ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_module_size(path):
+    """Modules of models/ and the request/config schemas stay small enough to read: split by concern."""
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path.name} has {lines} lines (at most {MAX_LINES}); split it by concern"

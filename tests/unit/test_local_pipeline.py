@@ -14,7 +14,8 @@ from tests.conftest import TRUCK_BOX, mask_iou
 @pytest.fixture(scope="module")
 def pipe():
     from models.embedder import build_clip
-    from models.sam2_image import Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
+    from models.sam2_decoder import Sam2MaskDecoder
+    from models.sam2_image import Sam2ImageEncoder, build_sam2_model
     from serve_app.vectorstore import ExampleStore
 
     sam = build_sam2_model("sam2.1_hiera_tiny", seed=0)
