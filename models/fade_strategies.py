@@ -61,8 +61,24 @@ class FadeStrategy(Protocol):
         ...
 
 
+class _FactorFade:
+    """A fade by a per-pixel factor: ``apply`` scales the image by ``self.factor(distance_map)``; the
+    parameters are checked against their :func:`models.settings.bounded` rules."""
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+    def factor(self, distance_map: np.ndarray) -> np.ndarray:
+        """(H, W) float32 factor in [0, 1] for an (H, W) distance map in pixels."""
+        raise NotImplementedError
+
+    def apply(self, image: np.ndarray, mask: np.ndarray, distance_map: np.ndarray) -> np.ndarray:
+        """See :meth:`FadeStrategy.apply`."""
+        return _scale(image, self.factor(distance_map))
+
+
 @dataclass(frozen=True)
-class GaussianFade:
+class GaussianFade(_FactorFade):
     """Gaussian fall-off: ``factor = max(min_fade, exp(-(d / sigma_px) ** 2))``.
 
     Attributes:
@@ -74,21 +90,14 @@ class GaussianFade:
     sigma_px: float = bounded(50.0, gt=0)
     min_fade: float = bounded(0.0, ge=0, le=1)
 
-    def __post_init__(self) -> None:
-        check_bounds(self)
-
     def factor(self, distance_map: np.ndarray) -> np.ndarray:
         """(H, W) float32 factor in [min_fade, 1] for an (H, W) distance map in pixels."""
         d = np.asarray(distance_map, dtype=np.float32) / np.float32(self.sigma_px)
         return np.maximum(np.float32(self.min_fade), np.exp(-(d * d)))
 
-    def apply(self, image: np.ndarray, mask: np.ndarray, distance_map: np.ndarray) -> np.ndarray:
-        """See :meth:`FadeStrategy.apply`."""
-        return _scale(image, self.factor(distance_map))
-
 
 @dataclass(frozen=True)
-class LinearFade:
+class LinearFade(_FactorFade):
     """Linear fall-off: ``factor = max(min_fade, 1 - d / max_distance_px)``.
 
     The factor reaches ``min_fade`` (0 by default) at ``d = max_distance_px * (1 - min_fade)`` and
@@ -103,21 +112,14 @@ class LinearFade:
     max_distance_px: float = bounded(100.0, gt=0)
     min_fade: float = bounded(0.0, ge=0, le=1)
 
-    def __post_init__(self) -> None:
-        check_bounds(self)
-
     def factor(self, distance_map: np.ndarray) -> np.ndarray:
         """(H, W) float32 factor in [min_fade, 1] for an (H, W) distance map in pixels."""
         d = np.asarray(distance_map, dtype=np.float32) / np.float32(self.max_distance_px)
         return np.maximum(np.float32(self.min_fade), np.float32(1.0) - d)
 
-    def apply(self, image: np.ndarray, mask: np.ndarray, distance_map: np.ndarray) -> np.ndarray:
-        """See :meth:`FadeStrategy.apply`."""
-        return _scale(image, self.factor(distance_map))
-
 
 @dataclass(frozen=True)
-class ExponentialFade:
+class ExponentialFade(_FactorFade):
     """Exponential fall-off, cut off at a distance.
 
     ``factor = max(min_fade, exp(-decay * d))`` for ``d < max_distance_px``, and ``min_fade`` for
@@ -134,19 +136,12 @@ class ExponentialFade:
     max_distance_px: float = bounded(200.0, gt=0)
     min_fade: float = bounded(0.0, ge=0, le=1)
 
-    def __post_init__(self) -> None:
-        check_bounds(self)
-
     def factor(self, distance_map: np.ndarray) -> np.ndarray:
         """(H, W) float32 factor in [min_fade, 1] for an (H, W) distance map in pixels."""
         d = np.asarray(distance_map, dtype=np.float32)
         floor = np.float32(self.min_fade)
         decayed = np.maximum(floor, np.exp(np.float32(-self.decay) * d))
         return np.where(d < np.float32(self.max_distance_px), decayed, floor)
-
-    def apply(self, image: np.ndarray, mask: np.ndarray, distance_map: np.ndarray) -> np.ndarray:
-        """See :meth:`FadeStrategy.apply`."""
-        return _scale(image, self.factor(distance_map))
 
 
 @dataclass(frozen=True)

@@ -140,12 +140,24 @@ class PromptIn(GeometryIn):
         return self.box_xyxy is None and self.mask_input is None and self.points is not None and len(self.points) == 1
 
 
-class SegmentRequest(BaseModel):
-    """Body of ``POST /v1/segment`` (or the ``request`` part of a multipart upload)."""
+class ImageRefIn(BaseModel):
+    """The image of a request: inline (``image``) or the ``image_id`` of an earlier upload, not both."""
 
     model_config = STRICT
     image: ImageIn | None = None
     image_id: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
+
+    @model_validator(mode="after")
+    def _one_image(self) -> ImageRefIn:
+        if self.image is not None and self.image_id is not None:
+            raise ValueError("give either image or image_id, not both")
+        return self
+
+
+class SegmentRequest(ImageRefIn):
+    """Body of ``POST /v1/segment`` (or the ``request`` part of a multipart upload)."""
+
+    model_config = STRICT
     prompts: list[PromptIn] = Field(default_factory=list, max_length=64)
     multimask_output: bool | None = None
     max_masks: int = Field(default=3, ge=1, le=3)
@@ -153,12 +165,6 @@ class SegmentRequest(BaseModel):
     return_logits: bool = False
     fade: FadeIn | None = None
     amg: AmgIn | None = None
-
-    @model_validator(mode="after")
-    def _one_image(self) -> SegmentRequest:
-        if self.image is not None and self.image_id is not None:
-            raise ValueError("give either image or image_id, not both")
-        return self
 
 
 
@@ -189,12 +195,10 @@ COLLECTION = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 LABEL = Annotated[str, Field(min_length=1, max_length=100)]
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(ImageRefIn):
     """Body of ``POST /v1/predict``: label every object in an image from the nearest labelled examples."""
 
     model_config = STRICT
-    image: ImageIn | None = None
-    image_id: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
     collection: COLLECTION = "default"
     top_k: int = Field(default=5, ge=1, le=100)
     min_score: float = Field(default=0.0, ge=-1, le=1)
@@ -202,12 +206,6 @@ class PredictRequest(BaseModel):
     mask_format: Literal["rle", "png", "none"] = "rle"
     fade: FadeIn | None = None
     amg: AmgIn | None = None
-
-    @model_validator(mode="after")
-    def _one_image(self) -> PredictRequest:
-        if self.image is not None and self.image_id is not None:
-            raise ValueError("give either image or image_id, not both")
-        return self
 
 
 class RleIn(BaseModel):
@@ -218,12 +216,10 @@ class RleIn(BaseModel):
     counts: str = Field(min_length=1)
 
 
-class ExampleRequest(GeometryIn):
+class ExampleRequest(ImageRefIn, GeometryIn):
     """Body of ``POST /v1/examples``: one labelled object, given by a prompt (``box_xyxy`` and/or
     ``points``, as in /v1/segment) or a mask."""
 
-    image: ImageIn | None = None
-    image_id: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
     mask_rle: RleIn | None = None
     label: LABEL
     collection: COLLECTION = "default"
@@ -238,8 +234,6 @@ class ExampleRequest(GeometryIn):
 
     @model_validator(mode="after")
     def _one_object(self) -> ExampleRequest:
-        if self.image is not None and self.image_id is not None:
-            raise ValueError("give either image or image_id, not both")
         if self.mask_rle is not None and (self.box_xyxy is not None or self.points is not None):
             raise ValueError("give either mask_rle or a prompt (box_xyxy and/or points), not both")
         if self.mask_rle is None and self.box_xyxy is None and self.points is None:
