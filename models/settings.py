@@ -81,7 +81,7 @@ def describe(rules: dict[str, Any], integer: bool = False) -> str:
 
 def _obeys(value: Any, rules: dict[str, Any], integer: bool) -> bool:
     if "choices" in rules:
-        return any(value == c and type(value) is type(c) for c in rules["choices"]) or (value is None and None in rules["choices"])
+        return any(value == c and type(value) is type(c) for c in rules["choices"])  # True is not 1
     if "min_length" in rules:
         return not isinstance(value, str) or len(value) >= rules["min_length"]
     number = numbers.Integral if integer else numbers.Real
@@ -115,7 +115,9 @@ def check_field(cls: type, name: str, value: Any) -> None:
     Raises:
         ValueError: as :func:`check_bounds`.
     """
-    rules = field_rules(cls).get(name, {})
+    rules = field_rules(cls).get(name)
+    if rules is None:
+        return
     integer = name in _integer_fields(cls)
     if not _obeys(value, rules, integer):
         kind = "an integer " if integer and "choices" not in rules else ""

@@ -68,9 +68,14 @@ def pydantic_fields(
                 typ = Literal[values] if None not in rule["choices"] else Literal[values] | None
             bounds = {k: v for k, v in rule.items() if k != "choices"}
             if optional:
-                out[f.name] = (typ | None, Field(default=None, **bounds))
+                typ, default = typ | None, {"default": None}
+            elif f.default is not dataclasses.MISSING:
+                default = {"default": f.default}
+            elif f.default_factory is not dataclasses.MISSING:
+                default = {"default_factory": f.default_factory}
             else:
-                out[f.name] = (typ, Field(default=f.default, **bounds))
+                default = {}  # required, as in the dataclass
+            out[f.name] = (typ, Field(**default, **bounds))
     return out
 
 
