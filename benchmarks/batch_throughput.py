@@ -64,7 +64,8 @@ def bare(frames: list[Path], threads: int) -> dict:
     import torch
 
     from models.masks import encode_masks
-    from models.sam2_image import DecodeRequest, PromptSpec, Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
+    from models.sam2_decoder import DecodeRequest, PromptSpec, Sam2MaskDecoder
+    from models.sam2_image import Sam2ImageEncoder, build_sam2_model
 
     torch.set_num_threads(threads)
     model = build_sam2_model("sam2.1_hiera_tiny", seed=0)

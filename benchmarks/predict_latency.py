@@ -44,10 +44,12 @@ def main() -> None:
 
     from models.amg import AmgSettings, generate_masks
     from models.embedder import build_clip
-    from models.fader import GaussianFade, fade_and_crop_batch
+    from models.fade_strategies import GaussianFade
+    from models.fader import fade_and_crop_batch
     from models.knn import brute_force_knn
     from models.masks import decode_rle
-    from models.sam2_image import Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
+    from models.sam2_decoder import Sam2MaskDecoder
+    from models.sam2_image import Sam2ImageEncoder, build_sam2_model
 
     torch.set_num_threads(args.threads)
     with Image.open(SHARED_DATA / "images" / "truck.jpg") as im:

@@ -45,7 +45,8 @@ def variants(rgb: np.ndarray, n: int) -> list[bytes]:
 def bare(rgb: np.ndarray, args, enc_threads: int, dec_threads: int) -> dict:
     import torch
 
-    from models.sam2_image import PromptSpec, Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
+    from models.sam2_decoder import PromptSpec, Sam2MaskDecoder
+    from models.sam2_image import Sam2ImageEncoder, build_sam2_model
 
     model = build_sam2_model(args.model_id, seed=0)
     encoder, decoder = Sam2ImageEncoder(model), Sam2MaskDecoder(model)

@@ -78,7 +78,8 @@ def bare(photos: list[Photo], n_images: int, n_click_sessions: int, threads: int
     import torch
 
     from models.masks import encode_masks
-    from models.sam2_image import PromptSpec, Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
+    from models.sam2_decoder import PromptSpec, Sam2MaskDecoder
+    from models.sam2_image import Sam2ImageEncoder, build_sam2_model
 
     torch.set_num_threads(threads)
     model = build_sam2_model(MODEL_ID, seed=0)
@@ -131,7 +132,8 @@ def one_process_predict(photos: list[Photo], n: int, threads: int) -> dict:
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
     from models.embedder import build_clip
-    from models.fader import CropSettings, GaussianFade, fade_and_crop_batch
+    from models.fade_strategies import GaussianFade
+    from models.fader import CropSettings, fade_and_crop_batch
     from models.knn import brute_force_knn, normalize_rows
     from models.masks import decode_rle
     from models.sam2_image import build_sam2_model

@@ -269,7 +269,8 @@ class Bare:
 
     def sam(self):
         if self._sam is None:
-            from models.sam2_image import Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
+            from models.sam2_decoder import Sam2MaskDecoder
+            from models.sam2_image import Sam2ImageEncoder, build_sam2_model
 
             model = build_sam2_model(self.cfg.model_id, seed=0)
             self._sam = (Sam2ImageEncoder(model), Sam2MaskDecoder(model))
@@ -299,9 +300,10 @@ class Bare:
         from PIL import Image
 
         from deployments.decoder import DecodeJob
-        from models.fader import CropSettings, fade_and_crop_batch, make_fade_strategy
+        from models.fade_strategies import make_fade_strategy
+        from models.fader import CropSettings, fade_and_crop_batch
         from models.masks import encode_rle
-        from models.sam2_image import PromptSpec
+        from models.sam2_decoder import PromptSpec
         from serve_app.assemble import amg_settings
 
         torch.set_num_threads(self.cfg.encoder.torch_threads or torch.get_num_threads())
@@ -342,7 +344,7 @@ class Bare:
             return lambda: len(enc.encode_batch(images)), f"Sam2ImageEncoder.encode_batch({batch} images)"
         if stage.key == "decoder":
             from models.masks import encode_masks
-            from models.sam2_image import DecodeRequest
+            from models.sam2_decoder import DecodeRequest
 
             dec = self.sam()[1]
             turn = [0]
@@ -364,7 +366,8 @@ class Bare:
             dec = self.sam()[1]
             return lambda: (generate_masks(dec, inp.features, inp.amg), 1)[1], "models.amg.generate_masks"
         if stage.key == "fader":
-            from models.fader import CropSettings, fade_and_crop_batch, make_fade_strategy
+            from models.fade_strategies import make_fade_strategy
+            from models.fader import CropSettings, fade_and_crop_batch
             from models.masks import decode_rle
 
             f = self.cfg.fader

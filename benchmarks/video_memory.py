@@ -69,7 +69,8 @@ def worker(kind: str, n_frames: int, threads: int, out_path: str) -> None:
     rss0, _ = _rss_mb()
     t0 = time.perf_counter()
     if kind == "samgraph":
-        from models.sam2_video import FramePrompt, Sam2VideoTracker, VideoObject, VideoSettings, build_sam2_video_model
+        from models.sam2_video import Sam2VideoTracker, VideoSettings, build_sam2_video_model
+        from models.sam2_video_types import FramePrompt, VideoObject
 
         tracker = Sam2VideoTracker(build_sam2_video_model(MODEL_ID, state_dict), VideoSettings(offload_video_to_cpu=True))
         frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])  # what the ingress decodes

@@ -6,6 +6,8 @@ once in ``__init__`` and maps a batch of rows, one row per image, to a batch of 
 report them without stopping the run. Each stage adds its time per image, in ms, to the row's
 ``timing_ms``.
 
+The labelling stages (fade, embed, retrieve) are in :mod:`deployments.batch_labels`.
+
 An image's state travels as one :class:`Item` (column ``item``). Its keys, in the order the stages add
 them::
 
@@ -33,13 +35,11 @@ from deployments.runtime.replica import (
     accel_settings,
     fallback_logger,
     load_stage_model,
-    pick_device,
-    set_torch_threads,
     warm_up,
 )
 
 if TYPE_CHECKING:
-    from models.sam2_image import PromptSpec
+    from models.sam2_decoder import PromptSpec
 
 PROMPT_MODES = ("coco-boxes", "center-points", "auto")
 #: One image's prompt dicts (``box_xyxy`` / ``points``, pixels), width, height -> (decoder prompts, multimask
@@ -112,7 +112,7 @@ class LoadImages:
         max_image_pixels: larger images are reported as errors (the service's limit).
         prompt_specs: validates an image's prompts into decoder prompts (:data:`PromptSpecsFn`); needed
             for ``coco-boxes`` and ``center-points``. Its results become the row's ``prompt_specs`` (one
-            :class:`models.sam2_image.PromptSpec` per prompt) and ``multimask``; a prompt it refuses
+            :class:`models.sam2_decoder.PromptSpec` per prompt) and ``multimask``; a prompt it refuses
             makes the image an error row.
 
     Raises:
@@ -215,7 +215,7 @@ class EncodeImages(_Stage):
 class DecodeMasks(_Stage):
     """Masks for each image's prompts (best ``predicted_iou`` per prompt) or its automatic masks.
 
-    The prompt path is ``/v1/segment``'s: the rows' ``prompt_specs`` (:class:`models.sam2_image.PromptSpec`,
+    The prompt path is ``/v1/segment``'s: the rows' ``prompt_specs`` (:class:`models.sam2_decoder.PromptSpec`,
     validated in the load stage) with their ``multimask`` flags (a lone point is multimask, a box is not);
     every prompt of every image in the batch runs through one ``Sam2MaskDecoder.predict_batch`` call. The
     automatic path is ``/v1/predict``'s: :func:`models.amg.generate_masks`, best ``max_instances`` kept.
@@ -243,7 +243,7 @@ class DecodeMasks(_Stage):
         max_instances: int = 20,
     ) -> None:
         from models.amg import AmgSettings
-        from models.sam2_image import Sam2MaskDecoder
+        from models.sam2_decoder import Sam2MaskDecoder
 
         settings = accel_settings({**(accel or {}), "tensorrt": False})
         loaded, _ = load_stage_model(model_id, weights, device, torch_threads)
@@ -265,7 +265,7 @@ class DecodeMasks(_Stage):
                 ]
             return
         from models.masks import encode_masks
-        from models.sam2_image import DecodeRequest
+        from models.sam2_decoder import DecodeRequest
 
         requests, todo = [], []
         for r in rows:
@@ -281,135 +281,3 @@ class DecodeMasks(_Stage):
                     {**enc, "predicted_iou": float(pred.predicted_iou[best]), "stability_score": float(pred.stability_score[best]),
                      "ann_id": prompt["ann_id"], "category_id": prompt["category_id"]}
                 )
-
-
-class FadeCrops(_Stage):
-    """Faded crops around each instance mask (and each ground-truth example mask), ``/v1/predict``'s fade.
-
-    Args:
-        strategy, params: a fade strategy of :func:`models.fader.make_fade_strategy`.
-        crop: :class:`models.fader.CropSettings` fields.
-    """
-
-    name = "fade"
-    drop = ("image",)
-
-    def __init__(self, strategy: str, params: dict, crop: dict) -> None:
-        from models.fader import CropSettings, make_fade_strategy
-
-        self.strategy = make_fade_strategy(strategy, **params)
-        self.crop = CropSettings(**crop)
-
-    def _process(self, rows: list[dict]) -> None:
-        from models.fader import fade_and_crop_batch
-        from models.masks import decode_rle
-
-        for r in rows:
-            for key, items in (("crops", r["instances"]), ("example_crops", r["examples"])):
-                masks = [decode_rle(it["rle"]) for it in items]
-                keep = [m.any() for m in masks]  # an empty mask has no crop; it is not embedded
-                r[key] = fade_and_crop_batch([r["image"]] * sum(keep), [m for m, k in zip(masks, keep) if k], self.strategy, self.crop)
-                for it, k in zip(items, keep):
-                    it["embedded"] = bool(k)
-
-
-class EmbedCrops(_Stage):
-    """open_clip image tower over every crop of the batch's images in one call (L2-normalised).
-
-    Args:
-        model_name, pretrained, weights, device, torch_threads: as :class:`deployments.embedder.Embedder`.
-    """
-
-    name = "embed"
-    drop = ("crops", "example_crops")
-
-    def __init__(self, model_name: str, pretrained: str, weights: dict, device: str = "auto", torch_threads: int | None = None) -> None:
-        from deployments.runtime.clip_weights import ClipWeightsSource, load_clip
-        from models.embedder import ClipSpec
-
-        set_torch_threads(torch_threads)
-        loaded = load_clip(ClipSpec(model_name, pretrained), ClipWeightsSource(**weights), device=pick_device(device))
-        self.embedder = loaded.embedder
-        self.weights = loaded.weights
-
-    def _process(self, rows: list[dict]) -> None:
-        crops = [c for r in rows for key in ("crops", "example_crops") for c in r[key]]
-        vecs = self.embedder.embed_images(crops) if crops else np.zeros((0, self.embedder.dim), np.float32)
-        assert len(vecs) == len(crops)
-        i = 0
-        for r in rows:
-            for key, out in (("crops", "embeddings"), ("example_crops", "example_embeddings")):
-                n = len(r[key])
-                r[out] = np.asarray(vecs[i : i + n], np.float32)
-                i += n
-
-
-class RetrieveLabels(_Stage):
-    """Store ground-truth examples, or label instances by their nearest examples (``/v1/predict``'s vote).
-
-    Args:
-        store: :class:`deployments.runtime.vectorstore.ExampleStore` keyword arguments (``path`` or ``url``).
-        collection: the examples' collection.
-        mode: ``add`` (store every example under its label) or ``search``.
-        top_k, min_score: as ``/v1/predict``.
-        keep_embeddings: keep the instances' embeddings in the rows (``--embeddings``).
-
-    Raises:
-        ValueError: an unknown ``mode``.
-        StoreError, UnknownCollection: as :class:`deployments.runtime.vectorstore.ExampleStore`.
-    """
-
-    name = "retrieve"
-
-    def __init__(self, store: dict, collection: str, mode: str, top_k: int = 5, min_score: float = 0.0, keep_embeddings: bool = False) -> None:
-        from deployments.runtime.vectorstore import ExampleStore
-
-        if mode not in ("add", "search"):
-            raise ValueError(f"mode must be add or search; got {mode!r}")
-        self.store = ExampleStore(**store)
-        self.collection, self.mode, self.top_k, self.min_score = collection, mode, top_k, min_score
-        self.drop = ("example_embeddings",) if keep_embeddings else ("embeddings", "example_embeddings")
-
-    def _process(self, rows: list[dict]) -> None:
-        if self.mode == "add":
-            self._add(rows)
-        else:
-            self._search(rows)
-
-    def _add(self, rows: list[dict]) -> None:
-        from models.masks import rle_area, rle_bbox_xyxy
-
-        vecs, labels, payloads, owners = [], [], [], []
-        for r in rows:
-            embedded = [e for e in r["examples"] if e["embedded"]]
-            for ex, vec in zip(embedded, r["example_embeddings"]):
-                vecs.append(vec)
-                labels.append(ex["label"])
-                payloads.append({"bbox_xyxy": rle_bbox_xyxy(ex["rle"]), "area_px": rle_area(ex["rle"]), "source": str(r["path"]), "coco_ann_id": ex["ann_id"]})
-                owners.append(r)
-            r["added"] = []
-        if vecs:
-            ids = self.store.add(self.collection, np.stack(vecs), labels, payloads)
-            for r, example_id in zip(owners, ids):
-                r["added"].append(example_id)
-
-    def _search(self, rows: list[dict]) -> None:
-        from models.knn import vote
-
-        queries = [r["embeddings"] for r in rows if len(r["embeddings"])]
-        found = iter(self.store.search(self.collection, np.concatenate(queries), self.top_k) if queries else [])
-        for r in rows:
-            for inst in r["instances"]:
-                nbrs = next(found) if inst["embedded"] else []
-                label, confidence = vote(nbrs, self.min_score)
-                inst.update(label=label, confidence=confidence, neighbors=[{"id": n.id, "label": n.label, "score": n.score} for n in nbrs])
-
-
-STAGES: dict[str, Callable] = {
-    "load": LoadImages,
-    "encode": EncodeImages,
-    "decode": DecodeMasks,
-    "fade": FadeCrops,
-    "embed": EmbedCrops,
-    "retrieve": RetrieveLabels,
-}

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.amg import AutoMask
-from models.fader import FadeStrategy, make_fade_strategy
+from models.fade_strategies import FadeStrategy, make_fade_strategy
 from models.knn import Neighbor
-from models.sam2_image import PromptSpec
-from models.sam2_video import VideoObject
+from models.sam2_decoder import PromptSpec
+from models.sam2_video_types import VideoObject
 
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -56,7 +56,7 @@ class FadeJob:
         image: (H, W, 3) uint8 RGB.
         masks: N (H, W) bool masks on ``image``, none empty; any sequence (or an (N, H, W) array) is
             stored as a tuple.
-        strategy: registry name of the fade (``models.fader.list_fade_strategies``); None: the
+        strategy: registry name of the fade (``models.fade_strategies.list_fade_strategies``); None: the
             deployment's default strategy.
         params: the strategy's parameters. None: the deployment's default parameters where the strategy
             is the deployment's default one, else the strategy's own defaults. Params need a

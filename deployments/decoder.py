@@ -13,7 +13,8 @@ from deployments.runtime.metrics import StageMetrics
 from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
 from models.amg import AmgSettings, generate_masks
 from models.masks import encode_logits_base64, encode_masks
-from models.sam2_image import DecodeRequest, ImageFeatures, Sam2MaskDecoder
+from models.sam2_decoder import DecodeRequest, Sam2MaskDecoder
+from models.sam2_image import ImageFeatures
 
 
 @serve.deployment(name="MaskDecoder", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=32)

@@ -11,7 +11,8 @@ from ray import serve
 from deployments.contracts import FadeJob, FadeResult, GenerateResult
 from deployments.runtime.batching import apply_batch_config
 from deployments.runtime.metrics import StageMetrics
-from models.fader import CropSettings, FadeStrategy, fade_and_crop_batch, make_fade_strategy
+from models.fade_strategies import FadeStrategy, make_fade_strategy
+from models.fader import CropSettings, fade_and_crop_batch
 from models.masks import decode_rle
 
 

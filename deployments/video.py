@@ -17,7 +17,8 @@ from deployments.runtime.replica import pick_device, set_torch_threads
 from deployments.runtime.sam2_weights import load_sam2_video
 from deployments.runtime.weights import WeightsSource
 from models.masks import encode_masks
-from models.sam2_video import FrameMasks, Sam2VideoTracker, VideoSettings
+from models.sam2_video import Sam2VideoTracker, VideoSettings
+from models.sam2_video_types import FrameMasks
 
 log = logging.getLogger("samgraph.deployments")
 _DONE = object()

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from models.settings import bounded, check_bounds
+
 PRECISIONS = ("fp32", "bf16")
 #: ``torch.compile`` modes (None: torch's default).
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -51,17 +53,14 @@ class AccelSettings:
             needed); takes precedence over ``compile``.
     """
 
-    precision: str = "fp32"
+    precision: str = bounded("fp32", choices=PRECISIONS)
     compile: bool = False
-    compile_mode: str | None = None
-    compile_backend: str | Callable = "inductor"
+    compile_mode: str | None = bounded(None, choices=COMPILE_MODES)
+    compile_backend: str | Callable = bounded("inductor", min_length=1)
     tensorrt: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}; got {self.compile_mode!r}")
+        check_bounds(self)
         if not self.compile_backend:
             raise ValueError("compile_backend must be a non-empty backend name, e.g. 'inductor'")
 

@@ -22,12 +22,19 @@ import numpy as np
 import torch
 
 from models.masks import encode_rle_batch
-from models.sam2_image import ImageFeatures, Sam2MaskDecoder
+from models.sam2_decoder import Sam2MaskDecoder
+from models.sam2_image import ImageFeatures
+from models.settings import bounded, check_bounds
 
 
 @dataclass(frozen=True)
 class AmgSettings:
     """Automatic-mask settings; defaults are ``SAM2AutomaticMaskGenerator``'s.
+
+    The limits here are also those of the HTTP ``amg`` field and the app's ``amg:`` config (their pydantic
+    models are built from these fields). sam2 puts no upper bound on ``points_per_side``; 128 (16384
+    clicks, 16 times the default's decoder work) bounds a request's time, and peak memory does not grow
+    with it (clicks are decoded ``points_per_batch`` at a time).
 
     Attributes:
         points_per_side: grid side; points_per_side^2 clicks (1..128).
@@ -39,26 +46,16 @@ class AmgSettings:
         min_area_px: drop masks with fewer pixels (>= 0; 0 disables).
     """
 
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.8
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    min_area_px: int = 0
+    points_per_side: int = bounded(32, ge=1, le=128)
+    points_per_batch: int = bounded(64, ge=1, le=1024)
+    pred_iou_thresh: float = bounded(0.8, ge=0, le=1)
+    stability_score_thresh: float = bounded(0.95, ge=0, le=1)
+    stability_score_offset: float = bounded(1.0, gt=0)
+    box_nms_thresh: float = bounded(0.7, ge=0, le=1)
+    min_area_px: int = bounded(0, ge=0)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.points_per_side <= 128:
-            raise ValueError("points_per_side must be in 1..128")
-        if not 1 <= self.points_per_batch <= 1024:
-            raise ValueError("points_per_batch must be in 1..1024")
-        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1]")
-        if not self.stability_score_offset > 0:
-            raise ValueError("stability_score_offset must be > 0")
-        if self.min_area_px < 0:
-            raise ValueError("min_area_px must be >= 0")
+        check_bounds(self)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ The computation is exactly what a user of open_clip writes::
     F.normalize(model.encode_image(torch.stack([preprocess(Image.fromarray(x)) for x in images])), dim=-1)
     F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
 
-except that the weights arrive as a state dict (see ``serve_app.clip_weights``) or are seeded random, so
+except that the weights arrive as a state dict (see ``deployments.runtime.clip_weights``) or are seeded random, so
 nothing is downloaded here. Image and text vectors share one space: their dot product is the cosine
 similarity CLIP was trained on.
 

@@ -10,25 +10,25 @@ Conventions: ``image`` is (H, W, 3) uint8 RGB (float32 in [0, 255] inside a stra
 image. Boxes are [x0, y0, x1, y1] in pixel-edge coordinates (x1 = last column + 1, as in
 ``models.masks``); the crop window may extend past the image, where it is filled with 0.
 
-Strategies: :class:`GaussianFade`, :class:`LinearFade`, :class:`ExponentialFade` and
-:class:`IdentityFade` (the hard-crop baseline), built by name with :func:`make_fade_strategy`; a
-user-defined strategy plugs in through :func:`register_fade_strategy`.
+The strategies (:class:`models.fade_strategies.FadeStrategy`: Gaussian, linear, exponential and the
+identity, built by name with :func:`models.fade_strategies.make_fade_strategy`) live in
+``models/fade_strategies.py``; this module computes the distance map, the crop window and the crop.
 
 Pure numpy/scipy/PIL in memory: no file or network I/O.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-import numbers
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from models.fade_strategies import FadeStrategy
+from models.settings import bounded, check_bounds, check_field
 
 
 def distance_to_mask(mask: np.ndarray) -> np.ndarray:
@@ -53,265 +53,21 @@ def _distance(mask: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask).astype(np.float32, copy=False)
 
 
-@runtime_checkable
-class FadeStrategy(Protocol):
-    """How the context outside a mask is de-emphasised.
-
-    ``name`` may be a plain attribute, a dataclass field or a property.
-
-    ``apply`` may be handed a window of the image rather than the whole image: a window that holds
-    the whole mask, with the distance map of that window (which equals the whole image's distance
-    map cut to the window, since every mask pixel is inside it). A strategy whose output at a pixel
-    depends only on that pixel's value, mask bit and distance (all the built-ins) gives exactly
-    what it gives on the whole image. It must not modify its inputs.
-    """
-
-    @property
-    def name(self) -> str:
-        """Registry name of the strategy, e.g. ``"gaussian"``."""
-        ...
-
-    def apply(self, image: np.ndarray, mask: np.ndarray, distance_map: np.ndarray) -> np.ndarray:
-        """Fade the context of ``image``.
-
-        Args:
-            image: (H, W, 3) float32 RGB in [0, 255].
-            mask: (H, W) bool, True inside the object.
-            distance_map: (H, W) float32, pixels to the nearest mask pixel (0 inside the mask).
-
-        Returns:
-            (H, W, 3) float32 in [0, 255]: the faded image.
-        """
-        ...
-
-
-@dataclass(frozen=True)
-class GaussianFade:
-    """Gaussian fall-off: ``factor = max(min_fade, exp(-(d / sigma_px) ** 2))``.
-
-    Attributes:
-        sigma_px: float > 0, pixels: distance at which the factor is 1/e.
-        min_fade: float in [0, 1]: floor of the factor far from the mask.
-    """
-
-    name: str = field(default="gaussian", init=False)
-    sigma_px: float = 50.0
-    min_fade: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_positive_distance("sigma_px", self.sigma_px)
-        _check_min_fade(self.min_fade)
-
-    def factor(self, distance_map: np.ndarray) -> np.ndarray:
-        """(H, W) float32 factor in [min_fade, 1] for an (H, W) distance map in pixels."""
-        d = np.asarray(distance_map, dtype=np.float32) / np.float32(self.sigma_px)
-        return np.maximum(np.float32(self.min_fade), np.exp(-(d * d)))
-
-    def apply(self, image: np.ndarray, mask: np.ndarray, distance_map: np.ndarray) -> np.ndarray:
-        """See :meth:`FadeStrategy.apply`."""
-        return _scale(image, self.factor(distance_map))
-
-
-@dataclass(frozen=True)
-class LinearFade:
-    """Linear fall-off: ``factor = max(min_fade, 1 - d / max_distance_px)``.
-
-    The factor reaches ``min_fade`` (0 by default) at ``d = max_distance_px * (1 - min_fade)`` and
-    stays there beyond.
-
-    Attributes:
-        max_distance_px: float > 0, pixels: distance at which ``1 - d / max_distance_px`` reaches 0.
-        min_fade: float in [0, 1]: floor of the factor.
-    """
-
-    name: str = field(default="linear", init=False)
-    max_distance_px: float = 100.0
-    min_fade: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_positive_distance("max_distance_px", self.max_distance_px)
-        _check_min_fade(self.min_fade)
-
-    def factor(self, distance_map: np.ndarray) -> np.ndarray:
-        """(H, W) float32 factor in [min_fade, 1] for an (H, W) distance map in pixels."""
-        d = np.asarray(distance_map, dtype=np.float32) / np.float32(self.max_distance_px)
-        return np.maximum(np.float32(self.min_fade), np.float32(1.0) - d)
-
-    def apply(self, image: np.ndarray, mask: np.ndarray, distance_map: np.ndarray) -> np.ndarray:
-        """See :meth:`FadeStrategy.apply`."""
-        return _scale(image, self.factor(distance_map))
-
-
-@dataclass(frozen=True)
-class ExponentialFade:
-    """Exponential fall-off, cut off at a distance.
-
-    ``factor = max(min_fade, exp(-decay * d))`` for ``d < max_distance_px``, and ``min_fade`` for
-    ``d >= max_distance_px``.
-
-    Attributes:
-        decay: float > 0, per pixel: the factor falls by ``e`` every ``1 / decay`` pixels.
-        max_distance_px: float > 0, pixels: beyond this distance the factor is ``min_fade``.
-        min_fade: float in [0, 1]: floor of the factor.
-    """
-
-    name: str = field(default="exponential", init=False)
-    decay: float = 0.05
-    max_distance_px: float = 200.0
-    min_fade: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_positive_distance("decay", self.decay)
-        _check_positive_distance("max_distance_px", self.max_distance_px)
-        _check_min_fade(self.min_fade)
-
-    def factor(self, distance_map: np.ndarray) -> np.ndarray:
-        """(H, W) float32 factor in [min_fade, 1] for an (H, W) distance map in pixels."""
-        d = np.asarray(distance_map, dtype=np.float32)
-        floor = np.float32(self.min_fade)
-        decayed = np.maximum(floor, np.exp(np.float32(-self.decay) * d))
-        return np.where(d < np.float32(self.max_distance_px), decayed, floor)
-
-    def apply(self, image: np.ndarray, mask: np.ndarray, distance_map: np.ndarray) -> np.ndarray:
-        """See :meth:`FadeStrategy.apply`."""
-        return _scale(image, self.factor(distance_map))
-
-
-@dataclass(frozen=True)
-class IdentityFade:
-    """No fade (factor 1 everywhere): the hard-crop baseline."""
-
-    name: str = field(default="identity", init=False)
-
-    def factor(self, distance_map: np.ndarray) -> np.ndarray:
-        """(H, W) float32 ones."""
-        return np.ones(np.shape(distance_map), np.float32)
-
-    def apply(self, image: np.ndarray, mask: np.ndarray, distance_map: np.ndarray) -> np.ndarray:
-        """The image itself, unchanged (not a copy)."""
-        return image
-
-
-def _scale(image: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    return (image * factor[..., None]).astype(np.float32, copy=False)
-
-
-def _check_positive_distance(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be > 0 (a finite number); got {value!r}")
-
-
-def _check_min_fade(value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-        raise ValueError(f"min_fade must be in [0, 1]; got {value!r}")
-
-
-def _check_margin(value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
-        raise ValueError(f"context_margin must be >= 0 (a finite number); got {value!r}")
-
-
-_FADE_STRATEGIES: dict[str, Callable[..., FadeStrategy]] = {
-    "gaussian": GaussianFade,
-    "linear": LinearFade,
-    "exponential": ExponentialFade,
-    "identity": IdentityFade,
-}
-
-
-def register_fade_strategy(name: str, factory: Callable[..., FadeStrategy]) -> None:
-    """Add a strategy to the registry, so that :func:`make_fade_strategy` builds it by name.
-
-    Args:
-        name: non-empty registry name, not yet taken.
-        factory: called with the keyword parameters given to :func:`make_fade_strategy`; returns a
-            :class:`FadeStrategy` (a frozen dataclass validated in ``__post_init__`` is the model).
-
-    Raises:
-        ValueError: ``name`` is empty or already registered, or ``factory`` is not callable.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"fade strategy name must be a non-empty string; got {name!r}")
-    if name in _FADE_STRATEGIES:
-        raise ValueError(f"fade strategy {name!r} is already registered; registered: {', '.join(_FADE_STRATEGIES)}")
-    if not callable(factory):
-        raise ValueError(f"factory for fade strategy {name!r} must be callable; got {factory!r}")
-    _FADE_STRATEGIES[name] = factory
-
-
-def list_fade_strategies() -> list[str]:
-    """Registered strategy names, built-ins first, then in order of registration."""
-    return list(_FADE_STRATEGIES)
-
-
-def make_fade_strategy(name: str, /, **params: object) -> FadeStrategy:
-    """Build a registered strategy.
-
-    Args:
-        name: registry name, e.g. ``"gaussian"`` (see :func:`list_fade_strategies`); positional-only,
-            so that a strategy may take a parameter called ``name``.
-        **params: the strategy's parameters, e.g. ``sigma_px=30.0``; the rest keep their defaults.
-
-    Returns:
-        The strategy.
-
-    Raises:
-        ValueError: unknown ``name`` (the message lists the valid ones), a parameter the strategy does
-            not take (named, with the allowed ones), or a parameter value it rejects.
-    """
-    try:
-        factory = _FADE_STRATEGIES[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown fade strategy {name!r}; valid names: {', '.join(_FADE_STRATEGIES)}") from None
-    allowed = _keyword_parameters(factory)
-    if allowed is not None:
-        unknown = [p for p in params if p not in allowed]
-        if unknown:
-            raise ValueError(
-                f"unknown parameter(s) for {name!r}: {', '.join(unknown)}; allowed: {', '.join(allowed) or '(none)'}"
-            )
-    try:
-        strategy = factory(**params)
-    except TypeError as e:
-        raise ValueError(f"invalid parameter(s) for fade strategy {name!r}: {e}") from None
-    if not isinstance(strategy, FadeStrategy) or not isinstance(strategy.name, str):
-        raise ValueError(f"factory of fade strategy {name!r} returned {strategy!r}, not a FadeStrategy")
-    return strategy
-
-
-def _keyword_parameters(factory: Callable[..., object]) -> list[str] | None:
-    """Names ``factory`` takes by keyword, or None where it takes ``**kwargs`` (or has no signature)."""
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return None
-    names = []
-    for p in signature.parameters.values():
-        if p.kind is inspect.Parameter.VAR_KEYWORD:
-            return None
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
-            names.append(p.name)
-    return names
-
-
 @dataclass(frozen=True)
 class CropSettings:
     """Where to cut and how large to make the crop.
 
     Attributes:
-        context_margin: float >= 0, fraction of the longer side of the mask's tight box added on each
-            side of the (square) window: 0.2 makes the window 1.4 times the longer side.
-        output_size: int >= 16, pixels: side of the square output crop.
+        context_margin: float in [0, 2], fraction of the longer side of the mask's tight box added on
+            each side of the (square) window: 0.2 makes the window 1.4 times the longer side.
+        output_size: int in 16..1024, pixels: side of the square output crop.
     """
 
-    context_margin: float = 0.2
-    output_size: int = 224
+    context_margin: float = bounded(0.2, ge=0, le=2)
+    output_size: int = bounded(224, ge=16, le=1024)
 
     def __post_init__(self) -> None:
-        _check_margin(self.context_margin)
-        s = self.output_size
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 16:
-            raise ValueError(f"output_size must be an integer >= 16; got {s!r}")
+        check_bounds(self)
 
 
 def crop_box_xyxy(mask: np.ndarray, context_margin: float) -> tuple[int, int, int, int]:
@@ -324,17 +80,17 @@ def crop_box_xyxy(mask: np.ndarray, context_margin: float) -> tuple[int, int, in
 
     Args:
         mask: (H, W) bool, True inside the object.
-        context_margin: float >= 0, fraction of the longer box side added on each side.
+        context_margin: float in [0, 2], fraction of the longer box side added on each side.
 
     Returns:
         (x0, y0, x1, y1): ints, pixel-edge coordinates of the image (x1, y1 exclusive), x1 - x0 ==
         y1 - y0; may extend past the image on any side.
 
     Raises:
-        ValueError: ``mask`` is not (H, W) bool or is empty; ``context_margin`` is negative.
+        ValueError: ``mask`` is not (H, W) bool or is empty; ``context_margin`` is outside [0, 2].
     """
     _check_mask(mask)
-    _check_margin(context_margin)
+    check_field(CropSettings, "context_margin", context_margin)
     return _window(mask, context_margin)
 
 

@@ -1,6 +1,6 @@
 """k-nearest-neighbour pieces of few-shot detection: row normalisation, exact cosine k-NN and label voting.
 
-Pure numpy, no I/O. The vector store (``serve_app.vectorstore``) returns :class:`Neighbor` lists; this module
+Pure numpy, no I/O. The vector store (``deployments.runtime.vectorstore``) returns :class:`Neighbor` lists; this module
 turns them into a label with :func:`vote` and gives the exact reference search the store is tested against
 (:func:`brute_force_knn`).
 """

@@ -39,7 +39,7 @@ def encode_rle_batch(masks: np.ndarray) -> list[dict]:
 
     pycocotools reads (H, W, N) uint8 in Fortran order, i.e. each mask column by column. Masks stored
     that way (the transposed view of an (N, W, H) array, as
-    :meth:`models.sam2_image.Sam2MaskDecoder.upsample_logits` produces) are passed without a copy; others
+    :meth:`models.sam2_decoder.Sam2MaskDecoder.upsample_logits` produces) are passed without a copy; others
     are copied once.
     """
     if masks.ndim != 3:

@@ -1,6 +1,6 @@
 """Registry of SAM 2.1 checkpoints: names, sam2 config names, official URLs and SHA-256 digests.
 
-Pure data, no I/O. Downloading and verifying lives in ``serve_app.weights``.
+Pure data, no I/O. Downloading and verifying lives in ``deployments.runtime.weights``.
 
 Source of the URLs: ``checkpoints/download_ckpts.sh`` in facebookresearch/sam2 (release 092824, SAM 2.1).
 Source of the digests and sizes: the checksums pinned for the same 092824 URLs by micro-sam

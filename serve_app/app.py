@@ -50,17 +50,9 @@ from serve_app.metrics import (
 )
 from serve_app.preflight import preflight
 from serve_app.readiness import RANDOM_WEIGHTS_WARNING, readiness
-from serve_app.schemas import (
-    ExampleRequest,
-    FadeIn,
-    PredictRequest,
-    SegmentRequest,
-    VideoRequest,
-    check_video_objects,
-    to_prompt_specs,
-    to_video_objects,
-)
+from serve_app.schemas import ExampleRequest, FadeIn, PredictRequest, SegmentRequest, to_prompt_specs
 from serve_app.video_route import collect_frames, ndjson_lines, read_clip
+from serve_app.video_schemas import VideoRequest, check_video_objects, to_video_objects
 
 
 # Module-level helpers the Ingress uses are defined above it: Serve pickles the ingress's routes while
@@ -172,7 +164,7 @@ class Ingress:
     # ---------------------------------------------------------------- settings of a request
     def _fade_spec(self, fade: FadeIn | None) -> dict:
         """Request fade settings over the app's defaults, validated now (422 naming the parameter)."""
-        from models.fader import make_fade_strategy
+        from models.fade_strategies import make_fade_strategy
 
         base = self.args.fader
         if fade is None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from models.accel import AccelSettings
+from models.amg import AmgSettings
+from models.fader import CropSettings
 from models.registry import DEFAULT_SAM2_MODEL, get_sam2_checkpoint
+from serve_app.settings import derive
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -19,42 +24,33 @@ class StageArgs(BaseModel):
     torch_threads: int | None = Field(default=None, ge=1)
 
 
+@derive(AccelSettings, exclude=("tensorrt",))
 class AccelArgs(BaseModel):
     """Optional speed-ups of a SAM 2 image stage (see ``models/accel.py`` and the README, "GPU options").
 
     ``precision: bf16`` runs the forward pass under ``torch.autocast(device, torch.bfloat16)``;
     ``compile`` wraps it in ``torch.compile(mode=compile_mode, backend=compile_backend)``, compiled when
     the replica starts (a warm-up call). What cannot be had falls back (bf16 -> fp32, compiled -> eager)
-    with one log line, and ``/readyz`` reports what is in force.
+    with one log line, and ``/readyz`` reports what is in force. The fields, their defaults and allowed
+    values are :class:`models.accel.AccelSettings`'s.
     """
 
     model_config = _STRICT
-    precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = False
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
-    compile_backend: str = Field(default="inductor", min_length=1)
 
     def accel(self) -> dict:
-        """The :class:`models.accel.AccelSettings` fields of this stage."""
-        return {
-            "precision": self.precision,
-            "compile": self.compile,
-            "compile_mode": self.compile_mode,
-            "compile_backend": self.compile_backend,
-            "tensorrt": getattr(self, "tensorrt", False),
-        }
+        """The :class:`models.accel.AccelSettings` fields of this stage (``tensorrt`` only on the encoder)."""
+        return {f.name: getattr(self, f.name, f.default) for f in dataclasses.fields(AccelSettings)}
 
 
 class Sam2StageArgs(StageArgs, AccelArgs):
     """A SAM 2 image stage (encoder or decoder): device and threads plus :class:`AccelArgs`."""
 
 
+@derive(AccelSettings, fields=("tensorrt",))
 class EncoderArgs(Sam2StageArgs):
     """The image encoder: as :class:`Sam2StageArgs`, plus ``tensorrt``: compile the encoder with
     torch-tensorrt (CUDA and ``pip install -e ".[tensorrt]"``; otherwise it falls back to ``compile``
     when that is set, else eager, with one log line)."""
-
-    tensorrt: bool = False
 
 
 class LimitArgs(BaseModel):
@@ -93,26 +89,22 @@ class RetrieverArgs(BaseModel):
     api_key: str | None = None
 
 
+@derive(CropSettings)
 class FaderArgs(BaseModel):
-    """Default fade (a request's ``fade`` overrides it) and crop geometry; see ``models/fader.py``."""
+    """Default fade (a request's ``fade`` overrides it) and crop geometry (the fields of
+    :class:`models.fader.CropSettings`: ``context_margin``, ``output_size``); see ``models/fader.py``."""
 
     model_config = _STRICT
     strategy: str = "gaussian"
     params: dict = {}
-    context_margin: float = Field(default=0.2, ge=0, le=2)
-    output_size: int = Field(default=224, ge=16, le=1024)
 
 
+@derive(AmgSettings)
 class AmgDefaults(BaseModel):
-    """Default automatic-mask settings (``SAM2AutomaticMaskGenerator``'s; a request's ``amg`` overrides)."""
+    """Default automatic-mask settings: the fields, defaults (``SAM2AutomaticMaskGenerator``'s) and limits
+    of :class:`models.amg.AmgSettings`; a request's ``amg`` overrides them."""
 
     model_config = _STRICT
-    points_per_side: int = Field(default=32, ge=1, le=64)
-    points_per_batch: int = Field(default=64, ge=1, le=1024)
-    pred_iou_thresh: float = Field(default=0.8, ge=0, le=1)
-    stability_score_thresh: float = Field(default=0.95, ge=0, le=1)
-    box_nms_thresh: float = Field(default=0.7, ge=0, le=1)
-    min_area_px: int = Field(default=0, ge=0)
 
 
 class VideoArgs(StageArgs):

@@ -17,9 +17,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.amg import AmgSettings, AutoMask, generate_masks
-from models.fader import CropSettings, FadeStrategy, GaussianFade, fade_and_crop_batch
+from models.fade_strategies import FadeStrategy, GaussianFade
+from models.fader import CropSettings, fade_and_crop_batch
 from models.masks import decode_rle, encode_rle, rle_area, rle_bbox_xyxy
-from models.sam2_image import DecodeRequest, MaskPrediction, Sam2ImageEncoder, Sam2MaskDecoder
+from models.sam2_decoder import DecodeRequest, MaskPrediction, Sam2MaskDecoder
+from models.sam2_image import Sam2ImageEncoder
 from serve_app.assemble import instances, rank_by_text
 from serve_app.schemas import PromptIn, check_prompts_in_image, to_prompt_specs
 

@@ -1,4 +1,5 @@
-"""HTTP request and response bodies of /v1/segment (pydantic v2).
+"""HTTP request bodies of /v1/segment, /v1/predict and /v1/examples, and the prompt types they share
+with /v1/segment/video (``serve_app/video_schemas.py``) (pydantic v2).
 
 Coordinates are pixels of the uploaded image after EXIF orientation, (x, y) with x right and y down.
 Rules that need the image size (coordinates inside the image) are checked by
@@ -13,12 +14,15 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.masks import decode_logits_base64, decode_rle
-from models.sam2_image import LOW_RES_MASK_SIZE, PromptSpec
-from models.sam2_video import FramePrompt, VideoObject
+from models.amg import AmgSettings
+from models.fade_strategies import ExponentialFade, GaussianFade, LinearFade
+from models.masks import decode_logits_base64
+from models.sam2_decoder import LOW_RES_MASK_SIZE, PromptSpec
 from serve_app.errors import ApiError
+from serve_app.settings import derive
 
-_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+#: Every body: unknown fields and non-finite numbers are rejected.
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 _LABELS = {1: 1, 0: 0, "fg": 1, "bg": 0}
 SHA256_HEX = r"^[0-9a-f]{64}$"
 
@@ -26,14 +30,14 @@ SHA256_HEX = r"^[0-9a-f]{64}$"
 class ImageIn(BaseModel):
     """An image inline: ``{"base64": "<JPEG/PNG/WebP/... bytes, base64>"}``."""
 
-    model_config = _STRICT
+    model_config = STRICT
     base64: str = Field(min_length=1)
 
 
 class LogitsIn(BaseModel):
     """Low-res mask logits as returned in ``low_res_logits``: little-endian array bytes in base64."""
 
-    model_config = _STRICT
+    model_config = STRICT
     base64: str
     shape: tuple[int, int] = (LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)
     dtype: Literal["float32", "float16"] = "float32"
@@ -81,10 +85,10 @@ def check_points(v: list[list[Any]] | None) -> list[list[float]] | None:
     return out
 
 
-class _Geometry(BaseModel):
-    """``box_xyxy`` and ``points`` with their rules, shared by prompts and examples."""
+class GeometryIn(BaseModel):
+    """``box_xyxy`` and ``points`` with their rules, shared by prompts, examples and video prompts."""
 
-    model_config = _STRICT
+    model_config = STRICT
     box_xyxy: list[float] | None = Field(default=None, min_length=4, max_length=4)
     points: list[list[Any]] | None = Field(default=None, max_length=64)
 
@@ -99,7 +103,7 @@ class _Geometry(BaseModel):
         return check_points(v)
 
 
-class PromptIn(_Geometry):
+class PromptIn(GeometryIn):
     """One object to segment: a box, points, both, and/or the low-res logits of an earlier answer, or a
     text alone.
 
@@ -136,12 +140,24 @@ class PromptIn(_Geometry):
         return self.box_xyxy is None and self.mask_input is None and self.points is not None and len(self.points) == 1
 
 
-class SegmentRequest(BaseModel):
-    """Body of ``POST /v1/segment`` (or the ``request`` part of a multipart upload)."""
+class ImageRefIn(BaseModel):
+    """The image of a request: inline (``image``) or the ``image_id`` of an earlier upload, not both."""
 
-    model_config = _STRICT
+    model_config = STRICT
     image: ImageIn | None = None
     image_id: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
+
+    @model_validator(mode="after")
+    def _one_image(self) -> ImageRefIn:
+        if self.image is not None and self.image_id is not None:
+            raise ValueError("give either image or image_id, not both")
+        return self
+
+
+class SegmentRequest(ImageRefIn):
+    """Body of ``POST /v1/segment`` (or the ``request`` part of a multipart upload)."""
+
+    model_config = STRICT
     prompts: list[PromptIn] = Field(default_factory=list, max_length=64)
     multimask_output: bool | None = None
     max_masks: int = Field(default=3, ge=1, le=3)
@@ -150,52 +166,39 @@ class SegmentRequest(BaseModel):
     fade: FadeIn | None = None
     amg: AmgIn | None = None
 
-    @model_validator(mode="after")
-    def _one_image(self) -> SegmentRequest:
-        if self.image is not None and self.image_id is not None:
-            raise ValueError("give either image or image_id, not both")
-        return self
 
 
-
+@derive(GaussianFade, LinearFade, ExponentialFade, optional=True)
 class FadeIn(BaseModel):
-    """Context fade of the crops sent to CLIP (see ``models/fader.py``); unset fields take the app's
-    defaults when ``strategy`` is the app's, else the strategy's own. Crop geometry is app config."""
+    """Context fade of the crops sent to CLIP (see ``models/fade_strategies.py``): ``strategy`` and the
+    built-in strategies' parameters (``sigma_px``, ``min_fade``, ``max_distance_px``, ``decay``, with
+    their limits); unset fields take the app's defaults when ``strategy`` is the app's, else the
+    strategy's own. Crop geometry is app config."""
 
-    model_config = _STRICT
+    model_config = STRICT
     strategy: str = "gaussian"
-    sigma_px: float | None = None
-    min_fade: float | None = None
-    max_distance_px: float | None = None
-    decay: float | None = None
 
     def params(self) -> dict:
         """The strategy's own parameters that were set."""
         return {k: v for k, v in self.model_dump(exclude={"strategy"}).items() if v is not None}
 
 
+@derive(AmgSettings, optional=True)
 class AmgIn(BaseModel):
-    """Automatic-mask settings (``models/amg.py::AmgSettings``); unset fields take the app's defaults."""
+    """Automatic-mask settings: the fields and limits of ``models/amg.py::AmgSettings``; unset fields
+    take the app's defaults."""
 
-    model_config = _STRICT
-    points_per_side: int | None = Field(default=None, ge=1, le=64)
-    points_per_batch: int | None = Field(default=None, ge=1, le=1024)
-    pred_iou_thresh: float | None = Field(default=None, ge=0, le=1)
-    stability_score_thresh: float | None = Field(default=None, ge=0, le=1)
-    box_nms_thresh: float | None = Field(default=None, ge=0, le=1)
-    min_area_px: int | None = Field(default=None, ge=0)
+    model_config = STRICT
 
 
 COLLECTION = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 LABEL = Annotated[str, Field(min_length=1, max_length=100)]
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(ImageRefIn):
     """Body of ``POST /v1/predict``: label every object in an image from the nearest labelled examples."""
 
-    model_config = _STRICT
-    image: ImageIn | None = None
-    image_id: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
+    model_config = STRICT
     collection: COLLECTION = "default"
     top_k: int = Field(default=5, ge=1, le=100)
     min_score: float = Field(default=0.0, ge=-1, le=1)
@@ -204,27 +207,19 @@ class PredictRequest(BaseModel):
     fade: FadeIn | None = None
     amg: AmgIn | None = None
 
-    @model_validator(mode="after")
-    def _one_image(self) -> PredictRequest:
-        if self.image is not None and self.image_id is not None:
-            raise ValueError("give either image or image_id, not both")
-        return self
-
 
 class RleIn(BaseModel):
     """A COCO RLE mask: ``{"size": [H, W], "counts": "<compressed string>"}``."""
 
-    model_config = _STRICT
+    model_config = STRICT
     size: tuple[int, int]
     counts: str = Field(min_length=1)
 
 
-class ExampleRequest(_Geometry):
+class ExampleRequest(ImageRefIn, GeometryIn):
     """Body of ``POST /v1/examples``: one labelled object, given by a prompt (``box_xyxy`` and/or
     ``points``, as in /v1/segment) or a mask."""
 
-    image: ImageIn | None = None
-    image_id: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
     mask_rle: RleIn | None = None
     label: LABEL
     collection: COLLECTION = "default"
@@ -239,8 +234,6 @@ class ExampleRequest(_Geometry):
 
     @model_validator(mode="after")
     def _one_object(self) -> ExampleRequest:
-        if self.image is not None and self.image_id is not None:
-            raise ValueError("give either image or image_id, not both")
         if self.mask_rle is not None and (self.box_xyxy is not None or self.points is not None):
             raise ValueError("give either mask_rle or a prompt (box_xyxy and/or points), not both")
         if self.mask_rle is None and self.box_xyxy is None and self.points is None:
@@ -250,61 +243,6 @@ class ExampleRequest(_Geometry):
     def prompt(self) -> PromptIn:
         """The example's prompt as a /v1/segment prompt (validated by the same rules)."""
         return PromptIn(box_xyxy=self.box_xyxy, points=self.points)
-
-
-class VideoPromptIn(_Geometry):
-    """One object's prompt on one frame of a clip: ``box_xyxy`` and/or ``points`` (as in /v1/segment), or
-    a ``mask_rle`` of the frame's size."""
-
-    frame_index: int = Field(ge=0)
-    mask_rle: RleIn | None = None
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> VideoPromptIn:
-        geometric = self.box_xyxy is not None or self.points is not None
-        if self.mask_rle is not None and geometric:
-            raise ValueError("give either mask_rle or box_xyxy/points on one frame, not both")
-        if self.mask_rle is None and not geometric:
-            raise ValueError("a prompt needs box_xyxy, points or mask_rle")
-        return self
-
-
-class VideoObjectIn(BaseModel):
-    """One object to track: its id (unique in the request) and its prompts, one per frame."""
-
-    model_config = _STRICT
-    obj_id: int = Field(ge=0, le=2**31 - 1)
-    prompts: list[VideoPromptIn] = Field(min_length=1, max_length=64)
-
-    @model_validator(mode="after")
-    def _one_per_frame(self) -> VideoObjectIn:
-        seen: set[int] = set()
-        for p in self.prompts:
-            if p.frame_index in seen:
-                raise ValueError(f"two prompts on frame {p.frame_index}; give one prompt per frame and object")
-            seen.add(p.frame_index)
-        return self
-
-
-class VideoRequest(BaseModel):
-    """Body of ``POST /v1/segment/video`` (or the ``request`` part of a multipart upload with a ``video``
-    file part): the clip, the objects and how far to track them."""
-
-    model_config = _STRICT
-    video: ImageIn | None = None
-    frames: list[ImageIn] | None = None
-    objects: list[VideoObjectIn] = Field(min_length=1, max_length=32)
-    start_frame: int | None = Field(default=None, ge=0)
-    max_frames: int | None = Field(default=None, ge=1)
-    reverse: bool = False
-    mask_format: Literal["rle", "png", "none"] = "rle"
-    stream: bool = False
-
-    @model_validator(mode="after")
-    def _one_clip(self) -> VideoRequest:
-        if self.video is not None and self.frames is not None:
-            raise ValueError("give either video (an MP4) or frames (JPEG/PNG images), not both")
-        return self
 
 
 def check_prompts_in_image(prompts: list[PromptIn], width: int, height: int, field_prefix: str | None = "prompts") -> None:
@@ -361,64 +299,6 @@ def to_prompt_specs(prompts: list[PromptIn], width: int, height: int) -> tuple[l
             )
         )
     return specs, [p.default_multimask for p in prompts]
-
-
-def check_video_objects(objects: list[VideoObjectIn], num_frames: int, width: int, height: int) -> None:
-    """Objects against the decoded clip: unique ``obj_id``, prompts on frames of the clip, coordinates in
-    the frame, masks of the frame's size.
-
-    Raises:
-        ApiError: 422 naming the field, e.g. ``objects[1].obj_id`` (``invalid_request``, a duplicate id),
-            ``objects[0].prompts[1].frame_index`` (``out_of_clip``), ``objects[0].prompts[0].box_xyxy``
-            (``out_of_image``), ``objects[0].prompts[0].mask_rle`` (``invalid_request``).
-    """
-    seen: set[int] = set()
-    for i, obj in enumerate(objects):
-        if obj.obj_id in seen:
-            raise ApiError(422, "invalid_request", f"objects[{i}].obj_id: obj_id {obj.obj_id} is given twice; ids must be unique", f"objects[{i}].obj_id")
-        seen.add(obj.obj_id)
-        for j, p in enumerate(obj.prompts):
-            at = f"objects[{i}].prompts[{j}]"
-            if p.frame_index >= num_frames:
-                raise ApiError(422, "out_of_clip", f"frame_index {p.frame_index} is outside the clip of {num_frames} frames (0..{num_frames - 1})", f"{at}.frame_index")
-            if p.mask_rle is not None:
-                if list(p.mask_rle.size) != [height, width]:
-                    raise ApiError(422, "invalid_request", f"mask_rle: size {list(p.mask_rle.size)} differs from the frames' [{height}, {width}]", f"{at}.mask_rle")
-            else:
-                try:
-                    check_prompts_in_image([PromptIn(box_xyxy=p.box_xyxy, points=p.points)], width, height, None)
-                except ApiError as e:
-                    raise ApiError(e.status, e.code, e.message, f"{at}.{e.field}") from None
-
-
-def to_video_objects(objects: list[VideoObjectIn]) -> list[VideoObject]:
-    """Validated objects -> the tracker's :class:`models.sam2_video.VideoObject` (masks decoded).
-
-    Raises:
-        ApiError: 422 for a ``mask_rle`` that does not decode.
-    """
-    out = []
-    for i, obj in enumerate(objects):
-        prompts = []
-        for j, p in enumerate(obj.prompts):
-            if p.mask_rle is not None:
-                try:
-                    mask = decode_rle(p.mask_rle.model_dump())
-                except ValueError as e:
-                    raise ApiError(422, "invalid_request", f"mask_rle: {e}", f"objects[{i}].prompts[{j}].mask_rle") from None
-                prompts.append(FramePrompt(p.frame_index, mask=mask))
-                continue
-            pts = np.asarray(p.points, dtype=np.float64) if p.points else None
-            prompts.append(
-                FramePrompt(
-                    p.frame_index,
-                    point_coords=None if pts is None else pts[:, :2].astype(np.float32),
-                    point_labels=None if pts is None else pts[:, 2].astype(np.int32),
-                    box_xyxy=None if p.box_xyxy is None else np.asarray(p.box_xyxy, np.float32),
-                )
-            )
-        out.append(VideoObject(obj.obj_id, tuple(prompts)))
-    return out
 
 
 SegmentRequest.model_rebuild()

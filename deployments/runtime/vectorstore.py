@@ -1,14 +1,9 @@
-"""Few-shot example store: one facade over Qdrant's embedded local mode and a Qdrant server.
+"""Few-shot example store: one facade over Qdrant's embedded local mode (``:memory:`` or a folder) and a
+Qdrant server, all through the same ``qdrant_client.QdrantClient`` calls, so the same tests run against each.
 
-Every backend goes through the same ``qdrant_client.QdrantClient`` calls, so the same tests run against each:
-
-* ``ExampleStore(in_memory=True)``: ``QdrantClient(":memory:")``, nothing kept (tests, demos).
-* ``ExampleStore(path=...)``: ``QdrantClient(path=...)``, the embedded local mode persisted to a folder.
-  Qdrant takes an exclusive file lock on that folder, so **only one client (one process) may open it at a
-  time**: the ``Retriever`` deployment must run as ONE replica in local mode. :meth:`ExampleStore.close`
-  releases the lock.
-* ``ExampleStore(url=..., api_key=...)``: ``QdrantClient(url=...)``, a Qdrant server; any number of
-  replicas may share it.
+Qdrant locks a local folder for one client (one process) at a time: the ``Retriever`` deployment must run
+as ONE replica in local mode; :meth:`ExampleStore.close` releases the lock. Any number of replicas may
+share a server. The rules on inputs are in :mod:`deployments.runtime.store_checks`.
 
 A collection holds one single-vector cosine index per user-named example set (e.g. one per project). Each
 point's id is a new UUID4 string and its payload holds ``"label"`` plus any extras given to :meth:`add`.
@@ -45,7 +40,6 @@ from models.knn import Neighbor
 _SCROLL_PAGE = 1000
 
 
-
 class ExampleStore:
     """Labelled example vectors in Qdrant, searched by cosine similarity.
 
@@ -75,9 +69,7 @@ class ExampleStore:
     ) -> None:
         from qdrant_client import QdrantClient  # heavy; kept out of import time
 
-        given = [
-            name for name, on in (("path", path is not None), ("url", url is not None), ("in_memory", in_memory)) if on
-        ]
+        given = [name for name, on in (("path", path is not None), ("url", url is not None), ("in_memory", in_memory)) if on]
         if len(given) != 1:
             raise ValueError(
                 f"give exactly one of path=<folder> (Qdrant local), url=<server URL> (Qdrant server) or "

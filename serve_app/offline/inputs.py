@@ -5,7 +5,7 @@ decoder takes them.
 * :func:`plan_run`: the run's flags checked against the input (:class:`BatchPlan`);
 * :func:`prompt_specs`: one image's prompts validated as ``/v1/segment`` validates its own
   (:class:`serve_app.schemas.PromptIn`, :func:`serve_app.schemas.to_prompt_specs`) into
-  :class:`models.sam2_image.PromptSpec`. The load stage calls it (it is handed to
+  :class:`models.sam2_decoder.PromptSpec`. The load stage calls it (it is handed to
   :class:`deployments.batch.LoadImages`, which imports nothing from ``serve_app``), so the decode stage
   gets ready decoder prompts.
 """
@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.sam2_image import PromptSpec
+from models.sam2_decoder import PromptSpec
 from serve_app.schemas import PromptIn, to_prompt_specs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")

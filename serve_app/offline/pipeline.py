@@ -150,7 +150,7 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
     """The Ray Data pipeline of ``plan`` (lazy: nothing runs until it is iterated).
 
     The load stage is handed :func:`serve_app.offline.inputs.prompt_specs`, so every image's prompts are
-    validated as ``/v1/segment``'s and reach the decode stage as :class:`models.sam2_image.PromptSpec`.
+    validated as ``/v1/segment``'s and reach the decode stage as :class:`models.sam2_decoder.PromptSpec`.
 
     Args:
         data: the run's input rows and COCO categories.
@@ -166,6 +166,7 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
     import ray
 
     from deployments import batch as stages
+    from deployments import batch_labels as labels
 
     def add(ds, stage: str, cls, **kwargs):
         res: StageResources = getattr(args, stage)
@@ -189,11 +190,11 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
     ds = add(ds, "decode", stages.DecodeMasks, model_id=args.model_id, weights=weights, device=args.decode.device, torch_threads=args.decode.torch_threads, accel=args.decode.accel(), amg=amg, max_instances=args.max_instances)
     if plan.predict or plan.add_examples or plan.embeddings:
         crop = {"context_margin": args.fader.context_margin, "output_size": args.fader.output_size}
-        ds = add(ds, "fade", stages.FadeCrops, strategy=args.fader.strategy, params=dict(args.fader.params), crop=crop)
-        ds = add(ds, "embed", stages.EmbedCrops, model_name=args.clip.model_name, pretrained=args.clip.pretrained, weights=clip_weights, device=args.embed.device, torch_threads=args.embed.torch_threads)
+        ds = add(ds, "fade", labels.FadeCrops, strategy=args.fader.strategy, params=dict(args.fader.params), crop=crop)
+        ds = add(ds, "embed", labels.EmbedCrops, model_name=args.clip.model_name, pretrained=args.clip.pretrained, weights=clip_weights, device=args.embed.device, torch_threads=args.embed.torch_threads)
     if plan.predict or plan.add_examples:
         mode = "add" if plan.add_examples else "search"
-        ds = add(ds, "retrieve", stages.RetrieveLabels, store=store, collection=plan.collection, mode=mode, top_k=args.top_k, min_score=args.min_score, keep_embeddings=plan.embeddings)
+        ds = add(ds, "retrieve", labels.RetrieveLabels, store=store, collection=plan.collection, mode=mode, top_k=args.top_k, min_score=args.min_score, keep_embeddings=plan.embeddings)
     return ds
 
 

@@ -38,7 +38,7 @@ def features(model, dog_rgb):
 def test_equals_sam2_automatic_mask_generator(model, features, dog_rgb, nms):
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-    from models.sam2_image import Sam2MaskDecoder
+    from models.sam2_decoder import Sam2MaskDecoder
 
     kw = dict(points_per_side=6, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=nms)
     ours = generate_masks(Sam2MaskDecoder(model), features, AmgSettings(**kw))
@@ -64,7 +64,7 @@ def test_thresholds_filter_like_sam2(model, features, dog_rgb):
     """With sam2's filters on, the same masks (possibly none) survive."""
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-    from models.sam2_image import Sam2MaskDecoder
+    from models.sam2_decoder import Sam2MaskDecoder
 
     kw = dict(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=1.0)
     ours = generate_masks(Sam2MaskDecoder(model), features, AmgSettings(**kw))
@@ -74,7 +74,7 @@ def test_thresholds_filter_like_sam2(model, features, dog_rgb):
 
 
 def test_min_area_drops_small_masks(model, features):
-    from models.sam2_image import Sam2MaskDecoder
+    from models.sam2_decoder import Sam2MaskDecoder
 
     base = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
     everything = generate_masks(Sam2MaskDecoder(model), features, AmgSettings(**base))

@@ -216,15 +216,3 @@ def test_load_stage_needs_prompt_validation_and_reports_refused_prompts(image_fo
     (row,) = batch_rows(LoadImages("center-points", False, {}, 50_000_000, refuse)(_input_batch(item)))
     assert row["error"] == "ValueError: no such prompt" and row["prompts"] == [] and row["prompt_specs"] == []
 
-
-def test_batch_stages_do_not_import_serve_app_schemas():
-    """Arrows point down: the driver validates prompts; the Ray Data stages get PromptSpecs."""
-    import ast
-    from pathlib import Path
-
-    import deployments.batch
-
-    tree = ast.parse(Path(deployments.batch.__file__).read_text())
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert "serve_app.schemas" not in imported

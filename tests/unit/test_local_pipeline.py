@@ -15,7 +15,8 @@ from tests.conftest import TRUCK_BOX, mask_iou
 def pipe():
     from deployments.runtime.vectorstore import ExampleStore
     from models.embedder import build_clip
-    from models.sam2_image import Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
+    from models.sam2_decoder import Sam2MaskDecoder
+    from models.sam2_image import Sam2ImageEncoder, build_sam2_model
 
     sam = build_sam2_model("sam2.1_hiera_tiny", seed=0)
     amg = AmgSettings(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)

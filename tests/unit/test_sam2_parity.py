@@ -1,4 +1,4 @@
-"""models.sam2_image against Meta's SAM2ImagePredictor: same checkpoint, same photo, same prompts."""
+"""models.sam2_image and models.sam2_decoder against Meta's SAM2ImagePredictor: same checkpoint, same photo, same prompts."""
 
 from __future__ import annotations
 
@@ -7,15 +7,8 @@ import pytest
 import torch
 
 from deployments.runtime.sam2_weights import load_state_dict
-from models.sam2_image import (
-    DecodeRequest,
-    ImageFeatures,
-    PromptSpec,
-    Sam2ImageEncoder,
-    Sam2MaskDecoder,
-    build_sam2_model,
-    feature_nbytes,
-)
+from models.sam2_decoder import DecodeRequest, PromptSpec, Sam2MaskDecoder
+from models.sam2_image import ImageFeatures, Sam2ImageEncoder, build_sam2_model, feature_nbytes
 from tests.conftest import MODEL_ID, TRUCK_BOX, mask_iou
 
 POINT = [[500, 375]]

@@ -9,15 +9,8 @@ import torch
 from PIL import Image
 
 from deployments.runtime.sam2_weights import load_state_dict
-from models.sam2_video import (
-    FramePrompt,
-    Sam2VideoTracker,
-    VideoObject,
-    VideoSettings,
-    build_sam2_video_model,
-    check_objects,
-    preprocess_frame,
-)
+from models.sam2_video import Sam2VideoTracker, VideoSettings, build_sam2_video_model
+from models.sam2_video_types import FramePrompt, VideoObject, check_objects, preprocess_frame
 from tests.conftest import BEDROOM_BOX, BEDROOM_POINT, MODEL_ID, bedroom_frames, mask_iou
 
 
