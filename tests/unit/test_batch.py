@@ -97,7 +97,7 @@ def test_load_stage_reports_unreadable_files_and_builds_prompts(image_folder, co
     stage = LoadImages("center-points", False, {}, 50_000_000, prompt_specs)
     rows = batch_rows(stage(_input_batch(list_inputs(image_folder).items)))
     ok, broken = rows[:2], rows[2]
-    assert broken["error"].startswith("ApiError") and "not an image" in broken["error"]
+    assert broken["error"].startswith("InvalidImage") and "not an image" in broken["error"]
     for r in ok:
         assert r["error"] == "" and r["image"].shape == (540, 960, 3)
         assert r["prompts"] == [{"ann_id": None, "category_id": None, "points": [[480.0, 270.0, 1]]}]
