@@ -35,12 +35,12 @@ from deployments.video import VideoSegmenter
 from models.amg import AmgSettings
 from models.masks import decode_rle, rle_area, rle_bbox_xyxy
 from serve_app.assemble import amg_settings, instances, merge_segment_results
-from serve_app.cache import CacheEntry
 from serve_app.config import AppArgs
-from serve_app.errors import ApiError
-from serve_app.http import api, parse_body, request_id, stage_errors
-from serve_app.image_cache import ImageCache
-from serve_app.metrics import (
+from serve_app.ingress.cache import CacheEntry
+from serve_app.ingress.errors import ApiError
+from serve_app.ingress.http import api, parse_body, request_id, stage_errors
+from serve_app.ingress.image_cache import ImageCache
+from serve_app.ingress.metrics import (
     EXPOSITION_CONTENT_TYPE,
     SCRAPE_TIMEOUT_S,
     IngressMetrics,
@@ -48,11 +48,11 @@ from serve_app.metrics import (
     metrics_urls,
     scrape_nodes,
 )
+from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING, readiness
+from serve_app.ingress.schemas import ExampleRequest, FadeIn, PredictRequest, SegmentRequest, to_prompt_specs
+from serve_app.ingress.video_route import collect_frames, ndjson_lines, read_clip
+from serve_app.ingress.video_schemas import VideoRequest, check_video_objects, to_video_objects
 from serve_app.preflight import preflight
-from serve_app.readiness import RANDOM_WEIGHTS_WARNING, readiness
-from serve_app.schemas import ExampleRequest, FadeIn, PredictRequest, SegmentRequest, to_prompt_specs
-from serve_app.video_route import collect_frames, ndjson_lines, read_clip
-from serve_app.video_schemas import VideoRequest, check_video_objects, to_video_objects
 
 
 # Module-level helpers the Ingress uses are defined above it: Serve pickles the ingress's routes while
@@ -89,7 +89,7 @@ def _check_mask(rle: dict, entry: CacheEntry) -> dict:
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
-    """HTTP front: validation, the image cache (:class:`serve_app.image_cache.ImageCache`), and the calls
+    """HTTP front: validation, the image cache (:class:`serve_app.ingress.image_cache.ImageCache`), and the calls
     into the stages. Each route parses its body, asks the stages, and assembles the answer.
 
     Args:
@@ -116,7 +116,7 @@ class Ingress:
         self.images = ImageCache(encoder, c.max_entries, c.max_bytes, self.args.limits.max_image_pixels, self.metrics)
 
     def _stages(self) -> dict[str, DeploymentHandle]:
-        """The stage handles by name, in :data:`serve_app.readiness.READINESS_STAGES` order."""
+        """The stage handles by name, in :data:`serve_app.ingress.readiness.READINESS_STAGES` order."""
         stages = {"encoder": self.encoder, "decoder": self.decoder, "embedder": self.embedder, "retriever": self.retriever, "fader": self.fader}
         return {**stages, "video": self.video} if self.video is not None else stages
 

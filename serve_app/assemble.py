@@ -88,7 +88,7 @@ def merge_segment_results(req, decoded: DecodeResult | None, generated: Generate
     automatic masks ranked by CLIP, one result per prompt in the request's order.
 
     Args:
-        req: the :class:`serve_app.schemas.SegmentRequest` (its ``prompts``, ``max_masks``, ``mask_format``).
+        req: the :class:`serve_app.ingress.schemas.SegmentRequest` (its ``prompts``, ``max_masks``, ``mask_format``).
         decoded: the decoder's answer to the geometric prompts, or None when there are none.
         generated, embedded: the candidate masks and their crops' embeddings, or None without text prompts.
         text_vectors: (T, D) float32 L2-normalised embeddings of the T text prompts, or None.

@@ -23,7 +23,7 @@ from models.masks import decode_rle, encode_rle, rle_area, rle_bbox_xyxy
 from models.sam2_decoder import DecodeRequest, MaskPrediction, Sam2MaskDecoder
 from models.sam2_image import Sam2ImageEncoder
 from serve_app.assemble import instances, rank_by_text
-from serve_app.schemas import PromptIn, check_prompts_in_image, to_prompt_specs
+from serve_app.ingress.schemas import PromptIn, check_prompts_in_image, to_prompt_specs
 
 
 class LocalPipeline:

@@ -2,7 +2,7 @@
 
 Every metric is declared once in :data:`METRICS` (name, type, labels, buckets); the stage deployments
 build theirs in ``__init__`` (nothing at import) with :class:`StageMetrics`, the ingress with
-``serve_app.metrics.IngressMetrics``. Recording is a few microseconds per value: no locks, no I/O, and
+``serve_app.ingress.metrics.IngressMetrics``. Recording is a few microseconds per value: no locks, no I/O, and
 it never raises (:class:`Recorder`).
 
 Ray exports them through each node's metrics agent (``http://<node>:<metrics export port>/metrics``) with

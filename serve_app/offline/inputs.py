@@ -4,7 +4,7 @@ decoder takes them.
 * :func:`list_inputs`: the images of a folder or of a COCO annotation file, as rows for Ray Data;
 * :func:`plan_run`: the run's flags checked against the input (:class:`BatchPlan`);
 * :func:`prompt_specs`: one image's prompts validated as ``/v1/segment`` validates its own
-  (:class:`serve_app.schemas.PromptIn`, :func:`serve_app.schemas.to_prompt_specs`) into
+  (:class:`serve_app.ingress.schemas.PromptIn`, :func:`serve_app.ingress.schemas.to_prompt_specs`) into
   :class:`models.sam2_decoder.PromptSpec`. The load stage calls it (it is handed to
   :class:`deployments.batch.LoadImages`, which imports nothing from ``serve_app``), so the decode stage
   gets ready decoder prompts.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.sam2_decoder import PromptSpec
-from serve_app.schemas import PromptIn, to_prompt_specs
+from serve_app.ingress.schemas import PromptIn, to_prompt_specs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 

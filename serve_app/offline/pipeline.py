@@ -24,9 +24,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve_app.config import AccelArgs, AmgDefaults, FaderArgs, RetrieverArgs, Sam2Args
+from serve_app.ingress.schemas import PredictRequest
 from serve_app.offline.inputs import BatchInput, BatchPlan, prompt_specs
 from serve_app.offline.writer import BatchSummary, ResultWriter, write_summary
-from serve_app.schemas import PredictRequest
 
 log = logging.getLogger("samgraph.batch")
 _STRICT = ConfigDict(extra="forbid")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from tests.conftest import REPO, shared_file
 
-SAMGRAPH = [sys.executable, "-m", "serve_app.cli"]
+SAMGRAPH = [sys.executable, "-m", "serve_app.cli.main"]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local", "SAMGRAPH_WEIGHTS": "random"}
 
 

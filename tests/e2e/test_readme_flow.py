@@ -19,7 +19,7 @@ from PIL import Image
 from tests.conftest import REPO, TRUCK_BOX
 from tests.integration.conftest import free_port
 
-SAMGRAPH = [sys.executable, "-m", "serve_app.cli"]
+SAMGRAPH = [sys.executable, "-m", "serve_app.cli.main"]
 
 
 @pytest.fixture(scope="module")

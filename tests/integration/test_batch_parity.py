@@ -35,7 +35,7 @@ def batch(tmp_path, subset, tiny_checkpoint, *flags):
     out = tmp_path / "out"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local", "SAMGRAPH_SEED": "0"}
     amg = [f"--set=amg.{k}={v}" for k, v in AMG.items()]
-    cmd = [sys.executable, "-m", "serve_app.cli", "batch", "--input", str(path), "--images", str(images), "--output", str(out),
+    cmd = [sys.executable, "-m", "serve_app.cli.main", "batch", "--input", str(path), "--images", str(images), "--output", str(out),
            "--weights", "file", "--checkpoint", str(tiny_checkpoint), "--clip-weights", "random", "--store", str(tmp_path.parent / "store"),
            "--quiet", *amg, *flags]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

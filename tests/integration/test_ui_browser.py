@@ -175,7 +175,7 @@ def test_ui_files_ship_in_the_wheel():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     from fnmatch import fnmatch
 
-    from serve_app.http import UI_DIR
+    from serve_app.ingress.http import UI_DIR
 
     globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["serve_app"]
     files = sorted(p.relative_to(UI_DIR.parent).as_posix() for p in UI_DIR.iterdir())

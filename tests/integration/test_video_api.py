@@ -128,8 +128,8 @@ def test_mp4_and_frames_give_the_same_masks_through_the_cli(app_url, tmp_path, c
     """`samgraph video --video clip.mp4` and `--frames DIR` on the same frames (the MP4's own decoded
     frames, as PNGs) give the same masks; --overlay-video writes a playable MP4."""
     from deployments.runtime.video_io import decode_video
-    from serve_app.cli import main
-    from serve_app.render import encode_video
+    from serve_app.cli.main import main
+    from serve_app.cli.render import encode_video
 
     clip = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in bedroom_frames(2)])
     mp4 = tmp_path / "clip.mp4"

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 from deployments.runtime.batching import check_batch_config
 from deployments.runtime.replica import set_torch_threads
 from models.registry import list_sam2_models
-from serve_app.cli import make_parser
-from serve_app.cli_flags import build_prompts, parse_box, parse_point
+from serve_app.cli.flags import build_prompts, parse_box, parse_point
+from serve_app.cli.main import make_parser
 from serve_app.config import AppArgs
-from serve_app.schemas import SegmentRequest
+from serve_app.ingress.schemas import SegmentRequest
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = {"Ingress", "ImageEncoder", "MaskDecoder", "Fader", "Embedder", "Retriever", "VideoSegmenter"}

@@ -97,7 +97,7 @@ def test_models_no_open_calls(path):
 def test_import_checker_catches_violations():
     """The scan itself works: it sees both import forms, submodules, imports inside functions, and open()."""
     src = "import ray.serve\nfrom urllib.request import urlopen\nimport os\nopen('f')\n"
-    src += "def f():\n    from serve_app.schemas import PromptIn\n    from deployments import decoder\n"
+    src += "def f():\n    from serve_app.ingress.schemas import PromptIn\n    from deployments import decoder\n"
     tree = ast.parse(src)
     assert _imported_roots(tree) & FORBIDDEN == {"ray", "urllib"}
     assert _imported_roots(tree) & ABOVE_DEPLOYMENTS == {"serve_app"}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from models.amg import AmgSettings
+from serve_app.ingress.schemas import PromptIn
 from serve_app.local import LocalPipeline
-from serve_app.schemas import PromptIn
 from tests.conftest import TRUCK_BOX, mask_iou
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from deployments.runtime.metrics import BATCH_STAGES, METRICS, StageMetrics, exported_names, metric_names
-from serve_app.metrics import SCRAPE_PREFIXES, merge_exposition, metrics_urls
+from serve_app.ingress.metrics import SCRAPE_PREFIXES, merge_exposition, metrics_urls
 
 MONITORING = Path(__file__).resolve().parents[2] / "configs" / "monitoring"
 # Every Ray Serve family the configs use, as seen in a scrape of Ray 2.60 (tests/integration/test_metrics.py
@@ -155,11 +155,11 @@ class _Recorder:
 def test_middleware_records_route_template_and_status(monkeypatch):
     from fastapi.testclient import TestClient
 
-    import serve_app.metrics
-    from serve_app.http import api
+    import serve_app.ingress.metrics
+    from serve_app.ingress.http import api
 
     rec = _Recorder()
-    monkeypatch.setattr(serve_app.metrics, "_INGRESS", rec)
+    monkeypatch.setattr(serve_app.ingress.metrics, "_INGRESS", rec)
     with TestClient(api) as c:
         assert c.get("/ui", follow_redirects=False).status_code == 307
         assert c.get("/no/such/path").status_code == 404

@@ -1,10 +1,10 @@
-"""serve_app.readiness: ``/readyz`` from the stages' answers, without Ray."""
+"""serve_app.ingress.readiness: ``/readyz`` from the stages' answers, without Ray."""
 
 from __future__ import annotations
 
 import pytest
 
-from serve_app.readiness import RANDOM_WEIGHTS_WARNING, readiness
+from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING, readiness
 
 ACCEL = {"precision": "fp32", "compiler": "eager"}
 

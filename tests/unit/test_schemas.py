@@ -1,4 +1,4 @@
-"""serve_app.schemas: request validation, field paths of errors, prompts -> PromptSpec."""
+"""serve_app.ingress.schemas: request validation, field paths of errors, prompts -> PromptSpec."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from models.masks import encode_logits_base64
-from serve_app.errors import ApiError, field_path, from_validation_error
-from serve_app.schemas import PromptIn, SegmentRequest, check_prompts_in_image, to_prompt_specs
+from serve_app.ingress.errors import ApiError, field_path, from_validation_error
+from serve_app.ingress.schemas import PromptIn, SegmentRequest, check_prompts_in_image, to_prompt_specs
 
 SEED = 1234
 GOOD_ID = "0123456789abcdef" * 4
@@ -113,7 +113,7 @@ def test_bad_point_labels_rejected(label):
 
 @pytest.mark.parametrize("label", [[1], {"a": 1}], ids=["list", "object"])
 def test_unhashable_point_label_is_a_validation_error(label):
-    """BUG (serve_app/schemas.py:90): ``label not in _LABELS`` raises TypeError for a JSON list or object
+    """BUG (serve_app/ingress/schemas.py:90): ``label not in _LABELS`` raises TypeError for a JSON list or object
     label; pydantic does not turn TypeError into a ValidationError, and serve_app/app.py:131 catches only
     ValidationError, so the client gets a 500 "internal", not a 422."""
     err = _error({"prompts": [{"points": [[1, 2, label]]}]})

@@ -18,8 +18,8 @@ from models.fade_strategies import ExponentialFade, GaussianFade, LinearFade
 from models.fader import CropSettings
 from models.settings import bounded, check_bounds, field_rules
 from serve_app.config import AccelArgs, AmgDefaults, EncoderArgs, FaderArgs, Sam2StageArgs
-from serve_app.errors import from_validation_error
-from serve_app.schemas import AmgIn, FadeIn, PredictRequest, SegmentRequest
+from serve_app.ingress.errors import from_validation_error
+from serve_app.ingress.schemas import AmgIn, FadeIn, PredictRequest, SegmentRequest
 from serve_app.settings import pydantic_fields
 
 STAGE = {"device", "torch_threads"}

@@ -1,4 +1,4 @@
-"""serve_app.http.stage_errors: refusals and dead replicas of a stage become 503 JSON with Retry-After,
+"""serve_app.ingress.http.stage_errors: refusals and dead replicas of a stage become 503 JSON with Retry-After,
 typed input errors their documented 4xx; and the image cache keeps or drops entries after a failure."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
 from deployments.errors import DimensionMismatch, ImageTooLarge, InvalidImage, InvalidRequest, UnknownCollection
-from serve_app.errors import ApiError
-from serve_app.http import stage_errors
+from serve_app.ingress.errors import ApiError
+from serve_app.ingress.http import stage_errors
 
 
 def _route(exc: Exception | None):
@@ -80,7 +80,7 @@ def test_keeps_the_route_signature_for_fastapi():
 
 
 def _cache():
-    from serve_app.image_cache import ImageCache
+    from serve_app.ingress.image_cache import ImageCache
 
     return ImageCache(encoder=None, max_entries=4, max_bytes=1000, max_image_pixels=100, metrics=None)
 
@@ -90,7 +90,7 @@ async def _failing(exc: Exception):
 
 
 def _entry(features=None):
-    from serve_app.cache import CacheEntry
+    from serve_app.ingress.cache import CacheEntry
 
     return CacheEntry(features=features, width=8, height=8, nbytes=10)
 

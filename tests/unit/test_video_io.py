@@ -12,11 +12,11 @@ from PIL import Image
 
 from deployments.errors import InputError
 from deployments.runtime.video_io import decode_frames, decode_video
-from serve_app.cli import make_parser
-from serve_app.cli_flags import build_video_objects, frame_files, parse_obj_box, parse_obj_point
-from serve_app.errors import ApiError
-from serve_app.render import encode_video
-from serve_app.video_schemas import VideoRequest, check_video_objects, to_video_objects
+from serve_app.cli.flags import build_video_objects, frame_files, parse_obj_box, parse_obj_point
+from serve_app.cli.main import make_parser
+from serve_app.cli.render import encode_video
+from serve_app.ingress.errors import ApiError
+from serve_app.ingress.video_schemas import VideoRequest, check_video_objects, to_video_objects
 from tests.conftest import shared_file
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from deployments.runtime.images import b64_to_bytes
 from deployments.runtime.video_io import decode_frames, decode_video
-from serve_app.errors import ApiError
+from serve_app.ingress.errors import ApiError
 
 log = logging.getLogger("ray.serve")
 

@@ -1,6 +1,6 @@
 """HTTP request body of /v1/segment/video (pydantic v2) and its checks against the decoded clip.
 
-Prompts are those of /v1/segment (``serve_app/schemas.py``), one per object and frame; coordinates are
+Prompts are those of /v1/segment (``serve_app/ingress/schemas.py``), one per object and frame; coordinates are
 pixels of the frames, (x, y) with x right and y down.
 """
 
@@ -13,8 +13,8 @@ from pydantic import BaseModel, Field, model_validator
 
 from models.masks import decode_rle
 from models.sam2_video_types import FramePrompt, VideoObject
-from serve_app.errors import ApiError
-from serve_app.schemas import STRICT, GeometryIn, ImageIn, PromptIn, RleIn, check_prompts_in_image
+from serve_app.ingress.errors import ApiError
+from serve_app.ingress.schemas import STRICT, GeometryIn, ImageIn, PromptIn, RleIn, check_prompts_in_image
 
 
 class VideoPromptIn(GeometryIn):

@@ -2,7 +2,7 @@
 drop an entry whose features can no longer be read.
 
 Image pixels and features stay in Ray's object store: the cache keeps only ObjectRefs (see
-:class:`serve_app.cache.CacheEntry`) and the stages resolve them. An image is known by its ``image_id``,
+:class:`serve_app.ingress.cache.CacheEntry`) and the stages resolve them. An image is known by its ``image_id``,
 the SHA-256 of its uploaded bytes, so a second upload of the same bytes costs neither a decode nor an
 encode.
 """
@@ -21,10 +21,10 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.runtime.images import b64_to_bytes, decode_image, image_id_of
 from models.sam2_image import feature_nbytes
-from serve_app.cache import CacheEntry, EmbeddingCache
-from serve_app.errors import ApiError
-from serve_app.metrics import IngressMetrics
-from serve_app.schemas import check_prompts_in_image
+from serve_app.ingress.cache import CacheEntry, EmbeddingCache
+from serve_app.ingress.errors import ApiError
+from serve_app.ingress.metrics import IngressMetrics
+from serve_app.ingress.schemas import check_prompts_in_image
 
 #: Errors of a cached ref whose object is gone (its owner or its copies died).
 _LOST = (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError)

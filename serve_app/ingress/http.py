@@ -23,8 +23,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.errors import InputError
-from serve_app.errors import ApiError, from_validation_error
-from serve_app.metrics import ingress_metrics
+from serve_app.ingress.errors import ApiError, from_validation_error
+from serve_app.ingress.metrics import ingress_metrics
 
 log = logging.getLogger("ray.serve")
 
@@ -36,7 +36,7 @@ api = FastAPI(
 
 
 #: The annotation page: plain HTML/JS/CSS shipped as package data, no build step, no CDN.
-UI_DIR = Path(__file__).resolve().parent / "ui"
+UI_DIR = Path(__file__).resolve().parents[1] / "ui"
 
 
 @api.get("/ui", include_in_schema=False)

@@ -23,7 +23,8 @@ import os
 import sys
 from pathlib import Path
 
-from serve_app.cli_flags import (
+from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
+from serve_app.cli.flags import (
     build_prompts,
     build_video_objects,
     frame_files,
@@ -32,7 +33,6 @@ from serve_app.cli_flags import (
     parse_obj_point,
     parse_point,
 )
-from serve_app.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 
 DEFAULT_API = "http://127.0.0.1:8000"
 
@@ -131,7 +131,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     }
     print(text if args.json else json.dumps(summary, indent=2))
     if args.overlay or args.cutout:
-        from serve_app.render import save_cutout, save_overlay
+        from serve_app.cli.render import save_cutout, save_overlay
 
         image_bytes = Path(args.image).read_bytes()
         if args.overlay:
@@ -269,7 +269,7 @@ def _write_overlay_video(args: argparse.Namespace, result: dict) -> None:
 
     from deployments.runtime.video_io import decode_video
     from models.masks import decode_rle
-    from serve_app.render import encode_video, overlay_frames
+    from serve_app.cli.render import encode_video, overlay_frames
 
     masks = {f["frame_index"]: [decode_rle(o["rle"]) for o in f["objects"]] for f in result["frames"]}
     if args.video:

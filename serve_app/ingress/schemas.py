@@ -1,5 +1,5 @@
 """HTTP request bodies of /v1/segment, /v1/predict and /v1/examples, and the prompt types they share
-with /v1/segment/video (``serve_app/video_schemas.py``) (pydantic v2).
+with /v1/segment/video (``serve_app/ingress/video_schemas.py``) (pydantic v2).
 
 Coordinates are pixels of the uploaded image after EXIF orientation, (x, y) with x right and y down.
 Rules that need the image size (coordinates inside the image) are checked by
@@ -18,7 +18,7 @@ from models.amg import AmgSettings
 from models.fade_strategies import ExponentialFade, GaussianFade, LinearFade
 from models.masks import decode_logits_base64
 from models.sam2_decoder import LOW_RES_MASK_SIZE, PromptSpec
-from serve_app.errors import ApiError
+from serve_app.ingress.errors import ApiError
 from serve_app.settings import derive
 
 #: Every body: unknown fields and non-finite numbers are rejected.
