@@ -16,78 +16,42 @@ Reports p50/p95/p99 and the ratios service/bare, writes benchmarks/results/segme
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 
-from benchmarks.common import REPO, SHARED_DATA, serve_config, summarize, write_result
+from benchmarks.baselines import bare_encode_decode, load_rgb
+from benchmarks.common import REPO, SHARED_DATA, b64, png_variants, serve_config, summarize, write_result
 
 TRUCK_BOX = [75, 275, 1725, 850]
-
-
-def variants(rgb: np.ndarray, n: int) -> list[bytes]:
-    """``n`` PNGs of the photo, each with one pixel changed: new bytes, new image_id, same compute."""
-    out = []
-    for i in range(n):
-        img = rgb.copy()
-        img[0, i] = (img[0, i].astype(int) + 1) % 256
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG", compress_level=1)
-        out.append(buf.getvalue())
-    return out
+CLICK_XY = [500, 375]
 
 
 def bare(rgb: np.ndarray, args, enc_threads: int, dec_threads: int) -> dict:
-    import torch
-
-    from models.sam2_image import PromptSpec, Sam2ImageEncoder, Sam2MaskDecoder, build_sam2_model
-
-    model = build_sam2_model(args.model_id, seed=0)
-    encoder, decoder = Sam2ImageEncoder(model), Sam2MaskDecoder(model)
-    box = PromptSpec(box_xyxy=np.array(TRUCK_BOX, np.float32))
-    click = PromptSpec(point_coords=np.array([[500, 375]], np.float32), point_labels=np.ones(1, np.int32))
-    torch.set_num_threads(enc_threads)
-    encoder.encode(rgb)  # warm-up
-    enc = []
-    for _ in range(args.cold):
-        t = time.perf_counter()
-        feats = encoder.encode(rgb)
-        enc.append(time.perf_counter() - t)
-    torch.set_num_threads(dec_threads)
-    for _ in range(3):
-        decoder.predict(feats, click, True)
-    dec_box, dec_click = [], []
-    for _ in range(args.clicks):
-        t = time.perf_counter()
-        decoder.predict(feats, box, False)
-        dec_box.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        decoder.predict(feats, click, True)
-        dec_click.append(time.perf_counter() - t)
-    return {"encode": summarize(enc), "decode_box": summarize(dec_box), "decode_click": summarize(dec_click)}
+    """The bare encoder and decoder on ``rgb``: :func:`benchmarks.baselines.bare_encode_decode`."""
+    return bare_encode_decode(rgb, args.model_id, args.cold, args.clicks, enc_threads, dec_threads, TRUCK_BOX, CLICK_XY)
 
 
 def service(url: str, rgb: np.ndarray, args) -> dict:
+    """/v1/segment, one request at a time: ``args.cold`` new images with a box, then ``args.clicks``
+    clicks on the last one by image_id (after 3 warm-up clicks)."""
     import httpx
 
     cold, click, parts = [], [], []
     with httpx.Client(base_url=url, timeout=300) as c:
-        images = variants(rgb, args.cold + 1)
-        c.post("/v1/segment", json={"image": {"base64": base64.b64encode(images[0]).decode()}, "prompts": [{"box_xyxy": TRUCK_BOX}]})
+        images = png_variants(rgb, args.cold + 1)
+        c.post("/v1/segment", json={"image": {"base64": b64(images[0])}, "prompts": [{"box_xyxy": TRUCK_BOX}]})
         for data in images[1:]:
-            body = {"image": {"base64": base64.b64encode(data).decode()}, "prompts": [{"box_xyxy": TRUCK_BOX}]}
+            body = {"image": {"base64": b64(data)}, "prompts": [{"box_xyxy": TRUCK_BOX}]}
             t = time.perf_counter()
             r = c.post("/v1/segment", json=body)
             cold.append(time.perf_counter() - t)
             r.raise_for_status()
             parts.append(r.json()["timing_ms"])
         image_id = r.json()["image_id"]
-        body = {"image_id": image_id, "prompts": [{"points": [[500, 375, 1]]}]}
+        body = {"image_id": image_id, "prompts": [{"points": [[*CLICK_XY, 1]]}]}
         for _ in range(3):
             c.post("/v1/segment", json=body)
         click_parts = []
@@ -112,8 +76,7 @@ def main() -> None:
     p.add_argument("--clicks", type=int, default=40)
     args = p.parse_args()
 
-    with Image.open(SHARED_DATA / "images" / "truck.jpg") as im:
-        rgb = np.asarray(im.convert("RGB"))
+    rgb = load_rgb(SHARED_DATA / "images" / "truck.jpg")
     app = yaml.safe_load(open(args.config))["applications"][0]["args"]
     enc_t, dec_t = app["encoder"].get("torch_threads") or 1, app["decoder"].get("torch_threads") or 1
 
