@@ -35,7 +35,7 @@ from benchmarks.procmem import MIB, tree_rss_bytes
 
 
 def bare(frames: list[Path], threads: int) -> dict:
-    """:func:`benchmarks.baselines.bare_center_click` on the decoded ``frames``."""
+    """:func:`benchmarks.baselines.bare_center_click` on the decoded ``frames`` (JPEG files)."""
     return bare_center_click([load_rgb(p) for p in frames], threads)
 
 

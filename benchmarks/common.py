@@ -36,6 +36,11 @@ def summarize(samples_s: list[float]) -> dict:
     return {"n": len(a), "mean_ms": float(a.mean()), **{f"p{q}_ms": float(np.percentile(a, q)) for q in (50, 95, 99)}}
 
 
+def stage_medians(timings: list[dict]) -> dict:
+    """Median per key of the responses' ``timing_ms`` dicts (keys of the first), in ms."""
+    return {k: float(np.median([t[k] for t in timings])) for k in timings[0]}
+
+
 def b64(data: bytes) -> str:
     """``data`` as base64 text, as request bodies carry images."""
     return base64.b64encode(data).decode("ascii")

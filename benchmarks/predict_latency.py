@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.baselines import OneProcessPredict, load_rgb, timed
-from benchmarks.common import REPO, SHARED_DATA, b64, png_variants, serve_config, summarize, write_result
+from benchmarks.common import REPO, SHARED_DATA, b64, png_variants, serve_config, stage_medians, summarize, write_result
 
 
 def main() -> None:
@@ -75,7 +75,7 @@ def main() -> None:
                 warm.append(time.perf_counter() - t)
             instances = len(r.json()["instances"])
 
-    med = {k: float(np.median([s[k] for s in stages])) for k in stages[0]}
+    med = stage_medians(stages)
     result = {
         "settings": amg,
         "masks_after_nms": n_masks,

@@ -23,49 +23,44 @@ import numpy as np
 import yaml
 
 from benchmarks.baselines import bare_encode_decode, load_rgb
-from benchmarks.common import REPO, SHARED_DATA, b64, png_variants, serve_config, summarize, write_result
+from benchmarks.common import REPO, SHARED_DATA, b64, png_variants, serve_config, stage_medians, summarize, write_result
 
 TRUCK_BOX = [75, 275, 1725, 850]
 CLICK_XY = [500, 375]
 
 
-def bare(rgb: np.ndarray, args, enc_threads: int, dec_threads: int) -> dict:
-    """The bare encoder and decoder on ``rgb``: :func:`benchmarks.baselines.bare_encode_decode`."""
-    return bare_encode_decode(rgb, args.model_id, args.cold, args.clicks, enc_threads, dec_threads, TRUCK_BOX, CLICK_XY)
+def timed_post(client, body: dict) -> tuple[float, dict]:
+    """(seconds, JSON answer) of one POST /v1/segment of ``body``.
+
+    Raises:
+        httpx.HTTPStatusError: the answer is not 2xx.
+    """
+    t = time.perf_counter()
+    r = client.post("/v1/segment", json=body)
+    seconds = time.perf_counter() - t
+    r.raise_for_status()
+    return seconds, r.json()
 
 
 def service(url: str, rgb: np.ndarray, args) -> dict:
-    """/v1/segment, one request at a time: ``args.cold`` new images with a box, then ``args.clicks``
-    clicks on the last one by image_id (after 3 warm-up clicks)."""
+    """/v1/segment, one request at a time: ``args.cold`` new images with a box (after one unmeasured),
+    then ``args.clicks`` clicks on the last one by image_id (after 3 warm-up clicks)."""
     import httpx
 
-    cold, click, parts = [], [], []
     with httpx.Client(base_url=url, timeout=300) as c:
-        images = png_variants(rgb, args.cold + 1)
-        c.post("/v1/segment", json={"image": {"base64": b64(images[0])}, "prompts": [{"box_xyxy": TRUCK_BOX}]})
-        for data in images[1:]:
-            body = {"image": {"base64": b64(data)}, "prompts": [{"box_xyxy": TRUCK_BOX}]}
-            t = time.perf_counter()
-            r = c.post("/v1/segment", json=body)
-            cold.append(time.perf_counter() - t)
-            r.raise_for_status()
-            parts.append(r.json()["timing_ms"])
-        image_id = r.json()["image_id"]
-        body = {"image_id": image_id, "prompts": [{"points": [[*CLICK_XY, 1]]}]}
+        first, *images = [{"image": {"base64": b64(data)}, "prompts": [{"box_xyxy": TRUCK_BOX}]} for data in png_variants(rgb, args.cold + 1)]
+        c.post("/v1/segment", json=first)
+        cold = [timed_post(c, body) for body in images]
+        click_body = {"image_id": cold[-1][1]["image_id"], "prompts": [{"points": [[*CLICK_XY, 1]]}]}
         for _ in range(3):
-            c.post("/v1/segment", json=body)
-        click_parts = []
-        for _ in range(args.clicks):
-            t = time.perf_counter()
-            r = c.post("/v1/segment", json=body)
-            click.append(time.perf_counter() - t)
-            r.raise_for_status()
-            click_parts.append(r.json()["timing_ms"])
-
-    def medians(ps: list[dict]) -> dict:
-        return {k: float(np.median([p[k] for p in ps])) for k in ps[0]}
-
-    return {"cold": summarize(cold), "click": summarize(click), "cold_stage_median_ms": medians(parts), "click_stage_median_ms": medians(click_parts)}
+            c.post("/v1/segment", json=click_body)
+        click = [timed_post(c, click_body) for _ in range(args.clicks)]
+    return {
+        "cold": summarize([s for s, _ in cold]),
+        "click": summarize([s for s, _ in click]),
+        "cold_stage_median_ms": stage_medians([r["timing_ms"] for _, r in cold]),
+        "click_stage_median_ms": stage_medians([r["timing_ms"] for _, r in click]),
+    }
 
 
 def main() -> None:
@@ -80,7 +75,8 @@ def main() -> None:
     app = yaml.safe_load(open(args.config))["applications"][0]["args"]
     enc_t, dec_t = app["encoder"].get("torch_threads") or 1, app["decoder"].get("torch_threads") or 1
 
-    b = bare(rgb, args, enc_t, dec_t)  # first, alone on the machine
+    # first, alone on the machine
+    b = bare_encode_decode(rgb, args.model_id, args.cold, args.clicks, enc_t, dec_t, TRUCK_BOX, CLICK_XY)
     with serve_config(Path(args.config), {"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_SEED": "0"}) as url:
         s = service(url, rgb, args)
 
