@@ -1,7 +1,7 @@
 """/v1/segment latency against the bare model, measured in the same run.
 
-Baseline ("bare"): samgraph's own batched encoder and decoder (models/), in this process, same weights
-and torch threads as the shipped config, no serving. Service: `serve run configs/serve.yaml` on
+Baseline ("bare", benchmarks/baselines.py): samgraph's own batched encoder and decoder (models/), in
+this process, same weights and torch threads as the shipped config, no serving. Service: `serve run configs/serve.yaml` on
 127.0.0.1 with the same seeded random weights (the compute is the real SAM 2.1 cost).
 
 Workloads, one request at a time (latency, not throughput; see the load benchmarks for that):

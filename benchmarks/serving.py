@@ -4,7 +4,7 @@ Workloads (``benchmarks/loadgen.py``): ``fresh`` (a new image with one box per r
 ``interactive`` (per client one upload, then 8 clicks on the cached image) and ``predict``
 (/v1/predict on a new photo per request), each at concurrency 1, 4 and 16, bounded in requests and time.
 
-Baselines, same seeded random weights, same torch threads, measured in this run:
+Baselines (benchmarks/baselines.py), same seeded random weights, same torch threads, measured in this run:
   bare        - samgraph's encoder + decoder in this process in a tight loop (JPEG decode, encode,
                 decode, RLE), batch 1 as the CPU config; the ceiling for ``fresh`` and ``interactive``;
   naive       - Meta's SAM2ImagePredictor behind a single-worker HTTP server (set_image + predict per
