@@ -107,11 +107,8 @@ def replica_memory(app: str, deployment: str) -> list[dict]:
 
 def _raylet(serve_pid: int) -> psutil.Process:
     for child in psutil.Process(serve_pid).children():
-        try:
-            if child.cmdline()[:1] and child.cmdline()[0].endswith("/raylet"):
-                return child
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
+        if title(child).split(" ", 1)[0].endswith("/raylet"):
+            return child
     raise RuntimeError(f"no raylet under `serve run` pid {serve_pid}")
 
 
