@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import io
 import time
 
 import httpx
 import numpy as np
 import yaml
-from PIL import Image
 
-from benchmarks.common import REPO, RESULTS, gcs_address, serve_app, summarize, write_result
+from benchmarks.closed_loop import Budget, closed_loop
+from benchmarks.common import REPO, RESULTS, b64, random_png, serve_app, summarize, write_result
+from benchmarks.procmem import gcs_address
 
 STAGE = "MaskDecoder"
 AUTOSCALING = {
@@ -40,13 +39,6 @@ AUTOSCALING = {
     "downscale_delay_s": 20,
     "look_back_period_s": 15,
 }
-
-
-def image_png(size: int = 512, seed: int = 0) -> bytes:
-    rgb = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def replica_states() -> dict:
@@ -66,10 +58,10 @@ def replica_states() -> dict:
 
 async def run(url: str, args) -> tuple[list[dict], list[dict], dict]:
     """Drive the phases; returns (status samples, request records, phase start times)."""
-    samples, records, state = [], [], {"in_flight": 0, "done": 0, "sent": 0}
+    samples, records, state = [], [], {"in_flight": 0, "done": 0}
     t0 = time.monotonic()
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=args.clients + 4)) as client:
-        r = await client.post("/v1/segment", json={"image": {"base64": base64.b64encode(image_png()).decode()}, "prompts": [{"box_xyxy": [64, 64, 448, 448]}]})
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=args.clients + 4)) as http:
+        r = await http.post("/v1/segment", json={"image": {"base64": b64(random_png())}, "prompts": [{"box_xyxy": [64, 64, 448, 448]}]})
         r.raise_for_status()
         image_id = r.json()["image_id"]
         phases = {"idle": time.monotonic() - t0}
@@ -83,28 +75,26 @@ async def run(url: str, args) -> tuple[list[dict], list[dict], dict]:
                 except TimeoutError:
                     pass
 
-        async def clicker(i: int, until: float):
-            rng = np.random.default_rng(i)
-            while time.monotonic() < until and state["sent"] < args.max_requests:
-                x, y = (int(v) for v in rng.integers(16, 496, 2))
-                state["sent"] += 1
-                state["in_flight"] += 1
-                ts = time.monotonic()
-                try:
-                    resp = await client.post("/v1/segment", json={"image_id": image_id, "prompts": [{"points": [[x, y, "fg"]]}]})
-                    status = resp.status_code
-                except httpx.HTTPError as e:
-                    status = type(e).__name__
-                state["in_flight"] -= 1
-                state["done"] += 1
-                records.append({"t_s": ts - t0, "latency_s": time.monotonic() - ts, "status": status})
+        rngs = [np.random.default_rng(i) for i in range(args.clients)]
+
+        async def click(client: int, turn: int) -> None:
+            x, y = (int(v) for v in rngs[client].integers(16, 496, 2))
+            state["in_flight"] += 1
+            ts = time.monotonic()
+            try:
+                resp = await http.post("/v1/segment", json={"image_id": image_id, "prompts": [{"points": [[x, y, "fg"]]}]})
+                status = resp.status_code
+            except httpx.HTTPError as e:
+                status = type(e).__name__
+            state["in_flight"] -= 1
+            state["done"] += 1
+            records.append({"t_s": ts - t0, "latency_s": time.monotonic() - ts, "status": status})
 
         stop = asyncio.Event()
         poller = asyncio.create_task(poll(stop))
         await asyncio.sleep(args.idle)
         phases["load"] = time.monotonic() - t0
-        until = time.monotonic() + args.load
-        await asyncio.gather(*(clicker(i, until) for i in range(args.clients)))
+        await closed_loop(click, args.clients, Budget(seconds=args.load, max_steps=args.max_requests))
         phases["after"] = time.monotonic() - t0
         await asyncio.sleep(args.after)
         phases["end"] = time.monotonic() - t0
@@ -124,6 +114,7 @@ def replicas_at(samples: list[dict], t: float) -> int:
 
 
 def plot(samples: list[dict], records: list[dict], phases: dict, path) -> None:
+    """Replicas over time (top) and requests in flight and answered per second (bottom), load shaded."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -9,8 +9,8 @@ the machine's load shows (both rates are written) and averages out.
 Pipeline: `samgraph batch` in a fresh process with its own local Ray, SAMGRAPH_WEIGHTS=random (seeded:
 the real SAM 2.1 compute), over the first --n frames of the bedroom clip (960x540 JPEGs), as a folder.
 Memory: the resident set of the batch process and every process it starts (Ray's raylet, workers and
-object store), sampled every 0.5 s from /proc (Linux); the peak of the sum, which counts shared
-object-store pages once per process that maps them, so it is an upper bound.
+object store), sampled every 0.5 s (psutil, benchmarks/procmem.py); the peak of the sum, which counts
+shared object-store pages once per process that maps them, so it is an upper bound.
 
     python benchmarks/batch_throughput.py [--n 200] [--baseline-n 16] [--set encode.batch_size=2 ...]
 
@@ -29,71 +29,25 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
+from benchmarks.baselines import bare_center_click, load_rgb
 from benchmarks.common import REPO, SHARED_DATA, write_result
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def tree_rss_bytes(root: int) -> int:
-    """Sum of the resident sets of ``root`` and all its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
-        except OSError:
-            pass
-        todo.extend(children.get(pid, []))
-    return total
+from benchmarks.procmem import MIB, tree_rss_bytes
 
 
 def bare(frames: list[Path], threads: int) -> dict:
-    import torch
-
-    from models.masks import encode_masks
-    from models.sam2_decoder import DecodeRequest, PromptSpec, Sam2MaskDecoder
-    from models.sam2_image import Sam2ImageEncoder, build_sam2_model
-
-    torch.set_num_threads(threads)
-    model = build_sam2_model("sam2.1_hiera_tiny", seed=0)
-    encoder, decoder = Sam2ImageEncoder(model), Sam2MaskDecoder(model)
-    images = []
-    for p in frames:
-        with Image.open(p) as im:
-            images.append(np.asarray(im.convert("RGB")))
-    encoder.encode_batch(images[:1])  # warm-up
-    t0 = time.perf_counter()
-    for img in images:
-        h, w = img.shape[:2]
-        feats = encoder.encode_batch([img])
-        click = PromptSpec(point_coords=np.array([[w / 2, h / 2]], np.float32), point_labels=np.ones(1, np.int32))
-        pred = decoder.predict_batch([DecodeRequest(feats[0], [click], [True])])[0][0]
-        encode_masks(pred.masks[[int(np.argmax(pred.predicted_iou))]], "rle")
-    wall = time.perf_counter() - t0
-    return {"images": len(images), "wall_s": wall, "images_per_s": len(images) / wall}
+    """:func:`benchmarks.baselines.bare_center_click` on the decoded ``frames`` (JPEG files)."""
+    return bare_center_click([load_rgb(p) for p in frames], threads)
 
 
 def pipeline(frames: list[Path], sets: list[str]) -> dict:
+    """`samgraph batch` over ``frames`` in a fresh process, its process tree's resident set sampled every 0.5 s."""
     with tempfile.TemporaryDirectory(prefix="samgraph-bench-") as tmp:
         src = Path(tmp) / "frames"
         src.mkdir()
         for p in frames:
             os.symlink(p, src / p.name)
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local", "SAMGRAPH_WEIGHTS": "random"}
-        cmd = [sys.executable, "-m", "serve_app.cli", "batch", "--input", str(src), "--output", f"{tmp}/out", "--quiet", *[f"--set={s}" for s in sets]]
+        cmd = [sys.executable, "-m", "serve_app.cli.main", "batch", "--input", str(src), "--output", f"{tmp}/out", "--quiet", *[f"--set={s}" for s in sets]]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         peak = [0]
@@ -120,7 +74,7 @@ def pipeline(frames: list[Path], sets: list[str]) -> dict:
         "images_per_s": summary["images_per_s"],
         "process_wall_s": total,
         "stage_ms_per_image": summary["stage_ms_per_image"],
-        "peak_tree_rss_mb": peak[0] / 2**20,
+        "peak_tree_rss_mb": peak[0] / MIB,
     }
 
 

@@ -1,12 +1,18 @@
-"""Helpers for benchmark programs: percentiles, starting configs/serve.yaml on a free port, result files."""
+"""Helpers for benchmark programs: percentiles, result files, starting configs/serve.yaml on a free port,
+images to send.
+
+Processes and their memory: benchmarks/procmem.py; the load loop: benchmarks/closed_loop.py; the
+in-process baselines: benchmarks/baselines.py.
+"""
 
 from __future__ import annotations
 
+import base64
 import copy
+import io
 import json
 import os
 import platform
-import re
 import signal
 import socket
 import subprocess
@@ -30,6 +36,41 @@ def summarize(samples_s: list[float]) -> dict:
     return {"n": len(a), "mean_ms": float(a.mean()), **{f"p{q}_ms": float(np.percentile(a, q)) for q in (50, 95, 99)}}
 
 
+def stage_medians(timings: list[dict]) -> dict:
+    """Median per key of the responses' ``timing_ms`` dicts (keys of the first), in ms."""
+    return {k: float(np.median([t[k] for t in timings])) for k in timings[0]}
+
+
+def b64(data: bytes) -> str:
+    """``data`` as base64 text, as request bodies carry images."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def random_png(size: int = 512, seed: int = 0) -> bytes:
+    """A (size, size) PNG of seeded uniform noise: RGB uint8 in [0, 255]."""
+    from PIL import Image
+
+    rgb = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_variants(rgb: np.ndarray, n: int) -> list[bytes]:
+    """``n`` PNGs of ``rgb`` ((H, W, 3) uint8, W >= n), each with one pixel of row 0 changed: new bytes
+    (a new image_id), the same compute."""
+    from PIL import Image
+
+    out = []
+    for i in range(n):
+        img = rgb.copy()
+        img[0, i] = (img[0, i].astype(int) + 1) % 256
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+        out.append(buf.getvalue())
+    return out
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     import torch
@@ -44,6 +85,7 @@ def machine() -> dict:
 
 
 def write_result(name: str, payload: dict) -> Path:
+    """Write ``benchmarks/results/{name}.json`` (atomically): the machine, the time, then ``payload``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
@@ -53,6 +95,7 @@ def write_result(name: str, payload: dict) -> Path:
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -135,43 +178,3 @@ def serve_config(config_path: Path, env_extra: dict, ready_timeout_s: float = 30
 
     with serve_app(yaml.safe_load(config_path.read_text()), env_extra, ready_timeout_s) as served:
         yield served.url
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _raylet(serve_pid: int) -> int:
-    for child in _children(serve_pid):
-        if _cmdline(child) and _cmdline(child)[0].endswith("/raylet"):
-            return child
-    raise RuntimeError(f"no raylet under `serve run` pid {serve_pid}")
-
-
-def gcs_address(serve_pid: int) -> str:
-    """``ip:port`` of the GCS of the local cluster a `serve run` started (read off its raylet's
-    command line), for ``ray.init(address=...)``; Linux only."""
-    for arg in _cmdline(_raylet(serve_pid)):
-        if arg.startswith("--gcs-address="):
-            return arg.split("=", 1)[1]
-    raise RuntimeError("the raylet has no --gcs-address")
-
-
-def replica_pids(serve_pid: int, deployment: str, app: str = "samgraph") -> list[int]:
-    """PIDs of the live worker processes of ``deployment``'s replicas in that cluster (their process
-    title is ``ray::ServeReplica:{app}:{deployment}``, with the method running appended); Linux only."""
-    tag = re.compile(rf"ServeReplica:{re.escape(app)}:{re.escape(deployment)}(\.|$)")
-    return sorted(pid for pid in _children(_raylet(serve_pid)) if tag.search(_cmdline(pid)[0] if _cmdline(pid) else ""))

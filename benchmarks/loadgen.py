@@ -19,7 +19,6 @@ while its pixels, and so the compute, are those of the photo.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import time
@@ -29,6 +28,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+
+from benchmarks.closed_loop import Budget, LoopState, closed_loop
+from benchmarks.common import b64
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -87,10 +89,6 @@ def unique_jpeg(jpeg: bytes, tag: int) -> bytes:
         raise ValueError("not a JPEG (no SOI marker)")
     comment = f"samgraph-loadgen {tag}".encode()
     return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 # A session is a generator: it yields (path, json body, kind) and receives each response's JSON (or None
@@ -191,6 +189,9 @@ async def run_load(
 ) -> tuple[list[Record], float]:
     """Drive ``concurrency`` closed-loop clients; returns (records, wall seconds from first send to last answer).
 
+    Each client sends its session's requests one at a time (one step of
+    :func:`benchmarks.closed_loop.closed_loop` per request), starting a new session when one ends.
+
     Args:
         url: base URL on loopback.
         sessions: makes session number ``n`` (numbers are unique across clients, from ``first_session``).
@@ -210,46 +211,47 @@ async def run_load(
     check_loopback(url)
     if concurrency < 1 or max_requests < 1 or max_seconds <= 0:
         raise ValueError("concurrency and max_requests must be >= 1 and max_seconds > 0")
+    budget = Budget(seconds=max_seconds, max_steps=max_requests)
+    state = LoopState(time.monotonic())
     records: list[Record] = []
-    started = 0
     counter = itertools.count(first_session)
-    t0 = time.monotonic()
-    deadline = t0 + max_seconds
+    # per client: its session and the request of it to send next (None: start a new session)
+    pending: dict[int, tuple[Session, tuple[str, dict, str]] | None] = {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def client(http: httpx.AsyncClient) -> None:
-        nonlocal started
-        while started < max_requests and time.monotonic() < deadline:
+    def next_session() -> tuple[Session, tuple[str, dict, str]]:
+        while True:
             gen = sessions(next(counter))
-            response = None
             try:
-                path, body, kind = next(gen)
-                while True:
-                    if started >= max_requests or time.monotonic() >= deadline:
-                        return
-                    started += 1
-                    start = time.monotonic()
-                    retry_after = None
-                    try:
-                        r = await http.post(path, json=body)
-                        payload = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-                        ok = r.status_code == 200
-                        records.append(Record(kind, r.status_code, start, time.monotonic(), payload.get("timing_ms", {}) if ok else {}, None if ok else str(payload.get("error") or r.text)[:200]))
-                        response = payload if ok else None
-                        if r.status_code == 503 and honor_retry_after:
-                            retry_after = float(r.headers.get("retry-after", 1))
-                    except httpx.HTTPError as e:
-                        records.append(Record(kind, 0, start, time.monotonic(), {}, f"{type(e).__name__}: {e}"[:200]))
-                        response = None
-                    if retry_after is not None:  # refused at capacity: wait as told, then send the same request again
-                        await asyncio.sleep(min(retry_after, max(0.0, deadline - time.monotonic())))
-                        continue
-                    path, body, kind = gen.send(response)
-            except StopIteration:
+                return gen, next(gen)
+            except StopIteration:  # an empty session: take the next one
                 continue
 
+    async def step(client: int, turn: int) -> None:
+        gen, (path, body, kind) = pending.get(client) or next_session()
+        start = time.monotonic()
+        response, retry_after = None, None
+        try:
+            r = await http.post(path, json=body)
+            payload = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            ok = r.status_code == 200
+            records.append(Record(kind, r.status_code, start, time.monotonic(), payload.get("timing_ms", {}) if ok else {}, None if ok else str(payload.get("error") or r.text)[:200]))
+            response = payload if ok else None
+            if r.status_code == 503 and honor_retry_after:
+                retry_after = float(r.headers.get("retry-after", 1))
+        except httpx.HTTPError as e:
+            records.append(Record(kind, 0, start, time.monotonic(), {}, f"{type(e).__name__}: {e}"[:200]))
+        if retry_after is not None:  # refused at capacity: wait as told, then send the same request again
+            pending[client] = gen, (path, body, kind)
+            await asyncio.sleep(min(retry_after, state.remaining_s(budget)))
+            return
+        try:
+            pending[client] = gen, gen.send(response)
+        except StopIteration:
+            pending[client] = None
+
     async with httpx.AsyncClient(base_url=url, timeout=request_timeout_s, limits=limits) as http:
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        await closed_loop(step, concurrency, budget, state=state)
     wall = (max(r.end_s for r in records) - min(r.start_s for r in records)) if records else 0.0
     return records, wall
 

@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from benchmarks.baselines import naive_predictor
+
 
 def build_app(predictor):
     """A Starlette app with ``GET /healthz`` and ``POST /v1/segment`` over one ``SAM2ImagePredictor``."""
@@ -82,18 +84,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
 
-    import torch
     import uvicorn
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    from models.sam2_image import build_sam2_model
-
-    torch.set_num_threads(args.threads)
-    state = None
-    if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["model"]
-    model = build_sam2_model(args.model_id, state, seed=None if state is not None else args.seed)
-    uvicorn.run(build_app(SAM2ImagePredictor(model)), host="127.0.0.1", port=args.port, workers=1, log_level="warning")
+    predictor = naive_predictor(args.model_id, args.seed, args.checkpoint, args.threads)
+    uvicorn.run(build_app(predictor), host="127.0.0.1", port=args.port, workers=1, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -17,20 +17,16 @@ pred_iou_thresh 0.5 and stability 0 (reported: how many masks survive), else not
 from __future__ import annotations
 
 import argparse
-import base64
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from benchmarks.common import REPO, SHARED_DATA, serve_config, summarize, write_result
-from benchmarks.segment_latency import variants
+from benchmarks.baselines import OneProcessPredict, load_rgb, timed
+from benchmarks.common import REPO, SHARED_DATA, b64, png_variants, serve_config, stage_medians, summarize, write_result
 
 
 def main() -> None:
-    import torch
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(REPO / "configs" / "serve.yaml"))
     p.add_argument("--points-per-side", type=int, default=16)
@@ -40,53 +36,39 @@ def main() -> None:
     args = p.parse_args()
     amg = {"points_per_side": args.points_per_side, "points_per_batch": 64, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.0, "box_nms_thresh": 0.7}
 
-    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-
     from models.amg import AmgSettings, generate_masks
-    from models.embedder import build_clip
-    from models.fade_strategies import GaussianFade
-    from models.fader import fade_and_crop_batch
-    from models.knn import brute_force_knn
-    from models.masks import decode_rle
     from models.sam2_decoder import Sam2MaskDecoder
-    from models.sam2_image import Sam2ImageEncoder, build_sam2_model
+    from models.sam2_image import Sam2ImageEncoder
 
-    torch.set_num_threads(args.threads)
-    with Image.open(SHARED_DATA / "images" / "truck.jpg") as im:
-        rgb = np.asarray(im.convert("RGB"))
-    sam = build_sam2_model("sam2.1_hiera_tiny", seed=0)
-    clip = build_clip("ViT-B-32", seed=0)
-    encoder, decoder = Sam2ImageEncoder(sam), Sam2MaskDecoder(sam)
-    reference = SAM2AutomaticMaskGenerator(sam, output_mode="coco_rle", **amg)
-    fade = GaussianFade(sigma_px=50.0, min_fade=0.1)
-    examples = clip.embed_images([rgb[275:850, 75:1725]])  # one stored example: a k-NN over one vector
+    rgb = load_rgb(SHARED_DATA / "images" / "truck.jpg")
+    one = OneProcessPredict(amg, args.max_instances, args.threads)
+    one.store([rgb[275:850, 75:1725]], normalize=False)  # one stored example: a k-NN over one vector
+    encoder, decoder = Sam2ImageEncoder(one.sam), Sam2MaskDecoder(one.sam)  # the same weights
 
     t_ref, t_ours, t_one, n_masks = [], [], [], []
     for _ in range(args.runs):
         t = time.perf_counter()
-        ref_masks = reference.generate(rgb)
+        ref_masks = one.generator.generate(rgb)
         t_ref.append(time.perf_counter() - t)
         t = time.perf_counter()
         ours = generate_masks(decoder, encoder.encode(rgb), AmgSettings(**amg))
         t_ours.append(time.perf_counter() - t)
         n_masks.append(len(ours))
         assert len(ours) == len(ref_masks)
-        t = time.perf_counter()
-        masks = [decode_rle(m["segmentation"]) for m in reference.generate(rgb)[: args.max_instances]]
-        vecs = clip.embed_images(fade_and_crop_batch([rgb] * len(masks), masks, fade))
-        brute_force_knn(vecs, examples, 5)
-        t_one.append(time.perf_counter() - t)
+        t_one += timed(lambda: one(rgb), 1)
 
     stages, cold, warm = [], [], []
     with serve_config(Path(args.config), {"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_SEED": "0", "SAMGRAPH_DATA_DIR": str(REPO / "benchmarks" / "results" / ".data")}) as url:
         import httpx
 
-        with httpx.Client(base_url=url, timeout=600) as c:
-            images = variants(rgb, args.runs + 1)
-            b64 = [base64.b64encode(x).decode() for x in images]
-            c.post("/v1/examples", json={"image": {"base64": b64[0]}, "box_xyxy": [75, 275, 1725, 850], "label": "truck", "collection": "bench"}).raise_for_status()
+        from serve_app.cli.client import SamgraphClient
+
+        images = [b64(x) for x in png_variants(rgb, args.runs + 1)]
+        with SamgraphClient(url, timeout_s=600) as api:
+            api.add_example({"image": {"base64": images[0]}, "box_xyxy": [75, 275, 1725, 850], "label": "truck", "collection": "bench"})
+        with httpx.Client(base_url=url, timeout=600) as c:  # the timed calls: the bare HTTP round trip
             body = {"collection": "bench", "max_instances": args.max_instances, "amg": amg}
-            for data in b64[1:]:
+            for data in images[1:]:
                 t = time.perf_counter()
                 r = c.post("/v1/predict", json={**body, "image": {"base64": data}})
                 cold.append(time.perf_counter() - t)
@@ -97,7 +79,7 @@ def main() -> None:
                 warm.append(time.perf_counter() - t)
             instances = len(r.json()["instances"])
 
-    med = {k: float(np.median([s[k] for s in stages])) for k in stages[0]}
+    med = stage_medians(stages)
     result = {
         "settings": amg,
         "masks_after_nms": n_masks,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import signal
 import tempfile
@@ -32,8 +31,9 @@ from pathlib import Path
 import httpx
 import yaml
 
-from benchmarks.autoscale import image_png
-from benchmarks.common import REPO, replica_pids, serve_app, summarize, write_result
+from benchmarks.closed_loop import Budget, closed_loop
+from benchmarks.common import REPO, b64, random_png, serve_app, summarize, write_result
+from benchmarks.procmem import replica_pids
 
 COLLECTION = "failover"
 KILLS = ("Embedder", "Retriever")
@@ -70,11 +70,14 @@ class Load:
             status = type(e).__name__
         self.records.append({"kind": kind, "t_s": ts - self.t0, "end_s": time.monotonic() - self.t0, "status": status, "code": code})
 
-    async def client_loop(self, c: int) -> None:
-        i = c
-        while not self.stop.is_set():
-            await self.one("add" if i % 2 == 0 else "list", i)
-            i += 1
+    async def step(self, client: int, turn: int) -> None:
+        """Client ``client``'s request number ``turn``: adds and listings alternate, per client."""
+        i = client + turn
+        await self.one("add" if i % 2 == 0 else "list", i)
+
+    async def run(self, clients: int) -> None:
+        """Clients sending back to back until :attr:`stop` is set."""
+        await closed_loop(self.step, clients, Budget(stop=self.stop.is_set))
 
 
 async def wait_for_pids(serve_pid: int, stage: str, old: set[int], timeout_s: float) -> tuple[int | None, float | None]:
@@ -89,10 +92,11 @@ async def wait_for_pids(serve_pid: int, stage: str, old: set[int], timeout_s: fl
 
 
 async def run(served, args) -> dict:
+    """Seed examples, load, the kills in turn, then the listing; returns the result payload."""
     t0 = time.monotonic()
     limits = httpx.Limits(max_connections=args.clients + 4)
     async with httpx.AsyncClient(base_url=served.url, timeout=args.timeout, limits=limits) as client:
-        img = {"base64": base64.b64encode(image_png()).decode()}
+        img = {"base64": b64(random_png())}
         first = await client.post("/v1/examples", json={"image": img, "box_xyxy": [64, 64, 448, 448], "label": "seed0", "collection": COLLECTION})
         first.raise_for_status()
         image_id, stored = first.json()["image_id"], list(first.json()["ids"])
@@ -102,7 +106,7 @@ async def run(served, args) -> dict:
             stored += r.json()["ids"]
 
         load = Load(client, image_id, t0)
-        clients = [asyncio.create_task(load.client_loop(c)) for c in range(args.clients)]
+        load_task = asyncio.create_task(load.run(args.clients))
         await asyncio.sleep(args.settle)
         kills = []
         for stage in KILLS:
@@ -122,7 +126,7 @@ async def run(served, args) -> dict:
             await asyncio.sleep(args.settle)  # steady again before the next kill
             kills.append({"stage": stage, "killed_pid": pid, "t_kill_s": t_kill - t0, "new_pid": new_pid, "new_process_after_s": None if t_new is None else t_new - t_kill, "answered_after_s": None if recovered is None else recovered - (t_kill - t0)})
         load.stop.set()
-        await asyncio.gather(*clients)
+        await load_task
 
         listed, offset = [], None
         while True:

@@ -1,7 +1,7 @@
 """/v1/segment latency against the bare model, measured in the same run.
 
-Baseline ("bare"): samgraph's own batched encoder and decoder (models/), in this process, same weights
-and torch threads as the shipped config, no serving. Service: `serve run configs/serve.yaml` on
+Baseline ("bare", benchmarks/baselines.py): samgraph's own batched encoder and decoder (models/), in
+this process, same weights and torch threads as the shipped config, no serving. Service: `serve run configs/serve.yaml` on
 127.0.0.1 with the same seeded random weights (the compute is the real SAM 2.1 cost).
 
 Workloads, one request at a time (latency, not throughput; see the load benchmarks for that):
@@ -16,93 +16,51 @@ Reports p50/p95/p99 and the ratios service/bare, writes benchmarks/results/segme
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 
-from benchmarks.common import REPO, SHARED_DATA, serve_config, summarize, write_result
+from benchmarks.baselines import bare_encode_decode, load_rgb
+from benchmarks.common import REPO, SHARED_DATA, b64, png_variants, serve_config, stage_medians, summarize, write_result
 
 TRUCK_BOX = [75, 275, 1725, 850]
+CLICK_XY = [500, 375]
 
 
-def variants(rgb: np.ndarray, n: int) -> list[bytes]:
-    """``n`` PNGs of the photo, each with one pixel changed: new bytes, new image_id, same compute."""
-    out = []
-    for i in range(n):
-        img = rgb.copy()
-        img[0, i] = (img[0, i].astype(int) + 1) % 256
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG", compress_level=1)
-        out.append(buf.getvalue())
-    return out
+def timed_post(client, body: dict) -> tuple[float, dict]:
+    """(seconds, JSON answer) of one POST /v1/segment of ``body``.
 
-
-def bare(rgb: np.ndarray, args, enc_threads: int, dec_threads: int) -> dict:
-    import torch
-
-    from models.sam2_decoder import PromptSpec, Sam2MaskDecoder
-    from models.sam2_image import Sam2ImageEncoder, build_sam2_model
-
-    model = build_sam2_model(args.model_id, seed=0)
-    encoder, decoder = Sam2ImageEncoder(model), Sam2MaskDecoder(model)
-    box = PromptSpec(box_xyxy=np.array(TRUCK_BOX, np.float32))
-    click = PromptSpec(point_coords=np.array([[500, 375]], np.float32), point_labels=np.ones(1, np.int32))
-    torch.set_num_threads(enc_threads)
-    encoder.encode(rgb)  # warm-up
-    enc = []
-    for _ in range(args.cold):
-        t = time.perf_counter()
-        feats = encoder.encode(rgb)
-        enc.append(time.perf_counter() - t)
-    torch.set_num_threads(dec_threads)
-    for _ in range(3):
-        decoder.predict(feats, click, True)
-    dec_box, dec_click = [], []
-    for _ in range(args.clicks):
-        t = time.perf_counter()
-        decoder.predict(feats, box, False)
-        dec_box.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        decoder.predict(feats, click, True)
-        dec_click.append(time.perf_counter() - t)
-    return {"encode": summarize(enc), "decode_box": summarize(dec_box), "decode_click": summarize(dec_click)}
+    Raises:
+        httpx.HTTPStatusError: the answer is not 2xx.
+    """
+    t = time.perf_counter()
+    r = client.post("/v1/segment", json=body)
+    seconds = time.perf_counter() - t
+    r.raise_for_status()
+    return seconds, r.json()
 
 
 def service(url: str, rgb: np.ndarray, args) -> dict:
+    """/v1/segment, one request at a time: ``args.cold`` new images with a box (after one unmeasured),
+    then ``args.clicks`` clicks on the last one by image_id (after 3 warm-up clicks)."""
     import httpx
 
-    cold, click, parts = [], [], []
     with httpx.Client(base_url=url, timeout=300) as c:
-        images = variants(rgb, args.cold + 1)
-        c.post("/v1/segment", json={"image": {"base64": base64.b64encode(images[0]).decode()}, "prompts": [{"box_xyxy": TRUCK_BOX}]})
-        for data in images[1:]:
-            body = {"image": {"base64": base64.b64encode(data).decode()}, "prompts": [{"box_xyxy": TRUCK_BOX}]}
-            t = time.perf_counter()
-            r = c.post("/v1/segment", json=body)
-            cold.append(time.perf_counter() - t)
-            r.raise_for_status()
-            parts.append(r.json()["timing_ms"])
-        image_id = r.json()["image_id"]
-        body = {"image_id": image_id, "prompts": [{"points": [[500, 375, 1]]}]}
+        first, *images = [{"image": {"base64": b64(data)}, "prompts": [{"box_xyxy": TRUCK_BOX}]} for data in png_variants(rgb, args.cold + 1)]
+        c.post("/v1/segment", json=first)
+        cold = [timed_post(c, body) for body in images]
+        click_body = {"image_id": cold[-1][1]["image_id"], "prompts": [{"points": [[*CLICK_XY, 1]]}]}
         for _ in range(3):
-            c.post("/v1/segment", json=body)
-        click_parts = []
-        for _ in range(args.clicks):
-            t = time.perf_counter()
-            r = c.post("/v1/segment", json=body)
-            click.append(time.perf_counter() - t)
-            r.raise_for_status()
-            click_parts.append(r.json()["timing_ms"])
-
-    def medians(ps: list[dict]) -> dict:
-        return {k: float(np.median([p[k] for p in ps])) for k in ps[0]}
-
-    return {"cold": summarize(cold), "click": summarize(click), "cold_stage_median_ms": medians(parts), "click_stage_median_ms": medians(click_parts)}
+            c.post("/v1/segment", json=click_body)
+        click = [timed_post(c, click_body) for _ in range(args.clicks)]
+    return {
+        "cold": summarize([s for s, _ in cold]),
+        "click": summarize([s for s, _ in click]),
+        "cold_stage_median_ms": stage_medians([r["timing_ms"] for _, r in cold]),
+        "click_stage_median_ms": stage_medians([r["timing_ms"] for _, r in click]),
+    }
 
 
 def main() -> None:
@@ -113,12 +71,12 @@ def main() -> None:
     p.add_argument("--clicks", type=int, default=40)
     args = p.parse_args()
 
-    with Image.open(SHARED_DATA / "images" / "truck.jpg") as im:
-        rgb = np.asarray(im.convert("RGB"))
+    rgb = load_rgb(SHARED_DATA / "images" / "truck.jpg")
     app = yaml.safe_load(open(args.config))["applications"][0]["args"]
     enc_t, dec_t = app["encoder"].get("torch_threads") or 1, app["decoder"].get("torch_threads") or 1
 
-    b = bare(rgb, args, enc_t, dec_t)  # first, alone on the machine
+    # first, alone on the machine
+    b = bare_encode_decode(rgb, args.model_id, args.cold, args.clicks, enc_t, dec_t, TRUCK_BOX, CLICK_XY)
     with serve_config(Path(args.config), {"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_SEED": "0"}) as url:
         s = service(url, rgb, args)
 

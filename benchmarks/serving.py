@@ -4,7 +4,7 @@ Workloads (``benchmarks/loadgen.py``): ``fresh`` (a new image with one box per r
 ``interactive`` (per client one upload, then 8 clicks on the cached image) and ``predict``
 (/v1/predict on a new photo per request), each at concurrency 1, 4 and 16, bounded in requests and time.
 
-Baselines, same seeded random weights, same torch threads, measured in this run:
+Baselines (benchmarks/baselines.py), same seeded random weights, same torch threads, measured in this run:
   bare        - samgraph's encoder + decoder in this process in a tight loop (JPEG decode, encode,
                 decode, RLE), batch 1 as the CPU config; the ceiling for ``fresh`` and ``interactive``;
   naive       - Meta's SAM2ImagePredictor behind a single-worker HTTP server (set_image + predict per
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import subprocess
@@ -33,12 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 
+from benchmarks.baselines import MODEL_ID, OneProcessPredict, bare_fresh_and_interactive, rgb_of
 from benchmarks.common import (
     REPO,
     RESULTS,
     SHARED_DATA,
+    b64,
     free_port,
     serve_config,
     stop_group,
@@ -48,8 +48,6 @@ from benchmarks.common import (
 )
 from benchmarks.loadgen import (
     Photo,
-    b64,
-    click_points,
     fresh_sessions,
     interactive_sessions,
     load_photos,
@@ -59,7 +57,6 @@ from benchmarks.loadgen import (
     unique_jpeg,
 )
 
-MODEL_ID = "sam2.1_hiera_tiny"
 # Random weights predict IoU near 0.5 and stability near 0: with the filters off, the grid still gives
 # masks (deduplicated by NMS) for the fader, embedder and retriever to work on. 8x8 clicks keep one
 # /v1/predict at ~10 s on 2 CPU cores so that the concurrency-16 level stays bounded.
@@ -68,98 +65,23 @@ PREDICT_MAX_INSTANCES = 8
 N_CLICKS = 8
 
 
-def rgb_of(jpeg: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(jpeg)) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def bare(photos: list[Photo], n_images: int, n_click_sessions: int, threads: int) -> dict:
-    """samgraph's models in this process: fresh images/s, and interactive sessions as a tight loop."""
-    import torch
-
-    from models.masks import encode_masks
-    from models.sam2_decoder import PromptSpec, Sam2MaskDecoder
-    from models.sam2_image import Sam2ImageEncoder, build_sam2_model
-
-    torch.set_num_threads(threads)
-    model = build_sam2_model(MODEL_ID, seed=0)
-    encoder, decoder = Sam2ImageEncoder(model), Sam2MaskDecoder(model)
-    encoder.encode(rgb_of(photos[0].jpeg))  # warm-up
-
-    fresh, t_start = [], time.perf_counter()
-    for i in range(n_images):
-        p = photos[i % len(photos)]
-        t = time.perf_counter()
-        feats = encoder.encode_batch([rgb_of(unique_jpeg(p.jpeg, i))])[0]
-        pred = decoder.predict(feats, PromptSpec(box_xyxy=np.asarray(p.box_xyxy, np.float32)), False)
-        encode_masks(pred.masks, "rle")
-        fresh.append(time.perf_counter() - t)
-    fresh_wall = time.perf_counter() - t_start
-
-    def spec(points: list[list[float]]) -> tuple[PromptSpec, bool]:
-        a = np.asarray(points, np.float32)
-        return PromptSpec(point_coords=a[:, :2], point_labels=a[:, 2].astype(np.int32)), len(a) == 1
-
-    clicks_decoder, clicks_total, n_requests, t_start = [], [], 0, time.perf_counter()
-    for s in range(n_click_sessions):
-        p = photos[s % len(photos)]
-        first, *rest = click_points(p, N_CLICKS + 1, seed=s)
-        feats = encoder.encode_batch([rgb_of(unique_jpeg(p.jpeg, 1000 + s))])[0]
-        pr, mm = spec(first)
-        encode_masks(decoder.predict(feats, pr, mm).masks, "rle")
-        n_requests += 1
-        for points in rest:
-            pr, mm = spec(points)
-            t = time.perf_counter()
-            pred = decoder.predict(feats, pr, mm)
-            t1 = time.perf_counter()
-            encode_masks(pred.masks, "rle")
-            clicks_decoder.append(t1 - t)
-            clicks_total.append(time.perf_counter() - t)
-            n_requests += 1
-    inter_wall = time.perf_counter() - t_start
-    return {
-        "fresh": {**summarize(fresh), "throughput_rps": n_images / fresh_wall},
-        "interactive": {"requests": n_requests, "throughput_rps": n_requests / inter_wall},
-        "click_decoder": summarize(clicks_decoder),
-        "click_decoder_plus_rle": summarize(clicks_total),
-    }
-
-
 def one_process_predict(photos: list[Photo], n: int, threads: int) -> dict:
-    """SAM2AutomaticMaskGenerator + fade/crop + open_clip + numpy brute-force k-NN, one photo at a time."""
-    import torch
-    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-
-    from models.embedder import build_clip
-    from models.fade_strategies import GaussianFade
-    from models.fader import CropSettings, fade_and_crop_batch
-    from models.knn import brute_force_knn, normalize_rows
-    from models.masks import decode_rle
-    from models.sam2_image import build_sam2_model
-
-    torch.set_num_threads(threads)
-    sam = build_sam2_model(MODEL_ID, seed=0)
-    clip = build_clip("ViT-B-32", seed=0)
-    generator = SAM2AutomaticMaskGenerator(sam, output_mode="coco_rle", **PREDICT_AMG)
-    fade, crop = GaussianFade(sigma_px=50.0, min_fade=0.1), CropSettings(context_margin=0.2, output_size=224)
+    """:class:`benchmarks.baselines.OneProcessPredict` over ``n`` photos in turn (two examples stored:
+    the truck and a background crop of the first photo)."""
+    predict = OneProcessPredict(PREDICT_AMG, PREDICT_MAX_INSTANCES, threads)
     truck = rgb_of(photos[0].jpeg)
-    examples = normalize_rows(clip.embed_images([truck[275:850, 75:1725], truck[:600, :900]]))
+    predict.store([truck[275:850, 75:1725], truck[:600, :900]])
     times, n_masks = [], []
     for i in range(n):
         rgb = rgb_of(unique_jpeg(photos[i % len(photos)].jpeg, 2000 + i))
         t = time.perf_counter()
-        records = generator.generate(rgb)
-        masks = [decode_rle(m["segmentation"]) for m in records[:PREDICT_MAX_INSTANCES]]
-        if masks:
-            vecs = clip.embed_images(fade_and_crop_batch([rgb] * len(masks), masks, fade, crop))
-            brute_force_knn(vecs, examples, 5)
+        n_masks.append(predict(rgb))
         times.append(time.perf_counter() - t)
-        n_masks.append(len(masks))
     return {**summarize(times), "throughput_rps": n / sum(times), "instances": n_masks}
 
 
 def start_naive(threads: int):
+    """benchmarks/naive_server.py on a free port; returns (process, base URL, log file) once it answers."""
     port = free_port()
     log = open(RESULTS / f".naive-{port}.log", "w")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -173,6 +95,7 @@ def start_naive(threads: int):
 
 
 def stop(proc, log) -> None:
+    """Stop the naive server and remove its log."""
     stop_group(proc, 30)
     log.close()
     Path(log.name).unlink(missing_ok=True)
@@ -202,6 +125,7 @@ def sweep(url: str, workload: str, factory, levels: list[int], max_seconds: floa
 
 
 def plot(result: dict, path: Path) -> None:
+    """Throughput and latency against clients, per workload, with the baselines' rates as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -300,7 +224,7 @@ def main() -> None:
                 result[key] = earlier[key]
     else:
         print("bare model ...", flush=True)
-        result["bare"] = bare(photos, args.bare_images, args.bare_sessions, threads)
+        result["bare"] = bare_fresh_and_interactive(photos, args.bare_images, args.bare_sessions, threads, N_CLICKS)
         if "predict" in workloads:
             print("one-process predict ...", flush=True)
             result["one_process_predict"] = one_process_predict(predict_photos, args.one_process_images, threads)
@@ -322,13 +246,13 @@ def main() -> None:
     result["samgraph"] = {}
     collection = f"bench{int(time.time())}"
     with serve_config(Path(args.config), env) as url:
-        import httpx
+        from serve_app.cli.client import SamgraphClient
 
-        with httpx.Client(base_url=url, timeout=600) as c:
+        with SamgraphClient(url, timeout_s=600) as c:
             if "predict" in workloads:
                 # two labelled examples in a collection of this run (the store persists between runs)
                 for label, box in (("truck", [75, 275, 1725, 850]), ("background", [0, 0, 900, 600])):
-                    c.post("/v1/examples", json={"image": {"base64": b64(photos[0].jpeg)}, "box_xyxy": box, "label": label, "collection": collection}).raise_for_status()
+                    c.add_example({"image": {"base64": b64(photos[0].jpeg)}, "box_xyxy": box, "label": label, "collection": collection})
         if "fresh" in workloads:
             result["samgraph"]["fresh"] = sweep(url, "fresh", fresh_sessions(photos), levels, args.max_seconds, kinds["fresh"], 30, len(photos))
         if "interactive" in workloads:
@@ -336,8 +260,8 @@ def main() -> None:
         if "predict" in workloads:
             body = {"collection": collection, "amg": PREDICT_AMG, "max_instances": PREDICT_MAX_INSTANCES, "top_k": 5}
             result["samgraph"]["predict"] = sweep(url, "predict", predict_sessions(predict_photos, body), levels, args.max_seconds, kinds["predict"], 50, len(predict_photos))
-        with httpx.Client(base_url=url, timeout=60) as c:
-            result["samgraph_stats"] = c.get("/v1/stats").json()
+        with SamgraphClient(url, timeout_s=60) as c:
+            result["samgraph_stats"] = c.stats()
 
     result["ratios"] = ratios(result)
     result["run_minutes"] = (time.monotonic() - t_run) / 60
@@ -348,6 +272,7 @@ def main() -> None:
 
 
 def print_table(result: dict) -> None:
+    """Every system x workload x level, the baselines and the ratios."""
     print(f"\n{'system':<10} {'workload':<12} {'c':>3} {'ok/sent':>9} {'req/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}")
     for system in ("naive", "samgraph"):
         for w, levels in result.get(system, {}).items():

@@ -23,29 +23,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.baselines import MODEL_ID, sam2_video_masks
 from benchmarks.common import REPO, SHARED_DATA, summarize, write_result
+from benchmarks.procmem import MIB, peak_rss_bytes, rss_bytes
 
-MODEL_ID = "sam2.1_hiera_tiny"
 BOX = [300, 0, 500, 400]
 POINT = [460, 60]
 
 
 def _rss_mb() -> tuple[float, float]:
-    """(current RSS, peak RSS) of this process in MiB, from /proc/self/status."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields["VmRSS"], fields["VmHWM"]
+    """(current RSS, peak RSS) of this process in MiB (benchmarks/procmem.py)."""
+    pid = os.getpid()
+    return rss_bytes(pid) / MIB, peak_rss_bytes(pid) / MIB
 
 
 def _state_dict(seed: int):
@@ -57,6 +56,24 @@ def _state_dict(seed: int):
     return state
 
 
+def propagate_timed(masks_of_frames) -> tuple[list[float], list[int], dict[int, float]]:
+    """Time each frame of a propagation (each ``next`` of ``masks_of_frames``, (objects, H, W) bool).
+
+    Returns:
+        (seconds per frame, mask pixels per frame, RSS in MiB after every 50th frame).
+    """
+    per_frame, masks_px, rss_at = [], [], {}
+    t_prev = time.perf_counter()
+    for masks in masks_of_frames:
+        now = time.perf_counter()
+        per_frame.append(now - t_prev)
+        t_prev = now
+        masks_px.append(int(masks.sum()))
+        if len(per_frame) % 50 == 0:
+            rss_at[len(per_frame)] = _rss_mb()[0]
+    return per_frame, masks_px, rss_at
+
+
 def worker(kind: str, n_frames: int, threads: int, out_path: str) -> None:
     """One tracker over the clip in this process; writes its timings and memory to ``out_path``."""
     import torch
@@ -65,54 +82,24 @@ def worker(kind: str, n_frames: int, threads: int, out_path: str) -> None:
     torch.set_num_threads(threads)
     paths = [SHARED_DATA / "video" / "bedroom" / "frames" / f"{i:05d}.jpg" for i in range(n_frames)]
     state_dict = _state_dict(1234)
-    rss_at, per_frame, masks_px = {}, [], []
     rss0, _ = _rss_mb()
-    t0 = time.perf_counter()
-    if kind == "samgraph":
-        from models.sam2_video import Sam2VideoTracker, VideoSettings, build_sam2_video_model
-        from models.sam2_video_types import FramePrompt, VideoObject
+    with ExitStack() as stack:
+        if kind == "samgraph":
+            from models.sam2_video import Sam2VideoTracker, VideoSettings, build_sam2_video_model
+            from models.sam2_video_types import FramePrompt, VideoObject
 
-        tracker = Sam2VideoTracker(build_sam2_video_model(MODEL_ID, state_dict), VideoSettings(offload_video_to_cpu=True))
-        frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])  # what the ingress decodes
-        objects = [
-            VideoObject(1, (FramePrompt(0, box_xyxy=np.array(BOX, np.float32)),)),
-            VideoObject(2, (FramePrompt(0, point_coords=np.array([POINT], np.float32), point_labels=np.array([1], np.int32)),)),
-        ]
-        steps = tracker.propagate(frames, objects)
-        init_ms = next(steps)["init_ms"]  # state, frame 0 encoding and the prompts
-        t_prev = time.perf_counter()
-        for item in steps:
-            now = time.perf_counter()
-            per_frame.append(now - t_prev)
-            t_prev = now
-            masks_px.append(int(item.masks.sum()))
-            if len(per_frame) % 50 == 0:
-                rss_at[len(per_frame)] = _rss_mb()[0]
-    else:
-        from sam2.build_sam import build_sam2_video_predictor
-
-        from models.registry import get_sam2_checkpoint
-
-        with tempfile.TemporaryDirectory() as tmp:
-            for p in paths:
-                (Path(tmp) / p.name).symlink_to(p)
-            ckpt = Path(tmp) / "ckpt.pt"
-            torch.save({"model": state_dict}, ckpt)
-            predictor = build_sam2_video_predictor(get_sam2_checkpoint(MODEL_ID).config, ckpt_path=str(ckpt), device="cpu")
-            t0 = time.perf_counter()
-            state = predictor.init_state(video_path=tmp, offload_video_to_cpu=True, offload_state_to_cpu=True)
-            predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, box=np.array(BOX, np.float32))
-            predictor.add_new_points_or_box(state, frame_idx=0, obj_id=2, points=np.array([POINT], np.float32), labels=np.array([1], np.int32))
-            init_ms = (time.perf_counter() - t0) * 1e3
-            t_prev = time.perf_counter()
-            for _, _, logits in predictor.propagate_in_video(state):
-                masks = (logits[:, 0] > 0).numpy()
-                now = time.perf_counter()
-                per_frame.append(now - t_prev)
-                t_prev = now
-                masks_px.append(int(masks.sum()))
-                if len(per_frame) % 50 == 0:
-                    rss_at[len(per_frame)] = _rss_mb()[0]
+            tracker = Sam2VideoTracker(build_sam2_video_model(MODEL_ID, state_dict), VideoSettings(offload_video_to_cpu=True))
+            frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])  # what the ingress decodes
+            objects = [
+                VideoObject(1, (FramePrompt(0, box_xyxy=np.array(BOX, np.float32)),)),
+                VideoObject(2, (FramePrompt(0, point_coords=np.array([POINT], np.float32), point_labels=np.array([1], np.int32)),)),
+            ]
+            steps = tracker.propagate(frames, objects)
+            init_ms = next(steps)["init_ms"]  # state, frame 0 encoding and the prompts
+            masks_of_frames = (item.masks for item in steps)
+        else:
+            init_ms, masks_of_frames = stack.enter_context(sam2_video_masks(paths, state_dict, BOX, POINT))
+        per_frame, masks_px, rss_at = propagate_timed(masks_of_frames)
     _, peak = _rss_mb()
     Path(out_path).write_text(
         json.dumps(
