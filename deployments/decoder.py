@@ -9,7 +9,7 @@ from ray import serve
 
 from deployments.contracts import DecodeJob, DecodeResult, GenerateResult
 from deployments.runtime.batching import apply_batch_config
-from deployments.runtime.metrics import StageMetrics
+from deployments.runtime.metrics import StageWork
 from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
 from models.amg import AmgSettings, generate_masks
 from models.masks import encode_logits_base64, encode_masks
@@ -34,9 +34,7 @@ class MaskDecoder:
         self._decoder = Sam2MaskDecoder(loaded.model, accel=settings, on_fallback=fallback_logger("MaskDecoder"))
         warm_up("MaskDecoder", self._decoder, settings)
         self._info = {"model_id": loaded.model_id, "weights": loaded.weights, "device": self._device}
-        self._requests = 0
-        self._batches = 0
-        self._metrics = StageMetrics("decode")
+        self._work = StageWork("decode", counters=("requests",))
 
     def reconfigure(self, user_config: dict) -> None:
         """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`decode` (see :func:`apply_batch_config`)."""
@@ -51,7 +49,7 @@ class MaskDecoder:
         """
         t0 = time.perf_counter()
         out = await asyncio.to_thread(self._decode_sync, features, jobs)
-        self._metrics.batch("decode", len(jobs), time.perf_counter() - t0)
+        self._work.batch("decode", len(jobs), time.perf_counter() - t0, requests=len(jobs))
         return out
 
     def _decode_sync(self, features: list[ImageFeatures], jobs: list[DecodeJob]) -> list[DecodeResult]:
@@ -66,8 +64,6 @@ class MaskDecoder:
             timing = {"decode_masks": (t1 - t0) * 1e3, "postprocess": (time.perf_counter() - tj) * 1e3, "batch_size": len(jobs)}
             out.append(DecodeResult(self._info["model_id"], self._info["weights"], results, timing))
         assert len(out) == len(jobs)
-        self._requests += len(jobs)
-        self._batches += 1
         return out
 
     @staticmethod
@@ -91,7 +87,7 @@ class MaskDecoder:
         most ``max_masks`` of them, in NMS order."""
         t0 = time.perf_counter()
         masks = await asyncio.to_thread(generate_masks, self._decoder, features, settings)
-        self._requests += 1
+        self._work.add(requests=1)
         timing = {"amg": (time.perf_counter() - t0) * 1e3}
         return GenerateResult(tuple(masks[:max_masks]), self._info["model_id"], self._info["weights"], timing)
 
@@ -101,5 +97,6 @@ class MaskDecoder:
         return {**self._info, "accel": self._decoder.accel_state()}
 
     def stats(self) -> dict:
-        """Work done by this replica: requests decoded and batches run."""
-        return {"requests": self._requests, "batches": self._batches}
+        """Work done by this replica: requests decoded (prompt jobs and automatic-mask images), batches run,
+        seconds spent in them."""
+        return self._work.stats()

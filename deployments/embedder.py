@@ -13,7 +13,7 @@ from ray import serve
 from deployments.contracts import EmbedResult, FadeResult
 from deployments.runtime.batching import apply_batch_config
 from deployments.runtime.clip_weights import ClipWeightsSource, load_clip
-from deployments.runtime.metrics import StageMetrics
+from deployments.runtime.metrics import StageWork
 from deployments.runtime.replica import pick_device, set_torch_threads
 from models.embedder import ClipSpec
 
@@ -56,11 +56,7 @@ class Embedder:
             loaded.weights,
             os.getpid(),
         )
-        self._images = 0
-        self._texts = 0
-        self._batches = 0
-        self._busy_s = 0.0
-        self._metrics = StageMetrics("embed_images", "embed_texts")
+        self._work = StageWork("embed_images", "embed_texts", counters=("images", "texts"))
 
     def reconfigure(self, user_config: dict) -> None:
         """Batching of both towers (see :func:`apply_batch_config`)."""
@@ -69,25 +65,19 @@ class Embedder:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def embed_images(self, crops: list[np.ndarray]) -> list[np.ndarray]:
         """Embed a batch of crops; each caller sends one (H, W, 3) uint8 RGB array, gets (dim,) float32."""
-        vectors = await self._run(self._embedder.embed_images, crops, "embed_images")
-        self._images += len(crops)
-        return vectors
+        return await self._run(self._embedder.embed_images, crops, "embed_images", "images")
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def embed_texts(self, texts: list[str]) -> list[np.ndarray]:
         """Embed a batch of texts; each caller sends one non-blank string, gets (dim,) float32."""
-        vectors = await self._run(self._embedder.embed_texts, texts, "embed_texts")
-        self._texts += len(texts)
-        return vectors
+        return await self._run(self._embedder.embed_texts, texts, "embed_texts", "texts")
 
-    async def _run(self, embed, items: list, stage: str) -> list[np.ndarray]:
+    async def _run(self, embed, items: list, stage: str, counter: str) -> list[np.ndarray]:
+        """One batch through ``embed`` in a worker thread, recorded as ``stage`` and counted in ``counter``."""
         t0 = time.perf_counter()
         matrix = await asyncio.to_thread(embed, items)
         assert len(matrix) == len(items)
-        dt = time.perf_counter() - t0
-        self._metrics.batch(stage, len(items), dt)
-        self._busy_s += dt
-        self._batches += 1
+        self._work.batch(stage, len(items), time.perf_counter() - t0, **{counter: len(items)})
         return [row.copy() for row in matrix]
 
     async def embed_crops(self, faded: FadeResult) -> EmbedResult:
@@ -108,4 +98,4 @@ class Embedder:
 
     def stats(self) -> dict:
         """Work done by this replica: images and texts embedded, batches run, seconds spent embedding."""
-        return {"images": self._images, "texts": self._texts, "batches": self._batches, "busy_s": self._busy_s}
+        return self._work.stats()

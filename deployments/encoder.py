@@ -9,7 +9,7 @@ import numpy as np
 from ray import serve
 
 from deployments.runtime.batching import apply_batch_config
-from deployments.runtime.metrics import StageMetrics
+from deployments.runtime.metrics import StageWork
 from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
 from models.sam2_image import ImageFeatures, Sam2ImageEncoder
 
@@ -38,10 +38,7 @@ class ImageEncoder:
         self._encoder = Sam2ImageEncoder(loaded.model, settings, fallback_logger("ImageEncoder"))
         warm_up("ImageEncoder", self._encoder, settings)
         self._info = {"model_id": loaded.model_id, "weights": loaded.weights, "device": self._device}
-        self._images = 0
-        self._batches = 0
-        self._busy_s = 0.0
-        self._metrics = StageMetrics("encode")
+        self._work = StageWork("encode", counters=("images",))
 
     def reconfigure(self, user_config: dict) -> None:
         """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`encode` (see :func:`apply_batch_config`)."""
@@ -53,11 +50,7 @@ class ImageEncoder:
         t0 = time.perf_counter()
         features = await asyncio.to_thread(self._encoder.encode_batch, images)
         assert len(features) == len(images)
-        dt = time.perf_counter() - t0
-        self._metrics.batch("encode", len(images), dt)
-        self._busy_s += dt
-        self._images += len(images)
-        self._batches += 1
+        self._work.batch("encode", len(images), time.perf_counter() - t0, images=len(images))
         return features
 
     def info(self) -> dict:
@@ -67,4 +60,4 @@ class ImageEncoder:
 
     def stats(self) -> dict:
         """Work done by this replica: images encoded, batches run, seconds spent encoding."""
-        return {"images": self._images, "batches": self._batches, "busy_s": self._busy_s}
+        return self._work.stats()

@@ -10,7 +10,7 @@ from ray import serve
 
 from deployments.contracts import FadeJob, FadeResult, GenerateResult
 from deployments.runtime.batching import apply_batch_config
-from deployments.runtime.metrics import StageMetrics
+from deployments.runtime.metrics import StageWork
 from models.fade_strategies import FadeStrategy, make_fade_strategy
 from models.fader import CropSettings, fade_and_crop_batch
 from models.masks import decode_rle
@@ -41,11 +41,7 @@ class Fader:
             self._crop = CropSettings(**(crop or {}))
         except TypeError as e:
             raise ValueError(f"bad crop settings {crop!r} (fields: context_margin, output_size): {e}") from None
-        self._jobs = 0
-        self._crops = 0
-        self._batches = 0
-        self._busy_s = 0.0
-        self._metrics = StageMetrics("fade")
+        self._work = StageWork("fade", counters=("jobs", "crops"))
 
     def reconfigure(self, user_config: dict) -> None:
         """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`fade` (see :func:`apply_batch_config`)."""
@@ -60,12 +56,7 @@ class Fader:
         t0 = time.perf_counter()
         crops = await asyncio.to_thread(self.fade_jobs, jobs)
         assert len(crops) == len(jobs)
-        dt = time.perf_counter() - t0
-        self._metrics.batch("fade", len(jobs), dt)
-        self._busy_s += dt
-        self._jobs += len(jobs)
-        self._crops += sum(len(c) for c in crops)
-        self._batches += 1
+        self._work.batch("fade", len(jobs), time.perf_counter() - t0, jobs=len(jobs), crops=sum(len(c) for c in crops))
         return crops
 
     async def fade_masks(self, image: np.ndarray, masks: GenerateResult | list[dict], fade: dict | None = None) -> FadeResult:
@@ -110,4 +101,4 @@ class Fader:
 
     def stats(self) -> dict:
         """Work done by this replica: jobs, crops, batches run and seconds spent fading."""
-        return {"jobs": self._jobs, "crops": self._crops, "batches": self._batches, "busy_s": self._busy_s}
+        return self._work.stats()

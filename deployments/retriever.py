@@ -16,7 +16,7 @@ from ray import serve
 from deployments.contracts import EmbedResult, KnnResult, SearchJob
 from deployments.errors import InvalidRequest, UnknownCollection
 from deployments.runtime.batching import apply_batch_config
-from deployments.runtime.metrics import StageMetrics
+from deployments.runtime.metrics import StageWork
 from deployments.runtime.store_checks import as_vectors, check_collection_name, check_top_k
 from deployments.runtime.vectorstore import ExampleStore
 from models.knn import Neighbor
@@ -102,11 +102,7 @@ class Retriever:
             self._store = ExampleStore.from_env()
         else:
             self._store = ExampleStore(path=path, url=url, api_key=api_key)
-        self._jobs = 0
-        self._queries = 0
-        self._batches = 0
-        self._busy_s = 0.0
-        self._metrics = StageMetrics("search")
+        self._work = StageWork("search", counters=("jobs", "queries"))
 
     def reconfigure(self, user_config: dict) -> None:
         """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`search` (see :func:`apply_batch_config`)."""
@@ -118,12 +114,7 @@ class Retriever:
         t0 = time.perf_counter()
         results = await asyncio.to_thread(run_search_jobs, self._store, jobs)
         assert len(results) == len(jobs)
-        dt = time.perf_counter() - t0
-        self._metrics.batch("search", len(jobs), dt)
-        self._busy_s += dt
-        self._jobs += len(jobs)
-        self._queries += sum(len(j.queries) for j in jobs)
-        self._batches += 1
+        self._work.batch("search", len(jobs), time.perf_counter() - t0, jobs=len(jobs), queries=sum(len(j.queries) for j in jobs))
         return results
 
     async def knn(self, collection: str, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
@@ -196,7 +187,7 @@ class Retriever:
 
     def stats(self) -> dict:
         """Work done by this replica: search jobs, query vectors, batches run, seconds spent searching."""
-        return {"jobs": self._jobs, "queries": self._queries, "batches": self._batches, "busy_s": self._busy_s}
+        return self._work.stats()
 
     def __del__(self) -> None:
         store = getattr(self, "_store", None)

@@ -191,3 +191,42 @@ class StageMetrics(Recorder):
             self._compute.observe(compute_s * 1e3, tags=tags)
         except Exception as e:
             self.failed(e)
+
+
+class StageWork:
+    """A stage replica's work: the counters ``/v1/stats`` shows, and the batch metrics of its
+    ``@serve.batch`` calls (:class:`StageMetrics`).
+
+    Args:
+        stages: the ``stage`` label values of the replica's batched methods (from :data:`BATCH_STAGES`).
+        counters: names of the replica's item counters (``images``, ``crops`` ...), each starting at 0.
+
+    Raises:
+        ValueError: an unknown stage name.
+    """
+
+    def __init__(self, *stages: str, counters: tuple[str, ...] = ()) -> None:
+        self._metrics = StageMetrics(*stages)
+        self._counts = dict.fromkeys(counters, 0)
+        self._batches = 0
+        self._busy_s = 0.0
+
+    def batch(self, stage: str, size: int, compute_s: float, **counts: int) -> None:
+        """One batch of ``size`` items that took ``compute_s`` seconds, and what it added to the counters."""
+        self._metrics.batch(stage, size, compute_s)
+        self._batches += 1
+        self._busy_s += compute_s
+        self.add(**counts)
+
+    def add(self, **counts: int) -> None:
+        """Add to the counters (work done outside a batch).
+
+        Raises:
+            KeyError: a counter that was not declared.
+        """
+        for name, n in counts.items():
+            self._counts[name] += n
+
+    def stats(self) -> dict:
+        """The counters, ``batches`` run and ``busy_s``, the seconds spent in them."""
+        return {**self._counts, "batches": self._batches, "busy_s": self._busy_s}

@@ -166,3 +166,16 @@ def test_middleware_records_route_template_and_status(monkeypatch):
         assert c.get("/ui/").status_code == 200
     assert [(e, s) for e, s, _ in rec.calls] == [("/ui", 307), ("unmatched", 404), ("/ui", 200)]
     assert all(ms >= 0 for *_, ms in rec.calls)
+
+
+def test_stage_work_counts_batches_items_and_time():
+    from deployments.runtime.metrics import StageWork
+
+    work = StageWork("fade", counters=("jobs", "crops"))
+    assert work.stats() == {"jobs": 0, "crops": 0, "batches": 0, "busy_s": 0.0}
+    work.batch("fade", 2, 0.5, jobs=2, crops=5)
+    work.batch("fade", 1, 0.25, jobs=1, crops=1)
+    work.add(crops=1)
+    assert work.stats() == {"jobs": 3, "crops": 7, "batches": 2, "busy_s": 0.75}
+    with pytest.raises(KeyError):
+        work.add(images=1)  # not a counter of this stage
