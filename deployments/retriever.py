@@ -118,13 +118,8 @@ class Retriever:
         return results
 
     async def knn(self, collection: str, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
-        """Cosine k-NN of (M, D) float32 ``queries`` in ``collection``: M lists of up to ``top_k`` neighbours.
-
-        Raises:
-            ValueError: invalid name, queries or ``top_k``.
-            UnknownCollection: no such collection.
-            DimensionMismatch: D differs from the collection's dimension.
-        """
+        """Cosine k-NN of (M, D) float32 ``queries`` in ``collection``: M lists of up to ``top_k`` neighbours,
+        batched with other callers' queries. Raises as :meth:`ExampleStore.search`."""
         check_collection_name(collection)
         top_k = check_top_k(top_k)
         result = await self.search(SearchJob(collection, as_vectors(queries, "queries"), top_k))
