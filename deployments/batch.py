@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 PROMPT_MODES = ("coco-boxes", "center-points", "auto")
 #: One image's prompt dicts (``box_xyxy`` / ``points``, pixels), width, height -> (decoder prompts, multimask
-#: flag per prompt). The driver passes its validation (``serve_app.offline.inputs.prompt_specs``).
+#: flag per prompt). The offline driver passes its own validation, the one the HTTP API applies.
 PromptSpecsFn = Callable[[list[dict], int, int], "tuple[list[PromptSpec], list[bool]]"]
 _IMAGE_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
 

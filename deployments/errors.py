@@ -3,8 +3,8 @@
 Each class carries the HTTP ``status`` and the stable ``code`` of its rule; each instance carries the
 ``message`` (what is wrong and the rule broken) and the ``field`` at fault (``image``, ``frames[1]``,
 ``collection``), or None. The ingress turns any of them into the documented 4xx body
-``{"error": {"code", "message", "field"}}`` (``serve_app.ingress.errors.ApiError.from_input_error``), so a stage
-never needs to know about HTTP, and no error changes its meaning on the way up.
+``{"error": {"code", "message", "field"}}``, so a stage never needs to know about HTTP, and no error changes
+its meaning on the way up.
 
 They pickle by ``(message, field)``, so they cross Ray unchanged. A stage's exception reaches the caller
 wrapped in Ray's ``RayTaskError``, which is also an instance of the original class and forwards its

@@ -1,9 +1,9 @@
 """Prometheus metrics of the app, declared once and recorded with Ray Serve's metrics API.
 
 Every metric is declared once in :data:`METRICS` (name, type, labels, buckets); the stage deployments
-build theirs in ``__init__`` (nothing at import) with :class:`StageMetrics`, the ingress with
-``serve_app.ingress.metrics.IngressMetrics``. Recording is a few microseconds per value: no locks, no I/O, and
-it never raises (:class:`Recorder`).
+build theirs in ``__init__`` (nothing at import) with :class:`StageMetrics`, the ingress its own set over
+:func:`build_metric`. Recording is a few microseconds per value: no locks, no I/O, and it never raises
+(:class:`Recorder`).
 
 Ray exports them through each node's metrics agent (``http://<node>:<metrics export port>/metrics``) with
 its own naming: the prefix ``ray_`` is added, counters get ``_total``, histograms ``_bucket``/``_sum``/
