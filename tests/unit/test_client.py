@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from serve_app import cli
+from serve_app.cli import main as cli
 from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 
 URL = "http://samgraph.test:8000"
