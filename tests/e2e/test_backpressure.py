@@ -2,8 +2,12 @@
 without bound, and the service answers normally afterwards.
 
 configs/serve.yaml with tight queues, run by `serve run` in a subprocess (its own local Ray cluster):
-- Ingress: max_ongoing_requests 6, max_queued_requests 2 -> past 8 requests in flight the HTTP proxy
-  refuses (plain-text 503 from Serve, with Retry-After from ``backpressure_config``);
+- Ingress: max_ongoing_requests 6, max_queued_requests 4 -> past 10 requests in flight the HTTP proxy
+  refuses (plain-text 503 from Serve, with Retry-After from ``backpressure_config``). The proxy counts
+  a request as queued until its router has placed it on a replica, so when a whole burst arrives before
+  the router has placed the first (a cold queue-length cache, a loaded machine) only 4 get through and
+  the rest are refused at the proxy. 4 is the smallest queue with which both kinds of refusal happen
+  either way: 12 requests overflow 6 + 4, and 4 requests overflow the encoder's 1 + 1;
 - ImageEncoder: max_ongoing_requests 1, max_queued_requests 1 -> past 2 encodes in flight the ingress
   gets ``BackPressureError`` and answers 503 JSON ``overloaded``.
 """
@@ -37,7 +41,7 @@ SIZE = 64  # px; the encoder resizes to 1024², so each fresh image costs a full
 def _limits(config: dict) -> dict:
     app = config["applications"][0]
     by_name = {d["name"]: d for d in app["deployments"]}
-    by_name["Ingress"].update(max_ongoing_requests=6, max_queued_requests=2, backpressure_config={"retry_after_s": 2})
+    by_name["Ingress"].update(max_ongoing_requests=6, max_queued_requests=4, backpressure_config={"retry_after_s": 2})
     by_name["ImageEncoder"].update(
         max_ongoing_requests=1, max_queued_requests=1, backpressure_config={"retry_after_s": 3}
     )
