@@ -110,7 +110,7 @@ def test_serve_config_v2_is_the_gpu_serve_config(manifest):
     embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     assert embedded == yaml.safe_load(GPU_CONFIG.read_text()), (
         "spec.serveConfigV2 of configs/kuberay/rayservice.yaml differs from configs/serve.gpu.yaml. Re-sync it: "
-        "replace the block under `serveConfigV2: |` with the output of  sed 's/^/    /' configs/serve.gpu.yaml"
+        "replace the block under `serveConfigV2: |` with the output of  sed 's/^./    &/' configs/serve.gpu.yaml"
     )
 
 
