@@ -1,7 +1,7 @@
 """``samgraph`` command line: run the service, manage weights, and call the HTTP API.
 
     samgraph serve [--config configs/serve.yaml]
-    samgraph models list | pull [NAME]
+    samgraph models list | pull [NAME] [--clip]
     samgraph ping --api URL
     samgraph segment --api URL --image photo.jpg [--box x0,y0,x1,y1]... [--point x,y[,fg|bg]]...
                      [--text "a red car"]... [--out result.json] [--overlay overlay.png] [--cutout cutout.png]
@@ -74,7 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """``models list`` (the registry and what is cached) or ``models pull [NAME]`` (download and verify)."""
+    """``models list`` (the registry and what is cached) or ``models pull [NAME] [--clip]`` (download and verify;
+    ``--clip`` also fetches the default CLIP weights into the same cache dir)."""
     from deployments.runtime.sam2_weights import pull_checkpoint
     from deployments.runtime.weights import WeightsError, cache_dir
     from models.registry import DEFAULT_SAM2_MODEL, get_sam2_checkpoint, list_sam2_models
@@ -91,10 +92,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     try:
         spec = get_sam2_checkpoint(args.name or DEFAULT_SAM2_MODEL)
         path = pull_checkpoint(spec, progress=True)
+        print(f"{spec.name}: {path} (sha256 verified)")
+        if args.clip:
+            from deployments.runtime.clip_weights import pull_pretrained
+            from models.embedder import ClipSpec
+            from serve_app.config import ClipArgs
+
+            default = ClipArgs()  # the app's default embedder (args.clip in the Serve configs)
+            clip = ClipSpec(default.model_name, default.pretrained)
+            print(f"CLIP {clip.model_id}: {pull_pretrained(clip)}")
     except (ValueError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{spec.name}: {path} (sha256 verified)")
     return 0
 
 
@@ -300,6 +309,9 @@ def make_parser() -> argparse.ArgumentParser:
     msub.add_parser("list", help="registered checkpoints and whether they are cached")
     pull = msub.add_parser("pull", help="download and verify a checkpoint into the cache dir")
     pull.add_argument("name", nargs="?", help="registry name (default sam2.1_hiera_tiny)")
+    pull.add_argument(
+        "--clip", action="store_true", help="also fetch the app's default CLIP weights (ViT-B-32/laion2b_s34b_b79k) into the cache dir"
+    )
     m.set_defaults(func=cmd_models)
 
     for name, func, helptext in (("ping", cmd_ping, "readiness of a running service"), ("segment", cmd_segment, "segment an image")):

@@ -104,6 +104,23 @@ def test_parser_wires_box_and_point_types():
         make_parser().parse_args(["segment", "--image", "x.jpg", "--box", "1,2,3"])
 
 
+@pytest.mark.parametrize(
+    "argv, name, clip",
+    [
+        (["models", "pull"], None, False),
+        (["models", "pull", "sam2.1_hiera_large"], "sam2.1_hiera_large", False),
+        (["models", "pull", "--clip"], None, True),
+        (["models", "pull", "sam2.1_hiera_large", "--clip"], "sam2.1_hiera_large", True),
+        (["models", "pull", "--clip", "sam2.1_hiera_large"], "sam2.1_hiera_large", True),
+    ],
+)
+def test_models_pull_clip_flag(argv, name, clip):
+    args = make_parser().parse_args(argv)
+    assert (args.action, args.name, args.clip) == ("pull", name, clip)
+    with pytest.raises(SystemExit):  # --clip takes no value and belongs to `pull` only
+        make_parser().parse_args(["models", "list", "--clip"])
+
+
 # --- deployments.runtime.replica ------------------------------------------------------------------------
 
 
