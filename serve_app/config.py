@@ -26,7 +26,7 @@ class StageArgs(BaseModel):
 
 @derive(AccelSettings, exclude=("tensorrt",))
 class AccelArgs(BaseModel):
-    """Optional speed-ups of a SAM 2 image stage (see ``models/accel.py`` and the README, "GPU options").
+    """Optional speed-ups of a SAM 2 image stage (see ``models/accel.py`` and docs/gpu-options.md).
 
     ``precision: bf16`` runs the forward pass under ``torch.autocast(device, torch.bfloat16)``;
     ``compile`` wraps it in ``torch.compile(mode=compile_mode, backend=compile_backend)``, compiled when

@@ -3,7 +3,7 @@
     with SamgraphClient("http://127.0.0.1:8000", timeout_s=300) as api:
         result = api.segment({"prompts": [{"box_xyxy": [10, 20, 300, 400]}]}, image=Path("photo.jpg").read_bytes())
 
-Requests are the JSON bodies the README documents. A call given ``image`` (or ``video``) bytes sends them
+Requests are the JSON bodies docs/http-api.md documents. A call given ``image`` (or ``video``) bytes sends them
 as the multipart file part with the body as its ``request`` part, else the body alone as JSON (inline
 base64 or an ``image_id``). Every method returns the decoded JSON answer and raises:
 
