@@ -17,22 +17,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from models.masks import decode_rle
-from tests.conftest import REPO
-from tests.integration.conftest import free_port
+from tests.e2e.serving import config_on_free_port, serve_run
 
 BURST = 12
 SIZE = 64  # px; the encoder resizes to 1024², so each fresh image costs a full encode (~3 s on 2 cores)
@@ -52,44 +45,9 @@ def _limits(config: dict) -> dict:
 def tight(tmp_path_factory):
     """configs/serve.yaml with tight queues on a free port, SAMGRAPH_WEIGHTS=random; the base URL."""
     tmp = tmp_path_factory.mktemp("backpressure")
-    config = _limits(yaml.safe_load((REPO / "configs" / "serve.yaml").read_text()))
-    port = free_port()
-    config["http_options"]["port"] = port
-    path = tmp / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {
-        **os.environ,
-        "SAMGRAPH_WEIGHTS": "random",
-        "SAMGRAPH_DATA_DIR": str(tmp / "data"),
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_ADDRESS": "local",
-    }
-    log = open(tmp / "serve.log", "w")
-    serve_bin = str(Path(sys.executable).parent / "serve")
-    proc = subprocess.Popen(
-        [serve_bin, "run", str(path)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, f"serve run exited: {(tmp / 'serve.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"not ready in 240 s: {(tmp / 'serve.log').read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        yield url, tmp / "serve.log"
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)  # serve run cleans up the app and its local cluster
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    config, port = config_on_free_port(_limits)
+    with serve_run(config, port, tmp, {"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_DATA_DIR": str(tmp / "data")}) as served:
+        yield served
 
 
 def _png(seed: int) -> str:
