@@ -26,6 +26,17 @@ def config_on_free_port(edit=lambda config: config) -> tuple[dict, int]:
     return config, port
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a `serve run` (or `samgraph serve`) started with ``start_new_session=True``: SIGINT to its
+    process group, so that it cleans up the app and its local cluster; SIGKILL after 60 s."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextlib.contextmanager
 def serve_run(config: dict, port: int, tmp: Path, env: dict, ready_timeout_s: float = 240) -> Iterator[tuple[str, Path]]:
     """Run ``config`` with `serve run`; yields (base URL, log path) once ``/readyz`` answers 200, and stops
@@ -57,9 +68,4 @@ def serve_run(config: dict, port: int, tmp: Path, env: dict, ready_timeout_s: fl
                 time.sleep(2)
             yield url, log_path
         finally:
-            os.killpg(proc.pid, signal.SIGINT)  # serve run cleans up the app and its local cluster
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import REPO, TRUCK_BOX
+from tests.e2e.serving import stop_group
 from tests.integration.conftest import free_port
 
 SAMGRAPH = [sys.executable, "-m", "serve_app.cli.main"]
@@ -54,12 +54,7 @@ def served(tmp_path_factory):
             pytest.fail(f"service not ready in 240 s: {(tmp / 'serve.log').read_text()[-3000:]}")
         yield api, env, tmp, json.loads(ping.stdout)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # serve run cleans up the app and its local cluster
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 
