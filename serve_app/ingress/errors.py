@@ -33,10 +33,10 @@ class ApiError(Exception):
         """The 4xx of a stage's typed input error (its ``status``, ``code``, message and ``field``).
 
         ``e`` may be Ray's wrapper of a stage's exception: it is an instance of the stage's class and
-        forwards the attributes; only the message's last line is kept (Ray prepends the remote traceback).
+        forwards the attributes, so ``e.message`` is the stage's message without the remote traceback
+        that ``str(e)`` of the wrapper holds.
         """
-        message = str(getattr(e, "message", e)).splitlines()[-1][:300] if str(e) else type(e).__name__
-        return cls(e.status, e.code, message, e.field)
+        return cls(e.status, e.code, e.message[:300], e.field)
 
     def body(self, request_id: str | None = None) -> dict:
         err = {"code": self.code, "message": self.message, "field": self.field}
