@@ -14,10 +14,11 @@ JSON-ready dicts streamed as they are made (see ``VideoSegmenter.track``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from deployments.errors import OutOfImage
 from models.amg import AutoMask
 from models.fade_strategies import FadeStrategy, make_fade_strategy
 from models.knn import Neighbor
@@ -26,6 +27,47 @@ from models.sam2_video_types import VideoObject
 
 
 # ------------------------------------------------------------------------------------------------ jobs
+def check_in_image(geometry, width: int, height: int, field_prefix: str | None = "prompts") -> None:
+    """Every coordinate must lie in [0, width] x [0, height] (pixels of the original image).
+
+    Args:
+        geometry: per prompt, ``(box_xyxy or None, points)``; points are ``(x, y, ...)`` rows.
+        field_prefix: errors name ``{field_prefix}[i].box_xyxy`` / ``.points[j]``; None names a lone
+            prompt's ``box_xyxy`` / ``points[j]``.
+
+    Raises:
+        OutOfImage: 422 naming the first prompt field outside the image.
+    """
+    for i, (box, points) in enumerate(geometry):
+        at = f"{field_prefix}[{i}]." if field_prefix else ""
+        if box is not None:
+            x0, y0, x1, y1 = (float(v) for v in box)
+            if min(x0, y0) < 0 or max(x0, x1) > width or max(y0, y1) > height:
+                raise OutOfImage(f"box {[x0, y0, x1, y1]} is outside the {width}x{height} image", f"{at}box_xyxy")
+        for j, point in enumerate(points):
+            x, y = float(point[0]), float(point[1])
+            if not (0 <= x <= width and 0 <= y <= height):
+                raise OutOfImage(f"point ({x}, {y}) is outside the {width}x{height} image", f"{at}points[{j}]")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image as the decoder replica that owns it holds it.
+
+    Attributes:
+        image_id: lowercase hex SHA-256 of the uploaded bytes.
+        width, height: size in pixels.
+        encode_cached: the owner had the image already (False: this request's pixels were encoded).
+        pixels: ObjectRef of the (H, W, 3) uint8 RGB pixels, put by the owner (the fader reads them).
+    """
+
+    image_id: str
+    width: int
+    height: int
+    encode_cached: bool
+    pixels: object = None
+
+
 @dataclass(frozen=True)
 class DecodeJob:
     """What the ingress asks of the decoder for one image (the features travel separately, by reference).
@@ -43,6 +85,23 @@ class DecodeJob:
     mask_format: str = "rle"
     max_masks: int = 3
     return_logits: bool = False
+    #: How errors name the prompts: ``prompts`` gives ``prompts[0].box_xyxy``; None names a lone
+    #: prompt's ``box_xyxy`` (``/v1/examples``).
+    field_prefix: str | None = "prompts"
+
+    def for_image(self, width: int, height: int) -> DecodeJob:
+        """This job checked against an image of ``width`` x ``height`` pixels; no prompts -> one click
+        at the centre (multimask).
+
+        Raises:
+            OutOfImage: a box or point outside the image, naming it.
+        """
+        if not self.prompts:
+            centre = np.array([[width / 2, height / 2]], dtype=np.float32)
+            return replace(self, prompts=(PromptSpec(point_coords=centre, point_labels=np.ones(1, np.int32)),), multimask_output=(True,))
+        geometry = [(p.box_xyxy, [] if p.point_coords is None else p.point_coords) for p in self.prompts]
+        check_in_image(geometry, width, height, self.field_prefix)
+        return self
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,6 +203,8 @@ class DecodeResult:
     weights: str
     results: list[dict]
     timing_ms: dict
+    #: The image decoded on, when the job named it by ``image_id`` (see ``MaskDecoder.segment``).
+    image: ImageInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +221,8 @@ class GenerateResult:
     model_id: str
     weights: str
     timing_ms: dict
+    #: The image the masks are of, when it was named by ``image_id`` (see ``MaskDecoder.generate_for``).
+    image: ImageInfo | None = None
 
 
 @dataclass(frozen=True, eq=False)

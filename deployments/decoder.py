@@ -1,32 +1,53 @@
-"""``MaskDecoder`` deployment: batched SAM 2 prompt encoder + mask decoder, plus mask encoding."""
+"""``MaskDecoder`` deployment: batched SAM 2 prompt encoder + mask decoder, plus mask encoding, and the
+images it owns (:mod:`deployments.runtime.owned_images`).
+
+Calls about an image (:meth:`MaskDecoder.segment`, :meth:`MaskDecoder.generate_for`,
+:meth:`MaskDecoder.image`) take its ``image_id`` first and are routed by it
+(``handle.options(session_id=image_id)`` to a deployment with the ``ConsistentHashRouter``), so they reach
+the replica that holds the image's features.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 from ray import serve
 
-from deployments.contracts import DecodeJob, DecodeResult, GenerateResult
+from deployments.contracts import DecodeJob, DecodeResult, GenerateResult, ImageInfo
 from deployments.runtime.batching import apply_batch_config
 from deployments.runtime.metrics import StageWork
+from deployments.runtime.owned_images import OwnedImages
 from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
 from models.amg import AmgSettings, generate_masks
 from models.masks import encode_logits_base64, encode_masks
 from models.sam2_decoder import DecodeRequest, Sam2MaskDecoder
-from models.sam2_image import ImageFeatures
+from models.sam2_image import ImageFeatures, feature_nbytes
 
 
 @serve.deployment(name="MaskDecoder", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=32)
 class MaskDecoder:
     """Turns prompts on encoded images into masks; batches prompts of many requests per forward pass.
 
-    Args: as :class:`deployments.encoder.ImageEncoder` (``accel["tensorrt"]`` is ignored: TensorRT is for
-    the encoder).
+    Args:
+        model_id, weights, device, torch_threads, accel: as :class:`deployments.encoder.ImageEncoder`
+            (``accel["tensorrt"]`` is ignored: TensorRT is for the encoder).
+        encoder: handle to the ``ImageEncoder`` that encodes the images this replica is sent (None: this
+            replica only decodes given features).
+        cache: ``{"max_entries", "max_bytes"}`` of the images this replica owns (bytes: features plus
+            pixels).
     """
 
     def __init__(
-        self, model_id: str, weights: dict, device: str = "auto", torch_threads: int | None = None, accel: dict | None = None
+        self,
+        model_id: str,
+        weights: dict,
+        device: str = "auto",
+        torch_threads: int | None = None,
+        accel: dict | None = None,
+        encoder=None,
+        cache: dict | None = None,
     ) -> None:
         settings = accel_settings({**(accel or {}), "tensorrt": False})
         loaded, self._device = load_stage_model(model_id, weights, device, torch_threads)
@@ -35,6 +56,8 @@ class MaskDecoder:
         warm_up("MaskDecoder", self._decoder, settings)
         self._info = {"model_id": loaded.model_id, "weights": loaded.weights, "device": self._device}
         self._work = StageWork("decode", counters=("requests",))
+        cache = {"max_entries": 64, "max_bytes": 2**31, **(cache or {})}
+        self._images = OwnedImages(encoder, cache["max_entries"], cache["max_bytes"], feature_nbytes())
 
     def reconfigure(self, user_config: dict) -> None:
         """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`decode` (see :func:`apply_batch_config`)."""
@@ -91,6 +114,57 @@ class MaskDecoder:
         timing = {"amg": (time.perf_counter() - t0) * 1e3}
         return GenerateResult(tuple(masks[:max_masks]), self._info["model_id"], self._info["weights"], timing)
 
+    # ------------------------------------------------------------------ calls about an owned image
+    async def _owned(self, image_id: str, pixels, timing: dict):
+        """(entry, held before, features) of an image this replica owns; see :class:`OwnedImages`."""
+        entry, cached = self._images.entry(image_id, pixels)
+        return entry, cached, await self._images.features(image_id, entry, timing)
+
+    @staticmethod
+    def _info_of(image_id: str, entry, cached: bool) -> ImageInfo:
+        return ImageInfo(image_id, entry.width, entry.height, cached, entry.image)
+
+    async def segment(self, image_id: str, job: DecodeJob, pixels=None) -> DecodeResult:
+        """Masks for ``job``'s prompts on the image ``image_id``, encoding ``pixels`` if this replica does
+        not hold it yet (batched with other callers' jobs, see :meth:`decode`).
+
+        Args:
+            image_id: lowercase hex SHA-256 of the uploaded bytes.
+            job: the prompts, checked here against the image's size; no prompts: a centre click.
+            pixels: (H, W, 3) uint8 RGB (an ObjectRef, resolved by Ray), or None.
+
+        Raises:
+            ImageNotCached: not held here and no ``pixels``.
+            OutOfImage: a prompt outside the image.
+        """
+        entry, cached = self._images.entry(image_id, pixels)
+        job = job.for_image(entry.width, entry.height)  # before waiting for any encode
+        timing: dict = {}
+        features = await self._images.features(image_id, entry, timing)
+        result = await self.decode(features, job)
+        return replace(result, timing_ms={**result.timing_ms, **timing}, image=self._info_of(image_id, entry, cached))
+
+    async def generate_for(self, image_id: str, settings: AmgSettings, max_masks: int | None = None, pixels=None) -> GenerateResult:
+        """:meth:`generate` on the image ``image_id``, encoding ``pixels`` if this replica does not hold it.
+
+        Raises:
+            ImageNotCached: not held here and no ``pixels``.
+        """
+        timing: dict = {}
+        entry, cached, features = await self._owned(image_id, pixels, timing)
+        result = await self.generate(features, settings, max_masks)
+        return replace(result, timing_ms={**result.timing_ms, **timing}, image=self._info_of(image_id, entry, cached))
+
+    async def image(self, image_id: str, pixels=None) -> ImageInfo:
+        """The image ``image_id`` as this replica holds it (encoding ``pixels`` if it does not yet).
+
+        Raises:
+            ImageNotCached: not held here and no ``pixels``.
+        """
+        timing: dict = {}
+        entry, cached, _ = await self._owned(image_id, pixels, timing)
+        return self._info_of(image_id, entry, cached)
+
     def info(self) -> dict:
         """``{"model_id", "weights", "device", "accel"}`` of this replica (``accel``: the speed-ups in
         force, see :meth:`models.accel.AcceleratedCall.state`)."""
@@ -98,5 +172,11 @@ class MaskDecoder:
 
     def stats(self) -> dict:
         """Work done by this replica: requests decoded (prompt jobs and automatic-mask images), batches run,
-        seconds spent in them."""
-        return self._work.stats()
+        seconds spent in them; ``cache``: its images (see :meth:`OwnedImages.stats`); ``replica``: its id."""
+        from ray import serve as _serve
+
+        try:
+            replica = _serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside a Serve replica (tests)
+            replica = None
+        return {**self._work.stats(), "cache": self._images.stats(), "replica": replica}

@@ -127,3 +127,27 @@ class UnknownCollection(InputError, LookupError):
 
     def __reduce__(self):  # pickles by name, not by message
         return (type(self), (self.collection, self.field))
+
+
+class OutOfImage(InputError):
+    """A prompt coordinate outside the image: 422 ``out_of_image``."""
+
+    status, code = 422, "out_of_image"
+
+
+class ImageNotCached(InputError, LookupError):
+    """An ``image_id`` that the replica owning it does not hold (never sent, evicted, or the replica
+    restarted): 404 ``image_not_cached``. Send the image again, alone or with its ``image_id``.
+
+    Args:
+        image_id: the id asked for.
+    """
+
+    status, code = 404, "image_not_cached"
+
+    def __init__(self, image_id: str, field: str | None = "image_id") -> None:
+        super().__init__("image_id is not (or no longer) cached; send the image again", field)
+        self.image_id = image_id
+
+    def __reduce__(self):
+        return (type(self), (self.image_id, self.field))

@@ -59,21 +59,29 @@ class Fader:
         self._work.batch("fade", len(jobs), time.perf_counter() - t0, jobs=len(jobs), crops=sum(len(c) for c in crops))
         return crops
 
-    async def fade_masks(self, image: np.ndarray, masks: GenerateResult | list[dict], fade: dict | None = None) -> FadeResult:
+    async def fade_masks(self, image, masks: GenerateResult | list[dict], fade: dict | None = None) -> FadeResult:
         """The graph's entry: crops of one image for masks given as COCO RLE.
 
         Args:
-            image: (H, W, 3) uint8 RGB (usually an ObjectRef resolved by Ray).
+            image: (H, W, 3) uint8 RGB (an ObjectRef, resolved by Ray), or None for the pixels that the
+                decoder replica owning the image put (``masks.image.pixels`` of a :class:`GenerateResult`).
             masks: the decoder's :class:`GenerateResult`, or a list of COCO RLEs on ``image``.
             fade: ``{"strategy", "params"}``, or None for this replica's defaults.
 
         Returns:
             One (S, S, 3) uint8 crop per mask, in order.
+
+        Raises:
+            ValueError: no pixels given or named.
         """
         t0 = time.perf_counter()
         rles = [m.rle for m in masks.masks] if isinstance(masks, GenerateResult) else list(masks)
         crops: list[np.ndarray] = []
         if rles:
+            if image is None:
+                if not isinstance(masks, GenerateResult) or masks.image is None:
+                    raise ValueError("fade_masks needs the image's pixels: give them, or a GenerateResult that names them")
+                image = await masks.image.pixels  # from the object store of the owner's node
             bool_masks = await asyncio.to_thread(lambda: [decode_rle(r) for r in rles])
             fade = fade or {}
             crops = await self.fade(FadeJob(image, bool_masks, fade.get("strategy"), fade.get("params")))

@@ -2,16 +2,18 @@
 
 Graph::
 
-    Ingress ──> ImageEncoder (once per new image)
-       │──────> MaskDecoder  (prompts: /v1/segment; automatic masks: /v1/predict, text prompts)
+    Ingress ──> MaskDecoder, the image's owner (session_id=image_id; prompts: /v1/segment; automatic
+       │          │  masks: /v1/predict, text prompts)
+       │          ├─> ImageEncoder (once per new image: the features stay in the owner)
        │          └─> Fader ──> Embedder ──> Retriever      (chained by DeploymentResponses)
        │──────> Embedder (text tower), Retriever (examples)
        └──────> VideoSegmenter (/v1/segment/video: sam2's video predictor, streamed frame by frame)
 
-Image pixels and features stay in Ray's object store: the ingress keeps only ObjectRefs in its LRU
-cache and hands them to the stages, which Ray resolves there. Later stages receive the previous stage's
-``DeploymentResponse``, so a /v1/predict request flows decoder -> fader -> embedder -> retriever without
-its crops or embeddings passing through the ingress, each stage batching across concurrent requests.
+The ingress holds no image: every call about one goes to the ``MaskDecoder`` replica that owns it
+(:mod:`serve_app.ingress.image_cache`), so any number of ingress replicas serve any request. Later stages
+receive the previous stage's ``DeploymentResponse``, so a /v1/predict request flows decoder -> fader ->
+embedder -> retriever without its crops or embeddings passing through the ingress, each stage batching
+across concurrent requests.
 """
 
 import asyncio
@@ -24,7 +26,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.contracts import DecodeJob, VideoJob
+from deployments.contracts import DecodeJob, ImageInfo, VideoJob
 from deployments.decoder import MaskDecoder
 from deployments.embedder import Embedder
 from deployments.encoder import ImageEncoder
@@ -36,10 +38,9 @@ from models.amg import AmgSettings
 from models.masks import decode_rle, rle_area, rle_bbox_xyxy
 from serve_app.assemble import amg_settings, instances, merge_segment_results
 from serve_app.config import AppArgs
-from serve_app.ingress.cache import CacheEntry
 from serve_app.ingress.errors import ApiError
 from serve_app.ingress.http import api, parse_body, request_id, stage_errors
-from serve_app.ingress.image_cache import ImageCache
+from serve_app.ingress.image_cache import ImageOwners
 from serve_app.ingress.metrics import (
     EXPOSITION_CONTENT_TYPE,
     SCRAPE_TIMEOUT_S,
@@ -54,19 +55,24 @@ from serve_app.ingress.video_route import collect_frames, ndjson_lines, read_cli
 from serve_app.ingress.video_schemas import VideoRequest, check_video_objects, to_video_objects
 from serve_app.preflight import preflight
 
+#: The image-cache counters ``/v1/stats`` sums over the decoder replicas.
+CACHE_COUNTERS = ("entries", "bytes", "hits", "misses", "evictions", "encodes")
+#: The session ids under which ``/v1/stats`` asks the decoder replicas (see ``Ingress._decoder_stats``).
+STATS_KEYS = tuple(f"stats-{k}" for k in range(64))
+
 
 # Module-level helpers the Ingress uses are defined above it: Serve pickles the ingress's routes while
 # the class is being decorated, when later module globals do not exist yet.
-def _respond(image_id: str, entry: CacheEntry, cached: bool, body: dict, timing: dict) -> dict:
+def _respond(image: ImageInfo, body: dict, timing: dict) -> dict:
     """The answer about one image: model and weights, the image's id and size, ``encode_cached``, the
     route's ``body`` and ``timing_ms``, and the random-weights warning where it applies."""
     out = {
         "model_id": body.pop("model_id"),
         "weights": body.pop("weights"),
-        "image_id": image_id,
-        "width": entry.width,
-        "height": entry.height,
-        "encode_cached": cached,
+        "image_id": image.image_id,
+        "width": image.width,
+        "height": image.height,
+        "encode_cached": image.encode_cached,
         **body,
         "timing_ms": timing,
     }
@@ -75,10 +81,10 @@ def _respond(image_id: str, entry: CacheEntry, cached: bool, body: dict, timing:
     return out
 
 
-def _check_mask(rle: dict, entry: CacheEntry) -> dict:
+def _check_mask(rle: dict, width: int, height: int) -> dict:
     """A given ``mask_rle``, checked against the image's size and decoded once (422 naming ``mask_rle``)."""
-    if list(rle["size"]) != [entry.height, entry.width]:
-        raise ApiError(422, "invalid_request", f"mask_rle: size {list(rle['size'])} differs from the image's [{entry.height}, {entry.width}]", "mask_rle")
+    if list(rle["size"]) != [height, width]:
+        raise ApiError(422, "invalid_request", f"mask_rle: size {list(rle['size'])} differs from the image's [{height}, {width}]", "mask_rle")
     try:
         decode_rle(rle)
     except ValueError as e:
@@ -89,8 +95,9 @@ def _check_mask(rle: dict, entry: CacheEntry) -> dict:
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
-    """HTTP front: validation, the image cache (:class:`serve_app.ingress.image_cache.ImageCache`), and the calls
-    into the stages. Each route parses its body, asks the stages, and assembles the answer.
+    """HTTP front: validation, and the calls into the stages. Each route parses its body, asks the stages
+    (about an image: its owner, :class:`serve_app.ingress.image_cache.ImageOwners`), and assembles the
+    answer. It keeps no per-image state, so it scales out.
 
     Args:
         encoder, decoder, fader, embedder, retriever: handles to the stage deployments.
@@ -112,8 +119,7 @@ class Ingress:
         self.encoder, self.decoder, self.fader, self.embedder, self.retriever = encoder, decoder, fader, embedder, retriever
         self.video = video
         self.metrics = IngressMetrics.install()
-        c = self.args.cache
-        self.images = ImageCache(encoder, c.max_entries, c.max_bytes, self.args.limits.max_image_pixels, self.metrics)
+        self.images = ImageOwners(decoder, self.args.limits.max_image_pixels)
 
     def _stages(self) -> dict[str, DeploymentHandle]:
         """The stage handles by name, in :data:`serve_app.ingress.readiness.READINESS_STAGES` order."""
@@ -141,10 +147,23 @@ class Ingress:
     @api.get("/v1/stats")
     @stage_errors
     async def stats(self) -> dict:
-        """Image-cache counters of this ingress replica and work counters of one replica per stage."""
-        stages = self._stages()
-        results = await asyncio.gather(*(h.stats.remote() for h in stages.values()))
-        return {"cache": self.images.stats(), **dict(zip(stages, results))}
+        """Work counters of one replica per stage; the decoder's per replica (its image cache included)
+        and ``cache``, their images' counters summed over the decoder replicas found."""
+        stages = {k: h for k, h in self._stages().items() if k != "decoder"}
+        results, decoders = await asyncio.gather(
+            asyncio.gather(*(h.stats.remote() for h in stages.values())), self._decoder_stats()
+        )
+        cache = {k: sum(d["cache"][k] for d in decoders.values()) for k in CACHE_COUNTERS}
+        decoder = {k: sum(d[k] for d in decoders.values()) for k in ("requests", "batches", "busy_s")}
+        return {"cache": cache, "decoder": {**decoder, "replicas": decoders}, **dict(zip(stages, results))}
+
+    async def _decoder_stats(self) -> dict[str, dict]:
+        """``stats()`` of every MaskDecoder replica reached, by replica id. A handle cannot address a
+        replica, so the call goes out under :data:`STATS_KEYS` session ids, which the consistent-hash ring
+        spreads over the replicas (with 100 virtual nodes each, 64 keys reach each of 8 replicas with
+        probability > 0.99); per-replica Ray metrics are exact."""
+        answers = await asyncio.gather(*(self.images.owner(k).stats.remote() for k in STATS_KEYS))
+        return {a["replica"] or "local": a for a in answers}
 
     @api.get("/metrics", include_in_schema=False)
     async def metrics_text(self) -> Response:
@@ -200,34 +219,38 @@ class Ingress:
         """Masks for box/point/mask/text prompts on an uploaded or cached image. See docs/http-api.md."""
         t0 = time.perf_counter()
         req, upload = await parse_body(request, SegmentRequest, self.args.limits.max_body_bytes)
-        image_id, entry, cached, timing = await self.images.lookup(req, upload, req.prompts)
+        image_id, data = self.images.identify(req, upload)
+        timing: dict = {}
         geometric = [p for p in req.prompts if not p.is_text]
         texts = [p for p in req.prompts if p.is_text]
         fade = self._fade_spec(req.fade) if texts else None
         amg = self._amg(req.amg) if texts else None
-        specs, default_multimask = to_prompt_specs(geometric, entry.width, entry.height) if geometric or not texts else ([], [])
-        multimask = [req.multimask_output] * len(specs) if req.multimask_output is not None else default_multimask
-        features = await self.images.features(image_id, entry, timing)
-
-        decoded = generated = embedded = text_vectors = None
-        calls = []
-        if specs:
+        job = None
+        if geometric or not texts:  # no prompts at all: the decoder clicks the centre
+            specs, default_multimask = to_prompt_specs(geometric)
+            multimask = [req.multimask_output] * len(specs) if req.multimask_output is not None else default_multimask
             job = DecodeJob(tuple(specs), tuple(multimask), req.mask_format, req.max_masks, req.return_logits)
-            calls.append(self.decoder.decode.remote(features, job))
-        if texts:
-            generated = self.decoder.generate.remote(features, amg, self.args.text_candidates)
-            crops = self.fader.fade_masks.remote(entry.image, generated, fade)
-            calls += [generated, self.embedder.embed_crops.remote(crops), self.embedder.embed_text_list.remote([p.text for p in texts])]
-        outs = await self.images.guard(image_id, entry, asyncio.gather(*calls))
-        if specs:
-            decoded = outs.pop(0)
-        if texts:
-            generated, embedded, text_vectors = outs
+        owner = self.images.owner(image_id)
+
+        def send(pixels):
+            calls = [owner.segment.remote(image_id, job, pixels)] if job is not None else []
+            if texts:
+                generated = owner.generate_for.remote(image_id, amg, self.args.text_candidates, pixels)
+                crops = self.fader.fade_masks.remote(None, generated, fade)
+                calls += [generated, self.embedder.embed_crops.remote(crops), self.embedder.embed_text_list.remote([p.text for p in texts])]
+            return asyncio.gather(*calls)
+
+        check = job.for_image if job is not None else (lambda w, h: None)
+        outs = list(await self.images.call(image_id, data, send, check, timing))
+        decoded = outs.pop(0) if job is not None else None
+        generated, embedded, text_vectors = outs if texts else (None, None, None)
+        first = decoded or generated
+        timing["encode"] = first.timing_ms.get("encode", 0.0)
         body = merge_segment_results(req, decoded, generated, embedded, text_vectors, timing)
         timing["total"] = (time.perf_counter() - t0) * 1e3
         self.metrics.stages("/v1/segment", timing)
         self.metrics.masks("/v1/segment", (m for r in body["results"] for m in r["masks"]))
-        return _respond(image_id, entry, cached, body, timing)
+        return _respond(first.image, body, timing)
 
     # ---------------------------------------------------------------- video
     @api.post("/v1/segment/video")
@@ -281,13 +304,18 @@ class Ingress:
         fade = self._fade_spec(req.fade)
         amg = self._amg(req.amg)
         await self._collection(req.collection)
-        image_id, entry, cached, timing = await self.images.lookup(req, upload)
-        features = await self.images.features(image_id, entry, timing)
-        generated = self.decoder.generate.remote(features, amg, req.max_instances)
-        crops = self.fader.fade_masks.remote(entry.image, generated, fade)
-        embedded = self.embedder.embed_crops.remote(crops)
-        found = self.retriever.knn_chain.remote(req.collection, embedded, req.top_k)
-        gen, knn = await self.images.guard(image_id, entry, asyncio.gather(generated, found))
+        image_id, data = self.images.identify(req, upload)
+        timing: dict = {}
+        owner = self.images.owner(image_id)
+
+        def send(pixels):
+            generated = owner.generate_for.remote(image_id, amg, req.max_instances, pixels)
+            crops = self.fader.fade_masks.remote(None, generated, fade)
+            found = self.retriever.knn_chain.remote(req.collection, self.embedder.embed_crops.remote(crops), req.top_k)
+            return asyncio.gather(generated, found)
+
+        gen, knn = await self.images.call(image_id, data, send, timing=timing)
+        timing["encode"] = gen.timing_ms.get("encode", 0.0)
         timing.update({"amg": gen.timing_ms["amg"], **{k: knn.timing_ms[k] for k in ("fade", "embed", "retrieve")}})
         body = {
             "model_id": gen.model_id,
@@ -300,7 +328,7 @@ class Ingress:
         self.metrics.stages("/v1/predict", timing)
         self.metrics.masks("/v1/predict", body["instances"])
         self.metrics.label_confidences(body["instances"])
-        return _respond(image_id, entry, cached, body, timing)
+        return _respond(gen.image, body, timing)
 
     # ---------------------------------------------------------------- examples
     @api.post("/v1/examples")
@@ -311,21 +339,25 @@ class Ingress:
         req, upload = await parse_body(request, ExampleRequest, self.args.limits.max_body_bytes)
         fade = self._fade_spec(req.fade)
         prompt = req.prompt() if req.mask_rle is None else None
-        image_id, entry, cached, timing = await self.images.lookup(req, upload, [prompt] if prompt else [], field_prefix=None)
+        image_id, data = self.images.identify(req, upload)
+        timing: dict = {}
+        owner = self.images.owner(image_id)
         if prompt is not None:
-            features = await self.images.features(image_id, entry, timing)
-            specs, multimask = to_prompt_specs([prompt], entry.width, entry.height)
-            job = DecodeJob(tuple(specs), tuple(multimask), "rle", 1, False)
-            rle = (await self.images.guard(image_id, entry, self.decoder.decode.remote(features, job))).results[0]["masks"][0]["rle"]
+            specs, multimask = to_prompt_specs([prompt])
+            job = DecodeJob(tuple(specs), tuple(multimask), "rle", 1, False, field_prefix=None)
+            decoded = await self.images.call(image_id, data, lambda pixels: owner.segment.remote(image_id, job, pixels), job.for_image, timing)
+            image, rle = decoded.image, decoded.results[0]["masks"][0]["rle"]
+            timing["encode"] = decoded.timing_ms.get("encode", 0.0)
         else:
-            rle = _check_mask(req.mask_rle.model_dump(), entry)
+            image = await self.images.call(image_id, data, lambda pixels: owner.image.remote(image_id, pixels), timing=timing)
+            rle = _check_mask(req.mask_rle.model_dump(), image.width, image.height)
         area = rle_area(rle)
         if area == 0:
             raise ApiError(422, "empty_mask", "the object's mask is empty; nothing to embed", "mask_rle" if prompt is None else "box_xyxy")
-        crops = self.fader.fade_masks.remote(entry.image, [rle], fade)
+        crops = self.fader.fade_masks.remote(image.pixels, [rle], fade)
         embedded = self.embedder.embed_crops.remote(crops)
         payload = {"image_id": image_id, "bbox_xyxy": rle_bbox_xyxy(rle), "area_px": area}
-        ids = await self.images.guard(image_id, entry, self.retriever.add_chain.remote(req.collection, embedded, [req.label], [payload]))
+        ids = await self.retriever.add_chain.remote(req.collection, embedded, [req.label], [payload])
         timing["total"] = (time.perf_counter() - t0) * 1e3
         self.metrics.stages("/v1/examples", timing)
         return {"ids": ids, "collection": req.collection, "label": req.label, "image_id": image_id, "area_px": area, "timing_ms": timing}
@@ -376,7 +408,8 @@ def build_app(args: dict | None = None) -> serve.Application:
     ready = preflight(cfg)
     weights = ready.sam2.as_dict()
     encoder = ImageEncoder.bind(cfg.model_id, weights, cfg.encoder.device, cfg.encoder.torch_threads, cfg.encoder.accel())
-    decoder = MaskDecoder.bind(cfg.model_id, weights, cfg.decoder.device, cfg.decoder.torch_threads, cfg.decoder.accel())
+    cache = {"max_entries": cfg.cache.max_entries, "max_bytes": cfg.cache.max_bytes}
+    decoder = MaskDecoder.bind(cfg.model_id, weights, cfg.decoder.device, cfg.decoder.torch_threads, cfg.decoder.accel(), encoder, cache)
     fader = Fader.bind(cfg.fader.strategy, cfg.fader.params, {"context_margin": cfg.fader.context_margin, "output_size": cfg.fader.output_size})
     embedder = Embedder.bind(cfg.clip.model_name, cfg.clip.pretrained, ready.clip.as_dict(), cfg.clip.device, cfg.clip.torch_threads)
     retriever = Retriever.bind(**ready.store)

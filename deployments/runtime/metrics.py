@@ -81,11 +81,11 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "samgraph_embedding_cache_lookups",
         "counter",
-        "Embedding-cache lookups of the ingress by result (hit or miss).",
+        "Image-cache lookups of a MaskDecoder replica (the image's owner) by result (hit or miss).",
         ("result",),
     ),
-    MetricSpec("samgraph_embedding_cache_entries", "gauge", "Images in the ingress's embedding cache."),
-    MetricSpec("samgraph_embedding_cache_bytes", "gauge", "Bytes held by the ingress's embedding cache."),
+    MetricSpec("samgraph_embedding_cache_entries", "gauge", "Images held by a MaskDecoder replica's image cache."),
+    MetricSpec("samgraph_embedding_cache_bytes", "gauge", "Bytes (features and pixels) held by a MaskDecoder replica's image cache."),
     MetricSpec(
         "samgraph_masks_per_request",
         "histogram",
@@ -230,3 +230,29 @@ class StageWork:
     def stats(self) -> dict:
         """The counters, ``batches`` run and ``busy_s``, the seconds spent in them."""
         return {**self._counts, "batches": self._batches, "busy_s": self._busy_s}
+
+
+class CacheMetrics(Recorder):
+    """The image-cache metrics of a ``MaskDecoder`` replica (Serve labels them with the replica)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lookups = build_metric("samgraph_embedding_cache_lookups")
+        self._entries = build_metric("samgraph_embedding_cache_entries")
+        self._bytes = build_metric("samgraph_embedding_cache_bytes")
+        self._hit, self._miss = {"result": "hit"}, {"result": "miss"}
+
+    def lookup(self, hit: bool) -> None:
+        """One lookup of an image by its id."""
+        try:
+            self._lookups.inc(tags=self._hit if hit else self._miss)
+        except Exception as e:
+            self.failed(e)
+
+    def size(self, entries: int, nbytes: int) -> None:
+        """The cache's size after a change."""
+        try:
+            self._entries.set(entries)
+            self._bytes.set(nbytes)
+        except Exception as e:
+            self.failed(e)

@@ -1,172 +1,111 @@
-"""The ingress's image-cache protocol: find a request's image, encode it once, hand out its features, and
-drop an entry whose features can no longer be read.
+"""How the ingress reaches an image: by its ``image_id``, at the ``MaskDecoder`` replica that owns it.
 
-Image pixels and features stay in Ray's object store: the cache keeps only ObjectRefs (see
-:class:`serve_app.ingress.cache.CacheEntry`) and the stages resolve them. An image is known by its ``image_id``,
-the SHA-256 of its uploaded bytes, so a second upload of the same bytes costs neither a decode nor an
-encode.
+No image state stays in the ingress, so any ingress replica serves any request. Every call about an
+image goes to ``decoder.options(session_id=image_id)``; the decoder deployment's ``ConsistentHashRouter``
+sends it to the same replica each time (adding or removing a replica moves only that replica's keys), and
+that replica holds the image's features (:mod:`deployments.runtime.owned_images`).
+
+A request names its image by ``image_id``, by its bytes (``image_id`` is their SHA-256), or both. The
+first call carries no pixels; when the owner does not hold the image and the request has its bytes
+(resend on miss), the ingress decodes them, checks the prompts against the size, and calls again with the
+pixels, which the owner encodes once (``"encode_cached": false``). With ``image_id`` alone a miss is a
+404 ``image_not_cached``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
 import ray
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from deployments.errors import ImageNotCached
 from deployments.runtime.images import b64_to_bytes, decode_image, image_id_of
-from models.sam2_image import feature_nbytes
-from serve_app.ingress.cache import CacheEntry, EmbeddingCache
 from serve_app.ingress.errors import ApiError
-from serve_app.ingress.metrics import IngressMetrics
-from serve_app.ingress.schemas import check_prompts_in_image
 
-#: Errors of a cached ref whose object is gone (its owner or its copies died).
+#: Errors of an owner's pixels ref whose object is gone (the owning replica died).
 _LOST = (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError)
 
 
-class ImageCache:
-    """The images of one ingress replica: an :class:`EmbeddingCache` of ObjectRefs and the encodes that
-    fill it.
-
-    Not thread-safe: one per asyncio event loop (the ingress replica).
+class ImageOwners:
+    """Calls about images, each routed to the decoder replica that owns the image.
 
     Args:
-        encoder: handle to the ``ImageEncoder`` deployment.
-        max_entries, max_bytes: the cache's bounds (bytes: features plus pixels).
+        decoder: handle to the ``MaskDecoder`` deployment (deployed with the ``ConsistentHashRouter``).
         max_image_pixels: uploads over this many pixels are refused (413) before decoding.
-        metrics: where lookups and the cache's size are recorded.
-
-    Raises:
-        ValueError: a bound below 1.
     """
 
-    def __init__(
-        self, encoder: DeploymentHandle, max_entries: int, max_bytes: int, max_image_pixels: int, metrics: IngressMetrics
-    ) -> None:
-        self.encoder = encoder
-        self.entries = EmbeddingCache(max_entries, max_bytes)
+    def __init__(self, decoder: DeploymentHandle, max_image_pixels: int) -> None:
+        self.decoder = decoder
         self.max_image_pixels = max_image_pixels
-        self.metrics = metrics
-        self._feature_nbytes = feature_nbytes()
 
-    def stats(self) -> dict:
-        """Entries, bytes, hits, misses and evictions (see :meth:`EmbeddingCache.stats`)."""
-        return self.entries.stats()
+    def owner(self, image_id: str) -> DeploymentHandle:
+        """The decoder handle that reaches the replica owning ``image_id``."""
+        return self.decoder.options(session_id=image_id)
 
-    def _get(self, image_id: str) -> CacheEntry | None:
-        entry = self.entries.get(image_id)
-        self.metrics.cache_lookup(entry is not None)
-        return entry
-
-    async def lookup(
-        self, req: Any, upload: bytes | None, prompts: Sequence = (), field_prefix: str | None = "prompts"
-    ) -> tuple[str, CacheEntry, bool, dict]:
-        """The request's image as a cache entry, encoding it if new. ``prompts`` are checked against its
-        size first, before any encode (``field_prefix`` as in :func:`check_prompts_in_image`).
+    @staticmethod
+    def identify(req: Any, upload: bytes | None) -> tuple[str, bytes | None]:
+        """(image_id, the image's bytes or None) of a request.
 
         Args:
             req: a request model with ``image`` (``{base64}`` or None) and ``image_id`` (str or None).
             upload: the bytes of a multipart file part, or None.
 
-        Returns:
-            (image_id, entry, found in cache, timing_ms with ``decode_image``).
+        Raises:
+            ApiError: 422 without either, or when ``image_id`` is not the SHA-256 of the bytes given.
+            InputError: 400 for bytes that are not base64.
+        """
+        data = upload if upload is not None else (b64_to_bytes(req.image.base64) if req.image is not None else None)
+        if data is None:
+            if req.image_id is None:
+                raise ApiError(422, "invalid_request", "image: give image (base64 or file part) or image_id", "image")
+            return req.image_id, None
+        image_id = image_id_of(data)
+        if req.image_id is not None and req.image_id != image_id:
+            raise ApiError(
+                422, "invalid_request", "image_id: is not the SHA-256 of the image sent with it; send the image alone", "image_id"
+            )
+        return image_id, data
+
+    async def call(
+        self,
+        image_id: str,
+        data: bytes | None,
+        send: Callable[[Any], Awaitable],
+        check_size: Callable[[int, int], None] = lambda w, h: None,
+        timing: dict | None = None,
+    ):
+        """``await send(pixels)``: first without pixels, then, if the owner does not hold the image and
+        ``data`` is given, with the decoded pixels (``check_size(width, height)`` runs before).
+
+        Args:
+            send: makes the stage calls of the request, given ``None`` or the pixels' ObjectRef.
+            timing: the request's ``timing_ms``; ``decode_image`` is recorded there.
 
         Raises:
-            ApiError: 404 for an unknown ``image_id``, 422 for no image or prompts outside the image.
-            InputError: 4xx for bad or too large images (see :func:`decode_image`).
+            ImageNotCached: a miss and no ``data``.
+            ApiError: 404 ``image_not_cached`` when the owner's pixels were lost mid-request.
+            InputError: bytes that do not decode, a prompt outside the image.
         """
-        timing = {"decode_image": 0.0}
-        if upload is not None or req.image is not None:
-            data = upload if upload is not None else b64_to_bytes(req.image.base64)
-            image_id = image_id_of(data)
-            entry = self._get(image_id)  # before decoding: a known image costs no decode
-            if entry is not None:
-                check_prompts_in_image(list(prompts), entry.width, entry.height, field_prefix)
-                return image_id, entry, True, timing
-            td = time.perf_counter()
-            rgb = decode_image(data, self.max_image_pixels)
-            timing["decode_image"] = (time.perf_counter() - td) * 1e3
-            check_prompts_in_image(list(prompts), rgb.shape[1], rgb.shape[0], field_prefix)
-            return image_id, self._start_encode(image_id, rgb), False, timing
-        if req.image_id is not None:
-            entry = self._get(req.image_id)
-            if entry is None:
-                raise ApiError(404, "image_not_cached", "image_id is not (or no longer) cached; send the image again", "image_id")
-            check_prompts_in_image(list(prompts), entry.width, entry.height, field_prefix)
-            return req.image_id, entry, True, timing
-        raise ApiError(422, "invalid_request", "image: give image (base64 or file part) or image_id", "image")
-
-    def _start_encode(self, image_id: str, rgb: np.ndarray) -> CacheEntry:
-        """Put the pixels in the object store, submit them to the encoder, and cache the entry before any
-        ``await``, so that concurrent requests for the same image wait for this encode instead of
-        starting another. ``features`` is a task resolving to the features' ObjectRef."""
-        image_ref = ray.put(rgb)
-        task = asyncio.ensure_future(self.encoder.encode.remote(image_ref)._to_object_ref())
-        entry = CacheEntry(
-            features=task,
-            image=image_ref,
-            width=int(rgb.shape[1]),
-            height=int(rgb.shape[0]),
-            nbytes=self._feature_nbytes + rgb.nbytes,
-        )
-        self.entries.put(image_id, entry)
-        self.metrics.cache_size(len(self.entries), self.entries.nbytes)
-        return entry
-
-    async def features(self, image_id: str, entry: CacheEntry, timing: dict) -> ray.ObjectRef:
-        """The features' ObjectRef once they exist; records the wait as ``timing["encode"]``.
-
-        Raises:
-            Whatever the encode raised; the entry is dropped first, so a retry encodes again.
-        """
-        te = time.perf_counter()
+        timing = {} if timing is None else timing
+        timing.setdefault("decode_image", 0.0)
         try:
-            ref = await entry.features
-            if not entry.ready:  # our own encode, or one in flight for a concurrent request
-                await ref._ready()  # wait for the features without fetching them here
-                timing["encode"] = (time.perf_counter() - te) * 1e3
-                entry.ready = True
-        except Exception:  # a failed or refused encode must not stay cached: a retry encodes again
-            self.entries.discard(image_id, entry)
-            raise
-        timing.setdefault("encode", 0.0)
-        return ref
-
-    async def guard(self, image_id: str, entry: CacheEntry, awaitable: Awaitable):
-        """Await stage calls that read the image's cached refs.
-
-        A failure drops the entry when its features cannot be read: a failed encode leaves an error in
-        place of the features (``_ready`` does not raise), and it must not answer later requests. A stage
-        that refused the call (``BackPressureError``) or failed itself (a bad request, a replica that
-        died) leaves the entry in place for the retry.
-
-        Raises:
-            ApiError: 404 ``image_not_cached`` when the cached refs were lost.
-            Whatever the stage calls raised, otherwise.
-        """
-        try:
-            return await awaitable
-        except BackPressureError:
-            raise
-        except _LOST:
-            self.entries.discard(image_id, entry)
-            raise ApiError(404, "image_not_cached", "the cached data of this image were lost; send the image again", "image_id") from None
-        except Exception:
-            if not await _features_intact(entry):
-                self.entries.discard(image_id, entry)
-            raise
+            return await _guard(send(None))
+        except ImageNotCached:
+            if data is None:
+                raise
+        td = time.perf_counter()
+        rgb = decode_image(data, self.max_image_pixels)
+        timing["decode_image"] = (time.perf_counter() - td) * 1e3
+        check_size(int(rgb.shape[1]), int(rgb.shape[0]))
+        return await _guard(send(ray.put(rgb)))
 
 
-async def _features_intact(entry: CacheEntry) -> bool:
-    """Whether the entry's features can be read (only asked after a failure: it fetches them)."""
+async def _guard(awaitable):
+    """Lost refs (the owning replica died mid-request) become a 404 asking for the image again."""
     try:
-        await (await entry.features)
-        return True
-    except Exception:
-        return False
+        return await awaitable
+    except _LOST:
+        raise ApiError(404, "image_not_cached", "the cached data of this image were lost; send the image again", "image_id") from None

@@ -35,13 +35,9 @@ class IngressMetrics(Recorder):
         self._requests = build_metric("samgraph_http_requests")
         self._latency = build_metric("samgraph_request_latency_ms")
         self._stage = build_metric("samgraph_stage_latency_ms")
-        self._cache = build_metric("samgraph_embedding_cache_lookups")
-        self._cache_entries = build_metric("samgraph_embedding_cache_entries")
-        self._cache_bytes = build_metric("samgraph_embedding_cache_bytes")
         self._masks = build_metric("samgraph_masks_per_request")
         self._iou = build_metric("samgraph_predicted_iou")
         self._confidence = build_metric("samgraph_label_confidence")
-        self._hit, self._miss = {"result": "hit"}, {"result": "miss"}
 
     @classmethod
     def install(cls) -> IngressMetrics:
@@ -64,19 +60,6 @@ class IngressMetrics(Recorder):
             for stage, ms in timing_ms.items():
                 if ms and stage != "total":
                     self._stage.observe(float(ms), tags={"endpoint": endpoint, "stage": stage})
-        except Exception as e:
-            self.failed(e)
-
-    def cache_lookup(self, hit: bool) -> None:
-        try:
-            self._cache.inc(tags=self._hit if hit else self._miss)
-        except Exception as e:
-            self.failed(e)
-
-    def cache_size(self, entries: int, nbytes: int) -> None:
-        try:
-            self._cache_entries.set(entries)
-            self._cache_bytes.set(nbytes)
         except Exception as e:
             self.failed(e)
 

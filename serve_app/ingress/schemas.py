@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from deployments.contracts import check_in_image
 from models.amg import AmgSettings
 from models.fade_strategies import ExponentialFade, GaussianFade, LinearFade
 from models.masks import decode_logits_base64
@@ -246,38 +247,30 @@ class ExampleRequest(ImageRefIn, GeometryIn):
 
 
 def check_prompts_in_image(prompts: list[PromptIn], width: int, height: int, field_prefix: str | None = "prompts") -> None:
-    """Every coordinate must lie in [0, width] x [0, height].
+    """Every coordinate must lie in [0, width] x [0, height] (:func:`deployments.contracts.check_in_image`).
 
     Args:
         field_prefix: the error names ``{field_prefix}[i].box_xyxy``; None names a lone prompt's
             ``box_xyxy`` (as in ``/v1/examples``).
 
     Raises:
-        ApiError: 422 naming the first prompt field outside the image.
+        OutOfImage: 422 ``out_of_image`` naming the first prompt field outside the image.
     """
-    for i, p in enumerate(prompts):
-        at = f"{field_prefix}[{i}]." if field_prefix else ""
-        if p.box_xyxy is not None:
-            x0, y0, x1, y1 = p.box_xyxy
-            if min(x0, y0) < 0 or max(x0, x1) > width or max(y0, y1) > height:
-                raise ApiError(
-                    422, "out_of_image", f"box {p.box_xyxy} is outside the {width}x{height} image",
-                    f"{at}box_xyxy",
-                )
-        for j, (x, y, _) in enumerate(p.points or []):
-            if not (0 <= x <= width and 0 <= y <= height):
-                raise ApiError(
-                    422, "out_of_image", f"point ({x}, {y}) is outside the {width}x{height} image",
-                    f"{at}points[{j}]",
-                )
+    check_in_image([(p.box_xyxy, p.points or []) for p in prompts], width, height, field_prefix)
 
 
-def to_prompt_specs(prompts: list[PromptIn], width: int, height: int) -> tuple[list[PromptSpec], list[bool]]:
-    """Validated prompts -> decoder prompts and default multimask flags; no prompts -> a centre click.
+def to_prompt_specs(
+    prompts: list[PromptIn], width: int | None = None, height: int | None = None
+) -> tuple[list[PromptSpec], list[bool]]:
+    """Validated prompts -> decoder prompts and default multimask flags; no prompts -> a centre click of
+    the ``width`` x ``height`` image, or none when the size is not given (the decoder then clicks the
+    centre, see :meth:`deployments.contracts.DecodeJob.for_image`).
 
     Raises:
         ApiError: 422 for a ``mask_input`` that does not decode.
     """
+    if not prompts and width is None:
+        return [], []
     if not prompts:
         centre = np.array([[width / 2, height / 2]], dtype=np.float32)
         return [PromptSpec(point_coords=centre, point_labels=np.ones(1, np.int32))], [True]

@@ -1,10 +1,10 @@
-"""serve_app.ingress.cache.EmbeddingCache: LRU by entry count and bytes, counters."""
+"""deployments.runtime.cache.EmbeddingCache: LRU by entry count and bytes, counters."""
 
 from __future__ import annotations
 
 import pytest
 
-from serve_app.ingress.cache import CacheEntry, EmbeddingCache
+from deployments.runtime.cache import CacheEntry, EmbeddingCache
 
 
 def _entry(nbytes: int, tag: str = "") -> CacheEntry:

@@ -273,13 +273,14 @@ def test_cpu_config_fits_two_cores():
 # Stages kept at one replica, and why (the configs say so next to each): the cache lives in the ingress,
 # embedded Qdrant allows one client per folder, and on CPU one encode or one clip already takes both cores.
 ONE_REPLICA = {
-    "serve.yaml": {"Ingress", "Retriever", "ImageEncoder", "VideoSegmenter"},
-    "serve.gpu.yaml": {"Ingress", "Retriever"},
+    "serve.yaml": {"Retriever", "ImageEncoder", "VideoSegmenter"},
+    "serve.gpu.yaml": {"Retriever"},
 }
 
 
 @pytest.mark.parametrize("name", ["serve.yaml", "serve.gpu.yaml"])
 def test_shipped_config_bounds_queues_and_replicas(name):
+    """Bounded queues everywhere; the stateless ingress and the stages that can scale autoscale."""
     from ray.serve.config import AutoscalingConfig, BackpressureConfig
     from ray.serve.schema import ServeDeploySchema
 
@@ -309,4 +310,16 @@ def test_shipped_config_bounds_queues_and_replicas(name):
 def test_cpu_config_scales_some_stages_on_two_cores():
     deployments = _samgraph_app(_config("serve.yaml"))["deployments"]
     scaling = {d["name"] for d in deployments if _max_replicas(d) > 1}
-    assert scaling == {"MaskDecoder", "Fader", "Embedder"}
+    assert scaling == {"Ingress", "MaskDecoder", "Fader", "Embedder"}
+
+
+@pytest.mark.parametrize("name", ["serve.yaml", "serve.gpu.yaml"])
+def test_decoder_routes_by_image_with_strict_affinity(name):
+    """Calls about an image reach its owner: the MaskDecoder deploys Serve's consistent-hash router, with
+    no fallback replica (an owner at capacity answers 503 instead of another replica encoding again)."""
+    from ray.serve.config import RequestRouterConfig
+
+    decoder = next(d for d in _samgraph_app(_config(name))["deployments"] if d["name"] == "MaskDecoder")
+    router = RequestRouterConfig.model_validate(decoder["request_router_config"])
+    assert router.request_router_class == "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
+    assert router.request_router_kwargs == {"num_fallback_replicas": 0}

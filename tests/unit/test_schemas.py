@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from deployments.errors import InputError
 from models.masks import encode_logits_base64
 from serve_app.ingress.errors import ApiError, field_path, from_validation_error
 from serve_app.ingress.schemas import PromptIn, SegmentRequest, check_prompts_in_image, to_prompt_specs
@@ -246,7 +247,7 @@ def test_api_error_body():
 )
 def test_out_of_image_rejected(prompts, field):
     ps = [PromptIn.model_validate(p) for p in prompts]
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(InputError) as info:
         check_prompts_in_image(ps, 100, 50)
     assert info.value.status == 422
     assert info.value.code == "out_of_image"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
@@ -76,74 +77,79 @@ def test_keeps_the_route_signature_for_fastapi():
     assert route.__qualname__.endswith("route") and inspect.iscoroutinefunction(route)
 
 
-# --- the ingress's cache entries after a failed stage call -----------------------------------------
+# --- the images a decoder replica owns ---------------------------------------------------------------
 
 
-def _cache():
-    from serve_app.ingress.image_cache import ImageCache
+class _Encoder:
+    """The encoder deployment's handle as OwnedImages uses it: ``encode.remote(pixels)`` is awaitable."""
 
-    return ImageCache(encoder=None, max_entries=4, max_bytes=1000, max_image_pixels=100, metrics=None)
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.calls = 0
+        self.fail = fail
+        self.encode = self
 
+    def remote(self, pixels):
+        self.calls += 1
 
-async def _failing(exc: Exception):
-    raise exc
+        async def run():
+            await asyncio.sleep(0)
+            if self.fail is not None:
+                raise self.fail
+            return f"features of {pixels.shape}"
 
-
-def _entry(features=None):
-    from serve_app.ingress.cache import CacheEntry
-
-    return CacheEntry(features=features, width=8, height=8, nbytes=10)
-
-
-def _features(intact: bool) -> asyncio.Future:
-    """An entry's features as the cache holds them: a task resolving to a ref that yields them (here a
-    future that holds them, or the encode's error). Call inside the event loop."""
-    loop = asyncio.get_running_loop()
-    ref = loop.create_future()
-    if intact:
-        ref.set_result("features")
-    else:
-        ref.set_exception(RuntimeError("the encode failed"))
-    task = loop.create_future()
-    task.set_result(ref)
-    return task
+        return run()
 
 
-@pytest.mark.parametrize(
-    ("exc", "intact", "kept"),
-    [
-        (BackPressureError(num_queued_requests=1, max_queued_requests=1), False, True),  # refused: never read the features
-        (ActorDiedError(), True, True),  # the stage died, the features are fine
-        (ValueError("dimension mismatch"), True, True),
-        (ActorDiedError(), False, False),  # the encode behind the features failed
-        (RuntimeError("encoder failed"), False, False),
-    ],
-)
-def test_guard_drops_the_entry_only_when_its_features_are_bad(exc, intact, kept):
-    cache = _cache()
+def _owned(encoder: _Encoder):
+    from deployments.runtime.owned_images import OwnedImages
+
+    return OwnedImages(encoder, max_entries=4, max_bytes=10**9, feature_nbytes=10, put=lambda pixels: pixels)
+
+
+PIXELS = np.zeros((8, 6, 3), np.uint8)
+
+
+def test_an_image_is_encoded_once_however_many_requests_carry_it():
+    from deployments.errors import ImageNotCached
+
+    encoder = _Encoder()
+    images = _owned(encoder)
 
     async def go():
-        entry = _entry(_features(intact))
-        cache.entries.put("img", entry)
-        with pytest.raises(type(exc)):
-            await cache.guard("img", entry, _failing(exc))
+        with pytest.raises(ImageNotCached):
+            images.entry("img", None)  # first call of a request: no pixels, not held
+        (a, held_a), (b, held_b) = images.entry("img", PIXELS), images.entry("img", PIXELS)
+        timing: dict = {}
+        features = await asyncio.gather(images.features("img", a, timing), images.features("img", b, {}))
+        return held_a, held_b, a is b, features, timing, images.entry("img", None)[1]
 
-    asyncio.run(go())
-    assert ("img" in cache.entries) is kept
+    held_a, held_b, same, features, timing, held_later = asyncio.run(go())
+    assert (held_a, held_b, same) == (False, True, True)  # the second request waits for the first's encode
+    assert encoder.calls == 1 and features == ["features of (8, 6, 3)"] * 2
+    assert timing["encode"] >= 0 and held_later is True
+    stats = images.stats()
+    assert (stats["encodes"], stats["entries"], stats["bytes"]) == (1, 1, 10 + PIXELS.nbytes)
+    assert (stats["hits"], stats["misses"]) == (2, 1)  # the retry with pixels is not a second miss
 
 
 def test_a_refused_encode_leaves_no_entry():
-    async def go(cache):
-        refused = asyncio.get_running_loop().create_future()
-        refused.set_exception(BackPressureError(num_queued_requests=1, max_queued_requests=1))
-        entry = _entry(refused)
-        cache.entries.put("img", entry)
-        with pytest.raises(BackPressureError):
-            await cache.features("img", entry, {})
+    encoder = _Encoder(fail=BackPressureError(num_queued_requests=1, max_queued_requests=1))
+    images = _owned(encoder)
 
-    cache = _cache()
-    asyncio.run(go(cache))
-    assert "img" not in cache.entries  # the retry encodes again
+    async def go():
+        entry, _ = images.entry("img", PIXELS)
+        with pytest.raises(BackPressureError):
+            await images.features("img", entry, {})
+
+    asyncio.run(go())
+    assert "img" not in images.entries  # the retry encodes again
+    encoder.fail = None
+
+    async def again():
+        entry, held = images.entry("img", PIXELS)
+        return held, await images.features("img", entry, {})
+
+    assert asyncio.run(again()) == (False, "features of (8, 6, 3)") and encoder.calls == 2
 
 
 # --- typed input errors from the stages and the runtime --------------------------------------------

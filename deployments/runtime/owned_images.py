@@ -1,0 +1,110 @@
+"""The images a ``MaskDecoder`` replica owns: their features in this process, their pixels in the object
+store, in a bounded LRU, filled by one encode per image.
+
+Calls about an image reach the replica that owns it: the ``MaskDecoder`` deployment routes by
+``session_id=image_id`` with Ray Serve's ``ConsistentHashRouter``. So an image's features cross processes
+once (encoder -> owner), and each click after that sends prompts in and masks out. A request for an image
+the owner does not hold is answered :class:`deployments.errors.ImageNotCached` unless it carries the
+pixels (resend on miss); then the owner encodes them, once however many requests carry them at the same
+time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from deployments.errors import ImageNotCached
+from deployments.runtime.cache import CacheEntry, EmbeddingCache
+from deployments.runtime.metrics import CacheMetrics
+
+
+class OwnedImages:
+    """A replica's images: an :class:`EmbeddingCache` of entries whose ``features`` are a task that
+    resolves to the :class:`models.sam2_image.ImageFeatures` (in this process), and whose ``image`` is the
+    ObjectRef of the pixels this replica put.
+
+    Not thread-safe: one per replica event loop.
+
+    Args:
+        encoder: handle to the ``ImageEncoder`` deployment (``encode.remote(pixels)``).
+        max_entries, max_bytes: the cache's bounds (bytes: features plus pixels).
+        feature_nbytes: bytes of one image's features (:func:`models.sam2_image.feature_nbytes`).
+        put: stores the pixels and returns their reference (default ``ray.put``: the replica owns them).
+
+    Raises:
+        ValueError: a bound below 1.
+    """
+
+    def __init__(self, encoder, max_entries: int, max_bytes: int, feature_nbytes: int, put=None) -> None:
+        self.encoder = encoder
+        self._put = put
+        self.entries = EmbeddingCache(max_entries, max_bytes)
+        self._feature_nbytes = feature_nbytes
+        self._metrics = CacheMetrics()
+        self.encodes = 0
+
+    def stats(self) -> dict:
+        """Entries, bytes, hits, misses, evictions, and the encodes this replica asked for."""
+        return {**self.entries.stats(), "encodes": self.encodes}
+
+    def entry(self, image_id: str, pixels: np.ndarray | None) -> tuple[CacheEntry, bool]:
+        """The image's entry, and whether it was held before this call.
+
+        With ``pixels`` and no entry, the encode starts now and the entry is cached before the caller
+        awaits anything, so concurrent requests for the same image wait for this encode.
+
+        Args:
+            image_id: lowercase hex SHA-256 of the uploaded bytes.
+            pixels: (H, W, 3) uint8 RGB of the image, or None.
+
+        Raises:
+            ImageNotCached: no entry and no pixels.
+        """
+        # A call with pixels follows a miss of the same request, counted then: count it only if found.
+        entry = self.entries.get(image_id) if pixels is None or image_id in self.entries else None
+        if entry is not None:
+            self._metrics.lookup(True)
+            return entry, True
+        if pixels is None:
+            self._metrics.lookup(False)
+            raise ImageNotCached(image_id)
+        if self._put is None:
+            import ray
+
+            self._put = ray.put
+        pixels_ref = self._put(pixels)
+        entry = CacheEntry(
+            features=asyncio.ensure_future(self._encode(pixels_ref)),
+            image=pixels_ref,
+            width=int(pixels.shape[1]),
+            height=int(pixels.shape[0]),
+            nbytes=self._feature_nbytes + pixels.nbytes,
+        )
+        self.entries.put(image_id, entry)
+        self._metrics.size(len(self.entries), self.entries.nbytes)
+        self.encodes += 1
+        return entry, False
+
+    async def _encode(self, pixels_ref):
+        return await self.encoder.encode.remote(pixels_ref)
+
+    async def features(self, image_id: str, entry: CacheEntry, timing: dict):
+        """The entry's :class:`ImageFeatures` once they exist; records the wait as ``timing["encode"]``.
+
+        Raises:
+            Whatever the encode raised (``BackPressureError`` when the encoder is full); the entry is
+            dropped first, so a retry encodes again.
+        """
+        te = time.perf_counter()
+        try:
+            features = await entry.features
+        except BaseException:  # a failed, refused or cancelled encode must not stay cached
+            self.entries.discard(image_id, entry)
+            self._metrics.size(len(self.entries), self.entries.nbytes)
+            raise
+        timing["encode"] = 0.0 if entry.ready else (time.perf_counter() - te) * 1e3
+        entry.ready = True
+        return features
