@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
 from deployments.contracts import DecodeJob, DecodeResult, GenerateResult, ImageInfo
 from deployments.runtime.batching import apply_batch_config
@@ -25,8 +26,18 @@ from models.masks import encode_logits_base64, encode_masks
 from models.sam2_decoder import DecodeRequest, Sam2MaskDecoder
 from models.sam2_image import ImageFeatures, feature_nbytes
 
+#: Calls about an image reach the replica that owns it: Serve's consistent-hash router over
+#: ``session_id=image_id``, with no fallback replica (an owner at capacity answers 503; another replica would
+#: encode the image again). The shipped configs set the same; a test keeps them equal.
+IMAGE_AFFINITY = RequestRouterConfig(
+    request_router_class="ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
+    request_router_kwargs={"num_fallback_replicas": 0},
+)
 
-@serve.deployment(name="MaskDecoder", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=32)
+
+@serve.deployment(
+    name="MaskDecoder", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=32, request_router_config=IMAGE_AFFINITY
+)
 class MaskDecoder:
     """Turns prompts on encoded images into masks; batches prompts of many requests per forward pass.
 

@@ -62,7 +62,8 @@ class LimitArgs(BaseModel):
 
 
 class CacheArgs(BaseModel):
-    """Image-embedding cache bounds (one cache per ingress replica; ~16.8 MB per image)."""
+    """Image-cache bounds of each MaskDecoder replica, for the images it owns (features ~16.8 MB per image,
+    plus pixels)."""
 
     model_config = _STRICT
     max_entries: int = Field(default=64, ge=1)

@@ -142,17 +142,14 @@ class PromptIn(GeometryIn):
 
 
 class ImageRefIn(BaseModel):
-    """The image of a request: inline (``image``) or the ``image_id`` of an earlier upload, not both."""
+    """The image of a request: inline (``image``, or a multipart file part), the ``image_id`` of an earlier
+    upload, or both. With both, ``image_id`` must be the SHA-256 of the bytes, and a miss at the replica
+    that owns the image is answered by encoding them again (resend on miss, ``"encode_cached": false``);
+    with ``image_id`` alone a miss is 404 ``image_not_cached``."""
 
     model_config = STRICT
     image: ImageIn | None = None
     image_id: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
-
-    @model_validator(mode="after")
-    def _one_image(self) -> ImageRefIn:
-        if self.image is not None and self.image_id is not None:
-            raise ValueError("give either image or image_id, not both")
-        return self
 
 
 class SegmentRequest(ImageRefIn):

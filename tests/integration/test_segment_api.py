@@ -221,5 +221,5 @@ def test_concurrent_requests_for_a_new_image_encode_it_once(client, truck_rgb):
         outs = list(pool.map(lambda _: _segment(client, body), range(3)))
     assert client.get("/v1/stats").json()["encoder"]["images"] == before + 1
     assert sorted(o["encode_cached"] for o in outs) == [False, True, True]
-    assert all(o["timing_ms"]["encode"] > 0 for o in outs)  # the followers waited for the one encode
+    assert all(o["timing_ms"]["encode"] > 0 for o in outs), [(o["encode_cached"], o["timing_ms"]) for o in outs]  # the followers waited for the one encode
     assert outs[0]["results"] == outs[1]["results"] == outs[2]["results"]

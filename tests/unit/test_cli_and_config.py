@@ -320,6 +320,12 @@ def test_decoder_routes_by_image_with_strict_affinity(name):
     from ray.serve.config import RequestRouterConfig
 
     decoder = next(d for d in _samgraph_app(_config(name))["deployments"] if d["name"] == "MaskDecoder")
+    from deployments.decoder import IMAGE_AFFINITY
+
     router = RequestRouterConfig.model_validate(decoder["request_router_config"])
     assert router.request_router_class == "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
     assert router.request_router_kwargs == {"num_fallback_replicas": 0}
+    assert (router.request_router_class, router.request_router_kwargs) == (
+        IMAGE_AFFINITY.request_router_class,
+        IMAGE_AFFINITY.request_router_kwargs,
+    )  # the deployment's own default (what build_app deploys without a config) is the same
