@@ -3,7 +3,8 @@ images it owns (:mod:`deployments.runtime.owned_images`).
 
 Calls about an image (:meth:`MaskDecoder.segment`, :meth:`MaskDecoder.generate_for`,
 :meth:`MaskDecoder.image`) take its ``image_id`` first and are routed by it
-(``handle.options(session_id=image_id)`` to a deployment with the ``ConsistentHashRouter``), so they reach
+(``handle.options(session_id=image_id)`` to a deployment with the consistent-hash
+:class:`~deployments.runtime.affinity.KeyAffinityRouter`), so they reach
 the replica that holds the image's features.
 """
 
@@ -17,6 +18,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 from deployments.contracts import DecodeJob, DecodeResult, GenerateResult, ImageInfo
+from deployments.runtime.affinity import ROUTER_CLASS
 from deployments.runtime.batching import apply_batch_config
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.owned_images import OwnedImages
@@ -30,7 +32,7 @@ from models.sam2_image import ImageFeatures, feature_nbytes
 #: ``session_id=image_id``, with no fallback replica (an owner at capacity answers 503; another replica would
 #: encode the image again). The shipped configs set the same; a test keeps them equal.
 IMAGE_AFFINITY = RequestRouterConfig(
-    request_router_class="ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
+    request_router_class=ROUTER_CLASS,
     request_router_kwargs={"num_fallback_replicas": 0},
 )
 

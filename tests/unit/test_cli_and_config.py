@@ -323,7 +323,7 @@ def test_decoder_routes_by_image_with_strict_affinity(name):
     from deployments.decoder import IMAGE_AFFINITY
 
     router = RequestRouterConfig.model_validate(decoder["request_router_config"])
-    assert router.request_router_class == "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
+    assert router.request_router_class == "deployments.runtime.affinity.KeyAffinityRouter"
     assert router.request_router_kwargs == {"num_fallback_replicas": 0}
     assert (router.request_router_class, router.request_router_kwargs) == (
         IMAGE_AFFINITY.request_router_class,
