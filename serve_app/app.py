@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.contracts import DecodeJob, ImageInfo, VideoJob
+from deployments.contracts import DecodeJob, VideoJob
 from deployments.decoder import MaskDecoder
 from deployments.embedder import Embedder
 from deployments.encoder import ImageEncoder
@@ -35,8 +35,8 @@ from deployments.fader import Fader
 from deployments.retriever import Retriever
 from deployments.video import VideoSegmenter
 from models.amg import AmgSettings
-from models.masks import decode_rle, rle_area, rle_bbox_xyxy
-from serve_app.assemble import amg_settings, instances, merge_segment_results
+from models.masks import rle_area, rle_bbox_xyxy
+from serve_app.assemble import amg_settings, check_mask, image_answer, instances, merge_segment_results
 from serve_app.config import AppArgs
 from serve_app.ingress.errors import ApiError
 from serve_app.ingress.http import api, parse_body, request_id, stage_errors
@@ -59,37 +59,6 @@ from serve_app.preflight import preflight
 CACHE_COUNTERS = ("entries", "bytes", "hits", "misses", "evictions", "encodes")
 #: The session ids under which ``/v1/stats`` asks the decoder replicas (see ``Ingress._decoder_stats``).
 STATS_KEYS = tuple(f"stats-{k}" for k in range(64))
-
-
-# Module-level helpers the Ingress uses are defined above it: Serve pickles the ingress's routes while
-# the class is being decorated, when later module globals do not exist yet.
-def _respond(image: ImageInfo, body: dict, timing: dict) -> dict:
-    """The answer about one image: model and weights, the image's id and size, ``encode_cached``, the
-    route's ``body`` and ``timing_ms``, and the random-weights warning where it applies."""
-    out = {
-        "model_id": body.pop("model_id"),
-        "weights": body.pop("weights"),
-        "image_id": image.image_id,
-        "width": image.width,
-        "height": image.height,
-        "encode_cached": image.encode_cached,
-        **body,
-        "timing_ms": timing,
-    }
-    if out["weights"] == "random" or body.get("embedder_weights") == "random":
-        out["warnings"] = [RANDOM_WEIGHTS_WARNING]
-    return out
-
-
-def _check_mask(rle: dict, width: int, height: int) -> dict:
-    """A given ``mask_rle``, checked against the image's size and decoded once (422 naming ``mask_rle``)."""
-    if list(rle["size"]) != [height, width]:
-        raise ApiError(422, "invalid_request", f"mask_rle: size {list(rle['size'])} differs from the image's [{height}, {width}]", "mask_rle")
-    try:
-        decode_rle(rle)
-    except ValueError as e:
-        raise ApiError(422, "invalid_request", f"mask_rle: {e}", "mask_rle") from None
-    return rle
 
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
@@ -250,7 +219,7 @@ class Ingress:
         timing["total"] = (time.perf_counter() - t0) * 1e3
         self.metrics.stages("/v1/segment", timing)
         self.metrics.masks("/v1/segment", (m for r in body["results"] for m in r["masks"]))
-        return _respond(first.image, body, timing)
+        return image_answer(first.image, body, timing)
 
     # ---------------------------------------------------------------- video
     @api.post("/v1/segment/video")
@@ -328,7 +297,7 @@ class Ingress:
         self.metrics.stages("/v1/predict", timing)
         self.metrics.masks("/v1/predict", body["instances"])
         self.metrics.label_confidences(body["instances"])
-        return _respond(gen.image, body, timing)
+        return image_answer(gen.image, body, timing)
 
     # ---------------------------------------------------------------- examples
     @api.post("/v1/examples")
@@ -350,7 +319,7 @@ class Ingress:
             timing["encode"] = decoded.timing_ms.get("encode", 0.0)
         else:
             image = await self.images.call(image_id, data, lambda pixels: owner.image.remote(image_id, pixels), timing=timing)
-            rle = _check_mask(req.mask_rle.model_dump(), image.width, image.height)
+            rle = check_mask(req.mask_rle.model_dump(), image.width, image.height)
         area = rle_area(rle)
         if area == 0:
             raise ApiError(422, "empty_mask", "the object's mask is empty; nothing to embed", "mask_rle" if prompt is None else "box_xyxy")

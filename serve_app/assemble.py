@@ -6,10 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from deployments.contracts import DecodeResult, EmbedResult, GenerateResult
+from deployments.contracts import DecodeResult, EmbedResult, GenerateResult, ImageInfo
 from models.amg import AmgSettings, AutoMask
 from models.knn import Neighbor, vote
 from models.masks import decode_rle, encode_png_base64
+from serve_app.ingress.errors import ApiError
+from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING
 
 
 def amg_settings(defaults: dict, overrides: dict | None) -> AmgSettings:
@@ -112,3 +114,32 @@ def merge_segment_results(req, decoded: DecodeResult | None, generated: Generate
     geo_iter, text_iter = iter(geo_results), iter(text_results)
     body["results"] = [next(text_iter) if p is not None and p.is_text else next(geo_iter) for p in req.prompts or [None]]
     return body
+
+
+def image_answer(image: ImageInfo, body: dict, timing: dict) -> dict:
+    """The answer about one image: model and weights, the image's id and size, ``encode_cached``, the
+    route's ``body`` and ``timing_ms``, and the random-weights warning where it applies."""
+    out = {
+        "model_id": body.pop("model_id"),
+        "weights": body.pop("weights"),
+        "image_id": image.image_id,
+        "width": image.width,
+        "height": image.height,
+        "encode_cached": image.encode_cached,
+        **body,
+        "timing_ms": timing,
+    }
+    if out["weights"] == "random" or body.get("embedder_weights") == "random":
+        out["warnings"] = [RANDOM_WEIGHTS_WARNING]
+    return out
+
+
+def check_mask(rle: dict, width: int, height: int) -> dict:
+    """A given ``mask_rle``, checked against the image's size and decoded once (422 naming ``mask_rle``)."""
+    if list(rle["size"]) != [height, width]:
+        raise ApiError(422, "invalid_request", f"mask_rle: size {list(rle['size'])} differs from the image's [{height}, {width}]", "mask_rle")
+    try:
+        decode_rle(rle)
+    except ValueError as e:
+        raise ApiError(422, "invalid_request", f"mask_rle: {e}", "mask_rle") from None
+    return rle

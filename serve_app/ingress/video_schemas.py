@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
+from deployments.errors import OutOfImage
 from models.masks import decode_rle
 from models.sam2_video_types import FramePrompt, VideoObject
 from serve_app.ingress.errors import ApiError
@@ -78,8 +79,8 @@ def check_video_objects(objects: list[VideoObjectIn], num_frames: int, width: in
 
     Raises:
         ApiError: 422 naming the field, e.g. ``objects[1].obj_id`` (``invalid_request``, a duplicate id),
-            ``objects[0].prompts[1].frame_index`` (``out_of_clip``), ``objects[0].prompts[0].box_xyxy``
-            (``out_of_image``), ``objects[0].prompts[0].mask_rle`` (``invalid_request``).
+            ``objects[0].prompts[1].frame_index`` (``out_of_clip``), ``objects[0].prompts[0].mask_rle`` (``invalid_request``).
+        OutOfImage: 422 ``out_of_image`` naming the prompt field, e.g. ``objects[0].prompts[0].box_xyxy``.
     """
     seen: set[int] = set()
     for i, obj in enumerate(objects):
@@ -96,8 +97,8 @@ def check_video_objects(objects: list[VideoObjectIn], num_frames: int, width: in
             else:
                 try:
                     check_prompts_in_image([PromptIn(box_xyxy=p.box_xyxy, points=p.points)], width, height, None)
-                except ApiError as e:
-                    raise ApiError(e.status, e.code, e.message, f"{at}.{e.field}") from None
+                except OutOfImage as e:
+                    raise OutOfImage(e.message, f"{at}.{e.field}") from None
 
 
 def to_video_objects(objects: list[VideoObjectIn]) -> list[VideoObject]:

@@ -8,8 +8,8 @@ import json
 import httpx
 import pytest
 
+from serve_app.cli import main as cli
 from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
-from serve_app.cli.main import main as cli
 
 URL = "http://samgraph.test:8000"
 ERROR = {"error": {"code": "invalid_request", "message": "prompts[0].box_xyxy: x1 must be > x0", "field": "prompts[0].box_xyxy", "request_id": "r1"}}

@@ -170,9 +170,10 @@ def test_mask_formats_accepted(fmt):
     assert SegmentRequest.model_validate({"mask_format": fmt}).mask_format == fmt
 
 
-def test_image_and_image_id_together_rejected():
-    err = _error({"image": {"base64": "AAAA"}, "image_id": GOOD_ID})
-    assert "either image or image_id" in err.message
+def test_image_and_image_id_together_accepted():
+    """Resend on miss: both may come together (the ingress checks that the id is the bytes' SHA-256)."""
+    req = SegmentRequest.model_validate({"image": {"base64": "AAAA"}, "image_id": GOOD_ID})
+    assert req.image_id == GOOD_ID and req.image.base64 == "AAAA"
 
 
 @pytest.mark.parametrize(
