@@ -9,15 +9,14 @@ from typing import Any
 
 @dataclass
 class CacheEntry:
-    """One cached image: its features (in the app, a task resolving to their ObjectRef) and what is
-    needed without decoding the image.
+    """One cached image: its features (in a decoder replica, the task of the encode that makes them) and
+    what is needed without decoding the image.
 
     Attributes:
         features: the features or a reference to them.
         image: the decoded pixels or a reference to them (the fader needs them), or None.
         width, height: image size in pixels.
-        nbytes: bytes the features take.
-        ready: the features exist (False while the encode that makes them is in flight).
+        nbytes: bytes the entry takes (features, plus pixels where held).
     """
 
     features: Any
@@ -25,13 +24,12 @@ class CacheEntry:
     height: int
     nbytes: int
     image: Any = None
-    ready: bool = False
 
 
 class EmbeddingCache:
     """LRU over :class:`CacheEntry` bounded by entry count and total bytes, with hit/miss counters.
 
-    Not thread-safe: one per asyncio event loop (the ingress replica).
+    Not thread-safe: one per asyncio event loop (a decoder replica's).
 
     Args:
         max_entries: most entries kept (>= 1).

@@ -99,12 +99,12 @@ class OwnedImages:
             dropped first, so a retry encodes again.
         """
         te = time.perf_counter()
+        waited = not entry.features.done()  # the encode of this image is still running: this call waits for it
         try:
             features = await entry.features
         except BaseException:  # a failed, refused or cancelled encode must not stay cached
             self.entries.discard(image_id, entry)
             self._metrics.size(len(self.entries), self.entries.nbytes)
             raise
-        timing["encode"] = 0.0 if entry.ready else (time.perf_counter() - te) * 1e3
-        entry.ready = True
+        timing["encode"] = (time.perf_counter() - te) * 1e3 if waited else 0.0
         return features

@@ -25,8 +25,9 @@ from deployments.errors import ImageNotCached
 from deployments.runtime.images import b64_to_bytes, decode_image, image_id_of
 from serve_app.ingress.errors import ApiError
 
-#: Errors of an owner's pixels ref whose object is gone (the owning replica died).
-_LOST = (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError)
+#: What a call about an image raises when its owner died: the owner replica itself (mid-call), or the
+#: pixels it had put (a later stage reading them). Either way the image is no longer held.
+_OWNER_LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError)
 
 
 class ImageOwners:
@@ -77,22 +78,23 @@ class ImageOwners:
         check_size: Callable[[int, int], None] = lambda w, h: None,
         timing: dict | None = None,
     ):
-        """``await send(pixels)``: first without pixels, then, if the owner does not hold the image and
-        ``data`` is given, with the decoded pixels (``check_size(width, height)`` runs before).
+        """``await send(pixels)``: first without pixels, then, if the owner does not hold the image (or
+        died meanwhile) and ``data`` is given, with the decoded pixels (``check_size(width, height)`` runs
+        before).
 
         Args:
             send: makes the stage calls of the request, given ``None`` or the pixels' ObjectRef.
             timing: the request's ``timing_ms``; ``decode_image`` is recorded there.
 
         Raises:
-            ImageNotCached: a miss and no ``data``.
-            ApiError: 404 ``image_not_cached`` when the owner's pixels were lost mid-request.
+            ImageNotCached: 404 on a miss without ``data``; a miss is also an owner that died during the
+                call (with ``data`` the call is then sent again, to the key's new owner).
             InputError: bytes that do not decode, a prompt outside the image.
         """
         timing = {} if timing is None else timing
         timing.setdefault("decode_image", 0.0)
         try:
-            return await _guard(send(None))
+            return await _guard(image_id, send(None))
         except ImageNotCached:
             if data is None:
                 raise
@@ -100,12 +102,14 @@ class ImageOwners:
         rgb = decode_image(data, self.max_image_pixels)
         timing["decode_image"] = (time.perf_counter() - td) * 1e3
         check_size(int(rgb.shape[1]), int(rgb.shape[0]))
-        return await _guard(send(ray.put(rgb)))
+        return await _guard(image_id, send(ray.put(rgb)))
 
 
-async def _guard(awaitable):
-    """Lost refs (the owning replica died mid-request) become a 404 asking for the image again."""
+async def _guard(image_id: str, awaitable):
+    """An owner that died mid-request (its replica, or the pixels it held) is a miss: the image is gone
+    with it. The router sends the next call to the key's new owner once the controller has dropped the
+    dead replica from the ring."""
     try:
         return await awaitable
-    except _LOST:
-        raise ApiError(404, "image_not_cached", "the cached data of this image were lost; send the image again", "image_id") from None
+    except _OWNER_LOST:
+        raise ImageNotCached(image_id) from None
