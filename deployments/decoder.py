@@ -185,11 +185,13 @@ class MaskDecoder:
 
     def stats(self) -> dict:
         """Work done by this replica: requests decoded (prompt jobs and automatic-mask images), batches run,
-        seconds spent in them; ``cache``: its images (see :meth:`OwnedImages.stats`); ``replica``: its id."""
-        from ray import serve as _serve
+        seconds spent in them; ``cache``: its images (see :meth:`OwnedImages.stats`); ``replica`` and
+        ``node_id``: where it runs (None outside a Serve replica)."""
+        import ray
 
         try:
-            replica = _serve.get_replica_context().replica_id.unique_id
+            replica = serve.get_replica_context().replica_id.unique_id
+            node_id = ray.get_runtime_context().get_node_id()
         except Exception:  # outside a Serve replica (tests)
-            replica = None
-        return {**self._work.stats(), "cache": self._images.stats(), "replica": replica}
+            replica = node_id = None
+        return {**self._work.stats(), "cache": self._images.stats(), "replica": replica, "node_id": node_id}

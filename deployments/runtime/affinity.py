@@ -25,7 +25,9 @@ see ``docs/operations.md`` for why.
 
 from __future__ import annotations
 
-from ray.serve.experimental.consistent_hash_router import ConsistentHashRouter
+import bisect
+
+from ray.serve.experimental.consistent_hash_router import DEFAULT_NUM_VIRTUAL_NODES, ConsistentHashRouter, _hash_bytes
 
 ROUTER_CLASS = "deployments.runtime.affinity.KeyAffinityRouter"
 """The import path Serve configs give as ``request_router_class``."""
@@ -52,3 +54,18 @@ class KeyAffinityRouter(ConsistentHashRouter):
                 if self._pending_requests_by_id.get(pending.metadata.internal_request_id) is pending:
                     self._remove_pending_request_from_indices(pending)
                 return
+
+
+def owner_of(key: str, replica_ids: list[str], num_virtual_nodes: int = DEFAULT_NUM_VIRTUAL_NODES) -> str:
+    """The replica (unique id, as ``/v1/stats`` lists them) that the router sends ``key`` to, with
+    strict affinity, when ``replica_ids`` are the live replicas: the ring walk of
+    ``ConsistentHashRouter._lookup_ranked_replicas``, same hash, seed and virtual nodes.
+
+    Raises:
+        ValueError: no replicas.
+    """
+    if not replica_ids:
+        raise ValueError("replica_ids: give at least one replica")
+    ring = sorted((_hash_bytes(f"{r}:{i}".encode()), r) for r in replica_ids for i in range(num_virtual_nodes))
+    at = bisect.bisect_right([h for h, _ in ring], _hash_bytes(key.encode()))
+    return ring[at % len(ring)][1]

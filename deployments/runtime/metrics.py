@@ -86,6 +86,7 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec("samgraph_embedding_cache_entries", "gauge", "Images held by a MaskDecoder replica's image cache."),
     MetricSpec("samgraph_embedding_cache_bytes", "gauge", "Bytes (features and pixels) held by a MaskDecoder replica's image cache."),
+    MetricSpec("samgraph_embedding_cache_evictions", "counter", "Images a MaskDecoder replica's image cache evicted to stay within its bounds."),
     MetricSpec(
         "samgraph_masks_per_request",
         "histogram",
@@ -240,6 +241,7 @@ class CacheMetrics(Recorder):
         self._lookups = build_metric("samgraph_embedding_cache_lookups")
         self._entries = build_metric("samgraph_embedding_cache_entries")
         self._bytes = build_metric("samgraph_embedding_cache_bytes")
+        self._evictions = build_metric("samgraph_embedding_cache_evictions")
         self._hit, self._miss = {"result": "hit"}, {"result": "miss"}
 
     def lookup(self, hit: bool) -> None:
@@ -249,10 +251,12 @@ class CacheMetrics(Recorder):
         except Exception as e:
             self.failed(e)
 
-    def size(self, entries: int, nbytes: int) -> None:
-        """The cache's size after a change."""
+    def size(self, entries: int, nbytes: int, evicted: int = 0) -> None:
+        """The cache's size after a change, and the entries that change evicted."""
         try:
             self._entries.set(entries)
             self._bytes.set(nbytes)
+            if evicted:
+                self._evictions.inc(evicted)
         except Exception as e:
             self.failed(e)

@@ -83,8 +83,9 @@ class OwnedImages:
             height=int(pixels.shape[0]),
             nbytes=self._feature_nbytes + pixels.nbytes,
         )
+        evictions = self.entries.evictions
         self.entries.put(image_id, entry)
-        self._metrics.size(len(self.entries), self.entries.nbytes)
+        self._metrics.size(len(self.entries), self.entries.nbytes, self.entries.evictions - evictions)
         self.encodes += 1
         return entry, False
 

@@ -36,11 +36,13 @@ class ImageOwners:
     Args:
         decoder: handle to the ``MaskDecoder`` deployment (deployed with the ``ConsistentHashRouter``).
         max_image_pixels: uploads over this many pixels are refused (413) before decoding.
+        put: stores decoded pixels for the owner and returns their reference (default ``ray.put``).
     """
 
-    def __init__(self, decoder: DeploymentHandle, max_image_pixels: int) -> None:
+    def __init__(self, decoder: DeploymentHandle, max_image_pixels: int, put: Callable[[Any], Any] | None = None) -> None:
         self.decoder = decoder
         self.max_image_pixels = max_image_pixels
+        self._put = put or ray.put
 
     def owner(self, image_id: str) -> DeploymentHandle:
         """The decoder handle that reaches the replica owning ``image_id``."""
@@ -102,7 +104,7 @@ class ImageOwners:
         rgb = decode_image(data, self.max_image_pixels)
         timing["decode_image"] = (time.perf_counter() - td) * 1e3
         check_size(int(rgb.shape[1]), int(rgb.shape[0]))
-        return await _guard(image_id, send(ray.put(rgb)))
+        return await _guard(image_id, send(self._put(rgb)))
 
 
 async def _guard(image_id: str, awaitable):

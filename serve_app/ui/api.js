@@ -48,17 +48,21 @@ async function call(method, path, { json, form } = {}) {
   return data;
 }
 
-/** POST ``path`` with the current image_id; if the service no longer has the image, send it again once. */
+/** POST ``path`` with the current image_id. If the service no longer holds the image (evicted, or its
+ * decoder replica is gone), send the same body once more with the file and its image_id together
+ * (resend on miss): the image's new owner encodes it again and answers (``encode_cached: false``). */
 async function callWithImage(path, body) {
   const image = ui.image;
+  const json = { ...body, image_id: image.image_id };
   try {
-    return await call("POST", path, { json: { ...body, image_id: image.image_id } });
+    return await call("POST", path, { json });
   } catch (e) {
     if (e.code !== "image_not_cached" || !ui.file) throw e;
-    setStatus("the service evicted the image; sending it again…");
-    const out = await uploadImage(ui.file);
-    if (out.image_id !== image.image_id) throw new ShownError("image_changed", "the image sent again has another image_id");
-    return call("POST", path, { json: { ...body, image_id: image.image_id } });
+    setStatus("the service no longer held the image; sending it again with the request…");
+    const form = new FormData();
+    form.append("image", ui.file, ui.file.name || "image");
+    form.append("request", JSON.stringify(json));
+    return call("POST", path, { form });
   }
 }
 

@@ -189,3 +189,40 @@ def test_an_input_error_raised_in_a_replica_keeps_its_rule():
 def test_plain_value_errors_are_not_mistaken_for_input_errors():
     with pytest.raises(ValueError, match="bad"):
         asyncio.run(_route(ValueError("bad"))(None, x=1))
+
+
+def _jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 6, 3), 128, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_an_owner_lost_mid_request_is_a_miss_and_the_image_is_resent():
+    """The owner replica died during the call: with the bytes the call goes again with pixels (the key's
+    new owner encodes them); by image_id alone it is a 404 image_not_cached."""
+    import ray
+
+    from deployments.errors import ImageNotCached
+    from serve_app.ingress.image_cache import ImageOwners
+
+    owners = ImageOwners(decoder=None, max_image_pixels=10**6, put=lambda rgb: ("ref", rgb.shape))
+    sent = []
+
+    async def send(pixels):
+        sent.append(pixels)
+        if pixels is None:
+            raise ray.exceptions.ActorDiedError()
+        return "masks"
+
+    data = _jpeg()
+    sizes = []
+    out = asyncio.run(owners.call("img", data, send, lambda w, h: sizes.append((w, h))))
+    assert out == "masks" and sent == [None, ("ref", (8, 6, 3))] and sizes == [(6, 8)]
+    sent.clear()
+    with pytest.raises(ImageNotCached) as info:
+        asyncio.run(owners.call("img", None, send))
+    assert (info.value.status, info.value.code, info.value.field) == (404, "image_not_cached", "image_id") and sent == [None]

@@ -1,0 +1,268 @@
+"""The shipped config on a 3-node Ray cluster (``ray.cluster_utils.Cluster``: a head and two worker raylets
+on this machine), deployed by `serve run` against the cluster's address.
+
+Placement, by custom resources: the proxy, encoder, fader, embedder, retriever and video segmenter on the
+head; the 2 Ingress replicas on the head and worker A; the 2 MaskDecoder replicas on workers A and B. The
+tests run in file order on one cluster: sessions, then losing worker B mid-session (a new worker B then
+joins, as Kubernetes would replace the pod), then scaling the decoder 1 -> 2 -> 1 under load.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from deployments.runtime.affinity import owner_of
+from models.masks import decode_rle
+from tests.conftest import REPO, mask_iou, shared_file
+from tests.e2e.serving import config_on_free_port, serve_run
+
+HEAD, WORKER_A, WORKER_B = "head_node", "worker_a", "worker_b"
+WORKER_B_RESOURCES = {WORKER_B: 1, "maskdecoder_slot": 1}
+CLICKS = [[[500, 375, 1]], [[1125, 625, 1]], [[500, 375, 1], [1125, 625, 0]]]
+COCO = ["000000397133.jpg", "000000037777.jpg", "000000252219.jpg", "000000087038.jpg", "000000174482.jpg", "000000403385.jpg"]
+
+
+def _place(config: dict) -> dict:
+    """configs/serve.yaml on the cluster: head-only proxy; every deployment pinned by a custom resource."""
+    config["proxy_location"] = "HeadOnly"
+    for d in config["applications"][0]["deployments"]:
+        opts = d.setdefault("ray_actor_options", {})
+        if d["name"] in ("Ingress", "MaskDecoder"):
+            d.pop("autoscaling_config", None)
+            d["num_replicas"] = 2
+            d["max_replicas_per_node"] = 1
+            opts["resources"] = {f"{d['name'].lower()}_slot": 1}
+        else:
+            opts["resources"] = {HEAD: 0.01}
+    return config
+
+
+def _decoders(config: dict) -> dict:
+    return next(d for d in config["applications"][0]["deployments"] if d["name"] == "MaskDecoder")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, tiny_checkpoint):
+    """(cluster, base URL, config, worker B's node). The app runs under `serve run` against the cluster."""
+    from ray.cluster_utils import Cluster
+
+    tmp = tmp_path_factory.mktemp("cluster")
+    shared_file("images", "truck.jpg")  # skip early where ../shared/data is absent
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {HEAD: 1, "ingress_slot": 1}})
+    c.add_node(num_cpus=1, resources={WORKER_A: 1, "ingress_slot": 1, "maskdecoder_slot": 1})
+    node_b = c.add_node(num_cpus=1, resources=WORKER_B_RESOURCES)
+    c.wait_for_nodes()
+    config, port = config_on_free_port(_place)
+    app = config["applications"][0]
+    app["args"]["clip"]["weights"] = "random"
+    # the cluster's raylets were started by this process, not by `serve run`: the app's settings travel
+    # in its runtime_env, as on any cluster
+    app["runtime_env"] = {
+        "env_vars": {
+            "SAMGRAPH_SAM2_CHECKPOINT": str(tiny_checkpoint),
+            "SAMGRAPH_CLIP_CHECKPOINT": "",
+            "SAMGRAPH_WEIGHTS": "",
+            "SAMGRAPH_DATA_DIR": str(tmp / "data"),
+        }
+    }
+    try:
+        with serve_run(config, port, tmp, {"RAY_ADDRESS": c.address}, ready_timeout_s=420) as (url, _):
+            yield c, url, config, node_b
+    finally:
+        c.shutdown()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _stats(client: httpx.Client) -> dict:
+    return client.get("/v1/stats").json()
+
+
+def _node_resources() -> dict[str, str]:
+    """node id -> which of HEAD, WORKER_A, WORKER_B it is (the driver is connected to the cluster)."""
+    import ray
+
+    return {n["NodeID"]: next(k for k in (HEAD, WORKER_A, WORKER_B) if k in n["Resources"]) for n in ray.nodes() if n["Alive"]}
+
+
+@pytest.fixture(scope="module")
+def driver(cluster):
+    """This test process connected to the cluster as a Ray driver (to read node and replica placement)."""
+    import ray
+
+    ray.init(address=cluster[0].address, namespace="serve", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _replica_nodes(deployment: str) -> list[str]:
+    """The node names of a deployment's alive replica actors."""
+    from ray._private.state import actors
+
+    names = _node_resources()
+    return sorted(
+        names.get(a["Address"]["NodeID"], "?")
+        for a in actors().values()
+        if a["State"] == "ALIVE" and a["ActorClassName"] == f"ServeReplica:samgraph:{deployment}"
+    )
+
+
+def test_sessions_hit_their_owner_on_every_ingress_replica(cluster, driver, reference_predictor):
+    _, url, _, _ = cluster
+    assert _replica_nodes("Ingress") == [HEAD, WORKER_A]
+    assert _replica_nodes("MaskDecoder") == [WORKER_A, WORKER_B]
+    photos = [shared_file("images", "truck.jpg"), *(shared_file("coco_subset", "val2017", n) for n in COCO[:2])]
+    with httpx.Client(base_url=url, timeout=300) as client:
+        before = _stats(client)["cache"]
+        ids = []
+        for path in photos:  # an upload per session, then clicks by image_id alone
+            r = client.post("/v1/segment", json={"image": {"base64": _b64(path.read_bytes())}, "mask_format": "none"})
+            assert r.status_code == 200 and r.json()["encode_cached"] is False, r.text
+            ids.append(r.json()["image_id"])
+        truck_masks = []
+        for image_id in ids:
+            for points in CLICKS:
+                r = client.post("/v1/segment", json={"image_id": image_id, "prompts": [{"points": points}], "multimask_output": False})
+                assert r.status_code == 200 and r.json()["encode_cached"] is True, r.text
+                if image_id == ids[0]:
+                    truck_masks.append(decode_rle(r.json()["results"][0]["masks"][0]["rle"]))
+        after = _stats(client)
+    delta = {k: after["cache"][k] - before[k] for k in ("encodes", "hits", "misses")}
+    # one encode per image (its features crossed from the encoder on the head to the owner once); every
+    # click after the upload found them at the owner, whichever ingress replica took it
+    assert delta == {"encodes": 3, "hits": 3 * len(CLICKS), "misses": 3}, after["cache"]
+    replicas = after["decoder"]["replicas"]
+    nodes = _node_resources()
+    assert sorted(nodes[d["node_id"]] for d in replicas.values()) == [WORKER_A, WORKER_B]
+    for image_id in ids:  # each image is held by the one replica the ring names
+        owner = owner_of(image_id, list(replicas))
+        assert replicas[owner]["cache"]["entries"] >= 1
+
+    with Image.open(photos[0]) as im:
+        reference_predictor.set_image(np.asarray(im.convert("RGB")))
+    for points, got in zip(CLICKS, truck_masks):
+        pts = np.asarray(points, np.float32)
+        ref, _, _ = reference_predictor.predict(point_coords=pts[:, :2], point_labels=pts[:, 2].astype(np.int32), multimask_output=False)
+        assert got.any() and mask_iou(got, ref[0].astype(bool)) >= 0.999
+    assert all(mask_iou(truck_masks[i], truck_masks[j]) < 0.999 for i in range(len(truck_masks)) for j in range(i))
+
+
+def _click_loop(url: str, bodies: list[dict], stop: threading.Event, out: list) -> None:
+    """Send ``bodies`` round-robin until ``stop``; append (body index, status, json) per answer."""
+    with httpx.Client(base_url=url, timeout=300) as client:
+        i = 0
+        while not stop.is_set():
+            r = client.post("/v1/segment", json=bodies[i % len(bodies)])
+            out.append((i % len(bodies), r.status_code, r.json()))
+            i += 1
+
+
+def test_losing_a_decoder_node_mid_session(cluster, driver):
+    c, url, _, node_b = cluster
+    with httpx.Client(base_url=url, timeout=300) as client:
+        replicas = _stats(client)["decoder"]["replicas"]
+        on_b = next(r for r, d in replicas.items() if _node_resources()[d["node_id"]] == WORKER_B)
+        # images owned by worker B's replica: their sessions lose the cache with the node
+        photos = [shared_file("coco_subset", "val2017", n).read_bytes() for n in COCO]
+        lost = [p for p in photos if owner_of(hashlib.sha256(p).hexdigest(), list(replicas)) == on_b][:2]
+        assert lost, "no test photo hashes to worker B's replica"
+        box = {"box_xyxy": [10, 10, 200, 200]}
+        for data in lost:
+            assert client.post("/v1/segment", json={"image": {"base64": _b64(data)}, "prompts": [box]}).status_code == 200
+        example = {"image": {"base64": _b64(photos[0])}, "label": "thing", "box_xyxy": [10, 10, 200, 200]}
+        stored = [client.post("/v1/examples", json={**example, "collection": "kept"}).json()["ids"][0] for _ in range(3)]
+
+    ids = [hashlib.sha256(p).hexdigest() for p in lost]
+    resend = [{"image": {"base64": _b64(p)}, "image_id": i, "prompts": [box]} for p, i in zip(lost, ids)]
+    by_id = [{"image_id": i, "prompts": [box]} for i in ids]
+    stop, answers = threading.Event(), []
+    loops = [threading.Thread(target=_click_loop, args=(url, bodies, stop, answers)) for bodies in (resend, by_id)]
+    for t in loops:
+        t.start()
+    time.sleep(3)  # sessions in flight
+    c.remove_node(node_b)
+    time.sleep(25)  # the controller notices, the ring drops the replica, a replacement starts on worker A
+    stop.set()
+    for t in loops:
+        t.join()
+
+    statuses = {s for _, s, _ in answers}
+    assert statuses <= {200, 404}, [a for a in answers if a[1] not in (200, 404)][:3]
+    assert all(a["error"]["code"] == "image_not_cached" for _, s, a in answers if s == 404)
+    assert any(s == 200 and not a["encode_cached"] for _, s, a in answers)  # a resend re-encoded at the new owner
+    with httpx.Client(base_url=url, timeout=300) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").text
+            time.sleep(2)
+        listed = client.get("/v1/examples", params={"collection": "kept"}).json()
+        assert listed["total"] == 3 and sorted(i["id"] for i in listed["items"]) == sorted(stored)
+    c.add_node(num_cpus=1, resources=WORKER_B_RESOURCES)  # the lost decoder's replacement starts there
+
+
+def _set_decoders(config: dict, n: int, url: str) -> list[str]:
+    """Redeploy the config with ``n`` MaskDecoder replicas (as `serve deploy` would); wait until ``n``
+    answer; their replica ids."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    _decoders(config)["num_replicas"] = n
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
+    deadline = time.monotonic() + 300
+    with httpx.Client(base_url=url, timeout=300) as client:
+        while True:
+            replicas = _stats(client)["decoder"]["replicas"]
+            if len(replicas) == n and len(_replica_nodes("MaskDecoder")) == n:
+                return list(replicas)
+            assert time.monotonic() < deadline, replicas.keys()
+            time.sleep(2)
+
+
+def test_scaling_the_decoder_moves_only_the_keys_it_must(cluster, driver):
+    _, url, config, _ = cluster
+    config = yaml.safe_load(yaml.safe_dump(config))
+    photos = [shared_file("coco_subset", "val2017", n).read_bytes() for n in COCO]
+    ids = [hashlib.sha256(p).hexdigest() for p in photos]
+    bodies = [{"image": {"base64": _b64(p)}, "image_id": i, "prompts": [{"box_xyxy": [10, 10, 200, 200]}]} for p, i in zip(photos, ids)]
+
+    one = _set_decoders(config, 1, url)
+    with httpx.Client(base_url=url, timeout=300) as client:
+        expected = [decode_rle(client.post("/v1/segment", json=b).json()["results"][0]["masks"][0]["rle"]) for b in bodies]
+    assert all(m.any() for m in expected)
+
+    stop, answers = threading.Event(), []
+    loop = threading.Thread(target=_click_loop, args=(url, bodies, stop, answers))
+    loop.start()
+    try:
+        time.sleep(2)
+        mark = len(answers)
+        two = _set_decoders(config, 2, url)
+        time.sleep(10)
+        up, mark = answers[mark:], len(answers)
+        back = _set_decoders(config, 1, url)
+        time.sleep(10)
+        down = answers[mark:]
+    finally:
+        stop.set()
+        loop.join()
+
+    assert all(s == 200 for _, s, _ in answers), [a for a in answers if a[1] != 200][:3]
+    for i, _, a in answers:  # every answer stays correct: the mask the image got before any scaling
+        assert mask_iou(decode_rle(a["results"][0]["masks"][0]["rle"]), expected[i]) >= 0.999
+    moved_up = {i for i, k in enumerate(ids) if owner_of(k, two) != owner_of(k, one)}
+    moved_down = {i for i, k in enumerate(ids) if owner_of(k, back) != owner_of(k, two)}
+    missed_up = {i for i, _, a in up if not a["encode_cached"]}
+    missed_down = {i for i, _, a in down if not a["encode_cached"]}
+    assert missed_up <= moved_up and missed_down <= moved_down, (missed_up, moved_up, missed_down, moved_down)
+    assert moved_up and len(moved_up) < len(ids)  # non-vacuous: some keys moved, some stayed
