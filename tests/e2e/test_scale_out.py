@@ -22,7 +22,7 @@ from models.masks import decode_rle
 from tests.conftest import mask_iou, shared_file
 from tests.e2e.serving import config_on_free_port, serve_run
 
-CLICKS = [[[500, 375, 1]], [[1125, 625, 1]], [[500, 375, 1], [1125, 625, 0]], [[300, 700, 1]]]
+CLICKS = [[[100, 80, 1]], [[300, 200, 1]], [[100, 80, 1], [300, 200, 0]], [[60, 180, 1]]]  # inside every test photo
 
 
 def _two_of_each(config: dict) -> dict:
