@@ -1,10 +1,8 @@
 """The shipped config on a 3-node Ray cluster (``ray.cluster_utils.Cluster``: a head and two worker raylets
-on this machine), deployed by `serve run` against the cluster's address.
-
-Placement, by custom resources: the proxy, encoder, fader, embedder, retriever and video segmenter on the
-head; the 2 Ingress replicas on the head and worker A; the 2 MaskDecoder replicas on workers A and B. The
-tests run in file order on one cluster: sessions, then losing worker B mid-session (a new worker B then
-joins, as Kubernetes would replace the pod), then scaling the decoder 1 -> 2 -> 1 under load.
+on this machine; layout in :mod:`benchmarks.local_cluster`), deployed by `serve run` against the
+cluster's address: 2 Ingress replicas on the head and worker A, 2 MaskDecoder replicas on workers A and
+B. The tests run in file order on one cluster: sessions, then losing worker B mid-session (a new worker
+B then joins, as Kubernetes would replace the pod), then scaling the decoder 1 -> 2 -> 1 under load.
 """
 
 from __future__ import annotations
@@ -20,30 +18,14 @@ import pytest
 import yaml
 from PIL import Image
 
+from benchmarks.local_cluster import HEAD, WORKER_A, WORKER_B, WORKER_B_RESOURCES, node_names, place, three_nodes
 from deployments.runtime.affinity import owner_of
 from models.masks import decode_rle
 from tests.conftest import mask_iou, shared_file
 from tests.e2e.serving import config_on_free_port, serve_run
 
-HEAD, WORKER_A, WORKER_B = "head_node", "worker_a", "worker_b"
-WORKER_B_RESOURCES = {WORKER_B: 1, "maskdecoder_slot": 1}
 CLICKS = [[[100, 80, 1]], [[300, 200, 1]], [[100, 80, 1], [300, 200, 0]], [[60, 180, 1]]]  # inside every test photo
 COCO = ["000000397133.jpg", "000000037777.jpg", "000000252219.jpg", "000000087038.jpg", "000000174482.jpg", "000000403385.jpg"]
-
-
-def _place(config: dict) -> dict:
-    """configs/serve.yaml on the cluster: head-only proxy; every deployment pinned by a custom resource."""
-    config["proxy_location"] = "HeadOnly"
-    for d in config["applications"][0]["deployments"]:
-        opts = d.setdefault("ray_actor_options", {})
-        if d["name"] in ("Ingress", "MaskDecoder"):
-            d.pop("autoscaling_config", None)
-            d["num_replicas"] = 2
-            d["max_replicas_per_node"] = 1
-            opts["resources"] = {f"{d['name'].lower()}_slot": 1}
-        else:
-            opts["resources"] = {HEAD: 0.01}
-    return config
 
 
 def _decoders(config: dict) -> dict:
@@ -53,32 +35,19 @@ def _decoders(config: dict) -> dict:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, tiny_checkpoint):
     """(cluster, base URL, config, worker B's node). The app runs under `serve run` against the cluster."""
-    from ray.cluster_utils import Cluster
-
     tmp = tmp_path_factory.mktemp("cluster")
     shared_file("images", "truck.jpg")  # skip early where ../shared/data is absent
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {HEAD: 1, "ingress_slot": 1}})
-    c.add_node(num_cpus=1, resources={WORKER_A: 1, "ingress_slot": 1, "maskdecoder_slot": 1})
-    node_b = c.add_node(num_cpus=1, resources=WORKER_B_RESOURCES)
-    c.wait_for_nodes()
-    config, port = config_on_free_port(_place)
-    app = config["applications"][0]
-    app["args"]["clip"]["weights"] = "random"
-    # the cluster's raylets were started by this process, not by `serve run`: the app's settings travel
-    # in its runtime_env, as on any cluster
-    app["runtime_env"] = {
-        "env_vars": {
-            "SAMGRAPH_SAM2_CHECKPOINT": str(tiny_checkpoint),
-            "SAMGRAPH_CLIP_CHECKPOINT": "",
-            "SAMGRAPH_WEIGHTS": "",
-            "SAMGRAPH_DATA_DIR": str(tmp / "data"),
-        }
+    env_vars = {
+        "SAMGRAPH_SAM2_CHECKPOINT": str(tiny_checkpoint),
+        "SAMGRAPH_CLIP_CHECKPOINT": "",
+        "SAMGRAPH_WEIGHTS": "",
+        "SAMGRAPH_DATA_DIR": str(tmp / "data"),
     }
-    try:
+    config, port = config_on_free_port(lambda c: place(c, env_vars))
+    config["applications"][0]["args"]["clip"]["weights"] = "random"
+    with three_nodes() as (c, node_b):
         with serve_run(config, port, tmp, {"RAY_ADDRESS": c.address}, ready_timeout_s=420) as (url, _):
             yield c, url, config, node_b
-    finally:
-        c.shutdown()
 
 
 def _b64(data: bytes) -> str:
@@ -87,13 +56,6 @@ def _b64(data: bytes) -> str:
 
 def _stats(client: httpx.Client) -> dict:
     return client.get("/v1/stats").json()
-
-
-def _node_resources() -> dict[str, str]:
-    """node id -> which of HEAD, WORKER_A, WORKER_B it is (the driver is connected to the cluster)."""
-    import ray
-
-    return {n["NodeID"]: next(k for k in (HEAD, WORKER_A, WORKER_B) if k in n["Resources"]) for n in ray.nodes() if n["Alive"]}
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +72,7 @@ def _replica_nodes(deployment: str) -> list[str]:
     """The node names of a deployment's alive replica actors."""
     from ray._private.state import actors
 
-    names = _node_resources()
+    names = node_names()
     return sorted(
         names.get(a["Address"]["NodeID"], "?")
         for a in actors().values()
@@ -143,7 +105,7 @@ def test_sessions_hit_their_owner_on_every_ingress_replica(cluster, driver, refe
     # click after the upload found them at the owner, whichever ingress replica took it
     assert delta == {"encodes": 3, "hits": 3 * len(CLICKS), "misses": 3}, after["cache"]
     replicas = after["decoder"]["replicas"]
-    nodes = _node_resources()
+    nodes = node_names()
     assert sorted(nodes[d["node_id"]] for d in replicas.values()) == [WORKER_A, WORKER_B]
     for image_id in ids:  # each image is held by the one replica the ring names
         owner = owner_of(image_id, list(replicas))
@@ -172,7 +134,7 @@ def test_losing_a_decoder_node_mid_session(cluster, driver):
     c, url, _, node_b = cluster
     with httpx.Client(base_url=url, timeout=300) as client:
         replicas = _stats(client)["decoder"]["replicas"]
-        on_b = next(r for r, d in replicas.items() if _node_resources()[d["node_id"]] == WORKER_B)
+        on_b = next(r for r, d in replicas.items() if node_names()[d["node_id"]] == WORKER_B)
         # images owned by worker B's replica: their sessions lose the cache with the node
         photos = [shared_file("coco_subset", "val2017", n).read_bytes() for n in COCO]
         lost = [p for p in photos if owner_of(hashlib.sha256(p).hexdigest(), list(replicas)) == on_b][:2]
