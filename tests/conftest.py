@@ -25,9 +25,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 def shared_file(*parts: str) -> Path:
-    """A file under ../shared/data, or skip the test where that folder is absent."""
+    """A file under ../shared/data, or skip the test where that folder is absent. With
+    ``SAMGRAPH_REQUIRE_DATA=1`` (set by ``.ci/run``) a missing file fails the test instead, so CI cannot
+    pass by skipping."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
+        if os.environ.get("SAMGRAPH_REQUIRE_DATA") == "1":
+            pytest.fail(f"{path} not present and SAMGRAPH_REQUIRE_DATA=1")
         pytest.skip(f"{path} not present (../shared/data is beside the checkout on project machines)")
     return path
 
