@@ -38,8 +38,9 @@ from models.amg import AmgSettings
 from models.masks import rle_area, rle_bbox_xyxy
 from serve_app.assemble import amg_settings, check_mask, image_answer, instances, merge_segment_results
 from serve_app.config import AppArgs
+from serve_app.ingress.access import AccessPolicy, install_access
 from serve_app.ingress.errors import ApiError
-from serve_app.ingress.http import api, parse_body, request_id, stage_errors
+from serve_app.ingress.http import api, log, parse_body, request_id, stage_errors
 from serve_app.ingress.image_cache import ImageOwners
 from serve_app.ingress.metrics import (
     EXPOSITION_CONTENT_TYPE,
@@ -88,6 +89,7 @@ class Ingress:
         self.encoder, self.decoder, self.fader, self.embedder, self.retriever = encoder, decoder, fader, embedder, retriever
         self.video = video
         self.metrics = IngressMetrics.install()
+        log.info(install_access(AccessPolicy.from_args(self.args.auth)).describe())
         self.images = ImageOwners(decoder, self.args.limits.max_image_pixels)
 
     def _stages(self) -> dict[str, DeploymentHandle]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -59,6 +60,33 @@ class LimitArgs(BaseModel):
     model_config = _STRICT
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     max_body_bytes: int = Field(default=64 * 2**20, ge=1)
+
+
+class AuthArgs(BaseModel):
+    """Access control (see :mod:`serve_app.ingress.access` and docs/operations.md, "Access control").
+
+    ``keys_file`` (one raw key or ``sha256:<hex>`` a line) and the environment variable named by
+    ``keys_env`` (entries separated by commas or whitespace; on Kubernetes, from a Secret) are read by
+    every Ingress replica; with no key in either, the API is open. ``requests_per_minute`` (None: no
+    limit) and ``burst`` (None: ten seconds' worth, at least 1) bound each key, per ingress replica.
+    ``cors_origins``: origins allowed cross-origin calls (``scheme://host[:port]``, or ``"*"``); empty, the
+    default, means no CORS headers at all.
+    """
+
+    model_config = _STRICT
+    keys_file: str | None = None
+    keys_env: str | None = "SAMGRAPH_API_KEYS"
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+    cors_origins: list[str] = []
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for o in v:
+            if o != "*" and not re.fullmatch(r"https?://[^/\s]+", o):
+                raise ValueError(f"{o!r} is not an origin: give scheme://host[:port] (no path or trailing /), or '*'")
+        return v
 
 
 class CacheArgs(BaseModel):
@@ -149,13 +177,15 @@ class AppArgs(Sam2Args):
 
     ``weights``/``checkpoint``/``seed`` left unset are taken from ``SAMGRAPH_WEIGHTS``,
     ``SAMGRAPH_SAM2_CHECKPOINT`` and ``SAMGRAPH_SEED`` when the app is built. ``text_candidates`` caps the
-    automatic masks scored against a text prompt.
+    automatic masks scored against a text prompt. ``auth``: API keys, rate limit and CORS
+    (:class:`AuthArgs`).
     """
 
     encoder: EncoderArgs = EncoderArgs()
     decoder: Sam2StageArgs = Sam2StageArgs()
     video: VideoArgs = VideoArgs()
     limits: LimitArgs = LimitArgs()
+    auth: AuthArgs = AuthArgs()
     cache: CacheArgs = CacheArgs()
     clip: ClipArgs = ClipArgs()
     retriever: RetrieverArgs = RetrieverArgs()

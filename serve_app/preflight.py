@@ -12,6 +12,7 @@ from deployments.runtime.sam2_weights import preflight as preflight_sam2
 from deployments.runtime.store_checks import preflight_store
 from deployments.runtime.weights import WeightsSource
 from models.embedder import ClipSpec
+from serve_app.ingress.access import load_keys
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,11 @@ def preflight(args: Any, *, clip: bool = True, store: bool = True) -> Prepared:
         ValueError: an unknown model id or weights kind.
         WeightsError, ChecksumMismatch: weights that cannot be had; the message names the alternatives.
         StoreError: a data dir that cannot be written.
+        ValueError: ``auth.keys_file`` missing, unreadable or empty, or a malformed key entry.
     """
+    auth = getattr(args, "auth", None)
+    if auth is not None:  # the keys file and entries, checked here (its env var may be set on the replicas only)
+        load_keys(auth.keys_file, auth.keys_env)
     sam2 = WeightsSource.resolve(args.weights, args.checkpoint, args.seed)
     clip_source = ClipWeightsSource.resolve(args.clip.weights, args.clip.checkpoint, args.seed)
     preflight_sam2(args.model_id, sam2)

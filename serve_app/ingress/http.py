@@ -1,7 +1,8 @@
 """The FastAPI app object, its error handlers and request-body parsing (JSON or multipart).
 
 Every error leaves as ``{"error": {"code", "message", "field", "request_id"}}``; unexpected ones are
-logged with the request id and answered 500 without a stack trace. A stage that refuses work (its queue
+logged with the request id and answered 500 without a stack trace. API keys, the rate limit and CORS are
+middlewares of :mod:`serve_app.ingress.access`, inside the request-id middleware. A stage that refuses work (its queue
 is full) or has no live replica gives a 503 with ``Retry-After`` (:func:`stage_errors`).
 """
 
@@ -23,6 +24,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.errors import InputError
+from serve_app.ingress.access import CorsFromPolicy, RequireKey
 from serve_app.ingress.errors import ApiError, from_validation_error
 from serve_app.ingress.metrics import ingress_metrics
 
@@ -63,6 +65,12 @@ def _endpoint(request: Request) -> str:
     if scope.get("endpoint") is not None:  # a mount: FastAPI's router leaves no "route"; its path is in root_path
         return scope.get("root_path", "")[len(scope.get("app_root_path", "")) :] or "mounted"
     return "unmatched"
+
+
+# Middleware order: the one added last is outermost. Request id and metrics wrap CORS, which wraps the key
+# check, so a 401/429 carries the request id, is counted, and has the CORS headers an allowed page needs.
+api.add_middleware(RequireKey)
+api.add_middleware(CorsFromPolicy)
 
 
 @api.middleware("http")
