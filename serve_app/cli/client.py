@@ -8,7 +8,8 @@ as the multipart file part with the body as its ``request`` part, else the body 
 base64 or an ``image_id``). Every method returns the decoded JSON answer and raises:
 
 * :class:`ApiResponseError`: the service answered with an error status; it carries the status and the
-  API's ``{"error": {"code", "message", "field", "request_id"}}`` body;
+  API's ``{"error": {"code", "message", "field", "request_id"}}`` body (401 ``unauthorized``: the service
+  needs a key; give ``api_key`` or set ``SAMGRAPH_API_KEY``);
 * :class:`ApiUnreachable`: no answer (connection refused, timeout, the connection dropped);
 * :class:`ApiStreamError`: a streamed answer (:meth:`SamgraphClient.stream_video`) failed midway.
 
@@ -18,11 +19,15 @@ base64 or an ``image_id``). Every method returns the decoded JSON answer and rai
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import httpx
+
+#: The environment variable a client takes its API key from when none is given.
+API_KEY_ENV = "SAMGRAPH_API_KEY"
 
 
 class ClientError(Exception):
@@ -119,18 +124,27 @@ class SamgraphClient:
         timeout_s: seconds to wait for connecting, and between bytes of the answer.
         transport: an ``httpx`` transport to use instead of the network (tests pass
             ``httpx.MockTransport``).
+        api_key: the key sent as ``Authorization: Bearer <key>`` to a service that needs one; None takes
+            ``SAMGRAPH_API_KEY`` from the environment when it is set, ``""`` sends none.
 
     Raises:
         ValueError: ``timeout_s`` not above 0.
     """
 
-    def __init__(self, base_url: str, timeout_s: float = 300.0, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self, base_url: str, timeout_s: float = 300.0, *, transport: httpx.BaseTransport | None = None, api_key: str | None = None
+    ) -> None:
         import httpx
 
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be greater than 0; got {timeout_s}")
         self.url = base_url
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport)
+        key = os.environ.get(API_KEY_ENV, "") if api_key is None else api_key
+        headers = {"Authorization": f"Bearer {key.strip()}"} if key.strip() else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport, headers=headers)
+
+    def __repr__(self) -> str:  # never the key
+        return f"SamgraphClient({self.url!r})"
 
     def __enter__(self) -> SamgraphClient:
         return self

@@ -38,12 +38,14 @@ DEFAULT_API = "http://127.0.0.1:8000"
 
 
 def _client(args: argparse.Namespace) -> SamgraphClient:
-    return SamgraphClient(args.api, args.timeout)
+    return SamgraphClient(args.api, args.timeout, api_key=args.api_key)
 
 
 def _fail(error: ApiResponseError | ApiUnreachable | ApiStreamError) -> int:
     """Print a failed call as the CLI reports it; the exit code (1)."""
     print(f"error {error}" if isinstance(error, ApiResponseError) else f"error: {error}", file=sys.stderr)
+    if isinstance(error, ApiResponseError) and error.status == 401:
+        print("the service needs an API key: give --api-key KEY or set SAMGRAPH_API_KEY", file=sys.stderr)
     return 1
 
 
@@ -292,6 +294,7 @@ def _write_overlay_video(args: argparse.Namespace, result: dict) -> None:
 def _api_args(c: argparse.ArgumentParser, func) -> None:
     c.add_argument("--api", default=os.environ.get("SAMGRAPH_API", DEFAULT_API), help="service URL")
     c.add_argument("--timeout", type=float, default=300.0, help="HTTP timeout, seconds")
+    c.add_argument("--api-key", default=None, metavar="KEY", help="API key of a service that needs one (default: $SAMGRAPH_API_KEY)")
     c.set_defaults(func=func)
 
 

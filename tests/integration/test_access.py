@@ -1,0 +1,106 @@
+"""Access control over real HTTP: the package's app redeployed with ``auth`` set (only the Ingress
+changes, so only it restarts), then the original args again so that other tests see an open API."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.integration.conftest import run_app
+
+KEY_A = "itest-key-A-0123456789abcdef"  # stored raw in the keys file
+KEY_B = "itest-key-B-fedcba9876543210"  # stored as its sha256 only
+ORIGIN = "https://label.example.com"
+BURST = 4
+SWITCH_S = 120.0
+
+
+def _png_64() -> bytes:
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[16:48, 16:48] = 200
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _wait_until(check, what: str) -> None:
+    deadline = time.monotonic() + SWITCH_S
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the redeployed ingress did not {what} within {SWITCH_S:.0f} s")
+        time.sleep(0.5)
+
+
+def _bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def secured(app_args, app_url, tmp_path_factory):
+    """The app with two keys (one raw, one hashed), a 1/min limit with a burst of :data:`BURST` and one
+    allowed origin; the original args redeployed afterwards."""
+    keys = tmp_path_factory.mktemp("auth") / "keys.txt"
+    keys.write_text(f"# test keys\n{KEY_A}\nsha256:{hashlib.sha256(KEY_B.encode()).hexdigest()}\n")
+    auth = {"keys_file": str(keys), "keys_env": None, "requests_per_minute": 1, "burst": BURST, "cors_origins": [ORIGIN]}
+    c = httpx.Client(base_url=app_url, timeout=300)
+    try:
+        run_app({**app_args, "auth": auth})
+        _wait_until(lambda: c.get("/v1/stats").status_code == 401, "ask for a key")
+        yield c
+    finally:
+        run_app(app_args)
+        _wait_until(lambda: c.get("/v1/stats").status_code != 401, "open up again")
+        c.close()
+
+
+def test_keys_are_needed_on_v1_and_metrics(secured):
+    image = {"image": ("tiny.png", _png_64(), "image/png")}
+    for headers in ({}, _bearer("wrong-key-wrong-key-wrong"), {"Authorization": KEY_B}):
+        r = secured.post("/v1/segment", files=image, headers=headers)
+        assert r.status_code == 401, r.text
+        assert r.headers["www-authenticate"] == "Bearer"
+        err = r.json()["error"]
+        assert err["code"] == "unauthorized" and err["request_id"] == r.headers["x-request-id"]
+        assert secured.get("/metrics", headers=headers).status_code == 401
+    r = secured.post("/v1/segment", files=image, headers=_bearer(KEY_B))
+    assert r.status_code == 200, r.text
+    assert r.json()["width"] == 64 and r.json()["results"]
+    assert secured.get("/metrics", headers=_bearer(KEY_B)).status_code == 200
+    assert secured.get("/healthz").status_code == 200
+    assert secured.get("/readyz").status_code == 200
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(secured):
+    statuses = [secured.get("/v1/examples", params={"collection": "none-here"}, headers=_bearer(KEY_A)).status_code for _ in range(BURST)]
+    assert 429 not in statuses and 401 not in statuses
+    r = secured.get("/v1/examples", params={"collection": "none-here"}, headers=_bearer(KEY_A))
+    assert r.status_code == 429, r.text
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["code"] == "rate_limited" and r.json()["error"]["request_id"]
+
+
+def test_cors_preflight_allow_list(secured):
+    pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    r = secured.options("/v1/segment", headers={"Origin": ORIGIN, **pre})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN
+    r = secured.options("/v1/segment", headers={"Origin": "https://elsewhere.example.com", **pre})
+    assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+
+
+def test_no_key_in_the_logs(secured):
+    import ray
+
+    secured.get("/v1/stats", headers=_bearer("wrong-key-that-must-not-be-logged"))
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    needles = [k.encode() for k in (KEY_A, KEY_B, "wrong-key-that-must-not-be-logged")]
+    for f in logs.rglob("*"):
+        if f.is_file() and f.stat().st_size < 64 * 2**20:
+            data = f.read_bytes()
+            assert not any(n in data for n in needles), f"a key is in {f}"
