@@ -10,16 +10,45 @@
 // Masks travel as COCO RLE both ways. Every failure is thrown as a ShownError: the API's own
 // {error: {code, message, field, request_id}}, else http_<status>, network or bad_response.
 // Warnings in any answer go to the warnings banner.
+// A service with API keys answers 401 to a call without a good key: the page asks for the key once, keeps
+// it in sessionStorage (this tab only, gone when it closes) and sends it as "Authorization: Bearer <key>"
+// on every call; /readyz needs none.
 
 import { ui } from "./state.js";
 import { ShownError, setStatus, showWarnings } from "./status.js";
 
 const API_ROOT = new URL("../", window.location.href); // the page is at <root>/ui/
+const KEY_ITEM = "samgraph.api_key";
 
-/** ``method`` ``path`` with a JSON body (``json``) or a multipart one (``form``); the answer's JSON. */
-async function call(method, path, { json, form } = {}) {
+function storedKey() {
+  try {
+    return window.sessionStorage.getItem(KEY_ITEM) || "";
+  } catch {
+    return ""; // storage blocked: the key is asked for again
+  }
+}
+
+/** Ask for the API key; true when one was entered (and kept for the session). */
+function askForKey(rejected) {
+  const entered = window.prompt(
+    rejected ? "The API key was not accepted. API key:" : "This service needs an API key (kept for this tab only). API key:"
+  );
+  if (!entered || !entered.trim()) return false;
+  try {
+    window.sessionStorage.setItem(KEY_ITEM, entered.trim());
+  } catch {
+    return false;
+  }
+  return true;
+}
+
+/** ``method`` ``path`` with a JSON body (``json``) or a multipart one (``form``); the answer's JSON. On a
+ * 401, asks for the API key once and sends the call again with it. */
+async function call(method, path, { json, form } = {}, asked = false) {
   const url = new URL(path, API_ROOT);
   const init = { method, headers: {} };
+  const key = storedKey();
+  if (key) init.headers.authorization = `Bearer ${key}`;
   if (form) init.body = form;
   if (json !== undefined) {
     init.body = JSON.stringify(json);
@@ -39,6 +68,7 @@ async function call(method, path, { json, form } = {}) {
   } catch {
     data = null;
   }
+  if (res.status === 401 && !asked && askForKey(Boolean(key))) return call(method, path, { json, form }, true);
   if (!res.ok) {
     const err = data && data.error ? data.error : { code: `http_${res.status}`, message: (data && data.reason) || text.slice(0, 300) || res.statusText };
     throw new ShownError(err.code, err.message, { status: res.status, field: err.field, requestId: err.request_id, where });
