@@ -62,12 +62,12 @@ def secured(app_args, app_url, tmp_path_factory):
 
 def test_keys_are_needed_on_v1_and_metrics(secured):
     image = {"image": ("tiny.png", _png_64(), "image/png")}
-    for headers in ({}, _bearer("wrong-key-wrong-key-wrong"), {"Authorization": KEY_B}):
-        r = secured.post("/v1/segment", files=image, headers=headers)
+    for n, headers in enumerate(({}, _bearer("wrong-key-wrong-key-wrong"), {"Authorization": KEY_B})):
+        r = secured.post("/v1/segment", files=image, headers={**headers, "x-request-id": f"access-{n}"})
         assert r.status_code == 401, r.text
         assert r.headers["www-authenticate"] == "Bearer"
         err = r.json()["error"]
-        assert err["code"] == "unauthorized" and err["request_id"] == r.headers["x-request-id"]
+        assert err["code"] == "unauthorized" and err["request_id"] == f"access-{n}"
         assert secured.get("/metrics", headers=headers).status_code == 401
     r = secured.post("/v1/segment", files=image, headers=_bearer(KEY_B))
     assert r.status_code == 200, r.text
