@@ -73,6 +73,8 @@ class Ingress:
         encoder, decoder, fader, embedder, retriever: handles to the stage deployments.
         args: :class:`serve_app.config.AppArgs` as a dict.
         video: handle to the ``VideoSegmenter`` (None: ``/v1/segment/video`` answers 404).
+        require_keys: the app was built with API keys: a replica that finds none fails to start
+            (:meth:`serve_app.ingress.access.AccessPolicy.from_args`).
     """
 
     def __init__(
@@ -84,12 +86,13 @@ class Ingress:
         retriever: DeploymentHandle,
         args: dict,
         video: DeploymentHandle | None = None,
+        require_keys: bool = False,
     ) -> None:
         self.args = AppArgs.model_validate(args)
         self.encoder, self.decoder, self.fader, self.embedder, self.retriever = encoder, decoder, fader, embedder, retriever
         self.video = video
         self.metrics = IngressMetrics.install()
-        log.info(install_access(AccessPolicy.from_args(self.args.auth)).describe())
+        log.info(install_access(AccessPolicy.from_args(self.args.auth, require_keys=require_keys)).describe())
         self.images = ImageOwners(decoder, self.args.limits.max_image_pixels)
 
     def _stages(self) -> dict[str, DeploymentHandle]:
@@ -387,4 +390,4 @@ def build_app(args: dict | None = None) -> serve.Application:
     v = cfg.video
     video_settings = {"offload_video_to_cpu": v.offload_video_to_cpu, "offload_state_to_cpu": v.offload_state_to_cpu}
     video = VideoSegmenter.bind(cfg.model_id, weights, v.device, v.torch_threads, video_settings, v.max_concurrent_clips)
-    return Ingress.bind(encoder, decoder, fader, embedder, retriever, cfg.model_dump(), video=video)
+    return Ingress.bind(encoder, decoder, fader, embedder, retriever, cfg.model_dump(), video=video, require_keys=ready.api_keys > 0)

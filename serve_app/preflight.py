@@ -24,11 +24,13 @@ class Prepared:
         clip: the CLIP weights.
         store: keyword arguments of the Retriever (``{"path"}`` or ``{"url", "api_key"}``); empty when the
             store was not asked for.
+        api_keys: how many API keys ``args.auth`` names here (keys file and env var); 0 without ``auth``.
     """
 
     sam2: WeightsSource
     clip: ClipWeightsSource
     store: dict
+    api_keys: int = 0
 
 
 def preflight(args: Any, *, clip: bool = True, store: bool = True) -> Prepared:
@@ -48,12 +50,11 @@ def preflight(args: Any, *, clip: bool = True, store: bool = True) -> Prepared:
         ValueError: ``auth.keys_file`` missing, unreadable or empty, or a malformed key entry.
     """
     auth = getattr(args, "auth", None)
-    if auth is not None:  # the keys file and entries, checked here (its env var may be set on the replicas only)
-        load_keys(auth.keys_file, auth.keys_env)
+    api_keys = len(load_keys(auth.keys_file, auth.keys_env)) if auth is not None else 0  # fails fast on a bad file
     sam2 = WeightsSource.resolve(args.weights, args.checkpoint, args.seed)
     clip_source = ClipWeightsSource.resolve(args.clip.weights, args.clip.checkpoint, args.seed)
     preflight_sam2(args.model_id, sam2)
     if clip:
         preflight_clip(ClipSpec(args.clip.model_name, args.clip.pretrained), clip_source)
     r = args.retriever
-    return Prepared(sam2, clip_source, preflight_store(r.path, r.url, r.api_key) if store else {})
+    return Prepared(sam2, clip_source, preflight_store(r.path, r.url, r.api_key) if store else {}, api_keys)

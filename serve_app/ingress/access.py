@@ -199,13 +199,21 @@ class AccessPolicy:
     cors_origins: tuple[str, ...] = ()
 
     @classmethod
-    def from_args(cls, auth, environ: Mapping[str, str] | None = None) -> AccessPolicy:
+    def from_args(cls, auth, environ: Mapping[str, str] | None = None, require_keys: bool = False) -> AccessPolicy:
         """The policy of :class:`serve_app.config.AuthArgs` (keys loaded from its file and env var).
 
+        Args:
+            auth: the ``auth`` app args.
+            environ: the environment (default ``os.environ``).
+            require_keys: the app was built (by the pre-flight) with keys, so finding none here means this
+                process lacks the keys variable: refuse rather than serve an open API.
+
         Raises:
-            ValueError: as :func:`load_keys`.
+            ValueError: as :func:`load_keys`; no key found with ``require_keys``.
         """
         keys = load_keys(auth.keys_file, auth.keys_env, environ)
+        if require_keys and not len(keys):
+            raise ValueError(f"auth: the app was built with API keys but this replica finds none: set ${auth.keys_env} on every node")
         limiter = None
         if auth.requests_per_minute is not None:
             burst = auth.burst if auth.burst is not None else max(1, math.ceil(auth.requests_per_minute / 6))

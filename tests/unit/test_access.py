@@ -248,3 +248,14 @@ def test_package_app_orders_the_middlewares():
 
     classes = [m.cls.__name__ if hasattr(m.cls, "__name__") else str(m.cls) for m in api.user_middleware]
     assert classes.index("BaseHTTPMiddleware") < classes.index("CorsFromPolicy") < classes.index("RequireKey")
+
+
+def test_a_replica_without_the_keys_the_app_was_built_with_refuses_to_start(tmp_path, monkeypatch):
+    from serve_app.preflight import preflight
+
+    monkeypatch.setenv("SAMGRAPH_API_KEYS", KEY_A)
+    args = AppArgs.model_validate({"weights": "random"})
+    assert preflight(args, clip=False, store=False).api_keys == 1
+    with pytest.raises(ValueError, match=r"finds none: set \$SAMGRAPH_API_KEYS"):
+        AccessPolicy.from_args(args.auth, environ={}, require_keys=True)
+    assert AccessPolicy.from_args(args.auth, environ={"SAMGRAPH_API_KEYS": KEY_B}, require_keys=True).keys.match(KEY_B)
