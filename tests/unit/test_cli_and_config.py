@@ -326,3 +326,20 @@ def test_decoder_routes_by_image_with_strict_affinity(name):
         IMAGE_AFFINITY.request_router_class,
         IMAGE_AFFINITY.request_router_kwargs,
     )  # the deployment's own default (what build_app deploys without a config) is the same
+
+
+def test_samgraph_serve_fails_fast_when_the_weights_cannot_be_had(monkeypatch, capsys):
+    """The README's first command pre-flights: weights that cannot be had exit 1 with the reason and the
+    setting to change, before Ray or `serve run` start."""
+    from serve_app.cli import main as cli
+
+    def no_exec(*argv):
+        raise AssertionError(f"serve run was started: {argv}")
+
+    monkeypatch.setattr(cli.os, "execvp", no_exec)
+    monkeypatch.setenv("SAMGRAPH_WEIGHTS", "file")
+    monkeypatch.setenv("SAMGRAPH_SAM2_CHECKPOINT", "/nonexistent/sam2.1_hiera_tiny.pt")
+    monkeypatch.setenv("SAMGRAPH_CLIP_CHECKPOINT", "/nonexistent/open_clip.bin")
+    assert cli.main(["serve", "--config", str(REPO / "configs" / "serve.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "/nonexistent/sam2.1_hiera_tiny.pt" in err and "SAMGRAPH_SAM2_CHECKPOINT" in err and "does not exist" in err
