@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import time
 
 import httpx
 import numpy as np
@@ -61,11 +60,15 @@ def _body(seed: int) -> dict:
     return {"image": {"base64": _png(seed)}, "prompts": [{"box_xyxy": [8, 8, 56, 56]}]}
 
 
-async def _burst(url: str, seeds: list[int]) -> list[tuple[httpx.Response, float]]:
+async def _burst(url: str, seeds: list[int]) -> list[tuple[httpx.Response, int]]:
+    """All requests at once; each response with its place in the order the answers arrived (0 = first)."""
+    arrived = 0
+
     async def one(client: httpx.AsyncClient, seed: int):
-        t0 = time.perf_counter()
+        nonlocal arrived
         r = await client.post("/v1/segment", json=_body(seed), headers={"x-request-id": f"burst-{seed}"})
-        return r, time.perf_counter() - t0
+        place, arrived = arrived, arrived + 1
+        return r, place
 
     limits = httpx.Limits(max_connections=len(seeds))
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
@@ -78,7 +81,7 @@ def _check_mask(body: dict) -> None:
     assert int(decode_rle(mask["rle"]).sum()) == mask["area_px"]
 
 
-def test_burst_is_refused_fast_and_the_service_recovers(tight):
+def test_burst_is_refused_before_any_answer_and_the_service_recovers(tight):
     url, log_path = tight
     seeds = list(range(100, 100 + BURST))
     results = asyncio.run(_burst(url, seeds))
@@ -104,10 +107,10 @@ def test_burst_is_refused_fast_and_the_service_recovers(tight):
         assert "Traceback" not in r.text
     for r, _ in refused_proxy:  # past the ingress queue the HTTP proxy answers itself
         assert "backpressure" in r.text and r.headers["retry-after"] == "2"
-    slowest_refusal = max(t for _, t in refused_json + refused_proxy)
-    fastest_accept = min(t for _, t in accepted)
-    assert slowest_refusal < 2.0, slowest_refusal
-    assert fastest_accept > slowest_refusal, (fastest_accept, slowest_refusal)
+    # refused at once, not after waiting in a queue: every refusal arrives before the first answer
+    last_refusal = max(place for _, place in refused_json + refused_proxy)
+    first_accept = min(place for _, place in accepted)
+    assert last_refusal < first_accept, sorted((place, r.status_code) for r, place in results)
 
     # A refused image is not left poisoned in the cache: sent again, it is encoded and answered.
     refused_seed = int(refused_json[0][0].json()["error"]["request_id"].removeprefix("burst-"))

@@ -68,6 +68,54 @@ def test_examples_are_counted_listed_and_deleted(client, examples):
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_example"
 
 
+def test_examples_listing_filters_by_label(client, examples):
+    def listed(label: str) -> list[dict]:
+        page = client.get("/v1/examples", params={"collection": COLLECTION, "label": label})
+        assert page.status_code == 200, page.text
+        assert page.json()["counts"] == {"truck": 2, "dog": 1}  # the counts stay the collection's
+        return page.json()["items"]
+
+    trucks = listed("truck")
+    assert sorted(item["id"] for item in trucks) == sorted([*examples["truck"]["ids"], *examples["by_mask"]["ids"]])
+    assert {item["label"] for item in trucks} == {"truck"}
+    assert [item["id"] for item in listed("dog")] == examples["dog"]["ids"]
+    assert listed("cat") == []
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1001])
+def test_examples_limit_outside_1_to_1000_is_422(client, examples, limit):
+    r = client.get("/v1/examples", params={"collection": COLLECTION, "limit": limit})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["field"] == "limit" and "limit" in err["message"]
+
+
+def test_examples_limit_at_the_bounds_is_accepted(client, examples):
+    for limit, n in ((1, 1), (1000, 3)):
+        page = client.get("/v1/examples", params={"collection": COLLECTION, "limit": limit})
+        assert page.status_code == 200 and len(page.json()["items"]) == n
+
+
+def test_unknown_collection_is_404_on_list_and_delete(client, examples):
+    uuid = examples["dog"]["ids"][0]  # an id that exists, but in another collection
+    for r in (
+        client.get("/v1/examples", params={"collection": "never_made"}),
+        client.delete(f"/v1/examples/{uuid}", params={"collection": "never_made"}),
+    ):
+        assert r.status_code == 404, r.text
+        err = r.json()["error"]
+        assert err["code"] == "unknown_collection" and err["field"] == "collection"
+    assert client.get("/v1/examples", params={"collection": COLLECTION}).json()["total"] == 3  # nothing deleted
+
+
+def test_delete_of_an_id_that_is_not_a_uuid_is_422(client, examples):
+    r = client.delete("/v1/examples/not-a-uuid", params={"collection": COLLECTION})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_request" and err["field"] == "example_id"
+    assert client.get("/v1/examples", params={"collection": COLLECTION}).json()["total"] == 3
+
+
 def test_predict_labels_instances_from_the_examples(client, examples):
     out = _post(client, "/v1/predict", {"image_id": examples["truck"]["image_id"], "collection": COLLECTION, "top_k": 3})
     assert out["encode_cached"] is True and out["collection"] == COLLECTION

@@ -61,3 +61,42 @@ def test_different_weights_are_not_ready():
 def test_too_few_answers_is_a_programming_error():
     with pytest.raises(ValueError, match="encoder"):
         readiness(_answers()[:4])
+
+
+STAGES = ["encoder", "decoder", "embedder", "retriever", "fader", "video"]
+
+
+@pytest.mark.parametrize("stage", range(len(STAGES)), ids=STAGES)
+def test_any_stage_that_raises_makes_it_not_ready(stage):
+    """Every stage counts, the video segmenter too: one raising stage is a 503 naming its error, and the
+    body says nothing about the model (a half-up app does not look ready)."""
+    answers = _answers(video="sha256:ab")
+    answers[stage] = RuntimeError(f"{STAGES[stage]} replica died")
+    status, body = readiness(answers)
+    assert status == 503
+    assert body == {"status": "not_ready", "reason": f"RuntimeError: {STAGES[stage]} replica died"}
+
+
+def test_the_readiness_timeout_is_not_ready():
+    """What the ingress passes when ``wait_for`` times out: the same TimeoutError for every stage."""
+    err = TimeoutError()
+    status, body = readiness([err] * 6)
+    assert (status, body) == (503, {"status": "not_ready", "reason": "TimeoutError: "})
+
+
+def test_the_first_failure_is_the_reason_and_it_is_bounded():
+    answers = _answers()
+    answers[1] = ValueError("x" * 1000)
+    answers[2] = TimeoutError("embedder not up")
+    status, body = readiness(answers)
+    assert status == 503 and body["reason"].startswith("ValueError: xxx") and len(body["reason"]) == 300
+
+
+def test_same_weights_of_another_model_are_not_ready():
+    answers = _answers()
+    answers[1] = {**answers[1], "model_id": "sam2.1_hiera_large"}
+    assert readiness(answers) == (503, {"status": "not_ready", "reason": "encoder and decoder weights differ"})
+    answers = _answers(video="sha256:ab")
+    answers[5] = {**answers[5], "model_id": "sam2.1_hiera_small"}
+    assert readiness(answers) == (503, {"status": "not_ready", "reason": "encoder and video segmenter weights differ"})
+

@@ -173,6 +173,28 @@ def test_predict_batch_empty(ours):
     assert decoder.predict_batch([]) == []
 
 
+def test_encode_batch_equals_one_by_one(ours, truck_rgb):
+    """Three images of different sizes in one batch: each image's features are those of its own encode
+    (a batch that mixed up, reordered or padded images would differ), and its own size is kept."""
+    encoder, _ = ours
+    rng = np.random.default_rng(0)
+    images = [
+        truck_rgb[::8, ::8].copy(),
+        rng.integers(0, 256, (40, 72, 3), dtype=np.uint8),
+        rng.integers(0, 256, (96, 32, 3), dtype=np.uint8),
+    ]
+    batched = encoder.encode_batch(images)
+    assert len(batched) == len(images)
+    for image, got in zip(images, batched):
+        want = encoder.encode(image)
+        assert got.orig_hw == want.orig_hw == image.shape[:2]
+        np.testing.assert_allclose(got.image_embed, want.image_embed, rtol=0, atol=1e-5)
+        for level in range(2):
+            np.testing.assert_allclose(got.high_res_feats[level], want.high_res_feats[level], rtol=0, atol=1e-5)
+    # the images really are different: features of one image are not another's
+    assert np.abs(batched[1].image_embed - batched[2].image_embed).max() > 1e-3
+
+
 def test_encode_batch_validation(ours):
     encoder, _ = ours
     assert encoder.encode_batch([]) == []

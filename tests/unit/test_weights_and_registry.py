@@ -383,3 +383,93 @@ def test_build_app_fails_fast_on_an_unwritable_data_dir(tmp_path, tiny_checkpoin
     args = {"weights": "file", "checkpoint": str(tiny_checkpoint), "clip": {"weights": "random"}, "retriever": {"path": str(blocker / "q")}}
     with pytest.raises(StoreError, match=str(blocker)):
         build_app(args)
+
+
+# --- `samgraph models list | pull` against a file:// registry ---------------------------------
+
+
+@pytest.fixture
+def file_registry(tmp_path, monkeypatch):
+    """The registry's tiny entry pointed at a local file (its real SHA-256), and an empty cache dir via
+    SAMGRAPH_CACHE_DIR; (the file, its digest, the cache dir)."""
+    import models.registry
+
+    source = tmp_path / "mirror" / "sam2.1_hiera_tiny.pt"
+    source.parent.mkdir()
+    source.write_bytes(b"not a real checkpoint, but these exact bytes" * 100)
+    digest = _sha(source)
+    real = get_sam2_checkpoint(MODEL_ID)
+    entry = Sam2Checkpoint(real.name, real.config, source.as_uri(), digest, source.stat().st_size, real.params_m)
+    monkeypatch.setitem(models.registry.SAM2_CHECKPOINTS, MODEL_ID, entry)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SAMGRAPH_CACHE_DIR", str(cache))
+    return source, digest, cache
+
+
+def _listed(out: str) -> dict[str, list[str]]:
+    """`models list` rows by name: [params, size, unit, cached, sha256]."""
+    return {row.split()[0]: row.split()[1:] for row in out.splitlines()[2:]}
+
+
+def test_cli_models_list_shows_the_registry_and_what_is_cached(file_registry, capsys):
+    from serve_app.cli.main import main
+
+    source, digest, cache = file_registry
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"cache dir: {cache}"
+    rows = _listed(out)
+    assert list(rows) == NAMES
+    assert rows[MODEL_ID][-2:] == ["no", digest]
+    assert rows["sam2.1_hiera_large"][-1] == SAM2_CHECKPOINTS["sam2.1_hiera_large"].sha256
+    cache.mkdir()
+    (cache / source.name).write_bytes(source.read_bytes())
+    assert main(["models", "list"]) == 0
+    rows = _listed(capsys.readouterr().out)
+    assert rows[MODEL_ID][-2] == "yes" and all(rows[n][-2] == "no" for n in NAMES[1:])
+
+
+def test_cli_models_pull_downloads_verifies_and_lists_it_cached(file_registry, capsys):
+    from serve_app.cli.main import main
+
+    source, digest, cache = file_registry
+    assert main(["models", "pull"]) == 0  # the default model
+    out = capsys.readouterr().out
+    assert out.strip() == f"{MODEL_ID}: {cache / source.name} (sha256 verified)"
+    assert [p.name for p in cache.iterdir()] == [source.name]
+    assert (cache / source.name).read_bytes() == source.read_bytes()
+    assert main(["models", "list"]) == 0
+    assert _listed(capsys.readouterr().out)[MODEL_ID][-2] == "yes"
+    assert main(["models", "pull", MODEL_ID]) == 0  # already there: verified, not fetched again
+    assert capsys.readouterr().out.strip().endswith("(sha256 verified)")
+
+
+def test_cli_models_pull_refuses_a_wrong_sha256(file_registry, capsys, monkeypatch):
+    import dataclasses
+
+    import models.registry
+    from serve_app.cli.main import main
+
+    source, digest, cache = file_registry
+    wrong = "0" * 64
+    entry = dataclasses.replace(get_sam2_checkpoint(MODEL_ID), sha256=wrong)
+    monkeypatch.setitem(models.registry.SAM2_CHECKPOINTS, MODEL_ID, entry)
+    assert main(["models", "pull", MODEL_ID]) == 1
+    captured = capsys.readouterr()
+    last = captured.err.splitlines()[-1]  # after the download's progress bar
+    assert last.startswith("error: SHA-256") and digest in last and wrong in last
+    assert "verified" not in captured.out
+    assert list(cache.iterdir()) == []  # nothing saved, no temp file left
+    # a cached file that does not match is refused too, without a download
+    (cache / source.name).write_bytes(source.read_bytes())
+    assert main(["models", "pull", MODEL_ID]) == 1
+    assert capsys.readouterr().err.startswith(f"error: SHA-256 of {cache / source.name} is {digest}")
+
+
+def test_cli_models_pull_unknown_name_lists_the_valid_ones(file_registry, capsys):
+    from serve_app.cli.main import main
+
+    assert main(["models", "pull", "sam2.1_hiera_huge"]) == 1
+    err = capsys.readouterr().err
+    assert all(name in err for name in NAMES)
+    assert not file_registry[2].exists()
