@@ -72,8 +72,10 @@ def main() -> None:
     args = p.parse_args()
 
     rgb = load_rgb(SHARED_DATA / "images" / "truck.jpg")
-    app = yaml.safe_load(open(args.config))["applications"][0]["args"]
-    enc_t, dec_t = app["encoder"].get("torch_threads") or 1, app["decoder"].get("torch_threads") or 1
+    from serve_app.config import AppArgs
+
+    cfg = AppArgs.model_validate(yaml.safe_load(open(args.config))["applications"][0]["args"])  # threads_per_node resolved
+    enc_t, dec_t = cfg.encoder.torch_threads or 1, cfg.decoder.torch_threads or 1
 
     # first, alone on the machine
     b = bare_encode_decode(rgb, args.model_id, args.cold, args.clicks, enc_t, dec_t, TRUCK_BOX, CLICK_XY)

@@ -12,11 +12,19 @@ Baselines (benchmarks/baselines.py), same seeded random weights, same torch thre
   one-process - SAM2AutomaticMaskGenerator + fade/crop + open_clip + numpy brute-force k-NN per photo,
                 the same automatic-mask settings and instance cap, for ``predict``.
 
-The baselines run first, then the naive server, then ``serve run`` of the config; only one of them is
-on the machine at a time. Results: benchmarks/results/serving.json and serving.png.
+The bare model runs at each of ``--bare-threads`` and the best is the ceiling (per metric); the naive
+server runs at ``--naive-threads``. ``--compare-args`` (dotted app-arg overrides, such as the thread
+settings before a change) runs the ``interactive`` workload a second time against the config so altered,
+in the same run. After the workloads, the memory of each MaskDecoder replica (peak and current resident
+set) is recorded next to its cache's entries and bytes and the configured bounds.
+
+The baselines run first, then the naive server, then ``serve run`` of the config (and of the altered
+one); only one of them is on the machine at a time. Results: benchmarks/results/serving.json and
+serving.png (``--out`` names them).
 
     python -m benchmarks.serving [--workloads fresh,interactive,predict] [--concurrency 1,4,16]
                                  [--max-seconds 120] [--config configs/serve.yaml]
+                                 [--compare-args args.decoder.torch_threads=2,runtime_env=null]
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from benchmarks.common import (
     SHARED_DATA,
     b64,
     free_port,
-    serve_config,
+    serve_app,
     stop_group,
     summarize,
     wait_ready,
@@ -124,6 +132,45 @@ def sweep(url: str, workload: str, factory, levels: list[int], max_seconds: floa
     return out
 
 
+def altered(config: dict, overrides: str) -> dict:
+    """A copy of the Serve config ``config`` with its samgraph application changed by ``overrides``:
+    ``key.sub=value,...`` under the application (``args.decoder.torch_threads=2``, ``runtime_env=null``;
+    values parsed as YAML, ``null`` removes the key)."""
+    import copy
+
+    config = copy.deepcopy(config)
+    for item in overrides.split(","):
+        key, value = item.split("=", 1)
+        *path, last = key.strip().split(".")
+        node = config["applications"][0]
+        for k in path:
+            node = node.setdefault(k, {})
+        parsed = yaml.safe_load(value)
+        if parsed is None:
+            node.pop(last, None)
+        else:
+            node[last] = parsed
+    return config
+
+
+def decoder_memory(served, app_args: dict, stats: dict) -> dict:
+    """Peak and current resident set of each MaskDecoder replica process, next to its cache's contents
+    (``stats["cache"]``, summed over replicas) and the configured bounds, in MiB."""
+    from benchmarks.procmem import MIB, memory_mib, replica_pids
+    from models.sam2_image import feature_nbytes
+
+    cache = app_args.get("cache", {})
+    held = stats.get("cache", {})
+    return {
+        "replicas": [memory_mib(pid) for pid in replica_pids(served.pid, "MaskDecoder")],
+        "cache_entries": held.get("entries"),
+        "cache_mib": (held.get("bytes") or 0) / MIB,
+        "max_entries": cache.get("max_entries", 64),
+        "max_mib": cache.get("max_bytes", 2**31) / MIB,
+        "features_mib_per_image": feature_nbytes() / MIB,
+    }
+
+
 def plot(result: dict, path: Path) -> None:
     """Throughput and latency against clients, per workload, with the baselines' rates as lines."""
     import matplotlib
@@ -134,7 +181,7 @@ def plot(result: dict, path: Path) -> None:
     workloads = [w for w in ("fresh", "interactive", "predict") if w in result["samgraph"]]
     fig, axes = plt.subplots(len(workloads), 2, figsize=(11, 3.4 * len(workloads)), squeeze=False)
     for row, w in zip(axes, workloads):
-        for name, style in (("samgraph", "o-"), ("naive", "s--")):
+        for name, style in (("samgraph", "o-"), ("samgraph_compare", "^-."), ("naive", "s--")):
             levels = result.get(name, {}).get(w)
             if not levels:
                 continue
@@ -169,11 +216,12 @@ def ratios(result: dict) -> dict:
         r["interactive_serving_efficiency"] = top(s["interactive"]) / b["interactive"]["throughput_rps"]
         if "interactive" in n:
             r["interactive_over_naive"] = {c: s["interactive"][c]["all"]["throughput_rps"] / n["interactive"][c]["all"]["throughput_rps"] for c in s["interactive"] if c in n["interactive"]}
-        click = s["interactive"]["1"]["click"]["p50_ms"]
-        dec = b["click_decoder"]["p50_ms"]
-        r["click_p50_ms"] = click
-        r["click_p50_over_bare_decoder"] = click / dec
-        r["click_target_ms"] = 1.3 * dec + 5.0
+            old = result.get("samgraph_compare", {}).get("interactive", {})
+            if old:
+                r["compare_interactive_over_naive"] = {c: old[c]["all"]["throughput_rps"] / n["interactive"][c]["all"]["throughput_rps"] for c in old if c in n["interactive"]}
+        if "1" in s["interactive"]:
+            click, dec = s["interactive"]["1"]["click"]["p50_ms"], b["click_decoder"]["p50_ms"]
+            r.update(click_p50_ms=click, click_p50_over_bare_decoder=click / dec, click_target_ms=1.3 * dec + 5.0)
     if "predict" in s:
         one = result["one_process_predict"]
         r["predict_throughput_over_one_process"] = {c: s["predict"][c]["all"]["throughput_rps"] / one["throughput_rps"] for c in s["predict"]}
@@ -192,6 +240,9 @@ def main() -> None:
     p.add_argument("--bare-sessions", type=int, default=2)
     p.add_argument("--one-process-images", type=int, default=3)
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--bare-threads", default=None, help="torch threads of the bare model, comma-separated; the best is the ceiling (default: the encoder's)")
+    p.add_argument("--naive-threads", type=int, default=None, help="torch threads of the naive server (default: the encoder's)")
+    p.add_argument("--compare-args", default=None, help="also run interactive against the config with these app args (key.sub=value,...)")
     p.add_argument("--out", default="serving")
     p.add_argument("--baselines-from", default=None, help="reuse bare/naive/one-process results of benchmarks/results/NAME.json")
     args = p.parse_args()
@@ -201,18 +252,25 @@ def main() -> None:
     # /v1/predict and its baseline cycle through the same few photos (the truck is 1800x1200, COCO's
     # are ~640x480, and full-resolution mask work scales with the pixels), so their mixes match.
     predict_photos = photos[: args.one_process_images]
-    app = yaml.safe_load(open(args.config))["applications"][0]["args"]
-    threads = app["encoder"].get("torch_threads") or 1
+    config = yaml.safe_load(open(args.config))
+    app = config["applications"][0]["args"]
+    threads = app["encoder"].get("torch_threads") or app.get("threads_per_node") or 1
+    bare_threads = [int(t) for t in args.bare_threads.split(",")] if args.bare_threads else [threads]
+    naive_threads = args.naive_threads or threads
     t_run = time.monotonic()
 
     result: dict = {
-        "config": str(Path(args.config).relative_to(REPO)),
+        "config": str(Path(args.config).resolve().relative_to(REPO)),
         "model_id": MODEL_ID,
         "weights": "seeded random (seed 0): real compute, meaningless masks",
         "threads": threads,
+        "bare_threads": bare_threads,
+        "naive_threads": naive_threads,
+        "app_thread_args": {k: app.get(k) for k in ("threads_per_node", "encoder", "decoder")},
         "predict_settings": {"amg": PREDICT_AMG, "max_instances": PREDICT_MAX_INSTANCES, "top_k": 5},
         "bounds": {"max_seconds_per_level": args.max_seconds, "requests_per_level": {w: {c: request_budget(w, c) for c in levels} for w in workloads}},
-        "machine_note": f"{os.cpu_count()} CPU cores, no GPU, SAM 2.1 tiny, {threads} torch threads",
+        "machine_note": f"{os.cpu_count()} CPU cores, no GPU, SAM 2.1 tiny, bare at {bare_threads} / naive at {naive_threads} torch threads",
+        "compare_args": args.compare_args,
     }
     kinds = {"fresh": {}, "interactive": {"upload": ("upload",), "click": ("click",)}, "predict": {}}
     if args.baselines_from:
@@ -223,15 +281,19 @@ def main() -> None:
             if key in earlier:
                 result[key] = earlier[key]
     else:
-        print("bare model ...", flush=True)
-        result["bare"] = bare_fresh_and_interactive(photos, args.bare_images, args.bare_sessions, threads, N_CLICKS)
+        by_threads = {}
+        for t in bare_threads:
+            print(f"bare model, {t} torch threads ...", flush=True)
+            by_threads[str(t)] = bare_fresh_and_interactive(photos, args.bare_images, args.bare_sessions, t, N_CLICKS)
+        result["bare_by_threads"] = by_threads
+        result["bare"] = best_bare(by_threads)
         if "predict" in workloads:
             print("one-process predict ...", flush=True)
             result["one_process_predict"] = one_process_predict(predict_photos, args.one_process_images, threads)
 
     if not args.skip_naive and not args.baselines_from and {"fresh", "interactive"} & set(workloads):
         print("naive server ...", flush=True)
-        proc, url, log = start_naive(threads)
+        proc, url, log = start_naive(naive_threads)
         try:
             result["naive"] = {}
             if "fresh" in workloads:
@@ -245,9 +307,18 @@ def main() -> None:
     env = {"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_SEED": "0", "SAMGRAPH_DATA_DIR": str(RESULTS / ".data-serving")}
     result["samgraph"] = {}
     collection = f"bench{int(time.time())}"
-    with serve_config(Path(args.config), env) as url:
+    with serve_app(config, env) as served:
         from serve_app.cli.client import SamgraphClient
 
+        url = served.url
+        result["decoder_memory_at_start"] = decoder_memory(served, app, {})
+        snapshots = result["samgraph_stats_after"] = {}
+
+        def snapshot(name: str) -> None:
+            with SamgraphClient(url, timeout_s=60) as c:
+                snapshots[name] = c.stats()
+
+        snapshot("start")
         with SamgraphClient(url, timeout_s=600) as c:
             if "predict" in workloads:
                 # two labelled examples in a collection of this run (the store persists between runs)
@@ -255,6 +326,7 @@ def main() -> None:
                     c.add_example({"image": {"base64": b64(photos[0].jpeg)}, "box_xyxy": box, "label": label, "collection": collection})
         if "fresh" in workloads:
             result["samgraph"]["fresh"] = sweep(url, "fresh", fresh_sessions(photos), levels, args.max_seconds, kinds["fresh"], 30, len(photos))
+            snapshot("fresh")
         if "interactive" in workloads:
             result["samgraph"]["interactive"] = sweep(url, "interactive", interactive_sessions(photos, N_CLICKS), levels, args.max_seconds, kinds["interactive"], 40, len(photos))
         if "predict" in workloads:
@@ -262,8 +334,19 @@ def main() -> None:
             result["samgraph"]["predict"] = sweep(url, "predict", predict_sessions(predict_photos, body), levels, args.max_seconds, kinds["predict"], 50, len(predict_photos))
         with SamgraphClient(url, timeout_s=60) as c:
             result["samgraph_stats"] = c.stats()
+        result["decoder_memory"] = decoder_memory(served, app, result["samgraph_stats"])
+    if args.compare_args and "interactive" in workloads:
+        print(f"samgraph with {args.compare_args} ...", flush=True)
+        with serve_app(altered(config, args.compare_args), env) as served:
+            result["samgraph_compare"] = {"interactive": sweep(served.url, "interactive", interactive_sessions(photos, N_CLICKS), levels, args.max_seconds, kinds["interactive"], 60, len(photos))}
 
     result["ratios"] = ratios(result)
+    snaps = result.get("samgraph_stats_after", {})
+    if "fresh" in snaps:
+        e0, e1 = snaps["start"]["encoder"], snaps["fresh"]["encoder"]
+        # seconds the ImageEncoder replica spent in encode_batch per image during the fresh sweep, against
+        # the bare in-process fresh loop (encode + one box decode + RLE) per image
+        result["ratios"]["fresh_replica_encode_ms_per_image"] = 1e3 * (e1["busy_s"] - e0["busy_s"]) / max(1, e1["images"] - e0["images"])
     result["run_minutes"] = (time.monotonic() - t_run) / 60
     path = write_result(args.out, result)
     plot(result, RESULTS / f"{args.out}.png")
@@ -271,16 +354,35 @@ def main() -> None:
     print(f"wrote {path} and {RESULTS / (args.out + '.png')}")
 
 
+def best_bare(by_threads: dict) -> dict:
+    """The bare ceiling: per metric the best over the thread counts measured (fastest fresh and
+    interactive rate, lowest click p50), each with the thread count it came from."""
+    runs = list(by_threads.items())
+    fresh = max(runs, key=lambda kv: kv[1]["fresh"]["throughput_rps"])
+    inter = max(runs, key=lambda kv: kv[1]["interactive"]["throughput_rps"])
+    click = min(runs, key=lambda kv: kv[1]["click_decoder"]["p50_ms"])
+    return {
+        "fresh": {**fresh[1]["fresh"], "threads": int(fresh[0])},
+        "interactive": {**inter[1]["interactive"], "threads": int(inter[0])},
+        "click_decoder": {**click[1]["click_decoder"], "threads": int(click[0])},
+        "click_decoder_plus_rle": click[1]["click_decoder_plus_rle"],
+    }
+
+
 def print_table(result: dict) -> None:
     """Every system x workload x level, the baselines and the ratios."""
     print(f"\n{'system':<10} {'workload':<12} {'c':>3} {'ok/sent':>9} {'req/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}")
-    for system in ("naive", "samgraph"):
+    for system in ("naive", "samgraph", "samgraph_compare"):
         for w, levels in result.get(system, {}).items():
             for c, level in levels.items():
                 a = level["all"]
                 print(f"{system:<10} {w:<12} {c:>3} {a['ok']:>4}/{a['requests']:<4} {a['throughput_rps']:>8.3f} {a.get('p50_ms', float('nan')):>9.1f} {a.get('p95_ms', float('nan')):>9.1f} {a.get('p99_ms', float('nan')):>9.1f}")
     b = result["bare"]
     print(f"bare       fresh {b['fresh']['throughput_rps']:.3f} img/s; interactive {b['interactive']['throughput_rps']:.3f} req/s; decoder click p50 {b['click_decoder']['p50_ms']:.1f} ms")
+    if "decoder_memory" in result:
+        m, m0 = result["decoder_memory"], result["decoder_memory_at_start"]
+        print(f"MaskDecoder replicas at start {[round(r['rss_mib']) for r in m0['replicas']]} MiB RSS; after the workloads peak {[round(r['peak_mib']) for r in m['replicas']]} MiB, "
+              f"rss {[round(r['rss_mib']) for r in m['replicas']]} MiB, cache {m['cache_entries']}/{m['max_entries']} entries {m['cache_mib']:.0f}/{m['max_mib']:.0f} MiB")
     if "one_process_predict" in result:
         o = result["one_process_predict"]
         print(f"one-process predict {o['throughput_rps']:.4f} img/s (p50 {o['p50_ms']:.0f} ms), instances {o['instances']}")

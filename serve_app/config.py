@@ -6,7 +6,7 @@ import dataclasses
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.accel import AccelSettings
 from models.amg import AmgSettings
@@ -193,3 +193,43 @@ class AppArgs(Sam2Args):
     amg: AmgDefaults = AmgDefaults()
     text_candidates: int = Field(default=64, ge=1, le=512)
     readiness_timeout_s: float = Field(default=5.0, gt=0)
+    threads_per_node: int | None = Field(default=None, ge=2)
+
+    @model_validator(mode="after")
+    def _share_threads(self) -> AppArgs:
+        """Fill the stages' unset ``torch_threads`` from ``threads_per_node`` (see :func:`thread_shares`)
+        and reject explicit ones that do not fit in it."""
+        if self.threads_per_node is None:
+            return self
+        budget = self.threads_per_node
+        encoder, decoder = thread_shares(budget, self.encoder.torch_threads, self.decoder.torch_threads)
+        for name in ("clip", "video"):
+            n = getattr(self, name).torch_threads
+            if n is not None and n > budget:
+                raise ValueError(f"{name}.torch_threads ({n}) must be <= threads_per_node ({budget})")
+        self.encoder = self.encoder.model_copy(update={"torch_threads": encoder})
+        self.decoder = self.decoder.model_copy(update={"torch_threads": decoder})
+        self.clip = self.clip.model_copy(update={"torch_threads": self.clip.torch_threads or budget})
+        self.video = self.video.model_copy(update={"torch_threads": self.video.torch_threads or budget})
+        return self
+
+
+def thread_shares(budget: int, encoder: int | None = None, decoder: int | None = None) -> tuple[int, int]:
+    """(encoder, decoder) torch threads out of a node's ``budget``: the two SAM 2 image stages compute at
+    the same time under interactive load (one image encoding while others are clicked on), so their
+    threads together never exceed the budget. Unset, the decoder gets ``max(1, budget // 4)`` (a click is
+    a small forward pass that gains little from more threads) and the encoder the rest; a value given is
+    kept. The stages that mostly run alone (embedder, video) get up to the whole budget.
+
+    Raises:
+        ValueError: ``budget`` < 2, or the two given values sum past it.
+    """
+    if budget < 2:
+        raise ValueError(f"threads_per_node must be >= 2 (one thread each for the encoder and decoder), got {budget}")
+    if decoder is None:
+        decoder = max(1, budget // 4) if encoder is None else max(1, budget - encoder)
+    if encoder is None:
+        encoder = max(1, budget - decoder)
+    if encoder + decoder > budget:
+        raise ValueError(f"encoder.torch_threads ({encoder}) + decoder.torch_threads ({decoder}) must be <= threads_per_node ({budget})")
+    return encoder, decoder

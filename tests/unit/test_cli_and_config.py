@@ -211,11 +211,36 @@ def test_app_args_unknown_keys_rejected(args):
         {"cache": {"max_entries": 0}},
         {"limits": {"max_image_pixels": 0}},
         {"readiness_timeout_s": 0},
+        {"threads_per_node": 1},
+        {"threads_per_node": 2, "encoder": {"torch_threads": 2}},
+        {"threads_per_node": 4, "encoder": {"torch_threads": 2}, "decoder": {"torch_threads": 3}},
+        {"threads_per_node": 2, "clip": {"torch_threads": 3}},
     ],
 )
 def test_app_args_bad_values_rejected(args):
     with pytest.raises(ValidationError):
         AppArgs.model_validate(args)
+
+
+@pytest.mark.parametrize(
+    "args, encoder, decoder",
+    [
+        ({"threads_per_node": 2}, 1, 1),
+        ({"threads_per_node": 8}, 6, 2),
+        ({"threads_per_node": 4, "encoder": {"torch_threads": 2}}, 2, 2),
+        ({"threads_per_node": 4, "decoder": {"torch_threads": 1}}, 3, 1),
+    ],
+)
+def test_threads_per_node_shares(args, encoder, decoder):
+    cfg = AppArgs.model_validate(args)
+    assert (cfg.encoder.torch_threads, cfg.decoder.torch_threads) == (encoder, decoder)
+    assert cfg.encoder.torch_threads + cfg.decoder.torch_threads <= cfg.threads_per_node
+    assert cfg.clip.torch_threads == cfg.video.torch_threads == cfg.threads_per_node
+
+
+def test_threads_per_node_unset_keeps_stage_threads():
+    cfg = AppArgs.model_validate({"encoder": {"torch_threads": 2}, "decoder": {"torch_threads": 2}})
+    assert (cfg.encoder.torch_threads, cfg.decoder.torch_threads, cfg.clip.torch_threads) == (2, 2, None)
 
 
 # --- shipped Serve configs -----------------------------------------------------------------------
