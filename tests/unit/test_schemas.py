@@ -354,3 +354,44 @@ def test_bad_mask_input_gives_422_with_field(mask_input):
     assert info.value.status == 422
     assert info.value.code == "invalid_request"
     assert info.value.field == "prompts[1].mask_input"
+
+
+def _video_error(body: dict) -> ApiError:
+    from serve_app.ingress.video_schemas import VideoRequest
+
+    with pytest.raises(ValidationError) as info:
+        VideoRequest.model_validate(body)
+    return from_validation_error(info.value)
+
+
+BOX = {"box_xyxy": [0, 0, 5, 5]}
+
+
+@pytest.mark.parametrize(
+    ("make", "limit", "field"),
+    [
+        (lambda n: {"prompts": [BOX] * n}, 64, "prompts"),
+        (lambda n: {"prompts": [{"points": [[1, 1, 1]] * n}]}, 64, "prompts[0].points"),
+        (lambda n: {"prompts": [{"text": "a" * n}]}, 300, "prompts[0].text"),
+    ],
+    ids=["prompts per request", "points per prompt", "text length"],
+)
+def test_counts_past_their_limit_are_422_naming_the_field(make, limit, field):
+    """Request size beyond bytes: at the limit a request is accepted, one past it is a 422 naming the field."""
+    SegmentRequest.model_validate({"image_id": GOOD_ID, **make(limit)})
+    err = _error({"image_id": GOOD_ID, **make(limit + 1)})
+    assert err.field == field and (err.status, err.code) == (422, "invalid_request")
+
+
+@pytest.mark.parametrize(("n_objects", "n_prompts", "field"), [(33, 1, "objects"), (1, 65, "objects[0].prompts")])
+def test_video_counts_past_their_limit_are_422_naming_the_field(n_objects, n_prompts, field):
+    from serve_app.ingress.video_schemas import VideoRequest
+
+    def prompts(n):  # one prompt per frame, as the tracker takes them
+        return [{"frame_index": f, **BOX} for f in range(n)]
+
+    ok = [{"obj_id": i, "prompts": prompts(min(n_prompts, 64))} for i in range(min(n_objects, 32))]
+    VideoRequest.model_validate({"frames": [{"base64": "x"}], "objects": ok})
+    over = [{"obj_id": i, "prompts": prompts(n_prompts)} for i in range(n_objects)]
+    err = _video_error({"frames": [{"base64": "x"}], "objects": over})
+    assert err.field == field and (err.status, err.code) == (422, "invalid_request")
