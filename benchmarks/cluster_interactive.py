@@ -29,17 +29,9 @@ import yaml
 
 from benchmarks.common import REPO, RESULTS, SHARED_DATA, serve_app, write_result
 from benchmarks.loadgen import interactive_sessions, load_photos, run_load, summarize_records
-from benchmarks.local_cluster import place, three_nodes
+from benchmarks.local_cluster import place, three_nodes, two_of_each
 
 N_CLICKS = 8
-
-
-def _two_of_each(config: dict) -> dict:
-    for d in config["applications"][0]["deployments"]:
-        if d["name"] in ("Ingress", "MaskDecoder"):
-            d.pop("autoscaling_config", None)
-            d["num_replicas"] = 2
-    return config
 
 
 def _cache(url: str) -> dict:
@@ -79,7 +71,7 @@ def main() -> None:
     args = p.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     photos = load_photos(SHARED_DATA)
-    base = _two_of_each(yaml.safe_load(open(args.config)))
+    base = two_of_each(yaml.safe_load(open(args.config)))
     env = {"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_SEED": "0", "SAMGRAPH_DATA_DIR": str(RESULTS / ".data-cluster")}
     result: dict = {
         "config": os.path.relpath(args.config, REPO),

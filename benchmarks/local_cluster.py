@@ -33,6 +33,15 @@ def three_nodes() -> Iterator[tuple]:
         cluster.shutdown()
 
 
+def two_of_each(config: dict) -> dict:
+    """``config`` with 2 fixed (not autoscaled) ``Ingress`` and ``MaskDecoder`` replicas (changed in place)."""
+    for d in config["applications"][0]["deployments"]:
+        if d["name"] in ("Ingress", "MaskDecoder"):
+            d.pop("autoscaling_config", None)
+            d["num_replicas"] = 2
+    return config
+
+
 def place(config: dict, env_vars: dict[str, str]) -> dict:
     """A Serve config (configs/serve.yaml's shape) laid out on :func:`three_nodes`: a head-only proxy,
     2 fixed ``Ingress`` and ``MaskDecoder`` replicas on their slots, everything else on the head; the
@@ -40,11 +49,9 @@ def place(config: dict, env_vars: dict[str, str]) -> dict:
     config["proxy_location"] = "HeadOnly"
     app = config["applications"][0]
     app["runtime_env"] = {"env_vars": dict(env_vars)}
-    for d in app["deployments"]:
+    for d in two_of_each(config)["applications"][0]["deployments"]:
         opts = d.setdefault("ray_actor_options", {})
         if d["name"] in ("Ingress", "MaskDecoder"):
-            d.pop("autoscaling_config", None)
-            d["num_replicas"] = 2
             d["max_replicas_per_node"] = 1
             opts["resources"] = {f"{d['name'].lower()}_slot": 1}
         else:

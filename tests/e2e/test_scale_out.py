@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.local_cluster import two_of_each
 from models.masks import decode_rle
 from tests.conftest import mask_iou, shared_file
 from tests.e2e.serving import config_on_free_port, serve_run
@@ -25,19 +26,11 @@ from tests.e2e.serving import config_on_free_port, serve_run
 CLICKS = [[[100, 80, 1]], [[300, 200, 1]], [[100, 80, 1], [300, 200, 0]], [[60, 180, 1]]]  # inside every test photo
 
 
-def _two_of_each(config: dict) -> dict:
-    for d in config["applications"][0]["deployments"]:
-        if d["name"] in ("Ingress", "MaskDecoder"):
-            d.pop("autoscaling_config", None)
-            d["num_replicas"] = 2
-    return config
-
-
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory, tiny_checkpoint):
     """The scaled app on the test checkpoint (SAM 2) and random CLIP weights; (base URL, log path)."""
     tmp = tmp_path_factory.mktemp("scale_out")
-    config, port = config_on_free_port(_two_of_each)
+    config, port = config_on_free_port(two_of_each)
     env = {
         "SAMGRAPH_SAM2_CHECKPOINT": str(tiny_checkpoint),
         "SAMGRAPH_CLIP_CHECKPOINT": "",
