@@ -62,8 +62,11 @@ def _endpoint(request: Request) -> str:
     route = scope.get("route")
     if route is not None:
         return route.path
-    if scope.get("endpoint") is not None:  # a mount: FastAPI's router leaves no "route"; its path is in root_path
-        return scope.get("root_path", "")[len(scope.get("app_root_path", "")) :] or "mounted"
+    if scope.get("endpoint") is not None:
+        # a mount (/ui): its path is in root_path. A plain Starlette route (FastAPI's /docs, /openapi.json)
+        # leaves no "route" either; those have fixed paths, so the path itself is a bounded label.
+        app_root = scope.get("app_root_path", "")
+        return scope.get("root_path", "")[len(app_root) :] or scope["path"][len(app_root) :]
     return "unmatched"
 
 
