@@ -22,7 +22,7 @@ from deployments.errors import OutOfImage
 from models.amg import AutoMask
 from models.fade_strategies import FadeStrategy, make_fade_strategy
 from models.knn import Neighbor
-from models.sam2_decoder import PromptSpec
+from models.sam2_decoder import PromptSpec, centre_click
 from models.sam2_video_types import VideoObject
 
 
@@ -97,8 +97,7 @@ class DecodeJob:
             OutOfImage: a box or point outside the image, naming it.
         """
         if not self.prompts:
-            centre = np.array([[width / 2, height / 2]], dtype=np.float32)
-            return replace(self, prompts=(PromptSpec(point_coords=centre, point_labels=np.ones(1, np.int32)),), multimask_output=(True,))
+            return replace(self, prompts=(centre_click(width, height),), multimask_output=(True,))
         geometry = [(p.box_xyxy, [] if p.point_coords is None else p.point_coords) for p in self.prompts]
         check_in_image(geometry, width, height, self.field_prefix)
         return self

@@ -29,8 +29,9 @@ from models.sam2_decoder import DecodeRequest, Sam2MaskDecoder
 from models.sam2_image import ImageFeatures, feature_nbytes
 
 #: Calls about an image reach the replica that owns it: Serve's consistent-hash router over
-#: ``session_id=image_id``, with no fallback replica (an owner at capacity answers 503; another replica would
-#: encode the image again). The shipped configs set the same; a test keeps them equal.
+#: ``session_id=image_id``, with no fallback replica: a call for a busy owner waits in the caller's queue,
+#: then gets 503 past its bound, where another replica would encode the image again. The shipped configs
+#: set the same; a test keeps them equal.
 IMAGE_AFFINITY = RequestRouterConfig(
     request_router_class=ROUTER_CLASS,
     request_router_kwargs={"num_fallback_replicas": 0},

@@ -93,6 +93,12 @@ class PromptSpec:
         return n + (2 if self.box_xyxy is not None else 0)
 
 
+def centre_click(width: int, height: int) -> PromptSpec:
+    """The prompt of a request with none: one foreground click at the centre of a ``width`` x ``height``
+    image (pixels), answered with SAM's three candidates (multimask)."""
+    return PromptSpec(point_coords=np.array([[width / 2, height / 2]], dtype=np.float32), point_labels=np.ones(1, np.int32))
+
+
 @dataclass(frozen=True)
 class DecodeRequest:
     """Prompts on one image: one decoder job.

@@ -18,7 +18,7 @@ from deployments.contracts import check_in_image
 from models.amg import AmgSettings
 from models.fade_strategies import ExponentialFade, GaussianFade, LinearFade
 from models.masks import decode_logits_base64
-from models.sam2_decoder import LOW_RES_MASK_SIZE, PromptSpec
+from models.sam2_decoder import LOW_RES_MASK_SIZE, PromptSpec, centre_click
 from serve_app.ingress.errors import ApiError
 from serve_app.settings import derive
 
@@ -269,8 +269,7 @@ def to_prompt_specs(
     if not prompts and width is None:
         return [], []
     if not prompts:
-        centre = np.array([[width / 2, height / 2]], dtype=np.float32)
-        return [PromptSpec(point_coords=centre, point_labels=np.ones(1, np.int32))], [True]
+        return [centre_click(width, height)], [True]
     specs = []
     for i, p in enumerate(prompts):
         mask_input = None
