@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
@@ -84,3 +86,40 @@ def api(app_url):
     """The service through :class:`serve_app.cli.client.SamgraphClient` (errors raise)."""
     with SamgraphClient(app_url, timeout_s=300) as c:
         yield c
+
+
+# ---------------------------------------------------------------- the browser for the /ui tests
+CHROMIUM = Path(os.environ.get("SAMGRAPH_CHROMIUM", "/usr/bin/chromium"))
+# Without the background-networking flags Chromium's own connections are refused on closed networks.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _unavailable(reason: str):
+    if os.environ.get("SAMGRAPH_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason}, and SAMGRAPH_REQUIRE_BROWSER=1")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium (headless) driven by Playwright; no browser download. Where it is absent the test
+    skips, unless ``SAMGRAPH_REQUIRE_BROWSER=1`` (set by ``.ci/run``) makes that a failure."""
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} not found (Debian: apt-get install chromium); browser tests need it")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()

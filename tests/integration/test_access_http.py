@@ -104,3 +104,54 @@ def test_no_key_in_the_logs(secured):
         if f.is_file() and f.stat().st_size < 64 * 2**20:
             data = f.read_bytes()
             assert not any(n in data for n in needles), f"a key is in {f}"
+
+
+@pytest.fixture(scope="module")
+def keyed_page(browser, app_args, app_url, tmp_path_factory):
+    """A fresh browser tab on /ui of the app with one key (a limit high enough for a page's calls); the
+    original args redeployed afterwards."""
+    keys = tmp_path_factory.mktemp("ui_auth") / "keys.txt"
+    keys.write_text(f"{KEY_A}\n")
+    auth = {"keys_file": str(keys), "keys_env": None, "requests_per_minute": 600, "burst": 100, "cors_origins": []}
+    c = httpx.Client(base_url=app_url, timeout=300)
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        run_app({**app_args, "auth": auth})
+        _wait_until(lambda: c.get("/v1/stats").status_code == 401, "ask for a key")
+        yield page
+    finally:
+        page.close()
+        run_app(app_args)
+        _wait_until(lambda: c.get("/v1/stats").status_code != 401, "open up again")
+        c.close()
+
+
+def test_annotation_page_asks_for_the_key_and_keeps_it(keyed_page, app_url, truck_path):
+    """The first key typed is wrong: the page shows the 401 and, on the next call, says the key was not
+    accepted and asks again. The right key then goes on every call, from sessionStorage, unasked."""
+    page = keyed_page
+    answers, asked = ["wrong-key-wrong-key-wrong", KEY_A], []
+
+    def on_dialog(dialog):
+        asked.append(dialog.message)
+        dialog.accept(answers[len(asked) - 1])
+
+    page.on("dialog", on_dialog)
+    page.goto(f"{app_url}/ui")
+    page.wait_for_selector("#error:not([hidden])")  # the listing on load: wrong key, 401 shown
+    assert len(asked) == 1 and "needs an API key" in asked[0]
+    assert "unauthorized" in page.inner_text("#error")
+
+    ok_segment = lambda r: r.url.endswith("/v1/segment") and r.request.method == "POST" and r.ok  # noqa: E731
+    with page.expect_response(ok_segment) as info:
+        page.set_input_files("#file", str(truck_path))
+    assert len(asked) == 2 and "not accepted" in asked[1]
+    assert info.value.request.headers["authorization"] == f"Bearer {KEY_A}"
+    assert page.evaluate("sessionStorage.getItem('samgraph.api_key')") == KEY_A
+
+    with page.expect_response(lambda r: "/v1/examples" in r.url and r.request.method == "GET") as info:
+        page.reload()
+    # past the key check: 404 unknown_collection, as the empty "default" collection gets without keys
+    assert info.value.status == 404 and info.value.request.headers["authorization"] == f"Bearer {KEY_A}"
+    assert len(asked) == 2  # kept for the tab: not asked again

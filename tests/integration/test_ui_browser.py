@@ -12,7 +12,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +21,6 @@ from PIL import Image
 from models.masks import decode_rle, encode_rle, rle_bbox_xyxy
 from tests.conftest import REPO, TRUCK_BOX
 
-CHROMIUM = Path(os.environ.get("SAMGRAPH_CHROMIUM", "/usr/bin/chromium"))
-# Without the background-networking flags Chromium's own connections are refused on closed networks.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 1280, "height": 720}
 COLLECTION = "ui_test"
 ARTIFACTS = REPO / "artifacts"
@@ -42,26 +29,6 @@ BG = (1125, 625)
 UI_JS = ("app.js", "api.js", "state.js", "status.js", "overlay.js", "prompts.js", "image.js", "annotations.js",
          "predict.js", "keyboard.js", "dom.js", "rle.js")  # ES modules: served as JavaScript or not run at all
 UI_FILES = ("index.html", "style.css", *UI_JS)
-
-
-def _unavailable(reason: str):
-    if os.environ.get("SAMGRAPH_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason}, and SAMGRAPH_REQUIRE_BROWSER=1")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} not found (Debian: apt-get install chromium); browser tests need it")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed (pip install -e '.[dev]')")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _new_page(browser, app_url: str):
