@@ -16,7 +16,7 @@ from deployments.contracts import VideoJob
 from deployments.runtime.replica import pick_device, set_torch_threads
 from deployments.runtime.sam2_weights import load_sam2_video
 from deployments.runtime.weights import WeightsSource
-from models.masks import encode_masks
+from models.masks import POLYGON_TOLERANCE_PX, encode_masks
 from models.sam2_video import Sam2VideoTracker, VideoSettings
 from models.sam2_video_types import FrameMasks
 
@@ -98,7 +98,7 @@ class VideoSegmenter:
         for item in self._tracker.propagate(frames, job.objects, job.start_frame, job.max_frames, job.reverse):
             if isinstance(item, FrameMasks):
                 self._frames += 1
-                yield frame_record(item, job.mask_format)
+                yield frame_record(item, job.mask_format, job.polygon_tolerance_px)
             else:
                 yield {"type": "init", **item, "model_id": self._info["model_id"], "weights": self._info["weights"]}
 
@@ -111,13 +111,13 @@ class VideoSegmenter:
         return {"clips": self._clips, "frames": self._frames, "busy_s": self._busy_s}
 
 
-def frame_record(item: FrameMasks, mask_format: str) -> dict:
+def frame_record(item: FrameMasks, mask_format: str, polygon_tolerance_px: float = POLYGON_TOLERANCE_PX) -> dict:
     """One frame's masks as a JSON-ready record (see :meth:`VideoSegmenter.track`).
 
     ``object_score`` is the sigmoid of the model's object-presence logit, in [0, 1]; ``area_px`` and
     ``bbox_xyxy`` (pixel-edge XYXY, [0, 0, 0, 0] when empty) are of the mask at the frame's size.
     """
-    encoded = encode_masks(item.masks, mask_format)
+    encoded = encode_masks(item.masks, mask_format, polygon_tolerance_px)
     objects = []
     for obj_id, logit, enc in zip(item.obj_ids, item.object_score_logits, encoded):
         score = float(1.0 / (1.0 + np.exp(-np.clip(float(logit), -80.0, 80.0))))

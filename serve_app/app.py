@@ -203,7 +203,7 @@ class Ingress:
         if geometric or not texts:  # no prompts at all: the decoder clicks the centre
             specs, default_multimask = to_prompt_specs(geometric)
             multimask = [req.multimask_output] * len(specs) if req.multimask_output is not None else default_multimask
-            job = DecodeJob(tuple(specs), tuple(multimask), req.mask_format, req.max_masks, req.return_logits)
+            job = DecodeJob(tuple(specs), tuple(multimask), req.mask_format, req.max_masks, req.return_logits, req.polygon_tolerance_px)
         owner = self.images.owner(image_id)
 
         def send(pixels):
@@ -248,7 +248,7 @@ class Ingress:
         check_video_objects(req.objects, n, w, h)
         if req.start_frame is not None and req.start_frame >= n:
             raise ApiError(422, "out_of_clip", f"start_frame {req.start_frame} is outside the clip of {n} frames", "start_frame")
-        job = VideoJob(tuple(to_video_objects(req.objects)), req.start_frame, req.max_frames, req.reverse, req.mask_format)
+        job = VideoJob(tuple(to_video_objects(req.objects)), req.start_frame, req.max_frames, req.reverse, req.mask_format, req.polygon_tolerance_px)
         records = self.video.options(stream=True).track.remote(ray.put(frames), job)
         del frames  # the object store holds them now
         try:
@@ -295,7 +295,7 @@ class Ingress:
             "model_id": gen.model_id,
             "weights": gen.weights,
             "collection": req.collection,
-            "instances": instances(gen.masks, knn.neighbors, req.min_score, req.mask_format),
+            "instances": instances(gen.masks, knn.neighbors, req.min_score, req.mask_format, req.polygon_tolerance_px),
             "embedder_weights": knn.embedder_weights,
         }
         timing["total"] = (time.perf_counter() - t0) * 1e3

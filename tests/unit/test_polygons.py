@@ -14,7 +14,7 @@ from tests.conftest import mask_iou, shared_file
 
 
 def _area(ring: list[list[int]]) -> float:
-    """Shoelace area of a ring; positive for counter-clockwise in (x right, y down) as GeoJSON orients."""
+    """Shoelace area of a ring in (x, y): positive for exteriors, negative for holes (GeoJSON's orientation)."""
     x, y = np.asarray(ring, float).T
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
@@ -66,7 +66,7 @@ def test_parts_and_holes_are_kept():
     assert len(big["holes"]) == 1 and not second["holes"] and not dot["holes"]
     assert _poly_area(big) == 25 * 30 - 64 and _poly_area(second) == 150 and _poly_area(dot) == 1
     assert sorted(big["holes"][0]) == [[12, 12], [12, 20], [20, 12], [20, 20]]  # the hole's corners, on pixel edges
-    assert _area(big["exterior"]) > 0 > _area(big["holes"][0])  # exterior CCW, hole CW (GeoJSON)
+    assert _area(big["exterior"]) > 0 > _area(big["holes"][0])
     assert np.array_equal(polygons_to_mask(polys, 40, 60), m)
 
 
