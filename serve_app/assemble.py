@@ -9,7 +9,7 @@ import numpy as np
 from deployments.contracts import DecodeResult, EmbedResult, GenerateResult, ImageInfo
 from models.amg import AmgSettings, AutoMask
 from models.knn import Neighbor, vote
-from models.masks import POLYGON_TOLERANCE_PX, decode_rle, mask_format_fields
+from models.masks import POLYGON_TOLERANCE_PX, decode_rle, mask_area_bbox, mask_format_fields
 from serve_app.ingress.errors import ApiError
 from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING
 
@@ -159,3 +159,31 @@ def check_mask(rle: dict, width: int, height: int) -> dict:
     except ValueError as e:
         raise ApiError(422, "invalid_request", f"mask_rle: {e}", "mask_rle") from None
     return rle
+
+
+def polygon_records(rles: Sequence[dict], polygon_tolerance_px: float, max_pixels: int) -> list[dict]:
+    """``/v1/masks/polygons``: each COCO RLE as ``{"area_px", "bbox_xyxy", "polygons", "segmentation"}``
+    (``models.masks.mask_format_fields`` with ``polygon``).
+
+    Args:
+        rles: ``{"size": [H, W], "counts": str}`` masks.
+        polygon_tolerance_px: the simplification, pixels (0: the exact outline).
+        max_pixels: the largest ``H * W`` accepted (the app's ``max_image_pixels``).
+
+    Raises:
+        ApiError: 413 naming ``masks[i]`` for a mask over ``max_pixels``, 422 for one that does not decode.
+    """
+    out = []
+    for i, rle in enumerate(rles):
+        h, w = (int(v) for v in rle["size"])
+        if h < 1 or w < 1:
+            raise ApiError(422, "invalid_request", f"masks[{i}].size: must be [H, W] with H, W >= 1", f"masks[{i}].size")
+        if h * w > max_pixels:
+            raise ApiError(413, "image_too_large", f"masks[{i}]: {w}x{h} is over the limit of {max_pixels} pixels", f"masks[{i}]")
+        try:
+            mask = decode_rle(rle)
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", f"masks[{i}]: {e}"[:300], f"masks[{i}]") from None
+        area, box = mask_area_bbox(mask)
+        out.append({"area_px": area, "bbox_xyxy": box, **mask_format_fields(mask, "polygon", polygon_tolerance_px)})
+    return out

@@ -191,9 +191,9 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, file_part: str = "image") -> tuple:
+async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, file_part: str | None = "image") -> tuple:
     """A JSON body, or multipart with a ``file_part`` file part (``image``, or ``video`` for clips) and an
-    optional ``request`` JSON part.
+    optional ``request`` JSON part; with ``file_part`` None, JSON only.
 
     Returns:
         (the validated ``model`` instance, the uploaded file's bytes or None).
@@ -204,7 +204,7 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, f
     body = await read_body(request, max_bytes)
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     upload = None
-    if ctype == "multipart/form-data":
+    if ctype == "multipart/form-data" and file_part is not None:
 
         async def replay():
             return {"type": "http.request", "body": body, "more_body": False}
@@ -225,7 +225,8 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, f
     elif ctype == "application/json":
         raw = body
     else:
-        raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
+        accepted = "application/json" if file_part is None else "application/json or multipart/form-data"
+        raise ApiError(415, "unsupported_media_type", f"send {accepted}")
     try:
         data = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:

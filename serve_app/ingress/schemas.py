@@ -221,6 +221,14 @@ class RleIn(BaseModel):
     counts: str = Field(min_length=1)
 
 
+class PolygonsRequest(BaseModel):
+    """Body of ``POST /v1/masks/polygons``: COCO RLE masks (as any route returns them) to trace as polygons."""
+
+    model_config = STRICT
+    masks: list[RleIn] = Field(min_length=1, max_length=256)
+    polygon_tolerance_px: POLYGON_TOLERANCE = POLYGON_TOLERANCE_PX
+
+
 class ExampleRequest(ImageRefIn, GeometryIn):
     """Body of ``POST /v1/examples``: one labelled object, given by a prompt (``box_xyxy`` and/or
     ``points``, as in /v1/segment) or a mask."""

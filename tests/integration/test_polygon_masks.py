@@ -74,3 +74,35 @@ def test_bad_tolerance_is_422_naming_the_field(client, truck, tolerance):
     r = client.post("/v1/segment", json={**truck, "mask_format": "polygon", "polygon_tolerance_px": tolerance})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == "polygon_tolerance_px"
+
+
+def test_masks_polygons_route_traces_given_rles(client):
+    from models.masks import encode_rle
+
+    ring = np.zeros((30, 40), bool)
+    ring[5:25, 5:35] = True
+    ring[10:20, 10:30] = False
+    dot = np.zeros((30, 40), bool)
+    dot[0, 0] = True
+    r = client.post("/v1/masks/polygons", json={"masks": [encode_rle(ring), encode_rle(dot)], "polygon_tolerance_px": 0})
+    assert r.status_code == 200, r.text
+    a, b = r.json()["masks"]
+    assert np.array_equal(polygons_to_mask(a["polygons"], 30, 40), ring) and len(a["polygons"][0]["holes"]) == 1
+    assert b == {"area_px": 1, "bbox_xyxy": [0, 0, 1, 1], "polygons": [{"exterior": [[0, 0], [1, 0], [1, 1], [0, 1]], "holes": []}], "segmentation": [[0, 0, 1, 0, 1, 1, 0, 1]]}
+
+
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ({"masks": []}, 422, "masks"),
+        ({"masks": [{"size": [4, 4], "counts": "not an rle!"}]}, 422, "masks[0]"),
+        ({"masks": [{"size": [0, 4], "counts": "0"}]}, 422, "masks[0].size"),
+        ({"masks": [{"size": [5000, 5000], "counts": "0"}]}, 413, "masks[0]"),
+    ],
+)
+def test_masks_polygons_route_names_the_bad_field(client, body, status, field):
+    r = client.post("/v1/masks/polygons", json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["field"] == field
+    r = client.post("/v1/masks/polygons", files={"image": ("a.png", b"x")})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
