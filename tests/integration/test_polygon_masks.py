@@ -106,3 +106,18 @@ def test_masks_polygons_route_names_the_bad_field(client, body, status, field):
     assert r.json()["error"]["field"] == field
     r = client.post("/v1/masks/polygons", files={"image": ("a.png", b"x")})
     assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_cli_segment_writes_polygons(app_url, client, truck, truck_path, tmp_path, capsys):
+    import json
+
+    from serve_app.cli import main as cli
+
+    out = tmp_path / "seg.json"
+    box = ",".join(map(str, TRUCK_BOX))
+    assert cli.main(["segment", "--api", app_url, "--image", str(truck_path), "--box", box, "--mask-format", "polygon", "--polygon-tolerance", "0", "--out", str(out)]) == 0
+    (mask,) = json.loads(out.read_text())["results"][0]["masks"][:1]
+    rle = _post(client, "/v1/segment", {**truck, "prompts": [{"box_xyxy": TRUCK_BOX}], "max_masks": 1})["results"][0]["masks"][0]
+    _check(rle, mask, 0.0)
+    assert cli.main(["segment", "--api", app_url, "--image", str(truck_path), "--box", box, "--mask-format", "polygon", "--overlay", str(tmp_path / "o.png")]) == 2
+    assert "--mask-format rle" in capsys.readouterr().err
