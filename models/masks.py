@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 
 MASK_FORMATS = ("rle", "png", "polygon", "none")
 #: Default simplification of ``polygon`` masks, pixels (``models.polygons.mask_to_polygons``).
-POLYGON_TOLERANCE_PX = 1.0
+POLYGON_TOLERANCE_PX = 0.0
 
 
 def encode_rle(mask: np.ndarray) -> dict:

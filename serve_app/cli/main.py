@@ -165,7 +165,7 @@ def _mask_format(args: argparse.Namespace) -> dict:
 
 def _mask_format_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask-format", choices=("rle", "png", "polygon", "none"), default="rle", help="how masks come back (default rle)")
-    parser.add_argument("--polygon-tolerance", type=float, help="polygon simplification in pixels (0: the exact outline; default: the service's, 1)")
+    parser.add_argument("--polygon-tolerance", type=float, help="polygon simplification in pixels (default 0: the exact outline)")
 
 
 def _post_image(args: argparse.Namespace, call, request: dict) -> dict | int:
