@@ -40,6 +40,7 @@ from serve_app.assemble import amg_settings, check_mask, image_answer, instances
 from serve_app.config import AppArgs
 from serve_app.ingress.access import AccessPolicy, install_access
 from serve_app.ingress.errors import ApiError
+from serve_app.ingress.example_transfer import store_example  # and the export and import routes, on api
 from serve_app.ingress.http import api, log, parse_body, request_id, stage_errors
 from serve_app.ingress.image_cache import ImageOwners
 from serve_app.ingress.metrics import (
@@ -348,7 +349,7 @@ class Ingress:
         crops = self.fader.fade_masks.remote(image.pixels, [rle], fade)
         embedded = self.embedder.embed_crops.remote(crops)
         payload = {"image_id": image_id, "bbox_xyxy": rle_bbox_xyxy(rle), "area_px": area}
-        ids = await self.retriever.add_chain.remote(req.collection, embedded, [req.label], [payload])
+        ids = await store_example(self.retriever, req.collection, embedded, req.label, payload, request_id(request))
         timing["total"] = (time.perf_counter() - t0) * 1e3
         self.metrics.stages("/v1/examples", timing)
         return {"ids": ids, "collection": req.collection, "label": req.label, "image_id": image_id, "area_px": area, "timing_ms": timing}
