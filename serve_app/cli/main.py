@@ -8,6 +8,8 @@
     samgraph predict --api URL --image photo.jpg [--collection NAME] [--top-k 5] [--json]
     samgraph examples add --api URL --image photo.jpg (--box x0,y0,x1,y1 | --point x,y ...) --label NAME
     samgraph examples list --api URL [--collection NAME]
+    samgraph examples export --api URL [--collection NAME] --out FILE[.gz]
+    samgraph examples import --api URL --file FILE[.gz] [--collection NAME] [--batch-points 1000]
     samgraph batch --input DIR|annotations.json --output OUT_DIR [...]    (serve_app/offline/cli.py)
     samgraph eval --coco annotations.json --images DIR --prompt box|center-point [--output report.json]
     samgraph video --api URL (--video clip.mp4 | --frames DIR) --box OBJ:x0,y0,x1,y1 [--point OBJ:x,y[,fg|bg]]...
@@ -24,6 +26,7 @@ import sys
 from pathlib import Path
 
 from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
+from serve_app.cli.examples_file import add_file_arguments
 from serve_app.cli.flags import (
     build_prompts,
     build_video_objects,
@@ -209,7 +212,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
-    """``examples add`` (``POST /v1/examples``) or ``examples list`` (counts per label)."""
+    """``examples add`` (``POST /v1/examples``), ``examples list`` (counts per label), ``examples export``
+    or ``examples import`` (:mod:`serve_app.cli.examples_file`)."""
+    if args.action in ("export", "import"):
+        from serve_app.cli.examples_file import cmd_examples_file
+
+        return cmd_examples_file(args, _client, _fail)
     if args.action == "add":
         prompt = build_prompts([args.box] if args.box else [], args.point or [])
         if not prompt:
@@ -386,6 +394,9 @@ def make_parser() -> argparse.ArgumentParser:
     lst = exsub.add_parser("list", help="examples per label")
     _api_args(lst, cmd_examples)
     lst.add_argument("--collection", default="default")
+    for name, helptext in (("export", "write a collection to one file"), ("import", "upsert an exported file (idempotent)")):
+        _api_args(exsub.add_parser(name, help=helptext), cmd_examples)
+    add_file_arguments(exsub.choices["export"], exsub.choices["import"])
 
     from serve_app.offline.cli import add_commands
 
