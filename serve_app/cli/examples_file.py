@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gzip
 import json
 import os
@@ -150,10 +151,22 @@ def import_from_file(
     return {**answer, "imported": done, "created": created}
 
 
-def add_file_arguments(export: argparse.ArgumentParser, import_: argparse.ArgumentParser) -> None:
-    """The flags of ``samgraph examples export`` and ``import`` (besides ``--api`` and its kin)."""
+def add_file_commands(exsub, api_args, client: Callable[[argparse.Namespace], SamgraphClient], fail) -> None:
+    """Add ``export`` and ``import`` to the ``samgraph examples`` sub-commands.
+
+    Args:
+        exsub: the ``examples`` sub-parsers.
+        api_args: ``api_args(parser, func)`` adds ``--api``, ``--timeout``, ``--api-key`` and sets ``func``.
+        client: makes the :class:`SamgraphClient` of parsed arguments.
+        fail: prints a failed call; returns the exit code.
+    """
+    run = functools.partial(cmd_examples_file, client=client, fail=fail)
+    export = exsub.add_parser("export", help="write a collection (ids, vectors, labels, payloads) to one file")
+    api_args(export, run)
     export.add_argument("--collection", default="default")
     export.add_argument("--out", required=True, help="the file (JSON Lines; gzip when it ends in .gz)")
+    import_ = exsub.add_parser("import", help="upsert a file written by export into a collection (idempotent)")
+    api_args(import_, run)
     import_.add_argument("--file", required=True, help="a file written by `examples export` (plain or gzip)")
     import_.add_argument("--collection", default=None, help="the collection to write to (default: the file's)")
     import_.add_argument(

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
-from serve_app.cli.examples_file import add_file_arguments
+from serve_app.cli.examples_file import add_file_commands
 from serve_app.cli.flags import (
     build_prompts,
     build_video_objects,
@@ -212,12 +212,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
-    """``examples add`` (``POST /v1/examples``), ``examples list`` (counts per label), ``examples export``
-    or ``examples import`` (:mod:`serve_app.cli.examples_file`)."""
-    if args.action in ("export", "import"):
-        from serve_app.cli.examples_file import cmd_examples_file
-
-        return cmd_examples_file(args, _client, _fail)
+    """``examples add`` (``POST /v1/examples``) or ``examples list`` (counts per label); ``export`` and
+    ``import`` are :mod:`serve_app.cli.examples_file`'s."""
     if args.action == "add":
         prompt = build_prompts([args.box] if args.box else [], args.point or [])
         if not prompt:
@@ -394,9 +390,7 @@ def make_parser() -> argparse.ArgumentParser:
     lst = exsub.add_parser("list", help="examples per label")
     _api_args(lst, cmd_examples)
     lst.add_argument("--collection", default="default")
-    for name, helptext in (("export", "write a collection to one file"), ("import", "upsert an exported file (idempotent)")):
-        _api_args(exsub.add_parser(name, help=helptext), cmd_examples)
-    add_file_arguments(exsub.choices["export"], exsub.choices["import"])
+    add_file_commands(exsub, _api_args, _client, _fail)
 
     from serve_app.offline.cli import add_commands
 
