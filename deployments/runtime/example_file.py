@@ -268,7 +268,11 @@ class ExampleFileReader:
         if not isinstance(vector, list) or len(vector) != dim:
             got = f"{len(vector)} values" if isinstance(vector, list) else type(vector).__name__
             raise _fail(n, "vector", f"must be a list of {dim} numbers (the header's dim); got {got}")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vector):
+        try:
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vector)
+        except OverflowError:  # an integer beyond any float
+            numbers = False
+        if not numbers:
             raise _fail(n, "vector", "must hold finite numbers only")
         try:
             row = as_vectors(np.asarray([vector], np.float64), "vector")[0]

@@ -209,6 +209,7 @@ def _lines(*records) -> list[str]:
         ([HEADER, {**POINT, "vector": [1.0, True, 3.0]}], "line 2.vector", "finite numbers"),
         ([HEADER, {**POINT, "vector": [1.0, float("nan"), 0.0]}], "line 2.vector", "finite"),  # json writes NaN
         ([HEADER, {**POINT, "vector": [1e39, 0, 0]}], "line 2.vector", "non-finite"),
+        ([HEADER, {**POINT, "vector": [10**400, 0, 0]}], "line 2.vector", "finite numbers"),
         ([HEADER, {**POINT, "vector": [0, 0, 0]}], "line 2.vector", "all zero"),
         ([HEADER, {**POINT, "id": 7}], "line 2.id", "UUID"),
         ([HEADER, {**POINT, "label": " "}], "line 2.label", "1-100 characters"),
