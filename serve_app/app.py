@@ -36,7 +36,7 @@ from deployments.retriever import Retriever
 from deployments.video import VideoSegmenter
 from models.amg import AmgSettings
 from models.masks import rle_area, rle_bbox_xyxy
-from serve_app.assemble import amg_settings, check_mask, image_answer, instances, merge_segment_results, polygon_records
+from serve_app.assemble import amg_settings, check_mask, image_answer, instances, merge_segment_results
 from serve_app.config import AppArgs
 from serve_app.ingress.access import AccessPolicy, install_access
 from serve_app.ingress.errors import ApiError
@@ -51,15 +51,9 @@ from serve_app.ingress.metrics import (
     metrics_urls,
     scrape_nodes,
 )
+from serve_app.ingress.polygon_route import masks_to_polygons  # noqa: F401  (a route on api)
 from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING, readiness
-from serve_app.ingress.schemas import (
-    ExampleRequest,
-    FadeIn,
-    PolygonsRequest,
-    PredictRequest,
-    SegmentRequest,
-    to_prompt_specs,
-)
+from serve_app.ingress.schemas import ExampleRequest, FadeIn, PredictRequest, SegmentRequest, to_prompt_specs
 from serve_app.ingress.video_route import collect_frames, ndjson_lines, read_clip
 from serve_app.ingress.video_schemas import VideoRequest, check_video_objects, to_video_objects
 from serve_app.preflight import preflight
@@ -311,16 +305,6 @@ class Ingress:
         self.metrics.masks("/v1/predict", body["instances"])
         self.metrics.label_confidences(body["instances"])
         return image_answer(gen.image, body, timing)
-
-    @api.post("/v1/masks/polygons")
-    @stage_errors
-    async def masks_to_polygons(self, request: Request) -> dict:
-        """COCO RLE masks traced as polygons (rings with holes, and COCO's flat lists), without a model:
-        for clients that hold RLE masks and export polygons (the annotation page's COCO export)."""
-        req, _ = await parse_body(request, PolygonsRequest, self.args.limits.max_body_bytes, file_part=None)
-        rles = [m.model_dump() for m in req.masks]
-        masks = await asyncio.to_thread(polygon_records, rles, req.polygon_tolerance_px, self.args.limits.max_image_pixels)
-        return {"masks": masks, "polygon_tolerance_px": req.polygon_tolerance_px}
 
     # ---------------------------------------------------------------- examples
     @api.post("/v1/examples")

@@ -28,9 +28,11 @@ from pathlib import Path
 from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 from serve_app.cli.examples_file import add_file_commands
 from serve_app.cli.flags import (
+    add_mask_format_args,
     build_prompts,
     build_video_objects,
     frame_files,
+    mask_format_fields,
     parse_box,
     parse_obj_box,
     parse_obj_point,
@@ -128,7 +130,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if (args.overlay or args.cutout) and args.mask_format != "rle":
         print("error: --overlay and --cutout need --mask-format rle", file=sys.stderr)
         return 2
-    request = {"prompts": build_prompts(args.box or [], args.point or []) + [{"text": t} for t in args.text or []], **_mask_format(args)}
+    request = {"prompts": build_prompts(args.box or [], args.point or []) + [{"text": t} for t in args.text or []], **mask_format_fields(args)}
     if args.multimask is not None:
         request["multimask_output"] = args.multimask
     result = _post_image(args, SamgraphClient.segment, request)
@@ -158,19 +160,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mask_format(args: argparse.Namespace) -> dict:
-    """The request's ``mask_format`` (and ``polygon_tolerance_px``) from ``--mask-format``/``--polygon-tolerance``."""
-    out = {"mask_format": args.mask_format}
-    if args.polygon_tolerance is not None:
-        out["polygon_tolerance_px"] = args.polygon_tolerance
-    return out
-
-
-def _mask_format_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mask-format", choices=("rle", "png", "polygon", "none"), default="rle", help="how masks come back (default rle)")
-    parser.add_argument("--polygon-tolerance", type=float, help="polygon simplification in pixels (default 0: the exact outline)")
-
-
 def _post_image(args: argparse.Namespace, call, request: dict) -> dict | int:
     """``call(client, request, image, filename)`` with the ``--image`` file; the answer, or an exit code.
 
@@ -194,7 +183,7 @@ def _post_image(args: argparse.Namespace, call, request: dict) -> dict | int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``/v1/predict`` on ``--image``: print a table of the labelled instances (or ``--json``)."""
-    request = {"collection": args.collection, "top_k": args.top_k, "min_score": args.min_score, "max_instances": args.max_instances, **_mask_format(args)}
+    request = {"collection": args.collection, "top_k": args.top_k, "min_score": args.min_score, "max_instances": args.max_instances, **mask_format_fields(args)}
     if args.points_per_side:
         request["amg"] = {"points_per_side": args.points_per_side}
     result = _post_image(args, SamgraphClient.predict, request)
@@ -350,7 +339,7 @@ def make_parser() -> argparse.ArgumentParser:
             c.add_argument("--json", action="store_true", help="print the full JSON response, not a summary")
             c.add_argument("--overlay", help="write the photo with the best mask of each object drawn over it (PNG)")
             c.add_argument("--cutout", help="write the objects with an alpha channel (PNG)")
-            _mask_format_args(c)
+            add_mask_format_args(c)
 
     pr = sub.add_parser("predict", help="label every object in an image from the labelled examples")
     _api_args(pr, cmd_predict)
@@ -361,7 +350,7 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-instances", type=int, default=20)
     pr.add_argument("--points-per-side", type=int, help="automatic-mask grid (default: the service's)")
     pr.add_argument("--json", action="store_true", help="print the full JSON response")
-    _mask_format_args(pr)
+    add_mask_format_args(pr)
 
     ex = sub.add_parser("examples", help="add or list labelled examples")
     exsub = ex.add_subparsers(dest="action", required=True)

@@ -35,7 +35,7 @@ from deployments.runtime.example_file import (
 from deployments.runtime.store_checks import check_collection_name
 from deployments.runtime.store_pages import TRANSFER_PAGE
 from serve_app.ingress.errors import ApiError
-from serve_app.ingress.http import api, read_body, request_id, stage_errors
+from serve_app.ingress.http import api, ingress, read_body, request_id, stage_errors
 
 log = logging.getLogger("ray.serve")
 T = TypeVar("T")
@@ -135,13 +135,6 @@ async def store_example(retriever, collection: str, embedded, label: str, payloa
         return await retriever.add_chain.remote(collection, embeddings, [label], [payload], ids)
 
     return await retry_if_replica_died(store, "store the example", rid)
-
-
-def ingress():
-    """The ``Ingress`` instance of this replica (its ``retriever``, ``embedder``, ``args``, ``_collection``)."""
-    from ray import serve
-
-    return serve.get_replica_context().servable_object
 
 
 @api.get("/v1/examples/export")

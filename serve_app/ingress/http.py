@@ -177,6 +177,15 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return await _api_error(request, ApiError(500, "internal", "internal error; see the server log for this request id"))
 
 
+def ingress():
+    """The ``Ingress`` instance of this replica (its handles, ``args`` and helpers), for module-level
+    routes of :data:`api` (``Depends(ingress)``): Serve injects it as ``self`` into the ingress's own
+    methods only."""
+    from ray import serve
+
+    return serve.get_replica_context().servable_object
+
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The request body, refusing (413) anything over ``max_bytes`` before reading it all."""
     declared = request.headers.get("content-length")
