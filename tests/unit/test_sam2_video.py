@@ -194,6 +194,23 @@ def _reference_run(ref, state, **kwargs) -> dict[int, tuple[np.ndarray, np.ndarr
     return {t: ((masks[:, 0] > 0).numpy(), _score_logits(state, t)) for t, _, masks in ref.propagate_in_video(state, **kwargs)}
 
 
+def _assert_same_as_sam2(got: list[FrameMasks], expected: dict, obj_ids: tuple[int, ...], present: bool = True) -> None:
+    """Our frames equal sam2's: the same object-score logits and the same masks, to the bit (both run the
+    same kernels on the same inputs). An IoU bound would not do: with random weights a lost memory moves
+    about 50 of 60 000 mask pixels (IoU 0.9989, measured). With ``present``, every mask is non-empty and the
+    objects' masks differ, so that the comparison is not vacuous."""
+    for f in got:
+        masks, logits = expected[f.frame_index]
+        assert f.obj_ids == obj_ids
+        np.testing.assert_array_equal(f.object_score_logits, logits, err_msg=f"frame {f.frame_index}")
+        for k in range(len(obj_ids)):
+            where = f"frame {f.frame_index} object {obj_ids[k]}"
+            assert np.array_equal(f.masks[k], masks[k]), f"{where}: IoU {mask_iou(f.masks[k], masks[k]):.5f}"
+            assert mask_iou(f.masks[k], masks[k]) >= IOU_MIN
+            assert f.masks[k].any() or not present, f"{where}: empty mask (a vacuous comparison)"
+        assert not present or not np.array_equal(f.masks[0], f.masks[1]), f"frame {f.frame_index}: one mask for both"
+
+
 def test_image_size_override_is_sam2s(video_model, reference):
     assert video_model.image_size == reference.image_size == IMAGE_SIZE
     assert video_model.sam_image_embedding_size == reference.sam_image_embedding_size == IMAGE_SIZE // 16
@@ -212,15 +229,7 @@ def test_long_clip_matches_sam2_with_a_bounded_state(video_model, reference, tmp
 
     got, stored = _track(tracker, _rgb(paths), _box_and_click())
     assert [f.frame_index for f in got] == sorted(expected) == list(range(24))
-    for f in got:
-        masks, logits = expected[f.frame_index]
-        assert f.obj_ids == (1, 2)
-        np.testing.assert_allclose(f.object_score_logits, logits, rtol=0, atol=1e-4)
-        for k in range(2):
-            assert f.masks[k].any(), f"frame {f.frame_index} object {k}: empty mask (a vacuous comparison)"
-            iou = mask_iou(f.masks[k], masks[k])
-            assert iou >= IOU_MIN, f"frame {f.frame_index} object {k}: IoU {iou:.5f}"
-        assert not np.array_equal(f.masks[0], f.masks[1]), f"frame {f.frame_index}: both objects have the same mask"
+    _assert_same_as_sam2(got, expected, (1, 2))
     bound = tracker.max_stored_outputs(reverse=False)
     assert bound == tracker.memory_window + 1
     assert max(stored) == bound  # reached, and never passed
@@ -248,15 +257,7 @@ def test_reverse_mask_prompt_later_frames_and_start_frame_match_sam2(video_model
     got, stored = _track(tracker, _rgb(paths), objects, start_frame=4, reverse=True)
     assert [f.frame_index for f in got] == list(range(4, 24)) + [3, 2, 1, 0]
     assert 24 - 4 > tracker.memory_window + 1  # the forward pass leaves the start's window
-    for f in got:
-        masks, logits = expected[f.frame_index]
-        assert f.obj_ids == (5, 9)
-        np.testing.assert_allclose(f.object_score_logits, logits, rtol=0, atol=1e-4)
-        for k in range(2):
-            assert f.masks[k].any(), f"frame {f.frame_index} object {k}: empty mask (a vacuous comparison)"
-            iou = mask_iou(f.masks[k], masks[k])
-            assert iou >= IOU_MIN, f"frame {f.frame_index} object {k}: IoU {iou:.5f}"
-        assert not np.array_equal(f.masks[0], f.masks[1]), f"frame {f.frame_index}: both objects have the same mask"
+    _assert_same_as_sam2(got, expected, (5, 9))
     assert max(stored) <= tracker.max_stored_outputs(reverse=True)
     assert stored[-1] < _stored(state)  # the reverse pass did drop outputs, and the masks are still sam2's
 
@@ -285,12 +286,7 @@ def test_object_prompted_after_another_is_tracked_where_sam2_raises(video_model,
         float_memory.remove()
     got, _ = _track(Sam2VideoTracker(video_model), _rgb(paths), _box_and_click(click_frame=2))
     assert [f.frame_index for f in got] == sorted(expected) == [0, 1, 2, 3]
-    for f in got:
-        masks, logits = expected[f.frame_index]
-        np.testing.assert_allclose(f.object_score_logits, logits, rtol=0, atol=1e-4)
-        for k in range(2):
-            assert f.masks[k].any(), f"frame {f.frame_index} object {k}: empty mask (a vacuous comparison)"
-            assert mask_iou(f.masks[k], masks[k]) >= IOU_MIN, (f.frame_index, k)
+    _assert_same_as_sam2(got, expected, (1, 2))
 
 
 @pytest.fixture(scope="module")
@@ -310,13 +306,11 @@ def test_absent_object_has_a_low_score_and_an_empty_mask_as_in_sam2(flicker_mode
 
     got, _ = _track(Sam2VideoTracker(ours), _rgb(paths), _box_and_click())
     assert [f.frame_index for f in got] == list(range(12))
+    _assert_same_as_sam2(got, expected, (1, 2), present=False)
     absent, present = set(), set()
     for f in got:
         masks, logits = expected[f.frame_index]
-        np.testing.assert_allclose(f.object_score_logits, logits, rtol=0, atol=1e-4)
-        record = frame_record(f, "rle")
-        for k, obj in enumerate(record["objects"]):
-            assert mask_iou(f.masks[k], masks[k]) >= IOU_MIN, (f.frame_index, k)
+        for k, obj in enumerate(frame_record(f, "rle")["objects"]):
             if logits[k] > 0:  # sam2 says present
                 present.add((f.frame_index, k))
                 assert obj["object_score"] > 0.5 and obj["area_px"] > 0 and f.masks[k].any()
