@@ -16,8 +16,17 @@ the tracking state live, so that memory stays bounded on long clips:
   is dropped. The model only ever reads the ``num_maskmem`` most recent frames and the
   ``max_obj_ptrs_in_encoder`` most recent object pointers (``SAM2Base._prepare_memory_conditioned_features``),
   plus the conditioning (prompted) frames, so :class:`Sam2VideoTracker` drops the non-conditioning
-  outputs outside that window as it goes (those near the start frame are kept for the reverse pass).
-  The masks are unchanged by this; the tests check it against sam2.
+  outputs outside that window as it goes (those near the start frame are kept while a reverse pass is
+  still to come, which reads them). The masks are unchanged by this; the tests check it against sam2's
+  predictor, which keeps everything.
+* **Memories in the features' dtype.** sam2's predictor stores memory features in bfloat16. Memory
+  attention normally gets them concatenated with float32 object pointers, which promotes them to
+  float32. Where a frame has no object pointer to read (an object tracked on frames that come before
+  all its prompts in the direction of tracking, e.g. a second object prompted on a later frame than the
+  first), the memory stays bfloat16 and sam2 raises a dtype error unless it runs under bf16 autocast
+  (facebookresearch/sam2 issues 308 and 577). :func:`build_sam2_video_model`
+  casts the memory to the features' dtype there, as that promotion does; everywhere else it changes
+  nothing.
 
 Coordinates are pixels of the original frames, (x, y) with x to the right and y down; boxes are XYXY.
 
@@ -44,6 +53,7 @@ def build_sam2_video_model(
     *,
     seed: int | None = None,
     device: str | torch.device = "cpu",
+    image_size: int | None = None,
 ) -> torch.nn.Module:
     """Build sam2's ``SAM2VideoPredictor`` for a registry model, with given or seeded random weights.
 
@@ -57,17 +67,29 @@ def build_sam2_video_model(
         seed: with ``state_dict=None``, the seed of the random weights; they are exactly those of
             ``build_sam2_model(name, seed=seed)``, so image and video stages share them.
         device: torch device to place the model on.
+        image_size: the model's input side in pixels, passed to sam2's builder as the Hydra override
+            ``++model.image_size=N`` (the YAML is not edited); None: the config's 1024, at which the
+            released weights were trained. A positive multiple of 32 (the Hiera trunk's total stride,
+            and its window position embedding tiles 1/4-scale features in 8x8 windows). No weight
+            depends on it: the position embeddings are interpolated and the memory attention's RoPE is
+            recomputed for the smaller feature map. Smaller is faster (256: 16x16 image embeddings
+            instead of 64x64) and coarser; the tests use it to track long clips in seconds, and sam2's
+            own ``build_sam2_video_predictor(..., hydra_overrides_extra=[...])`` builds the same model.
 
     Returns:
         The ``SAM2VideoPredictor`` in eval mode.
 
     Raises:
-        ValueError: unknown ``name``, or neither ``state_dict`` nor ``seed`` given.
+        ValueError: unknown ``name``, neither ``state_dict`` nor ``seed`` given, or ``image_size`` not a
+            positive multiple of 32.
         RuntimeError: ``state_dict`` has missing or unexpected keys or wrong shapes.
     """
     spec = get_sam2_checkpoint(name)
     if state_dict is None and seed is None:
         raise ValueError("build_sam2_video_model needs a state_dict, or a seed for random weights")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 32):
+        raise ValueError(f"image_size must be a positive multiple of 32 (e.g. 256, 512, 1024), got {image_size!r}")
+    overrides = [] if image_size is None else [f"++model.image_size={image_size}"]
     from sam2.build_sam import build_sam2_video_predictor  # heavy, sets up Hydra: import on use only
 
     if state_dict is None:
@@ -76,9 +98,25 @@ def build_sam2_video_model(
         state_dict = build_sam2_model(name, seed=seed).state_dict()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the initial values are all overwritten below
-        model = build_sam2_video_predictor(spec.config, ckpt_path=None, device="cpu", mode="eval")
+        model = build_sam2_video_predictor(spec.config, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=overrides)
     model.load_state_dict(state_dict, strict=True)
+    model.memory_attention.register_forward_pre_hook(_memory_in_feature_dtype, with_kwargs=True)
     return model.to(device).eval()
+
+
+def _memory_in_feature_dtype(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook of ``memory_attention``: ``memory`` and ``memory_pos`` in the dtype of ``curr``.
+
+    sam2 calls ``memory_attention(curr=[(HW, B, C)], curr_pos=..., memory=(M, B, C_mem), memory_pos=...,
+    num_obj_ptr_tokens=...)``. ``memory`` is the concatenation of bfloat16 memory features and float32
+    object pointers, float32 by type promotion, unless no pointer is there (see the module docstring).
+    """
+    curr = kwargs.get("curr", args[0] if args else None)
+    dtype = (curr[0] if isinstance(curr, (list, tuple)) else curr).dtype
+    for key in ("memory", "memory_pos"):
+        if kwargs.get(key) is not None and kwargs[key].dtype != dtype:
+            kwargs[key] = kwargs[key].to(dtype)
+    return args, kwargs
 
 
 @dataclass(frozen=True)
@@ -230,9 +268,13 @@ class Sam2VideoTracker:
         track = None if max_frames is None else max_frames - 1
         emitted: set[int] = set()
         for backward in (False, True) if reverse else (False,):
-            yield from self._pass(state, start_frame, track, backward, emitted)
+            # The reverse pass starts from the forward pass's first frames: keep them until it has run.
+            keep_near = start_frame if reverse and not backward else None
+            yield from self._pass(state, start_frame, track, backward, emitted, keep_near)
 
-    def _pass(self, state: dict, start: int, track: int | None, backward: bool, emitted: set[int]) -> Iterator[FrameMasks]:
+    def _pass(
+        self, state: dict, start: int, track: int | None, backward: bool, emitted: set[int], keep_near: int | None
+    ) -> Iterator[FrameMasks]:
         p, s = self.predictor, self.settings
         gen = p.propagate_in_video(state, start_frame_idx=start, max_frame_num_to_track=track, reverse=backward)
         obj_ids = tuple(state["obj_ids"])
@@ -245,7 +287,7 @@ class Sam2VideoTracker:
             scores = np.array([self._object_score(state, i, frame_idx) for i in range(len(obj_ids))], np.float32)
             masks = (video_res_masks[:, 0] > s.mask_threshold).cpu().numpy()
             dt = (time.perf_counter() - t0) * 1e3
-            self._prune(state, frame_idx, start)
+            self._prune(state, frame_idx, keep_near)
             if frame_idx in emitted:  # the start frame again, on the reverse pass
                 continue
             emitted.add(frame_idx)
@@ -257,11 +299,25 @@ class Sam2VideoTracker:
         out = out_dict["cond_frame_outputs"].get(frame_idx) or out_dict["non_cond_frame_outputs"].get(frame_idx)
         return float(out["object_score_logits"].reshape(-1)[0])
 
-    def _prune(self, state: dict, frame_idx: int, start: int) -> None:
-        """Drop non-conditioning outputs the model can no longer read: farther than the memory window
-        from the current frame and from the start frame (which the reverse pass starts from)."""
+    def _prune(self, state: dict, frame_idx: int, keep_near: int | None) -> None:
+        """Drop the non-conditioning outputs the model can no longer read: those farther than
+        :attr:`memory_window` from the current frame and, if ``keep_near`` is given, from that frame too.
+
+        After each frame this leaves per object at most ``memory_window + 1`` non-conditioning outputs on
+        a forward pass, ``2 * (memory_window + 1)`` on a forward pass that a reverse pass follows, and
+        ``2 * memory_window + 1`` on the reverse pass (see :meth:`max_stored_outputs`).
+        """
         w = self.memory_window
         for out_dict in state["output_dict_per_obj"].values():
             non_cond = out_dict["non_cond_frame_outputs"]
-            for t in [t for t in non_cond if abs(t - frame_idx) > w and abs(t - start) > w]:
+            for t in [t for t in non_cond if abs(t - frame_idx) > w and (keep_near is None or abs(t - keep_near) > w)]:
                 del non_cond[t]
+
+    def max_stored_outputs(self, reverse: bool) -> int:
+        """The most non-conditioning outputs (memory features, masks, object pointers) one object's
+        tracking state holds after any frame of a :meth:`propagate` call, whatever the clip's length.
+
+        Args:
+            reverse: the ``reverse`` argument of the call.
+        """
+        return 2 * (self.memory_window + 1) if reverse else self.memory_window + 1

@@ -51,6 +51,26 @@ def truck_rgb(truck_path) -> np.ndarray:
 
 #: The last bias of SAM 2's object-score head in the test checkpoint (see ``tiny_checkpoint``).
 OBJECT_SCORE_BIAS = 10.0
+#: The object-score head of ``flicker_checkpoint``: its last layer's weights times this scale, and this bias.
+FLICKER_HEAD_SCALE = 1000.0
+FLICKER_HEAD_BIAS = 109.0
+
+
+def _write_tiny_checkpoint(path: Path, head_bias: float, head_scale: float = 1.0) -> Path:
+    """Save SAM 2.1 tiny's seeded random weights (``SEED``) as a Meta-format checkpoint ``{"model": ...}``,
+    with the last layer of the object-score head (``sam_mask_decoder.pred_obj_score_head.layers.2``)
+    scaled by ``head_scale`` and its bias set to ``head_bias``."""
+    import torch
+
+    from models.sam2_image import build_sam2_model
+
+    state = build_sam2_model(MODEL_ID, seed=SEED).state_dict()
+    head = sorted(k for k in state if k.startswith("sam_mask_decoder.pred_obj_score_head.") and k.endswith(".bias"))
+    assert head, "no object-score head in the state dict"
+    state[head[-1]].fill_(head_bias)  # the MLP's last layer (layers.2)
+    state[head[-1].removesuffix("bias") + "weight"].mul_(head_scale)
+    torch.save({"model": state}, path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -62,18 +82,22 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     head says "no object", and the video predictor then blanks every mask; the image path ignores the
     head, so its answers are unchanged.
     """
-    import torch
+    return _write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny_random.pt", OBJECT_SCORE_BIAS)
 
-    from models.sam2_image import build_sam2_model
 
-    model = build_sam2_model(MODEL_ID, seed=SEED)
-    state = model.state_dict()
-    head = sorted(k for k in state if k.startswith("sam_mask_decoder.pred_obj_score_head.") and k.endswith(".bias"))
-    assert head, "no object-score head in the state dict"
-    state[head[-1]].fill_(OBJECT_SCORE_BIAS)  # the MLP's last layer (layers.2)
-    path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny_random.pt"
-    torch.save({"model": state}, path)
-    return path
+@pytest.fixture(scope="session")
+def flicker_checkpoint(tmp_path_factory) -> Path:
+    """Like ``tiny_checkpoint``, but the video predictor sees the object on some frames and not on others.
+
+    The random object-score head's logit (before its bias) is about -0.108 and moves by a few thousandths
+    with the frame and with what the memory holds. Here its last layer is scaled by
+    ``FLICKER_HEAD_SCALE`` and its bias is ``FLICKER_HEAD_BIAS``, which spreads those logits over a few
+    units either side of 0: on the bedroom clip (every 8th frame, at ``image_size=256``) the tracked
+    objects are absent on some frames and present on others, as real objects that leave the view or are
+    occluded. Tests using it check that both happen.
+    """
+    path = tmp_path_factory.mktemp("ckpt_flicker") / "sam2.1_hiera_tiny_random_flicker.pt"
+    return _write_tiny_checkpoint(path, FLICKER_HEAD_BIAS, FLICKER_HEAD_SCALE)
 
 
 @pytest.fixture(scope="session")
@@ -92,10 +116,10 @@ BEDROOM_BOX = [300, 0, 500, 400]  # Meta's video_predictor_example notebook, fra
 BEDROOM_POINT = [460, 60]
 
 
-def bedroom_frames(n: int) -> list[Path]:
-    """The first ``n`` JPEG frames (960x540) of the bedroom clip, or skip."""
+def bedroom_frames(n: int, step: int = 1) -> list[Path]:
+    """``n`` JPEG frames (960x540) of the bedroom clip (200 frames), every ``step``-th from frame 0, or skip."""
     folder = shared_file("video", "bedroom", "frames")
-    return [folder / f"{i:05d}.jpg" for i in range(n)]
+    return [folder / f"{i * step:05d}.jpg" for i in range(n)]
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
