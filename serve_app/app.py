@@ -389,5 +389,6 @@ def build_app(args: dict | None = None) -> serve.Application:
     retriever = Retriever.bind(**ready.store)
     v = cfg.video
     video_settings = {"offload_video_to_cpu": v.offload_video_to_cpu, "offload_state_to_cpu": v.offload_state_to_cpu}
-    video = VideoSegmenter.bind(cfg.model_id, weights, v.device, v.torch_threads, video_settings, v.max_concurrent_clips)
+    sessions = {"max_sessions": v.max_sessions, "max_bytes": v.max_session_bytes, "ttl_s": v.session_ttl_s, "retry_after_s": v.session_retry_after_s}
+    video = VideoSegmenter.bind(cfg.model_id, weights, v.device, v.torch_threads, video_settings, v.max_concurrent_clips, sessions)
     return Ingress.bind(encoder, decoder, fader, embedder, retriever, cfg.model_dump(), video=video, require_keys=ready.api_keys > 0)
