@@ -63,7 +63,7 @@ async def _in_thread(fn, *args):
 def _input_error(e: PromptError):
     """The typed 4xx of a session's :class:`PromptError`."""
     cls = {"out_of_clip": OutOfClip, "out_of_image": OutOfImage}.get(e.kind, InvalidRequest)
-    return cls(str(e), e.field)
+    return cls(str(e), {"mask": "mask_rle"}.get(e.field, e.field))  # the request's name of the mask
 
 
 @serve.deployment(

@@ -177,7 +177,9 @@ class VideoSession:
                 clear_old_points=clear_old_points,
                 box=prompt.box_xyxy,
             )
-        return self._frame(frame_idx, video_res_masks, (time.perf_counter() - t0) * 1e3)
+        obj_idx = self.state["obj_id_to_idx"][obj_id]
+        cond = frame_idx in self.state["temp_output_dict_per_obj"][obj_idx]["cond_frame_outputs"]
+        return self._frame(frame_idx, video_res_masks, (time.perf_counter() - t0) * 1e3, cond)
 
     # ------------------------------------------------------------------ propagation
     def propagate(
@@ -270,7 +272,8 @@ class VideoSession:
         t0 = time.perf_counter()
         _, updated = self.predictor.remove_object(self.state, obj_id, strict=True, need_output=True)
         dt = (time.perf_counter() - t0) * 1e3
-        return [self._frame(f, m, dt) for f, m in sorted(updated, key=lambda u: u[0])]
+        temp = self.state["temp_output_dict_per_obj"].values()
+        return [self._frame(f, m, dt, any(f in t["cond_frame_outputs"] for t in temp)) for f, m in sorted(updated, key=lambda u: u[0])]
 
     @torch.inference_mode()
     def reset(self) -> None:
@@ -278,18 +281,26 @@ class VideoSession:
         self.predictor.reset_state(self.state)
 
     # ------------------------------------------------------------------ helpers
-    def _frame(self, frame_idx: int, video_res_masks: torch.Tensor, dt_ms: float) -> FrameMasks:
+    def _frame(self, frame_idx: int, video_res_masks: torch.Tensor, dt_ms: float, temp_cond: bool | None = None) -> FrameMasks:
+        """A sam2 answer as :class:`FrameMasks`. ``temp_cond``: the answer consolidates temporary
+        outputs (a prompt, a removal) of that kind (True: conditioning); None: a propagation step."""
         obj_ids = self.obj_ids
         masks = (video_res_masks[:, 0] > self._tracker.settings.mask_threshold).cpu().numpy()
-        scores = np.array([self._object_score(i, frame_idx) for i in range(len(obj_ids))], np.float32)
+        scores = np.array([self._object_score(i, frame_idx, temp_cond) for i in range(len(obj_ids))], np.float32)
         return FrameMasks(int(frame_idx), obj_ids, masks, scores, dt_ms)
 
-    def _object_score(self, obj_idx: int, frame_idx: int) -> float:
-        """The object-score logit of an object's newest output on a frame (temp outputs first, as sam2's
-        consolidation reads them); :data:`NO_OBJ_SCORE` without one."""
-        for d in (self.state["temp_output_dict_per_obj"][obj_idx], self.state["output_dict_per_obj"][obj_idx]):
-            for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
-                out = d[key].get(frame_idx)
-                if out is not None:
-                    return float(out["object_score_logits"].reshape(-1)[0])
+    def _object_score(self, obj_idx: int, frame_idx: int, temp_cond: bool | None) -> float:
+        """The object-score logit of the output sam2's consolidation shows for an object on a frame
+        (``_consolidate_temp_output_across_obj``: the temporary output of the answer's kind, else the
+        conditioning, else the non-conditioning output); :data:`NO_OBJ_SCORE` without one (sam2 then
+        answers an empty mask)."""
+        sources = []
+        if temp_cond is not None:
+            sources.append(self.state["temp_output_dict_per_obj"][obj_idx]["cond_frame_outputs" if temp_cond else "non_cond_frame_outputs"])
+        out_dict = self.state["output_dict_per_obj"][obj_idx]
+        sources += [out_dict["cond_frame_outputs"], out_dict["non_cond_frame_outputs"]]
+        for d in sources:
+            out = d.get(frame_idx)
+            if out is not None:
+                return float(out["object_score_logits"].reshape(-1)[0])
         return NO_OBJ_SCORE

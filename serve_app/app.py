@@ -54,6 +54,7 @@ from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING, readiness
 from serve_app.ingress.schemas import ExampleRequest, FadeIn, PredictRequest, SegmentRequest, to_prompt_specs
 from serve_app.ingress.video_route import collect_frames, ndjson_lines, read_clip
 from serve_app.ingress.video_schemas import VideoRequest, check_video_objects, to_video_objects
+from serve_app.ingress.video_sessions import VideoSessionRoutes, VideoSessions
 from serve_app.preflight import preflight
 
 #: The image-cache counters ``/v1/stats`` sums over the decoder replicas.
@@ -64,10 +65,12 @@ STATS_KEYS = tuple(f"stats-{k}" for k in range(64))
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
 @serve.ingress(api)
-class Ingress:
+class Ingress(VideoSessionRoutes):
     """HTTP front: validation, and the calls into the stages. Each route parses its body, asks the stages
     (about an image: its owner, :class:`serve_app.ingress.image_cache.ImageOwners`), and assembles the
-    answer. It keeps no per-image state, so it scales out.
+    answer. It keeps no per-image state, so it scales out. The video-session routes are
+    :class:`serve_app.ingress.video_sessions.VideoSessionRoutes`'s (their sessions live in the
+    ``VideoSegmenter`` replicas).
 
     Args:
         encoder, decoder, fader, embedder, retriever: handles to the stage deployments.
@@ -94,6 +97,8 @@ class Ingress:
         self.metrics = IngressMetrics.install()
         log.info(install_access(AccessPolicy.from_args(self.args.auth, require_keys=require_keys)).describe())
         self.images = ImageOwners(decoder, self.args.limits.max_image_pixels)
+        v = self.args.video
+        self.sessions = None if video is None else VideoSessions(video, v.max_frames, v.max_frame_pixels, self.args.limits.max_body_bytes)
 
     def _stages(self) -> dict[str, DeploymentHandle]:
         """The stage handles by name, in :data:`serve_app.ingress.readiness.READINESS_STAGES` order."""
