@@ -264,3 +264,29 @@ def test_sessions_spread_over_two_replicas_each_call_finds_its_session_and_the_b
     time.sleep(3)
     r = pair.get(f"{PAIR}/v1/video/sessions/{sid}")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_session", r.text
+
+
+def test_cli_session_flow(app_url, tmp_path, capsys):
+    """`samgraph video-session` open, prompt, propagate, info, close on a folder of frames."""
+    from serve_app.cli.main import main
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i, f in enumerate(TINY[:2]):
+        (folder / f"{i:05d}.png").write_bytes(base64.b64decode(f["base64"]))
+    api = ["--api", app_url]
+
+    def run(*argv) -> dict:
+        assert main(["video-session", *argv[:1], *api, *argv[1:]]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    sid = run("open", "--frames", str(folder))["session_id"]
+    answer = run("prompt", sid, "--frame-index", "0", "--obj-id", "3", "--box", "12,8,52,40")
+    assert answer["obj_ids"] == [3] and answer["objects"][0]["area_px"] > 0
+    out = tmp_path / "masks.json"
+    summary = run("propagate", sid, "--out", str(out))
+    assert summary["frames"] == 2 and [f["frame_index"] for f in json.loads(out.read_text())["frames"]] == [0, 1]
+    assert run("info", sid)["frames_tracked"] == 2
+    assert run("close", sid)["closed"] is True
+    assert main(["video-session", "info", *api, sid]) == 1
+    assert "unknown_session" in capsys.readouterr().err
