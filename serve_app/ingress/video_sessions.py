@@ -17,8 +17,6 @@ the frames, (x, y) with x right and y down, ``points`` as ``[[x, y, label], ...]
 COCO RLE of the frame's size.
 """
 
-from __future__ import annotations
-
 import datetime as dt
 import re
 import time
@@ -288,3 +286,12 @@ class VideoSessionRoutes:
     async def video_session_close(self, session_id: str) -> dict:
         """Close the session; later calls about it answer 404 unknown_session."""
         return await self._video_sessions().close(session_id)
+
+
+# Serve freezes the ingress app with cloudpickle. A route function that pickle can import by reference
+# (``VideoSessionRoutes.open_video_session``) comes back in the replica as the plain function, without
+# the ``self`` dependency Serve gives the class's routes ("self: Field required"). Named as methods of
+# ``Ingress`` (whose module attribute is the Deployment, not the class) they are pickled by value, as the
+# routes defined in ``Ingress`` itself are, and Serve still finds them as routes of its class.
+for _route in [f for f in vars(VideoSessionRoutes).values() if callable(f) and hasattr(f, "__wrapped__")]:
+    _route.__qualname__ = f"Ingress.{_route.__name__}"
