@@ -213,9 +213,13 @@ class VideoSegmenter:
         """
         self._start_sweeper()
         self._sessions.reserve(session_id, int(frames.nbytes))
-        async with self._slots:
-            t0 = time.perf_counter()
-            session = await _in_thread(VideoSession, self._predictor, frames, self._settings)
+        try:
+            async with self._slots:
+                t0 = time.perf_counter()
+                session = await _in_thread(VideoSession, self._predictor, frames, self._settings)
+        except BaseException:
+            self._sessions.release(session_id)
+            raise
         entry = self._sessions.add(session_id, session, await asyncio.to_thread(session.nbytes))
         log.info("video session %s opened: %d frames %dx%d", session_id, session.num_frames, session.width, session.height)
         return {**self._describe(entry), "init_ms": (time.perf_counter() - t0) * 1e3}

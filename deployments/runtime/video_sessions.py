@@ -88,31 +88,39 @@ class SessionStore:
         self.max_tombstones, self.retry_after_s = max_tombstones, retry_after_s
         self._clock = clock
         self._entries: dict[str, SessionEntry] = {}
+        self._reserved: dict[str, int] = {}  # sessions being opened: id -> frame bytes
         self._ended: OrderedDict[str, str] = OrderedDict()  # id -> "closed" | "expired"
         self.counters = {"opened": 0, "closed": 0, "expired": 0, "refused": 0}
 
     # ------------------------------------------------------------------ lifecycle
     def reserve(self, session_id: str, frame_bytes: int) -> None:
-        """Check that a new session of ``frame_bytes`` fits, before its frames are decoded into a state.
+        """Hold a place for a new session of ``frame_bytes`` while its state is built (sessions being
+        opened count against the bounds too); :meth:`add` fills it, :meth:`release` gives it up.
 
         Raises:
             SessionsFull: the count or byte bound is reached.
             ValueError: ``session_id`` is or was held here.
         """
         self.sweep()
-        if session_id in self._entries or session_id in self._ended:
+        if session_id in self._entries or session_id in self._ended or session_id in self._reserved:
             raise ValueError(f"session id {session_id!r} is already used")
         held = self.bytes
-        if len(self._entries) >= self.max_sessions or held + frame_bytes > self.max_bytes:
+        if len(self._entries) + len(self._reserved) >= self.max_sessions or held + frame_bytes > self.max_bytes:
             self.counters["refused"] += 1
             raise SessionsFull(
                 f"this replica holds {len(self._entries)} video sessions ({held} bytes) of at most "
                 f"{self.max_sessions} ({self.max_bytes} bytes); close idle sessions or retry later",
                 self.retry_after_s,
             )
+        self._reserved[session_id] = frame_bytes
+
+    def release(self, session_id: str) -> None:
+        """Give up the place :meth:`reserve` held (the session could not be opened)."""
+        self._reserved.pop(session_id, None)
 
     def add(self, session_id: str, session: Any, nbytes: int) -> SessionEntry:
         """Hold ``session`` under ``session_id`` (after :meth:`reserve`)."""
+        self._reserved.pop(session_id, None)
         entry = SessionEntry(session_id, session, nbytes, self._clock())
         self._entries[session_id] = entry
         self.counters["opened"] += 1
@@ -167,7 +175,8 @@ class SessionStore:
     # ------------------------------------------------------------------ state
     @property
     def bytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
+        """Bytes of the held sessions and of those being opened."""
+        return sum(e.nbytes for e in self._entries.values()) + sum(self._reserved.values())
 
     def __len__(self) -> int:
         return len(self._entries)

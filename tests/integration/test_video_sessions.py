@@ -2,14 +2,13 @@
 (DELETE and the client going away), the session errors, and sessions spread over 2 VideoSegmenter
 replicas with their bound and TTL.
 
-Each tracked frame costs one SAM 2 encoding at 1024 px (seconds on 2 cores), so clips are short: 3 real
-frames for parity, 6 tiny frames for cancellation, 2 tiny frames per session elsewhere.
+Each tracked frame costs one SAM 2 encoding at 1024 px (seconds on 2 cores), so clips are short: 3
+bedroom frames for parity, 6 for cancellation, 2 per session elsewhere.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import time
 import uuid
@@ -17,10 +16,9 @@ import uuid
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from models.masks import decode_rle
-from tests.conftest import MODEL_ID, bedroom_frames
+from tests.conftest import BEDROOM_BOX, MODEL_ID, bedroom_frames
 from tests.video_sequence import assert_same, run_reference, sequence
 
 PARITY_FRAMES, PARITY_LATER = 3, 1
@@ -31,16 +29,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _png(w: int, h: int, shade: int = 0) -> str:
-    buf = io.BytesIO()
-    rgb = np.zeros((h, w, 3), np.uint8)
-    rgb[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 200 - shade  # a square to segment
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return _b64(buf.getvalue())
+def _frames(n: int) -> list[dict]:
+    return [{"base64": _b64(p.read_bytes())} for p in bedroom_frames(n)]
 
 
-TINY = [{"base64": _png(64, 48, s)} for s in range(6)]
-BOX = {"frame_index": 0, "obj_id": 1, "box_xyxy": [12, 8, 52, 40]}
+TINY = _frames(6)  # few frames (each tracked frame is one 1024 px encoding, whatever the frame size)
+BOX = {"frame_index": 0, "obj_id": 1, "box_xyxy": BEDROOM_BOX}
 
 
 def _open(client, frames, prefix: str = "") -> dict:
@@ -161,7 +155,7 @@ def test_session_errors(client):
     url = f"/v1/video/sessions/{sid}"
     bad = [
         ({"frame_index": 2, "obj_id": 1, "box_xyxy": [1, 1, 9, 9]}, 422, "out_of_clip", "frame_index"),
-        ({"frame_index": 0, "obj_id": 1, "points": [[70, 5, 1]]}, 422, "out_of_image", "points"),
+        ({"frame_index": 0, "obj_id": 1, "points": [[970, 5, 1]]}, 422, "out_of_image", "points"),
         ({**BOX, "clear_old_points": False}, 422, "invalid_request", "clear_old_points"),
         ({"frame_index": 0, "obj_id": 1, "mask_rle": {"size": [10, 10], "counts": "0"}}, 422, "invalid_request", "mask_rle"),
         ({"frame_index": 0, "obj_id": 1}, 422, "invalid_request", None),
@@ -273,7 +267,7 @@ def test_cli_session_flow(app_url, tmp_path, capsys):
     folder = tmp_path / "clip"
     folder.mkdir()
     for i, f in enumerate(TINY[:2]):
-        (folder / f"{i:05d}.png").write_bytes(base64.b64decode(f["base64"]))
+        (folder / f"{i:05d}.jpg").write_bytes(base64.b64decode(f["base64"]))
     api = ["--api", app_url]
 
     def run(*argv) -> dict:
@@ -281,7 +275,7 @@ def test_cli_session_flow(app_url, tmp_path, capsys):
         return json.loads(capsys.readouterr().out)
 
     sid = run("open", "--frames", str(folder))["session_id"]
-    answer = run("prompt", sid, "--frame-index", "0", "--obj-id", "3", "--box", "12,8,52,40")
+    answer = run("prompt", sid, "--frame-index", "0", "--obj-id", "3", "--box", ",".join(map(str, BEDROOM_BOX)))
     assert answer["obj_ids"] == [3] and answer["objects"][0]["area_px"] > 0
     out = tmp_path / "masks.json"
     summary = run("propagate", sid, "--out", str(out))

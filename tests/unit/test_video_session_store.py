@@ -38,6 +38,18 @@ def test_count_and_byte_bounds_refuse_new_sessions_only():
     _open(store, "c", 10)
 
 
+def test_sessions_being_opened_count_against_the_bound():
+    store = SessionStore(max_sessions=2, max_bytes=100, ttl_s=60, clock=Clock())
+    store.reserve("a", 10)
+    store.reserve("b", 10)  # both opening at once
+    with pytest.raises(SessionsFull):
+        store.reserve("c", 10)
+    store.release("b")  # b failed to open
+    store.reserve("c", 10)
+    store.add("a", object(), 30)
+    assert store.bytes == 40 and len(store) == 1
+
+
 def test_ttl_tombstones_and_lost_ids():
     clock = Clock()
     store = SessionStore(max_sessions=4, max_bytes=10**6, ttl_s=10, max_tombstones=2, clock=clock)
