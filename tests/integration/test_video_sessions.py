@@ -247,8 +247,19 @@ def test_sessions_spread_over_two_replicas_each_call_finds_its_session_and_the_b
         sid = next(s for s, r in held.items() if r == replica)
         r = pair.post(f"{PAIR}/v1/video/sessions/{sid}/prompts", json=BOX)
         assert r.status_code == 200 and r.json()["objects"][0]["area_px"] > 0, r.text
-    for sid in held:
-        assert pair.delete(f"{PAIR}/v1/video/sessions/{sid}").status_code == 200
+    # one replica dies: its sessions are lost (404 session_lost, never another replica's answer); the
+    # other replica's sessions are untouched
+    import ray
+
+    dead = sorted(set(held.values()))[0]
+    ray.kill(ray.get_actor(f"SERVE_REPLICA::sessions_pair#VideoSegmenter#{dead}", namespace="serve"), no_restart=True)
+    for sid, replica in held.items():
+        r = pair.get(f"{PAIR}/v1/video/sessions/{sid}")
+        if replica == dead:
+            assert r.status_code == 404 and r.json()["error"]["code"] == "session_lost", r.text
+        else:
+            assert r.status_code == 200 and r.json()["replica"] == replica, r.text
+            assert pair.delete(f"{PAIR}/v1/video/sessions/{sid}").status_code == 200
     # closed sessions free their places: a new one opens
     assert pair.post(f"{PAIR}/v1/video/sessions", json={"frames": TINY[:2]}).status_code == 200
 
