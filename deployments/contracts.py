@@ -22,6 +22,7 @@ from deployments.errors import OutOfImage
 from models.amg import AutoMask
 from models.fade_strategies import FadeStrategy, make_fade_strategy
 from models.knn import Neighbor
+from models.masks import POLYGON_TOLERANCE_PX
 from models.sam2_decoder import PromptSpec, centre_click
 from models.sam2_video_types import VideoObject
 
@@ -75,9 +76,10 @@ class DecodeJob:
     Attributes:
         prompts: validated prompts, one per object.
         multimask_output: one flag per prompt.
-        mask_format: ``rle``, ``png`` or ``none``.
+        mask_format: ``rle``, ``png``, ``polygon`` or ``none``.
         max_masks: at most this many masks per prompt, best ``predicted_iou`` first.
         return_logits: also return each mask's (256, 256) low-res logits (for ``mask_input``).
+        polygon_tolerance_px: the ``polygon`` simplification, pixels (``models.polygons``).
     """
 
     prompts: tuple[PromptSpec, ...]
@@ -85,6 +87,7 @@ class DecodeJob:
     mask_format: str = "rle"
     max_masks: int = 3
     return_logits: bool = False
+    polygon_tolerance_px: float = POLYGON_TOLERANCE_PX
     #: How errors name the prompts: ``prompts`` gives ``prompts[0].box_xyxy``; None names a lone
     #: prompt's ``box_xyxy`` (``/v1/examples``).
     field_prefix: str | None = "prompts"
@@ -175,7 +178,8 @@ class VideoJob:
         start_frame: first frame to track from, or None for the earliest prompted frame.
         max_frames: frames to track in each direction, the start frame included; None: all.
         reverse: also track backward from the start frame.
-        mask_format: ``rle``, ``png`` or ``none``.
+        mask_format: ``rle``, ``png``, ``polygon`` or ``none``.
+        polygon_tolerance_px: the ``polygon`` simplification, pixels (``models.polygons``).
     """
 
     objects: tuple[VideoObject, ...]
@@ -183,6 +187,7 @@ class VideoJob:
     max_frames: int | None = None
     reverse: bool = False
     mask_format: str = "rle"
+    polygon_tolerance_px: float = POLYGON_TOLERANCE_PX
 
 
 # --------------------------------------------------------------------------------------------- results

@@ -106,7 +106,7 @@ class MaskDecoder:
     @staticmethod
     def _format(pred, job: DecodeJob) -> list[dict]:
         order = sorted(range(len(pred.predicted_iou)), key=lambda i: -float(pred.predicted_iou[i]))[: job.max_masks]
-        encoded = encode_masks(pred.masks[order], job.mask_format)
+        encoded = encode_masks(pred.masks[order], job.mask_format, job.polygon_tolerance_px)
         masks = []
         for i, enc in zip(order, encoded):
             item = {

@@ -16,6 +16,7 @@ from ray import serve
 from deployments.contracts import EmbedResult, KnnResult, SearchJob
 from deployments.errors import InvalidRequest, UnknownCollection
 from deployments.runtime.batching import apply_batch_config
+from deployments.runtime.example_file import Examples
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.store_checks import as_vectors, check_collection_name, check_top_k
 from deployments.runtime.vectorstore import ExampleStore
@@ -128,10 +129,26 @@ class Retriever:
         return result
 
     async def add(
-        self, collection: str, vectors: np.ndarray, labels: Sequence[str], payloads: Sequence[dict] | None = None
+        self,
+        collection: str,
+        vectors: np.ndarray,
+        labels: Sequence[str],
+        payloads: Sequence[dict] | None = None,
+        ids: Sequence[str] | None = None,
     ) -> list[str]:
-        """Store (N, D) float32 example vectors with their labels; returns the N new ids."""
-        return await asyncio.to_thread(self._store.add, collection, vectors, labels, payloads)
+        """Store (N, D) float32 example vectors with their labels under ``ids`` (None: new UUIDs); returns
+        the N ids. Returns once stored (on disk in the local mode); a retry with the same ids stores each
+        example once."""
+        return await asyncio.to_thread(self._store.add, collection, vectors, labels, payloads, ids)
+
+    async def export_page(self, collection: str, offset: str | None = None, limit: int = 256) -> tuple[Examples, str | None]:
+        """One page ``(examples with their (n, D) float32 vectors, next_offset)`` of a collection, in id order."""
+        return await asyncio.to_thread(self._store.export_page, collection, offset, limit)
+
+    async def import_points(self, collection: str, examples: Examples, dim: int | None = None) -> dict:
+        """Upsert examples under their own ids: ``{"imported", "created", "dim", "count"}``
+        (see :meth:`ExampleStore.import_points`)."""
+        return await asyncio.to_thread(self._store.import_points, collection, examples, dim)
 
     async def counts(self, collection: str) -> dict[str, int]:
         """Examples per label in ``collection``."""
@@ -171,10 +188,15 @@ class Retriever:
         return KnnResult(neighbors, embedded.weights, timing)
 
     async def add_chain(
-        self, collection: str, embedded: EmbedResult, labels: Sequence[str], payloads: Sequence[dict] | None = None
+        self,
+        collection: str,
+        embedded: EmbedResult,
+        labels: Sequence[str],
+        payloads: Sequence[dict] | None = None,
+        ids: Sequence[str] | None = None,
     ) -> list[str]:
-        """The graph's entry after the embedder: store ``embedded.embeddings`` with their labels."""
-        return await self.add(collection, embedded.embeddings, labels, payloads)
+        """The graph's entry after the embedder: store ``embedded.embeddings`` with their labels (under ``ids``)."""
+        return await self.add(collection, embedded.embeddings, labels, payloads, ids)
 
     async def info(self) -> dict:
         """``{"backend": "local" | "memory" | "server", "collections": [names]}``."""

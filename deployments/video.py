@@ -29,7 +29,7 @@ from deployments.runtime.replica import pick_device, set_torch_threads
 from deployments.runtime.sam2_weights import load_sam2_video
 from deployments.runtime.video_sessions import SessionEntry, SessionStore
 from deployments.runtime.weights import WeightsSource
-from models.masks import encode_masks
+from models.masks import POLYGON_TOLERANCE_PX, encode_masks
 from models.sam2_video import VideoSettings
 from models.sam2_video_session import PromptError, VideoSession
 from models.sam2_video_types import FrameMasks, FramePrompt, check_objects
@@ -159,7 +159,7 @@ class VideoSegmenter:
         yield {"type": "init", "init_ms": (time.perf_counter() - t0) * 1e3, "model_id": self._info["model_id"], "weights": self._info["weights"]}
         for item in session.propagate(job.start_frame, job.max_frames, "both" if job.reverse else "forward"):
             self._frames += 1
-            yield frame_record(item, job.mask_format)
+            yield frame_record(item, job.mask_format, job.polygon_tolerance_px)
 
     # ------------------------------------------------------------------ interactive sessions
     def _replica(self) -> str | None:
@@ -234,7 +234,10 @@ class VideoSegmenter:
         """
         return self._describe(self._sessions.get(session_id))
 
-    async def add_prompt(self, session_id: str, obj_id: int, prompt: FramePrompt, clear_old_points: bool = True, mask_format: str = "rle") -> dict:
+    async def add_prompt(
+        self, session_id: str, obj_id: int, prompt: FramePrompt, clear_old_points: bool = True, mask_format: str = "rle",
+        polygon_tolerance_px: float = POLYGON_TOLERANCE_PX,
+    ) -> dict:
         """One object's points/box/mask on one frame (see :meth:`VideoSession.add_prompt`).
 
         Returns:
@@ -255,10 +258,11 @@ class VideoSegmenter:
                 raise _input_error(e) from None
             finally:
                 self._sessions.touch(entry, await asyncio.to_thread(entry.session.nbytes))
-        return {**frame_record(item, mask_format), "obj_ids": list(item.obj_ids)}
+        return {**frame_record(item, mask_format, polygon_tolerance_px), "obj_ids": list(item.obj_ids)}
 
     async def propagate_session(
-        self, session_id: str, start_frame: int | None = None, max_frames: int | None = None, direction: str = "forward", mask_format: str = "rle"
+        self, session_id: str, start_frame: int | None = None, max_frames: int | None = None, direction: str = "forward", mask_format: str = "rle",
+        polygon_tolerance_px: float = POLYGON_TOLERANCE_PX,
     ) -> AsyncIterator[dict]:
         """Propagate the session's objects; a streaming method (``handle.options(stream=True)``).
 
@@ -286,7 +290,7 @@ class VideoSegmenter:
                 item = first
                 while item is not _DONE:
                     self._frames += 1
-                    yield frame_record(item, mask_format)
+                    yield frame_record(item, mask_format, polygon_tolerance_px)
                     async with self._slots:
                         item = await _in_thread(next, steps, _DONE)
             finally:
@@ -304,7 +308,7 @@ class VideoSegmenter:
             entry.cancel.set()
         return {"cancelled": running}
 
-    async def remove_object(self, session_id: str, obj_id: int, mask_format: str = "rle") -> dict:
+    async def remove_object(self, session_id: str, obj_id: int, mask_format: str = "rle", polygon_tolerance_px: float = POLYGON_TOLERANCE_PX) -> dict:
         """sam2's ``remove_object``: ``{"obj_ids" (those left), "frames": [frame records of the frames
         where the object had prompts, the others' masks there]}``.
 
@@ -320,7 +324,7 @@ class VideoSegmenter:
                 raise UnknownObject(f"the session has no object {obj_id} (objects: {list(entry.session.obj_ids)})", "obj_id") from None
             finally:
                 self._sessions.touch(entry, await asyncio.to_thread(entry.session.nbytes))
-        return {"obj_ids": list(entry.session.obj_ids), "frames": [frame_record(i, mask_format) for i in items]}
+        return {"obj_ids": list(entry.session.obj_ids), "frames": [frame_record(i, mask_format, polygon_tolerance_px) for i in items]}
 
     async def reset_session(self, session_id: str) -> dict:
         """sam2's ``reset_state``: every object, prompt and output dropped; the frames stay."""
@@ -347,13 +351,13 @@ class VideoSegmenter:
         return {"clips": self._clips, "frames": self._frames, "busy_s": self._busy_s, "sessions": self._sessions.stats(), "replica": self._replica()}
 
 
-def frame_record(item: FrameMasks, mask_format: str) -> dict:
+def frame_record(item: FrameMasks, mask_format: str, polygon_tolerance_px: float = POLYGON_TOLERANCE_PX) -> dict:
     """One frame's masks as a JSON-ready record (see :meth:`VideoSegmenter.track`).
 
     ``object_score`` is the sigmoid of the model's object-presence logit, in [0, 1]; ``area_px`` and
     ``bbox_xyxy`` (pixel-edge XYXY, [0, 0, 0, 0] when empty) are of the mask at the frame's size.
     """
-    encoded = encode_masks(item.masks, mask_format)
+    encoded = encode_masks(item.masks, mask_format, polygon_tolerance_px)
     objects = []
     for obj_id, logit, enc in zip(item.obj_ids, item.object_score_logits, encoded):
         score = float(1.0 / (1.0 + np.exp(-np.clip(float(logit), -80.0, 80.0))))

@@ -15,7 +15,9 @@ import io
 import numpy as np
 from pycocotools import mask as mask_utils
 
-MASK_FORMATS = ("rle", "png", "none")
+MASK_FORMATS = ("rle", "png", "polygon", "none")
+#: Default simplification of ``polygon`` masks, pixels (``models.polygons.mask_to_polygons``).
+POLYGON_TOLERANCE_PX = 0.0
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -125,19 +127,20 @@ def _coded(rle: dict) -> dict:
     return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
-def encode_masks(masks: np.ndarray, mask_format: str) -> list[dict]:
+def encode_masks(masks: np.ndarray, mask_format: str, polygon_tolerance_px: float = POLYGON_TOLERANCE_PX) -> list[dict]:
     """Encode (N, H, W) bool masks for a response: the mask itself, ``area_px`` and ``bbox_xyxy``.
 
     Args:
         masks: (N, H, W) bool.
-        mask_format: ``rle`` (COCO RLE under ``"rle"``), ``png`` (base64 PNG under ``"png"``) or
-            ``none`` (area and box only).
+        mask_format: ``rle`` (COCO RLE under ``"rle"``), ``png`` (base64 PNG under ``"png"``),
+            ``polygon`` (see :func:`mask_format_fields`) or ``none`` (area and box only).
+        polygon_tolerance_px: float >= 0, the ``polygon`` simplification in pixels.
 
     Returns:
         One dict per mask.
 
     Raises:
-        ValueError: unknown ``mask_format``.
+        ValueError: unknown ``mask_format``, or a bad ``polygon_tolerance_px``.
     """
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}; got {mask_format!r}")
@@ -146,12 +149,40 @@ def encode_masks(masks: np.ndarray, mask_format: str) -> list[dict]:
     for mask, rle in zip(masks, rles):
         area, box = mask_area_bbox(mask)
         item: dict = {"area_px": area, "bbox_xyxy": box}
-        if mask_format == "rle":
+        if rle is not None:
             item["rle"] = rle
-        elif mask_format == "png":
-            item["png"] = encode_png_base64(mask)
+        else:
+            item.update(mask_format_fields(mask, mask_format, polygon_tolerance_px))
         out.append(item)
     return out
+
+
+def mask_format_fields(mask: np.ndarray, mask_format: str, polygon_tolerance_px: float = POLYGON_TOLERANCE_PX) -> dict:
+    """One (H, W) bool mask as a response's mask fields.
+
+    - ``rle``: ``{"rle": {size, counts}}``, COCO RLE;
+    - ``png``: ``{"png": base64}`` (:func:`encode_png_base64`);
+    - ``polygon``: ``{"polygons": [{"exterior", "holes"}, ...], "segmentation": [[x0, y0, x1, y1, ...], ...]}``:
+      each 4-connected part's outer ring with its holes (``models.polygons.mask_to_polygons``, pixel-edge
+      coordinates), and COCO's flat polygon lists of the outer rings only (COCO polygons cannot hold
+      holes: rasterised, ``segmentation`` fills them);
+    - ``none``: ``{}``.
+
+    Raises:
+        ValueError: unknown ``mask_format``, or a bad ``polygon_tolerance_px``.
+    """
+    if mask_format == "rle":
+        return {"rle": encode_rle(mask)}
+    if mask_format == "png":
+        return {"png": encode_png_base64(mask)}
+    if mask_format == "polygon":
+        from models.polygons import coco_segmentation, mask_to_polygons
+
+        polygons = mask_to_polygons(mask, polygon_tolerance_px)
+        return {"polygons": polygons, "segmentation": coco_segmentation(polygons)}
+    if mask_format == "none":
+        return {}
+    raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}; got {mask_format!r}")
 
 
 def encode_logits_base64(logits: np.ndarray) -> dict:

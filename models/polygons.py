@@ -28,9 +28,10 @@ def mask_to_polygons(mask: np.ndarray, tolerance_px: float = 0.0) -> list[dict]:
     Returns:
         One dict per 4-connected part, largest area first:
         ``{"exterior": [[x, y], ...], "holes": [[[x, y], ...], ...]}``; integer pixel coordinates in the
-        pixel-edge convention (simplification only drops traced vertices, so they stay on pixel corners), exteriors counter-clockwise and holes clockwise in image coordinates (y
-        down) as GeoJSON orients them. Empty list for an empty mask. A part that simplification reduces
-        to nothing is dropped.
+        pixel-edge convention (simplification only drops traced vertices, so they stay on pixel corners).
+        Exteriors have a positive shoelace area and holes a negative one, as GeoJSON (RFC 7946) orients
+        rings in (x, y); on screen, with y down, exteriors therefore run clockwise. Empty list for an
+        empty mask. A part that simplification reduces to nothing is dropped.
 
     Raises:
         ValueError: ``mask`` is not 2-D, or ``tolerance_px`` is negative or not finite.

@@ -40,6 +40,7 @@ from serve_app.assemble import amg_settings, check_mask, image_answer, instances
 from serve_app.config import AppArgs
 from serve_app.ingress.access import AccessPolicy, install_access
 from serve_app.ingress.errors import ApiError
+from serve_app.ingress.example_transfer import store_example  # and the export and import routes, on api
 from serve_app.ingress.http import api, log, parse_body, request_id, stage_errors
 from serve_app.ingress.image_cache import ImageOwners
 from serve_app.ingress.metrics import (
@@ -50,6 +51,7 @@ from serve_app.ingress.metrics import (
     metrics_urls,
     scrape_nodes,
 )
+from serve_app.ingress.polygon_route import masks_to_polygons  # noqa: F401  (a route on api)
 from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING, readiness
 from serve_app.ingress.schemas import ExampleRequest, FadeIn, PredictRequest, SegmentRequest, to_prompt_specs
 from serve_app.ingress.video_route import collect_frames, ndjson_lines, read_clip
@@ -68,9 +70,8 @@ STATS_KEYS = tuple(f"stats-{k}" for k in range(64))
 class Ingress(VideoSessionRoutes):
     """HTTP front: validation, and the calls into the stages. Each route parses its body, asks the stages
     (about an image: its owner, :class:`serve_app.ingress.image_cache.ImageOwners`), and assembles the
-    answer. It keeps no per-image state, so it scales out. The video-session routes are
-    :class:`serve_app.ingress.video_sessions.VideoSessionRoutes`'s (their sessions live in the
-    ``VideoSegmenter`` replicas).
+    answer. It keeps no per-image state, so it scales out. The /v1/video/sessions routes are those of
+    :class:`serve_app.ingress.video_sessions.VideoSessionRoutes` (sessions live in VideoSegmenter replicas).
 
     Args:
         encoder, decoder, fader, embedder, retriever: handles to the stage deployments.
@@ -208,7 +209,7 @@ class Ingress(VideoSessionRoutes):
         if geometric or not texts:  # no prompts at all: the decoder clicks the centre
             specs, default_multimask = to_prompt_specs(geometric)
             multimask = [req.multimask_output] * len(specs) if req.multimask_output is not None else default_multimask
-            job = DecodeJob(tuple(specs), tuple(multimask), req.mask_format, req.max_masks, req.return_logits)
+            job = DecodeJob(tuple(specs), tuple(multimask), req.mask_format, req.max_masks, req.return_logits, req.polygon_tolerance_px)
         owner = self.images.owner(image_id)
 
         def send(pixels):
@@ -253,7 +254,7 @@ class Ingress(VideoSessionRoutes):
         check_video_objects(req.objects, n, w, h)
         if req.start_frame is not None and req.start_frame >= n:
             raise ApiError(422, "out_of_clip", f"start_frame {req.start_frame} is outside the clip of {n} frames", "start_frame")
-        job = VideoJob(tuple(to_video_objects(req.objects)), req.start_frame, req.max_frames, req.reverse, req.mask_format)
+        job = VideoJob(tuple(to_video_objects(req.objects)), req.start_frame, req.max_frames, req.reverse, req.mask_format, req.polygon_tolerance_px)
         records = self.video.options(stream=True).track.remote(ray.put(frames), job)
         del frames  # the object store holds them now
         try:
@@ -300,7 +301,7 @@ class Ingress(VideoSessionRoutes):
             "model_id": gen.model_id,
             "weights": gen.weights,
             "collection": req.collection,
-            "instances": instances(gen.masks, knn.neighbors, req.min_score, req.mask_format),
+            "instances": instances(gen.masks, knn.neighbors, req.min_score, req.mask_format, req.polygon_tolerance_px),
             "embedder_weights": knn.embedder_weights,
         }
         timing["total"] = (time.perf_counter() - t0) * 1e3
@@ -336,7 +337,7 @@ class Ingress(VideoSessionRoutes):
         crops = self.fader.fade_masks.remote(image.pixels, [rle], fade)
         embedded = self.embedder.embed_crops.remote(crops)
         payload = {"image_id": image_id, "bbox_xyxy": rle_bbox_xyxy(rle), "area_px": area}
-        ids = await self.retriever.add_chain.remote(req.collection, embedded, [req.label], [payload])
+        ids = await store_example(self.retriever, req.collection, embedded, req.label, payload, request_id(request))
         timing["total"] = (time.perf_counter() - t0) * 1e3
         self.metrics.stages("/v1/examples", timing)
         return {"ids": ids, "collection": req.collection, "label": req.label, "image_id": image_id, "area_px": area, "timing_ms": timing}

@@ -9,7 +9,7 @@ import numpy as np
 from deployments.contracts import DecodeResult, EmbedResult, GenerateResult, ImageInfo
 from models.amg import AmgSettings, AutoMask
 from models.knn import Neighbor, vote
-from models.masks import decode_rle, encode_png_base64
+from models.masks import POLYGON_TOLERANCE_PX, decode_rle, mask_area_bbox, mask_format_fields
 from serve_app.ingress.errors import ApiError
 from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING
 
@@ -23,8 +23,9 @@ def amg_settings(defaults: dict, overrides: dict | None) -> AmgSettings:
     return AmgSettings(**{**defaults, **{k: v for k, v in (overrides or {}).items() if v is not None}})
 
 
-def mask_record(mask: AutoMask, mask_format: str) -> dict:
-    """An automatic mask as a response record: the mask in ``mask_format`` plus its scores and box."""
+def mask_record(mask: AutoMask, mask_format: str, polygon_tolerance_px: float = POLYGON_TOLERANCE_PX) -> dict:
+    """An automatic mask as a response record: the mask in ``mask_format`` (``models.masks.mask_format_fields``)
+    plus its scores and box."""
     rec: dict = {
         "predicted_iou": mask.predicted_iou,
         "stability_score": mask.stability_score,
@@ -33,19 +34,26 @@ def mask_record(mask: AutoMask, mask_format: str) -> dict:
     }
     if mask_format == "rle":
         rec["rle"] = mask.rle
-    elif mask_format == "png":
-        rec["png"] = encode_png_base64(decode_rle(mask.rle))
+    elif mask_format != "none":
+        rec.update(mask_format_fields(decode_rle(mask.rle), mask_format, polygon_tolerance_px))
     return rec
 
 
-def instances(masks: Sequence[AutoMask], neighbors: Sequence[Sequence[Neighbor]], min_score: float, mask_format: str) -> list[dict]:
+def instances(
+    masks: Sequence[AutoMask],
+    neighbors: Sequence[Sequence[Neighbor]],
+    min_score: float,
+    mask_format: str,
+    polygon_tolerance_px: float = POLYGON_TOLERANCE_PX,
+) -> list[dict]:
     """``/v1/predict`` instances: each mask with its neighbours and their similarity-weighted vote.
 
     Args:
         masks: automatic masks, best first.
         neighbors: per mask, the nearest labelled examples, best first.
         min_score: neighbours below this cosine similarity do not vote; none left -> ``label`` null.
-        mask_format: ``rle``, ``png`` or ``none``.
+        mask_format: ``rle``, ``png``, ``polygon`` or ``none``.
+        polygon_tolerance_px: the ``polygon`` simplification, pixels.
     """
     if len(masks) != len(neighbors):
         raise ValueError(f"{len(masks)} masks but {len(neighbors)} neighbour lists")
@@ -54,7 +62,7 @@ def instances(masks: Sequence[AutoMask], neighbors: Sequence[Sequence[Neighbor]]
         label, confidence = vote(nbrs, min_score)
         out.append(
             {
-                **mask_record(mask, mask_format),
+                **mask_record(mask, mask_format, polygon_tolerance_px),
                 "label": label,
                 "confidence": confidence,
                 "neighbors": [{"id": n.id, "label": n.label, "score": n.score} for n in nbrs],
@@ -63,7 +71,14 @@ def instances(masks: Sequence[AutoMask], neighbors: Sequence[Sequence[Neighbor]]
     return out
 
 
-def rank_by_text(masks: Sequence[AutoMask], crop_embeddings: np.ndarray, text_embedding: np.ndarray, max_masks: int, mask_format: str) -> list[dict]:
+def rank_by_text(
+    masks: Sequence[AutoMask],
+    crop_embeddings: np.ndarray,
+    text_embedding: np.ndarray,
+    max_masks: int,
+    mask_format: str,
+    polygon_tolerance_px: float = POLYGON_TOLERANCE_PX,
+) -> list[dict]:
     """Masks ranked by CLIP cosine similarity between their faded crop and a text, best first.
 
     Args:
@@ -71,7 +86,8 @@ def rank_by_text(masks: Sequence[AutoMask], crop_embeddings: np.ndarray, text_em
         crop_embeddings: (N, D) float32, L2-normalised.
         text_embedding: (D,) float32, L2-normalised.
         max_masks: how many to keep.
-        mask_format: ``rle``, ``png`` or ``none``.
+        mask_format: ``rle``, ``png``, ``polygon`` or ``none``.
+        polygon_tolerance_px: the ``polygon`` simplification, pixels.
 
     Returns:
         Up to ``max_masks`` mask records, each with ``text_score`` (cosine similarity in [-1, 1]).
@@ -82,7 +98,7 @@ def rank_by_text(masks: Sequence[AutoMask], crop_embeddings: np.ndarray, text_em
         return []
     scores = np.asarray(crop_embeddings, np.float32) @ np.asarray(text_embedding, np.float32)
     order = np.argsort(-scores, kind="stable")[:max_masks]
-    return [{**mask_record(masks[i], mask_format), "text_score": float(scores[i])} for i in order]
+    return [{**mask_record(masks[i], mask_format, polygon_tolerance_px), "text_score": float(scores[i])} for i in order]
 
 
 def merge_segment_results(req, decoded: DecodeResult | None, generated: GenerateResult | None, embedded: EmbedResult | None, text_vectors: np.ndarray | None, timing: dict) -> dict:
@@ -90,7 +106,7 @@ def merge_segment_results(req, decoded: DecodeResult | None, generated: Generate
     automatic masks ranked by CLIP, one result per prompt in the request's order.
 
     Args:
-        req: the :class:`serve_app.ingress.schemas.SegmentRequest` (its ``prompts``, ``max_masks``, ``mask_format``).
+        req: the :class:`serve_app.ingress.schemas.SegmentRequest` (its ``prompts``, ``max_masks``, ``mask_format``, ``polygon_tolerance_px``).
         decoded: the decoder's answer to the geometric prompts, or None when there are none.
         generated, embedded: the candidate masks and their crops' embeddings, or None without text prompts.
         text_vectors: (T, D) float32 L2-normalised embeddings of the T text prompts, or None.
@@ -108,7 +124,7 @@ def merge_segment_results(req, decoded: DecodeResult | None, generated: Generate
     if generated is not None:
         body.update(model_id=generated.model_id, weights=generated.weights, embedder_weights=embedded.weights)
         text_results = [
-            {"masks": rank_by_text(generated.masks, embedded.embeddings, t, req.max_masks, req.mask_format)} for t in text_vectors
+            {"masks": rank_by_text(generated.masks, embedded.embeddings, t, req.max_masks, req.mask_format, req.polygon_tolerance_px)} for t in text_vectors
         ]
         timing.update({"amg": generated.timing_ms["amg"], **{k: embedded.timing_ms[k] for k in ("fade", "embed")}})
     geo_iter, text_iter = iter(geo_results), iter(text_results)
@@ -143,3 +159,31 @@ def check_mask(rle: dict, width: int, height: int) -> dict:
     except ValueError as e:
         raise ApiError(422, "invalid_request", f"mask_rle: {e}", "mask_rle") from None
     return rle
+
+
+def polygon_records(rles: Sequence[dict], polygon_tolerance_px: float, max_pixels: int) -> list[dict]:
+    """``/v1/masks/polygons``: each COCO RLE as ``{"area_px", "bbox_xyxy", "polygons", "segmentation"}``
+    (``models.masks.mask_format_fields`` with ``polygon``).
+
+    Args:
+        rles: ``{"size": [H, W], "counts": str}`` masks.
+        polygon_tolerance_px: the simplification, pixels (0: the exact outline).
+        max_pixels: the largest ``H * W`` accepted (the app's ``max_image_pixels``).
+
+    Raises:
+        ApiError: 413 naming ``masks[i]`` for a mask over ``max_pixels``, 422 for one that does not decode.
+    """
+    out = []
+    for i, rle in enumerate(rles):
+        h, w = (int(v) for v in rle["size"])
+        if h < 1 or w < 1:
+            raise ApiError(422, "invalid_request", f"masks[{i}].size: must be [H, W] with H, W >= 1", f"masks[{i}].size")
+        if h * w > max_pixels:
+            raise ApiError(413, "image_too_large", f"masks[{i}]: {w}x{h} is over the limit of {max_pixels} pixels", f"masks[{i}]")
+        try:
+            mask = decode_rle(rle)
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", f"masks[{i}]: {e}"[:300], f"masks[{i}]") from None
+        area, box = mask_area_bbox(mask)
+        out.append({"area_px": area, "bbox_xyxy": box, **mask_format_fields(mask, "polygon", polygon_tolerance_px)})
+    return out

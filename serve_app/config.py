@@ -55,11 +55,15 @@ class EncoderArgs(Sam2StageArgs):
 
 
 class LimitArgs(BaseModel):
-    """Input limits. ``max_image_pixels`` guards against decompression bombs (default 50 MP)."""
+    """Input limits. ``max_image_pixels`` guards against decompression bombs (default 50 MP);
+    ``max_body_bytes`` bounds a request body, ``max_import_bytes`` the body of ``POST /v1/examples/import``
+    (an examples file, parsed in the ingress; ``samgraph examples import`` sends a large file in parts).
+    Past either the answer is 413 ``body_too_large``."""
 
     model_config = _STRICT
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     max_body_bytes: int = Field(default=64 * 2**20, ge=1)
+    max_import_bytes: int = Field(default=64 * 2**20, ge=1)
 
 
 class AuthArgs(BaseModel):

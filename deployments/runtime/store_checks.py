@@ -106,6 +106,24 @@ def check_point_id(point_id: str, what: str = "id") -> str:
         raise InvalidRequest(f"{what} must be a UUID string; got {point_id!r}", what) from None
 
 
+def check_point_ids(ids: Sequence[str] | None, n: int) -> list[str]:
+    """The ids of ``n`` examples: ``ids`` checked (n distinct UUID strings, returned in canonical form), or
+    n new UUID4 strings when ``ids`` is None.
+
+    Raises:
+        InvalidRequest: a single string, a count other than ``n``, a non-UUID or a repeated id.
+    """
+    if ids is None:
+        return [str(uuid.uuid4()) for _ in range(n)]
+    if isinstance(ids, str) or len(ids) != n:
+        got = "a single string" if isinstance(ids, str) else f"{len(ids)} ids"
+        raise InvalidRequest(f"need one id per vector; got {n} vectors and {got}", "ids")
+    out = [check_point_id(i, f"ids[{k}]") for k, i in enumerate(ids)]
+    if len(set(out)) != n:
+        raise InvalidRequest("ids must be distinct", "ids")
+    return out
+
+
 def example_payloads(labels: Sequence[str], payloads: Sequence[dict] | None, n: int) -> list[dict]:
     """The Qdrant payloads of ``n`` new examples: ``{"label": <stripped label>, **extra}`` each.
 

@@ -6,7 +6,18 @@ as ONE replica in local mode; :meth:`ExampleStore.close` releases the lock. Any 
 share a server. The rules on inputs are in :mod:`deployments.runtime.store_checks`.
 
 A collection holds one single-vector cosine index per user-named example set (e.g. one per project). Each
-point's id is a new UUID4 string and its payload holds ``"label"`` plus any extras given to :meth:`add`.
+point's id is a UUID string (a new UUID4 unless the caller gives it) and its payload holds ``"label"`` plus
+any extras given to :meth:`add`.
+
+**Durability.** Writes return once they are stored (``wait=True``). In the local mode qdrant-client writes
+each point to the folder's SQLite file, in its own committed transaction (``synchronous=FULL``), *before*
+it applies the point in memory, so a write that returned survives the process being killed right after;
+a process killed mid-write leaves a prefix of its points, each whole (``tests/unit/test_example_transfer.py``
+kills a writer, ``tests/integration/test_retriever_kill.py`` the Retriever replica). The folder's lock
+is an ``flock`` that the kernel drops with the dead process, so the next client opens the store.
+
+**Export and import** (:mod:`deployments.runtime.store_pages`) page through a collection with its vectors,
+and upsert such pages under their own ids, so an import is idempotent.
 """
 
 from __future__ import annotations
@@ -14,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,24 +34,25 @@ import numpy as np
 from deployments.errors import DimensionMismatch, InvalidRequest, UnknownCollection
 from deployments.runtime.store_checks import (
     MAX_DIM,
-    MAX_PAGE,
     StoreError,
     as_vectors,
     check_collection_name,
-    check_label,
     check_point_id,
+    check_point_ids,
     check_top_k,
     check_writable,
     example_payloads,
     store_settings,
 )
+from deployments.runtime.store_pages import TRANSFER_PAGE, CollectionPages
 from models.knn import Neighbor
 
-_SCROLL_PAGE = 1000
+__all__ = ["TRANSFER_PAGE", "ExampleStore"]
 
 
-class ExampleStore:
-    """Labelled example vectors in Qdrant, searched by cosine similarity.
+class ExampleStore(CollectionPages):
+    """Labelled example vectors in Qdrant, searched by cosine similarity. Counting, listing, export and
+    import page through a collection: the methods of :class:`deployments.runtime.store_pages.CollectionPages`.
 
     Give exactly one of ``path``, ``url`` or ``in_memory=True``. All methods are blocking; in the local
     modes calls are serialised by a lock (the embedded engine is not thread-safe), so the store may be used
@@ -193,10 +204,12 @@ class ExampleStore:
         vectors: np.ndarray,
         labels: Sequence[str],
         payloads: Sequence[dict] | None = None,
+        ids: Sequence[str] | None = None,
     ) -> list[str]:
         """Store labelled example vectors, creating the collection on first use.
 
-        Written with ``wait=True``: a read after ``add`` returns sees the new examples.
+        Written with ``wait=True``: a read after ``add`` returns sees the new examples, and in the local
+        mode they are on disk (see the module's "Durability").
 
         Args:
             collection: collection name, 1-64 characters of ``[A-Za-z0-9_-]``.
@@ -204,27 +217,25 @@ class ExampleStore:
             labels: N class labels, each 1-100 characters after stripping (stored stripped).
             payloads: N JSON-serialisable dicts of extra fields (e.g. ``image_id``, ``bbox_xyxy``,
                 ``created_at``), stored beside ``"label"``; they may not contain the key ``"label"``.
+            ids: N distinct UUID strings to store the examples under, or None for new UUID4s. An example
+                whose id is already stored is replaced, so a write retried with the same ids stores each
+                example once.
 
         Returns:
-            The N new ids (UUID4 strings), in the order of ``vectors``.
+            The N ids (UUID strings, canonical form), in the order of ``vectors``.
 
         Raises:
-            ValueError: invalid name, vectors, labels or payloads.
+            ValueError: invalid name, vectors, labels, payloads or ids.
             DimensionMismatch: the collection holds vectors of another dimension.
         """
-        from qdrant_client import models
-
         check_collection_name(collection)
         x = as_vectors(vectors, "vectors")
         bodies = example_payloads(labels, payloads, len(x))
-        ids = [str(uuid.uuid4()) for _ in range(len(x))]
-        points = [
-            models.PointStruct(id=pid, vector=vec, payload=body) for pid, vec, body in zip(ids, x.tolist(), bodies)
-        ]
+        point_ids = check_point_ids(ids, len(x))
         with self._lock:
             self._ensure_collection(collection, x.shape[1])
-            self._qdrant().upsert(collection_name=collection, points=points, wait=True)
-        return ids
+            self._upsert(collection, point_ids, x, bodies)
+        return point_ids
 
     def search(self, collection: str, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
         """Cosine k-NN of each query among the collection's examples, in one batched Qdrant request.
@@ -264,75 +275,6 @@ class ExampleStore:
             for r in responses
         ]
 
-    def counts(self, collection: str) -> dict[str, int]:
-        """Number of examples per label, sorted by label (a scroll over the ``"label"`` payloads).
-
-        Raises:
-            UnknownCollection: no such collection.
-        """
-        check_collection_name(collection)
-        out: dict[str, int] = {}
-        offset = None
-        with self._lock:
-            self._dimension(collection)
-            while True:
-                points, offset = self._qdrant().scroll(
-                    collection_name=collection,
-                    limit=_SCROLL_PAGE,
-                    offset=offset,
-                    with_payload=["label"],
-                    with_vectors=False,
-                )
-                for p in points:
-                    label = str((p.payload or {}).get("label", ""))
-                    out[label] = out.get(label, 0) + 1
-                if offset is None:
-                    break
-        return dict(sorted(out.items()))
-
-    def list_ids(
-        self, collection: str, label: str | None = None, offset: str | None = None, limit: int = 100
-    ) -> tuple[list[dict], str | None]:
-        """One page of example ids, in id order.
-
-        Args:
-            collection: collection name.
-            label: only examples of this label (None: all).
-            offset: the ``next_offset`` of the previous page (None: the first page).
-            limit: items per page, 1..1000.
-
-        Returns:
-            ``(items, next_offset)``: items ``{"id": str, "label": str}``; ``next_offset`` is None on the last page.
-
-        Raises:
-            ValueError: invalid name, label, offset or limit.
-            UnknownCollection: no such collection.
-        """
-        from qdrant_client import models
-
-        check_collection_name(collection)
-        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequest(f"limit must be an integer in 1..{MAX_PAGE}; got {limit!r}", "limit")
-        if offset is not None:
-            offset = check_point_id(offset, "offset")
-        flt = None
-        if label is not None:
-            flt = models.Filter(
-                must=[models.FieldCondition(key="label", match=models.MatchValue(value=check_label(label)))]
-            )
-        with self._lock:
-            self._dimension(collection)
-            points, next_offset = self._qdrant().scroll(
-                collection_name=collection,
-                scroll_filter=flt,
-                limit=int(limit),
-                offset=offset,
-                with_payload=["label"],
-                with_vectors=False,
-            )
-        items = [{"id": str(p.id), "label": str((p.payload or {}).get("label", ""))} for p in points]
-        return items, None if next_offset is None else str(next_offset)
-
     def delete(self, collection: str, id: str) -> bool:
         """Delete one example; True if it existed, False if not.
 
@@ -353,6 +295,13 @@ class ExampleStore:
         return True
 
     # -- internals (callers hold the lock) -------------------------------------------------------------------
+
+    def _upsert(self, collection: str, ids: list[str], x: np.ndarray, bodies: list[dict]) -> None:
+        from qdrant_client import models
+
+        points = [models.PointStruct(id=pid, vector=vec, payload=body) for pid, vec, body in zip(ids, x.tolist(), bodies)]
+        self._qdrant().upsert(collection_name=collection, points=points, wait=True)
+
 
     def _qdrant(self):
         if self._closed:

@@ -272,6 +272,63 @@ class SamgraphClient:
         """
         return self._json(self._send("DELETE", f"/v1/examples/{example_id}", params={"collection": collection}))
 
+    def export_examples(self, collection: str = "default") -> Iterator[str]:
+        """``GET /v1/examples/export``: the collection's examples file, streamed.
+
+        Args:
+            collection: the collection.
+
+        Yields:
+            The file's lines, each with its ``\n``, as they arrive: the header, one line per example, the
+            end line (see :mod:`deployments.runtime.example_file`).
+
+        Raises:
+            ApiResponseError: the export was refused (404 ``unknown_collection``...).
+            ApiStreamError: the service reported an error midway, or the stream ended without its end line.
+            ApiUnreachable: no answer, or the connection dropped midway.
+        """
+        import httpx
+
+        ended = False
+        try:
+            with self._http.stream("GET", "/v1/examples/export", params={"collection": collection}) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise ApiResponseError.from_response(response)
+                for line in response.iter_lines():
+                    if not line:
+                        continue
+                    if ended:
+                        raise ApiStreamError({"error": {"message": "a line after the end line"}})
+                    if not line.startswith('{"type":"point"'):  # header, end or error: small lines
+                        kind = json.loads(line).get("type")
+                        if kind == "error":
+                            raise ApiStreamError({k: v for k, v in json.loads(line).items() if k != "type"})
+                        ended = kind == "end"
+                    yield line + "\n"
+        except httpx.HTTPError as e:
+            raise ApiUnreachable(self.url, e) from e
+        if not ended:
+            raise ApiStreamError(None)
+
+    def import_examples(self, body: bytes, collection: str | None = None) -> dict:
+        """``POST /v1/examples/import``: upsert an examples file (or a part of one: header, points, end).
+
+        Args:
+            body: the file's bytes, at most the service's ``limits.max_import_bytes``.
+            collection: the collection to write to; None: the one named in the file's header.
+
+        Returns:
+            ``{"collection", "imported", "created", "dim", "count"}`` and ``warnings`` when the file's
+            embedder is not the service's.
+
+        Raises:
+            ApiResponseError: 422 naming ``line N.<key>``, 409 ``dimension_mismatch``, 413 ``body_too_large``...
+        """
+        params = {"collection": collection} if collection is not None else {}
+        headers = {"Content-Type": "application/x-ndjson"}
+        return self._json(self._send("POST", "/v1/examples/import", params=params, content=body, headers=headers))
+
     # ---------------------------------------------------------------- video
     def segment_video(self, request: dict, video: bytes | None = None, filename: str = "video.mp4") -> dict:
         """``POST /v1/segment/video`` answered as one JSON document (every frame's masks at the end).

@@ -119,3 +119,17 @@ def build_prompts(boxes: list[list[float]], points: list[list]) -> list[dict]:
         prompts.append(first)
         prompts.extend({"box_xyxy": b} for b in boxes[1:])
     return prompts
+
+
+def add_mask_format_args(parser: argparse.ArgumentParser) -> None:
+    """``--mask-format`` and ``--polygon-tolerance`` (see :func:`mask_format_fields`)."""
+    parser.add_argument("--mask-format", choices=("rle", "png", "polygon", "none"), default="rle", help="how masks come back (default rle)")
+    parser.add_argument("--polygon-tolerance", type=float, help="polygon simplification in pixels (default 0: the exact outline)")
+
+
+def mask_format_fields(args: argparse.Namespace) -> dict:
+    """The request's ``mask_format`` (and ``polygon_tolerance_px``) from :func:`add_mask_format_args`'s flags."""
+    out = {"mask_format": args.mask_format}
+    if args.polygon_tolerance is not None:
+        out["polygon_tolerance_px"] = args.polygon_tolerance
+    return out

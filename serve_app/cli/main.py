@@ -8,6 +8,8 @@
     samgraph predict --api URL --image photo.jpg [--collection NAME] [--top-k 5] [--json]
     samgraph examples add --api URL --image photo.jpg (--box x0,y0,x1,y1 | --point x,y ...) --label NAME
     samgraph examples list --api URL [--collection NAME]
+    samgraph examples export --api URL [--collection NAME] --out FILE[.gz]
+    samgraph examples import --api URL --file FILE[.gz] [--collection NAME] [--batch-points 1000]
     samgraph batch --input DIR|annotations.json --output OUT_DIR [...]    (serve_app/offline/cli.py)
     samgraph eval --coco annotations.json --images DIR --prompt box|center-point [--output report.json]
     samgraph video --api URL (--video clip.mp4 | --frames DIR) --box OBJ:x0,y0,x1,y1 [--point OBJ:x,y[,fg|bg]]...
@@ -25,10 +27,13 @@ import sys
 from pathlib import Path
 
 from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
+from serve_app.cli.examples_file import add_file_commands
 from serve_app.cli.flags import (
+    add_mask_format_args,
     build_prompts,
     build_video_objects,
     frame_files,
+    mask_format_fields,
     parse_box,
     parse_obj_box,
     parse_obj_point,
@@ -123,7 +128,10 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """``/v1/segment`` on ``--image``: print a summary (or ``--json``), write ``--out``/``--overlay``/``--cutout``."""
-    request = {"prompts": build_prompts(args.box or [], args.point or []) + [{"text": t} for t in args.text or []], "mask_format": "rle"}
+    if (args.overlay or args.cutout) and args.mask_format != "rle":
+        print("error: --overlay and --cutout need --mask-format rle", file=sys.stderr)
+        return 2
+    request = {"prompts": build_prompts(args.box or [], args.point or []) + [{"text": t} for t in args.text or []], **mask_format_fields(args)}
     if args.multimask is not None:
         request["multimask_output"] = args.multimask
     result = _post_image(args, SamgraphClient.segment, request)
@@ -176,7 +184,7 @@ def _post_image(args: argparse.Namespace, call, request: dict) -> dict | int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``/v1/predict`` on ``--image``: print a table of the labelled instances (or ``--json``)."""
-    request = {"collection": args.collection, "top_k": args.top_k, "min_score": args.min_score, "max_instances": args.max_instances}
+    request = {"collection": args.collection, "top_k": args.top_k, "min_score": args.min_score, "max_instances": args.max_instances, **mask_format_fields(args)}
     if args.points_per_side:
         request["amg"] = {"points_per_side": args.points_per_side}
     result = _post_image(args, SamgraphClient.predict, request)
@@ -194,7 +202,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
-    """``examples add`` (``POST /v1/examples``) or ``examples list`` (counts per label)."""
+    """``examples add`` (``POST /v1/examples``) or ``examples list`` (counts per label); ``export`` and
+    ``import`` are :mod:`serve_app.cli.examples_file`'s."""
     if args.action == "add":
         prompt = build_prompts([args.box] if args.box else [], args.point or [])
         if not prompt:
@@ -331,6 +340,7 @@ def make_parser() -> argparse.ArgumentParser:
             c.add_argument("--json", action="store_true", help="print the full JSON response, not a summary")
             c.add_argument("--overlay", help="write the photo with the best mask of each object drawn over it (PNG)")
             c.add_argument("--cutout", help="write the objects with an alpha channel (PNG)")
+            add_mask_format_args(c)
 
     pr = sub.add_parser("predict", help="label every object in an image from the labelled examples")
     _api_args(pr, cmd_predict)
@@ -341,6 +351,7 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-instances", type=int, default=20)
     pr.add_argument("--points-per-side", type=int, help="automatic-mask grid (default: the service's)")
     pr.add_argument("--json", action="store_true", help="print the full JSON response")
+    add_mask_format_args(pr)
 
     ex = sub.add_parser("examples", help="add or list labelled examples")
     exsub = ex.add_subparsers(dest="action", required=True)
@@ -369,6 +380,7 @@ def make_parser() -> argparse.ArgumentParser:
     lst = exsub.add_parser("list", help="examples per label")
     _api_args(lst, cmd_examples)
     lst.add_argument("--collection", default="default")
+    add_file_commands(exsub, _api_args, _client, _fail)
 
     from serve_app.cli.video_session import add_command
     from serve_app.offline.cli import add_commands

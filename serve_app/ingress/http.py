@@ -177,6 +177,15 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return await _api_error(request, ApiError(500, "internal", "internal error; see the server log for this request id"))
 
 
+def ingress():
+    """The ``Ingress`` instance of this replica (its handles, ``args`` and helpers), for module-level
+    routes of :data:`api` (``Depends(ingress)``): Serve injects it as ``self`` into the ingress's own
+    methods only."""
+    from ray import serve
+
+    return serve.get_replica_context().servable_object
+
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The request body, refusing (413) anything over ``max_bytes`` before reading it all."""
     declared = request.headers.get("content-length")
@@ -191,9 +200,9 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, file_part: str = "image") -> tuple:
+async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, file_part: str | None = "image") -> tuple:
     """A JSON body, or multipart with a ``file_part`` file part (``image``, or ``video`` for clips) and an
-    optional ``request`` JSON part.
+    optional ``request`` JSON part; with ``file_part`` None, JSON only.
 
     Returns:
         (the validated ``model`` instance, the uploaded file's bytes or None).
@@ -204,7 +213,7 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, f
     body = await read_body(request, max_bytes)
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     upload = None
-    if ctype == "multipart/form-data":
+    if ctype == "multipart/form-data" and file_part is not None:
 
         async def replay():
             return {"type": "http.request", "body": body, "more_body": False}
@@ -225,7 +234,8 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, f
     elif ctype == "application/json":
         raw = body
     else:
-        raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
+        accepted = "application/json" if file_part is None else "application/json or multipart/form-data"
+        raise ApiError(415, "unsupported_media_type", f"send {accepted}")
     try:
         data = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from deployments.contracts import check_in_image
 from models.amg import AmgSettings
 from models.fade_strategies import ExponentialFade, GaussianFade, LinearFade
-from models.masks import decode_logits_base64
+from models.masks import POLYGON_TOLERANCE_PX, decode_logits_base64
 from models.sam2_decoder import LOW_RES_MASK_SIZE, PromptSpec, centre_click
 from serve_app.ingress.errors import ApiError
 from serve_app.settings import derive
@@ -159,7 +159,8 @@ class SegmentRequest(ImageRefIn):
     prompts: list[PromptIn] = Field(default_factory=list, max_length=64)
     multimask_output: bool | None = None
     max_masks: int = Field(default=3, ge=1, le=3)
-    mask_format: Literal["rle", "png", "none"] = "rle"
+    mask_format: MASK_FORMAT = "rle"
+    polygon_tolerance_px: POLYGON_TOLERANCE = POLYGON_TOLERANCE_PX
     return_logits: bool = False
     fade: FadeIn | None = None
     amg: AmgIn | None = None
@@ -190,6 +191,11 @@ class AmgIn(BaseModel):
 
 
 COLLECTION = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+#: How masks come back: COCO RLE, a base64 PNG, polygons (rings with holes, and COCO's flat lists), or
+#: area and box only.
+MASK_FORMAT = Literal["rle", "png", "polygon", "none"]
+#: Simplification of ``polygon`` masks: the most a simplified ring strays from the traced outline, pixels.
+POLYGON_TOLERANCE = Annotated[float, Field(ge=0, le=64, description="polygon simplification tolerance, pixels (0: exact outline)")]
 LABEL = Annotated[str, Field(min_length=1, max_length=100)]
 
 
@@ -201,7 +207,8 @@ class PredictRequest(ImageRefIn):
     top_k: int = Field(default=5, ge=1, le=100)
     min_score: float = Field(default=0.0, ge=-1, le=1)
     max_instances: int = Field(default=20, ge=1, le=256)
-    mask_format: Literal["rle", "png", "none"] = "rle"
+    mask_format: MASK_FORMAT = "rle"
+    polygon_tolerance_px: POLYGON_TOLERANCE = POLYGON_TOLERANCE_PX
     fade: FadeIn | None = None
     amg: AmgIn | None = None
 
@@ -212,6 +219,14 @@ class RleIn(BaseModel):
     model_config = STRICT
     size: tuple[int, int]
     counts: str = Field(min_length=1)
+
+
+class PolygonsRequest(BaseModel):
+    """Body of ``POST /v1/masks/polygons``: COCO RLE masks (as any route returns them) to trace as polygons."""
+
+    model_config = STRICT
+    masks: list[RleIn] = Field(min_length=1, max_length=256)
+    polygon_tolerance_px: POLYGON_TOLERANCE = POLYGON_TOLERANCE_PX
 
 
 class ExampleRequest(ImageRefIn, GeometryIn):

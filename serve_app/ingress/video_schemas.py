@@ -6,16 +6,23 @@ pixels of the frames, (x, y) with x right and y down.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from deployments.errors import OutOfImage
-from models.masks import decode_rle
+from models.masks import POLYGON_TOLERANCE_PX, decode_rle
 from models.sam2_video_types import FramePrompt, VideoObject
 from serve_app.ingress.errors import ApiError
-from serve_app.ingress.schemas import STRICT, GeometryIn, ImageIn, PromptIn, RleIn, check_prompts_in_image
+from serve_app.ingress.schemas import (
+    MASK_FORMAT,
+    POLYGON_TOLERANCE,
+    STRICT,
+    GeometryIn,
+    ImageIn,
+    PromptIn,
+    RleIn,
+    check_prompts_in_image,
+)
 
 
 class VideoPromptIn(GeometryIn):
@@ -63,7 +70,8 @@ class VideoRequest(BaseModel):
     start_frame: int | None = Field(default=None, ge=0)
     max_frames: int | None = Field(default=None, ge=1)
     reverse: bool = False
-    mask_format: Literal["rle", "png", "none"] = "rle"
+    mask_format: MASK_FORMAT = "rle"
+    polygon_tolerance_px: POLYGON_TOLERANCE = POLYGON_TOLERANCE_PX
     stream: bool = False
 
     @model_validator(mode="after")

@@ -31,12 +31,12 @@ from pydantic import BaseModel, Field
 from ray.serve.handle import DeploymentHandle
 
 from deployments.errors import SessionLost, SessionsFull
-from models.masks import decode_rle
+from models.masks import POLYGON_TOLERANCE_PX, decode_rle
 from models.sam2_video_types import FramePrompt
 from serve_app.ingress.errors import ApiError
 from serve_app.ingress.http import api, parse_body, request_id, stage_errors
 from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING
-from serve_app.ingress.schemas import STRICT, ImageIn
+from serve_app.ingress.schemas import POLYGON_TOLERANCE, STRICT, ImageIn
 from serve_app.ingress.video_route import ndjson_lines, read_clip
 from serve_app.ingress.video_schemas import VideoPromptIn, VideoRequest
 
@@ -68,6 +68,7 @@ class SessionPromptRequest(VideoPromptIn):
     obj_id: int = Field(ge=0, le=2**31 - 1)
     clear_old_points: bool = True
     mask_format: MaskFormat = "rle"
+    polygon_tolerance_px: POLYGON_TOLERANCE = POLYGON_TOLERANCE_PX
 
 
 class PropagateRequest(BaseModel):
@@ -84,6 +85,7 @@ class PropagateRequest(BaseModel):
     max_frames: int | None = Field(default=None, ge=1)
     direction: Literal["forward", "backward", "both"] = "forward"
     mask_format: MaskFormat = "rle"
+    polygon_tolerance_px: POLYGON_TOLERANCE = POLYGON_TOLERANCE_PX
 
 
 def iso_utc(t: float) -> str:
@@ -182,7 +184,7 @@ class VideoSessions:
         check_session_id(session_id)
         req, _ = await parse_body(request, SessionPromptRequest, self.max_body_bytes)
         prompt = to_frame_prompt(req)
-        rec = await self._call(session_id, self.owner(session_id).add_prompt.remote(session_id, req.obj_id, prompt, req.clear_old_points, req.mask_format))
+        rec = await self._call(session_id, self.owner(session_id).add_prompt.remote(session_id, req.obj_id, prompt, req.clear_old_points, req.mask_format, req.polygon_tolerance_px))
         timing = {"prompt": rec.pop("propagate_ms"), "total": (time.perf_counter() - t0) * 1e3}
         rec.pop("type")
         return {"session_id": session_id, **rec, "mask_format": req.mask_format, "timing_ms": timing}
@@ -194,7 +196,7 @@ class VideoSessions:
         check_session_id(session_id)
         req, _ = await parse_body(request, PropagateRequest, self.max_body_bytes)
         records = self.owner(session_id).options(stream=True).propagate_session.remote(
-            session_id, req.start_frame, req.max_frames, req.direction, req.mask_format
+            session_id, req.start_frame, req.max_frames, req.direction, req.mask_format, req.polygon_tolerance_px
         )
         start = await self._call(session_id, records.__anext__())
         head = {**_public(start), "direction": req.direction, "mask_format": req.mask_format}

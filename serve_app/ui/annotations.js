@@ -1,14 +1,17 @@
 // The collection and the session's annotations: label completion and counts of the collection
 // (#labels, #counts; #counts[data-total] is set once known, which the browser tests wait on),
 // accepting the current mask with a label (stored as an example), the list of annotations (× removes
-// one and deletes its example), and the COCO JSON export of them all.
+// one and deletes its example), and the COCO JSON export of them all (RLE, or polygons traced by the
+// service).
 
 import { $, el, swatch } from "./dom.js";
-import { deleteExample, getExampleCounts, postExample } from "./api.js";
+import { deleteExample, getExampleCounts, postExample, postPolygons } from "./api.js";
 import { CURRENT_COLOR, render, updateControls } from "./overlay.js";
 import { chosenMask, resetHistory, ui } from "./state.js";
 import { hideError, setBusy, setStatus, showError } from "./status.js";
 import { cocoDataset } from "./rle.js";
+
+const POLYGONS_PER_CALL = 256; // the most masks /v1/masks/polygons takes at once
 
 /** The collection named in #collection. */
 export const collectionName = () => $("collection").value.trim() || "default";
@@ -107,19 +110,43 @@ async function removeAnnotation(i) {
   }
 }
 
-/** Download the annotations, with the images they are on, as samgraph-coco.json. */
-export function exportCoco() {
+/** Per annotation, its exact outline as COCO's flat polygon lists, traced by the service; null for a mask
+ * with holes, which COCO polygons cannot hold (it stays RLE). */
+async function polygonSegmentations(annotations) {
+  const out = [];
+  for (let i = 0; i < annotations.length; i += POLYGONS_PER_CALL) {
+    const chunk = annotations.slice(i, i + POLYGONS_PER_CALL);
+    const { masks } = await postPolygons(chunk.map((a) => a.rle), 0);
+    for (const m of masks) out.push(m.polygons.some((p) => p.holes.length) ? null : m.segmentation);
+  }
+  return out;
+}
+
+/** Download the annotations, with the images they are on, as samgraph-coco.json: masks as RLE, or, with
+ * the export format "polygons", as polygons (masks with holes stay RLE). */
+export async function exportCoco() {
   if (!ui.annotations.length) {
     setStatus("nothing to export yet: accept a mask or a prediction first");
     return;
   }
+  let polygons = [];
+  if ($("export-format").value === "polygon") {
+    try {
+      polygons = await polygonSegmentations(ui.annotations);
+    } catch (e) {
+      showError(e);
+      return;
+    }
+  }
   const used = new Set(ui.annotations.map((a) => a.image));
-  const data = cocoDataset(ui.images.filter((im) => used.has(im.id)), ui.annotations);
+  const data = cocoDataset(ui.images.filter((im) => used.has(im.id)), ui.annotations, polygons);
   const blob = new Blob([JSON.stringify(data)], { type: "application/json" });
   const a = el("a", { href: URL.createObjectURL(blob), download: "samgraph-coco.json" });
   document.body.append(a);
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
-  setStatus(`exported ${data.annotations.length} annotations on ${data.images.length} image(s)`);
+  const kept = polygons.filter((p) => p === null).length;
+  const note = kept ? ` (${kept} with holes kept as RLE)` : "";
+  setStatus(`exported ${data.annotations.length} annotations on ${data.images.length} image(s)${note}`);
 }

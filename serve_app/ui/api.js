@@ -6,6 +6,7 @@
 //   GET    v1/examples         labels and counts of a collection (label completion);
 //   DELETE v1/examples/{id}    an example removed with its annotation;
 //   POST   v1/predict          every object with its suggested label;
+//   POST   v1/masks/polygons   accepted masks traced as polygons, for a COCO export with polygons;
 //   GET    readyz              the models behind the service, and its warnings.
 // Masks travel as COCO RLE both ways. Every failure is thrown as a ShownError: the API's own
 // {error: {code, message, field, request_id}}, else http_<status>, network or bad_response.
@@ -121,3 +122,9 @@ export const deleteExample = (exampleId, collection) =>
   call("DELETE", `v1/examples/${encodeURIComponent(exampleId)}?collection=${encodeURIComponent(collection)}`);
 
 export const getReady = () => call("GET", "readyz");
+
+/** COCO RLE masks traced as polygons by the service (at most 256 per call); {masks: [{polygons, segmentation}]}. */
+export const postPolygons = (rles, polygonTolerancePx) =>
+  call("POST", "v1/masks/polygons", {
+    json: { masks: rles.map((r) => ({ size: r.size, counts: r.counts })), polygon_tolerance_px: polygonTolerancePx },
+  });

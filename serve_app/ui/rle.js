@@ -79,8 +79,10 @@ export function xyxyToXywh([x0, y0, x1, y1]) {
  * @param {Array<{id: number, file_name: string, width: number, height: number, image_id: string}>} images
  * @param {Array<{image: number, label: string, rle: object, bbox_xyxy: number[], area_px: number}>} annotations
  *   image: the id of an entry of ``images``.
+ * @param {Array<number[][] | null>} [polygons] per annotation, COCO's flat polygon lists to write as its
+ *   ``segmentation`` instead of its RLE (null: the RLE).
  */
-export function cocoDataset(images, annotations) {
+export function cocoDataset(images, annotations, polygons = []) {
   const names = [...new Set(annotations.map((a) => a.label))].sort();
   const categoryId = new Map(names.map((n, i) => [n, i + 1]));
   return {
@@ -92,7 +94,7 @@ export function cocoDataset(images, annotations) {
       id: i + 1,
       image_id: a.image,
       category_id: categoryId.get(a.label),
-      segmentation: { size: a.rle.size, counts: a.rle.counts },
+      segmentation: polygons[i] || { size: a.rle.size, counts: a.rle.counts },
       area: a.area_px,
       bbox: xyxyToXywh(a.bbox_xyxy),
       iscrowd: 0,

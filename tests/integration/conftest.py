@@ -14,6 +14,8 @@ from tests.conftest import MODEL_ID
 
 # Small limits so the 413 paths are cheap to hit; truck.jpg (1800x1200 = 2.16 MP, 0.3 MB) fits.
 MAX_BODY_BYTES = 4 * 2**20
+# An examples file of ~700 examples (512-d) fits; tests/integration/test_examples_transfer.py sends one over it.
+MAX_IMPORT_BYTES = 8 * 2**20
 MAX_IMAGE_PIXELS = 4_000_000
 # Small video limits: the bedroom clip (200 frames) is over VIDEO_MAX_FRAMES; its 960x540 frames fit.
 VIDEO_MAX_FRAMES = 16
@@ -45,7 +47,7 @@ def app_args(tiny_checkpoint, tmp_path_factory) -> dict:
         "retriever": {"path": str(tmp_path_factory.mktemp("qdrant"))},
         "amg": AMG,
         "text_candidates": 8,
-        "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS},
+        "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS, "max_import_bytes": MAX_IMPORT_BYTES},
     }
 
 

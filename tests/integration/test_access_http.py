@@ -77,6 +77,17 @@ def test_keys_are_needed_on_v1_and_metrics(secured):
     assert secured.get("/readyz").status_code == 200
 
 
+def test_keys_are_needed_on_the_transfer_and_polygon_routes(secured):
+    for method, path, kw in (
+        ("GET", "/v1/examples/export", {"params": {"collection": "none-here"}}),
+        ("POST", "/v1/examples/import", {"content": b"{}", "headers": {"content-type": "application/x-ndjson"}}),
+        ("POST", "/v1/masks/polygons", {"json": {"masks": [{"size": [1, 1], "counts": "01"}]}}),
+    ):
+        r = secured.request(method, path, **kw)
+        assert r.status_code == 401, (path, r.text)
+        assert r.json()["error"]["code"] == "unauthorized"
+
+
 def test_rate_limit_per_key_answers_429_with_retry_after(secured):
     statuses = [secured.get("/v1/examples", params={"collection": "none-here"}, headers=_bearer(KEY_A)).status_code for _ in range(BURST)]
     assert 429 not in statuses and 401 not in statuses

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from models.masks import decode_rle, encode_rle, rle_bbox_xyxy
+from models.polygons import mask_to_polygons
 from tests.conftest import REPO, TRUCK_BOX
 
 VIEWPORT = {"width": 1280, "height": 720}
@@ -317,6 +318,25 @@ def test_click_box_accept_predict_export(page, client, truck_path, tmp_path):
         x0, y0, x1, y1 = rle_bbox_xyxy(rle)
         assert ann["bbox"] == [x0, y0, x1 - x0, y1 - y0] and ann["area"] == int(mask.sum())
     json.loads(path.read_text())  # plain JSON
+
+    # Export as polygons (traced by the service): the same masks, each as polygons unless it has holes.
+    page.select_option("#export-format", "polygon")
+    with page.expect_download() as dl:
+        page.keyboard.press("e")
+    path = tmp_path / "coco_polygons.json"
+    dl.value.save_as(path)
+    coco = COCO(str(path))
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert len(anns) == len(expected)
+    as_polygons = 0
+    for ann, (_, rle) in zip(anns, expected):
+        mask = decode_rle(rle)
+        has_holes = any(p["holes"] for p in mask_to_polygons(mask))
+        assert isinstance(ann["segmentation"], list) != has_holes
+        as_polygons += not has_holes
+        np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), mask)
+        assert ann["area"] == int(mask.sum())
+    assert as_polygons >= 1  # here 2 of the 3 (the third has holes)
 
 
 def test_page_fits_1280x720_and_lists_shortcuts(page, truck_path):

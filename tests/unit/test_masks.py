@@ -22,6 +22,7 @@ from models.masks import (
     rle_area,
     rle_bbox_xyxy,
 )
+from models.polygons import polygons_to_mask
 
 SEED = 1234
 
@@ -218,7 +219,17 @@ def test_encode_masks_none():
     ]
 
 
-@pytest.mark.parametrize("fmt", ["RLE", "jpeg", "", "polygon"])
+def test_encode_masks_polygon():
+    masks = _two_masks()
+    out = encode_masks(masks, "polygon", polygon_tolerance_px=0.0)
+    assert [set(o) for o in out] == [{"area_px", "bbox_xyxy", "polygons", "segmentation"}] * 2
+    assert out[1]["polygons"] == [{"exterior": [[0, 0], [3, 0], [3, 5], [0, 5]], "holes": []}]  # pixel edges
+    assert out[1]["segmentation"] == [[0, 0, 3, 0, 3, 5, 0, 5]]
+    for o, m in zip(out, masks):
+        np.testing.assert_array_equal(polygons_to_mask(o["polygons"], *m.shape), m)
+
+
+@pytest.mark.parametrize("fmt", ["RLE", "jpeg", "", "polygons"])
 def test_encode_masks_unknown_format(fmt):
     with pytest.raises(ValueError, match="mask_format"):
         encode_masks(_two_masks(), fmt)
