@@ -151,3 +151,71 @@ class ImageNotCached(InputError, LookupError):
 
     def __reduce__(self):
         return (type(self), (self.image_id, self.field))
+
+
+class UnknownSession(InputError, LookupError):
+    """A video session this replica closed or let expire: 404 ``unknown_session``. Open a new one.
+
+    Args:
+        session_id: the id asked for.
+    """
+
+    status, code = 404, "unknown_session"
+
+    def __init__(self, session_id: str, field: str | None = "session_id") -> None:
+        super().__init__(f"video session {session_id!r} was closed or expired; open a new session", field)
+        self.session_id = session_id
+
+    def __reduce__(self):
+        return (type(self), (self.session_id, self.field))
+
+
+class SessionLost(InputError, LookupError):
+    """A video session the replica that owns its id does not hold: it was opened on a replica that has
+    since died, or the replicas changed and the id now hashes to another one: 404 ``session_lost``. Its
+    state is gone; open a new session (never a mask from another session's state).
+
+    Args:
+        session_id: the id asked for.
+    """
+
+    status, code = 404, "session_lost"
+
+    def __init__(self, session_id: str, field: str | None = "session_id") -> None:
+        super().__init__(f"video session {session_id!r} is lost (its replica restarted or the replicas changed); open a new session", field)
+        self.session_id = session_id
+
+    def __reduce__(self):
+        return (type(self), (self.session_id, self.field))
+
+
+class SessionsFull(InputError):
+    """The replica that would own a new video session holds as many sessions (or bytes) as it may:
+    503 ``sessions_full``, to be retried after ``retry_after_s`` seconds (an idle session expires or is
+    closed meanwhile). Open sessions are never evicted to make room.
+
+    Args:
+        message: which bound is reached.
+        retry_after_s: seconds until a retry may find room.
+    """
+
+    status, code = 503, "sessions_full"
+
+    def __init__(self, message: str, retry_after_s: float = 30.0) -> None:
+        super().__init__(message, None)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.retry_after_s))
+
+
+class UnknownObject(InputError, LookupError):
+    """An ``obj_id`` the video session has no prompt for: 404 ``unknown_object``."""
+
+    status, code = 404, "unknown_object"
+
+
+class OutOfClip(InputError):
+    """A frame index outside the clip: 422 ``out_of_clip``."""
+
+    status, code = 422, "out_of_clip"

@@ -56,6 +56,7 @@ from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING, readiness
 from serve_app.ingress.schemas import ExampleRequest, FadeIn, PredictRequest, SegmentRequest, to_prompt_specs
 from serve_app.ingress.video_route import collect_frames, ndjson_lines, read_clip
 from serve_app.ingress.video_schemas import VideoRequest, check_video_objects, to_video_objects
+from serve_app.ingress.video_sessions import VideoSessionRoutes, VideoSessions
 from serve_app.preflight import preflight
 
 #: The image-cache counters ``/v1/stats`` sums over the decoder replicas.
@@ -66,10 +67,11 @@ STATS_KEYS = tuple(f"stats-{k}" for k in range(64))
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
 @serve.ingress(api)
-class Ingress:
+class Ingress(VideoSessionRoutes):
     """HTTP front: validation, and the calls into the stages. Each route parses its body, asks the stages
     (about an image: its owner, :class:`serve_app.ingress.image_cache.ImageOwners`), and assembles the
-    answer. It keeps no per-image state, so it scales out.
+    answer. It keeps no per-image state, so it scales out. The /v1/video/sessions routes are those of
+    :class:`serve_app.ingress.video_sessions.VideoSessionRoutes` (sessions live in VideoSegmenter replicas).
 
     Args:
         encoder, decoder, fader, embedder, retriever: handles to the stage deployments.
@@ -96,6 +98,8 @@ class Ingress:
         self.metrics = IngressMetrics.install()
         log.info(install_access(AccessPolicy.from_args(self.args.auth, require_keys=require_keys)).describe())
         self.images = ImageOwners(decoder, self.args.limits.max_image_pixels)
+        v = self.args.video
+        self.sessions = None if video is None else VideoSessions(video, v.max_frames, v.max_frame_pixels, self.args.limits.max_body_bytes)
 
     def _stages(self) -> dict[str, DeploymentHandle]:
         """The stage handles by name, in :data:`serve_app.ingress.readiness.READINESS_STAGES` order."""
@@ -391,5 +395,6 @@ def build_app(args: dict | None = None) -> serve.Application:
     retriever = Retriever.bind(**ready.store)
     v = cfg.video
     video_settings = {"offload_video_to_cpu": v.offload_video_to_cpu, "offload_state_to_cpu": v.offload_state_to_cpu}
-    video = VideoSegmenter.bind(cfg.model_id, weights, v.device, v.torch_threads, video_settings, v.max_concurrent_clips)
+    sessions = {"max_sessions": v.max_sessions, "max_bytes": v.max_session_bytes, "ttl_s": v.session_ttl_s, "retry_after_s": v.session_retry_after_s}
+    video = VideoSegmenter.bind(cfg.model_id, weights, v.device, v.torch_threads, video_settings, v.max_concurrent_clips, sessions)
     return Ingress.bind(encoder, decoder, fader, embedder, retriever, cfg.model_dump(), video=video, require_keys=ready.api_keys > 0)

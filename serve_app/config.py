@@ -147,6 +147,11 @@ class VideoArgs(StageArgs):
     at most ``3 * max_frames * max_frame_pixels`` bytes of frames; ``max_concurrent_clips`` clips are
     tracked at once per replica (others wait). ``offload_video_to_cpu`` / ``offload_state_to_cpu`` are
     sam2's ``init_state`` options (see ``models/sam2_video.py::VideoSettings``).
+
+    Interactive sessions (``/v1/video/sessions``): each replica holds at most ``max_sessions`` sessions and
+    ``max_session_bytes`` bytes of them (frames plus sam2's state, which grows by ~1.3 MB per tracked
+    frame and object at 1024 px); past either a new session gets 503 with ``Retry-After:
+    session_retry_after_s``. A session idle for ``session_ttl_s`` seconds expires.
     """
 
     max_frames: int = Field(default=300, ge=1, le=100_000)
@@ -154,6 +159,10 @@ class VideoArgs(StageArgs):
     max_concurrent_clips: int = Field(default=1, ge=1, le=64)
     offload_video_to_cpu: bool = True
     offload_state_to_cpu: bool = False
+    max_sessions: int = Field(default=8, ge=1, le=10_000)
+    max_session_bytes: int = Field(default=4 * 2**30, ge=1)
+    session_ttl_s: float = Field(default=600.0, gt=0)
+    session_retry_after_s: float = Field(default=30.0, ge=0)
 
 
 class Sam2Args(BaseModel):

@@ -15,6 +15,7 @@
     samgraph video --api URL (--video clip.mp4 | --frames DIR) --box OBJ:x0,y0,x1,y1 [--point OBJ:x,y[,fg|bg]]...
                    [--frame-index N] [--start-frame N] [--max-frames N] [--reverse] [--out masks.json]
                    [--overlay-video out.mp4]
+    samgraph video-session open|prompt|propagate|cancel|info|remove|reset|close ...   (serve_app/cli/video_session.py)
 """
 
 from __future__ import annotations
@@ -381,8 +382,10 @@ def make_parser() -> argparse.ArgumentParser:
     lst.add_argument("--collection", default="default")
     add_file_commands(exsub, _api_args, _client, _fail)
 
+    from serve_app.cli.video_session import add_command
     from serve_app.offline.cli import add_commands
 
+    add_command(sub, _api_args)
     add_commands(sub)
     return p
 

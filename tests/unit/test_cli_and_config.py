@@ -353,6 +353,23 @@ def test_decoder_routes_by_image_with_strict_affinity(name):
     )  # the deployment's own default (what build_app deploys without a config) is the same
 
 
+@pytest.mark.parametrize("name", ["serve.yaml", "serve.gpu.yaml"])
+def test_video_routes_by_session_with_strict_affinity(name):
+    """Calls about a video session reach the replica holding it: the same router, no fallback replica,
+    in the configs and in the deployment's own default."""
+    from ray.serve.config import RequestRouterConfig
+
+    from deployments.video import SESSION_AFFINITY
+
+    video = next(d for d in _samgraph_app(_config(name))["deployments"] if d["name"] == "VideoSegmenter")
+    router = RequestRouterConfig.model_validate(video["request_router_config"])
+    assert (router.request_router_class, router.request_router_kwargs) == (
+        "deployments.runtime.affinity.KeyAffinityRouter",
+        {"num_fallback_replicas": 0},
+    )
+    assert (router.request_router_class, router.request_router_kwargs) == (SESSION_AFFINITY.request_router_class, SESSION_AFFINITY.request_router_kwargs)
+
+
 def test_samgraph_serve_fails_fast_when_the_weights_cannot_be_had(monkeypatch, capsys):
     """The README's first command pre-flights: weights that cannot be had exit 1 with the reason and the
     setting to change, before Ray or `serve run` start."""
