@@ -160,12 +160,12 @@ def test_unknown_mask_input_field_rejected():
     assert err.message.endswith("unknown field")
 
 
-@pytest.mark.parametrize("fmt", ["RLE", "jpeg", "polygon", ""])
+@pytest.mark.parametrize("fmt", ["RLE", "jpeg", "polygons", ""])
 def test_unknown_mask_format_rejected(fmt):
     assert _error({"mask_format": fmt}).field == "mask_format"
 
 
-@pytest.mark.parametrize("fmt", ["rle", "png", "none"])
+@pytest.mark.parametrize("fmt", ["rle", "png", "polygon", "none"])
 def test_mask_formats_accepted(fmt):
     assert SegmentRequest.model_validate({"mask_format": fmt}).mask_format == fmt
 
