@@ -55,12 +55,17 @@ async def collect_frames(records, timing: dict, t0: float) -> list[dict]:
     return frames
 
 
-async def ndjson_lines(request_id: str, records, head: dict, timing: dict, t0: float, on_end) -> AsyncIterator[str]:
+async def ndjson_lines(request_id: str, records, head: dict, timing: dict, t0: float, on_end, lost=None) -> AsyncIterator[str]:
     """NDJSON lines: ``start`` (the head and ``timing_ms`` so far), one ``frame`` line per frame as the
     tracker yields it, then ``end`` with the totals, or an ``error`` line if tracking fails midway.
 
     Nothing is accumulated but the per-frame times. ``on_end(timing)`` runs once the stream ended well;
     the tracker is cancelled when the client goes away.
+
+    Args:
+        lost: ``(exception types, make_error)``: a failure of one of these types (the tracker's replica
+            died) ends the stream with ``make_error()``'s body (a session's ``session_lost``) instead of
+            ``internal``.
     """
     yield json.dumps({"type": "start", **head, "timing_ms": dict(timing)}) + "\n"
     per_frame = []
@@ -70,7 +75,10 @@ async def ndjson_lines(request_id: str, records, head: dict, timing: dict, t0: f
             yield json.dumps(rec) + "\n"
     except Exception as e:
         log.error("request %s: video tracking failed midway", request_id, exc_info=e)
-        err = ApiError(500, "internal", "tracking failed midway; see the server log for this request id")
+        if lost is not None and isinstance(e, lost[0]):
+            err = lost[1]()
+        else:
+            err = ApiError(500, "internal", "tracking failed midway; see the server log for this request id")
         yield json.dumps({"type": "error", **err.body(request_id)}) + "\n"
         return
     finally:

@@ -201,7 +201,9 @@ class VideoSessions:
         start = await self._call(session_id, records.__anext__())
         head = {**_public(start), "direction": req.direction, "mask_format": req.mask_format}
         timing: dict = {}
-        return StreamingResponse(ndjson_lines(request_id(request), records, head, timing, t0, lambda t: None), media_type="application/x-ndjson")
+        lost = (_HOLDER_LOST, lambda: ApiError(404, "session_lost", SessionLost(session_id).message, "session_id"))  # died mid-stream
+        lines = ndjson_lines(request_id(request), records, head, timing, t0, lambda t: None, lost)
+        return StreamingResponse(lines, media_type="application/x-ndjson")
 
     async def cancel(self, session_id: str) -> dict:
         """``DELETE /v1/video/sessions/{id}/propagation``: ``{session_id, cancelled}``."""

@@ -96,3 +96,47 @@ def test_bad_bounds():
         SessionStore(0, 10, 10)
     with pytest.raises(ValueError, match="ttl_s"):
         SessionStore(1, 10, 0)
+
+
+class _Records:
+    """A tracker's record stream that yields ``n`` frames, then fails with ``exc``."""
+
+    def __init__(self, n: int, exc: Exception) -> None:
+        self.n, self.exc, self.cancelled = n, exc, False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.n == 0:
+            raise self.exc
+        self.n -= 1
+        return {"type": "frame", "frame_index": 0, "propagate_ms": 1.0, "objects": []}
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@pytest.mark.parametrize("lost_type, code", [(True, "session_lost"), (False, "internal")])
+def test_a_holder_lost_mid_stream_ends_with_session_lost(lost_type, code):
+    """The stream's last line names what happened: the session's replica died (``session_lost``, as a
+    call would answer 404), or any other failure (``internal``, no details)."""
+    import asyncio
+    import json
+    import time
+
+    from ray.exceptions import RayActorError
+
+    from serve_app.ingress.errors import ApiError
+    from serve_app.ingress.video_route import ndjson_lines
+
+    records = _Records(2, RayActorError() if lost_type else RuntimeError("boom"))
+    lost = (RayActorError, lambda: ApiError(404, "session_lost", "lost", "session_id"))
+
+    async def lines():
+        return [json.loads(line) async for line in ndjson_lines("rid", records, {}, {}, time.perf_counter(), lambda t: None, lost)]
+
+    out = asyncio.run(lines())
+    assert [x["type"] for x in out] == ["start", "frame", "frame", "error"]
+    assert out[-1]["error"]["code"] == code and out[-1]["error"]["request_id"] == "rid"
+    assert "boom" not in json.dumps(out) and records.cancelled
