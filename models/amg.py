@@ -32,9 +32,11 @@ class AmgSettings:
     """Automatic-mask settings; defaults are ``SAM2AutomaticMaskGenerator``'s.
 
     The limits here are also those of the HTTP ``amg`` field and the app's ``amg:`` config (their pydantic
-    models are built from these fields). sam2 puts no upper bound on ``points_per_side``; 128 (16384
-    clicks, 16 times the default's decoder work) bounds a request's time, and peak memory does not grow
-    with it (clicks are decoded ``points_per_batch`` at a time).
+    models are built from these fields; ``points_per_batch`` is config only). sam2 puts no upper bound on
+    ``points_per_side``; 128 (16384 clicks, 16 times the default's decoder work) bounds a request's
+    time, and peak memory does not grow with it (clicks are decoded ``points_per_batch`` at a time).
+    Peak memory grows with ``points_per_batch``: about 27 MB a click for the tiny model in fp32 on CPU,
+    so 1024 clicks at once need about 28 GB; requests cannot set it.
 
     Attributes:
         points_per_side: grid side; points_per_side^2 clicks (1..128).

@@ -18,9 +18,10 @@ across concurrent requests.
 
 import asyncio
 import time
+from typing import Annotated
 
 import ray
-from fastapi import Request
+from fastapi import Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
@@ -38,6 +39,8 @@ from models.amg import AmgSettings
 from models.masks import rle_area, rle_bbox_xyxy
 from serve_app.assemble import amg_settings, check_mask, image_answer, instances, merge_segment_results
 from serve_app.config import AppArgs
+from serve_app.ingress import request_examples as ex
+from serve_app.ingress import responses as out
 from serve_app.ingress.access import AccessPolicy, install_access
 from serve_app.ingress.errors import ApiError
 from serve_app.ingress.example_transfer import store_example  # and the export and import routes, on api
@@ -51,9 +54,17 @@ from serve_app.ingress.metrics import (
     metrics_urls,
     scrape_nodes,
 )
+from serve_app.ingress.openapi import BODY_ERRORS
 from serve_app.ingress.polygon_route import masks_to_polygons  # noqa: F401  (a route on api)
 from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING, readiness
-from serve_app.ingress.schemas import ExampleRequest, FadeIn, PredictRequest, SegmentRequest, to_prompt_specs
+from serve_app.ingress.schemas import (
+    COLLECTION_PATTERN,
+    ExampleRequest,
+    FadeIn,
+    PredictRequest,
+    SegmentRequest,
+    to_prompt_specs,
+)
 from serve_app.ingress.video_route import collect_frames, ndjson_lines, read_clip
 from serve_app.ingress.video_schemas import VideoRequest, check_video_objects, to_video_objects
 from serve_app.ingress.video_sessions import VideoSessionRoutes, VideoSessions
@@ -63,6 +74,25 @@ from serve_app.preflight import preflight
 CACHE_COUNTERS = ("entries", "bytes", "hits", "misses", "evictions", "encodes")
 #: The session ids under which ``/v1/stats`` asks the decoder replicas (see ``Ingress._decoder_stats``).
 STATS_KEYS = tuple(f"stats-{k}" for k in range(64))
+
+# Query and path parameters of the /v1/examples routes, with the rules the retriever enforces. Each has
+# ``openapi_examples``: without them FastAPI writes ``"example": {}`` into the document a replica serves
+# (its "unset" sentinel does not survive Serve pickling the app, and FastAPI compares it by identity).
+def _example(value) -> dict:
+    return {"example": {"value": value}}
+
+
+CollectionQuery = Annotated[str, Query(pattern=COLLECTION_PATTERN, description="the collection's name", openapi_examples=_example(ex.EXAMPLE_COLLECTION))]
+LabelQuery = Annotated[str | None, Query(min_length=1, max_length=100, description="only this label's examples", openapi_examples=_example("square"))]
+OffsetQuery = Annotated[
+    str | None,
+    Query(description="the previous page's next_offset (an example id)", json_schema_extra={"format": "uuid"}, openapi_examples=_example(ex.EXAMPLE_ID)),
+]
+LimitQuery = Annotated[int, Query(ge=1, le=1000, description="ids per page", openapi_examples=_example(100))]
+ExampleIdPath = Annotated[
+    str,
+    Path(description="the example's id, as POST /v1/examples returned it", json_schema_extra={"format": "uuid"}, openapi_examples=_example(ex.EXAMPLE_ID)),
+]
 
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
@@ -107,12 +137,12 @@ class Ingress(VideoSessionRoutes):
         return {**stages, "video": self.video} if self.video is not None else stages
 
     # ---------------------------------------------------------------- health
-    @api.get("/healthz")
+    @api.get("/healthz", **api.route_spec(out.Health, access=False))
     async def healthz(self) -> dict:
         """Liveness: the ingress answers."""
         return {"status": "ok"}
 
-    @api.get("/readyz")
+    @api.get("/readyz", **api.route_spec(out.Readiness, access=False, other={503: ("not_ready, with the reason", out.Readiness)}))
     async def readyz(self) -> JSONResponse:
         """Readiness: 200 only when every stage answers and encoder and decoder run the same weights."""
         calls = [h.stats.remote() if name == "fader" else h.info.remote() for name, h in self._stages().items()]
@@ -124,7 +154,7 @@ class Ingress(VideoSessionRoutes):
         status, body = readiness(answers)
         return JSONResponse(body, status_code=status)
 
-    @api.get("/v1/stats")
+    @api.get("/v1/stats", **api.route_spec(None, 503))
     @stage_errors
     async def stats(self) -> dict:
         """Work counters of one replica per stage; the decoder's per replica (its image cache included)
@@ -193,7 +223,7 @@ class Ingress(VideoSessionRoutes):
         return info
 
     # ---------------------------------------------------------------- segment
-    @api.post("/v1/segment")
+    @api.post("/v1/segment", **api.body_spec(SegmentRequest, ok=out.SegmentResponse, examples=ex.SEGMENT_EXAMPLES))
     @stage_errors
     async def segment(self, request: Request) -> dict:
         """Masks for box/point/mask/text prompts on an uploaded or cached image. See docs/http-api.md."""
@@ -233,7 +263,16 @@ class Ingress(VideoSessionRoutes):
         return image_answer(first.image, body, timing)
 
     # ---------------------------------------------------------------- video
-    @api.post("/v1/segment/video")
+    @api.post(
+        "/v1/segment/video",
+        **api.body_spec(
+            VideoRequest,
+            "video",
+            ok=out.VideoResponse,
+            examples=ex.VIDEO_EXAMPLES,
+            ok_content={"application/x-ndjson": {"schema": {"type": "string", "description": "with stream: true, one JSON record a line (docs/video.md)"}}},
+        ),
+    )
     @stage_errors
     async def segment_video(self, request: Request):
         """Track prompted objects through a clip (MP4 or frame list); JSON, or NDJSON with ``stream``.
@@ -275,7 +314,7 @@ class Ingress(VideoSessionRoutes):
         return {**head, "frames": frames_out, "timing_ms": timing}
 
     # ---------------------------------------------------------------- predict
-    @api.post("/v1/predict")
+    @api.post("/v1/predict", **api.body_spec(PredictRequest, ok=out.PredictResponse, examples=ex.PREDICT_EXAMPLES))
     @stage_errors
     async def predict(self, request: Request) -> dict:
         """Every object in the image, labelled by its nearest labelled examples in a collection."""
@@ -311,7 +350,7 @@ class Ingress(VideoSessionRoutes):
         return image_answer(gen.image, body, timing)
 
     # ---------------------------------------------------------------- examples
-    @api.post("/v1/examples")
+    @api.post("/v1/examples", **api.body_spec(ExampleRequest, ok=out.ExampleAdded, errors=(*BODY_ERRORS, 409), examples=ex.EXAMPLE_EXAMPLES))
     @stage_errors
     async def add_example(self, request: Request) -> dict:
         """Store one labelled object (a prompt's best mask, or a given mask) as a few-shot example."""
@@ -342,21 +381,21 @@ class Ingress(VideoSessionRoutes):
         self.metrics.stages("/v1/examples", timing)
         return {"ids": ids, "collection": req.collection, "label": req.label, "image_id": image_id, "area_px": area, "timing_ms": timing}
 
-    @api.get("/v1/examples")
+    @api.get("/v1/examples", **api.route_spec(out.ExampleList, 404, 422, 503))
     @stage_errors
-    async def list_examples(self, collection: str = "default", label: str | None = None, offset: str | None = None, limit: int = 100) -> dict:
+    async def list_examples(
+        self, collection: CollectionQuery = "default", label: LabelQuery = None, offset: OffsetQuery = None, limit: LimitQuery = 100
+    ) -> dict:
         """Examples per label in a collection, and a page of their ids."""
-        if not 1 <= limit <= 1000:
-            raise ApiError(422, "invalid_request", "limit: must be in 1..1000", "limit")
         info = await self._collection(collection)
         counts, (items, next_offset) = await asyncio.gather(
             self.retriever.counts.remote(collection), self.retriever.list_ids.remote(collection, label, offset, limit)
         )
         return {"collection": collection, "dim": info["dim"], "total": sum(counts.values()), "counts": counts, "items": items, "next_offset": next_offset}
 
-    @api.delete("/v1/examples/{example_id}")
+    @api.delete("/v1/examples/{example_id}", **api.route_spec(out.ExampleDeleted, 404, 422, 503))
     @stage_errors
-    async def delete_example(self, example_id: str, collection: str = "default") -> dict:
+    async def delete_example(self, example_id: ExampleIdPath, collection: CollectionQuery = "default") -> dict:
         """Delete one example by id."""
         await self._collection(collection)
         try:

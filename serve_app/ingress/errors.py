@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.errors import InputError
+
+
+class ErrorDetail(BaseModel):
+    """The ``error`` of an error body (the OpenAPI component ``ErrorDetail``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(description="stable machine-readable code, e.g. invalid_image (see docs/http-api.md#errors)")
+    message: str = Field(description="what is wrong and the rule broken")
+    field: str | None = Field(description="the request field at fault, e.g. prompts[0].box_xyxy, or null")
+    request_id: str | None = Field(default=None, description="the x-request-id of the request, for the server log")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx body the service sends (the OpenAPI component ``Error``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: ErrorDetail
 
 
 class ApiError(Exception):

@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -27,10 +27,12 @@ from deployments.errors import InputError
 from serve_app.ingress.access import CorsFromPolicy, RequireKey
 from serve_app.ingress.errors import ApiError, from_validation_error
 from serve_app.ingress.metrics import ingress_metrics
+from serve_app.ingress.openapi import DescribedAPI
 
 log = logging.getLogger("ray.serve")
 
-api = FastAPI(
+#: The routes' request and response bodies are declared with :mod:`serve_app.ingress.openapi`.
+api = DescribedAPI(
     title="samgraph",
     summary="Promptable segmentation (SAM 2) and few-shot detection as a Ray Serve deployment graph",
     version="0.1.0",
@@ -168,7 +170,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return await _api_error(request, ApiError(exc.status_code, code, str(exc.detail)))
+    # keep the exception's headers: a 405 lists the route's methods in Allow (RFC 9110)
+    return await _api_error(request, ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
 
 
 @api.exception_handler(Exception)

@@ -12,7 +12,7 @@ import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from deployments.contracts import check_in_image
 from models.amg import AmgSettings
@@ -86,12 +86,27 @@ def check_points(v: list[list[Any]] | None) -> list[list[float]] | None:
     return out
 
 
+#: The JSON schema of one point, ``[x, y, label]`` (checked by :func:`check_points`, which names the rule).
+POINT_SCHEMA = {
+    "type": "array",
+    "prefixItems": [{"type": "number"}, {"type": "number"}, {"enum": [1, 0, "fg", "bg"]}],
+    "minItems": 3,
+    "maxItems": 3,
+    "description": "[x, y, label]: pixels; label 1 or fg for foreground, 0 or bg for background",
+}
+MAX_PROMPTS = 64  # per /v1/segment request, and per tracked object of a clip
+MAX_POINTS = 64  # per prompt
+MAX_TEXT_CHARS = 300  # per text prompt
+
+
 class GeometryIn(BaseModel):
     """``box_xyxy`` and ``points`` with their rules, shared by prompts, examples and video prompts."""
 
     model_config = STRICT
-    box_xyxy: list[float] | None = Field(default=None, min_length=4, max_length=4)
-    points: list[list[Any]] | None = Field(default=None, max_length=64)
+    box_xyxy: list[float] | None = Field(default=None, min_length=4, max_length=4, description="[x0, y0, x1, y1], pixels; x1 > x0, y1 > y0")
+    points: list[Annotated[list[Any], WithJsonSchema(POINT_SCHEMA)]] | None = Field(
+        default=None, max_length=MAX_POINTS, json_schema_extra={"minItems": 1}  # empty: check_points says why
+    )
 
     @field_validator("box_xyxy")
     @classmethod
@@ -113,7 +128,7 @@ class PromptIn(GeometryIn):
     """
 
     mask_input: LogitsIn | None = None
-    text: str | None = Field(default=None, min_length=1, max_length=300)
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
 
     @field_validator("text")
     @classmethod
@@ -156,7 +171,7 @@ class SegmentRequest(ImageRefIn):
     """Body of ``POST /v1/segment`` (or the ``request`` part of a multipart upload)."""
 
     model_config = STRICT
-    prompts: list[PromptIn] = Field(default_factory=list, max_length=64)
+    prompts: list[PromptIn] = Field(default_factory=list, max_length=MAX_PROMPTS)
     multimask_output: bool | None = None
     max_masks: int = Field(default=3, ge=1, le=3)
     mask_format: MASK_FORMAT = "rle"
@@ -182,15 +197,17 @@ class FadeIn(BaseModel):
         return {k: v for k, v in self.model_dump(exclude={"strategy"}).items() if v is not None}
 
 
-@derive(AmgSettings, optional=True)
+@derive(AmgSettings, optional=True, exclude=("points_per_batch",))
 class AmgIn(BaseModel):
     """Automatic-mask settings: the fields and limits of ``models/amg.py::AmgSettings``; unset fields
-    take the app's defaults."""
+    take the app's defaults. ``points_per_batch`` is the app's alone (``amg:`` config): it changes the
+    decoder's peak memory (about 27 MB a click on CPU: 28 GB at its limit of 1024), not the answer."""
 
     model_config = STRICT
 
 
-COLLECTION = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+COLLECTION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+COLLECTION = Annotated[str, Field(pattern=COLLECTION_PATTERN)]
 #: How masks come back: COCO RLE, a base64 PNG, polygons (rings with holes, and COCO's flat lists), or
 #: area and box only.
 MASK_FORMAT = Literal["rle", "png", "polygon", "none"]

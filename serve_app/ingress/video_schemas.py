@@ -15,6 +15,7 @@ from models.sam2_video_types import FramePrompt, VideoObject
 from serve_app.ingress.errors import ApiError
 from serve_app.ingress.schemas import (
     MASK_FORMAT,
+    MAX_PROMPTS,
     POLYGON_TOLERANCE,
     STRICT,
     GeometryIn,
@@ -23,6 +24,8 @@ from serve_app.ingress.schemas import (
     RleIn,
     check_prompts_in_image,
 )
+
+MAX_OBJECTS = 32  # tracked objects per clip
 
 
 class VideoPromptIn(GeometryIn):
@@ -47,7 +50,7 @@ class VideoObjectIn(BaseModel):
 
     model_config = STRICT
     obj_id: int = Field(ge=0, le=2**31 - 1)
-    prompts: list[VideoPromptIn] = Field(min_length=1, max_length=64)
+    prompts: list[VideoPromptIn] = Field(min_length=1, max_length=MAX_PROMPTS)
 
     @model_validator(mode="after")
     def _one_per_frame(self) -> VideoObjectIn:
@@ -66,7 +69,7 @@ class VideoRequest(BaseModel):
     model_config = STRICT
     video: ImageIn | None = None
     frames: list[ImageIn] | None = None
-    objects: list[VideoObjectIn] = Field(min_length=1, max_length=32)
+    objects: list[VideoObjectIn] = Field(min_length=1, max_length=MAX_OBJECTS)
     start_frame: int | None = Field(default=None, ge=0)
     max_frames: int | None = Field(default=None, ge=1)
     reverse: bool = False

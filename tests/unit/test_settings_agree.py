@@ -26,7 +26,7 @@ STAGE = {"device", "torch_threads"}
 # (pydantic model, dataclasses, optional overrides, fields of the pydantic model's own, dataclass fields left out)
 PAIRS = [
     (AmgDefaults, (AmgSettings,), False, set(), set()),
-    (AmgIn, (AmgSettings,), True, set(), set()),
+    (AmgIn, (AmgSettings,), True, set(), {"points_per_batch"}),  # app config only (memory, not the answer)
     (FaderArgs, (CropSettings,), False, {"strategy", "params"}, set()),
     (FadeIn, (GaussianFade, LinearFade, ExponentialFade), True, {"strategy"}, set()),
     (AccelArgs, (AccelSettings,), False, set(), {"tensorrt"}),

@@ -1,0 +1,50 @@
+"""Example bodies of the POST routes, shown in ``/docs`` and ``/openapi.json`` (``examples`` of each
+route's ``application/json`` body, see :func:`serve_app.ingress.openapi.body_spec`).
+
+Each is a request the route accepts as it is (``tests/integration/test_openapi_bodies.py`` sends them),
+on a 16x16 PNG inline, so "Try it out" works without an upload. ``/v1/predict``'s needs the collection
+that ``/v1/examples``'s example fills.
+"""
+
+from __future__ import annotations
+
+#: A 16x16 RGB PNG (a gradient with a white 8x8 square at x, y in [4, 12)), base64.
+TINY_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAANUlEQVR42mNkYGAQIAWxMAgwkATorGH//v9YFR10ZCTRBgGG"
+    "UQ3ka3A8yIg9CQkMWNIgBgAACxwHobLwBjMAAAAASUVORK5CYII="
+)
+#: The collection of the examples below.
+EXAMPLE_COLLECTION = "demo"
+#: An example id of the form ``POST /v1/examples`` returns (a UUID).
+EXAMPLE_ID = "3f0c1b6e-2a4d-4c8e-9f1a-5b7d9e2c4a60"
+_IMAGE = {"base64": TINY_PNG_BASE64}
+_BOX = [4, 4, 12, 12]
+
+SEGMENT_EXAMPLES = {
+    "box": {
+        "summary": "a box prompt on an inline image",
+        "value": {"image": _IMAGE, "prompts": [{"box_xyxy": _BOX}], "max_masks": 1},
+    },
+    "points": {
+        "summary": "a foreground and a background click, masks as PNG",
+        "value": {"image": _IMAGE, "prompts": [{"points": [[8, 8, 1], [1, 1, 0]]}], "mask_format": "png"},
+    },
+}
+EXAMPLE_EXAMPLES = {
+    "box": {
+        "summary": "label the object in a box",
+        "value": {"image": _IMAGE, "box_xyxy": _BOX, "label": "square", "collection": EXAMPLE_COLLECTION},
+    },
+}
+PREDICT_EXAMPLES = {
+    "collection": {
+        "summary": "label every object from the examples of a collection",
+        "value": {"image": _IMAGE, "collection": EXAMPLE_COLLECTION, "top_k": 3, "max_instances": 4},
+    },
+}
+VIDEO_EXAMPLES = {
+    "frames": {
+        "summary": "track one boxed object through two frames",
+        "value": {"frames": [_IMAGE, _IMAGE], "objects": [{"obj_id": 1, "prompts": [{"frame_index": 0, "box_xyxy": _BOX}]}]},
+    },
+}

@@ -1,0 +1,197 @@
+"""The 200 bodies of the HTTP routes, as pydantic models for the OpenAPI description only.
+
+The routes build their answers as dicts (:mod:`serve_app.assemble`); these models say what a client gets,
+so that ``/openapi.json`` (:mod:`serve_app.ingress.openapi`) documents it and a client generator can type
+it. They are not used to serialise: ``tests/integration/test_openapi_bodies.py`` checks real answers
+against them. Envelopes forbid unknown keys, so a new answer field fails that test until it is
+declared here.
+
+Coordinates are pixels of the image (or frame), x right and y down; boxes are [x0, y0, x1, y1] with the
+pixel-edge convention.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OUT = ConfigDict(extra="forbid")
+BOX = Field(min_length=4, max_length=4, description="[x0, y0, x1, y1], pixels, pixel-edge convention; [0, 0, 0, 0] when empty")
+
+
+class RleOut(BaseModel):
+    """A COCO RLE mask (compressed counts)."""
+
+    model_config = OUT
+    size: list[int] = Field(min_length=2, max_length=2, description="[height, width], pixels")
+    counts: str
+
+
+class LogitsOut(BaseModel):
+    """Low-res mask logits, usable as a prompt's ``mask_input``: little-endian float32 bytes in base64."""
+
+    model_config = OUT
+    base64: str
+    shape: list[int]
+    dtype: Literal["float32"]
+
+
+class MaskOut(BaseModel):
+    """One mask: its area and box, the mask in the request's ``mask_format`` (``rle``, ``png``, or neither
+    for ``none``), and the model's scores."""
+
+    model_config = OUT
+    area_px: int = Field(ge=0)
+    bbox_xyxy: list[int] = BOX
+    rle: RleOut | None = None
+    png: str | None = Field(default=None, description="single-channel 0/255 PNG, base64")
+    predicted_iou: float
+    stability_score: float
+    low_res_logits: LogitsOut | None = Field(default=None, description="with return_logits: true")
+    text_score: float | None = Field(default=None, description="text prompts: cosine similarity of the mask's crop and the text, in [-1, 1]")
+
+
+class SegmentResult(BaseModel):
+    """The masks of one prompt, best first."""
+
+    model_config = OUT
+    masks: list[MaskOut]
+
+
+class ImageAnswer(BaseModel):
+    """What every answer about one image carries."""
+
+    model_config = OUT
+    model_id: str
+    weights: str = Field(description="where the SAM 2 weights came from: file, hub or random")
+    image_id: str = Field(description="SHA-256 of the image bytes: send it instead of the image next time")
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    encode_cached: bool = Field(description="the image's embedding was already held by its replica")
+    timing_ms: dict[str, float]
+    warnings: list[str] | None = Field(default=None, description="e.g. that random weights are in use")
+
+
+class SegmentResponse(ImageAnswer):
+    """200 of ``POST /v1/segment``: one result per prompt, in the request's order (one for no prompts:
+    the centre click)."""
+
+    results: list[SegmentResult]
+    embedder_weights: str | None = Field(default=None, description="with text prompts: where the CLIP weights came from")
+
+
+class NeighborOut(BaseModel):
+    """A labelled example near an instance."""
+
+    model_config = OUT
+    id: str
+    label: str
+    score: float = Field(description="cosine similarity, in [-1, 1]")
+
+
+class InstanceOut(MaskOut):
+    """An automatic mask with its label, voted by its nearest examples (null when none is above
+    ``min_score``)."""
+
+    label: str | None
+    confidence: float | None
+    neighbors: list[NeighborOut]
+
+
+class PredictResponse(ImageAnswer):
+    """200 of ``POST /v1/predict``."""
+
+    collection: str
+    instances: list[InstanceOut]
+    embedder_weights: str
+
+
+class ExampleAdded(BaseModel):
+    """200 of ``POST /v1/examples``."""
+
+    model_config = OUT
+    ids: list[str] = Field(min_length=1)
+    collection: str
+    label: str
+    image_id: str
+    area_px: int = Field(ge=1)
+    timing_ms: dict[str, float]
+
+
+class ExampleItem(BaseModel):
+    model_config = OUT
+    id: str
+    label: str
+
+
+class ExampleList(BaseModel):
+    """200 of ``GET /v1/examples``: per-label counts and one page of ids (``next_offset``: the next page's
+    ``offset``, null on the last)."""
+
+    model_config = OUT
+    collection: str
+    dim: int
+    total: int
+    counts: dict[str, int]
+    items: list[ExampleItem]
+    next_offset: str | None
+
+
+class ExampleDeleted(BaseModel):
+    """200 of ``DELETE /v1/examples/{example_id}``."""
+
+    model_config = OUT
+    deleted: str
+    collection: str
+
+
+class VideoObjectOut(BaseModel):
+    """One tracked object on one frame."""
+
+    model_config = OUT
+    obj_id: int
+    object_score: float = Field(ge=0, le=1, description="sigmoid of the object-presence logit")
+    object_score_logit: float
+    area_px: int = Field(ge=0)
+    bbox_xyxy: list[int] = BOX
+    rle: RleOut | None = None
+    png: str | None = None
+
+
+class VideoFrameOut(BaseModel):
+    model_config = OUT
+    frame_index: int = Field(ge=0)
+    propagate_ms: float
+    objects: list[VideoObjectOut]
+
+
+class VideoResponse(BaseModel):
+    """200 of ``POST /v1/segment/video`` without ``stream`` (with it: NDJSON lines ``start``, ``frame``...,
+    ``end``, or ``error`` midway; see docs/video.md)."""
+
+    model_config = OUT
+    model_id: str
+    weights: str
+    num_frames: int
+    width: int
+    height: int
+    obj_ids: list[int]
+    frames: list[VideoFrameOut]
+    timing_ms: dict[str, float]
+    warnings: list[str] | None = None
+
+
+class Health(BaseModel):
+    model_config = OUT
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """``GET /readyz``: 200 ``ready`` with what runs where, or 503 ``not_ready`` with the reason."""
+
+    model_config = ConfigDict(extra="allow")
+    status: Literal["ready", "not_ready"]
+    reason: str | None = None
+    model_id: str | None = None
+    weights: str | None = None
