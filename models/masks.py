@@ -52,18 +52,63 @@ def encode_rle_batch(masks: np.ndarray) -> list[dict]:
     return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
 
 
+def rle_run_lengths(counts: str | bytes) -> np.ndarray:
+    """The run lengths of COCO's compressed RLE counts (pycocotools' ``rleFrString``, vectorised).
+
+    Each run is a little-endian base-32 number, 5 bits a character (``chr(48 + c)``, ``c`` in 0..63; bit
+    0x20 says another character follows, bit 0x10 of the last one is the sign), and from the fourth run
+    on it is stored as the difference from the run two before.
+
+    Args:
+        counts: the ``counts`` string (ASCII) or bytes.
+
+    Returns:
+        (R,) int64 run lengths, background first; may be negative for a corrupt string.
+
+    Raises:
+        ValueError: a character outside ``0``..``o``, or the string ends inside a number.
+    """
+    raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    c = np.frombuffer(raw, np.uint8).astype(np.int64) - 48
+    if len(c) and (c.min() < 0 or c.max() > 63):
+        raise ValueError("counts has a character outside '0'..'o'")
+    last = (c & 0x20) == 0  # the character ends its number
+    if len(c) and not last[-1]:
+        raise ValueError("counts ends inside a number")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    number = np.repeat(np.arange(len(ends)), ends - starts + 1)
+    shift = 5 * (np.arange(len(c)) - starts[number])
+    values = np.zeros(len(ends), np.int64)
+    np.add.at(values, number, (c & 0x1F) << shift)
+    negative = (c[ends] & 0x10) != 0
+    values[negative] -= np.int64(1) << (5 * (ends - starts + 1))[negative]  # two's complement of the width
+    for first in (1, 2):  # runs 3, 4, ... are differences from the run two before
+        values[first + 2 :: 2] += np.cumsum(values[first::2])[:-1]
+    return values
+
+
 def decode_rle(rle: dict) -> np.ndarray:
     """Decode a COCO RLE (compressed string or bytes counts, or uncompressed list counts).
+
+    The runs must cover the mask exactly: pycocotools does not check this, and a shorter RLE would
+    leave the rest of its output buffer as it found it (uninitialised memory).
 
     Returns:
         (H, W) bool mask.
 
     Raises:
-        ValueError: ``rle`` lacks ``size``/``counts`` or does not decode.
+        ValueError: ``rle`` lacks ``size``/``counts``, its runs do not add up to H x W (or one is
+            negative), or it does not decode.
     """
     try:
         h, w = (int(v) for v in rle["size"])
         counts = rle["counts"]
+        if h < 0 or w < 0:
+            raise ValueError(f"size must be [H, W] with H, W >= 0; got {[h, w]}")
+        runs = np.asarray(counts, np.int64) if isinstance(counts, list) else rle_run_lengths(counts)
+        if runs.ndim != 1 or (len(runs) and runs.min() < 0) or int(runs.sum()) != h * w:
+            raise ValueError(f"the runs of counts cover {int(runs.sum()) if runs.ndim == 1 else '?'} pixels, not the {h} x {w} = {h * w} of size")
         if isinstance(counts, list):
             coded = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
         else:

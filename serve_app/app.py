@@ -18,10 +18,9 @@ across concurrent requests.
 
 import asyncio
 import time
-from typing import Annotated
 
 import ray
-from fastapi import Path, Query, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
@@ -55,16 +54,10 @@ from serve_app.ingress.metrics import (
     scrape_nodes,
 )
 from serve_app.ingress.openapi import BODY_ERRORS
+from serve_app.ingress.params import CollectionQuery, ExampleIdPath, LabelQuery, LimitQuery, OffsetQuery
 from serve_app.ingress.polygon_route import masks_to_polygons  # noqa: F401  (a route on api)
 from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING, readiness
-from serve_app.ingress.schemas import (
-    COLLECTION_PATTERN,
-    ExampleRequest,
-    FadeIn,
-    PredictRequest,
-    SegmentRequest,
-    to_prompt_specs,
-)
+from serve_app.ingress.schemas import ExampleRequest, FadeIn, PredictRequest, SegmentRequest, to_prompt_specs
 from serve_app.ingress.video_route import collect_frames, ndjson_lines, read_clip
 from serve_app.ingress.video_schemas import VideoRequest, check_video_objects, to_video_objects
 from serve_app.ingress.video_sessions import VideoSessionRoutes, VideoSessions
@@ -74,26 +67,6 @@ from serve_app.preflight import preflight
 CACHE_COUNTERS = ("entries", "bytes", "hits", "misses", "evictions", "encodes")
 #: The session ids under which ``/v1/stats`` asks the decoder replicas (see ``Ingress._decoder_stats``).
 STATS_KEYS = tuple(f"stats-{k}" for k in range(64))
-
-# Query and path parameters of the /v1/examples routes, with the rules the retriever enforces. Each has
-# ``openapi_examples``: without them FastAPI writes ``"example": {}`` into the document a replica serves
-# (its "unset" sentinel does not survive Serve pickling the app, and FastAPI compares it by identity).
-def _example(value) -> dict:
-    return {"example": {"value": value}}
-
-
-CollectionQuery = Annotated[str, Query(pattern=COLLECTION_PATTERN, description="the collection's name", openapi_examples=_example(ex.EXAMPLE_COLLECTION))]
-LabelQuery = Annotated[str | None, Query(min_length=1, max_length=100, description="only this label's examples", openapi_examples=_example("square"))]
-OffsetQuery = Annotated[
-    str | None,
-    Query(description="the previous page's next_offset (an example id)", json_schema_extra={"format": "uuid"}, openapi_examples=_example(ex.EXAMPLE_ID)),
-]
-LimitQuery = Annotated[int, Query(ge=1, le=1000, description="ids per page", openapi_examples=_example(100))]
-ExampleIdPath = Annotated[
-    str,
-    Path(description="the example's id, as POST /v1/examples returned it", json_schema_extra={"format": "uuid"}, openapi_examples=_example(ex.EXAMPLE_ID)),
-]
-
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
 @serve.ingress(api)
@@ -263,16 +236,7 @@ class Ingress(VideoSessionRoutes):
         return image_answer(first.image, body, timing)
 
     # ---------------------------------------------------------------- video
-    @api.post(
-        "/v1/segment/video",
-        **api.body_spec(
-            VideoRequest,
-            "video",
-            ok=out.VideoResponse,
-            examples=ex.VIDEO_EXAMPLES,
-            ok_content={"application/x-ndjson": {"schema": {"type": "string", "description": "with stream: true, one JSON record a line (docs/video.md)"}}},
-        ),
-    )
+    @api.post("/v1/segment/video", **api.body_spec(VideoRequest, "video", ok=out.VideoResponse, examples=ex.VIDEO_EXAMPLES, ok_content=out.NDJSON))
     @stage_errors
     async def segment_video(self, request: Request):
         """Track prompted objects through a clip (MP4 or frame list); JSON, or NDJSON with ``stream``.

@@ -36,6 +36,8 @@ from deployments.runtime.store_checks import check_collection_name
 from deployments.runtime.store_pages import TRANSFER_PAGE
 from serve_app.ingress.errors import ApiError
 from serve_app.ingress.http import api, ingress, read_body, request_id, stage_errors
+from serve_app.ingress.params import CollectionQuery, TargetCollectionQuery
+from serve_app.ingress.responses import EXAMPLES_FILE, ImportResult
 
 log = logging.getLogger("ray.serve")
 T = TypeVar("T")
@@ -137,9 +139,9 @@ async def store_example(retriever, collection: str, embedded, label: str, payloa
     return await retry_if_replica_died(store, "store the example", rid)
 
 
-@api.get("/v1/examples/export")
+@api.get("/v1/examples/export", **api.route_spec(None, 404, 422, 503, ok_content=EXAMPLES_FILE, streams=True))
 @stage_errors
-async def export_examples(request: Request, collection: str = "default", app=Depends(ingress)) -> StreamingResponse:
+async def export_examples(request: Request, collection: CollectionQuery = "default", app=Depends(ingress)) -> StreamingResponse:
     """The collection as an examples file (NDJSON: header, one line per example, end), streamed page by
     page. See docs/http-api.md, "Export and import"."""
     info = await app._collection(collection)
@@ -149,9 +151,9 @@ async def export_examples(request: Request, collection: str = "default", app=Dep
     return StreamingResponse(lines, media_type=MEDIA_TYPE, headers=disposition)
 
 
-@api.post("/v1/examples/import")
+@api.post("/v1/examples/import", **api.route_spec(ImportResult, 400, 409, 413, 415, 422, 503, body=EXAMPLES_FILE))
 @stage_errors
-async def import_examples(request: Request, collection: str | None = None, app=Depends(ingress)) -> dict:
+async def import_examples(request: Request, collection: TargetCollectionQuery = None, app=Depends(ingress)) -> dict:
     """Upsert an examples file (``application/x-ndjson``, at most ``limits.max_import_bytes``) into
     ``collection`` (default: the file's) under the file's ids: importing twice stores each example once.
     Everything is checked before anything is written (4xx naming ``line N.<key>``)."""

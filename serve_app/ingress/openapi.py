@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 REF = "#/components/schemas/{model}"
@@ -95,7 +96,8 @@ class DescribedAPI(FastAPI):
         """The ``responses=`` of a route: 200 with ``ok``'s schema, and ``Error`` for each of ``errors``.
 
         Args:
-            ok: the 200 body's model (None: FastAPI's generic 200).
+            ok: the 200 body's model, ``application/json`` (None: only ``ok_content``, or without that
+                FastAPI's generic 200).
             errors: error statuses the route answers itself (keys of :data:`ERROR_DESCRIPTIONS`).
             ok_content: more 200 media types, e.g. ``{"application/x-ndjson": {"schema": ...}}``.
             access: add :data:`ACCESS_ERRORS` (every ``/v1`` route).
@@ -104,9 +106,9 @@ class DescribedAPI(FastAPI):
         from serve_app.ingress.errors import ErrorBody
 
         out: dict[int, dict] = {}
-        if ok is not None:
-            schema = self.component(ok, mode="serialization")
-            out[200] = {"description": "OK", "content": {"application/json": {"schema": schema}, **(ok_content or {})}}
+        content = {"application/json": {"schema": self.component(ok, mode="serialization")}} if ok is not None else {}
+        if content or ok_content:
+            out[200] = {"description": "OK", "content": {**content, **(ok_content or {})}}
         error = {"application/json": {"schema": self.component(ErrorBody, "Error", mode="serialization")}}
         for status in sorted({*errors, *(ACCESS_ERRORS if access else ())}):
             out[status] = {"description": ERROR_DESCRIPTIONS[status], "content": error}
@@ -114,11 +116,26 @@ class DescribedAPI(FastAPI):
             out[status] = {"description": description, "content": {"application/json": {"schema": self.component(model, mode="serialization")}}}
         return out
 
-    def route_spec(self, ok: type[BaseModel] | None, *errors: int, **kwargs) -> dict:
+    def route_spec(
+        self, ok: type[BaseModel] | None, *errors: int, body: dict[str, Any] | None = None, streams: bool = False, **kwargs
+    ) -> dict:
         """Keyword arguments of ``@api.get(...)`` and the like: ``responses`` (:meth:`responses`, which
         takes ``kwargs``), and ``response_model=None``, so that FastAPI adds no schema of its own (from
-        the return annotation) to the 200."""
-        return {"responses": self.responses(ok, *errors, **kwargs), "response_model": None}
+        the return annotation) to the 200.
+
+        Args:
+            body: the ``content`` of a request body the route reads itself in a form ``parse_body`` does
+                not (e.g. ``{"application/x-ndjson": {"schema": {"type": "string"}}}``); for
+                ``parse_body``'s JSON and multipart use :meth:`body_spec`.
+            streams: the route answers a ``StreamingResponse`` only (its media types in ``ok_content``),
+                so FastAPI adds no ``application/json`` 200 of its own.
+        """
+        spec = {"responses": self.responses(ok, *errors, **kwargs), "response_model": None}
+        if streams:
+            spec["response_class"] = StreamingResponse
+        if body is not None:
+            spec["openapi_extra"] = {"requestBody": {"required": True, "content": body}}
+        return spec
 
     def body_spec(
         self,
@@ -165,8 +182,7 @@ class DescribedAPI(FastAPI):
                 },
                 "encoding": {"request": {"contentType": "application/json"}},
             }
-        body = {"requestBody": {"required": True, "content": content}}
-        return {"openapi_extra": body, **self.route_spec(ok, *errors, ok_content=ok_content)}
+        return self.route_spec(ok, *errors, body=content, ok_content=ok_content)
 
     def openapi(self) -> dict[str, Any]:
         schema = super().openapi()  # cached by FastAPI; the merge below is idempotent

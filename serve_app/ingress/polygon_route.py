@@ -10,10 +10,12 @@ from fastapi import Depends, Request
 
 from serve_app.assemble import polygon_records
 from serve_app.ingress.http import api, ingress, parse_body, stage_errors
+from serve_app.ingress.request_examples import POLYGON_EXAMPLES
+from serve_app.ingress.responses import PolygonsResponse
 from serve_app.ingress.schemas import PolygonsRequest
 
 
-@api.post("/v1/masks/polygons")
+@api.post("/v1/masks/polygons", **api.body_spec(PolygonsRequest, None, ok=PolygonsResponse, errors=(400, 413, 415, 422, 503), examples=POLYGON_EXAMPLES))
 @stage_errors
 async def masks_to_polygons(request: Request, app=Depends(ingress)) -> dict:
     """Each mask's polygons, ``segmentation``, ``area_px`` and ``bbox_xyxy`` (JSON bodies only)."""

@@ -48,3 +48,9 @@ VIDEO_EXAMPLES = {
         "value": {"frames": [_IMAGE, _IMAGE], "objects": [{"obj_id": 1, "prompts": [{"frame_index": 0, "box_xyxy": _BOX}]}]},
     },
 }
+POLYGON_EXAMPLES = {
+    "square": {
+        "summary": "an 8x8 square in a 16x16 mask, as COCO RLE (column-major runs)",
+        "value": {"masks": [{"size": [16, 16], "counts": "T2880000000000000l1"}]},
+    },
+}

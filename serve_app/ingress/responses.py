@@ -37,15 +37,30 @@ class LogitsOut(BaseModel):
     dtype: Literal["float32"]
 
 
-class MaskOut(BaseModel):
-    """One mask: its area and box, the mask in the request's ``mask_format`` (``rle``, ``png``, or neither
-    for ``none``), and the model's scores."""
+class PolygonOut(BaseModel):
+    """One 4-connected part of a mask: its outer ring and holes, [[x, y], ...] integer pixel corners."""
+
+    model_config = OUT
+    exterior: list[list[int]]
+    holes: list[list[list[int]]]
+
+
+class MaskFields(BaseModel):
+    """A mask's area and box, and the mask in the request's ``mask_format``: ``rle``, ``png``,
+    ``polygon`` (``polygons`` and COCO's flat ``segmentation`` lists) or ``none`` (neither)."""
 
     model_config = OUT
     area_px: int = Field(ge=0)
     bbox_xyxy: list[int] = BOX
     rle: RleOut | None = None
     png: str | None = Field(default=None, description="single-channel 0/255 PNG, base64")
+    polygons: list[PolygonOut] | None = None
+    segmentation: list[list[float]] | None = Field(default=None, description="COCO polygons: [x0, y0, x1, y1, ...] per outer ring")
+
+
+class MaskOut(MaskFields):
+    """One mask of the model, with its scores."""
+
     predicted_iou: float
     stability_score: float
     low_res_logits: LogitsOut | None = Field(default=None, description="with return_logits: true")
@@ -146,17 +161,12 @@ class ExampleDeleted(BaseModel):
     collection: str
 
 
-class VideoObjectOut(BaseModel):
+class VideoObjectOut(MaskFields):
     """One tracked object on one frame."""
 
-    model_config = OUT
     obj_id: int
     object_score: float = Field(ge=0, le=1, description="sigmoid of the object-presence logit")
     object_score_logit: float
-    area_px: int = Field(ge=0)
-    bbox_xyxy: list[int] = BOX
-    rle: RleOut | None = None
-    png: str | None = None
 
 
 class VideoFrameOut(BaseModel):
@@ -180,6 +190,32 @@ class VideoResponse(BaseModel):
     frames: list[VideoFrameOut]
     timing_ms: dict[str, float]
     warnings: list[str] | None = None
+
+
+#: The 200 of ``POST /v1/segment/video`` with ``stream: true``.
+NDJSON = {"application/x-ndjson": {"schema": {"type": "string", "description": "with stream: true, one JSON record a line (docs/video.md)"}}}
+#: An examples file: the 200 of ``GET /v1/examples/export`` and the body of ``POST /v1/examples/import``.
+EXAMPLES_FILE = {"application/x-ndjson": {"schema": {"type": "string", "description": "JSON Lines: a header, one line per example, an end line (docs/http-api.md)"}}}
+
+
+class PolygonsResponse(BaseModel):
+    """200 of ``POST /v1/masks/polygons``: one record per mask, in order."""
+
+    model_config = OUT
+    masks: list[MaskFields]
+    polygon_tolerance_px: float
+
+
+class ImportResult(BaseModel):
+    """200 of ``POST /v1/examples/import``."""
+
+    model_config = OUT
+    collection: str
+    imported: int = Field(ge=0)
+    created: bool = Field(description="the collection was new")
+    dim: int
+    count: int = Field(ge=0, description="examples in the collection after the import")
+    warnings: list[str] | None = Field(default=None, description="e.g. the file's vectors come from another embedder")
 
 
 class Health(BaseModel):

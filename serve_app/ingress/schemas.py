@@ -213,7 +213,8 @@ COLLECTION = Annotated[str, Field(pattern=COLLECTION_PATTERN)]
 MASK_FORMAT = Literal["rle", "png", "polygon", "none"]
 #: Simplification of ``polygon`` masks: the most a simplified ring strays from the traced outline, pixels.
 POLYGON_TOLERANCE = Annotated[float, Field(ge=0, le=64, description="polygon simplification tolerance, pixels (0: exact outline)")]
-LABEL = Annotated[str, Field(min_length=1, max_length=100)]
+LABEL_MAX_CHARS = 100
+LABEL = Annotated[str, Field(min_length=1, max_length=LABEL_MAX_CHARS)]
 
 
 class PredictRequest(ImageRefIn):

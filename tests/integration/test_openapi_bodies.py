@@ -102,6 +102,27 @@ def test_examples_list_and_delete_conform(client, spec, added):
     conforms(spec, _ok_schema(spec, "/v1/examples/{example_id}", "delete"), r.json())
 
 
+def test_polygons_example_is_accepted(client, spec):
+    (body,) = _examples(spec, "/v1/masks/polygons").values()
+    r = client.post("/v1/masks/polygons", json=body)
+    assert r.status_code == 200, r.text
+    conforms(spec, _ok_schema(spec, "/v1/masks/polygons"), r.json())
+    assert r.json()["masks"][0]["polygons"][0]["exterior"] and r.json()["masks"][0]["area_px"] == 64
+
+
+def test_export_and_import_conform(client, spec, added):
+    """An export is the document's NDJSON; importing it answers the declared ImportResult."""
+    r = client.get("/v1/examples/export", params={"collection": EXAMPLE_COLLECTION})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson"), r.text
+    assert list(spec["paths"]["/v1/examples/export"]["get"]["responses"]["200"]["content"]) == ["application/x-ndjson"]
+    copy = f"{EXAMPLE_COLLECTION}-copy"
+    imported = client.post("/v1/examples/import", params={"collection": copy}, content=r.content, headers={"content-type": "application/x-ndjson"})
+    assert imported.status_code == 200, imported.text
+    conforms(spec, _ok_schema(spec, "/v1/examples/import"), imported.json())
+    for item in client.get("/v1/examples", params={"collection": copy}).json()["items"]:
+        assert client.delete(f"/v1/examples/{item['id']}", params={"collection": copy}).status_code == 200
+
+
 def test_video_example_is_accepted(client, spec):
     (body,) = _examples(spec, "/v1/segment/video").values()
     r = client.post("/v1/segment/video", json=body)

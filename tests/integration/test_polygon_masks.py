@@ -97,6 +97,7 @@ def test_masks_polygons_route_traces_given_rles(client):
         ({"masks": []}, 422, "masks"),
         ({"masks": [{"size": [4, 4], "counts": "not an rle!"}]}, 422, "masks[0]"),
         ({"masks": [{"size": [0, 4], "counts": "0"}]}, 422, "masks[0].size"),
+        ({"masks": [{"size": [16, 16], "counts": "0"}]}, 422, "masks[0]"),  # runs cover 0 of 256 pixels (was traced from uninitialised memory)
         ({"masks": [{"size": [5000, 5000], "counts": "0"}]}, 413, "masks[0]"),
     ],
 )

@@ -21,6 +21,7 @@ from models.masks import (
     encode_rle_batch,
     rle_area,
     rle_bbox_xyxy,
+    rle_run_lengths,
 )
 from models.polygons import polygons_to_mask
 
@@ -128,6 +129,42 @@ def test_decode_rle_uncompressed_list_counts():
 def test_decode_rle_garbage_raises_value_error(rle):
     with pytest.raises(ValueError, match="not a valid COCO RLE"):
         decode_rle(rle)
+
+
+def _column_runs(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO runs of a mask: column-major, a run of zeros first."""
+    flat = mask.flatten(order="F")
+    edges = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], edges, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat.size and flat[0] else runs
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_rle_run_lengths_read_the_compressed_string(seed):
+    """Against the runs counted off the mask, on masks whose runs need several characters and negative
+    differences (the string's delta and sign rules)."""
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(1, 300, 2))
+    mask = rng.random((h, w)) < rng.random()
+    if seed % 2:  # long runs: a block
+        mask = np.zeros((h, w), bool)
+        mask[rng.integers(0, h) :, rng.integers(0, w) :] = True
+    assert rle_run_lengths(encode_rle(mask)["counts"]).tolist() == _column_runs(mask)
+
+
+@pytest.mark.parametrize("counts", ["0", "1", "T2", [3], [0, 255], [300]], ids=["zero", "one", "part", "list-short", "list-short-2", "list-long"])
+def test_decode_rle_refuses_runs_that_do_not_cover_the_mask(counts):
+    """pycocotools decodes a too-short RLE without a word, leaving the rest of the mask as whatever was
+    in memory (the same input gave 6 and 179 pixels): refused instead, whichever way counts is given."""
+    with pytest.raises(ValueError, match=r"cover \d+ pixels, not the 16 x 16 = 256"):
+        decode_rle({"size": [16, 16], "counts": counts})
+
+
+@pytest.mark.parametrize("counts", ["0\x00", "0p", "0P"], ids=["nul", "past-o", "ends-in-a-number"])
+def test_decode_rle_refuses_malformed_strings(counts):
+    with pytest.raises(ValueError, match="outside '0'..'o'|ends inside a number"):
+        decode_rle({"size": [16, 16], "counts": counts})
 
 
 @pytest.mark.parametrize("size", [[-1, 4], [4, -1]])

@@ -19,6 +19,7 @@ POST_BODIES = {
     "/v1/segment/video": ("VideoRequest", "video", "VideoResponse"),
     "/v1/predict": ("PredictRequest", "image", "PredictResponse"),
     "/v1/examples": ("ExampleRequest", "image", "ExampleAdded"),
+    "/v1/masks/polygons": ("PolygonsRequest", None, "PolygonsResponse"),  # JSON only
 }
 
 
@@ -67,13 +68,44 @@ def test_post_declares_json_and_multipart_bodies(spec, path):
     assert body["required"] is True
     content = body["content"]
     assert content["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
+    if part is None:
+        assert list(content) == ["application/json"]
+        return
     multipart = content["multipart/form-data"]
     props = multipart["schema"]["properties"]
     assert props[part] == {"type": "string", "format": "binary", "description": f"the {part} file"}
     assert props["request"]["$ref"] == f"#/components/schemas/{model}"
     assert multipart["schema"]["required"] == [part]
     assert multipart["encoding"]["request"]["contentType"] == "application/json"
+
+
+@pytest.mark.parametrize("path", sorted(POST_BODIES))
+def test_post_declares_its_answer(spec, path):
+    ok = POST_BODIES[path][2]
     assert spec["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{ok}"}
+
+
+def test_every_post_declares_a_body(spec):
+    posts = {path for path, method, _ in _operations(spec) if method == "post"}
+    assert set(POST_BODIES) | {"/v1/examples/import"} == posts  # a new POST route: declare its body, list it here
+    for path in posts:
+        assert spec["paths"][path]["post"]["requestBody"]["required"] is True
+
+
+def test_examples_file_routes_declare_ndjson(spec):
+    ndjson = "application/x-ndjson"
+    assert list(spec["paths"]["/v1/examples/import"]["post"]["requestBody"]["content"]) == [ndjson]
+    assert list(spec["paths"]["/v1/examples/export"]["get"]["responses"]["200"]["content"]) == [ndjson]
+    assert list(spec["paths"]["/v1/segment/video"]["post"]["responses"]["200"]["content"]) == ["application/json", ndjson]
+    import_ok = spec["paths"]["/v1/examples/import"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert import_ok == {"$ref": "#/components/schemas/ImportResult"}
+
+
+def test_parameters_have_real_examples(spec):
+    """No ``"example": {}`` (what a replica's document gets for a parameter without ``openapi_examples``)."""
+    for path, method, op in _operations(spec):
+        for p in op.get("parameters", []):
+            assert "example" not in p and p["examples"], (path, method, p["name"])
 
 
 def test_every_error_status_has_the_error_body(spec):
@@ -137,10 +169,10 @@ def test_point_schema_says_what_a_point_is(spec):
 def test_examples_are_requests_the_route_accepts(spec, path):
     """Each example validates against the published JSON schema and against the pydantic model (which
     adds the rules JSON Schema cannot say, e.g. x1 > x0)."""
-    from serve_app.ingress.schemas import ExampleRequest, PredictRequest, SegmentRequest
+    from serve_app.ingress import schemas
     from serve_app.ingress.video_schemas import VideoRequest
 
-    models = {"SegmentRequest": SegmentRequest, "VideoRequest": VideoRequest, "PredictRequest": PredictRequest, "ExampleRequest": ExampleRequest}
+    models = {"VideoRequest": VideoRequest, **{n: getattr(schemas, n) for n in ("SegmentRequest", "PredictRequest", "ExampleRequest", "PolygonsRequest")}}
     name = POST_BODIES[path][0]
     examples = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["examples"]
     assert examples

@@ -395,3 +395,17 @@ def test_video_counts_past_their_limit_are_422_naming_the_field(n_objects, n_pro
     over = [{"obj_id": i, "prompts": prompts(n_prompts)} for i in range(n_objects)]
     err = _video_error({"frames": [{"base64": "x"}], "objects": over})
     assert err.field == field and (err.status, err.code) == (422, "invalid_request")
+
+
+@pytest.mark.parametrize("route", ["segment", "predict"])
+def test_amg_points_per_batch_is_not_a_request_field(route):
+    """A request cannot set the decoder's clicks per pass (its peak memory): 422 naming the field; the
+    app's ``amg.points_per_batch`` config is used."""
+    from serve_app.ingress.schemas import PredictRequest
+
+    model = {"segment": SegmentRequest, "predict": PredictRequest}[route]
+    model.model_validate({"image_id": GOOD_ID, "amg": {"points_per_side": 8}})
+    with pytest.raises(ValidationError) as info:
+        model.model_validate({"image_id": GOOD_ID, "amg": {"points_per_batch": 1024}})
+    err = from_validation_error(info.value)
+    assert (err.status, err.code, err.field) == (422, "invalid_request", "amg.points_per_batch")
