@@ -53,7 +53,6 @@ from serve_app.ingress.metrics import (
     metrics_urls,
     scrape_nodes,
 )
-from serve_app.ingress.openapi import BODY_ERRORS
 from serve_app.ingress.params import CollectionQuery, ExampleIdPath, LabelQuery, LimitQuery, OffsetQuery
 from serve_app.ingress.polygon_route import masks_to_polygons  # noqa: F401  (a route on api)
 from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING, readiness
@@ -314,7 +313,7 @@ class Ingress(VideoSessionRoutes):
         return image_answer(gen.image, body, timing)
 
     # ---------------------------------------------------------------- examples
-    @api.post("/v1/examples", **api.body_spec(ExampleRequest, ok=out.ExampleAdded, errors=(*BODY_ERRORS, 409), examples=ex.EXAMPLE_EXAMPLES))
+    @api.post("/v1/examples", **api.body_spec(ExampleRequest, ok=out.ExampleAdded, errors=(400, 404, 409, 413, 415, 422, 503), examples=ex.EXAMPLE_EXAMPLES))
     @stage_errors
     async def add_example(self, request: Request) -> dict:
         """Store one labelled object (a prompt's best mask, or a given mask) as a few-shot example."""
@@ -347,9 +346,7 @@ class Ingress(VideoSessionRoutes):
 
     @api.get("/v1/examples", **api.route_spec(out.ExampleList, 404, 422, 503))
     @stage_errors
-    async def list_examples(
-        self, collection: CollectionQuery = "default", label: LabelQuery = None, offset: OffsetQuery = None, limit: LimitQuery = 100
-    ) -> dict:
+    async def list_examples(self, collection: CollectionQuery = "default", label: LabelQuery = None, offset: OffsetQuery = None, limit: LimitQuery = 100) -> dict:
         """Examples per label in a collection, and a page of their ids."""
         info = await self._collection(collection)
         counts, (items, next_offset) = await asyncio.gather(

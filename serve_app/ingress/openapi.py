@@ -146,6 +146,7 @@ class DescribedAPI(FastAPI):
         errors: tuple[int, ...] = BODY_ERRORS,
         examples: dict[str, dict] | None = None,
         ok_content: dict[str, Any] | None = None,
+        streams: bool = False,
     ) -> dict:
         """Keyword arguments of ``@api.post(...)`` for a route that reads its body with ``parse_body``.
 
@@ -158,6 +159,7 @@ class DescribedAPI(FastAPI):
             examples: named JSON bodies, ``{"name": {"summary": ..., "value": {...}}}``, each one a
                 request the route accepts.
             ok_content: more 200 media types (see :meth:`responses`).
+            streams: see :meth:`route_spec`.
 
         Returns:
             ``{"openapi_extra": {"requestBody": ...}, **route_spec(...)}``: the body as
@@ -182,7 +184,7 @@ class DescribedAPI(FastAPI):
                 },
                 "encoding": {"request": {"contentType": "application/json"}},
             }
-        return self.route_spec(ok, *errors, body=content, ok_content=ok_content)
+        return self.route_spec(ok, *errors, body=content, ok_content=ok_content, streams=streams)
 
     def openapi(self) -> dict[str, Any]:
         schema = super().openapi()  # cached by FastAPI; the merge below is idempotent

@@ -1,4 +1,5 @@
-"""Query and path parameters of the ``/v1/examples`` routes (and of export and import), with the rules the retriever enforces, for
+"""Query and path parameters of the ``/v1/examples`` routes (and of export and import) and of the video
+session routes, with the rules the retriever enforces, for
 FastAPI to validate (422 naming the parameter) and to describe in ``/openapi.json``.
 
 Each has ``openapi_examples``: without them FastAPI writes ``"example": {}`` into the document a replica
@@ -11,7 +12,7 @@ from typing import Annotated
 
 from fastapi import Path, Query
 
-from serve_app.ingress.request_examples import EXAMPLE_COLLECTION, EXAMPLE_ID
+from serve_app.ingress.request_examples import EXAMPLE_COLLECTION, EXAMPLE_ID, EXAMPLE_SESSION_ID
 from serve_app.ingress.schemas import COLLECTION_PATTERN, LABEL_MAX_CHARS
 
 
@@ -35,3 +36,6 @@ ExampleIdPath = Annotated[
     str,
     Path(description="the example's id, as POST /v1/examples returned it", json_schema_extra={"format": "uuid"}, openapi_examples=_example(EXAMPLE_ID)),
 ]
+SessionIdPath = Annotated[str, Path(description="the session's id, as POST /v1/video/sessions answers it (32 hex digits)", openapi_examples=_example(EXAMPLE_SESSION_ID))]
+ObjIdPath = Annotated[int, Path(description="the object's id in the session", openapi_examples=_example(1))]
+MaskFormatQuery = Annotated[str, Query(description="rle, png, polygon or none", openapi_examples=_example("rle"))]

@@ -15,6 +15,8 @@ TINY_PNG_BASE64 = (
 )
 #: The collection of the examples below.
 EXAMPLE_COLLECTION = "demo"
+#: A session id of the form ``POST /v1/video/sessions`` returns (32 hex digits).
+EXAMPLE_SESSION_ID = "9f0c1b6e2a4d4c8e9f1a5b7d9e2c4a60"
 #: An example id of the form ``POST /v1/examples`` returns (a UUID).
 EXAMPLE_ID = "3f0c1b6e-2a4d-4c8e-9f1a-5b7d9e2c4a60"
 _IMAGE = {"base64": TINY_PNG_BASE64}
@@ -53,4 +55,13 @@ POLYGON_EXAMPLES = {
         "summary": "an 8x8 square in a 16x16 mask, as COCO RLE (column-major runs)",
         "value": {"masks": [{"size": [16, 16], "counts": "T2880000000000000l1"}]},
     },
+}
+SESSION_EXAMPLES = {
+    "frames": {"summary": "open a session on two frames", "value": {"frames": [_IMAGE, _IMAGE]}},
+}
+SESSION_PROMPT_EXAMPLES = {
+    "box": {"summary": "a box for object 1 on frame 0", "value": {"obj_id": 1, "frame_index": 0, "box_xyxy": _BOX}},
+}
+PROPAGATE_EXAMPLES = {
+    "forward": {"summary": "track forward from the first prompted frame", "value": {"direction": "forward"}},
 }

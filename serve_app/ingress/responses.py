@@ -218,6 +218,62 @@ class ImportResult(BaseModel):
     warnings: list[str] | None = Field(default=None, description="e.g. the file's vectors come from another embedder")
 
 
+class SessionInfo(BaseModel):
+    """A video session (``/v1/video/sessions``): its clip, objects and expiry; ``timing_ms`` when it was
+    just opened."""
+
+    model_config = OUT
+    session_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    num_frames: int = Field(ge=1)
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    obj_ids: list[int]
+    frames_tracked: int = Field(ge=0)
+    propagating: bool
+    nbytes: int = Field(ge=0)
+    replica: str | None
+    model_id: str
+    weights: str
+    expires_at: str = Field(description="ISO-8601 UTC, e.g. 2025-01-31T12:00:00Z")
+    warnings: list[str] | None = None
+    timing_ms: dict[str, float] | None = None
+
+
+class SessionFrame(BaseModel):
+    """200 of ``POST /v1/video/sessions/{id}/prompts``: the prompted frame's masks of every object."""
+
+    model_config = OUT
+    session_id: str
+    frame_index: int = Field(ge=0)
+    objects: list[VideoObjectOut]
+    obj_ids: list[int]
+    mask_format: str
+    timing_ms: dict[str, float]
+
+
+class ObjectRemoved(BaseModel):
+    """200 of ``DELETE /v1/video/sessions/{id}/objects/{obj_id}``: the objects left, and the frames whose
+    masks changed."""
+
+    model_config = OUT
+    session_id: str
+    obj_ids: list[int]
+    frames: list[VideoFrameOut]
+    mask_format: str
+
+
+class SessionCancelled(BaseModel):
+    model_config = OUT
+    session_id: str
+    cancelled: bool = Field(description="a propagation was running")
+
+
+class SessionClosed(BaseModel):
+    model_config = OUT
+    session_id: str
+    closed: bool
+
+
 class Health(BaseModel):
     model_config = OUT
     status: Literal["ok"]

@@ -131,6 +131,38 @@ def test_video_example_is_accepted(client, spec):
     assert r.json()["num_frames"] == len(r.json()["frames"]) == 2
 
 
+def test_video_session_answers_conform(client, spec):
+    """A session built from the document's examples, through every session route."""
+    base = "/v1/video/sessions"
+    (body,) = _examples(spec, base).values()
+    opened = client.post(base, json=body)
+    assert opened.status_code == 200, opened.text
+    conforms(spec, _ok_schema(spec, base), opened.json())
+    sid = opened.json()["session_id"]
+    try:
+        conforms(spec, _ok_schema(spec, f"{base}/{{session_id}}", "get"), client.get(f"{base}/{sid}").json())
+        (prompt,) = _examples(spec, f"{base}/{{session_id}}/prompts").values()
+        r = client.post(f"{base}/{sid}/prompts", json=prompt)
+        assert r.status_code == 200, r.text
+        conforms(spec, _ok_schema(spec, f"{base}/{{session_id}}/prompts"), r.json())
+        (propagate,) = _examples(spec, f"{base}/{{session_id}}/propagate").values()
+        r = client.post(f"{base}/{sid}/propagate", json=propagate)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson"), r.text
+        assert [json.loads(line)["type"] for line in r.text.splitlines()] == ["start", "frame", "frame", "end"]
+        for method, path in (("delete", f"/objects/{prompt['obj_id']}"), ("post", "/reset"), ("delete", "/propagation")):
+            r = client.request(method.upper(), f"{base}/{sid}{path}")
+            assert r.status_code == 200, r.text
+            template = f"{base}/{{session_id}}" + ("/objects/{obj_id}" if "objects" in path else path)
+            conforms(spec, _ok_schema(spec, template, method), r.json())
+    finally:
+        closed = client.delete(f"{base}/{sid}")
+    assert closed.status_code == 200, closed.text
+    conforms(spec, _ok_schema(spec, f"{base}/{{session_id}}", "delete"), closed.json())
+    gone = client.get(f"{base}/{sid}")
+    assert gone.status_code == 404
+    conforms(spec, "Error", gone.json())
+
+
 def test_video_stream_errors_before_the_stream_are_json_4xx(client, spec):
     """With ``stream: true``, anything wrong that can be seen before tracking is a 4xx with the Error
     body, not a 200 NDJSON stream that ends in an error line."""

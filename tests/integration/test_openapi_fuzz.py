@@ -8,11 +8,11 @@ every 4xx/5xx carries the ``Error`` body (:func:`error_body`, which also covers 
 
 What the fuzz is kept from, and why:
 
-- The request ``examples`` of ``/v1/predict``, ``/v1/examples`` and ``/v1/segment/video`` are left out
-  of the document the fuzzer reads (``/v1/segment``'s stay): seeded with a valid image or clip, each of
-  their variants runs automatic masks or tracks a clip (seconds of CPU each), and adds examples to the
-  store. Their valid answers are checked in ``test_openapi_bodies.py``, ``test_predict_api.py`` and
-  ``test_video_api.py``; here they get everything else (and the PNGs Schemathesis makes for ``image``
+- The request ``examples`` of ``/v1/predict``, ``/v1/examples``, ``/v1/segment/video`` and
+  ``/v1/video/sessions`` are left out of the document the fuzzer reads (the others stay): seeded with a
+  valid image or clip, each of their variants runs automatic masks or tracks or opens a clip (seconds
+  of CPU each), and adds examples or sessions that stay. Their valid answers are checked in ``test_openapi_bodies.py``, ``test_predict_api.py`` and
+  ``test_video_api.py``, ``test_video_sessions.py``; here they get everything else (and the PNGs Schemathesis makes for ``image``
   file parts, which /v1/predict answers 404 for want of a collection).
 - An ``amg.points_per_side`` in 9..128 is lowered to 8 before sending (:func:`_bounded`): it is valid,
   and up to 16384 decoder clicks (minutes on CPU) per case. Values outside 1..128 are sent as drawn.
@@ -48,7 +48,7 @@ from serve_app.ingress.schemas import COLLECTION_PATTERN
 MAX_EXAMPLES = 20  # generated cases per operation (the fuzzing phase); coverage cases come on top
 SEED = 14
 #: POST routes whose request examples the fuzzer does not get (see the module docstring).
-UNSEEDED = ("/v1/predict", "/v1/examples", "/v1/segment/video")
+UNSEEDED = ("/v1/predict", "/v1/examples", "/v1/segment/video", "/v1/video/sessions")
 MAX_FUZZ_GRID = 8  # amg.points_per_side sent at most (see _bounded)
 #: Where a POST /v1/examples case with a valid collection stores (and at once deletes) its example: not
 #: "default", so no other case finds a collection it can run /v1/predict's automatic masks on.
@@ -146,8 +146,10 @@ def test_no_5xx_and_every_error_is_documented(case, app_url):
     _prepare(case)
     response = case.call(base_url=app_url, timeout=120)
     SEEN[case.operation.label][response.status_code] += 1
-    if case.operation.path == "/v1/examples" and case.method.upper() == "POST" and response.status_code == 200:
-        body = response.json()
-        for example_id in body["ids"]:  # keep no state behind
-            httpx.delete(f"{app_url}/v1/examples/{example_id}", params={"collection": body["collection"]}, timeout=60)
+    if case.method.upper() == "POST" and response.status_code == 200:  # keep no state behind
+        if case.operation.path == "/v1/examples":
+            for example_id in response.json()["ids"]:
+                httpx.delete(f"{app_url}/v1/examples/{example_id}", params={"collection": response.json()["collection"]}, timeout=60)
+        elif case.operation.path == "/v1/video/sessions":
+            httpx.delete(f"{app_url}/v1/video/sessions/{response.json()['session_id']}", timeout=60)
     case.validate_response(response, checks=CHECKS)

@@ -20,7 +20,13 @@ POST_BODIES = {
     "/v1/predict": ("PredictRequest", "image", "PredictResponse"),
     "/v1/examples": ("ExampleRequest", "image", "ExampleAdded"),
     "/v1/masks/polygons": ("PolygonsRequest", None, "PolygonsResponse"),  # JSON only
+    "/v1/video/sessions": ("OpenSessionRequest", "video", "SessionInfo"),
+    "/v1/video/sessions/{session_id}/prompts": ("SessionPromptRequest", None, "SessionFrame"),
+    "/v1/video/sessions/{session_id}/propagate": ("PropagateRequest", None, None),  # answers NDJSON only
 }
+#: POST routes that read no body, and the one whose body is an examples file.
+NO_BODY = {"/v1/video/sessions/{session_id}/reset"}
+RAW_BODY = {"/v1/examples/import"}
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +88,20 @@ def test_post_declares_json_and_multipart_bodies(spec, path):
 @pytest.mark.parametrize("path", sorted(POST_BODIES))
 def test_post_declares_its_answer(spec, path):
     ok = POST_BODIES[path][2]
-    assert spec["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{ok}"}
+    content = spec["paths"][path]["post"]["responses"]["200"]["content"]
+    if ok is None:
+        assert list(content) == ["application/x-ndjson"]
+    else:
+        assert content["application/json"]["schema"] == {"$ref": f"#/components/schemas/{ok}"}
 
 
 def test_every_post_declares_a_body(spec):
     posts = {path for path, method, _ in _operations(spec) if method == "post"}
-    assert set(POST_BODIES) | {"/v1/examples/import"} == posts  # a new POST route: declare its body, list it here
-    for path in posts:
+    assert set(POST_BODIES) | RAW_BODY | NO_BODY == posts  # a new POST route: declare its body, list it here
+    for path in posts - NO_BODY:
         assert spec["paths"][path]["post"]["requestBody"]["required"] is True
+    for path in NO_BODY:
+        assert "requestBody" not in spec["paths"][path]["post"]
 
 
 def test_examples_file_routes_declare_ndjson(spec):
@@ -169,10 +181,14 @@ def test_point_schema_says_what_a_point_is(spec):
 def test_examples_are_requests_the_route_accepts(spec, path):
     """Each example validates against the published JSON schema and against the pydantic model (which
     adds the rules JSON Schema cannot say, e.g. x1 > x0)."""
-    from serve_app.ingress import schemas
+    from serve_app.ingress import schemas, video_sessions
     from serve_app.ingress.video_schemas import VideoRequest
 
-    models = {"VideoRequest": VideoRequest, **{n: getattr(schemas, n) for n in ("SegmentRequest", "PredictRequest", "ExampleRequest", "PolygonsRequest")}}
+    models = {
+        "VideoRequest": VideoRequest,
+        **{n: getattr(schemas, n) for n in ("SegmentRequest", "PredictRequest", "ExampleRequest", "PolygonsRequest")},
+        **{n: getattr(video_sessions, n) for n in ("OpenSessionRequest", "SessionPromptRequest", "PropagateRequest")},
+    }
     name = POST_BODIES[path][0]
     examples = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["examples"]
     assert examples
