@@ -362,12 +362,23 @@ class SamgraphClient:
             ApiStreamError: an ``error`` record, a record of an unknown type, or no ``start``/``end``.
             ApiUnreachable: no answer, or the connection dropped midway.
         """
+        body = self._body({**request, "stream": True}, "video", video, filename)
+        yield from self.frame_records("POST", "/v1/segment/video", **body)
+
+    def frame_records(self, method: str, path: str, **request) -> Iterator[dict]:
+        """The NDJSON records of a tracking stream (``start``, ``frame``..., ``end``), as
+        ``/v1/segment/video`` and a session's ``propagate`` send them; ``request`` goes to httpx.
+
+        Raises:
+            ApiResponseError: the request was refused (before tracking starts).
+            ApiStreamError: an ``error`` record, a record of an unknown type, or no ``start``/``end``.
+            ApiUnreachable: no answer, or the connection dropped midway.
+        """
         import httpx
 
-        body = self._body({**request, "stream": True}, "video", video, filename)
         seen: set[str] = set()
         try:
-            with self._http.stream("POST", "/v1/segment/video", **body) as response:
+            with self._http.stream(method, path, **request) as response:
                 if response.status_code != 200:
                     response.read()
                     raise ApiResponseError.from_response(response)
@@ -383,3 +394,10 @@ class SamgraphClient:
             raise ApiUnreachable(self.url, e) from e
         if not {"start", "end"} <= seen:
             raise ApiStreamError(None)
+
+
+def frame_progress(rec: dict, done: int) -> str:
+    """One line of progress for a tracked ``frame`` record: its index, how many are done, its time, and
+    each object's mask area."""
+    areas = ", ".join(f"{o['obj_id']}: {o['area_px']} px" for o in rec["objects"])
+    return f"frame {rec['frame_index']:>5} ({done} done) {rec['propagate_ms']:8.0f} ms  {areas}"

@@ -26,7 +26,7 @@ import os
 import sys
 from pathlib import Path
 
-from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
+from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient, frame_progress
 from serve_app.cli.examples_file import add_file_commands
 from serve_app.cli.flags import (
     add_mask_format_args,
@@ -266,8 +266,7 @@ def cmd_video(args: argparse.Namespace) -> int:
                         print(f"warning: {w}", file=sys.stderr)
                 elif kind == "frame":
                     frames.append(rec)
-                    areas = ", ".join(f"{o['obj_id']}: {o['area_px']} px" for o in rec["objects"])
-                    print(f"frame {rec['frame_index']:>5} ({len(frames)} done) {rec['propagate_ms']:8.0f} ms  {areas}", file=sys.stderr)
+                    print(frame_progress(rec, len(frames)), file=sys.stderr)
                 else:
                     end = rec
     except (ApiUnreachable, ApiResponseError, ApiStreamError) as e:

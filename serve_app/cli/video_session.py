@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
+from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient, frame_progress
 from serve_app.cli.flags import frame_files, parse_box, parse_point
 
 VERBS = ("open", "prompt", "propagate", "cancel", "info", "reset", "close", "remove")
@@ -40,25 +40,7 @@ def stream_propagate(api: SamgraphClient, session_id: str, request: dict) -> Ite
         ApiResponseError: refused before tracking. ApiStreamError: an ``error`` record or a cut stream.
         ApiUnreachable: no answer.
     """
-    import httpx
-
-    seen: set[str] = set()
-    try:
-        with api._http.stream("POST", f"/v1/video/sessions/{session_id}/propagate", json=request) as response:
-            if response.status_code != 200:
-                response.read()
-                raise ApiResponseError.from_response(response)
-            for line in response.iter_lines():
-                if line:
-                    rec = json.loads(line)
-                    if rec.get("type") not in ("start", "frame", "end"):
-                        raise ApiStreamError({k: v for k, v in rec.items() if k != "type"})
-                    seen.add(rec["type"])
-                    yield rec
-    except httpx.HTTPError as e:
-        raise ApiUnreachable(api.url, e) from e
-    if not {"start", "end"} <= seen:
-        raise ApiStreamError(None)
+    return api.frame_records("POST", f"/v1/video/sessions/{session_id}/propagate", json=request)
 
 
 def _prompt_body(args: argparse.Namespace) -> dict:
@@ -94,8 +76,7 @@ def _propagate(api: SamgraphClient, args: argparse.Namespace) -> dict:
             head = rec
         elif kind == "frame":
             frames.append(rec)
-            areas = ", ".join(f"{o['obj_id']}: {o['area_px']} px" for o in rec["objects"])
-            print(f"frame {rec['frame_index']:>5} ({len(frames)} done) {rec['propagate_ms']:8.0f} ms  {areas}", file=sys.stderr)
+            print(frame_progress(rec, len(frames)), file=sys.stderr)
         else:
             end = rec
     frames.sort(key=lambda f: f["frame_index"])
