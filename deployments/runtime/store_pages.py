@@ -83,11 +83,7 @@ class CollectionPages:
         """
         from qdrant_client import models
 
-        check_collection_name(collection)
-        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequest(f"limit must be an integer in 1..{MAX_PAGE}; got {limit!r}", "limit")
-        if offset is not None:
-            offset = check_point_id(offset, "offset")
+        offset = _page_args(collection, offset, limit)
         flt = None
         if label is not None:
             flt = models.Filter(
@@ -122,11 +118,7 @@ class CollectionPages:
             ValueError: invalid name, offset or limit.
             UnknownCollection: no such collection.
         """
-        check_collection_name(collection)
-        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequest(f"limit must be an integer in 1..{MAX_PAGE}; got {limit!r}", "limit")
-        if offset is not None:
-            offset = check_point_id(offset, "offset")
+        offset = _page_args(collection, offset, limit)
         with self._lock:
             dim = self._dimension(collection)
             points, next_offset = self._qdrant().scroll(
@@ -202,3 +194,15 @@ class CollectionPages:
             count = self._qdrant().count(collection_name=collection, exact=True).count
         return {"imported": n, "created": created, "dim": int(dim), "count": int(count)}
 
+
+def _page_args(collection: str, offset: str | None, limit: int) -> str | None:
+    """Check a page request's collection name and ``limit`` (an integer in 1..``MAX_PAGE``); the
+    ``offset`` (a point id) checked, or None.
+
+    Raises:
+        ValueError: invalid name, offset or limit.
+    """
+    check_collection_name(collection)
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"limit must be an integer in 1..{MAX_PAGE}; got {limit!r}", "limit")
+    return None if offset is None else check_point_id(offset, "offset")

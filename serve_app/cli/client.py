@@ -394,10 +394,3 @@ class SamgraphClient:
             raise ApiUnreachable(self.url, e) from e
         if not {"start", "end"} <= seen:
             raise ApiStreamError(None)
-
-
-def frame_progress(rec: dict, done: int) -> str:
-    """One line of progress for a tracked ``frame`` record: its index, how many are done, its time, and
-    each object's mask area."""
-    areas = ", ".join(f"{o['obj_id']}: {o['area_px']} px" for o in rec["objects"])
-    return f"frame {rec['frame_index']:>5} ({done} done) {rec['propagate_ms']:8.0f} ms  {areas}"

@@ -22,10 +22,17 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient, frame_progress
+from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 from serve_app.cli.flags import frame_files, parse_box, parse_point
 
 VERBS = ("open", "prompt", "propagate", "cancel", "info", "reset", "close", "remove")
+
+
+def frame_progress(rec: dict, done: int) -> str:
+    """One line of progress for a tracked ``frame`` record: its index, how many are done, its time, and
+    each object's mask area."""
+    areas = ", ".join(f"{o['obj_id']}: {o['area_px']} px" for o in rec["objects"])
+    return f"frame {rec['frame_index']:>5} ({done} done) {rec['propagate_ms']:8.0f} ms  {areas}"
 
 
 def open_session(api: SamgraphClient, request: dict, video: bytes | None = None, filename: str = "video.mp4") -> dict:
