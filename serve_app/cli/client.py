@@ -287,27 +287,16 @@ class SamgraphClient:
             ApiStreamError: the service reported an error midway, or the stream ended without its end line.
             ApiUnreachable: no answer, or the connection dropped midway.
         """
-        import httpx
-
         ended = False
-        try:
-            with self._http.stream("GET", "/v1/examples/export", params={"collection": collection}) as response:
-                if response.status_code != 200:
-                    response.read()
-                    raise ApiResponseError.from_response(response)
-                for line in response.iter_lines():
-                    if not line:
-                        continue
-                    if ended:
-                        raise ApiStreamError({"error": {"message": "a line after the end line"}})
-                    if not line.startswith('{"type":"point"'):  # header, end or error: small lines
-                        kind = json.loads(line).get("type")
-                        if kind == "error":
-                            raise ApiStreamError({k: v for k, v in json.loads(line).items() if k != "type"})
-                        ended = kind == "end"
-                    yield line + "\n"
-        except httpx.HTTPError as e:
-            raise ApiUnreachable(self.url, e) from e
+        for line in self._stream_lines("GET", "/v1/examples/export", params={"collection": collection}):
+            if ended:
+                raise ApiStreamError({"error": {"message": "a line after the end line"}})
+            if not line.startswith('{"type":"point"'):  # header, end or error: small lines
+                kind = json.loads(line).get("type")
+                if kind == "error":
+                    raise ApiStreamError({k: v for k, v in json.loads(line).items() if k != "type"})
+                ended = kind == "end"
+            yield line + "\n"
         if not ended:
             raise ApiStreamError(None)
 
@@ -374,23 +363,30 @@ class SamgraphClient:
             ApiStreamError: an ``error`` record, a record of an unknown type, or no ``start``/``end``.
             ApiUnreachable: no answer, or the connection dropped midway.
         """
+        seen: set[str] = set()
+        for line in self._stream_lines(method, path, **request):
+            rec = json.loads(line)
+            if rec.get("type") not in ("start", "frame", "end"):
+                raise ApiStreamError({k: v for k, v in rec.items() if k != "type"})
+            seen.add(rec["type"])
+            yield rec
+        if not {"start", "end"} <= seen:
+            raise ApiStreamError(None)
+
+    def _stream_lines(self, method: str, path: str, **request) -> Iterator[str]:
+        """The non-empty lines of a streamed answer as they arrive; ``request`` goes to httpx.
+
+        Raises:
+            ApiResponseError: the answer is not a 200. ApiUnreachable: no answer, or the connection
+                dropped midway.
+        """
         import httpx
 
-        seen: set[str] = set()
         try:
             with self._http.stream(method, path, **request) as response:
                 if response.status_code != 200:
                     response.read()
                     raise ApiResponseError.from_response(response)
-                for line in response.iter_lines():
-                    if not line:
-                        continue
-                    rec = json.loads(line)
-                    if rec.get("type") not in ("start", "frame", "end"):
-                        raise ApiStreamError({k: v for k, v in rec.items() if k != "type"})
-                    seen.add(rec["type"])
-                    yield rec
+                yield from (line for line in response.iter_lines() if line)
         except httpx.HTTPError as e:
             raise ApiUnreachable(self.url, e) from e
-        if not {"start", "end"} <= seen:
-            raise ApiStreamError(None)
