@@ -61,7 +61,7 @@ def main() -> None:
     with serve_config(Path(args.config), {"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_SEED": "0", "SAMGRAPH_DATA_DIR": str(REPO / "benchmarks" / "results" / ".data")}) as url:
         import httpx
 
-        from serve_app.cli.client import SamgraphClient
+        from serve_app.client import SamgraphClient
 
         images = [b64(x) for x in png_variants(rgb, args.runs + 1)]
         with SamgraphClient(url, timeout_s=600) as api:

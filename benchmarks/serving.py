@@ -308,7 +308,7 @@ def main() -> None:
     result["samgraph"] = {}
     collection = f"bench{int(time.time())}"
     with serve_app(config, env) as served:
-        from serve_app.cli.client import SamgraphClient
+        from serve_app.client import SamgraphClient
 
         url = served.url
         result["decoder_memory_at_start"] = decoder_memory(served, app, {})

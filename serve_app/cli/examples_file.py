@@ -24,7 +24,7 @@ from typing import IO
 
 from deployments.errors import InputError
 from deployments.runtime.example_file import ExampleFileReader, end_line
-from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
+from serve_app.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 
 DEFAULT_BATCH_POINTS = 1000
 

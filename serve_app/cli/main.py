@@ -26,7 +26,7 @@ import os
 import sys
 from pathlib import Path
 
-from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
+from serve_app.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 from serve_app.cli.examples_file import add_file_commands
 from serve_app.cli.flags import (
     add_mask_format_args,

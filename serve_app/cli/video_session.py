@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
+from serve_app.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 from serve_app.cli.flags import frame_files, parse_box, parse_point
 
 VERBS = ("open", "prompt", "propagate", "cancel", "info", "reset", "close", "remove")

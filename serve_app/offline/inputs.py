@@ -6,7 +6,7 @@ decoder takes them.
 * :func:`prompt_specs`: one image's prompts validated as ``/v1/segment`` validates its own
   (:class:`serve_app.ingress.schemas.PromptIn`, :func:`serve_app.ingress.schemas.to_prompt_specs`) into
   :class:`models.sam2_decoder.PromptSpec`. The load stage calls it (it is handed to
-  :class:`deployments.batch.LoadImages`, which imports nothing from ``serve_app``), so the decode stage
+  :class:`deployments.offline_stages.LoadImages`, which imports nothing from ``serve_app``), so the decode stage
   gets ready decoder prompts.
 """
 
@@ -130,7 +130,7 @@ def plan_run(
             without a COCO file, or ``--predict`` together with ``--add-examples`` (the labels would
             depend on the order the images finish in).
     """
-    from deployments.batch import PROMPT_MODES
+    from deployments.offline_stages import PROMPT_MODES
 
     prompts = prompts or ("coco-boxes" if data.coco_path else "center-points")
     if prompts not in PROMPT_MODES:

@@ -1,6 +1,6 @@
 """The Ray Data pipeline of ``samgraph batch``: its settings, its assembly and its run.
 
-A streaming pipeline of ``map_batches`` stages (:mod:`deployments.batch`) over the same ``models/`` code as
+A streaming pipeline of ``map_batches`` stages (:mod:`deployments.offline_stages`) over the same ``models/`` code as
 the online deployments::
 
     paths -> load -> encode -> decode [-> fade -> embed -> retrieve]
@@ -161,12 +161,12 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
         store: :class:`deployments.runtime.vectorstore.ExampleStore` keyword arguments (empty without retrieval).
 
     Returns:
-        A ``ray.data.Dataset`` with one ``item`` column (:class:`deployments.batch.Item`), one row per image.
+        A ``ray.data.Dataset`` with one ``item`` column (:class:`deployments.offline_stages.Item`), one row per image.
     """
     import ray
 
-    from deployments import batch as stages
-    from deployments import batch_labels as labels
+    from deployments import offline_stages as stages
+    from deployments import offline_label_stages as labels
 
     def add(ds, stage: str, cls, **kwargs):
         res: StageResources = getattr(args, stage)

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_app.cli.client import SamgraphClient
+from serve_app.client import SamgraphClient
 from tests.conftest import MODEL_ID
 
 # Small limits so the 413 paths are cheap to hit; truck.jpg (1800x1200 = 2.16 MP, 0.3 MB) fits.
@@ -85,7 +85,7 @@ def client(app_url):
 
 @pytest.fixture(scope="package")
 def api(app_url):
-    """The service through :class:`serve_app.cli.client.SamgraphClient` (errors raise)."""
+    """The service through :class:`serve_app.client.SamgraphClient` (errors raise)."""
     with SamgraphClient(app_url, timeout_s=300) as c:
         yield c
 

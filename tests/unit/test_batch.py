@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from deployments.batch import DecodeMasks, EncodeImages, LoadImages, batch_rows, object_column
+from deployments.offline_stages import DecodeMasks, EncodeImages, LoadImages, batch_rows, object_column
 from models.masks import decode_rle
 from serve_app.offline.inputs import list_inputs, plan_run, prompt_specs
 from serve_app.offline.pipeline import BatchArgs, apply_overrides, load_batch_args

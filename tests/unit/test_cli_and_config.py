@@ -10,7 +10,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from deployments.runtime.batching import check_batch_config
+from deployments.runtime.serve_batching import check_batch_config
 from deployments.runtime.replica import set_torch_threads
 from models.registry import list_sam2_models
 from serve_app.cli.flags import build_prompts, parse_box, parse_point

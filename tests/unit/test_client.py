@@ -1,4 +1,4 @@
-"""serve_app.cli.client against a fake service (httpx.MockTransport), and the CLI's output and exit codes
+"""serve_app.client against a fake service (httpx.MockTransport), and the CLI's output and exit codes
 through it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from serve_app.cli import main as cli
-from serve_app.cli.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
+from serve_app.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 
 URL = "http://samgraph.test:8000"
 ERROR = {"error": {"code": "invalid_request", "message": "prompts[0].box_xyxy: x1 must be > x0", "field": "prompts[0].box_xyxy", "request_id": "r1"}}

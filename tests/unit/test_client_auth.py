@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from serve_app.cli import main as cli
-from serve_app.cli.client import ApiResponseError, SamgraphClient
+from serve_app.client import ApiResponseError, SamgraphClient
 
 URL = "http://samgraph.test:8000"
 KEY = "cli-test-key-0123456789"

@@ -25,8 +25,8 @@ FORBIDDEN = {"ray", "fastapi", "starlette", "qdrant_client", "httpx", "urllib", 
 #: The packages above ``models`` and ``deployments``.
 ABOVE_MODELS = {"deployments", "serve_app", "benchmarks", "tests"}
 ABOVE_DEPLOYMENTS = {"serve_app", "benchmarks", "tests"}
-#: The stage modules: each holds one ``@serve.deployment`` (``batch``: the Ray Data stages).
-STAGE_MODULES = {f"deployments.{m}" for m in ("encoder", "decoder", "fader", "embedder", "retriever", "video", "batch", "batch_labels")}
+#: The stage modules: each holds one ``@serve.deployment`` (``offline_stages``, ``offline_label_stages``: the Ray Data stages of ``samgraph batch``).
+STAGE_MODULES = {f"deployments.{m}" for m in ("encoder", "decoder", "fader", "embedder", "retriever", "video", "offline_stages", "offline_label_stages")}
 
 
 def _imported_modules(tree: ast.AST) -> set[str]:

@@ -1,5 +1,9 @@
-"""Batch settings from ``user_config``, in a module without torch: the Fader and Retriever replicas
-import only this, so they do not load torch (about 0.5 GB of resident memory per replica)."""
+"""Ray Serve's dynamic batching (``@serve.batch``) settings from a deployment's ``user_config``, in a module
+without torch: the Fader and Retriever replicas import only this, so they do not load torch (about 0.5 GB
+of resident memory per replica).
+
+Not to be confused with the offline job (``samgraph batch``: :mod:`serve_app.offline`, whose Ray Data
+stages are :mod:`deployments.offline_stages` and :mod:`deployments.offline_label_stages`)."""
 
 from __future__ import annotations
 

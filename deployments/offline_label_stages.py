@@ -1,14 +1,15 @@
-"""Ray Data stages of the offline pipeline that label what :mod:`deployments.batch` segmented: fade and
-crop each mask, embed the crops with CLIP, and vote their labels from (or add them to) the example store.
+"""Ray Data stages of the offline job (``samgraph batch``) that label what :mod:`deployments.offline_stages`
+segmented: fade and crop each mask, embed the crops with CLIP, and vote their labels from (or add them to)
+the example store.
 
-Same row contract as :mod:`deployments.batch` (see the key table there).
+Same row contract as :mod:`deployments.offline_stages` (see the key table there).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from deployments.batch import _Stage
+from deployments.offline_stages import _Stage
 from deployments.runtime.replica import pick_device, set_torch_threads
 
 

@@ -1,4 +1,6 @@
-"""Ray Data stages of the offline pipeline: the same ``models/`` code as the Serve deployments.
+"""Ray Data stages of the offline job (``samgraph batch``, driven by :mod:`serve_app.offline`): the same
+``models/`` code as the Serve deployments. (Serve's own dynamic batching is
+:mod:`deployments.runtime.serve_batching`.)
 
 Each stage is a callable class for ``Dataset.map_batches`` (``batch_format="numpy"``): it loads its model
 once in ``__init__`` and maps a batch of rows, one row per image, to a batch of rows. Rows whose
@@ -6,7 +8,7 @@ once in ``__init__`` and maps a batch of rows, one row per image, to a batch of 
 report them without stopping the run. Each stage adds its time per image, in ms, to the row's
 ``timing_ms``.
 
-The labelling stages (fade, embed, retrieve) are in :mod:`deployments.batch_labels`.
+The labelling stages (fade, embed, retrieve) are in :mod:`deployments.offline_label_stages`.
 
 An image's state travels as one :class:`Item` (column ``item``). Its keys, in the order the stages add
 them::
