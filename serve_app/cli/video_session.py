@@ -19,11 +19,10 @@ import argparse
 import base64
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-from serve_app.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 from serve_app.cli.flags import frame_files, parse_box, parse_point
+from serve_app.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 
 VERBS = ("open", "prompt", "propagate", "cancel", "info", "reset", "close", "remove")
 
@@ -33,21 +32,6 @@ def frame_progress(rec: dict, done: int) -> str:
     each object's mask area."""
     areas = ", ".join(f"{o['obj_id']}: {o['area_px']} px" for o in rec["objects"])
     return f"frame {rec['frame_index']:>5} ({done} done) {rec['propagate_ms']:8.0f} ms  {areas}"
-
-
-def open_session(api: SamgraphClient, request: dict, video: bytes | None = None, filename: str = "video.mp4") -> dict:
-    """``POST /v1/video/sessions``: ``{"session_id", "num_frames", "width", "height", "expires_at", ...}``."""
-    return api._json(api._send("POST", "/v1/video/sessions", **api._body(request, "video", video, filename)))
-
-
-def stream_propagate(api: SamgraphClient, session_id: str, request: dict) -> Iterator[dict]:
-    """``POST /v1/video/sessions/{id}/propagate``: the NDJSON records (``start``, ``frame``..., ``end``).
-
-    Raises:
-        ApiResponseError: refused before tracking. ApiStreamError: an ``error`` record or a cut stream.
-        ApiUnreachable: no answer.
-    """
-    return api.frame_records("POST", f"/v1/video/sessions/{session_id}/propagate", json=request)
 
 
 def _prompt_body(args: argparse.Namespace) -> dict:
@@ -77,7 +61,7 @@ def _propagate(api: SamgraphClient, args: argparse.Namespace) -> dict:
         if getattr(args, key) is not None:
             request[key] = getattr(args, key)
     head, frames, end = {}, [], {}
-    for rec in stream_propagate(api, args.session_id, request):
+    for rec in api.propagate_session(args.session_id, request):
         kind = rec.pop("type")
         if kind == "start":
             head = rec
@@ -95,7 +79,6 @@ def _propagate(api: SamgraphClient, args: argparse.Namespace) -> dict:
 def cmd_video_session(args: argparse.Namespace) -> int:
     """Run one verb of the session flow; print its answer as JSON."""
     sid = getattr(args, "session_id", None)
-    url = f"/v1/video/sessions/{sid}"
     try:
         with SamgraphClient(args.api, args.timeout, api_key=args.api_key) as api:
             if args.verb == "open":
@@ -104,19 +87,19 @@ def cmd_video_session(args: argparse.Namespace) -> int:
                 except OSError as e:
                     print(f"error: cannot read the clip: {e}", file=sys.stderr)
                     return 2
-                out = open_session(api, request, **send)
+                out = api.open_session(request, **send)
             elif args.verb == "prompt":
                 if args.box is None and not args.point and not args.mask_rle:
                     print("error: give --box, --point or --mask-rle", file=sys.stderr)
                     return 2
-                out = api._json(api._send("POST", f"{url}/prompts", json=_prompt_body(args)))
+                out = api.session_prompt(sid, _prompt_body(args))
             elif args.verb == "propagate":
                 out = _propagate(api, args)
             elif args.verb == "remove":
-                out = api._json(api._send("DELETE", f"{url}/objects/{args.obj_id}"))
+                out = api.remove_session_object(sid, args.obj_id)
             else:
-                method, path = {"cancel": ("DELETE", "/propagation"), "info": ("GET", ""), "reset": ("POST", "/reset"), "close": ("DELETE", "")}[args.verb]
-                out = api._json(api._send(method, url + path))
+                verb = {"cancel": api.cancel_propagation, "info": api.session_info, "reset": api.reset_session, "close": api.close_session}
+                out = verb[args.verb](sid)
     except (ApiUnreachable, ApiResponseError, ApiStreamError) as e:
         print(f"error {e}" if isinstance(e, ApiResponseError) else f"error: {e}", file=sys.stderr)
         return 1

@@ -1,17 +1,19 @@
-"""HTTP client of the samgraph API: one method per call, failures as exceptions.
+"""HTTP client of the samgraph API: one public method per route, failures as exceptions.
 
     with SamgraphClient("http://127.0.0.1:8000", timeout_s=300) as api:
         result = api.segment({"prompts": [{"box_xyxy": [10, 20, 300, 400]}]}, image=Path("photo.jpg").read_bytes())
 
 Requests are the JSON bodies docs/http-api.md documents. A call given ``image`` (or ``video``) bytes sends them
 as the multipart file part with the body as its ``request`` part, else the body alone as JSON (inline
-base64 or an ``image_id``). Every method returns the decoded JSON answer and raises:
+base64 or an ``image_id``). Every method returns the decoded JSON answer (streamed routes: an iterator)
+and raises the errors of :mod:`serve_app.client.errors`: :class:`ApiResponseError` (an error status),
+:class:`ApiUnreachable` (no answer) or :class:`ApiStreamError` (a streamed answer failed midway).
 
-* :class:`ApiResponseError`: the service answered with an error status; it carries the status and the
-  API's ``{"error": {"code", "message", "field", "request_id"}}`` body (401 ``unauthorized``: the service
-  needs a key; give ``api_key`` or set ``SAMGRAPH_API_KEY``);
-* :class:`ApiUnreachable`: no answer (connection refused, timeout, the connection dropped);
-* :class:`ApiStreamError`: a streamed answer (:meth:`SamgraphClient.stream_video`) failed midway.
+Routes and verbs: ``/healthz`` :meth:`~SamgraphClient.healthz`, ``/readyz`` :meth:`~SamgraphClient.readyz`,
+``/v1/stats`` :meth:`~SamgraphClient.stats`, ``/metrics`` :meth:`~SamgraphClient.metrics`; ``/v1/segment``,
+``/v1/predict``, ``/v1/masks/polygons``; ``/v1/examples`` (add, list, delete, export, import);
+``/v1/segment/video`` (whole or streamed); ``/v1/video/sessions`` (open, info, prompt, propagate, cancel,
+remove an object, reset, close).
 
 ``httpx`` is imported when a client is made, not with this module.
 """
@@ -23,97 +25,13 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from serve_app.client.errors import ApiResponseError, ApiStreamError, ApiUnreachable
+
 if TYPE_CHECKING:
     import httpx
 
 #: The environment variable a client takes its API key from when none is given.
 API_KEY_ENV = "SAMGRAPH_API_KEY"
-
-
-class ClientError(Exception):
-    """Any failure of a :class:`SamgraphClient` call."""
-
-
-class ApiUnreachable(ClientError):
-    """The service gave no answer: it is not running at that URL, timed out, or dropped the connection.
-
-    Attributes:
-        url: the service URL, as given to the client.
-        cause: the transport error (an ``httpx.HTTPError``).
-    """
-
-    def __init__(self, url: str, cause: Exception) -> None:
-        super().__init__(f"cannot reach {url}: {cause}")
-        self.url = url
-        self.cause = cause
-
-
-class ApiResponseError(ClientError):
-    """The service answered with an error status.
-
-    ``str(error)`` is ``"422 invalid_request: prompts[0].box_xyxy: ... (field prompts[0].box_xyxy)"``, or
-    ``"502: <the first 500 characters of the body>"`` for a body that is not the API's error shape (a
-    proxy's page, say).
-
-    Attributes:
-        status: the HTTP status.
-        code: the API's machine-readable code (``invalid_image``, ``overloaded``...), or None when the
-            body is not the API's error shape.
-        message: the API's message, else the start of the body.
-        field: the request field at fault (``prompts[0].box_xyxy``), or None.
-        request_id: the id the service logged the request under, or None.
-        retry_after_s: the ``Retry-After`` header in seconds (503 from a full stage), or None.
-        body: the decoded JSON body, or None when it is not JSON.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        code: str | None,
-        message: str,
-        field: str | None = None,
-        request_id: str | None = None,
-        retry_after_s: float | None = None,
-        body: Any = None,
-    ) -> None:
-        where = f" (field {field})" if field else ""
-        super().__init__(f"{status} {code}: {message}{where}" if code is not None else f"{status}: {message}")
-        self.status, self.code, self.message, self.field = status, code, message, field
-        self.request_id, self.retry_after_s, self.body = request_id, retry_after_s, body
-
-    @classmethod
-    def from_response(cls, response: httpx.Response) -> ApiResponseError:
-        """The error of an answer with an error status (its body read).
-
-        Args:
-            response: the service's answer.
-
-        Returns:
-            The error, with the API's code, message and field when the body has the API's error shape.
-        """
-        retry = response.headers.get("retry-after")
-        retry_after_s = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        err = body.get("error") if isinstance(body, dict) else None
-        if isinstance(err, dict) and isinstance(err.get("code"), str) and isinstance(err.get("message"), str):
-            return cls(response.status_code, err["code"], err["message"], err.get("field"), err.get("request_id"), retry_after_s, body)
-        return cls(response.status_code, None, response.text[:500], retry_after_s=retry_after_s, body=body)
-
-
-class ApiStreamError(ClientError):
-    """A streamed answer failed after its 200: an ``error`` record, an unknown record, or no ``end``.
-
-    Attributes:
-        record: the record that reported the failure, without its ``type`` (``{"error": {...}}`` for an
-            ``error`` record), or None when the stream ended early.
-    """
-
-    def __init__(self, record: dict | None) -> None:
-        super().__init__("the stream ended early" if record is None else str(record.get("error", record)))
-        self.record = record
 
 
 class SamgraphClient:
@@ -203,6 +121,10 @@ class SamgraphClient:
         """``GET /v1/stats``: embedding-cache counters and one replica's work counters per stage."""
         return self._json(self._send("GET", "/v1/stats"))
 
+    def metrics(self) -> str:
+        """``GET /metrics``: the ingress's Prometheus metrics, in the text exposition format."""
+        return self._send("GET", "/metrics").text
+
     # ---------------------------------------------------------------- images
     def segment(self, request: dict, image: bytes | None = None, filename: str = "image") -> dict:
         """``POST /v1/segment``: masks for the prompts of one image (or text-ranked automatic masks).
@@ -230,6 +152,18 @@ class SamgraphClient:
             The answer: ``image_id``, ``instances`` (``label``, ``confidence``, ``rle``...), ``timing_ms``.
         """
         return self._json(self._send("POST", "/v1/predict", **self._body(request, "image", image, filename)))
+
+    def polygons(self, request: dict) -> dict:
+        """``POST /v1/masks/polygons``: COCO RLE masks (as any route returns them) traced as polygons.
+
+        Args:
+            request: ``{"masks": [{"size": [H, W], "counts": "..."}, ...], "polygon_tolerance_px": 1.0}``.
+
+        Returns:
+            ``{"masks": [...], "polygon_tolerance_px"}``: per mask, in order, its ``polygons`` (rings with
+            holes), COCO's flat ``segmentation``, ``area_px`` and ``bbox_xyxy``.
+        """
+        return self._json(self._send("POST", "/v1/masks/polygons", json=request))
 
     def add_example(self, request: dict, image: bytes | None = None, filename: str = "image") -> dict:
         """``POST /v1/examples``: store one labelled object (a prompt's best mask, or a given mask).
@@ -352,9 +286,77 @@ class SamgraphClient:
             ApiUnreachable: no answer, or the connection dropped midway.
         """
         body = self._body({**request, "stream": True}, "video", video, filename)
-        yield from self.frame_records("POST", "/v1/segment/video", **body)
+        yield from self._frame_records("POST", "/v1/segment/video", **body)
 
-    def frame_records(self, method: str, path: str, **request) -> Iterator[dict]:
+    # ---------------------------------------------------------------- video sessions
+    def open_session(self, request: dict | None = None, video: bytes | None = None, filename: str = "video.mp4") -> dict:
+        """``POST /v1/video/sessions``: decode a clip once, for prompts and propagations to come.
+
+        Args:
+            request: the body; with ``video`` None it carries the clip (``video.base64`` or ``frames``).
+            video: the MP4 file, sent as the multipart ``video`` part.
+            filename: the file name sent with ``video``.
+
+        Returns:
+            ``{"session_id", "num_frames", "width", "height", "expires_at", ...}``.
+        """
+        return self._json(self._send("POST", "/v1/video/sessions", **self._body(request or {}, "video", video, filename)))
+
+    def session_info(self, session_id: str) -> dict:
+        """``GET /v1/video/sessions/{session_id}``: the session's clip, objects and expiry.
+
+        Raises:
+            ApiResponseError: 404 ``unknown_session`` for an unknown or expired session.
+        """
+        return self._json(self._send("GET", f"/v1/video/sessions/{session_id}"))
+
+    def session_prompt(self, session_id: str, request: dict) -> dict:
+        """``POST /v1/video/sessions/{session_id}/prompts``: prompt one object on one frame.
+
+        Args:
+            session_id: the session.
+            request: ``frame_index``, ``obj_id`` and ``box_xyxy``/``points`` or ``mask_rle`` (pixels of the
+                frames), ``clear_old_points``.
+
+        Returns:
+            The frame's masks of every object, as that prompt leaves them.
+        """
+        return self._json(self._send("POST", f"/v1/video/sessions/{session_id}/prompts", json=request))
+
+    def propagate_session(self, session_id: str, request: dict | None = None) -> Iterator[dict]:
+        """``POST /v1/video/sessions/{session_id}/propagate``, streamed as NDJSON.
+
+        Args:
+            session_id: the session.
+            request: ``start_frame``, ``max_frames``, ``direction`` (``forward``, ``backward``, ``both``).
+
+        Yields:
+            Records with their ``type``: ``start``, one ``frame`` per tracked frame, ``end``.
+
+        Raises:
+            ApiResponseError: refused before tracking. ApiStreamError: an ``error`` record or a cut stream.
+            ApiUnreachable: no answer.
+        """
+        yield from self._frame_records("POST", f"/v1/video/sessions/{session_id}/propagate", json=request or {})
+
+    def cancel_propagation(self, session_id: str) -> dict:
+        """``DELETE /v1/video/sessions/{session_id}/propagation``: stop the session's running propagation."""
+        return self._json(self._send("DELETE", f"/v1/video/sessions/{session_id}/propagation"))
+
+    def remove_session_object(self, session_id: str, obj_id: int) -> dict:
+        """``DELETE /v1/video/sessions/{session_id}/objects/{obj_id}``: forget one object and its prompts."""
+        return self._json(self._send("DELETE", f"/v1/video/sessions/{session_id}/objects/{obj_id}"))
+
+    def reset_session(self, session_id: str) -> dict:
+        """``POST /v1/video/sessions/{session_id}/reset``: drop every object and prompt, keep the clip."""
+        return self._json(self._send("POST", f"/v1/video/sessions/{session_id}/reset"))
+
+    def close_session(self, session_id: str) -> dict:
+        """``DELETE /v1/video/sessions/{session_id}``: close the session and free its memory."""
+        return self._json(self._send("DELETE", f"/v1/video/sessions/{session_id}"))
+
+    # ---------------------------------------------------------------- streams
+    def _frame_records(self, method: str, path: str, **request) -> Iterator[dict]:
         """The NDJSON records of a tracking stream (``start``, ``frame``..., ``end``), as
         ``/v1/segment/video`` and a session's ``propagate`` send them; ``request`` goes to httpx.
 

@@ -4,6 +4,7 @@ through it."""
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -106,6 +107,56 @@ def test_stream_video_yields_records_and_raises_on_failures():
         list(stream(_ndjson(START, FRAME)).stream_video({"objects": []}))
     with pytest.raises(ApiResponseError, match="422 invalid_request"):
         list(_client(lambda req: httpx.Response(422, json=ERROR)).stream_video({"objects": []}, video=b"mp4"))
+
+
+def _any_route(req: httpx.Request) -> httpx.Response:
+    """A fake service that answers every call: NDJSON for the streams, text for /metrics, JSON else."""
+    if req.url.path.endswith("/propagate") or req.url.path == "/v1/segment/video" and b'"stream":true' in req.read().replace(b" ", b""):
+        return httpx.Response(200, content=_ndjson(START, FRAME, END))
+    if req.url.path == "/v1/examples/export":
+        return httpx.Response(200, content=b'{"type":"header"}\n{"type":"end"}\n')
+    if req.url.path == "/metrics":
+        return httpx.Response(200, text="samgraph_requests_total 1\n")
+    return httpx.Response(200, json={"path": req.url.path})
+
+
+def test_every_route_of_the_app_has_a_public_verb():
+    """Each route of the app's OpenAPI document, and ``/metrics`` (left out of it), is reached by a public
+    method of the client."""
+    from serve_app.app import api as app
+
+    paths = {**app.openapi()["paths"], "/metrics": {"get": {}}}
+    routes = {
+        (method.upper(), path): re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$")
+        for path, ops in paths.items()
+        for method in ops
+    }
+    assert len(routes) >= 21, sorted(routes)  # the document lists the routes (a moved router would empty it)
+    seen = []
+
+    def record(req: httpx.Request) -> httpx.Response:
+        hits = [k for k, regex in routes.items() if k[0] == req.method and regex.match(req.url.path)]
+        assert len(hits) == 1, f"{req.method} {req.url.path} matches {hits}"
+        seen.append(hits[0])
+        return _any_route(req)
+
+    api, sid = _client(record), "s1"
+    calls = [
+        api.healthz, api.readyz, api.stats, api.metrics,
+        lambda: api.segment({}), lambda: api.predict({}), lambda: api.polygons({"masks": []}),
+        lambda: api.add_example({}), api.list_examples, lambda: api.delete_example("e1"),
+        lambda: list(api.export_examples()), lambda: api.import_examples(b"{}"),
+        lambda: api.segment_video({}), lambda: list(api.stream_video({})),
+        lambda: api.open_session({}, video=b"mp4"), lambda: api.session_info(sid),
+        lambda: api.session_prompt(sid, {"frame_index": 0, "obj_id": 1, "points": [[1, 1, 1]]}),
+        lambda: list(api.propagate_session(sid, {"direction": "both"})), lambda: api.cancel_propagation(sid),
+        lambda: api.remove_session_object(sid, 1), lambda: api.reset_session(sid), lambda: api.close_session(sid),
+    ]
+    for call in calls:
+        call()
+    assert api.metrics() == "samgraph_requests_total 1\n"
+    assert api.session_info(sid) == {"path": "/v1/video/sessions/s1"}
+    assert not set(routes) - set(seen), f"routes without a client verb: {sorted(set(routes) - set(seen))}"
 
 
 @pytest.fixture
