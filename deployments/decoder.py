@@ -19,10 +19,10 @@ from ray.serve.config import RequestRouterConfig
 
 from deployments.contracts import DecodeJob, DecodeResult, GenerateResult, ImageInfo
 from deployments.runtime.affinity import ROUTER_CLASS
-from deployments.runtime.serve_batching import apply_batch_config
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.owned_images import OwnedImages
 from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
+from deployments.runtime.serve_batching import apply_batch_config
 from models.amg import AmgSettings, generate_masks
 from models.masks import encode_logits_base64, encode_masks
 from models.sam2_decoder import DecodeRequest, Sam2MaskDecoder

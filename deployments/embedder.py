@@ -11,10 +11,10 @@ import numpy as np
 from ray import serve
 
 from deployments.contracts import EmbedResult, FadeResult
-from deployments.runtime.serve_batching import apply_batch_config
 from deployments.runtime.clip_weights import ClipWeightsSource, load_clip
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.replica import pick_device, set_torch_threads
+from deployments.runtime.serve_batching import apply_batch_config
 from models.embedder import ClipSpec
 
 log = logging.getLogger("samgraph.deployments")

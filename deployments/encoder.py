@@ -8,9 +8,9 @@ import time
 import numpy as np
 from ray import serve
 
-from deployments.runtime.serve_batching import apply_batch_config
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
+from deployments.runtime.serve_batching import apply_batch_config
 from models.sam2_image import ImageFeatures, Sam2ImageEncoder
 
 

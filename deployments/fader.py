@@ -9,8 +9,8 @@ import numpy as np
 from ray import serve
 
 from deployments.contracts import FadeJob, FadeResult, GenerateResult
-from deployments.runtime.serve_batching import apply_batch_config
 from deployments.runtime.metrics import StageWork
+from deployments.runtime.serve_batching import apply_batch_config
 from models.fade_strategies import FadeStrategy, make_fade_strategy
 from models.fader import CropSettings, fade_and_crop_batch
 from models.masks import decode_rle

@@ -15,9 +15,9 @@ from ray import serve
 
 from deployments.contracts import EmbedResult, KnnResult, SearchJob
 from deployments.errors import InvalidRequest, UnknownCollection
-from deployments.runtime.serve_batching import apply_batch_config
 from deployments.runtime.example_file import Examples
 from deployments.runtime.metrics import StageWork
+from deployments.runtime.serve_batching import apply_batch_config
 from deployments.runtime.store_checks import as_vectors, check_collection_name, check_top_k
 from deployments.runtime.vectorstore import ExampleStore
 from models.knn import Neighbor

@@ -26,7 +26,6 @@ import os
 import sys
 from pathlib import Path
 
-from serve_app.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 from serve_app.cli.examples_file import add_file_commands
 from serve_app.cli.flags import (
     add_mask_format_args,
@@ -40,6 +39,7 @@ from serve_app.cli.flags import (
     parse_point,
 )
 from serve_app.cli.video_session import frame_progress
+from serve_app.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 
 DEFAULT_API = "http://127.0.0.1:8000"
 

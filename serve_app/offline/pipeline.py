@@ -165,8 +165,8 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
     """
     import ray
 
-    from deployments import offline_stages as stages
     from deployments import offline_label_stages as labels
+    from deployments import offline_stages as stages
 
     def add(ds, stage: str, cls, **kwargs):
         res: StageResources = getattr(args, stage)

@@ -10,8 +10,8 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from deployments.runtime.serve_batching import check_batch_config
 from deployments.runtime.replica import set_torch_threads
+from deployments.runtime.serve_batching import check_batch_config
 from models.registry import list_sam2_models
 from serve_app.cli.flags import build_prompts, parse_box, parse_point
 from serve_app.cli.main import make_parser

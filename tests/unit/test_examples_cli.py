@@ -13,8 +13,8 @@ import pytest
 
 from deployments.runtime.example_file import ExampleHeader, Examples, export_lines, read_examples
 from serve_app.cli import main as cli
-from serve_app.client import ApiStreamError, SamgraphClient
 from serve_app.cli.examples_file import export_to_file, file_parts, import_from_file
+from serve_app.client import ApiStreamError, SamgraphClient
 
 URL = "http://samgraph.test:8000"
 
