@@ -91,7 +91,7 @@ def build_sam(model_id: str = MODEL_ID, seed: int = 0):
 def points_prompt(points: Sequence[Sequence[float]]):
     """(PromptSpec, multimask_output) of ``[[x, y, label], ...]`` (pixels; label 1 fg, 0 bg), with
     /v1/segment's default: three candidates for a lone click."""
-    from models.sam2_decoder import PromptSpec
+    from models.prompts import PromptSpec
 
     a = np.asarray(points, np.float32)
     return PromptSpec(point_coords=a[:, :2], point_labels=a[:, 2].astype(np.int32)), len(a) == 1
@@ -122,7 +122,7 @@ def bare_fresh_and_interactive(photos: list, n_images: int, n_sessions: int, thr
 
     from benchmarks.loadgen import click_points, unique_jpeg
     from models.masks import encode_masks
-    from models.sam2_decoder import PromptSpec
+    from models.prompts import PromptSpec
 
     torch.set_num_threads(threads)
     encoder, decoder = build_sam()
@@ -174,7 +174,7 @@ def bare_encode_decode(rgb: np.ndarray, model_id: str, n_encodes: int, n_decodes
     """
     import torch
 
-    from models.sam2_decoder import PromptSpec
+    from models.prompts import PromptSpec
 
     encoder, decoder = build_sam(model_id)
     box = PromptSpec(box_xyxy=np.array(box_xyxy, np.float32))
@@ -201,7 +201,7 @@ def bare_center_click(images: list[np.ndarray], threads: int, model_id: str = MO
     """
     import torch
 
-    from models.sam2_decoder import PromptSpec
+    from models.prompts import PromptSpec
 
     torch.set_num_threads(threads)
     encoder, decoder = build_sam(model_id)

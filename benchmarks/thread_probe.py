@@ -34,7 +34,7 @@ def in_process(photos, n_images: int, threads: int) -> dict:
     import torch
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    from models.sam2_decoder import PromptSpec
+    from models.prompts import PromptSpec
 
     torch.set_num_threads(threads)
     encoder, decoder = build_sam()

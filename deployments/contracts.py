@@ -23,7 +23,7 @@ from models.amg import AutoMask
 from models.fade_strategies import FadeStrategy, make_fade_strategy
 from models.knn import Neighbor
 from models.masks import POLYGON_TOLERANCE_PX
-from models.sam2_decoder import PromptSpec, centre_click
+from models.prompts import PromptSpec, centre_click
 from models.sam2_video_types import VideoObject
 
 

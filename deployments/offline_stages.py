@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,14 +37,9 @@ from deployments.runtime.replica import (
     load_stage_model,
     warm_up,
 )
-
-if TYPE_CHECKING:
-    from models.sam2_decoder import PromptSpec
+from models.prompts import Prompt, PromptSpec, decoder_prompts
 
 PROMPT_MODES = ("coco-boxes", "center-points", "auto")
-#: One image's prompt dicts (``box_xyxy`` / ``points``, pixels), width, height -> (decoder prompts, multimask
-#: flag per prompt). The offline driver passes its own validation, the one the HTTP API applies.
-PromptSpecsFn = Callable[[list[dict], int, int], "tuple[list[PromptSpec], list[bool]]"]
 _IMAGE_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
 
 
@@ -102,6 +95,28 @@ class _Stage:
         raise NotImplementedError
 
 
+def prompt_specs(prompts: list[dict]) -> tuple[list[PromptSpec], list[bool]]:
+    """One image's prompts, validated by the rules ``/v1/segment`` applies (:class:`models.prompts.Prompt`),
+    as decoder prompts.
+
+    Args:
+        prompts: one dict per object with ``box_xyxy`` ([x0, y0, x1, y1] float, pixels of the original
+            image) and/or ``points`` ([[x, y, label], ...], pixels, label 1 foreground / 0 background);
+            other keys (``ann_id``, ``category_id``) are ignored.
+
+    Returns:
+        (one :class:`models.prompts.PromptSpec` per prompt, in order; per prompt the multimask flag
+        ``/v1/segment`` defaults to: a lone point is multimask, a box is not). No prompts give
+        ``([], [])``, not ``/v1/segment``'s centre click.
+
+    Raises:
+        models.prompts.PromptError: a prompt ``/v1/segment`` would refuse (an empty or inverted box, a
+            point label other than 0/1), naming ``prompts[i].<field>``.
+    """
+    geometry = [{k: p[k] for k in ("box_xyxy", "points") if k in p} for p in prompts]
+    return decoder_prompts([Prompt.from_dict(g, f"prompts[{i}]") for i, g in enumerate(geometry)])
+
+
 class LoadImages:
     """Read and decode image files; build each image's prompts (and ground-truth examples).
 
@@ -112,13 +127,13 @@ class LoadImages:
         with_examples: also decode every non-crowd annotation's mask into ``examples`` (``--add-examples``).
         categories: COCO category id -> name, for the examples' labels.
         max_image_pixels: larger images are reported as errors (the service's limit).
-        prompt_specs: validates an image's prompts into decoder prompts (:data:`PromptSpecsFn`); needed
-            for ``coco-boxes`` and ``center-points``. Its results become the row's ``prompt_specs`` (one
-            :class:`models.sam2_decoder.PromptSpec` per prompt) and ``multimask``; a prompt it refuses
-            makes the image an error row.
+
+    Each image's prompts are validated by :func:`prompt_specs` into the row's ``prompt_specs`` (one
+    :class:`models.prompts.PromptSpec` per prompt) and ``multimask``; a prompt it refuses makes the image
+    an error row.
 
     Raises:
-        ValueError: an unknown ``prompts`` mode, or a prompt mode without ``prompt_specs``.
+        ValueError: an unknown ``prompts`` mode.
     """
 
     def __init__(
@@ -127,16 +142,12 @@ class LoadImages:
         with_examples: bool,
         categories: dict[int, str],
         max_image_pixels: int,
-        prompt_specs: PromptSpecsFn | None = None,
     ) -> None:
         if prompts not in PROMPT_MODES:
             raise ValueError(f"prompts must be one of {', '.join(PROMPT_MODES)}; got {prompts!r}")
-        if prompts != "auto" and prompt_specs is None:
-            raise ValueError(f"prompts {prompts!r} needs prompt_specs, the validation of an image's prompts")
         self.prompts, self.with_examples = prompts, with_examples
         self.categories = {int(k): v for k, v in categories.items()}
         self.max_image_pixels = max_image_pixels
-        self.prompt_specs = prompt_specs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = list(batch)
@@ -181,9 +192,7 @@ class LoadImages:
                 examples.append({**meta, "label": self.categories.get(meta["category_id"], str(meta["category_id"])), "rle": rle})
         if self.prompts == "center-points" and not all_anns:
             prompts.append({"ann_id": None, "category_id": None, "points": [[w / 2, h / 2, 1]]})
-        specs, multimask = self.prompt_specs(prompts, w, h) if self.prompt_specs is not None else ([], [])
-        if len(specs) != len(prompts) or len(multimask) != len(prompts):
-            raise ValueError(f"prompt_specs gave {len(specs)} prompts and {len(multimask)} flags for {len(prompts)} prompts")
+        specs, multimask = prompt_specs(prompts)
         row.update(prompts=prompts, prompt_specs=specs, multimask=multimask, examples=examples)
 
 
@@ -217,7 +226,7 @@ class EncodeImages(_Stage):
 class DecodeMasks(_Stage):
     """Masks for each image's prompts (best ``predicted_iou`` per prompt) or its automatic masks.
 
-    The prompt path is ``/v1/segment``'s: the rows' ``prompt_specs`` (:class:`models.sam2_decoder.PromptSpec`,
+    The prompt path is ``/v1/segment``'s: the rows' ``prompt_specs`` (:class:`models.prompts.PromptSpec`,
     validated in the load stage) with their ``multimask`` flags (a lone point is multimask, a box is not);
     every prompt of every image in the batch runs through one ``Sam2MaskDecoder.predict_batch`` call. The
     automatic path is ``/v1/predict``'s: :func:`models.amg.generate_masks`, best ``max_instances`` kept.

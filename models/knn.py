@@ -13,6 +13,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.settings import bounded, check_bounds
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """How automatic masks are labelled by their nearest examples: ``/v1/predict``'s defaults and limits,
+    and ``samgraph batch --predict``'s (both build their fields from these).
+
+    Attributes:
+        top_k: neighbours looked up per mask (1..100).
+        min_score: cosine similarity below which a neighbour does not vote (-1..1; see :func:`vote`).
+        max_instances: automatic masks labelled per image, best first (1..256).
+    """
+
+    top_k: int = bounded(5, ge=1, le=100)
+    min_score: float = bounded(0.0, ge=-1, le=1)
+    max_instances: int = bounded(20, ge=1, le=256)
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
 
 @dataclass(frozen=True)
 class Neighbor:

@@ -21,10 +21,8 @@ import numpy as np
 import torch
 
 from models.accel import AccelSettings, accelerate
+from models.prompts import PromptSpec
 from models.sam2_image import ImageFeatures
-
-#: Side of the low-resolution mask logits the decoder returns and accepts as ``mask_input``.
-LOW_RES_MASK_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -52,51 +50,6 @@ def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(array).to(device)
-
-
-@dataclass(frozen=True)
-class PromptSpec:
-    """One object's prompt, already validated.
-
-    Attributes:
-        point_coords: (N, 2) float32 (x, y) pixels of the original image, or None.
-        point_labels: (N,) int32, 1 foreground, 0 background; given iff ``point_coords`` is.
-        box_xyxy: (4,) float32 pixels of the original image, or None.
-        mask_input: (256, 256) float32 low-res logits from an earlier prediction, or None.
-    """
-
-    point_coords: np.ndarray | None = None
-    point_labels: np.ndarray | None = None
-    box_xyxy: np.ndarray | None = None
-    mask_input: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if (self.point_coords is None) != (self.point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
-        if self.point_coords is not None and (
-            self.point_coords.ndim != 2
-            or self.point_coords.shape[1] != 2
-            or self.point_labels.shape != (self.point_coords.shape[0],)
-        ):
-            raise ValueError("point_coords must be (N, 2) and point_labels (N,)")
-        if self.box_xyxy is not None and self.box_xyxy.shape != (4,):
-            raise ValueError("box_xyxy must have shape (4,)")
-        if self.mask_input is not None and self.mask_input.shape != (LOW_RES_MASK_SIZE,) * 2:
-            raise ValueError(f"mask_input must be ({LOW_RES_MASK_SIZE}, {LOW_RES_MASK_SIZE})")
-        if self.point_coords is None and self.box_xyxy is None and self.mask_input is None:
-            raise ValueError("a prompt needs points, a box or a mask_input")
-
-    @property
-    def num_tokens(self) -> int:
-        """Number of sparse prompt points the prompt encoder sees (a box counts as two)."""
-        n = 0 if self.point_coords is None else self.point_coords.shape[0]
-        return n + (2 if self.box_xyxy is not None else 0)
-
-
-def centre_click(width: int, height: int) -> PromptSpec:
-    """The prompt of a request with none: one foreground click at the centre of a ``width`` x ``height``
-    image (pixels), answered with SAM's three candidates (multimask)."""
-    return PromptSpec(point_coords=np.array([[width / 2, height / 2]], dtype=np.float32), point_labels=np.ones(1, np.int32))
 
 
 @dataclass(frozen=True)

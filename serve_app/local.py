@@ -1,29 +1,33 @@
 """In-process API without Ray, for notebooks and scripts: the same ``models/`` code as the deployments.
 
+    from models.prompts import Prompt
     from serve_app.local import LocalPipeline
     pipe = LocalPipeline.load(weights="random")              # or a checkpoint / the registry download
-    masks = pipe.segment(image, [PromptIn(box_xyxy=[75, 275, 1725, 850])])
+    masks = pipe.segment(image, [Prompt(box_xyxy=[75, 275, 1725, 850])])   # or {"box_xyxy": [...]}
     pipe.add_example(image, "truck", box_xyxy=[75, 275, 1725, 850])
     found = pipe.predict(other_image)                        # instances with labels from the examples
 
 Every part is injectable: pass your own encoder/decoder, fade strategy, embedder or vector store.
-Images are (H, W, 3) uint8 RGB arrays; coordinates are pixels, boxes XYXY.
+Images are (H, W, 3) uint8 RGB arrays; coordinates are pixels, boxes XYXY. Prompts are the vocabulary
+below HTTP (:class:`models.prompts.Prompt`, or its JSON form as ``/v1/segment`` takes it): this module
+imports nothing of the HTTP layer (``serve_app/ingress``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from deployments.contracts import check_in_image
 from models.amg import AmgSettings, AutoMask, generate_masks
 from models.fade_strategies import FadeStrategy, GaussianFade
 from models.fader import CropSettings, fade_and_crop_batch
 from models.masks import decode_rle, encode_rle, rle_area, rle_bbox_xyxy
+from models.prompts import Prompt, decoder_prompts
 from models.sam2_decoder import DecodeRequest, MaskPrediction, Sam2MaskDecoder
 from models.sam2_image import Sam2ImageEncoder
 from serve_app.assemble import instances, rank_by_text
-from serve_app.ingress.schemas import PromptIn, check_prompts_in_image, to_prompt_specs
 
 
 class LocalPipeline:
@@ -86,15 +90,30 @@ class LocalPipeline:
             **kwargs,
         )
 
-    def segment(self, image: np.ndarray, prompts: Sequence[PromptIn], multimask_output: bool | None = None) -> list[MaskPrediction]:
+    def segment(
+        self, image: np.ndarray, prompts: Sequence[Prompt | Mapping], multimask_output: bool | None = None
+    ) -> list[MaskPrediction]:
         """Masks for box/point/mask prompts (text prompts: :meth:`find_by_text`); no prompts -> centre click.
 
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            prompts: :class:`models.prompts.Prompt` per object, or its dict form
+                (:meth:`models.prompts.Prompt.from_dict`: ``box_xyxy``, ``points`` [[x, y, label], ...]...);
+                coordinates are pixels of ``image``.
+            multimask_output: for every prompt; None: each prompt's own choice, else SAM's advice.
+
+        Returns:
+            One :class:`models.sam2_decoder.MaskPrediction` per prompt, in order.
+
         Raises:
-            ApiError: a prompt outside the image.
+            models.prompts.PromptError: a prompt that breaks a rule, naming ``prompts[i].<field>``.
+            deployments.errors.OutOfImage: a box or point outside the image, naming it.
+            ValueError: a text prompt.
         """
         h, w = image.shape[:2]
-        check_prompts_in_image(list(prompts), w, h)
-        specs, defaults = to_prompt_specs(list(prompts), w, h)
+        parsed = [p if isinstance(p, Prompt) else Prompt.from_dict(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+        check_in_image([(p.box_xyxy, () if p.point_coords is None else p.point_coords) for p in parsed], w, h)
+        specs, defaults = decoder_prompts(parsed, w, h)
         flags = defaults if multimask_output is None else [multimask_output] * len(specs)
         features = self.encoder.encode(image)
         return self.decoder.predict_batch([DecodeRequest(features, specs, flags)])[0]
@@ -119,7 +138,8 @@ class LocalPipeline:
         """Store one labelled object given by a prompt (its best mask) or an (H, W) bool mask."""
         self._need_retrieval()
         if mask is None:
-            pred = self.segment(image, [PromptIn(box_xyxy=box_xyxy, points=points)], multimask_output=None)[0]
+            prompt = {k: v for k, v in (("box_xyxy", box_xyxy), ("points", points)) if v is not None}
+            pred = self.segment(image, [Prompt.from_dict(prompt)], multimask_output=None)[0]
             mask = pred.masks[int(np.argmax(pred.predicted_iou))]
         if not mask.any():
             raise ValueError("the object's mask is empty; nothing to embed")

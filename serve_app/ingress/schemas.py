@@ -1,6 +1,10 @@
 """HTTP request bodies of /v1/segment, /v1/predict and /v1/examples, and the prompt types they share
 with /v1/segment/video (``serve_app/ingress/video_schemas.py``) (pydantic v2).
 
+Prompts convert into the vocabulary below HTTP, :class:`models.prompts.Prompt` (:meth:`PromptIn.to_prompt`,
+:func:`to_prompt_specs`), whose rules (:func:`models.prompts.check_box`, :func:`models.prompts.check_points`)
+the validators here apply, so a body and a Python caller are held to the same ones.
+
 Coordinates are pixels of the uploaded image after EXIF orientation, (x, y) with x right and y down.
 Rules that need the image size (coordinates inside the image) are checked by
 :func:`check_prompts_in_image` once the size is known.
@@ -8,7 +12,6 @@ Rules that need the image size (coordinates inside the image) are checked by
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -17,14 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 from deployments.contracts import check_in_image
 from models.amg import AmgSettings
 from models.fade_strategies import ExponentialFade, GaussianFade, LinearFade
+from models.knn import LabelSettings
 from models.masks import POLYGON_TOLERANCE_PX, decode_logits_base64
-from models.sam2_decoder import LOW_RES_MASK_SIZE, PromptSpec, centre_click
+from models.prompts import LOW_RES_MASK_SIZE, Prompt, PromptError, PromptSpec, check_box, check_points, decoder_prompts
 from serve_app.ingress.errors import ApiError
 from serve_app.settings import derive
 
 #: Every body: unknown fields and non-finite numbers are rejected.
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
-_LABELS = {1: 1, 0: 0, "fg": 1, "bg": 0}
 SHA256_HEX = r"^[0-9a-f]{64}$"
 
 
@@ -53,37 +56,6 @@ class LogitsIn(BaseModel):
     def to_array(self) -> np.ndarray:
         """(256, 256) float32 logits. Raises ValueError on bad bytes."""
         return decode_logits_base64(self.base64, self.shape, self.dtype)
-
-
-def check_box(v: list[float] | None) -> list[float] | None:
-    """``box_xyxy`` rule: x1 > x0 and y1 > y0 (finiteness is pydantic's ``allow_inf_nan=False``)."""
-    if v is not None:
-        x0, y0, x1, y1 = v
-        if not x1 > x0:
-            raise ValueError("x1 must be greater than x0 (box is [x0, y0, x1, y1])")
-        if not y1 > y0:
-            raise ValueError("y1 must be greater than y0 (box is [x0, y0, x1, y1])")
-    return v
-
-
-def check_points(v: list[list[Any]] | None) -> list[list[float]] | None:
-    """``points`` rule: non-empty [[x, y, label], ...], finite x/y, label 1/0/"fg"/"bg" -> [[x, y, 1|0]]."""
-    if v is None:
-        return v
-    if not v:
-        raise ValueError("points must not be empty; leave it out instead")
-    out = []
-    for i, p in enumerate(v):
-        if len(p) != 3:
-            raise ValueError(f"point {i} must be [x, y, label]")
-        x, y, label = p
-        for name, c in (("x", x), ("y", y)):
-            if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
-                raise ValueError(f"point {i}: {name} must be a finite number")
-        if isinstance(label, bool) or not isinstance(label, (int, str)) or label not in _LABELS:
-            raise ValueError(f"point {i}: label must be 1, 0, 'fg' or 'bg'")
-        out.append([float(x), float(y), _LABELS[label]])
-    return out
 
 
 #: The JSON schema of one point, ``[x, y, label]`` (checked by :func:`check_points`, which names the rule).
@@ -150,10 +122,24 @@ class PromptIn(GeometryIn):
     def is_text(self) -> bool:
         return self.text is not None
 
-    @property
-    def default_multimask(self) -> bool:
-        """SAM's advice: three candidates for an ambiguous single click, one mask otherwise."""
-        return self.box_xyxy is None and self.mask_input is None and self.points is not None and len(self.points) == 1
+    def to_prompt(self, multimask_output: bool | None = None) -> Prompt:
+        """The prompt in the vocabulary below HTTP (:class:`models.prompts.Prompt`).
+
+        Args:
+            multimask_output: the request's choice; None leaves SAM's advice (:attr:`Prompt.multimask`).
+
+        Raises:
+            ValueError: a ``mask_input`` that does not decode.
+        """
+        pts = None if self.points is None else np.asarray(self.points, np.float64)
+        return Prompt(
+            box_xyxy=self.box_xyxy,
+            point_coords=None if pts is None else pts[:, :2],
+            point_labels=None if pts is None else pts[:, 2].astype(np.int32),
+            mask_input=None if self.mask_input is None else self.mask_input.to_array(),
+            text=self.text,
+            multimask_output=multimask_output,
+        )
 
 
 class ImageRefIn(BaseModel):
@@ -217,14 +203,13 @@ LABEL_MAX_CHARS = 100
 LABEL = Annotated[str, Field(min_length=1, max_length=LABEL_MAX_CHARS)]
 
 
+@derive(LabelSettings)
 class PredictRequest(ImageRefIn):
-    """Body of ``POST /v1/predict``: label every object in an image from the nearest labelled examples."""
+    """Body of ``POST /v1/predict``: label every object in an image from the nearest labelled examples
+    (``top_k``, ``min_score``, ``max_instances``: ``models/knn.py::LabelSettings``)."""
 
     model_config = STRICT
     collection: COLLECTION = "default"
-    top_k: int = Field(default=5, ge=1, le=100)
-    min_score: float = Field(default=0.0, ge=-1, le=1)
-    max_instances: int = Field(default=20, ge=1, le=256)
     mask_format: MASK_FORMAT = "rle"
     polygon_tolerance_px: POLYGON_TOLERANCE = POLYGON_TOLERANCE_PX
     fade: FadeIn | None = None
@@ -292,35 +277,23 @@ def check_prompts_in_image(prompts: list[PromptIn], width: int, height: int, fie
 def to_prompt_specs(
     prompts: list[PromptIn], width: int | None = None, height: int | None = None
 ) -> tuple[list[PromptSpec], list[bool]]:
-    """Validated prompts -> decoder prompts and default multimask flags; no prompts -> a centre click of
-    the ``width`` x ``height`` image, or none when the size is not given (the decoder then clicks the
-    centre, see :meth:`deployments.contracts.DecodeJob.for_image`).
+    """Validated geometric prompts -> decoder prompts and default multimask flags
+    (:func:`models.prompts.decoder_prompts`); no prompts -> a centre click of the ``width`` x ``height``
+    image, or none when the size is not given (the decoder then clicks the centre, see
+    :meth:`deployments.contracts.DecodeJob.for_image`).
 
     Raises:
-        ApiError: 422 for a ``mask_input`` that does not decode.
+        ApiError: 422 for a ``mask_input`` that does not decode, naming ``prompts[i].mask_input``.
     """
-    if not prompts and width is None:
-        return [], []
-    if not prompts:
-        return [centre_click(width, height)], [True]
-    specs = []
+    converted = []
     for i, p in enumerate(prompts):
-        mask_input = None
-        if p.mask_input is not None:
-            try:
-                mask_input = p.mask_input.to_array()
-            except ValueError as e:
-                raise ApiError(422, "invalid_request", f"mask_input: {e}", f"prompts[{i}].mask_input") from None
-        pts = np.asarray(p.points, dtype=np.float64) if p.points else None
-        specs.append(
-            PromptSpec(
-                point_coords=None if pts is None else pts[:, :2].astype(np.float32),
-                point_labels=None if pts is None else pts[:, 2].astype(np.int32),
-                box_xyxy=None if p.box_xyxy is None else np.asarray(p.box_xyxy, np.float32),
-                mask_input=mask_input,
-            )
-        )
-    return specs, [p.default_multimask for p in prompts]
+        try:
+            converted.append(p.to_prompt())
+        except PromptError as e:  # a rule of the vocabulary the body's validators did not already apply
+            raise ApiError(422, "invalid_request", str(e), f"prompts[{i}].{e.field}") from None
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", f"mask_input: {e}", f"prompts[{i}].mask_input") from None
+    return decoder_prompts(converted, width, height)
 
 
 SegmentRequest.model_rebuild()

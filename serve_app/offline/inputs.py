@@ -1,13 +1,11 @@
-"""What a ``samgraph batch`` run works on: the input images, the checked flags, and the prompts as the
-decoder takes them.
+"""What a ``samgraph batch`` run works on: the input images and the checked flags.
 
 * :func:`list_inputs`: the images of a folder or of a COCO annotation file, as rows for Ray Data;
-* :func:`plan_run`: the run's flags checked against the input (:class:`BatchPlan`);
-* :func:`prompt_specs`: one image's prompts validated as ``/v1/segment`` validates its own
-  (:class:`serve_app.ingress.schemas.PromptIn`, :func:`serve_app.ingress.schemas.to_prompt_specs`) into
-  :class:`models.sam2_decoder.PromptSpec`. The load stage calls it (it is handed to
-  :class:`deployments.offline_stages.LoadImages`, which imports nothing from ``serve_app``), so the decode stage
-  gets ready decoder prompts.
+* :func:`plan_run`: the run's flags checked against the input (:class:`BatchPlan`).
+
+Each image's prompts are built and validated in the load stage
+(:func:`deployments.offline_stages.prompt_specs`), by the rules of the prompt vocabulary that
+``/v1/segment`` converts its bodies into (:class:`models.prompts.Prompt`).
 """
 
 from __future__ import annotations
@@ -16,9 +14,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from models.sam2_decoder import PromptSpec
-from serve_app.ingress.schemas import PromptIn, to_prompt_specs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -144,27 +139,3 @@ def plan_run(
     from deployments.runtime.store_checks import check_collection_name
 
     return BatchPlan(prompts, predict, add_examples, check_collection_name(collection), embeddings)
-
-
-def prompt_specs(prompts: list[dict], width: int, height: int) -> tuple[list[PromptSpec], list[bool]]:
-    """One image's prompts, validated as ``/v1/segment``'s, as decoder prompts.
-
-    Args:
-        prompts: one dict per object with ``box_xyxy`` ([x0, y0, x1, y1] float, pixels of the original
-            image) and/or ``points`` ([[x, y, label], ...], pixels, label 1 foreground / 0 background);
-            other keys (``ann_id``, ``category_id``) are ignored.
-        width, height: the image's size, pixels.
-
-    Returns:
-        (one :class:`PromptSpec` per prompt, in order; per prompt the multimask flag ``/v1/segment``
-        defaults to: a lone point is multimask, a box is not). No prompts give ``([], [])``, not
-        ``/v1/segment``'s centre click.
-
-    Raises:
-        pydantic.ValidationError: a prompt ``/v1/segment`` would refuse (an empty or inverted box, a point
-            label other than 0/1).
-    """
-    if not prompts:
-        return [], []
-    geometry = [PromptIn(**{k: p[k] for k in ("box_xyxy", "points") if k in p}) for p in prompts]
-    return to_prompt_specs(geometry, width, height)

@@ -9,7 +9,7 @@ Each stage has its own ``batch_size``, ``concurrency`` (actors), ``num_cpus``, `
 torch threads (:class:`StageResources`), so the same code runs on a laptop and on a cluster. Ray Data
 streams: only the blocks in flight are held, bounded by ``object_store_mb``. The driver writes results as
 they arrive (:mod:`serve_app.offline.writer`). The inputs and the checked flags come from
-:mod:`serve_app.offline.inputs`, which also validates each image's prompts for the load stage.
+:mod:`serve_app.offline.inputs`; the load stage validates each image's prompts.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from models.knn import LabelSettings
 from serve_app.config import AccelArgs, AmgDefaults, FaderArgs, RetrieverArgs, Sam2Args
-from serve_app.ingress.schemas import PredictRequest
-from serve_app.offline.inputs import BatchInput, BatchPlan, prompt_specs
+from serve_app.offline.inputs import BatchInput, BatchPlan
 from serve_app.offline.writer import BatchSummary, ResultWriter, write_summary
+from serve_app.settings import derive
 
 log = logging.getLogger("samgraph.batch")
 _STRICT = ConfigDict(extra="forbid")
-_PREDICT = PredictRequest.model_fields
 
 
 class StageResources(BaseModel):
@@ -70,6 +70,7 @@ class ClipModelArgs(BaseModel):
     checkpoint: str | None = None
 
 
+@derive(LabelSettings)
 class BatchArgs(Sam2Args):
     """Everything ``samgraph batch`` runs with; ``--set key.sub=value`` overrides any field.
 
@@ -84,9 +85,6 @@ class BatchArgs(Sam2Args):
     retriever: RetrieverArgs = RetrieverArgs()
     fader: FaderArgs = FaderArgs()
     amg: AmgDefaults = AmgDefaults(points_per_side=16)
-    top_k: int = _PREDICT["top_k"].default
-    min_score: float = _PREDICT["min_score"].default
-    max_instances: int = _PREDICT["max_instances"].default
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     object_store_mb: int = Field(default=2048, ge=64)
     load: StageResources = StageResources(batch_size=4, num_cpus=0.25)
@@ -149,8 +147,9 @@ def load_batch_args(overrides: list[str]) -> BatchArgs:
 def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: dict, clip_weights: dict, store: dict):
     """The Ray Data pipeline of ``plan`` (lazy: nothing runs until it is iterated).
 
-    The load stage is handed :func:`serve_app.offline.inputs.prompt_specs`, so every image's prompts are
-    validated as ``/v1/segment``'s and reach the decode stage as :class:`models.sam2_decoder.PromptSpec`.
+    The load stage validates every image's prompts as ``/v1/segment`` validates its own
+    (:func:`deployments.offline_stages.prompt_specs`), so they reach the decode stage as
+    :class:`models.prompts.PromptSpec`.
 
     Args:
         data: the run's input rows and COCO categories.
@@ -183,7 +182,7 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
     ds = ray.data.from_items(data.items, override_num_blocks=max(1, min(len(data.items), 64)))
     ds = add(
         ds, "load", stages.LoadImages, prompts=plan.prompts, with_examples=plan.add_examples, categories=data.categories,
-        max_image_pixels=args.max_image_pixels, prompt_specs=prompt_specs,
+        max_image_pixels=args.max_image_pixels,
     )
     ds = add(ds, "encode", stages.EncodeImages, model_id=args.model_id, weights=weights, device=args.encode.device, torch_threads=args.encode.torch_threads, accel=args.encode.accel())
     amg = args.amg.model_dump() if plan.prompts == "auto" else None

@@ -17,7 +17,8 @@ import torch
 
 from deployments.runtime.sam2_weights import load_state_dict
 from models.accel import AccelSettings, accelerate, bf16_support, tensorrt_support
-from models.sam2_decoder import PromptSpec, Sam2MaskDecoder
+from models.prompts import PromptSpec
+from models.sam2_decoder import Sam2MaskDecoder
 from models.sam2_image import ImageFeatures, Sam2ImageEncoder, build_sam2_model
 from tests.conftest import MODEL_ID, TRUCK_BOX, mask_iou
 

@@ -10,9 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-from deployments.offline_stages import DecodeMasks, EncodeImages, LoadImages, batch_rows, object_column
+from deployments.offline_stages import DecodeMasks, EncodeImages, LoadImages, batch_rows, object_column, prompt_specs
 from models.masks import decode_rle
-from serve_app.offline.inputs import list_inputs, plan_run, prompt_specs
+from models.prompts import PromptError
+from serve_app.offline.inputs import list_inputs, plan_run
 from serve_app.offline.pipeline import BatchArgs, apply_overrides, load_batch_args
 from serve_app.offline.writer import ResultWriter
 from tests.conftest import MODEL_ID, mask_iou, shared_file
@@ -94,7 +95,7 @@ def test_settings_overrides_are_typed_and_validated():
 
 
 def test_load_stage_reports_unreadable_files_and_builds_prompts(image_folder, coco_path):
-    stage = LoadImages("center-points", False, {}, 50_000_000, prompt_specs)
+    stage = LoadImages("center-points", False, {}, 50_000_000)
     rows = batch_rows(stage(_input_batch(list_inputs(image_folder).items)))
     ok, broken = rows[:2], rows[2]
     assert broken["error"].startswith("InvalidImage") and "not an image" in broken["error"]
@@ -104,13 +105,13 @@ def test_load_stage_reports_unreadable_files_and_builds_prompts(image_folder, co
         (spec,), multimask = r["prompt_specs"], r["multimask"]
         assert multimask == [True] and spec.point_coords.tolist() == [[480.0, 270.0]] and spec.box_xyxy is None
     data = list_inputs(coco_path, limit=3)
-    boxes = batch_rows(LoadImages("coco-boxes", True, data.categories, 50_000_000, prompt_specs)(_input_batch(data.items)))
+    boxes = batch_rows(LoadImages("coco-boxes", True, data.categories, 50_000_000)(_input_batch(data.items)))
     anns = json.loads(data.items[1]["anns"])
     x, y, w, h = anns[0]["bbox"]
     assert boxes[1]["prompts"][0] == {"ann_id": anns[0]["id"], "category_id": anns[0]["category_id"], "box_xyxy": [x, y, x + w, y + h]}
     assert len(boxes[1]["examples"]) == len([a for a in anns if not a["iscrowd"]])
     assert boxes[1]["examples"][0]["label"] == data.categories[anns[0]["category_id"]]
-    points = batch_rows(LoadImages("center-points", False, data.categories, 50_000_000, prompt_specs)(_input_batch(data.items)))
+    points = batch_rows(LoadImages("center-points", False, data.categories, 50_000_000)(_input_batch(data.items)))
     for p, ex in zip(points[1]["prompts"], boxes[1]["examples"]):
         (px, py, label), = p["points"]
         assert label == 1 and decode_rle(ex["rle"])[py, px]  # the click lies inside its object
@@ -121,7 +122,7 @@ def test_encode_and_decode_stages_equal_sam2_image_predictor(coco_path, tiny_che
     data = list_inputs(coco_path)
     item = next(it for it in data.items if it["image_id"] == 41888)
     weights = {"kind": "file", "checkpoint": str(tiny_checkpoint), "seed": 0}
-    batch = LoadImages("coco-boxes", False, data.categories, 50_000_000, prompt_specs)(_input_batch([item]))
+    batch = LoadImages("coco-boxes", False, data.categories, 50_000_000)(_input_batch([item]))
     batch = EncodeImages(MODEL_ID, weights, "cpu", 2)(batch)
     row = batch_rows(DecodeMasks(MODEL_ID, weights, "cpu", 2)(batch))[0]
     assert "features" not in row and set(row["timing_ms"]) == {"load", "encode", "decode"}
@@ -191,28 +192,26 @@ def test_object_column_keeps_equal_shaped_arrays_apart():
 
 
 def test_prompt_specs_validate_as_the_segment_endpoint():
-    from pydantic import ValidationError
-
-    assert prompt_specs([], 640, 480) == ([], [])  # no prompts, no centre click
+    assert prompt_specs([]) == ([], [])  # no prompts, no centre click
     meta = {"ann_id": 7, "category_id": 3}
-    specs, multimask = prompt_specs([{**meta, "box_xyxy": [1, 2, 30, 40]}, {**meta, "points": [[5, 6, 1]]}], 640, 480)
+    specs, multimask = prompt_specs([{**meta, "box_xyxy": [1, 2, 30, 40]}, {**meta, "points": [[5, 6, 1]]}])
     assert multimask == [False, True]  # a box gives one mask, a lone click three
     np.testing.assert_array_equal(specs[0].box_xyxy, np.array([1, 2, 30, 40], np.float32))
     assert specs[0].point_coords is None and specs[1].point_labels.tolist() == [1]
     np.testing.assert_array_equal(specs[1].point_coords, np.array([[5, 6]], np.float32))
-    with pytest.raises(ValidationError):
-        prompt_specs([{"box_xyxy": [30, 40, 1, 2]}], 640, 480)  # inverted box
+    with pytest.raises(PromptError, match=r"prompts\[1\]\.box_xyxy: x1 must be greater than x0"):
+        prompt_specs([{"box_xyxy": [1, 2, 30, 40]}, {"box_xyxy": [30, 40, 1, 2]}])  # inverted box
+    with pytest.raises(PromptError, match=r"prompts\[0\]\.points: point 0: label must be 1, 0"):
+        prompt_specs([{"points": [[5, 6, 2]]}])
 
 
-def test_load_stage_needs_prompt_validation_and_reports_refused_prompts(image_folder):
-    with pytest.raises(ValueError, match="needs prompt_specs"):
-        LoadImages("coco-boxes", False, {}, 50_000_000)
-    LoadImages("auto", False, {}, 50_000_000)  # no prompts to validate
-
-    def refuse(prompts, width, height):
-        raise ValueError("no such prompt")
-
-    item = list_inputs(image_folder).items[:1]
-    (row,) = batch_rows(LoadImages("center-points", False, {}, 50_000_000, refuse)(_input_batch(item)))
-    assert row["error"] == "ValueError: no such prompt" and row["prompts"] == [] and row["prompt_specs"] == []
+def test_load_stage_reports_an_image_it_cannot_prompt(coco_path):
+    """An annotation the load stage cannot turn into a prompt makes its image an error row, not a crash."""
+    data = list_inputs(coco_path)
+    item = dict(next(it for it in data.items if any(not a["iscrowd"] for a in json.loads(it["anns"]))))
+    item["anns"] = json.dumps([{**a, "bbox": ["x", 0, 1, 1]} for a in json.loads(item["anns"])])
+    with pytest.raises(ValueError, match="prompts must be one of"):
+        LoadImages("boxes", False, {}, 50_000_000)
+    (row,) = batch_rows(LoadImages("coco-boxes", False, data.categories, 50_000_000)(_input_batch([item])))
+    assert row["error"].startswith("ValueError") and row["prompts"] == [] and row["prompt_specs"] == []
 

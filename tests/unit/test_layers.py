@@ -4,6 +4,8 @@
 - ``deployments/`` never imports ``serve_app`` (not even inside a function).
 - ``deployments/runtime/`` (what replicas need: weights, the vector store, metrics, decoding) imports no
   stage module: the stages build on the runtime, not the other way round.
+- The in-process API (``serve_app/local.py``) and the offline job (``serve_app/offline/``) import nothing of
+  the HTTP layer (``serve_app.ingress``): their prompts are the vocabulary below HTTP (``models/prompts.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,15 @@ FORBIDDEN = {"ray", "fastapi", "starlette", "qdrant_client", "httpx", "urllib", 
 #: The packages above ``models`` and ``deployments``.
 ABOVE_MODELS = {"deployments", "serve_app", "benchmarks", "tests"}
 ABOVE_DEPLOYMENTS = {"serve_app", "benchmarks", "tests"}
-#: The stage modules: each holds one ``@serve.deployment`` (``offline_stages``, ``offline_label_stages``: the Ray Data stages of ``samgraph batch``).
-STAGE_MODULES = {f"deployments.{m}" for m in ("encoder", "decoder", "fader", "embedder", "retriever", "video", "offline_stages", "offline_label_stages")}
+#: The stage modules: each holds one ``@serve.deployment`` (``offline_stages``, ``offline_label_stages``: the
+#: Ray Data stages of ``samgraph batch``).
+STAGE_MODULES = {
+    f"deployments.{m}"
+    for m in ("encoder", "decoder", "fader", "embedder", "retriever", "video", "offline_stages", "offline_label_stages")
+}
+#: Modules of ``serve_app`` below HTTP: the in-process API and the offline job.
+BELOW_HTTP = sorted([REPO / "serve_app" / "local.py", *(REPO / "serve_app" / "offline").rglob("*.py")])
+HTTP_LAYER = "serve_app.ingress"
 
 
 def _imported_modules(tree: ast.AST) -> set[str]:
@@ -76,11 +85,23 @@ def test_runtime_imports_no_stage_module(path):
     assert not stages, f"{_rel(path)} imports the stage modules {sorted(stages)}"
 
 
+def _http_imports(mods: set[str]) -> set[str]:
+    return {m for m in mods if m == HTTP_LAYER or m.startswith(HTTP_LAYER + ".")}
+
+
+@pytest.mark.parametrize("path", BELOW_HTTP, ids=_rel)
+def test_local_api_and_offline_job_import_no_http_module(path):
+    """Prompts below HTTP are ``models.prompts``; the HTTP schemas convert into them, never the reverse."""
+    http = _http_imports(_imported_modules(ast.parse(path.read_text(), filename=str(path))))
+    assert not http, f"{_rel(path)} imports {sorted(http)}: the in-process API and offline job stay below HTTP"
+
+
 def test_every_layer_is_scanned():
     """The globs find the packages (a moved folder would make every check above vacuous)."""
     assert {"contracts.py", "errors.py", "decoder.py", "encoder.py"} <= {p.name for p in DEPLOYMENTS}
     assert {"weights.py", "vectorstore.py", "metrics.py", "images.py"} <= {p.name for p in RUNTIME}
     assert len(RUNTIME) < len(DEPLOYMENTS)
+    assert {"local.py", "inputs.py", "pipeline.py", "cli.py"} <= {p.name for p in BELOW_HTTP}
 
 
 @pytest.mark.parametrize("path", MODELS, ids=_rel)
@@ -102,6 +123,10 @@ def test_import_checker_catches_violations():
     assert _imported_roots(tree) & FORBIDDEN == {"ray", "urllib"}
     assert _imported_roots(tree) & ABOVE_DEPLOYMENTS == {"serve_app"}
     assert "deployments.decoder" in _imported_modules(tree)  # `from deployments import decoder` names the stage
+    # an ingress import inside a function, in both forms, is seen by the below-HTTP rule
+    assert _http_imports(_imported_modules(tree)) >= {"serve_app.ingress.schemas", "serve_app.ingress.schemas.PromptIn"}
+    assert _http_imports(_imported_modules(ast.parse("def g():\n    from serve_app import ingress\n"))) == {"serve_app.ingress"}
+    assert not _http_imports(_imported_modules(ast.parse("import serve_app.ingress_like\n")))
     assert any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "open" for n in ast.walk(tree))
     with pytest.raises(AssertionError, match="relative import"):
         _imported_modules(ast.parse("from . import x\n"))

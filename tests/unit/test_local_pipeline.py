@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from deployments.errors import OutOfImage
 from models.amg import AmgSettings
-from serve_app.ingress.schemas import PromptIn
+from models.prompts import Prompt, PromptError
 from serve_app.local import LocalPipeline
 from tests.conftest import TRUCK_BOX, mask_iou
 
@@ -26,7 +27,7 @@ def pipe():
 def test_segment_equals_the_reference_predictor(pipe, truck_rgb):
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    (pred,) = pipe.segment(truck_rgb, [PromptIn(box_xyxy=TRUCK_BOX)])
+    (pred,) = pipe.segment(truck_rgb, [Prompt(box_xyxy=TRUCK_BOX)])
     assert pred.masks.shape == (1, *truck_rgb.shape[:2]) and pred.masks.any()
     reference = SAM2ImagePredictor(pipe.encoder.model)  # Meta's predictor on the very same weights
     reference.set_image(truck_rgb)
@@ -50,3 +51,19 @@ def test_needs_embedder_and_store(truck_rgb, pipe):
     bare = LocalPipeline(pipe.encoder, pipe.decoder)
     with pytest.raises(ValueError, match="embedder and a store"):
         bare.predict(truck_rgb)
+
+
+def test_segment_takes_prompt_dicts_and_names_the_field_at_fault(pipe, truck_rgb):
+    """Dicts in ``/v1/segment``'s form give the masks of the same :class:`Prompt`; a bad one is refused
+    before any encoding, naming its field."""
+    (as_dict,) = pipe.segment(truck_rgb, [{"points": [[900, 500, "fg"]]}])
+    (as_prompt,) = pipe.segment(truck_rgb, [Prompt(point_coords=[[900, 500]], point_labels=[1])])
+    assert as_dict.masks.shape[0] == 3  # a lone click: SAM's three candidates
+    np.testing.assert_array_equal(as_dict.masks, as_prompt.masks)
+    with pytest.raises(PromptError, match=r"prompts\[1\]\.box_xyxy: x1 must be greater than x0") as info:
+        pipe.segment(truck_rgb, [{"box_xyxy": TRUCK_BOX}, {"box_xyxy": [30, 0, 10, 5]}])
+    assert info.value.field == "prompts[1].box_xyxy"
+    h, w = truck_rgb.shape[:2]
+    with pytest.raises(OutOfImage) as out:
+        pipe.segment(truck_rgb, [Prompt(box_xyxy=[0, 0, w + 10, 10])])
+    assert out.value.field == "prompts[0].box_xyxy"

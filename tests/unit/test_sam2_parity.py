@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from deployments.runtime.sam2_weights import load_state_dict
-from models.sam2_decoder import DecodeRequest, PromptSpec, Sam2MaskDecoder
+from models.prompts import PromptSpec
+from models.sam2_decoder import DecodeRequest, Sam2MaskDecoder
 from models.sam2_image import ImageFeatures, Sam2ImageEncoder, build_sam2_model, feature_nbytes
 from tests.conftest import MODEL_ID, TRUCK_BOX, mask_iou
 

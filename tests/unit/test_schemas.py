@@ -299,7 +299,7 @@ def test_default_multimask(prompt, expected):
     if prompt.get("mask_input") == "LOGITS":
         prompt = {**prompt, "mask_input": _logits_dict()}
     p = PromptIn.model_validate(prompt)
-    assert p.default_multimask is expected
+    assert p.to_prompt().multimask is expected
     _, flags = to_prompt_specs([p], 10, 10)
     assert flags == [expected]
 
