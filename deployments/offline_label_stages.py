@@ -39,7 +39,9 @@ class FadeCrops(_Stage):
             for key, items in (("crops", r["instances"]), ("example_crops", r["examples"])):
                 masks = [decode_rle(it["rle"]) for it in items]
                 keep = [m.any() for m in masks]  # an empty mask has no crop; it is not embedded
-                r[key] = fade_and_crop_batch([r["image"]] * sum(keep), [m for m, k in zip(masks, keep) if k], self.strategy, self.crop)
+                r[key] = fade_and_crop_batch(
+                    [r["image"]] * sum(keep), [m for m, k in zip(masks, keep) if k], self.strategy, self.crop
+                )
                 for it, k in zip(items, keep):
                     it["embedded"] = bool(k)
 
@@ -54,7 +56,9 @@ class EmbedCrops(_Stage):
     name = "embed"
     drop = ("crops", "example_crops")
 
-    def __init__(self, model_name: str, pretrained: str, weights: dict, device: str = "auto", torch_threads: int | None = None) -> None:
+    def __init__(
+        self, model_name: str, pretrained: str, weights: dict, device: str = "auto", torch_threads: int | None = None
+    ) -> None:
         from deployments.runtime.clip_weights import ClipWeightsSource, load_clip
         from models.embedder import ClipSpec
 
@@ -92,7 +96,15 @@ class RetrieveLabels(_Stage):
 
     name = "retrieve"
 
-    def __init__(self, store: dict, collection: str, mode: str, top_k: int = 5, min_score: float = 0.0, keep_embeddings: bool = False) -> None:
+    def __init__(
+        self,
+        store: dict,
+        collection: str,
+        mode: str,
+        top_k: int = 5,
+        min_score: float = 0.0,
+        keep_embeddings: bool = False,
+    ) -> None:
         from deployments.runtime.vectorstore import ExampleStore
 
         if mode not in ("add", "search"):
@@ -116,7 +128,14 @@ class RetrieveLabels(_Stage):
             for ex, vec in zip(embedded, r["example_embeddings"]):
                 vecs.append(vec)
                 labels.append(ex["label"])
-                payloads.append({"bbox_xyxy": rle_bbox_xyxy(ex["rle"]), "area_px": rle_area(ex["rle"]), "source": str(r["path"]), "coco_ann_id": ex["ann_id"]})
+                payloads.append(
+                    {
+                        "bbox_xyxy": rle_bbox_xyxy(ex["rle"]),
+                        "area_px": rle_area(ex["rle"]),
+                        "source": str(r["path"]),
+                        "coco_ann_id": ex["ann_id"],
+                    }
+                )
                 owners.append(r)
             r["added"] = []
         if vecs:
@@ -133,4 +152,8 @@ class RetrieveLabels(_Stage):
             for inst in r["instances"]:
                 nbrs = next(found) if inst["embedded"] else []
                 label, confidence = vote(nbrs, self.min_score)
-                inst.update(label=label, confidence=confidence, neighbors=[{"id": n.id, "label": n.label, "score": n.score} for n in nbrs])
+                inst.update(
+                    label=label,
+                    confidence=confidence,
+                    neighbors=[{"id": n.id, "label": n.label, "score": n.score} for n in nbrs],
+                )

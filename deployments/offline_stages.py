@@ -151,7 +151,10 @@ class LoadImages:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = list(batch)
-        rows = [{k: batch[k][i].item() if isinstance(batch[k][i], np.generic) else batch[k][i] for k in names} for i in range(len(batch[names[0]]))]
+        rows = [
+            {k: batch[k][i].item() if isinstance(batch[k][i], np.generic) else batch[k][i] for k in names}
+            for i in range(len(batch[names[0]]))
+        ]
         for row in rows:
             t0 = time.perf_counter()
             empty = {"image": _IMAGE_PLACEHOLDER, "prompts": [], "prompt_specs": [], "multimask": [], "examples": []}
@@ -189,7 +192,9 @@ class LoadImages:
                     x, y = interior_point(mask)
                     prompts.append({**meta, "points": [[x, y, 1]]})
             if self.with_examples:
-                examples.append({**meta, "label": self.categories.get(meta["category_id"], str(meta["category_id"])), "rle": rle})
+                examples.append(
+                    {**meta, "label": self.categories.get(meta["category_id"], str(meta["category_id"])), "rle": rle}
+                )
         if self.prompts == "center-points" and not all_anns:
             prompts.append({"ann_id": None, "category_id": None, "points": [[w / 2, h / 2, 1]]})
         specs, multimask = prompt_specs(prompts)
@@ -206,7 +211,12 @@ class EncodeImages(_Stage):
     name = "encode"
 
     def __init__(
-        self, model_id: str, weights: dict, device: str = "auto", torch_threads: int | None = None, accel: dict | None = None
+        self,
+        model_id: str,
+        weights: dict,
+        device: str = "auto",
+        torch_threads: int | None = None,
+        accel: dict | None = None,
     ) -> None:
         from models.sam2_image import Sam2ImageEncoder
 
@@ -270,8 +280,15 @@ class DecodeMasks(_Stage):
 
             for r in rows:
                 r["instances"] = [
-                    {"rle": m.rle, "area_px": m.area_px, "bbox_xyxy": list(m.bbox_xyxy), "predicted_iou": m.predicted_iou,
-                     "stability_score": m.stability_score, "ann_id": None, "category_id": None}
+                    {
+                        "rle": m.rle,
+                        "area_px": m.area_px,
+                        "bbox_xyxy": list(m.bbox_xyxy),
+                        "predicted_iou": m.predicted_iou,
+                        "stability_score": m.stability_score,
+                        "ann_id": None,
+                        "category_id": None,
+                    }
                     for m in generate_masks(self.decoder, r["features"], self.amg)[: self.max_instances]
                 ]
             return
@@ -289,6 +306,11 @@ class DecodeMasks(_Stage):
                 best = int(np.argmax(pred.predicted_iou))
                 enc = encode_masks(pred.masks[best : best + 1], "rle")[0]
                 r["instances"].append(
-                    {**enc, "predicted_iou": float(pred.predicted_iou[best]), "stability_score": float(pred.stability_score[best]),
-                     "ann_id": prompt["ann_id"], "category_id": prompt["category_id"]}
+                    {
+                        **enc,
+                        "predicted_iou": float(pred.predicted_iou[best]),
+                        "stability_score": float(pred.stability_score[best]),
+                        "ann_id": prompt["ann_id"],
+                        "category_id": prompt["category_id"],
+                    }
                 )

@@ -149,7 +149,9 @@ class PromptSpec:
 def centre_click(width: int, height: int) -> PromptSpec:
     """The prompt of a request with none: one foreground click at the centre of a ``width`` x ``height``
     image (pixels), answered with SAM's three candidates (multimask)."""
-    return PromptSpec(point_coords=np.array([[width / 2, height / 2]], dtype=np.float32), point_labels=np.ones(1, np.int32))
+    return PromptSpec(
+        point_coords=np.array([[width / 2, height / 2]], dtype=np.float32), point_labels=np.ones(1, np.int32)
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,12 +194,21 @@ class Prompt:
             raise PromptError("point_coords and point_labels must be given together", "point_labels")
         if self.point_coords is not None:
             coords, labels = np.asarray(self.point_coords), np.asarray(self.point_labels)
-            if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0 or not np.issubdtype(coords.dtype, np.number):
-                raise PromptError(f"must be (N, 2) numbers (x, y) with N >= 1; got shape {list(coords.shape)}", "point_coords")
+            if (
+                coords.ndim != 2
+                or coords.shape[1] != 2
+                or coords.shape[0] == 0
+                or not np.issubdtype(coords.dtype, np.number)
+            ):
+                raise PromptError(
+                    f"must be (N, 2) numbers (x, y) with N >= 1; got shape {list(coords.shape)}", "point_coords"
+                )
             if not np.isfinite(coords).all():
                 raise PromptError("must be finite numbers", "point_coords")
             if labels.shape != (coords.shape[0],) or not np.isin(labels, (0, 1)).all() or labels.dtype == np.bool_:
-                raise PromptError(f"must be ({coords.shape[0]},) labels, each 1 (foreground) or 0 (background)", "point_labels")
+                raise PromptError(
+                    f"must be ({coords.shape[0]},) labels, each 1 (foreground) or 0 (background)", "point_labels"
+                )
             put("point_coords", coords.astype(np.float32))
             put("point_labels", labels.astype(np.int32))
         if self.mask_input is not None:
@@ -256,7 +267,9 @@ class Prompt:
                     raise ValueError(f"shape must be {list(size)}")
                 mask_input = decode_logits_base64(mask_input["base64"], shape, mask_input.get("dtype", "float32"))
             except (KeyError, TypeError, ValueError) as e:
-                raise PromptError(f"{e}" if not isinstance(e, KeyError) else "needs base64", f"{where}mask_input") from None
+                raise PromptError(
+                    f"{e}" if not isinstance(e, KeyError) else "needs base64", f"{where}mask_input"
+                ) from None
         try:
             return cls(data.get("box_xyxy"), coords, labels, mask_input, data.get("text"), data.get("multimask_output"))
         except PromptError as e:

@@ -81,7 +81,9 @@ class LocalPipeline:
 
         loaded = load_sam2(model_id, WeightsSource.resolve(weights, checkpoint))
         clip_weights = "random" if weights == "random" else None
-        clip = load_clip(ClipSpec(clip_model, clip_pretrained), ClipWeightsSource.resolve(clip_weights, clip_checkpoint))
+        clip = load_clip(
+            ClipSpec(clip_model, clip_pretrained), ClipWeightsSource.resolve(clip_weights, clip_checkpoint)
+        )
         return cls(
             Sam2ImageEncoder(loaded.model),
             Sam2MaskDecoder(loaded.model),
@@ -148,7 +150,13 @@ class LocalPipeline:
         return self.store.add(collection, vec, [label], [{"bbox_xyxy": rle_bbox_xyxy(rle), "area_px": rle_area(rle)}])
 
     def predict(
-        self, image: np.ndarray, collection: str = "default", top_k: int = 5, min_score: float = 0.0, max_instances: int = 20, mask_format: str = "rle"
+        self,
+        image: np.ndarray,
+        collection: str = "default",
+        top_k: int = 5,
+        min_score: float = 0.0,
+        max_instances: int = 20,
+        mask_format: str = "rle",
     ) -> list[dict]:
         """Automatic masks labelled by their nearest examples; records as ``/v1/predict``'s instances."""
         self._need_retrieval()
@@ -157,7 +165,9 @@ class LocalPipeline:
             return []
         return instances(masks, self.store.search(collection, vecs, top_k), min_score, mask_format)
 
-    def find_by_text(self, image: np.ndarray, text: str, max_masks: int = 3, candidates: int = 64, mask_format: str = "rle") -> list[dict]:
+    def find_by_text(
+        self, image: np.ndarray, text: str, max_masks: int = 3, candidates: int = 64, mask_format: str = "rle"
+    ) -> list[dict]:
         """Automatic masks ranked by CLIP similarity of their faded crop to ``text`` (``text_score``)."""
         if self.embedder is None:
             raise ValueError("find_by_text needs an embedder")

@@ -73,7 +73,12 @@ def _propagate(api: SamgraphClient, args: argparse.Namespace) -> dict:
     frames.sort(key=lambda f: f["frame_index"])
     if args.out:
         Path(args.out).write_text(json.dumps({**head, "frames": frames, "timing_ms": end["timing_ms"]}, indent=2))
-    return {"session_id": args.session_id, "frames": len(frames), "obj_ids": head.get("obj_ids"), "timing_ms": end["timing_ms"]}
+    return {
+        "session_id": args.session_id,
+        "frames": len(frames),
+        "obj_ids": head.get("obj_ids"),
+        "timing_ms": end["timing_ms"],
+    }
 
 
 def cmd_video_session(args: argparse.Namespace) -> int:
@@ -98,7 +103,12 @@ def cmd_video_session(args: argparse.Namespace) -> int:
             elif args.verb == "remove":
                 out = api.remove_session_object(sid, args.obj_id)
             else:
-                verb = {"cancel": api.cancel_propagation, "info": api.session_info, "reset": api.reset_session, "close": api.close_session}
+                verb = {
+                    "cancel": api.cancel_propagation,
+                    "info": api.session_info,
+                    "reset": api.reset_session,
+                    "close": api.close_session,
+                }
                 out = verb[args.verb](sid)
     except (ApiUnreachable, ApiResponseError, ApiStreamError) as e:
         print(f"error {e}" if isinstance(e, ApiResponseError) else f"error: {e}", file=sys.stderr)
@@ -130,7 +140,11 @@ def add_command(sub, api_args) -> None:
             v.add_argument("--box", type=parse_box, help="x0,y0,x1,y1 in pixels")
             v.add_argument("--point", type=parse_point, action="append", help="x,y[,fg|bg] in pixels; repeat")
             v.add_argument("--mask-rle", help="a JSON file holding one COCO RLE {size, counts} of the frame's size")
-            v.add_argument("--keep-points", action="store_true", help="add to the object's clicks on this frame (clear_old_points false)")
+            v.add_argument(
+                "--keep-points",
+                action="store_true",
+                help="add to the object's clicks on this frame (clear_old_points false)",
+            )
             v.add_argument("--out", help="write the answer here too")
         elif verb == "propagate":
             v.add_argument("--start-frame", type=int)

@@ -9,13 +9,8 @@ base64 or an ``image_id``). Every method returns the decoded JSON answer (stream
 and raises the errors of :mod:`serve_app.client.errors`: :class:`ApiResponseError` (an error status),
 :class:`ApiUnreachable` (no answer) or :class:`ApiStreamError` (a streamed answer failed midway).
 
-Routes and verbs: ``/healthz`` :meth:`~SamgraphClient.healthz`, ``/readyz`` :meth:`~SamgraphClient.readyz`,
-``/v1/stats`` :meth:`~SamgraphClient.stats`, ``/metrics`` :meth:`~SamgraphClient.metrics`; ``/v1/segment``,
-``/v1/predict``, ``/v1/masks/polygons``; ``/v1/examples`` (add, list, delete, export, import);
-``/v1/segment/video`` (whole or streamed); ``/v1/video/sessions`` (open, info, prompt, propagate, cancel,
-remove an object, reset, close).
-
-``httpx`` is imported when a client is made, not with this module.
+Every route has its verb, named after it (``/v1/video/sessions/{id}/reset``: :meth:`~SamgraphClient.reset_session`);
+a unit test holds the list to the app's routes. ``httpx`` is imported when a client is made, not with this module.
 """
 
 from __future__ import annotations
@@ -50,7 +45,8 @@ class SamgraphClient:
     """
 
     def __init__(
-        self, base_url: str, timeout_s: float = 300.0, *, transport: httpx.BaseTransport | None = None, api_key: str | None = None
+        self, base_url: str, timeout_s: float = 300.0, *, transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
         import httpx
 
@@ -59,7 +55,8 @@ class SamgraphClient:
         self.url = base_url
         key = os.environ.get(API_KEY_ENV, "") if api_key is None else api_key
         headers = {"Authorization": f"Bearer {key.strip()}"} if key.strip() else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport, headers=headers)
+        base = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=base, timeout=timeout_s, transport=transport, headers=headers)
 
     def __repr__(self) -> str:  # never the key
         return f"SamgraphClient({self.url!r})"
@@ -265,7 +262,11 @@ class SamgraphClient:
         Returns:
             ``{"model_id", "weights", "num_frames", "width", "height", "obj_ids", "frames", "timing_ms"}``.
         """
-        return self._json(self._send("POST", "/v1/segment/video", **self._body({**request, "stream": False}, "video", video, filename)))
+        return self._json(
+            self._send(
+                "POST", "/v1/segment/video", **self._body({**request, "stream": False}, "video", video, filename)
+            )
+        )
 
     def stream_video(self, request: dict, video: bytes | None = None, filename: str = "video.mp4") -> Iterator[dict]:
         """``POST /v1/segment/video`` streamed as NDJSON: the records as the tracker yields them.
@@ -289,7 +290,9 @@ class SamgraphClient:
         yield from self._frame_records("POST", "/v1/segment/video", **body)
 
     # ---------------------------------------------------------------- video sessions
-    def open_session(self, request: dict | None = None, video: bytes | None = None, filename: str = "video.mp4") -> dict:
+    def open_session(
+        self, request: dict | None = None, video: bytes | None = None, filename: str = "video.mp4"
+    ) -> dict:
         """``POST /v1/video/sessions``: decode a clip once, for prompts and propagations to come.
 
         Args:
@@ -300,7 +303,9 @@ class SamgraphClient:
         Returns:
             ``{"session_id", "num_frames", "width", "height", "expires_at", ...}``.
         """
-        return self._json(self._send("POST", "/v1/video/sessions", **self._body(request or {}, "video", video, filename)))
+        return self._json(
+            self._send("POST", "/v1/video/sessions", **self._body(request or {}, "video", video, filename))
+        )
 
     def session_info(self, session_id: str) -> dict:
         """``GET /v1/video/sessions/{session_id}``: the session's clip, objects and expiry.

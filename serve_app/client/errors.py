@@ -86,7 +86,15 @@ class ApiResponseError(ClientError):
             body = None
         err = body.get("error") if isinstance(body, dict) else None
         if isinstance(err, dict) and isinstance(err.get("code"), str) and isinstance(err.get("message"), str):
-            return cls(response.status_code, err["code"], err["message"], err.get("field"), err.get("request_id"), retry_after_s, body)
+            return cls(
+                response.status_code,
+                err["code"],
+                err["message"],
+                err.get("field"),
+                err.get("request_id"),
+                retry_after_s,
+                body,
+            )
         return cls(response.status_code, None, response.text[:500], retry_after_s=retry_after_s, body=body)
 
 

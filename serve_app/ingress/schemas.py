@@ -75,9 +75,13 @@ class GeometryIn(BaseModel):
     """``box_xyxy`` and ``points`` with their rules, shared by prompts, examples and video prompts."""
 
     model_config = STRICT
-    box_xyxy: list[float] | None = Field(default=None, min_length=4, max_length=4, description="[x0, y0, x1, y1], pixels; x1 > x0, y1 > y0")
+    box_xyxy: list[float] | None = Field(
+        default=None, min_length=4, max_length=4, description="[x0, y0, x1, y1], pixels; x1 > x0, y1 > y0"
+    )
     points: list[Annotated[list[Any], WithJsonSchema(POINT_SCHEMA)]] | None = Field(
-        default=None, max_length=MAX_POINTS, json_schema_extra={"minItems": 1}  # empty: check_points says why
+        default=None,
+        max_length=MAX_POINTS,
+        json_schema_extra={"minItems": 1},  # empty: check_points says why
     )
 
     @field_validator("box_xyxy")
@@ -167,7 +171,6 @@ class SegmentRequest(ImageRefIn):
     amg: AmgIn | None = None
 
 
-
 @derive(GaussianFade, LinearFade, ExponentialFade, optional=True)
 class FadeIn(BaseModel):
     """Context fade of the crops sent to CLIP (see ``models/fade_strategies.py``): ``strategy`` and the
@@ -198,7 +201,9 @@ COLLECTION = Annotated[str, Field(pattern=COLLECTION_PATTERN)]
 #: area and box only.
 MASK_FORMAT = Literal["rle", "png", "polygon", "none"]
 #: Simplification of ``polygon`` masks: the most a simplified ring strays from the traced outline, pixels.
-POLYGON_TOLERANCE = Annotated[float, Field(ge=0, le=64, description="polygon simplification tolerance, pixels (0: exact outline)")]
+POLYGON_TOLERANCE = Annotated[
+    float, Field(ge=0, le=64, description="polygon simplification tolerance, pixels (0: exact outline)")
+]
 LABEL_MAX_CHARS = 100
 LABEL = Annotated[str, Field(min_length=1, max_length=LABEL_MAX_CHARS)]
 
@@ -261,7 +266,9 @@ class ExampleRequest(ImageRefIn, GeometryIn):
         return PromptIn(box_xyxy=self.box_xyxy, points=self.points)
 
 
-def check_prompts_in_image(prompts: list[PromptIn], width: int, height: int, field_prefix: str | None = "prompts") -> None:
+def check_prompts_in_image(
+    prompts: list[PromptIn], width: int, height: int, field_prefix: str | None = "prompts"
+) -> None:
     """Every coordinate must lie in [0, width] x [0, height] (:func:`deployments.contracts.check_in_image`).
 
     Args:

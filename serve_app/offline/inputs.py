@@ -37,7 +37,9 @@ class BatchInput:
     coco_path: str | None = None
 
 
-def list_inputs(source: str | os.PathLike, images_dir: str | os.PathLike | None = None, limit: int | None = None) -> BatchInput:
+def list_inputs(
+    source: str | os.PathLike, images_dir: str | os.PathLike | None = None, limit: int | None = None
+) -> BatchInput:
     """Images of a folder (sorted by name, not recursive) or of a COCO annotation file.
 
     For a COCO file the images are ``images_dir/file_name``; ``images_dir`` defaults to COCO's layout, a
@@ -66,10 +68,19 @@ def list_inputs(source: str | os.PathLike, images_dir: str | os.PathLike | None 
             if p.suffix.lower() in IMAGE_SUFFIXES:
                 items.append({"path": str(p), "image_id": len(items) + 1, "anns": "[]"})
             else:
-                skipped.append((str(p), f"not an image file (suffix {p.suffix or 'none'}; expected one of {', '.join(IMAGE_SUFFIXES)})"))
+                skipped.append(
+                    (
+                        str(p),
+                        f"not an image file (suffix {p.suffix or 'none'}; expected one of {', '.join(IMAGE_SUFFIXES)})",
+                    )
+                )
         return BatchInput(items[:limit], skipped=skipped)
     data = json.loads(src.read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
         raise ValueError(f"{src} is not a COCO annotation file (needs 'images' and 'annotations' lists)")
     folder = Path(images_dir) if images_dir else _default_images_dir(src)
     if not folder.is_dir():
@@ -78,7 +89,14 @@ def list_inputs(source: str | os.PathLike, images_dir: str | os.PathLike | None 
     for ann in data["annotations"]:
         by_image.setdefault(int(ann["image_id"]), []).append(ann)
     images = sorted(data["images"], key=lambda im: int(im["id"]))[:limit]
-    items = [{"path": str(folder / im["file_name"]), "image_id": int(im["id"]), "anns": json.dumps(by_image.get(int(im["id"]), []))} for im in images]
+    items = [
+        {
+            "path": str(folder / im["file_name"]),
+            "image_id": int(im["id"]),
+            "anns": json.dumps(by_image.get(int(im["id"]), [])),
+        }
+        for im in images
+    ]
     categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
     return BatchInput(items, categories, coco_path=str(src))
 
@@ -135,7 +153,10 @@ def plan_run(
     if add_examples and not data.coco_path:
         raise ValueError("--add-examples needs a COCO annotation file as --input (its instances are the examples)")
     if add_examples and predict:
-        raise ValueError("--add-examples and --predict in one run would label images by examples of images that happen to finish first; run --add-examples first, then --predict")
+        raise ValueError(
+            "--add-examples and --predict in one run would label images by examples of images that happen to "
+            "finish first; run --add-examples first, then --predict"
+        )
     from deployments.runtime.store_checks import check_collection_name
 
     return BatchPlan(prompts, predict, add_examples, check_collection_name(collection), embeddings)

@@ -181,19 +181,63 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
 
     ds = ray.data.from_items(data.items, override_num_blocks=max(1, min(len(data.items), 64)))
     ds = add(
-        ds, "load", stages.LoadImages, prompts=plan.prompts, with_examples=plan.add_examples, categories=data.categories,
+        ds,
+        "load",
+        stages.LoadImages,
+        prompts=plan.prompts,
+        with_examples=plan.add_examples,
+        categories=data.categories,
         max_image_pixels=args.max_image_pixels,
     )
-    ds = add(ds, "encode", stages.EncodeImages, model_id=args.model_id, weights=weights, device=args.encode.device, torch_threads=args.encode.torch_threads, accel=args.encode.accel())
+    ds = add(
+        ds,
+        "encode",
+        stages.EncodeImages,
+        model_id=args.model_id,
+        weights=weights,
+        device=args.encode.device,
+        torch_threads=args.encode.torch_threads,
+        accel=args.encode.accel(),
+    )
     amg = args.amg.model_dump() if plan.prompts == "auto" else None
-    ds = add(ds, "decode", stages.DecodeMasks, model_id=args.model_id, weights=weights, device=args.decode.device, torch_threads=args.decode.torch_threads, accel=args.decode.accel(), amg=amg, max_instances=args.max_instances)
+    ds = add(
+        ds,
+        "decode",
+        stages.DecodeMasks,
+        model_id=args.model_id,
+        weights=weights,
+        device=args.decode.device,
+        torch_threads=args.decode.torch_threads,
+        accel=args.decode.accel(),
+        amg=amg,
+        max_instances=args.max_instances,
+    )
     if plan.predict or plan.add_examples or plan.embeddings:
         crop = {"context_margin": args.fader.context_margin, "output_size": args.fader.output_size}
         ds = add(ds, "fade", labels.FadeCrops, strategy=args.fader.strategy, params=dict(args.fader.params), crop=crop)
-        ds = add(ds, "embed", labels.EmbedCrops, model_name=args.clip.model_name, pretrained=args.clip.pretrained, weights=clip_weights, device=args.embed.device, torch_threads=args.embed.torch_threads)
+        ds = add(
+            ds,
+            "embed",
+            labels.EmbedCrops,
+            model_name=args.clip.model_name,
+            pretrained=args.clip.pretrained,
+            weights=clip_weights,
+            device=args.embed.device,
+            torch_threads=args.embed.torch_threads,
+        )
     if plan.predict or plan.add_examples:
         mode = "add" if plan.add_examples else "search"
-        ds = add(ds, "retrieve", labels.RetrieveLabels, store=store, collection=plan.collection, mode=mode, top_k=args.top_k, min_score=args.min_score, keep_embeddings=plan.embeddings)
+        ds = add(
+            ds,
+            "retrieve",
+            labels.RetrieveLabels,
+            store=store,
+            collection=plan.collection,
+            mode=mode,
+            top_k=args.top_k,
+            min_score=args.min_score,
+            keep_embeddings=plan.embeddings,
+        )
     return ds
 
 
@@ -278,7 +322,9 @@ def run_batch(
         ray.init(address=address, log_to_driver=False, **kwargs)
         started_here = True
     ctx = DataContext.get_current()
-    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(object_store_memory=args.object_store_mb * 2**20)
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+        object_store_memory=args.object_store_mb * 2**20
+    )
     ctx.enable_progress_bars = progress
     summary = BatchSummary(failed=[{"path": p, "error": why} for p, why in data.skipped])
     writer = ResultWriter(out_dir, with_embeddings=plan.embeddings, categories=data.categories)
@@ -307,4 +353,3 @@ def run_batch(
     summary.outputs = {"results": str(writer.results.path), "instances": str(writer.parquet.path)}
     summary.outputs["summary"] = str(write_summary(summary, out_dir))
     return summary
-

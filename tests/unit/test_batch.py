@@ -79,8 +79,21 @@ def test_bad_inputs_are_refused(tmp_path, coco_path, image_folder):
 
 
 def test_settings_overrides_are_typed_and_validated():
-    args = load_batch_args(["encode.batch_size=4", "decode.concurrency=2", "encode.num_gpus=0.5", "amg.points_per_side=8", "weights=random"])
-    assert (args.encode.batch_size, args.decode.concurrency, args.encode.num_gpus, args.amg.points_per_side) == (4, 2, 0.5, 8)
+    args = load_batch_args(
+        [
+            "encode.batch_size=4",
+            "decode.concurrency=2",
+            "encode.num_gpus=0.5",
+            "amg.points_per_side=8",
+            "weights=random",
+        ]
+    )
+    assert (args.encode.batch_size, args.decode.concurrency, args.encode.num_gpus, args.amg.points_per_side) == (
+        4,
+        2,
+        0.5,
+        8,
+    )
     assert args.weights == "random"
     with pytest.raises(ValueError, match=r"encode\.batch_size"):
         load_batch_args(["encode.batch_size=0"])
@@ -90,7 +103,9 @@ def test_settings_overrides_are_typed_and_validated():
         apply_overrides({}, ["encode.batch_size"])
     # the defaults fit a 2-core machine and match the online service's
     d = BatchArgs()
-    assert sum(getattr(d, s).num_cpus for s in ("load", "encode", "decode", "fade", "embed", "retrieve")) == pytest.approx(2.0)
+    assert sum(
+        getattr(d, s).num_cpus for s in ("load", "encode", "decode", "fade", "embed", "retrieve")
+    ) == pytest.approx(2.0)
     assert (d.top_k, d.min_score, d.max_instances) == (5, 0.0, 20)
 
 
@@ -108,12 +123,16 @@ def test_load_stage_reports_unreadable_files_and_builds_prompts(image_folder, co
     boxes = batch_rows(LoadImages("coco-boxes", True, data.categories, 50_000_000)(_input_batch(data.items)))
     anns = json.loads(data.items[1]["anns"])
     x, y, w, h = anns[0]["bbox"]
-    assert boxes[1]["prompts"][0] == {"ann_id": anns[0]["id"], "category_id": anns[0]["category_id"], "box_xyxy": [x, y, x + w, y + h]}
+    assert boxes[1]["prompts"][0] == {
+        "ann_id": anns[0]["id"],
+        "category_id": anns[0]["category_id"],
+        "box_xyxy": [x, y, x + w, y + h],
+    }
     assert len(boxes[1]["examples"]) == len([a for a in anns if not a["iscrowd"]])
     assert boxes[1]["examples"][0]["label"] == data.categories[anns[0]["category_id"]]
     points = batch_rows(LoadImages("center-points", False, data.categories, 50_000_000)(_input_batch(data.items)))
     for p, ex in zip(points[1]["prompts"], boxes[1]["examples"]):
-        (px, py, label), = p["points"]
+        ((px, py, label),) = p["points"]
         assert label == 1 and decode_rle(ex["rle"])[py, px]  # the click lies inside its object
 
 
@@ -147,8 +166,16 @@ def _inst(mask, label=None, category_id=None, ann_id=None):
     from models.masks import encode_masks
 
     enc = encode_masks(mask[None], "rle")[0]
-    return {**enc, "predicted_iou": 0.8, "stability_score": 0.9, "ann_id": ann_id, "category_id": category_id, "label": label,
-            "confidence": 0.5 if label else 0.0, "embedded": True}
+    return {
+        **enc,
+        "predicted_iou": 0.8,
+        "stability_score": 0.9,
+        "ann_id": ann_id,
+        "category_id": category_id,
+        "label": label,
+        "confidence": 0.5 if label else 0.0,
+        "embedded": True,
+    }
 
 
 def test_result_writer_outputs_load_in_pycocotools_and_parquet(tmp_path, coco_path):
@@ -164,7 +191,9 @@ def test_result_writer_outputs_load_in_pycocotools_and_parquet(tmp_path, coco_pa
     m2[100:200, 100:110] = True
     writer = ResultWriter(tmp_path / "out", with_embeddings=True, categories={16: "bird"})
     assert not (tmp_path / "out" / "results.json").exists()  # nothing visible before commit
-    writer.add(_row("a.jpg", 41888, [_inst(m1, label="bird"), _inst(m2, label="dragon")], np.eye(2, 4, dtype=np.float32)))
+    writer.add(
+        _row("a.jpg", 41888, [_inst(m1, label="bird"), _inst(m2, label="dragon")], np.eye(2, 4, dtype=np.float32))
+    )
     writer.close()
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results[0]["bbox"] == [30, 10, 20, 10] and results[0]["category_id"] == 16
@@ -214,4 +243,3 @@ def test_load_stage_reports_an_image_it_cannot_prompt(coco_path):
         LoadImages("boxes", False, {}, 50_000_000)
     (row,) = batch_rows(LoadImages("coco-boxes", False, data.categories, 50_000_000)(_input_batch([item])))
     assert row["error"].startswith("ValueError") and row["prompts"] == [] and row["prompt_specs"] == []
-

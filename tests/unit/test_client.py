@@ -13,7 +13,14 @@ from serve_app.cli import main as cli
 from serve_app.client import ApiResponseError, ApiStreamError, ApiUnreachable, SamgraphClient
 
 URL = "http://samgraph.test:8000"
-ERROR = {"error": {"code": "invalid_request", "message": "prompts[0].box_xyxy: x1 must be > x0", "field": "prompts[0].box_xyxy", "request_id": "r1"}}
+ERROR = {
+    "error": {
+        "code": "invalid_request",
+        "message": "prompts[0].box_xyxy: x1 must be > x0",
+        "field": "prompts[0].box_xyxy",
+        "request_id": "r1",
+    }
+}
 
 
 def _client(handler) -> SamgraphClient:
@@ -44,7 +51,11 @@ def test_overload_carries_retry_after_and_a_foreign_body_its_text():
     api = _client(lambda req: httpx.Response(503, json=busy, headers={"Retry-After": "2"}))
     with pytest.raises(ApiResponseError) as info:
         api.stats()
-    assert (info.value.code, info.value.retry_after_s, str(info.value)) == ("overloaded", 2.0, "503 overloaded: retry later")
+    assert (info.value.code, info.value.retry_after_s, str(info.value)) == (
+        "overloaded",
+        2.0,
+        "503 overloaded: retry later",
+    )
     api = _client(lambda req: httpx.Response(502, text="<html>bad gateway</html>"))
     with pytest.raises(ApiResponseError) as info:
         api.list_examples()
@@ -79,7 +90,11 @@ def test_image_calls_send_multipart_or_json():
     assert b'name="image"; filename="a.jpg"' in body and b'{"collection": "c"}' in body
     assert as_json.url.path == "/v1/examples" and json.loads(as_json.read())["label"] == "cat"
     assert dict(listing.url.params) == {"collection": "c", "label": "cat"}
-    assert (delete.method, delete.url.path, dict(delete.url.params)) == ("DELETE", "/v1/examples/abc", {"collection": "c"})
+    assert (delete.method, delete.url.path, dict(delete.url.params)) == (
+        "DELETE",
+        "/v1/examples/abc",
+        {"collection": "c"},
+    )
 
 
 def test_readyz_answers_not_ready_without_raising():
@@ -97,7 +112,11 @@ def test_stream_video_yields_records_and_raises_on_failures():
 
         return _client(handler)
 
-    assert [r["type"] for r in stream(_ndjson(START, FRAME, END)).stream_video({"objects": []})] == ["start", "frame", "end"]
+    assert [r["type"] for r in stream(_ndjson(START, FRAME, END)).stream_video({"objects": []})] == [
+        "start",
+        "frame",
+        "end",
+    ]
     assert sent[0] == {"objects": [], "stream": True}
     failed = {"type": "error", "error": {"code": "internal", "message": "tracking failed midway"}}
     with pytest.raises(ApiStreamError) as info:
@@ -111,7 +130,11 @@ def test_stream_video_yields_records_and_raises_on_failures():
 
 def _any_route(req: httpx.Request) -> httpx.Response:
     """A fake service that answers every call: NDJSON for the streams, text for /metrics, JSON else."""
-    if req.url.path.endswith("/propagate") or req.url.path == "/v1/segment/video" and b'"stream":true' in req.read().replace(b" ", b""):
+    if (
+        req.url.path.endswith("/propagate")
+        or req.url.path == "/v1/segment/video"
+        and b'"stream":true' in req.read().replace(b" ", b"")
+    ):
         return httpx.Response(200, content=_ndjson(START, FRAME, END))
     if req.url.path == "/v1/examples/export":
         return httpx.Response(200, content=b'{"type":"header"}\n{"type":"end"}\n')
@@ -142,15 +165,28 @@ def test_every_route_of_the_app_has_a_public_verb():
 
     api, sid = _client(record), "s1"
     calls = [
-        api.healthz, api.readyz, api.stats, api.metrics,
-        lambda: api.segment({}), lambda: api.predict({}), lambda: api.polygons({"masks": []}),
-        lambda: api.add_example({}), api.list_examples, lambda: api.delete_example("e1"),
-        lambda: list(api.export_examples()), lambda: api.import_examples(b"{}"),
-        lambda: api.segment_video({}), lambda: list(api.stream_video({})),
-        lambda: api.open_session({}, video=b"mp4"), lambda: api.session_info(sid),
+        api.healthz,
+        api.readyz,
+        api.stats,
+        api.metrics,
+        lambda: api.segment({}),
+        lambda: api.predict({}),
+        lambda: api.polygons({"masks": []}),
+        lambda: api.add_example({}),
+        api.list_examples,
+        lambda: api.delete_example("e1"),
+        lambda: list(api.export_examples()),
+        lambda: api.import_examples(b"{}"),
+        lambda: api.segment_video({}),
+        lambda: list(api.stream_video({})),
+        lambda: api.open_session({}, video=b"mp4"),
+        lambda: api.session_info(sid),
         lambda: api.session_prompt(sid, {"frame_index": 0, "obj_id": 1, "points": [[1, 1, 1]]}),
-        lambda: list(api.propagate_session(sid, {"direction": "both"})), lambda: api.cancel_propagation(sid),
-        lambda: api.remove_session_object(sid, 1), lambda: api.reset_session(sid), lambda: api.close_session(sid),
+        lambda: list(api.propagate_session(sid, {"direction": "both"})),
+        lambda: api.cancel_propagation(sid),
+        lambda: api.remove_session_object(sid, 1),
+        lambda: api.reset_session(sid),
+        lambda: api.close_session(sid),
     ]
     for call in calls:
         call()
@@ -164,7 +200,9 @@ def fake_service(monkeypatch):
     """Point the CLI's client at a handler: ``fake_service(handler)``."""
 
     def use(handler):
-        monkeypatch.setattr(cli, "_client", lambda args: SamgraphClient(args.api, args.timeout, transport=httpx.MockTransport(handler)))
+        monkeypatch.setattr(
+            cli, "_client", lambda args: SamgraphClient(args.api, args.timeout, transport=httpx.MockTransport(handler))
+        )
 
     return use
 
@@ -174,7 +212,10 @@ def test_cli_reports_api_errors_and_unreachable_service(fake_service, tmp_path, 
     image.write_bytes(b"jpeg")
     fake_service(lambda req: httpx.Response(422, json=ERROR))
     assert cli.main(["segment", "--api", URL, "--image", str(image), "--box", "3,0,1,1"]) == 1
-    assert capsys.readouterr().err == "error 422 invalid_request: prompts[0].box_xyxy: x1 must be > x0 (field prompts[0].box_xyxy)\n"
+    assert (
+        capsys.readouterr().err
+        == "error 422 invalid_request: prompts[0].box_xyxy: x1 must be > x0 (field prompts[0].box_xyxy)\n"
+    )
 
     def refuse(req):
         raise httpx.ConnectError("connection refused")
@@ -189,9 +230,17 @@ def test_cli_ping_and_examples_list_print_the_answer(fake_service, capsys):
     fake_service(lambda req: httpx.Response(503, json={"status": "not_ready", "reason": "warming up"}))
     assert cli.main(["ping", "--api", URL]) == 1
     assert json.loads(capsys.readouterr().out) == {"status": "not_ready", "reason": "warming up"}
-    fake_service(lambda req: httpx.Response(200, json={"collection": "default", "total": 3, "dim": 512, "counts": {"cat": 2, "bus": 1}}))
+    fake_service(
+        lambda req: httpx.Response(
+            200, json={"collection": "default", "total": 3, "dim": 512, "counts": {"cat": 2, "bus": 1}}
+        )
+    )
     assert cli.main(["examples", "list", "--api", URL]) == 0
-    assert capsys.readouterr().out.splitlines() == ["collection default: 3 examples, 512-d", f"  {'bus':<30} {1:>6}", f"  {'cat':<30} {2:>6}"]
+    assert capsys.readouterr().out.splitlines() == [
+        "collection default: 3 examples, 512-d",
+        f"  {'bus':<30} {1:>6}",
+        f"  {'cat':<30} {2:>6}",
+    ]
 
 
 def test_cli_video_streams_progress_and_writes_the_result(fake_service, tmp_path, capsys):
@@ -205,7 +254,10 @@ def test_cli_video_streams_progress_and_writes_the_result(fake_service, tmp_path
     assert captured.err.splitlines() == ["warning: random weights", f"frame     0 (1 done) {12.0:8.0f} ms  0: 42 px"]
     assert json.loads(captured.out) == {"frames": 1, "obj_ids": [0], "timing_ms": {"total": 20.0}}
     result = json.loads(out.read_text())
-    assert result["frames"] == [{k: v for k, v in FRAME.items() if k != "type"}] and result["timing_ms"] == END["timing_ms"]
+    assert (
+        result["frames"] == [{k: v for k, v in FRAME.items() if k != "type"}]
+        and result["timing_ms"] == END["timing_ms"]
+    )
     failed = {"type": "error", "error": {"code": "internal", "message": "tracking failed midway"}}
     fake_service(lambda req: httpx.Response(200, content=_ndjson(START, failed)))
     assert cli.main(["video", "--api", URL, "--frames", str(frames), "--box", "1,2,3,4"]) == 1

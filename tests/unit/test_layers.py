@@ -75,7 +75,9 @@ def test_models_import_no_serving_or_network(path):
 @pytest.mark.parametrize("path", DEPLOYMENTS, ids=_rel)
 def test_deployments_import_nothing_above(path):
     roots = _imported_roots(ast.parse(path.read_text(), filename=str(path)))
-    assert not roots & ABOVE_DEPLOYMENTS, f"{_rel(path)} imports {sorted(roots & ABOVE_DEPLOYMENTS)}: arrows point down only"
+    assert not roots & ABOVE_DEPLOYMENTS, (
+        f"{_rel(path)} imports {sorted(roots & ABOVE_DEPLOYMENTS)}: arrows point down only"
+    )
 
 
 @pytest.mark.parametrize("path", RUNTIME, ids=_rel)
@@ -125,7 +127,9 @@ def test_import_checker_catches_violations():
     assert "deployments.decoder" in _imported_modules(tree)  # `from deployments import decoder` names the stage
     # an ingress import inside a function, in both forms, is seen by the below-HTTP rule
     assert _http_imports(_imported_modules(tree)) >= {"serve_app.ingress.schemas", "serve_app.ingress.schemas.PromptIn"}
-    assert _http_imports(_imported_modules(ast.parse("def g():\n    from serve_app import ingress\n"))) == {"serve_app.ingress"}
+    assert _http_imports(_imported_modules(ast.parse("def g():\n    from serve_app import ingress\n"))) == {
+        "serve_app.ingress"
+    }
     assert not _http_imports(_imported_modules(ast.parse("import serve_app.ingress_like\n")))
     assert any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "open" for n in ast.walk(tree))
     with pytest.raises(AssertionError, match="relative import"):

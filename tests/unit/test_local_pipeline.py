@@ -21,7 +21,13 @@ def pipe():
 
     sam = build_sam2_model("sam2.1_hiera_tiny", seed=0)
     amg = AmgSettings(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    return LocalPipeline(Sam2ImageEncoder(sam), Sam2MaskDecoder(sam), build_clip("ViT-B-32", seed=0), ExampleStore(in_memory=True), amg=amg)
+    return LocalPipeline(
+        Sam2ImageEncoder(sam),
+        Sam2MaskDecoder(sam),
+        build_clip("ViT-B-32", seed=0),
+        ExampleStore(in_memory=True),
+        amg=amg,
+    )
 
 
 def test_segment_equals_the_reference_predictor(pipe, truck_rgb):
