@@ -62,8 +62,8 @@ def test_needs_embedder_and_store(truck_rgb, pipe):
 def test_segment_takes_prompt_dicts_and_names_the_field_at_fault(pipe, truck_rgb):
     """Dicts in ``/v1/segment``'s form give the masks of the same :class:`Prompt`; a bad one is refused
     before any encoding, naming its field."""
-    (as_dict,) = pipe.segment(truck_rgb, [{"points": [[900, 500, "fg"]]}])
-    (as_prompt,) = pipe.segment(truck_rgb, [Prompt(point_coords=[[900, 500]], point_labels=[1])])
+    click = Prompt(point_coords=[[900, 500]], point_labels=[1])
+    as_dict, as_prompt = pipe.segment(truck_rgb, [{"points": [[900, 500, "fg"]]}, click])  # one encode
     assert as_dict.masks.shape[0] == 3  # a lone click: SAM's three candidates
     np.testing.assert_array_equal(as_dict.masks, as_prompt.masks)
     with pytest.raises(PromptError, match=r"prompts\[1\]\.box_xyxy: x1 must be greater than x0") as info:
