@@ -61,6 +61,8 @@ def check_box(box: Sequence[float] | None) -> list[float] | None:
     """
     if box is None:
         return None
+    if isinstance(box, (str, bytes)) or not isinstance(box, (Sequence, np.ndarray)):
+        raise ValueError(f"box must be 4 numbers [x0, y0, x1, y1]; got {type(box).__name__}")
     values = list(np.asarray(box).reshape(-1)) if isinstance(box, np.ndarray) else list(box)
     if len(values) != 4:
         raise ValueError(f"box must be 4 numbers [x0, y0, x1, y1]; got {len(values)}")
@@ -86,6 +88,8 @@ def check_points(points: Sequence[Sequence[Any]] | None) -> list[list[float]] | 
     """
     if points is None:
         return None
+    if isinstance(points, (str, bytes)) or not isinstance(points, (Sequence, np.ndarray)):
+        raise ValueError(f"points must be a list of [x, y, label]; got {type(points).__name__}")
     if len(points) == 0:
         raise ValueError("points must not be empty; leave it out instead")
     out = []
@@ -253,7 +257,7 @@ class Prompt:
         coords = labels = None
         try:
             rows = check_points(data.get("points"))
-        except (TypeError, ValueError) as e:
+        except ValueError as e:
             raise PromptError(str(e), f"{where}points") from None
         if rows is not None:
             array = np.asarray(rows, np.float64)
