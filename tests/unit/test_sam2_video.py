@@ -214,6 +214,9 @@ def _assert_same_as_sam2(got: list[FrameMasks], expected: dict, obj_ids: tuple[i
 def test_image_size_override_is_sam2s(video_model, reference):
     assert video_model.image_size == reference.image_size == IMAGE_SIZE
     assert video_model.sam_image_embedding_size == reference.sam_image_embedding_size == IMAGE_SIZE // 16
+    # ours keeps corrections as conditioning frames (what sessions need), sam2's config does not: the
+    # tracking tests below, all prompts before tracking, show that this changes no mask there
+    assert video_model.add_all_frames_to_correct_as_cond is True and reference.add_all_frames_to_correct_as_cond is False
 
 
 def test_long_clip_matches_sam2_with_a_bounded_state(video_model, reference, tmp_path):
