@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from typing import Literal
 
 import numpy as np
@@ -245,22 +246,23 @@ class VideoSession:
         # a cancel) before the backward pass reaches the start frame leaves the forward result kept,
         # and that one is yielded instead.
         held: FrameMasks | None = None
-        for item in self._pass(start_frame, track, False, cancelled):
-            if held is None and start_frame is None:
-                start_frame = item.frame_index  # sam2's default start: the first frame it tracks
-            if held is None and item.frame_index == start_frame and start_frame > 0:
-                held = item
-                continue
-            yield item
+        with closing(self._pass(start_frame, track, False, cancelled)) as forward:
+            for item in forward:
+                if held is None and start_frame is None:
+                    start_frame = item.frame_index  # sam2's default start: the first frame it tracks
+                if held is None and item.frame_index == start_frame and start_frame > 0:
+                    held = item
+                    continue
+                yield item
         if held is None:
             return
-        backward = self._pass(start_frame, track, True, cancelled)
-        first = next(backward, None)
-        if first is None:  # cancelled before the backward pass began
-            yield held
-            return
-        yield first  # the start frame, as the backward pass leaves it
-        yield from backward
+        with closing(self._pass(start_frame, track, True, cancelled)) as backward:
+            first = next(backward, None)
+            if first is None:  # cancelled before the backward pass began
+                yield held
+                return
+            yield first  # the start frame, as the backward pass leaves it
+            yield from backward
 
     def _pass(self, start: int | None, track: int | None, backward: bool, cancelled) -> Iterator[FrameMasks]:
         """One ``propagate_in_video`` call: every frame it tracks, the start frame first."""

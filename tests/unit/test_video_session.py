@@ -131,6 +131,11 @@ def test_cancel_stops_before_the_next_frame_and_rules(video_model):
     session.add_prompt(2, FramePrompt(2, point_coords=np.array([BEDROOM_POINT], np.float32), point_labels=np.array([1], np.int32)))
     got = list(session.propagate(0, 2))
     assert [f.frame_index for f in got] == [0, 1] and all(f.obj_ids == (1, 2) and f.masks[1].any() for f in got)
+    # "both" cancelled before its backward pass: the start frame comes last, as the forward pass left it
+    done = []
+    for fm in session.propagate(1, 2, "both", cancelled=lambda: len(done) == 1):
+        done.append(fm)
+    assert [f.frame_index for f in done] == [2, 1] and np.array_equal(done[1].masks, _kept(session, 1))
     with pytest.raises(KeyError):
         session.remove_object(9)
     session.reset()
