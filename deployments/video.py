@@ -8,6 +8,11 @@ Interactive sessions (``open_session`` ... ``close_session``) live in the replic
 first and is routed by it (``handle.options(session_id=...)`` with the consistent-hash
 :class:`~deployments.runtime.affinity.KeyAffinityRouter`, no fallback replica), so it reaches the replica
 that holds the session. A replica that does not hold an id answers ``session_lost``, never a mask.
+
+Both use one model, built with sam2's ``add_all_frames_to_correct_as_cond`` on
+(:func:`models.sam2_video.build_sam2_video_model`'s default): sessions need it, so that a correction is a
+conditioning frame that later propagations keep; the one-shot path never reads it, since all its prompts
+come before tracking and are conditioning frames either way.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ def build_sam2_video_model(
     seed: int | None = None,
     device: str | torch.device = "cpu",
     image_size: int | None = None,
+    add_all_frames_to_correct_as_cond: bool = True,
 ) -> torch.nn.Module:
     """Build sam2's ``SAM2VideoPredictor`` for a registry model, with given or seeded random weights.
 
@@ -75,6 +76,15 @@ def build_sam2_video_model(
             recomputed for the smaller feature map. Smaller is faster (256: 16x16 image embeddings
             instead of 64x64) and coarser; the tests use it to track long clips in seconds, and sam2's
             own ``build_sam2_video_predictor(..., hydra_overrides_extra=[...])`` builds the same model.
+        add_all_frames_to_correct_as_cond: sam2's flag of that name, passed as the Hydra override
+            ``++model.add_all_frames_to_correct_as_cond=true|false`` (SAM 2.1's configs leave it off).
+            True (the default): a prompt on a frame the object was already tracked on (a correction)
+            is stored as a conditioning frame, so every later propagation returns it unchanged and
+            tracks the other frames with it in memory; False: it is stored as an ordinary tracked frame
+            and the next propagation recomputes that frame without the clicks (facebookresearch/sam2
+            issues 719 and 731). sam2 reads it only when a prompt lands on an already tracked frame;
+            prompts added before any propagation (all of the one-shot endpoint's) are conditioning
+            frames either way, so one model with the flag on serves both.
 
     Returns:
         The ``SAM2VideoPredictor`` in eval mode.
@@ -90,6 +100,7 @@ def build_sam2_video_model(
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 32):
         raise ValueError(f"image_size must be a positive multiple of 32 (e.g. 256, 512, 1024), got {image_size!r}")
     overrides = [] if image_size is None else [f"++model.image_size={image_size}"]
+    overrides.append(f"++model.add_all_frames_to_correct_as_cond={str(bool(add_all_frames_to_correct_as_cond)).lower()}")
     from sam2.build_sam import build_sam2_video_predictor  # heavy, sets up Hydra: import on use only
 
     if state_dict is None:
@@ -241,7 +252,9 @@ class Sam2VideoTracker:
 
         The first item yielded is a dict ``{"init_ms": float}`` (state set-up, frame 0's encoding and the
         prompts); then the frames in processing order: forward from ``start_frame``, then, with
-        ``reverse``, backward from ``start_frame - 1``. Each frame appears once.
+        ``reverse``, backward from ``start_frame``. Each frame appears once, with its last result: the
+        reverse pass tracks the start frame again, so with ``reverse`` the start frame comes from it,
+        after the forward frames (unless the start is frame 0, where sam2 runs no reverse pass).
 
         Args:
             frames: (N, H, W, 3) uint8 RGB.
@@ -266,14 +279,15 @@ class Sam2VideoTracker:
             start_frame = min(p.frame_index for obj in objects for p in obj.prompts)
         yield {"init_ms": (time.perf_counter() - t0) * 1e3}
         track = None if max_frames is None else max_frames - 1
-        emitted: set[int] = set()
         for backward in (False, True) if reverse else (False,):
             # The reverse pass starts from the forward pass's first frames: keep them until it has run.
             keep_near = start_frame if reverse and not backward else None
-            yield from self._pass(state, start_frame, track, backward, emitted, keep_near)
+            # ... and tracks the start frame again (from frame 0 it tracks nothing): report that result
+            skip = start_frame if reverse and not backward and start_frame > 0 else None
+            yield from self._pass(state, start_frame, track, backward, skip, keep_near)
 
     def _pass(
-        self, state: dict, start: int, track: int | None, backward: bool, emitted: set[int], keep_near: int | None
+        self, state: dict, start: int, track: int | None, backward: bool, skip: int | None, keep_near: int | None
     ) -> Iterator[FrameMasks]:
         p, s = self.predictor, self.settings
         gen = p.propagate_in_video(state, start_frame_idx=start, max_frame_num_to_track=track, reverse=backward)
@@ -288,9 +302,8 @@ class Sam2VideoTracker:
             masks = (video_res_masks[:, 0] > s.mask_threshold).cpu().numpy()
             dt = (time.perf_counter() - t0) * 1e3
             self._prune(state, frame_idx, keep_near)
-            if frame_idx in emitted:  # the start frame again, on the reverse pass
+            if frame_idx == skip:
                 continue
-            emitted.add(frame_idx)
             yield FrameMasks(frame_idx, obj_ids, masks, scores, dt)
 
     @staticmethod

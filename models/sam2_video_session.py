@@ -6,6 +6,13 @@ backend): add points or a box (:meth:`VideoSession.add_prompt`, sam2's ``add_new
 propagation (a correction); propagate forward or backward from a frame (``propagate_in_video``); remove
 an object (``remove_object``); reset every prompt (``reset_state``).
 
+**Corrections are conditioning frames.** The predictor must be built with sam2's
+``add_all_frames_to_correct_as_cond`` on (:func:`models.sam2_video.build_sam2_video_model` does so):
+a prompt on a frame the object was already tracked on is then kept as a conditioning frame, which
+every later propagation returns as the prompt answered it and reads as memory for the other frames.
+With the flag off (SAM 2.1's config), sam2 stores such a prompt as an ordinary tracked frame and the
+next propagation recomputes the frame without it: the correction is lost (sam2 issues 719, 731).
+
 Unlike :class:`models.sam2_video.Sam2VideoTracker`, a session never prunes outputs: a later correction
 reads the prompted frame's previous logits and the memories of the frames around it, so dropping any of
 them would change the masks. Memory is bounded instead by the caller, from :meth:`VideoSession.nbytes`
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from typing import Literal
 
 import numpy as np
@@ -90,10 +98,16 @@ class VideoSession:
             (the one-shot endpoint): a correction after pruning would differ from sam2's.
 
     Raises:
-        ValueError: ``frames`` has the wrong shape or dtype.
+        ValueError: ``frames`` has the wrong shape or dtype; ``prune`` is False and the predictor does
+            not keep corrections (its ``add_all_frames_to_correct_as_cond`` is off).
     """
 
     def __init__(self, predictor: torch.nn.Module, frames: np.ndarray, settings: VideoSettings | None = None, prune: bool = False) -> None:
+        if not prune and not getattr(predictor, "add_all_frames_to_correct_as_cond", False):
+            raise ValueError(
+                "an interactive session needs a predictor with add_all_frames_to_correct_as_cond on (else the next "
+                "propagation drops a correction); build it with models.sam2_video.build_sam2_video_model"
+            )
         self._tracker = Sam2VideoTracker(predictor, settings)
         self.predictor = predictor
         self.prune = prune
@@ -192,9 +206,15 @@ class VideoSession:
         """Track every object from ``start_frame``; yields one :class:`FrameMasks` per frame as it is done.
 
         ``forward`` and ``backward`` are sam2's ``propagate_in_video(reverse=False / True)``; ``both`` is
-        forward then backward from the same start frame (which is yielded once). ``cancelled()`` is
+        forward then backward from the same start frame, as Meta's demo backend runs them. Each frame is
+        yielded once, with the masks the state keeps for it: with ``both`` the backward pass tracks the
+        start frame again (sam2 keeps that result), so the start frame comes after the forward frames,
+        from the backward pass (first, from the forward pass, when the start is frame 0, where sam2 runs
+        no backward pass). An object is tracked on every frame, also on frames before its first prompt
+        (from its prompts' memories; see :mod:`models.sam2_video` on the dtype). ``cancelled()`` is
         asked before every frame: when it answers True the propagation stops there (the frames done so
-        far stay in the state, as when sam2's generator is closed).
+        far stay in the state, as when sam2's generator is closed; a start frame held back for the
+        backward pass is yielded then, as the forward pass left it).
 
         Args:
             start_frame: first frame; None: the earliest prompted frame (sam2's default).
@@ -216,11 +236,36 @@ class VideoSession:
         if not self.state["obj_ids"]:
             raise PromptError("no object has a prompt yet; add a prompt first")
         track = None if max_frames is None else max_frames - 1
-        emitted: set[int] = set()
-        for backward in {"forward": (False,), "backward": (True,), "both": (False, True)}[direction]:
-            yield from self._pass(start_frame, track, backward, emitted, cancelled)
+        if direction != "both":
+            yield from self._pass(start_frame, track, direction == "backward", cancelled)
+            return
+        # "both": sam2's forward pass, then its backward pass from the same start frame, which tracks the
+        # start frame again (from the frames after it) and keeps that result. So the forward pass's
+        # result for the start frame is held back and the backward pass's is yielded: what is streamed
+        # for a frame is what the state keeps. From frame 0 sam2 runs no backward pass; a stop (or
+        # a cancel) before the backward pass reaches the start frame leaves the forward result kept,
+        # and that one is yielded instead.
+        held: FrameMasks | None = None
+        with closing(self._pass(start_frame, track, False, cancelled)) as forward:
+            for item in forward:
+                if held is None and start_frame is None:
+                    start_frame = item.frame_index  # sam2's default start: the first frame it tracks
+                if held is None and item.frame_index == start_frame and start_frame > 0:
+                    held = item
+                    continue
+                yield item
+        if held is None:
+            return
+        with closing(self._pass(start_frame, track, True, cancelled)) as backward:
+            first = next(backward, None)
+            if first is None:  # cancelled before the backward pass began
+                yield held
+                return
+            yield first  # the start frame, as the backward pass leaves it
+            yield from backward
 
-    def _pass(self, start: int | None, track: int | None, backward: bool, emitted: set[int], cancelled) -> Iterator[FrameMasks]:
+    def _pass(self, start: int | None, track: int | None, backward: bool, cancelled) -> Iterator[FrameMasks]:
+        """One ``propagate_in_video`` call: every frame it tracks, the start frame first."""
         p = self.predictor
         with torch.inference_mode():
             gen = p.propagate_in_video(self.state, start_frame_idx=start, max_frame_num_to_track=track, reverse=backward)
@@ -232,25 +277,12 @@ class VideoSession:
                         frame_idx, _, video_res_masks = next(gen)
                     except StopIteration:
                         return
-                    except RuntimeError as e:
-                        if "same dtype" not in str(e):
-                            raise
-                        # sam2 keeps memories in bfloat16; an object with no prompt before the start (in
-                        # this direction) leaves only those as memory, which meet float32 weights
-                        raise PromptError(
-                            f"an object has no prompt at or {'after' if backward else 'before'} frame {start} and no "
-                            "tracked frame next to it; propagate from one of its prompted frames first",
-                            field="start_frame",
-                        ) from None
                     if start is None:  # sam2's default start: the first frame it yields
                         start = frame_idx
                     out = self._frame(frame_idx, video_res_masks, 0.0)
                 self.frames_tracked += 1
                 if self.prune:
                     self._tracker._prune(self.state, frame_idx, start)
-                if frame_idx in emitted:  # the start frame again, on the backward pass of "both"
-                    continue
-                emitted.add(frame_idx)
                 yield FrameMasks(out.frame_index, out.obj_ids, out.masks, out.object_score_logits, (time.perf_counter() - t0) * 1e3)
         finally:
             gen.close()

@@ -3,7 +3,9 @@
 replicas with their bound and TTL.
 
 Each tracked frame costs one SAM 2 encoding at 1024 px (seconds on 2 cores), so clips are short: 3
-bedroom frames for parity, 6 for cancellation, 2 per session elsewhere.
+bedroom frames for parity, 6 for cancellation, 2 per session elsewhere. sam2's predictor is built with
+``add_all_frames_to_correct_as_cond`` on, as the service builds its own, so that a correction click is a
+conditioning frame on both sides.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import pytest
 
 from models.masks import decode_rle
 from tests.conftest import BEDROOM_BOX, MODEL_ID, bedroom_frames
-from tests.video_sequence import assert_same, run_reference, sequence
+from tests.video_sequence import CORRECT_AS_COND, LAST, assert_correction_kept, assert_same, run_reference, sequence
 
-PARITY_FRAMES, PARITY_LATER = 3, 1
+PARITY_FRAMES, PARITY_LATER = 3, 2
 PARITY_STEPS = sequence(PARITY_LATER)
 
 
@@ -75,11 +77,17 @@ def reference_steps(tiny_checkpoint, tmp_path_factory):
     for p in bedroom_frames(PARITY_FRAMES):
         (folder / p.name).symlink_to(p)
     torch.set_num_threads(2)
-    predictor = build_sam2_video_predictor(get_sam2_checkpoint(MODEL_ID).config, ckpt_path=str(tiny_checkpoint), device="cpu")
-    return run_reference(predictor, predictor.init_state(video_path=str(folder)), PARITY_STEPS)
+    config = get_sam2_checkpoint(MODEL_ID).config
+    predictor = build_sam2_video_predictor(config, ckpt_path=str(tiny_checkpoint), device="cpu", hydra_overrides_extra=[CORRECT_AS_COND])
+    superseded: dict = {}
+    return run_reference(predictor, predictor.init_state(video_path=str(folder)), PARITY_STEPS, superseded), superseded
 
 
 def test_correction_sequence_over_http_equals_sam2(client, reference_steps):
+    """Bit for bit with sam2; the correction survives the next propagation; the last propagation (both
+    ways from frame 1, where the one object left has no prompt) streams frame 1 once, with the result sam2
+    keeps (its backward pass's), not the forward pass's."""
+    reference_steps, superseded = reference_steps
     opened = _open(client, [{"base64": _b64(p.read_bytes())} for p in bedroom_frames(PARITY_FRAMES)])
     sid = opened["session_id"]
     assert (opened["num_frames"], opened["width"], opened["height"], opened["obj_ids"]) == (PARITY_FRAMES, 960, 540, [])
@@ -106,6 +114,9 @@ def test_correction_sequence_over_http_equals_sam2(client, reference_steps):
             assert r.status_code == 200, r.text
             ours.append({f["frame_index"]: (r.json()["obj_ids"], _masks(f["objects"])) for f in r.json()["frames"]})
     assert_same(ours, reference_steps, PARITY_STEPS)
+    assert_correction_kept(ours, PARITY_STEPS)
+    assert list(ours[LAST]) == [2, 1, 0]
+    assert not np.array_equal(superseded[LAST][1], ours[LAST][1][1]), "frame 1's two results agree: a vacuous check"
     assert client.delete(f"/v1/video/sessions/{sid}").json() == {"session_id": sid, "closed": True}
 
 
@@ -272,7 +283,8 @@ def test_sessions_spread_over_two_replicas_each_call_finds_its_session_and_the_b
 
 
 def test_cli_session_flow(app_url, tmp_path, capsys):
-    """`samgraph video-session` open, prompt, propagate, info, close on a folder of frames."""
+    """`samgraph video-session` open, prompt, propagate, info, a correction click on a tracked frame and a
+    propagation both ways that keeps it, close, on a folder of frames."""
     from serve_app.cli.main import main
 
     folder = tmp_path / "clip"
@@ -292,6 +304,12 @@ def test_cli_session_flow(app_url, tmp_path, capsys):
     summary = run("propagate", sid, "--out", str(out))
     assert summary["frames"] == 2 and [f["frame_index"] for f in json.loads(out.read_text())["frames"]] == [0, 1]
     assert run("info", sid)["frames_tracked"] == 2
+    first = json.loads(out.read_text())["frames"][1]["objects"][0]["rle"]
+    corrected = run("prompt", sid, "--frame-index", "1", "--obj-id", "3", "--point", "350,200,bg", "--keep-points")["objects"][0]["rle"]
+    assert not np.array_equal(decode_rle(corrected), decode_rle(first))
+    run("propagate", sid, "--start-frame", "1", "--direction", "both", "--out", str(out))
+    again = json.loads(out.read_text())["frames"]
+    assert [f["frame_index"] for f in again] == [0, 1] and np.array_equal(decode_rle(again[1]["objects"][0]["rle"]), decode_rle(corrected))
     assert run("close", sid)["closed"] is True
     assert main(["video-session", "info", *api, sid]) == 1
     assert "unknown_session" in capsys.readouterr().err

@@ -214,6 +214,9 @@ def _assert_same_as_sam2(got: list[FrameMasks], expected: dict, obj_ids: tuple[i
 def test_image_size_override_is_sam2s(video_model, reference):
     assert video_model.image_size == reference.image_size == IMAGE_SIZE
     assert video_model.sam_image_embedding_size == reference.sam_image_embedding_size == IMAGE_SIZE // 16
+    # ours keeps corrections as conditioning frames (what sessions need), sam2's config does not: the
+    # tracking tests below, all prompts before tracking, show that this changes no mask there
+    assert video_model.add_all_frames_to_correct_as_cond is True and reference.add_all_frames_to_correct_as_cond is False
 
 
 def test_long_clip_matches_sam2_with_a_bounded_state(video_model, reference, tmp_path):
@@ -240,7 +243,8 @@ def test_reverse_mask_prompt_later_frames_and_start_frame_match_sam2(video_model
     """A box on frame 1 and a mask on frame 3 of 24, tracked from ``start_frame=4`` to the end, then
     backward to frame 0, as sam2's ``propagate_in_video(start_frame_idx=4)`` then with ``reverse=True``.
     The forward pass runs more than a memory window past the start, so the outputs near the start must
-    survive it for the reverse pass, which reads them; the reverse pass drops the far ones."""
+    survive it for the reverse pass, which reads them; the reverse pass drops the far ones. The start frame
+    is reported once, with the reverse pass's result (the one sam2 keeps), after the forward frames."""
     paths = bedroom_frames(24, STEP)
     mask = np.zeros((540, 960), bool)
     mask[200:400, 100:300] = True
@@ -249,13 +253,15 @@ def test_reverse_mask_prompt_later_frames_and_start_frame_match_sam2(video_model
     reference.add_new_mask(state, frame_idx=3, obj_id=9, mask=mask)
     assert state["obj_ids"] == [5, 9]
     expected = _reference_run(reference, state, start_frame_idx=4)
-    for t, out in _reference_run(reference, state, start_frame_idx=4, reverse=True).items():
-        expected.setdefault(t, out)  # the start frame: its forward result, as ours
+    forward_start = expected[4]
+    # the reverse pass tracks the start frame again; sam2's state keeps that result, and ours reports it
+    expected.update(_reference_run(reference, state, start_frame_idx=4, reverse=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(forward_start, expected[4])), "the start's 2 results agree: vacuous"
 
     objects = [VideoObject(5, (FramePrompt(1, box_xyxy=_BOX),)), VideoObject(9, (FramePrompt(3, mask=mask),))]
     tracker = Sam2VideoTracker(video_model)
     got, stored = _track(tracker, _rgb(paths), objects, start_frame=4, reverse=True)
-    assert [f.frame_index for f in got] == list(range(4, 24)) + [3, 2, 1, 0]
+    assert [f.frame_index for f in got] == list(range(5, 24)) + [4, 3, 2, 1, 0]
     assert 24 - 4 > tracker.memory_window + 1  # the forward pass leaves the start's window
     _assert_same_as_sam2(got, expected, (5, 9))
     assert max(stored) <= tracker.max_stored_outputs(reverse=True)
