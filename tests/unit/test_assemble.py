@@ -13,7 +13,8 @@ import pytest
 from deployments.contracts import DecodeResult, EmbedResult, GenerateResult
 from models.amg import AutoMask
 from models.masks import decode_rle, encode_rle
-from serve_app.assemble import merge_segment_results, rank_by_text
+from serve_app.assemble import rank_by_text
+from serve_app.ingress.routes.segment import merge_segment_results
 from serve_app.ingress.schemas import SegmentRequest
 
 H, W = 16, 20

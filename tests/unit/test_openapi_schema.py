@@ -31,7 +31,7 @@ RAW_BODY = {"/v1/examples/import"}
 
 @pytest.fixture(scope="module")
 def spec() -> dict:
-    from serve_app.app import api
+    from serve_app.ingress.deployment import api
 
     return copy.deepcopy(api.openapi())
 
