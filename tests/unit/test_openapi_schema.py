@@ -253,3 +253,66 @@ def test_body_spec_applies_to_a_new_route():
     assert set(doc["paths"]["/v1/things"]["get"]["responses"]) == {"200", "401", "404", "429"}
     assert doc["components"]["schemas"]["ThingRequest"]["properties"]["name"]["maxLength"] == 10
     assert {"ThingAdded", "Error", "ErrorDetail"} <= set(doc["components"]["schemas"])
+
+
+def _api_routes(router):
+    """Every ``APIRoute`` of an app or router, those of included routers too."""
+    from fastapi.routing import APIRoute
+
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif hasattr(route, "original_router"):  # FastAPI >= 0.137 keeps an included router as a node
+            yield from _api_routes(route.original_router)
+
+
+def test_every_json_answer_is_validated_into_its_documented_model(spec):
+    """The model a route's 200 documents is the one its answer is validated into and serialised by (the
+    routes' ``response_model``), and every documented route of the app has one, or answers NDJSON only."""
+    from serve_app.ingress.deployment import api
+
+    seen = set()
+    for route in _api_routes(api):
+        if not route.include_in_schema:
+            continue
+        for method in route.methods:
+            content = spec["paths"][route.path][method.lower()]["responses"]["200"]["content"]
+            seen.add((method, route.path))
+            if "application/json" not in content:
+                assert list(content) == ["application/x-ndjson"] and route.response_model is None, route.path
+                continue
+            documented = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+            assert route.response_model is not None and route.response_model.__name__ == documented, route.path
+            assert route.response_model_exclude_unset, route.path
+    assert seen == {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+
+
+def test_an_answer_that_drifts_from_its_model_is_a_500_not_an_undocumented_body():
+    """On a fresh app built like the ingress's: a conforming answer is sent as the model's serialisation
+    (the keys the handler set, nothing else), an unknown key or a wrong type is a 500 ``internal``."""
+    from fastapi.testclient import TestClient
+    from pydantic import BaseModel, ConfigDict
+
+    from serve_app.ingress.http import make_api
+    from serve_app.ingress.openapi import DescribedRouter
+
+    class Thing(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        id: str
+        size: int
+        note: str | None = None
+
+    answers = {"ok": {"id": "a", "size": 3}, "null": {"id": "a", "size": 3, "note": None}}
+    answers |= {"extra": {"id": "a", "size": 3, "colour": "red"}, "type": {"id": "a", "size": "large"}}
+    router = DescribedRouter()
+
+    @router.get("/v1/things/{kind}", **router.route_spec(Thing, 404))
+    async def thing(kind: str) -> dict:
+        return answers[kind]
+
+    with TestClient(make_api([router]), raise_server_exceptions=False) as c:
+        assert c.get("/v1/things/ok").json() == {"id": "a", "size": 3}
+        assert c.get("/v1/things/null").json() == {"id": "a", "size": 3, "note": None}
+        for kind in ("extra", "type"):
+            r = c.get(f"/v1/things/{kind}")
+            assert r.status_code == 500 and r.json()["error"]["code"] == "internal", r.text
