@@ -90,7 +90,8 @@ def derive(
 
     def wrap(cls: M) -> M:
         defs = pydantic_fields(*settings, optional=optional, fields=fields, exclude=exclude)
-        return create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __qualname__=cls.__qualname__, __doc__=cls.__doc__, **defs)
+        names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+        return create_model(cls.__name__, __base__=cls, **names, **defs)
 
     return wrap
 

@@ -92,7 +92,8 @@ class IngressContext:
         from models.fade_strategies import make_fade_strategy
 
         base = self.args.fader
-        spec = fade_settings(base.strategy, base.params, *((None, None) if fade is None else (fade.strategy, fade.params())))
+        asked = (None, None) if fade is None else (fade.strategy, fade.params())
+        spec = fade_settings(base.strategy, base.params, *asked)
         try:
             make_fade_strategy(spec["strategy"], **spec["params"])
         except ValueError as e:

@@ -45,7 +45,9 @@ async def retry_if_replica_died(call: Callable[[int], Awaitable[T]], what: str, 
         return await call(1)
 
 
-async def export_stream(retriever, header: ExampleHeader, request_id: str, page_size: int = TRANSFER_PAGE) -> AsyncIterator[bytes]:
+async def export_stream(
+    retriever, header: ExampleHeader, request_id: str, page_size: int = TRANSFER_PAGE
+) -> AsyncIterator[bytes]:
     """The examples file of ``header.collection``, streamed: the header, each page's point lines as the
     retriever reads it (one page in memory at a time), then the end line.
 
@@ -63,7 +65,9 @@ async def export_stream(retriever, header: ExampleHeader, request_id: str, page_
     try:
         while True:
             page, offset = await retry_if_replica_died(
-                lambda _, at=offset: retriever.export_page.remote(header.collection, at, page_size), "export page", request_id
+                lambda _, at=offset: retriever.export_page.remote(header.collection, at, page_size),
+                "export page",
+                request_id,
             )
             n += len(page)
             if len(page):

@@ -51,8 +51,8 @@ def make_api(routers: Iterable[APIRouter]) -> DescribedAPI:
     needs.
 
     Args:
-        routers: the routers of :mod:`serve_app.ingress.routes`; a :class:`serve_app.ingress.openapi.DescribedRouter`'s request
-            and response models become the document's components.
+        routers: the routers of :mod:`serve_app.ingress.routes`; the request and response models of a
+            :class:`serve_app.ingress.openapi.DescribedRouter` become the document's components.
     """
     api = DescribedAPI(
         title="samgraph",
@@ -186,7 +186,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("request %s failed", request_id(request), exc_info=exc)
-    return await _api_error(request, ApiError(500, "internal", "internal error; see the server log for this request id"))
+    error = ApiError(500, "internal", "internal error; see the server log for this request id")
+    return await _api_error(request, error)
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -203,7 +204,9 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, file_part: str | None = "image") -> tuple:
+async def parse_body(
+    request: Request, model: type[BaseModel], max_bytes: int, file_part: str | None = "image"
+) -> tuple:
     """A JSON body, or multipart with a ``file_part`` file part (``image``, or ``video`` for clips) and an
     optional ``request`` JSON part; with ``file_part`` None, JSON only.
 
@@ -227,10 +230,12 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, f
             raise ApiError(400, "invalid_multipart", f"cannot parse multipart body: {e}") from None
         for key in form.keys():
             if key not in (file_part, "request"):
-                raise ApiError(422, "invalid_request", f"{key}: unknown multipart part (allowed: {file_part}, request)", key)
+                message = f"{key}: unknown multipart part (allowed: {file_part}, request)"
+                raise ApiError(422, "invalid_request", message, key)
         part = form.get(file_part)
         if part is None or isinstance(part, str):
-            raise ApiError(422, "invalid_request", f"{file_part}: multipart upload needs an '{file_part}' file part", file_part)
+            message = f"{file_part}: multipart upload needs an '{file_part}' file part"
+            raise ApiError(422, "invalid_request", message, file_part)
         upload = await part.read()
         raw = form.get("request") or "{}"
         raw = raw if isinstance(raw, str) else (await raw.read()).decode("utf-8", "replace")
@@ -242,7 +247,8 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, f
     try:
         data = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {e}"[:300], "request" if upload is not None else None) from None
+        field = "request" if upload is not None else None
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {e}"[:300], field) from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", "body must be a JSON object")
     try:
@@ -250,5 +256,6 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, f
     except ValidationError as e:
         raise from_validation_error(e) from None
     if upload is not None and (getattr(req, file_part, None) is not None or getattr(req, "image_id", None) is not None):
-        raise ApiError(422, "invalid_request", f"{file_part}: give the {file_part} once: a file part, inline base64 or image_id", file_part)
+        message = f"{file_part}: give the {file_part} once: a file part, inline base64 or image_id"
+        raise ApiError(422, "invalid_request", message, file_part)
     return req, upload

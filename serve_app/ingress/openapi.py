@@ -2,9 +2,9 @@
 
 The POST routes read their bodies themselves (:func:`serve_app.ingress.http.parse_body`: JSON, or
 multipart with a file part and an optional ``request`` JSON part), so FastAPI sees no body parameter and
-would describe none. Each route declares its bodies instead with :meth:`DescribedAPI.body_spec`
-(POST) or :meth:`DescribedAPI.route_spec` (the others), built from the same pydantic models that validate the requests, so the
-field limits (``maxLength``, ``maxItems``, ``minimum``/``maximum``, ``pattern``) in the schema are the
+would describe none. Each route declares its bodies instead with :meth:`Described.body_spec` (POST) or
+:meth:`Described.route_spec` (the others), built from the same pydantic models that validate the
+requests, so the field limits (``maxLength``, ``maxItems``, ``minimum``/``maximum``, ``pattern``) in the schema are the
 ones enforced. Every error status carries the shared ``Error`` component,
 ``{"error": {"code", "message", "field", "request_id"}}``.
 
@@ -118,11 +118,17 @@ class Described:
         for status in sorted({*errors, *(ACCESS_ERRORS if access else ())}):
             out[status] = {"description": ERROR_DESCRIPTIONS[status], "content": error}
         for status, (description, model) in (other or {}).items():
-            out[status] = {"description": description, "content": {"application/json": {"schema": self.component(model, mode="serialization")}}}
+            schema = self.component(model, mode="serialization")
+            out[status] = {"description": description, "content": {"application/json": {"schema": schema}}}
         return out
 
     def route_spec(
-        self, ok: type[BaseModel] | None, *errors: int, body: dict[str, Any] | None = None, streams: bool = False, **kwargs
+        self,
+        ok: type[BaseModel] | None,
+        *errors: int,
+        body: dict[str, Any] | None = None,
+        streams: bool = False,
+        **kwargs,
     ) -> dict:
         """Keyword arguments of ``@router.get(...)`` and the like: ``responses`` (:meth:`responses_spec`, which
         takes ``kwargs``), and ``response_model=ok`` with ``response_model_exclude_unset``: the handler's
@@ -137,7 +143,11 @@ class Described:
             streams: the route answers a ``StreamingResponse`` only (its media types in ``ok_content``),
                 so FastAPI adds no ``application/json`` 200 of its own.
         """
-        spec = {"responses": self.responses_spec(ok, *errors, **kwargs), "response_model": ok, "response_model_exclude_unset": True}
+        spec = {
+            "responses": self.responses_spec(ok, *errors, **kwargs),
+            "response_model": ok,
+            "response_model_exclude_unset": True,
+        }
         if streams:
             spec["response_class"] = StreamingResponse
         if body is not None:
@@ -185,7 +195,10 @@ class Described:
                     "required": [file_part],
                     "properties": {
                         file_part: {"type": "string", "format": "binary", "description": f"the {file_part} file"},
-                        "request": {**ref, "description": f"the JSON body's other fields (not {file_part} or image_id)"},
+                        "request": {
+                            **ref,
+                            "description": f"the JSON body's other fields (not {file_part} or image_id)",
+                        },
                     },
                     "additionalProperties": False,
                 },

@@ -64,7 +64,9 @@ class MaskFields(BaseModel):
     rle: RleOut | None = None
     png: str | None = Field(default=None, description="single-channel 0/255 PNG, base64")
     polygons: list[PolygonOut] | None = None
-    segmentation: list[list[float]] | None = Field(default=None, description="COCO polygons: [x0, y0, x1, y1, ...] per outer ring")
+    segmentation: list[list[float]] | None = Field(
+        default=None, description="COCO polygons: [x0, y0, x1, y1, ...] per outer ring"
+    )
 
 
 class MaskOut(MaskFields):
@@ -73,7 +75,9 @@ class MaskOut(MaskFields):
     predicted_iou: float
     stability_score: float
     low_res_logits: LogitsOut | None = Field(default=None, description="with return_logits: true")
-    text_score: float | None = Field(default=None, description="text prompts: cosine similarity of the mask's crop and the text, in [-1, 1]")
+    text_score: float | None = Field(
+        default=None, description="text prompts: cosine similarity of the mask's crop and the text, in [-1, 1]"
+    )
 
 
 class SegmentResult(BaseModel):
@@ -102,7 +106,9 @@ class SegmentResponse(ImageAnswer):
     the centre click)."""
 
     results: list[SegmentResult]
-    embedder_weights: str | None = Field(default=None, description="with text prompts: where the CLIP weights came from")
+    embedder_weights: str | None = Field(
+        default=None, description="with text prompts: where the CLIP weights came from"
+    )
 
 
 class NeighborOut(BaseModel):
@@ -202,9 +208,20 @@ class VideoResponse(BaseModel):
 
 
 #: The 200 of ``POST /v1/segment/video`` with ``stream: true``.
-NDJSON = {"application/x-ndjson": {"schema": {"type": "string", "description": "with stream: true, one JSON record a line (docs/video.md)"}}}
+NDJSON = {
+    "application/x-ndjson": {
+        "schema": {"type": "string", "description": "with stream: true, one JSON record a line (docs/video.md)"}
+    }
+}
 #: An examples file: the 200 of ``GET /v1/examples/export`` and the body of ``POST /v1/examples/import``.
-EXAMPLES_FILE = {"application/x-ndjson": {"schema": {"type": "string", "description": "JSON Lines: a header, one line per example, an end line (docs/http-api.md)"}}}
+EXAMPLES_FILE = {
+    "application/x-ndjson": {
+        "schema": {
+            "type": "string",
+            "description": "JSON Lines: a header, one line per example, an end line (docs/http-api.md)",
+        }
+    }
+}
 
 
 class PolygonsResponse(BaseModel):

@@ -97,7 +97,8 @@ def iso_utc(t: float) -> str:
 def check_session_id(session_id: str) -> str:
     """Raises ApiError 422 unless ``session_id`` has the form the service makes (32 lowercase hex)."""
     if not SESSION_ID.match(session_id):
-        raise ApiError(422, "invalid_request", "session_id: 32 lowercase hex digits, as POST /v1/video/sessions answers", "session_id")
+        message = "session_id: 32 lowercase hex digits, as POST /v1/video/sessions answers"
+        raise ApiError(422, "invalid_request", message, "session_id")
     return session_id
 
 
@@ -121,9 +122,25 @@ def to_frame_prompt(req: SessionPromptRequest) -> FramePrompt:
     )
 
 
+#: The fields of a replica's session info that the API answers as they are.
+PUBLIC_FIELDS = (
+    "session_id",
+    "num_frames",
+    "width",
+    "height",
+    "obj_ids",
+    "frames_tracked",
+    "propagating",
+    "nbytes",
+    "replica",
+    "model_id",
+    "weights",
+)
+
+
 def _public(info: dict) -> dict:
     """A replica's session fields as the API answers them (``expires_at`` in ISO-8601 UTC)."""
-    out = {k: info[k] for k in ("session_id", "num_frames", "width", "height", "obj_ids", "frames_tracked", "propagating", "nbytes", "replica", "model_id", "weights")}
+    out = {k: info[k] for k in PUBLIC_FIELDS}
     out["expires_at"] = iso_utc(info["expires_at"])
     if info["weights"] == "random":
         out["warnings"] = [RANDOM_WEIGHTS_WARNING]
@@ -140,7 +157,9 @@ class VideoSessions:
         put: stores the decoded frames for the owner (default ``ray.put``).
     """
 
-    def __init__(self, video: DeploymentHandle, max_frames: int, max_frame_pixels: int, max_body_bytes: int, put=None) -> None:
+    def __init__(
+        self, video: DeploymentHandle, max_frames: int, max_frame_pixels: int, max_body_bytes: int, put=None
+    ) -> None:
         self.video = video
         self.max_frames, self.max_frame_pixels, self.max_body_bytes = max_frames, max_frame_pixels, max_body_bytes
         self._put = put or ray.put
@@ -185,7 +204,10 @@ class VideoSessions:
         check_session_id(session_id)
         req, _ = await parse_body(request, SessionPromptRequest, self.max_body_bytes)
         prompt = to_frame_prompt(req)
-        rec = await self._call(session_id, self.owner(session_id).add_prompt.remote(session_id, req.obj_id, prompt, req.clear_old_points, req.mask_format, req.polygon_tolerance_px))
+        call = self.owner(session_id).add_prompt.remote(
+            session_id, req.obj_id, prompt, req.clear_old_points, req.mask_format, req.polygon_tolerance_px
+        )
+        rec = await self._call(session_id, call)
         timing = {"prompt": rec.pop("propagate_ms"), "total": (time.perf_counter() - t0) * 1e3}
         rec.pop("type")
         return {"session_id": session_id, **rec, "mask_format": req.mask_format, "timing_ms": timing}
@@ -202,7 +224,8 @@ class VideoSessions:
         start = await self._call(session_id, records.__anext__())
         head = {**_public(start), "direction": req.direction, "mask_format": req.mask_format}
         timing: dict = {}
-        lost = (_HOLDER_LOST, lambda: ApiError(404, "session_lost", SessionLost(session_id).message, "session_id"))  # died mid-stream
+        # its holder died mid-stream
+        lost = (_HOLDER_LOST, lambda: ApiError(404, "session_lost", SessionLost(session_id).message, "session_id"))
         lines = ndjson_lines(request_id(request), records, head, timing, t0, lambda t: None, lost)
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
@@ -216,7 +239,8 @@ class VideoSessions:
         """``DELETE /v1/video/sessions/{id}/objects/{obj_id}``: the objects left and the updated frames."""
         check_session_id(session_id)
         if mask_format not in MaskFormat.__args__:
-            raise ApiError(422, "invalid_request", f"mask_format: one of {', '.join(MaskFormat.__args__)}", "mask_format")
+            message = f"mask_format: one of {', '.join(MaskFormat.__args__)}"
+            raise ApiError(422, "invalid_request", message, "mask_format")
         out = await self._call(session_id, self.owner(session_id).remove_object.remote(session_id, obj_id, mask_format))
         for f in out["frames"]:
             f.pop("type")

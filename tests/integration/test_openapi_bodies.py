@@ -22,7 +22,10 @@ def spec(client) -> dict:
 
 
 def _examples(spec: dict, path: str) -> dict[str, dict]:
-    return {k: v["value"] for k, v in spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["examples"].items()}
+    return {
+        k: v["value"]
+        for k, v in spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["examples"].items()
+    }
 
 
 def _operations(spec: dict) -> set[tuple[str, str]]:
@@ -31,7 +34,9 @@ def _operations(spec: dict) -> set[tuple[str, str]]:
 
 
 def _ok_schema(spec: dict, path: str, method: str = "post") -> str:
-    return spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    return spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit(
+        "/", 1
+    )[-1]
 
 
 def _multipart(spec: dict, path: str, body: dict) -> tuple[dict, dict]:
@@ -92,7 +97,11 @@ def test_segment_answer_with_every_option_conforms(client, spec):
 def test_predict_example_is_accepted(client, spec, added):
     (body,) = _examples(spec, "/v1/predict").values()
     for files, data in ((None, None), _multipart(spec, "/v1/predict", body)):
-        r = client.post("/v1/predict", json=body) if files is None else client.post("/v1/predict", files=files, data=data)
+        r = (
+            client.post("/v1/predict", json=body)
+            if files is None
+            else client.post("/v1/predict", files=files, data=data)
+        )
         assert r.status_code == 200, r.text
         conforms(spec, _ok_schema(spec, "/v1/predict"), r.json())
 
@@ -101,7 +110,11 @@ def test_video_stream_errors_before_the_stream_are_json_4xx(client, spec):
     """With ``stream: true``, anything wrong that can be seen before tracking is a 4xx with the Error
     body, not a 200 NDJSON stream that ends in an error line."""
     (body,) = _examples(spec, "/v1/segment/video").values()
-    bad = {**body, "stream": True, "objects": [{"obj_id": 1, "prompts": [{"frame_index": 5, "box_xyxy": [4, 4, 12, 12]}]}]}
+    bad = {
+        **body,
+        "stream": True,
+        "objects": [{"obj_id": 1, "prompts": [{"frame_index": 5, "box_xyxy": [4, 4, 12, 12]}]}],
+    }
     r = client.post("/v1/segment/video", json=bad)
     assert r.status_code == 422 and r.headers["content-type"].startswith("application/json"), r.text
     conforms(spec, "Error", r.json())
@@ -160,7 +173,11 @@ def test_every_route_answers_its_declared_model(client, spec, added):
     check("GET", "/v1/examples/export", exported)
     copy = {"collection": f"{EXAMPLE_COLLECTION}-copy"}
     headers = {"content-type": "application/x-ndjson"}
-    check("POST", "/v1/examples/import", client.post("/v1/examples/import", params=copy, content=exported.content, headers=headers))
+    check(
+        "POST",
+        "/v1/examples/import",
+        client.post("/v1/examples/import", params=copy, content=exported.content, headers=headers),
+    )
     for item in client.get("/v1/examples", params=copy).json()["items"]:
         assert client.delete(f"/v1/examples/{item['id']}", params=copy).status_code == 200
     check("DELETE", "/v1/examples/{example_id}", client.delete(f"/v1/examples/{example_id}", params=col))

@@ -26,7 +26,10 @@ FORBIDDEN = {"ray", "fastapi", "starlette", "qdrant_client", "httpx", "urllib", 
 ABOVE_MODELS = {"deployments", "serve_app", "benchmarks", "tests"}
 ABOVE_DEPLOYMENTS = {"serve_app", "benchmarks", "tests"}
 #: The stage modules: each holds one ``@serve.deployment`` (``batch``: the Ray Data stages).
-STAGE_MODULES = {f"deployments.{m}" for m in ("encoder", "decoder", "fader", "embedder", "retriever", "video", "batch", "batch_labels")}
+STAGE_MODULES = {
+    f"deployments.{m}"
+    for m in ("encoder", "decoder", "fader", "embedder", "retriever", "video", "batch", "batch_labels")
+}
 
 
 def _imported_modules(tree: ast.AST) -> set[str]:
@@ -66,7 +69,9 @@ def test_models_import_no_serving_or_network(path):
 @pytest.mark.parametrize("path", DEPLOYMENTS, ids=_rel)
 def test_deployments_import_nothing_above(path):
     roots = _imported_roots(ast.parse(path.read_text(), filename=str(path)))
-    assert not roots & ABOVE_DEPLOYMENTS, f"{_rel(path)} imports {sorted(roots & ABOVE_DEPLOYMENTS)}: arrows point down only"
+    assert not roots & ABOVE_DEPLOYMENTS, (
+        f"{_rel(path)} imports {sorted(roots & ABOVE_DEPLOYMENTS)}: arrows point down only"
+    )
 
 
 @pytest.mark.parametrize("path", RUNTIME, ids=_rel)

@@ -108,8 +108,13 @@ def test_examples_file_routes_declare_ndjson(spec):
     ndjson = "application/x-ndjson"
     assert list(spec["paths"]["/v1/examples/import"]["post"]["requestBody"]["content"]) == [ndjson]
     assert list(spec["paths"]["/v1/examples/export"]["get"]["responses"]["200"]["content"]) == [ndjson]
-    assert list(spec["paths"]["/v1/segment/video"]["post"]["responses"]["200"]["content"]) == ["application/json", ndjson]
-    import_ok = spec["paths"]["/v1/examples/import"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert list(spec["paths"]["/v1/segment/video"]["post"]["responses"]["200"]["content"]) == [
+        "application/json",
+        ndjson,
+    ]
+    import_ok = spec["paths"]["/v1/examples/import"]["post"]["responses"]["200"]["content"]["application/json"][
+        "schema"
+    ]
     assert import_ok == {"$ref": "#/components/schemas/ImportResult"}
 
 
@@ -125,7 +130,11 @@ def test_every_error_status_has_the_error_body(spec):
     for path, method, op in _operations(spec):
         for status, response in op["responses"].items():
             if status.startswith(("4", "5")) and path != "/readyz":
-                assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}, (path, method, status)
+                assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}, (
+                    path,
+                    method,
+                    status,
+                )
                 seen += 1
         if path.startswith("/v1/"):
             assert {"401", "429"} <= set(op["responses"]), (path, method)
@@ -140,8 +149,18 @@ def test_every_error_status_has_the_error_body(spec):
 def test_error_body_matches_what_the_service_sends(spec):
     from serve_app.ingress.errors import ApiError
 
-    conforms(spec, "Error", ApiError(422, "invalid_request", "prompts[0].box_xyxy: x1 must be greater than x0", "prompts[0].box_xyxy").body("rid"))
-    conforms(spec, "Error", ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data").body("rid"))
+    conforms(
+        spec,
+        "Error",
+        ApiError(422, "invalid_request", "prompts[0].box_xyxy: x1 must be greater than x0", "prompts[0].box_xyxy").body(
+            "rid"
+        ),
+    )
+    conforms(
+        spec,
+        "Error",
+        ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data").body("rid"),
+    )
     with pytest.raises(jsonschema.ValidationError):
         conforms(spec, "Error", {"detail": "Not Found"})  # Starlette's default body is not ours
 
@@ -162,7 +181,10 @@ def test_field_limits_are_in_the_schema(spec):
     assert _prop(spec, "VideoRequest", "objects")["maxItems"] == MAX_OBJECTS
     assert _prop(spec, "VideoObjectIn", "prompts")["maxItems"] == MAX_PROMPTS
     assert _prop(spec, "PromptIn", "box_xyxy")["minItems"] == _prop(spec, "PromptIn", "box_xyxy")["maxItems"] == 4
-    assert (_prop(spec, "PredictRequest", "top_k")["minimum"], _prop(spec, "PredictRequest", "top_k")["maximum"]) == (1, 100)
+    assert (_prop(spec, "PredictRequest", "top_k")["minimum"], _prop(spec, "PredictRequest", "top_k")["maximum"]) == (
+        1,
+        100,
+    )
     assert _prop(spec, "AmgIn", "points_per_side")["maximum"] == 128
     assert "points_per_batch" not in spec["components"]["schemas"]["AmgIn"]["properties"]  # app config only
     assert _prop(spec, "ExampleRequest", "label")["maxLength"] == 100
