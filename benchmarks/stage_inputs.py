@@ -70,7 +70,7 @@ def build_inputs(cfg, encoder, clip_dim: int, k: int, amg_as_config: bool) -> In
     from models.fader import CropSettings, fade_and_crop_batch
     from models.masks import encode_rle
     from models.prompts import PromptSpec
-    from serve_app.assemble import amg_settings
+    from serve_app.settings import amg_settings
 
     torch.set_num_threads(cfg.encoder.torch_threads or torch.get_num_threads())
     with Image.open(SHARED_DATA / "images" / "truck.jpg") as im:

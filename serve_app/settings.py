@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, Field, create_model
 
+from models.amg import AmgSettings
 from models.settings import field_rules
 
 _JSON_TYPES = (str, int, float, bool, type(None), dict, list)
@@ -89,6 +90,30 @@ def derive(
 
     def wrap(cls: M) -> M:
         defs = pydantic_fields(*settings, optional=optional, fields=fields, exclude=exclude)
-        return create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __qualname__=cls.__qualname__, __doc__=cls.__doc__, **defs)
+        names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+        return create_model(cls.__name__, __base__=cls, **names, **defs)
 
     return wrap
+
+
+def amg_settings(defaults: dict, overrides: dict | None) -> AmgSettings:
+    """App defaults overlaid with a request's set fields (None: unset).
+
+    Raises:
+        ValueError: an invalid combination (``AmgSettings`` validation).
+    """
+    return AmgSettings(**{**defaults, **{k: v for k, v in (overrides or {}).items() if v is not None}})
+
+
+def fade_settings(strategy: str, params: dict, request_strategy: str | None, request_params: dict | None) -> dict:
+    """A request's fade settings over the app's: none given keeps the app's strategy and parameters; the
+    app's strategy tunes its parameters; another strategy takes only the request's.
+
+    Returns:
+        ``{"strategy", "params"}``, not yet validated (``models.fade_strategies.make_fade_strategy``).
+    """
+    if request_strategy is None:
+        return {"strategy": strategy, "params": dict(params)}
+    if request_strategy == strategy:
+        return {"strategy": strategy, "params": {**params, **(request_params or {})}}
+    return {"strategy": request_strategy, "params": dict(request_params or {})}

@@ -1,11 +1,7 @@
-"""The examples routes that move a collection as one file (``GET /v1/examples/export``, ``POST
-/v1/examples/import``), and the one retry of an idempotent store call whose replica died (also used by
-``POST /v1/examples``).
-
-The two routes are module-level routes of :data:`serve_app.ingress.http.api` (as ``/ui`` is), registered
-when :mod:`serve_app.app` imports this module; they reach the ``Ingress`` replica that serves them, and so
-its handles and args, through :func:`ingress` (what Serve injects as ``self`` into the ingress's own
-methods).
+"""What the examples routes (:mod:`serve_app.ingress.routes.examples`) need besides the routes: the
+examples file streamed page by page (``GET /v1/examples/export``), the warning for an import from
+another embedder (``POST /v1/examples/import``), and the one retry of an idempotent store call whose
+replica died (those two and ``POST /v1/examples``).
 
 The file format and its checks are :mod:`deployments.runtime.example_file`; the store's side is
 :meth:`deployments.runtime.vectorstore.ExampleStore.export_page` and ``import_points``. The Retriever
@@ -13,31 +9,17 @@ writes to whichever store it was built with, so exporting from a service on the 
 importing into one on a Qdrant server (or back) moves a collection between them.
 """
 
-import asyncio
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from fastapi import Depends, Request
-from fastapi.responses import StreamingResponse
 from ray.exceptions import RayActorError
 
-from deployments.runtime.example_file import (
-    MEDIA_TYPE,
-    ExampleHeader,
-    encode_line,
-    end_line,
-    point_lines,
-    read_examples,
-)
-from deployments.runtime.store_checks import check_collection_name
+from deployments.runtime.example_file import ExampleHeader, encode_line, end_line, point_lines
 from deployments.runtime.store_pages import TRANSFER_PAGE
 from serve_app.ingress.errors import ApiError
-from serve_app.ingress.http import api, ingress, read_body, request_id, stage_errors
-from serve_app.ingress.params import CollectionQuery, TargetCollectionQuery
-from serve_app.ingress.responses import EXAMPLES_FILE, ImportResult
 
 log = logging.getLogger("ray.serve")
 T = TypeVar("T")
@@ -63,7 +45,9 @@ async def retry_if_replica_died(call: Callable[[int], Awaitable[T]], what: str, 
         return await call(1)
 
 
-async def export_stream(retriever, header: ExampleHeader, request_id: str, page_size: int = TRANSFER_PAGE) -> AsyncIterator[bytes]:
+async def export_stream(
+    retriever, header: ExampleHeader, request_id: str, page_size: int = TRANSFER_PAGE
+) -> AsyncIterator[bytes]:
     """The examples file of ``header.collection``, streamed: the header, each page's point lines as the
     retriever reads it (one page in memory at a time), then the end line.
 
@@ -81,7 +65,9 @@ async def export_stream(retriever, header: ExampleHeader, request_id: str, page_
     try:
         while True:
             page, offset = await retry_if_replica_died(
-                lambda _, at=offset: retriever.export_page.remote(header.collection, at, page_size), "export page", request_id
+                lambda _, at=offset: retriever.export_page.remote(header.collection, at, page_size),
+                "export page",
+                request_id,
             )
             n += len(page)
             if len(page):
@@ -137,44 +123,3 @@ async def store_example(retriever, collection: str, embedded, label: str, payloa
         return await retriever.add_chain.remote(collection, embeddings, [label], [payload], ids)
 
     return await retry_if_replica_died(store, "store the example", rid)
-
-
-@api.get("/v1/examples/export", **api.route_spec(None, 404, 422, 503, ok_content=EXAMPLES_FILE, streams=True))
-@stage_errors
-async def export_examples(request: Request, collection: CollectionQuery = "default", app=Depends(ingress)) -> StreamingResponse:
-    """The collection as an examples file (NDJSON: header, one line per example, end), streamed page by
-    page. See docs/http-api.md, "Export and import"."""
-    info = await app._collection(collection)
-    header = ExampleHeader(collection, info["dim"], await embedder_id(app))
-    lines = export_stream(app.retriever, header, request_id(request))
-    disposition = {"Content-Disposition": f'attachment; filename="{collection}.examples.jsonl"'}
-    return StreamingResponse(lines, media_type=MEDIA_TYPE, headers=disposition)
-
-
-@api.post("/v1/examples/import", **api.route_spec(ImportResult, 400, 409, 413, 415, 422, 503, body=EXAMPLES_FILE))
-@stage_errors
-async def import_examples(request: Request, collection: TargetCollectionQuery = None, app=Depends(ingress)) -> dict:
-    """Upsert an examples file (``application/x-ndjson``, at most ``limits.max_import_bytes``) into
-    ``collection`` (default: the file's) under the file's ids: importing twice stores each example once.
-    Everything is checked before anything is written (4xx naming ``line N.<key>``)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != MEDIA_TYPE:
-        raise ApiError(415, "unsupported_media_type", f"send the examples file as {MEDIA_TYPE}")
-    body = await read_body(request, app.args.limits.max_import_bytes)
-    header, examples = await asyncio.to_thread(read_examples, body.splitlines())
-    del body
-    target = check_collection_name(header.collection if collection is None else collection)
-    result = await retry_if_replica_died(
-        lambda _: app.retriever.import_points.remote(target, examples, header.dim), "import examples", request_id(request)
-    )
-    warnings = embedder_warnings(header.embedder, await embedder_id(app))
-    return {"collection": target, **result, **({"warnings": warnings} if warnings else {})}
-
-
-async def embedder_id(app) -> dict | None:
-    """``{"model_id", "weights"}`` of the service's embedder, or None when it does not answer in time."""
-    try:
-        info = await asyncio.wait_for(app.embedder.info.remote(), timeout=app.args.readiness_timeout_s)
-    except Exception:
-        return None
-    return {"model_id": info["model_id"], "weights": info["weights"]}

@@ -1,4 +1,5 @@
-"""The FastAPI app object, its error handlers and request-body parsing (JSON or multipart).
+"""The FastAPI app (:func:`make_api`: the routers, the middlewares, the error handlers, the annotation
+page) and request-body parsing (JSON or multipart).
 
 Every error leaves as ``{"error": {"code", "message", "field", "request_id"}}``; unexpected ones are
 logged with the request id and answered 500 without a stack trace. API keys, the rate limit and CORS are
@@ -12,9 +13,10 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -31,26 +33,44 @@ from serve_app.ingress.openapi import DescribedAPI
 
 log = logging.getLogger("ray.serve")
 
-#: The routes' request and response bodies are declared with :mod:`serve_app.ingress.openapi`.
-api = DescribedAPI(
-    title="samgraph",
-    summary="Promptable segmentation (SAM 2) and few-shot detection as a Ray Serve deployment graph",
-    version="0.1.0",
-)
-
-
 #: The annotation page: plain HTML/JS/CSS shipped as package data, no build step, no CDN.
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
 
 
-@api.get("/ui", include_in_schema=False)
 async def ui_root() -> RedirectResponse:
     """The annotation page lives at ``/ui/``; a relative redirect keeps any route prefix."""
     return RedirectResponse("ui/", status_code=307)
 
 
-# Module-level routes and mounts stay on ``api`` when ``@serve.ingress(api)`` moves the Ingress methods.
-api.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
+def make_api(routers: Iterable[APIRouter]) -> DescribedAPI:
+    """The ingress's FastAPI app: ``/ui``, then the routes of ``routers`` in order, the middlewares and
+    the error handlers of this module.
+
+    Middleware order: the one added last is outermost. Request id and metrics wrap CORS, which wraps the
+    key check, so a 401/429 carries the request id, is counted, and has the CORS headers an allowed page
+    needs.
+
+    Args:
+        routers: the routers of :mod:`serve_app.ingress.routes`; the request and response models of a
+            :class:`serve_app.ingress.openapi.DescribedRouter` become the document's components.
+    """
+    api = DescribedAPI(
+        title="samgraph",
+        summary="Promptable segmentation (SAM 2) and few-shot detection as a Ray Serve deployment graph",
+        version="0.1.0",
+    )
+    api.add_api_route("/ui", ui_root, methods=["GET"], include_in_schema=False)
+    api.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
+    for router in routers:
+        api.include_router(router)
+    api.add_middleware(RequireKey)
+    api.add_middleware(CorsFromPolicy)
+    api.middleware("http")(_request_id)
+    api.add_exception_handler(ApiError, _api_error)
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(StarletteHTTPException, _http_error)
+    api.add_exception_handler(Exception, _internal_error)
+    return api
 
 
 def request_id(request: Request) -> str:
@@ -72,13 +92,6 @@ def _endpoint(request: Request) -> str:
     return "unmatched"
 
 
-# Middleware order: the one added last is outermost. Request id and metrics wrap CORS, which wraps the key
-# check, so a 401/429 carries the request id, is counted, and has the CORS headers an allowed page needs.
-api.add_middleware(RequireKey)
-api.add_middleware(CorsFromPolicy)
-
-
-@api.middleware("http")
 async def _request_id(request: Request, call_next):
     """Request id in and out, and the request's count and latency in the ingress metrics (when built)."""
     t0 = time.perf_counter()
@@ -95,7 +108,6 @@ async def _request_id(request: Request, call_next):
     return response
 
 
-@api.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     if exc.status >= 500 and exc.__cause__ is not None:  # one line with the cause, no stack trace
         cause = str(exc.__cause__).strip().splitlines()
@@ -160,33 +172,22 @@ def stage_errors(route):
     return guarded
 
 
-@api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")) or None
     return await _api_error(request, ApiError(422, "invalid_request", f"{field}: {err.get('msg')}", field))
 
 
-@api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     # keep the exception's headers: a 405 lists the route's methods in Allow (RFC 9110)
     return await _api_error(request, ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
 
 
-@api.exception_handler(Exception)
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("request %s failed", request_id(request), exc_info=exc)
-    return await _api_error(request, ApiError(500, "internal", "internal error; see the server log for this request id"))
-
-
-def ingress():
-    """The ``Ingress`` instance of this replica (its handles, ``args`` and helpers), for module-level
-    routes of :data:`api` (``Depends(ingress)``): Serve injects it as ``self`` into the ingress's own
-    methods only."""
-    from ray import serve
-
-    return serve.get_replica_context().servable_object
+    error = ApiError(500, "internal", "internal error; see the server log for this request id")
+    return await _api_error(request, error)
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -203,7 +204,9 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, file_part: str | None = "image") -> tuple:
+async def parse_body(
+    request: Request, model: type[BaseModel], max_bytes: int, file_part: str | None = "image"
+) -> tuple:
     """A JSON body, or multipart with a ``file_part`` file part (``image``, or ``video`` for clips) and an
     optional ``request`` JSON part; with ``file_part`` None, JSON only.
 
@@ -227,10 +230,12 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, f
             raise ApiError(400, "invalid_multipart", f"cannot parse multipart body: {e}") from None
         for key in form.keys():
             if key not in (file_part, "request"):
-                raise ApiError(422, "invalid_request", f"{key}: unknown multipart part (allowed: {file_part}, request)", key)
+                message = f"{key}: unknown multipart part (allowed: {file_part}, request)"
+                raise ApiError(422, "invalid_request", message, key)
         part = form.get(file_part)
         if part is None or isinstance(part, str):
-            raise ApiError(422, "invalid_request", f"{file_part}: multipart upload needs an '{file_part}' file part", file_part)
+            message = f"{file_part}: multipart upload needs an '{file_part}' file part"
+            raise ApiError(422, "invalid_request", message, file_part)
         upload = await part.read()
         raw = form.get("request") or "{}"
         raw = raw if isinstance(raw, str) else (await raw.read()).decode("utf-8", "replace")
@@ -242,7 +247,8 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, f
     try:
         data = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {e}"[:300], "request" if upload is not None else None) from None
+        field = "request" if upload is not None else None
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {e}"[:300], field) from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", "body must be a JSON object")
     try:
@@ -250,5 +256,6 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int, f
     except ValidationError as e:
         raise from_validation_error(e) from None
     if upload is not None and (getattr(req, file_part, None) is not None or getattr(req, "image_id", None) is not None):
-        raise ApiError(422, "invalid_request", f"{file_part}: give the {file_part} once: a file part, inline base64 or image_id", file_part)
+        message = f"{file_part}: give the {file_part} once: a file part, inline base64 or image_id"
+        raise ApiError(422, "invalid_request", message, file_part)
     return req, upload

@@ -2,24 +2,31 @@
 
 The POST routes read their bodies themselves (:func:`serve_app.ingress.http.parse_body`: JSON, or
 multipart with a file part and an optional ``request`` JSON part), so FastAPI sees no body parameter and
-would describe none. Each route declares its bodies instead with :meth:`DescribedAPI.body_spec`
-(POST) or :meth:`DescribedAPI.route_spec` (the others), built from the same pydantic models that validate the requests, so the
-field limits (``maxLength``, ``maxItems``, ``minimum``/``maximum``, ``pattern``) in the schema are the
+would describe none. Each route declares its bodies instead with :meth:`Described.body_spec` (POST) or
+:meth:`Described.route_spec` (the others), built from the same pydantic models that validate the
+requests, so the field limits (``maxLength``, ``maxItems``, ``minimum``/``maximum``, ``pattern``) in the schema are the
 ones enforced. Every error status carries the shared ``Error`` component,
 ``{"error": {"code", "message", "field", "request_id"}}``.
 
-The models referred to are kept on the app (``api.components``, so that they travel with it when Serve
-pickles the ingress) and added to FastAPI's generated document as ``components.schemas``; a model's
-nested models become components too.
+The models referred to are kept on the router that declares the route and on the app that includes it
+(``components``, so that they travel with the app when Serve pickles the ingress) and added to FastAPI's
+generated document as ``components.schemas``; a model's nested models become components too.
 
-Adding a route::
+The 200 model of a route is also its ``response_model``: FastAPI validates the handler's answer into it
+and sends the model's serialisation (the fields the handler set, ``exclude_unset``), so an answer that
+drifts from its documented model (an unknown key: the models forbid extras, a wrong type) is a 500
+``internal`` with the validation error in the log, never a body the document does not describe.
 
-    @api.post("/v1/things", **api.body_spec(ThingRequest, ok=ThingAdded, errors=(400, 404, 413, 415, 422, 503)))
+Adding a route (in a module of :mod:`serve_app.ingress.routes`, whose ``router`` the app includes)::
+
+    router = DescribedRouter()
+
+    @router.post("/v1/things", **router.body_spec(ThingRequest, ok=ThingAdded, errors=(400, 404, 413, 415, 422, 503)))
     @stage_errors
-    async def add_thing(self, request: Request) -> dict:
-        req, upload = await parse_body(request, ThingRequest, self.args.limits.max_body_bytes)
+    async def add_thing(request: Request, ctx: Context) -> dict:
+        req, upload = await parse_body(request, ThingRequest, ctx.args.limits.max_body_bytes)
 
-    @api.get("/v1/things", **api.route_spec(ThingList, 404, 422, 503))
+    @router.get("/v1/things", **router.route_spec(ThingList, 404, 422, 503))
 
 ``file_part`` must match ``parse_body``'s; a route that takes no file gives ``file_part=None`` (JSON only).
 Give every ``Query``/``Path`` parameter ``openapi_examples``: without them a replica's document gets
@@ -31,7 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -55,13 +62,11 @@ ACCESS_ERRORS = (401, 429)
 BODY_ERRORS = (400, 404, 413, 415, 422, 503)
 
 
-class DescribedAPI(FastAPI):
-    """FastAPI whose OpenAPI document also holds the models the routes refer to (:attr:`components`)."""
+class Described:
+    """The route declarations of :class:`DescribedAPI` and :class:`DescribedRouter`: each keeps the JSON
+    schemas of the models its routes refer to in :attr:`components`."""
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        #: JSON schemas of the models the routes refer to, by component name (:meth:`component`).
-        self.components: dict[str, dict] = {}
+    components: dict[str, dict]
 
     def component(self, model: type[BaseModel], name: str | None = None, mode: str = "validation") -> dict:
         """Register ``model``'s JSON schema (and those of the models it nests) as components.
@@ -85,7 +90,7 @@ class DescribedAPI(FastAPI):
                 raise ValueError(f"two different schemas are named {key!r} in the OpenAPI components")
         return {"$ref": REF.format(model=name)}
 
-    def responses(
+    def responses_spec(
         self,
         ok: type[BaseModel] | None,
         *errors: int,
@@ -113,15 +118,23 @@ class DescribedAPI(FastAPI):
         for status in sorted({*errors, *(ACCESS_ERRORS if access else ())}):
             out[status] = {"description": ERROR_DESCRIPTIONS[status], "content": error}
         for status, (description, model) in (other or {}).items():
-            out[status] = {"description": description, "content": {"application/json": {"schema": self.component(model, mode="serialization")}}}
+            schema = self.component(model, mode="serialization")
+            out[status] = {"description": description, "content": {"application/json": {"schema": schema}}}
         return out
 
     def route_spec(
-        self, ok: type[BaseModel] | None, *errors: int, body: dict[str, Any] | None = None, streams: bool = False, **kwargs
+        self,
+        ok: type[BaseModel] | None,
+        *errors: int,
+        body: dict[str, Any] | None = None,
+        streams: bool = False,
+        **kwargs,
     ) -> dict:
-        """Keyword arguments of ``@api.get(...)`` and the like: ``responses`` (:meth:`responses`, which
-        takes ``kwargs``), and ``response_model=None``, so that FastAPI adds no schema of its own (from
-        the return annotation) to the 200.
+        """Keyword arguments of ``@router.get(...)`` and the like: ``responses`` (:meth:`responses_spec`, which
+        takes ``kwargs``), and ``response_model=ok`` with ``response_model_exclude_unset``: the handler's
+        answer (a dict) is validated into ``ok`` and sent as its serialisation, the keys the handler set
+        and no others (``ok`` None: no model, and none from the return annotation either). A handler that
+        returns a ``Response`` (a stream, a status of its own) bypasses the model.
 
         Args:
             body: the ``content`` of a request body the route reads itself in a form ``parse_body`` does
@@ -130,7 +143,11 @@ class DescribedAPI(FastAPI):
             streams: the route answers a ``StreamingResponse`` only (its media types in ``ok_content``),
                 so FastAPI adds no ``application/json`` 200 of its own.
         """
-        spec = {"responses": self.responses(ok, *errors, **kwargs), "response_model": None}
+        spec = {
+            "responses": self.responses_spec(ok, *errors, **kwargs),
+            "response_model": ok,
+            "response_model_exclude_unset": True,
+        }
         if streams:
             spec["response_class"] = StreamingResponse
         if body is not None:
@@ -148,7 +165,7 @@ class DescribedAPI(FastAPI):
         ok_content: dict[str, Any] | None = None,
         streams: bool = False,
     ) -> dict:
-        """Keyword arguments of ``@api.post(...)`` for a route that reads its body with ``parse_body``.
+        """Keyword arguments of ``@router.post(...)`` for a route that reads its body with ``parse_body``.
 
         Args:
             model: the body's pydantic model (``parse_body``'s ``model``).
@@ -158,7 +175,7 @@ class DescribedAPI(FastAPI):
                 are added.
             examples: named JSON bodies, ``{"name": {"summary": ..., "value": {...}}}``, each one a
                 request the route accepts.
-            ok_content: more 200 media types (see :meth:`responses`).
+            ok_content: more 200 media types (see :meth:`responses_spec`).
             streams: see :meth:`route_spec`.
 
         Returns:
@@ -178,7 +195,10 @@ class DescribedAPI(FastAPI):
                     "required": [file_part],
                     "properties": {
                         file_part: {"type": "string", "format": "binary", "description": f"the {file_part} file"},
-                        "request": {**ref, "description": f"the JSON body's other fields (not {file_part} or image_id)"},
+                        "request": {
+                            **ref,
+                            "description": f"the JSON body's other fields (not {file_part} or image_id)",
+                        },
                     },
                     "additionalProperties": False,
                 },
@@ -186,10 +206,46 @@ class DescribedAPI(FastAPI):
             }
         return self.route_spec(ok, *errors, body=content, ok_content=ok_content, streams=streams)
 
+
+
+class DescribedRouter(Described, APIRouter):
+    """An ``APIRouter`` whose routes declare their bodies (:meth:`body_spec`, :meth:`route_spec`); a
+    :class:`DescribedAPI` that includes it takes its :attr:`components`."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        #: JSON schemas of the models the routes refer to, by component name (:meth:`component`).
+        self.components = {}
+
+
+class DescribedAPI(Described, FastAPI):
+    """FastAPI whose OpenAPI document also holds the models the routes refer to (:attr:`components`), its
+    own routes' and those of every :class:`DescribedRouter` it includes."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        #: JSON schemas of the models the routes refer to, by component name (:meth:`component`).
+        self.components = {}
+
+    def include_router(self, router: APIRouter, **kwargs) -> None:
+        """``FastAPI.include_router``, taking a :class:`DescribedRouter`'s components too.
+
+        Raises:
+            ValueError: the router holds another, different schema under a name already registered.
+        """
+        for key, value in getattr(router, "components", {}).items():
+            if self.components.setdefault(key, value) != value:
+                raise ValueError(f"two different schemas are named {key!r} in the OpenAPI components")
+        super().include_router(router, **kwargs)
+
     def openapi(self) -> dict[str, Any]:
+        """FastAPI's document with :attr:`components` as ``components.schemas``.
+
+        FastAPI also describes the routes' ``response_model``s (the same models, registered here by
+        :meth:`route_spec`); where it names one of ours, ours is kept: pydantic's serialisation schema
+        as it is (FastAPI's rendering drops ``"default": null`` and writes integer bounds as floats).
+        """
         schema = super().openapi()  # cached by FastAPI; the merge below is idempotent
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-        for name, value in self.components.items():
-            if schemas.setdefault(name, value) != value:
-                raise ValueError(f"FastAPI generated a different schema named {name!r}")
+        schemas.update(self.components)
         return schema

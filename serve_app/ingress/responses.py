@@ -1,10 +1,12 @@
-"""The 200 bodies of the HTTP routes, as pydantic models for the OpenAPI description only.
+"""The 200 bodies of the HTTP routes, as pydantic models: what ``/openapi.json`` documents and what is sent.
 
-The routes build their answers as dicts (:mod:`serve_app.assemble`); these models say what a client gets,
-so that ``/openapi.json`` (:mod:`serve_app.ingress.openapi`) documents it and a client generator can type
-it. They are not used to serialise: ``tests/integration/test_openapi_bodies.py`` checks real answers
-against them. Envelopes forbid unknown keys, so a new answer field fails that test until it is
-declared here.
+A route declares its model once (``ok=`` of :meth:`serve_app.ingress.openapi.Described.route_spec` or
+``body_spec``), and that declaration both documents the answer and is the route's ``response_model``: the
+handler's answer, built as a dict (from the stages' records: :mod:`serve_app.assemble`, the decoder's
+and video segmenter's), is validated into the model and sent as its serialisation, with the keys the
+handler set. The models forbid unknown keys, so an answer field that is not declared here is a 500 (and
+fails ``tests/integration/test_openapi_bodies.py``, which sends a request to every route) instead of an
+undocumented key.
 
 Coordinates are pixels of the image (or frame), x right and y down; boxes are [x0, y0, x1, y1] with the
 pixel-edge convention.
@@ -12,12 +14,19 @@ pixel-edge convention.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING
+
+if TYPE_CHECKING:
+    from deployments.contracts import ImageInfo
+
 OUT = ConfigDict(extra="forbid")
-BOX = Field(min_length=4, max_length=4, description="[x0, y0, x1, y1], pixels, pixel-edge convention; [0, 0, 0, 0] when empty")
+BOX = Field(
+    min_length=4, max_length=4, description="[x0, y0, x1, y1], pixels, pixel-edge convention; [0, 0, 0, 0] when empty"
+)
 
 
 class RleOut(BaseModel):
@@ -55,7 +64,9 @@ class MaskFields(BaseModel):
     rle: RleOut | None = None
     png: str | None = Field(default=None, description="single-channel 0/255 PNG, base64")
     polygons: list[PolygonOut] | None = None
-    segmentation: list[list[float]] | None = Field(default=None, description="COCO polygons: [x0, y0, x1, y1, ...] per outer ring")
+    segmentation: list[list[float]] | None = Field(
+        default=None, description="COCO polygons: [x0, y0, x1, y1, ...] per outer ring"
+    )
 
 
 class MaskOut(MaskFields):
@@ -64,7 +75,9 @@ class MaskOut(MaskFields):
     predicted_iou: float
     stability_score: float
     low_res_logits: LogitsOut | None = Field(default=None, description="with return_logits: true")
-    text_score: float | None = Field(default=None, description="text prompts: cosine similarity of the mask's crop and the text, in [-1, 1]")
+    text_score: float | None = Field(
+        default=None, description="text prompts: cosine similarity of the mask's crop and the text, in [-1, 1]"
+    )
 
 
 class SegmentResult(BaseModel):
@@ -93,7 +106,9 @@ class SegmentResponse(ImageAnswer):
     the centre click)."""
 
     results: list[SegmentResult]
-    embedder_weights: str | None = Field(default=None, description="with text prompts: where the CLIP weights came from")
+    embedder_weights: str | None = Field(
+        default=None, description="with text prompts: where the CLIP weights came from"
+    )
 
 
 class NeighborOut(BaseModel):
@@ -193,9 +208,20 @@ class VideoResponse(BaseModel):
 
 
 #: The 200 of ``POST /v1/segment/video`` with ``stream: true``.
-NDJSON = {"application/x-ndjson": {"schema": {"type": "string", "description": "with stream: true, one JSON record a line (docs/video.md)"}}}
+NDJSON = {
+    "application/x-ndjson": {
+        "schema": {"type": "string", "description": "with stream: true, one JSON record a line (docs/video.md)"}
+    }
+}
 #: An examples file: the 200 of ``GET /v1/examples/export`` and the body of ``POST /v1/examples/import``.
-EXAMPLES_FILE = {"application/x-ndjson": {"schema": {"type": "string", "description": "JSON Lines: a header, one line per example, an end line (docs/http-api.md)"}}}
+EXAMPLES_FILE = {
+    "application/x-ndjson": {
+        "schema": {
+            "type": "string",
+            "description": "JSON Lines: a header, one line per example, an end line (docs/http-api.md)",
+        }
+    }
+}
 
 
 class PolygonsResponse(BaseModel):
@@ -287,3 +313,57 @@ class Readiness(BaseModel):
     reason: str | None = None
     model_id: str | None = None
     weights: str | None = None
+
+
+class CacheTotals(BaseModel):
+    """The image-cache counters of the decoder replicas found, summed."""
+
+    model_config = OUT
+    entries: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    hits: int = Field(ge=0)
+    misses: int = Field(ge=0)
+    evictions: int = Field(ge=0)
+    encodes: int = Field(ge=0)
+
+
+class DecoderTotals(BaseModel):
+    """The decoder replicas' work, summed, and each replica's own ``stats()`` by replica id."""
+
+    model_config = OUT
+    requests: int = Field(ge=0)
+    batches: int = Field(ge=0)
+    busy_s: float = Field(ge=0)
+    replicas: dict[str, dict[str, Any]]
+
+
+class Stats(BaseModel):
+    """200 of ``GET /v1/stats``: work counters of one replica per stage (each stage's own keys), the
+    decoder's per replica, and ``cache``, their image caches' counters summed."""
+
+    model_config = OUT
+    cache: CacheTotals
+    decoder: DecoderTotals
+    encoder: dict[str, Any]
+    embedder: dict[str, Any]
+    retriever: dict[str, Any]
+    fader: dict[str, Any]
+    video: dict[str, Any] | None = Field(default=None, description="with a video segmenter")
+
+
+def image_answer(image: ImageInfo, body: dict, timing: dict) -> dict:
+    """The answer about one image: model and weights, the image's id and size, ``encode_cached``, the
+    route's ``body`` and ``timing_ms``, and the random-weights warning where it applies."""
+    out = {
+        "model_id": body.pop("model_id"),
+        "weights": body.pop("weights"),
+        "image_id": image.image_id,
+        "width": image.width,
+        "height": image.height,
+        "encode_cached": image.encode_cached,
+        **body,
+        "timing_ms": timing,
+    }
+    if out["weights"] == "random" or body.get("embedder_weights") == "random":
+        out["warnings"] = [RANDOM_WEIGHTS_WARNING]
+    return out

@@ -1,5 +1,5 @@
-"""The parts of ``POST /v1/segment/video`` that are not the route itself: reading the clip from the
-request, and the NDJSON stream of the tracker's records."""
+"""The parts of ``POST /v1/segment/video`` that are not the route itself (also used by the video sessions'
+routes): reading the clip from the request, and the NDJSON stream of the tracker's records."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 from deployments.runtime.images import b64_to_bytes
 from deployments.runtime.video_io import decode_frames, decode_video
 from serve_app.ingress.errors import ApiError
+from serve_app.ingress.responses import VideoFrameOut
 
 log = logging.getLogger("ray.serve")
 
@@ -28,13 +29,16 @@ async def read_clip(req, upload: bytes | None, max_frames: int, max_frame_pixels
         InputError: a clip that does not decode or is over a limit (see :mod:`deployments.runtime.video_io`).
     """
     if upload is not None and req.frames is not None:
-        raise ApiError(422, "invalid_request", "frames: give either a video file part or frames, not both", "frames")
+        message = "frames: give either a video file part or frames, not both"
+        raise ApiError(422, "invalid_request", message, "frames")
     if upload is not None or req.video is not None:
         data = upload if upload is not None else b64_to_bytes(req.video.base64, "video.base64")
         return await asyncio.to_thread(decode_video, data, max_frames, max_frame_pixels, "video")
     if req.frames is not None:
-        return await asyncio.to_thread(decode_frames, [f.base64 for f in req.frames], max_frames, max_frame_pixels, "frames")
-    raise ApiError(422, "invalid_request", "video: give the clip as a video (MP4 file part or base64) or as frames", "video")
+        frames = [f.base64 for f in req.frames]
+        return await asyncio.to_thread(decode_frames, frames, max_frames, max_frame_pixels, "frames")
+    message = "video: give the clip as a video (MP4 file part or base64) or as frames"
+    raise ApiError(422, "invalid_request", message, "video")
 
 
 def propagate_timing(frames: list[dict]) -> dict:
@@ -55,9 +59,24 @@ async def collect_frames(records, timing: dict, t0: float) -> list[dict]:
     return frames
 
 
-async def ndjson_lines(request_id: str, records, head: dict, timing: dict, t0: float, on_end, lost=None) -> AsyncIterator[str]:
+def frame_line(rec: dict) -> str:
+    """A tracker's ``frame`` record as its NDJSON line, validated into and serialised by
+    :class:`serve_app.ingress.responses.VideoFrameOut` (the frame of the JSON answer), as the routes'
+    JSON answers are by their models.
+
+    Raises:
+        pydantic.ValidationError: the record is not a ``VideoFrameOut`` (plus ``type``).
+    """
+    frame = VideoFrameOut.model_validate({k: v for k, v in rec.items() if k != "type"})
+    return json.dumps({"type": rec["type"], **frame.model_dump(mode="json", exclude_unset=True)}) + "\n"
+
+
+async def ndjson_lines(
+    request_id: str, records, head: dict, timing: dict, t0: float, on_end, lost=None
+) -> AsyncIterator[str]:
     """NDJSON lines: ``start`` (the head and ``timing_ms`` so far), one ``frame`` line per frame as the
-    tracker yields it, then ``end`` with the totals, or an ``error`` line if tracking fails midway.
+    tracker yields it (:func:`frame_line`), then ``end`` with the totals, or an ``error`` line if tracking
+    fails midway.
 
     Nothing is accumulated but the per-frame times. ``on_end(timing)`` runs once the stream ended well;
     the tracker is cancelled when the client goes away.
@@ -72,7 +91,7 @@ async def ndjson_lines(request_id: str, records, head: dict, timing: dict, t0: f
     try:
         async for rec in records:
             per_frame.append({"propagate_ms": rec["propagate_ms"]})
-            yield json.dumps(rec) + "\n"
+            yield frame_line(rec)
     except Exception as e:
         log.error("request %s: video tracking failed midway", request_id, exc_info=e)
         if lost is not None and isinstance(e, lost[0]):

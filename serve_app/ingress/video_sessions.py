@@ -1,5 +1,6 @@
 """Interactive video sessions over HTTP (``/v1/video/sessions``): request bodies, and the calls the
-ingress routes make, each to the ``VideoSegmenter`` replica that holds the session.
+ingress routes (:mod:`serve_app.ingress.routes.video_sessions`) make, each to the ``VideoSegmenter``
+replica that holds the session.
 
 The ingress stays stateless. ``POST /v1/video/sessions`` makes the session id (uuid4 hex) first, then
 sends the clip to ``video.options(session_id=id)``; the deployment's consistent-hash router (no fallback
@@ -33,11 +34,8 @@ from ray.serve.handle import DeploymentHandle
 from deployments.errors import SessionLost, SessionsFull
 from models.masks import POLYGON_TOLERANCE_PX, decode_rle
 from models.sam2_video_types import FramePrompt
-from serve_app.ingress import request_examples as ex
-from serve_app.ingress import responses as out
 from serve_app.ingress.errors import ApiError
-from serve_app.ingress.http import api, parse_body, request_id, stage_errors
-from serve_app.ingress.params import MaskFormatQuery, ObjIdPath, SessionIdPath
+from serve_app.ingress.http import parse_body, request_id
 from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING
 from serve_app.ingress.schemas import POLYGON_TOLERANCE, STRICT, ImageIn
 from serve_app.ingress.video_route import ndjson_lines, read_clip
@@ -99,7 +97,8 @@ def iso_utc(t: float) -> str:
 def check_session_id(session_id: str) -> str:
     """Raises ApiError 422 unless ``session_id`` has the form the service makes (32 lowercase hex)."""
     if not SESSION_ID.match(session_id):
-        raise ApiError(422, "invalid_request", "session_id: 32 lowercase hex digits, as POST /v1/video/sessions answers", "session_id")
+        message = "session_id: 32 lowercase hex digits, as POST /v1/video/sessions answers"
+        raise ApiError(422, "invalid_request", message, "session_id")
     return session_id
 
 
@@ -123,9 +122,25 @@ def to_frame_prompt(req: SessionPromptRequest) -> FramePrompt:
     )
 
 
+#: The fields of a replica's session info that the API answers as they are.
+PUBLIC_FIELDS = (
+    "session_id",
+    "num_frames",
+    "width",
+    "height",
+    "obj_ids",
+    "frames_tracked",
+    "propagating",
+    "nbytes",
+    "replica",
+    "model_id",
+    "weights",
+)
+
+
 def _public(info: dict) -> dict:
     """A replica's session fields as the API answers them (``expires_at`` in ISO-8601 UTC)."""
-    out = {k: info[k] for k in ("session_id", "num_frames", "width", "height", "obj_ids", "frames_tracked", "propagating", "nbytes", "replica", "model_id", "weights")}
+    out = {k: info[k] for k in PUBLIC_FIELDS}
     out["expires_at"] = iso_utc(info["expires_at"])
     if info["weights"] == "random":
         out["warnings"] = [RANDOM_WEIGHTS_WARNING]
@@ -142,7 +157,9 @@ class VideoSessions:
         put: stores the decoded frames for the owner (default ``ray.put``).
     """
 
-    def __init__(self, video: DeploymentHandle, max_frames: int, max_frame_pixels: int, max_body_bytes: int, put=None) -> None:
+    def __init__(
+        self, video: DeploymentHandle, max_frames: int, max_frame_pixels: int, max_body_bytes: int, put=None
+    ) -> None:
         self.video = video
         self.max_frames, self.max_frame_pixels, self.max_body_bytes = max_frames, max_frame_pixels, max_body_bytes
         self._put = put or ray.put
@@ -187,7 +204,10 @@ class VideoSessions:
         check_session_id(session_id)
         req, _ = await parse_body(request, SessionPromptRequest, self.max_body_bytes)
         prompt = to_frame_prompt(req)
-        rec = await self._call(session_id, self.owner(session_id).add_prompt.remote(session_id, req.obj_id, prompt, req.clear_old_points, req.mask_format, req.polygon_tolerance_px))
+        call = self.owner(session_id).add_prompt.remote(
+            session_id, req.obj_id, prompt, req.clear_old_points, req.mask_format, req.polygon_tolerance_px
+        )
+        rec = await self._call(session_id, call)
         timing = {"prompt": rec.pop("propagate_ms"), "total": (time.perf_counter() - t0) * 1e3}
         rec.pop("type")
         return {"session_id": session_id, **rec, "mask_format": req.mask_format, "timing_ms": timing}
@@ -204,7 +224,8 @@ class VideoSessions:
         start = await self._call(session_id, records.__anext__())
         head = {**_public(start), "direction": req.direction, "mask_format": req.mask_format}
         timing: dict = {}
-        lost = (_HOLDER_LOST, lambda: ApiError(404, "session_lost", SessionLost(session_id).message, "session_id"))  # died mid-stream
+        # its holder died mid-stream
+        lost = (_HOLDER_LOST, lambda: ApiError(404, "session_lost", SessionLost(session_id).message, "session_id"))
         lines = ndjson_lines(request_id(request), records, head, timing, t0, lambda t: None, lost)
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
@@ -218,7 +239,8 @@ class VideoSessions:
         """``DELETE /v1/video/sessions/{id}/objects/{obj_id}``: the objects left and the updated frames."""
         check_session_id(session_id)
         if mask_format not in MaskFormat.__args__:
-            raise ApiError(422, "invalid_request", f"mask_format: one of {', '.join(MaskFormat.__args__)}", "mask_format")
+            message = f"mask_format: one of {', '.join(MaskFormat.__args__)}"
+            raise ApiError(422, "invalid_request", message, "mask_format")
         out = await self._call(session_id, self.owner(session_id).remove_object.remote(session_id, obj_id, mask_format))
         for f in out["frames"]:
             f.pop("type")
@@ -233,77 +255,3 @@ class VideoSessions:
         """``DELETE /v1/video/sessions/{id}``: ``{session_id, closed: true}``."""
         check_session_id(session_id)
         return await self._call(session_id, self.owner(session_id).close_session.remote(session_id))
-
-
-#: What a route about one session answers besides 200: 404 unknown_session / session_lost (or no video
-#: segmenter), 422 a malformed id, 503 a stage that cannot take it.
-SESSION_ERRORS = (404, 422, 503)
-
-
-class VideoSessionRoutes:
-    """The ``/v1/video/sessions`` routes of the ingress (a base class of ``serve_app.app.Ingress``, whose
-    ``sessions`` is a :class:`VideoSessions`, or None without a video segmenter)."""
-
-    sessions: VideoSessions | None = None
-
-    def _video_sessions(self) -> VideoSessions:
-        if self.sessions is None:
-            raise ApiError(404, "not_found", "this app has no video segmenter")
-        return self.sessions
-
-    @api.post("/v1/video/sessions", **api.body_spec(OpenSessionRequest, "video", ok=out.SessionInfo, examples=ex.SESSION_EXAMPLES))
-    @stage_errors
-    async def open_video_session(self, request: Request) -> dict:
-        """Open an interactive session on a clip (MP4 part or frame list); see docs/video.md."""
-        return await self._video_sessions().open(request)
-
-    @api.get("/v1/video/sessions/{session_id}", **api.route_spec(out.SessionInfo, *SESSION_ERRORS))
-    @stage_errors
-    async def video_session(self, session_id: SessionIdPath) -> dict:
-        """A session's clip, objects and expiry."""
-        return await self._video_sessions().info(session_id)
-
-    @api.post("/v1/video/sessions/{session_id}/prompts", **api.body_spec(SessionPromptRequest, None, ok=out.SessionFrame, examples=ex.SESSION_PROMPT_EXAMPLES))
-    @stage_errors
-    async def video_session_prompt(self, session_id: SessionIdPath, request: Request) -> dict:
-        """Points, a box or a mask for one object on one frame; that frame's masks for every object."""
-        return await self._video_sessions().prompt(session_id, request)
-
-    @api.post("/v1/video/sessions/{session_id}/propagate", **api.body_spec(PropagateRequest, None, examples=ex.PROPAGATE_EXAMPLES, ok_content=out.NDJSON, streams=True))
-    @stage_errors
-    async def video_session_propagate(self, session_id: SessionIdPath, request: Request):
-        """Track the session's objects forward, backward or both; NDJSON, one line per frame."""
-        return await self._video_sessions().propagate(session_id, request)
-
-    @api.delete("/v1/video/sessions/{session_id}/propagation", **api.route_spec(out.SessionCancelled, *SESSION_ERRORS))
-    @stage_errors
-    async def video_session_cancel(self, session_id: SessionIdPath) -> dict:
-        """Stop the session's running propagation before its next frame."""
-        return await self._video_sessions().cancel(session_id)
-
-    @api.delete("/v1/video/sessions/{session_id}/objects/{obj_id}", **api.route_spec(out.ObjectRemoved, *SESSION_ERRORS))
-    @stage_errors
-    async def video_session_remove_object(self, session_id: SessionIdPath, obj_id: ObjIdPath, mask_format: MaskFormatQuery = "rle") -> dict:
-        """Remove an object (sam2's remove_object)."""
-        return await self._video_sessions().remove_object(session_id, obj_id, mask_format)
-
-    @api.post("/v1/video/sessions/{session_id}/reset", **api.route_spec(out.SessionInfo, *SESSION_ERRORS))
-    @stage_errors
-    async def video_session_reset(self, session_id: SessionIdPath) -> dict:
-        """Drop every object and prompt (sam2's reset_state); the clip stays."""
-        return await self._video_sessions().reset(session_id)
-
-    @api.delete("/v1/video/sessions/{session_id}", **api.route_spec(out.SessionClosed, *SESSION_ERRORS))
-    @stage_errors
-    async def video_session_close(self, session_id: SessionIdPath) -> dict:
-        """Close the session; later calls about it answer 404 unknown_session."""
-        return await self._video_sessions().close(session_id)
-
-
-# Serve freezes the ingress app with cloudpickle. A route function that pickle can import by reference
-# (``VideoSessionRoutes.open_video_session``) comes back in the replica as the plain function, without
-# the ``self`` dependency Serve gives the class's routes ("self: Field required"). Named as methods of
-# ``Ingress`` (whose module attribute is the Deployment, not the class) they are pickled by value, as the
-# routes defined in ``Ingress`` itself are, and Serve still finds them as routes of its class.
-for _route in [f for f in vars(VideoSessionRoutes).values() if callable(f) and hasattr(f, "__wrapped__")]:
-    _route.__qualname__ = f"Ingress.{_route.__name__}"

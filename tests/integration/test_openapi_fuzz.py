@@ -106,7 +106,7 @@ def _prepare(case) -> None:
 def _fuzzed_document() -> dict:
     """The app's document (as ``/openapi.json`` serves it, see :func:`test_fuzzed_document_is_the_served_one`),
     less the examples of :data:`UNSEEDED`. Built in-process at collection: the tests are generated from it."""
-    from serve_app.app import api
+    from serve_app.ingress.deployment import api
 
     spec = copy.deepcopy(api.openapi())
     for path in UNSEEDED:
@@ -135,7 +135,7 @@ def report():
 
 
 def test_fuzzed_document_is_the_served_one(client):
-    from serve_app.app import api
+    from serve_app.ingress.deployment import api
 
     assert client.get("/openapi.json").json() == json.loads(json.dumps(api.openapi()))
 

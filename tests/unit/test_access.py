@@ -244,7 +244,7 @@ def test_cors_allow_list():
 
 def test_package_app_orders_the_middlewares():
     """In serve_app's ``api``: request id (outermost), then CORS, then the key check."""
-    from serve_app.ingress.http import api
+    from serve_app.ingress.deployment import api
 
     classes = [m.cls.__name__ if hasattr(m.cls, "__name__") else str(m.cls) for m in api.user_middleware]
     assert classes.index("BaseHTTPMiddleware") < classes.index("CorsFromPolicy") < classes.index("RequireKey")

@@ -13,7 +13,8 @@ import pytest
 from deployments.contracts import DecodeResult, EmbedResult, GenerateResult
 from models.amg import AutoMask
 from models.masks import decode_rle, encode_rle
-from serve_app.assemble import merge_segment_results, rank_by_text
+from serve_app.assemble import rank_by_text
+from serve_app.ingress.routes.segment import merge_segment_results
 from serve_app.ingress.schemas import SegmentRequest
 
 H, W = 16, 20
@@ -121,7 +122,9 @@ def test_merge_answers_each_prompt_in_the_request_order(crops):
     generated = GenerateResult(masks, "sam2-tiny", "random", {"amg": 3.0})
     embedded = EmbedResult(crops, "pretrained", {"fade": 4.0, "embed": 5.0})
     timing: dict = {}
-    body = merge_segment_results(req, decoded, generated, embedded, np.stack([_text(crops, sims_a), _text(crops, sims_b)]), timing)
+    body = merge_segment_results(
+        req, decoded, generated, embedded, np.stack([_text(crops, sims_a), _text(crops, sims_b)]), timing
+    )
     a, box, b, point = body["results"]
     assert box == geo[0] and point == geo[1]
     assert [_index_of(r, masks) for r in a["masks"]] == [0, 4]
@@ -134,7 +137,9 @@ def test_merge_answers_each_prompt_in_the_request_order(crops):
 
 def test_merge_with_texts_only(crops):
     masks = _masks()
-    req = SegmentRequest.model_validate({"image_id": "0" * 64, "max_masks": 3, "prompts": [{"text": "b"}, {"text": "a"}]})
+    req = SegmentRequest.model_validate(
+        {"image_id": "0" * 64, "max_masks": 3, "prompts": [{"text": "b"}, {"text": "a"}]}
+    )
     generated = GenerateResult(masks, "sam2-tiny", "random", {"amg": 3.0})
     embedded = EmbedResult(crops, "random", {"fade": 4.0, "embed": 5.0})
     texts = np.stack([_text(crops, [0.0, 0.0, 0.0, 0.0, 0.9]), _text(crops, [0.9, 0.0, 0.0, 0.0, 0.0])])

@@ -146,7 +146,7 @@ def _any_route(req: httpx.Request) -> httpx.Response:
 def test_every_route_of_the_app_has_a_public_verb():
     """Each route of the app's OpenAPI document, and ``/metrics`` (left out of it), is reached by a public
     method of the client."""
-    from serve_app.app import api as app
+    from serve_app.ingress.deployment import api as app
 
     paths = {**app.openapi()["paths"], "/metrics": {"get": {}}}
     routes = {

@@ -149,13 +149,3 @@ def test_models_import_is_light():
     assert proc.returncode == 0, proc.stderr
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert loaded == {"ray": False, "sam2": False, "fastapi": False, "httpx": False, "qdrant_client": False}
-
-
-MAX_LINES = 400
-
-
-@pytest.mark.parametrize("path", [*MODELS, *DEPLOYMENTS, *sorted((REPO / "serve_app").rglob("*.py"))], ids=_rel)
-def test_module_size(path):
-    """Every module of the three layers stays small enough to read: split by concern."""
-    lines = len(path.read_text().splitlines())
-    assert lines <= MAX_LINES, f"{path.name} has {lines} lines (at most {MAX_LINES}); split it by concern"

@@ -156,7 +156,7 @@ def test_middleware_records_route_template_and_status(monkeypatch):
     from fastapi.testclient import TestClient
 
     import serve_app.ingress.metrics
-    from serve_app.ingress.http import api
+    from serve_app.ingress.deployment import api
 
     rec = _Recorder()
     monkeypatch.setattr(serve_app.ingress.metrics, "_INGRESS", rec)

@@ -31,7 +31,7 @@ RAW_BODY = {"/v1/examples/import"}
 
 @pytest.fixture(scope="module")
 def spec() -> dict:
-    from serve_app.app import api
+    from serve_app.ingress.deployment import api
 
     return copy.deepcopy(api.openapi())
 
@@ -108,8 +108,13 @@ def test_examples_file_routes_declare_ndjson(spec):
     ndjson = "application/x-ndjson"
     assert list(spec["paths"]["/v1/examples/import"]["post"]["requestBody"]["content"]) == [ndjson]
     assert list(spec["paths"]["/v1/examples/export"]["get"]["responses"]["200"]["content"]) == [ndjson]
-    assert list(spec["paths"]["/v1/segment/video"]["post"]["responses"]["200"]["content"]) == ["application/json", ndjson]
-    import_ok = spec["paths"]["/v1/examples/import"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert list(spec["paths"]["/v1/segment/video"]["post"]["responses"]["200"]["content"]) == [
+        "application/json",
+        ndjson,
+    ]
+    import_ok = spec["paths"]["/v1/examples/import"]["post"]["responses"]["200"]["content"]["application/json"][
+        "schema"
+    ]
     assert import_ok == {"$ref": "#/components/schemas/ImportResult"}
 
 
@@ -125,7 +130,11 @@ def test_every_error_status_has_the_error_body(spec):
     for path, method, op in _operations(spec):
         for status, response in op["responses"].items():
             if status.startswith(("4", "5")) and path != "/readyz":
-                assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}, (path, method, status)
+                assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}, (
+                    path,
+                    method,
+                    status,
+                )
                 seen += 1
         if path.startswith("/v1/"):
             assert {"401", "429"} <= set(op["responses"]), (path, method)
@@ -140,8 +149,18 @@ def test_every_error_status_has_the_error_body(spec):
 def test_error_body_matches_what_the_service_sends(spec):
     from serve_app.ingress.errors import ApiError
 
-    conforms(spec, "Error", ApiError(422, "invalid_request", "prompts[0].box_xyxy: x1 must be greater than x0", "prompts[0].box_xyxy").body("rid"))
-    conforms(spec, "Error", ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data").body("rid"))
+    conforms(
+        spec,
+        "Error",
+        ApiError(422, "invalid_request", "prompts[0].box_xyxy: x1 must be greater than x0", "prompts[0].box_xyxy").body(
+            "rid"
+        ),
+    )
+    conforms(
+        spec,
+        "Error",
+        ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data").body("rid"),
+    )
     with pytest.raises(jsonschema.ValidationError):
         conforms(spec, "Error", {"detail": "Not Found"})  # Starlette's default body is not ours
 
@@ -162,7 +181,10 @@ def test_field_limits_are_in_the_schema(spec):
     assert _prop(spec, "VideoRequest", "objects")["maxItems"] == MAX_OBJECTS
     assert _prop(spec, "VideoObjectIn", "prompts")["maxItems"] == MAX_PROMPTS
     assert _prop(spec, "PromptIn", "box_xyxy")["minItems"] == _prop(spec, "PromptIn", "box_xyxy")["maxItems"] == 4
-    assert (_prop(spec, "PredictRequest", "top_k")["minimum"], _prop(spec, "PredictRequest", "top_k")["maximum"]) == (1, 100)
+    assert (_prop(spec, "PredictRequest", "top_k")["minimum"], _prop(spec, "PredictRequest", "top_k")["maximum"]) == (
+        1,
+        100,
+    )
     assert _prop(spec, "AmgIn", "points_per_side")["maximum"] == 128
     assert "points_per_batch" not in spec["components"]["schemas"]["AmgIn"]["properties"]  # app config only
     assert _prop(spec, "ExampleRequest", "label")["maxLength"] == 100
@@ -253,3 +275,66 @@ def test_body_spec_applies_to_a_new_route():
     assert set(doc["paths"]["/v1/things"]["get"]["responses"]) == {"200", "401", "404", "429"}
     assert doc["components"]["schemas"]["ThingRequest"]["properties"]["name"]["maxLength"] == 10
     assert {"ThingAdded", "Error", "ErrorDetail"} <= set(doc["components"]["schemas"])
+
+
+def _api_routes(router):
+    """Every ``APIRoute`` of an app or router, those of included routers too."""
+    from fastapi.routing import APIRoute
+
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif hasattr(route, "original_router"):  # FastAPI >= 0.137 keeps an included router as a node
+            yield from _api_routes(route.original_router)
+
+
+def test_every_json_answer_is_validated_into_its_documented_model(spec):
+    """The model a route's 200 documents is the one its answer is validated into and serialised by (the
+    routes' ``response_model``), and every documented route of the app has one, or answers NDJSON only."""
+    from serve_app.ingress.deployment import api
+
+    seen = set()
+    for route in _api_routes(api):
+        if not route.include_in_schema:
+            continue
+        for method in route.methods:
+            content = spec["paths"][route.path][method.lower()]["responses"]["200"]["content"]
+            seen.add((method, route.path))
+            if "application/json" not in content:
+                assert list(content) == ["application/x-ndjson"] and route.response_model is None, route.path
+                continue
+            documented = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+            assert route.response_model is not None and route.response_model.__name__ == documented, route.path
+            assert route.response_model_exclude_unset, route.path
+    assert seen == {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+
+
+def test_an_answer_that_drifts_from_its_model_is_a_500_not_an_undocumented_body():
+    """On a fresh app built like the ingress's: a conforming answer is sent as the model's serialisation
+    (the keys the handler set, nothing else), an unknown key or a wrong type is a 500 ``internal``."""
+    from fastapi.testclient import TestClient
+    from pydantic import BaseModel, ConfigDict
+
+    from serve_app.ingress.http import make_api
+    from serve_app.ingress.openapi import DescribedRouter
+
+    class Thing(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        id: str
+        size: int
+        note: str | None = None
+
+    answers = {"ok": {"id": "a", "size": 3}, "null": {"id": "a", "size": 3, "note": None}}
+    answers |= {"extra": {"id": "a", "size": 3, "colour": "red"}, "type": {"id": "a", "size": "large"}}
+    router = DescribedRouter()
+
+    @router.get("/v1/things/{kind}", **router.route_spec(Thing, 404))
+    async def thing(kind: str) -> dict:
+        return answers[kind]
+
+    with TestClient(make_api([router]), raise_server_exceptions=False) as c:
+        assert c.get("/v1/things/ok").json() == {"id": "a", "size": 3}
+        assert c.get("/v1/things/null").json() == {"id": "a", "size": 3, "note": None}
+        for kind in ("extra", "type"):
+            r = c.get(f"/v1/things/{kind}")
+            assert r.status_code == 500 and r.json()["error"]["code"] == "internal", r.text
