@@ -137,7 +137,9 @@ def load_keys(keys_file: str | None, keys_env: str | None, environ: Mapping[str,
         try:
             text = Path(keys_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"auth.keys_file: cannot read {keys_file!r}: {type(e).__name__}: {getattr(e, 'strerror', None) or e}") from None
+            raise ValueError(
+                f"auth.keys_file: cannot read {keys_file!r}: {type(e).__name__}: {getattr(e, 'strerror', None) or e}"
+            ) from None
         digests = parse_keys(text.splitlines(), f"auth.keys_file {keys_file}")
         if not digests:
             raise ValueError(f"auth.keys_file: {keys_file!r} holds no key (one raw key or sha256:<hex> a line)")
@@ -213,7 +215,9 @@ class AccessPolicy:
         """
         keys = load_keys(auth.keys_file, auth.keys_env, environ)
         if require_keys and not len(keys):
-            raise ValueError(f"auth: the app was built with API keys but this replica finds none: set ${auth.keys_env} on every node")
+            raise ValueError(
+                f"auth: the app was built with API keys but this replica finds none: set ${auth.keys_env} on every node"
+            )
         limiter = None
         if auth.requests_per_minute is not None:
             burst = auth.burst if auth.burst is not None else max(1, math.ceil(auth.requests_per_minute / 6))
@@ -223,7 +227,11 @@ class AccessPolicy:
     def describe(self) -> str:
         """One log line: key ids, limit and origins (never a key)."""
         keys = f"{len(self.keys)} API keys ({', '.join(self.keys.ids())})" if self.keys else "no API keys (open)"
-        limit = f"{self.limiter.rate_per_s * 60:g}/min per key, burst {self.limiter.burst}" if self.limiter else "no rate limit"
+        limit = (
+            f"{self.limiter.rate_per_s * 60:g}/min per key, burst {self.limiter.burst}"
+            if self.limiter
+            else "no rate limit"
+        )
         if self.limiter and not self.keys:
             limit += " (not applied: it counts per key and no keys are set)"
         return f"access: {keys}; {limit}; CORS origins {list(self.cors_origins) or 'none'}"
@@ -295,8 +303,12 @@ class RequireKey:
         wait_s = policy.limiter.take(kid) if policy.limiter is not None else None
         if wait_s is not None:
             log.info("request %s: 429 key %s over its rate limit", rid or "-", kid)
-            err = ApiError(429, "rate_limited", f"this key is over its limit of {policy.limiter.rate_per_s * 60:g} requests a minute; retry later",
-                           headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+            err = ApiError(
+                429,
+                "rate_limited",
+                f"this key is over its limit of {policy.limiter.rate_per_s * 60:g} requests a minute; retry later",
+                headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+            )
             return await JSONResponse(err.body(rid), 429, headers=err.headers)(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -326,8 +338,15 @@ class CorsFromPolicy:
         if scope["type"] != "http" or policy is None or not policy.cors_origins:
             return await self.app(scope, receive, send)
         if self._cors is None or self._cors[0] is not policy:
-            self._cors = policy, CORSMiddleware(
-                self.app, allow_origins=list(policy.cors_origins), allow_methods=list(CORS_METHODS),
-                allow_headers=list(CORS_HEADERS), expose_headers=list(CORS_EXPOSE), max_age=600,
+            self._cors = (
+                policy,
+                CORSMiddleware(
+                    self.app,
+                    allow_origins=list(policy.cors_origins),
+                    allow_methods=list(CORS_METHODS),
+                    allow_headers=list(CORS_HEADERS),
+                    expose_headers=list(CORS_EXPOSE),
+                    max_age=600,
+                ),
             )
         return await self._cors[1](scope, receive, send)

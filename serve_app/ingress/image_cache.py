@@ -39,7 +39,9 @@ class ImageOwners:
         put: stores decoded pixels for the owner and returns their reference (default ``ray.put``).
     """
 
-    def __init__(self, decoder: DeploymentHandle, max_image_pixels: int, put: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self, decoder: DeploymentHandle, max_image_pixels: int, put: Callable[[Any], Any] | None = None
+    ) -> None:
         self.decoder = decoder
         self.max_image_pixels = max_image_pixels
         self._put = put or ray.put
@@ -68,7 +70,10 @@ class ImageOwners:
         image_id = image_id_of(data)
         if req.image_id is not None and req.image_id != image_id:
             raise ApiError(
-                422, "invalid_request", "image_id: is not the SHA-256 of the image sent with it; send the image alone", "image_id"
+                422,
+                "invalid_request",
+                "image_id: is not the SHA-256 of the image sent with it; send the image alone",
+                "image_id",
             )
         return image_id, data
 

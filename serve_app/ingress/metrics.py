@@ -162,7 +162,8 @@ async def scrape_nodes(urls: Sequence[str], timeout_s: float) -> list[str]:
     bodies = []
     for url, r in zip(urls, results):
         if isinstance(r, BaseException) or r.status_code != 200:
-            log.warning("metrics agent %s did not answer: %s", url, r if isinstance(r, BaseException) else r.status_code)
+            reason = r if isinstance(r, BaseException) else r.status_code
+            log.warning("metrics agent %s did not answer: %s", url, reason)
             continue
         bodies.append(r.text)
     return bodies

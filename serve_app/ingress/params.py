@@ -20,22 +20,52 @@ def _example(value) -> dict:
     return {"example": {"value": value}}
 
 
-CollectionQuery = Annotated[str, Query(pattern=COLLECTION_PATTERN, description="the collection's name", openapi_examples=_example(EXAMPLE_COLLECTION))]
+CollectionQuery = Annotated[
+    str,
+    Query(
+        pattern=COLLECTION_PATTERN, description="the collection's name", openapi_examples=_example(EXAMPLE_COLLECTION)
+    ),
+]
 TargetCollectionQuery = Annotated[
-    str | None, Query(pattern=COLLECTION_PATTERN, description="the collection to import into (default: the file's)", openapi_examples=_example(EXAMPLE_COLLECTION))
+    str | None,
+    Query(
+        pattern=COLLECTION_PATTERN,
+        description="the collection to import into (default: the file's)",
+        openapi_examples=_example(EXAMPLE_COLLECTION),
+    ),
 ]
 LabelQuery = Annotated[
-    str | None, Query(min_length=1, max_length=LABEL_MAX_CHARS, description="only this label's examples", openapi_examples=_example("square"))
+    str | None,
+    Query(
+        min_length=1,
+        max_length=LABEL_MAX_CHARS,
+        description="only this label's examples",
+        openapi_examples=_example("square"),
+    ),
 ]
 OffsetQuery = Annotated[
     str | None,
-    Query(description="the previous page's next_offset (an example id)", json_schema_extra={"format": "uuid"}, openapi_examples=_example(EXAMPLE_ID)),
+    Query(
+        description="the previous page's next_offset (an example id)",
+        json_schema_extra={"format": "uuid"},
+        openapi_examples=_example(EXAMPLE_ID),
+    ),
 ]
 LimitQuery = Annotated[int, Query(ge=1, le=1000, description="ids per page", openapi_examples=_example(100))]
 ExampleIdPath = Annotated[
     str,
-    Path(description="the example's id, as POST /v1/examples returned it", json_schema_extra={"format": "uuid"}, openapi_examples=_example(EXAMPLE_ID)),
+    Path(
+        description="the example's id, as POST /v1/examples returned it",
+        json_schema_extra={"format": "uuid"},
+        openapi_examples=_example(EXAMPLE_ID),
+    ),
 ]
-SessionIdPath = Annotated[str, Path(description="the session's id, as POST /v1/video/sessions answers it (32 hex digits)", openapi_examples=_example(EXAMPLE_SESSION_ID))]
+SessionIdPath = Annotated[
+    str,
+    Path(
+        description="the session's id, as POST /v1/video/sessions answers it (32 hex digits)",
+        openapi_examples=_example(EXAMPLE_SESSION_ID),
+    ),
+]
 ObjIdPath = Annotated[int, Path(description="the object's id in the session", openapi_examples=_example(1))]
 MaskFormatQuery = Annotated[str, Query(description="rle, png, polygon or none", openapi_examples=_example("rle"))]

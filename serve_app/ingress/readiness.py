@@ -27,7 +27,9 @@ def readiness(answers: Sequence[Mapping | BaseException]) -> tuple[int, dict]:
         ValueError: fewer answers than the five image stages.
     """
     if len(answers) < 5:
-        raise ValueError(f"readiness needs an answer from each of {', '.join(READINESS_STAGES[:5])}; got {len(answers)}")
+        raise ValueError(
+            f"readiness needs an answer from each of {', '.join(READINESS_STAGES[:5])}; got {len(answers)}"
+        )
     failed = next((a for a in answers if isinstance(a, BaseException)), None)
     if failed is not None:
         return 503, {"status": "not_ready", "reason": f"{type(failed).__name__}: {failed}"[:300]}
@@ -51,7 +53,10 @@ def readiness(answers: Sequence[Mapping | BaseException]) -> tuple[int, dict]:
         "embedder": {"model_id": emb["model_id"], "weights": emb["weights"], "dim": emb["dim"]},
         "retriever": {"backend": ret["backend"]},
         # speed-ups in force (after any fallback), e.g. {"precision": "bf16", "compiler": "inductor"}
-        "accel": {k: {"precision": v["accel"]["precision"], "compiler": v["accel"]["compiler"]} for k, v in (("encoder", enc), ("decoder", dec))},
+        "accel": {
+            k: {"precision": v["accel"]["precision"], "compiler": v["accel"]["compiler"]}
+            for k, v in (("encoder", enc), ("decoder", dec))
+        },
     }
     if "random" in (enc["weights"], emb["weights"]):
         body["warnings"] = [RANDOM_WEIGHTS_WARNING]

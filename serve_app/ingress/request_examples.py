@@ -47,7 +47,10 @@ PREDICT_EXAMPLES = {
 VIDEO_EXAMPLES = {
     "frames": {
         "summary": "track one boxed object through two frames",
-        "value": {"frames": [_IMAGE, _IMAGE], "objects": [{"obj_id": 1, "prompts": [{"frame_index": 0, "box_xyxy": _BOX}]}]},
+        "value": {
+            "frames": [_IMAGE, _IMAGE],
+            "objects": [{"obj_id": 1, "prompts": [{"frame_index": 0, "box_xyxy": _BOX}]}],
+        },
     },
 }
 POLYGON_EXAMPLES = {

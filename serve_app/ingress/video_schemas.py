@@ -90,21 +90,37 @@ def check_video_objects(objects: list[VideoObjectIn], num_frames: int, width: in
 
     Raises:
         ApiError: 422 naming the field, e.g. ``objects[1].obj_id`` (``invalid_request``, a duplicate id),
-            ``objects[0].prompts[1].frame_index`` (``out_of_clip``), ``objects[0].prompts[0].mask_rle`` (``invalid_request``).
+            ``objects[0].prompts[1].frame_index`` (``out_of_clip``), ``objects[0].prompts[0].mask_rle``
+            (``invalid_request``).
         OutOfImage: 422 ``out_of_image`` naming the prompt field, e.g. ``objects[0].prompts[0].box_xyxy``.
     """
     seen: set[int] = set()
     for i, obj in enumerate(objects):
         if obj.obj_id in seen:
-            raise ApiError(422, "invalid_request", f"objects[{i}].obj_id: obj_id {obj.obj_id} is given twice; ids must be unique", f"objects[{i}].obj_id")
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"objects[{i}].obj_id: obj_id {obj.obj_id} is given twice; ids must be unique",
+                f"objects[{i}].obj_id",
+            )
         seen.add(obj.obj_id)
         for j, p in enumerate(obj.prompts):
             at = f"objects[{i}].prompts[{j}]"
             if p.frame_index >= num_frames:
-                raise ApiError(422, "out_of_clip", f"frame_index {p.frame_index} is outside the clip of {num_frames} frames (0..{num_frames - 1})", f"{at}.frame_index")
+                raise ApiError(
+                    422,
+                    "out_of_clip",
+                    f"frame_index {p.frame_index} is outside the clip of {num_frames} frames (0..{num_frames - 1})",
+                    f"{at}.frame_index",
+                )
             if p.mask_rle is not None:
                 if list(p.mask_rle.size) != [height, width]:
-                    raise ApiError(422, "invalid_request", f"mask_rle: size {list(p.mask_rle.size)} differs from the frames' [{height}, {width}]", f"{at}.mask_rle")
+                    raise ApiError(
+                        422,
+                        "invalid_request",
+                        f"mask_rle: size {list(p.mask_rle.size)} differs from the frames' [{height}, {width}]",
+                        f"{at}.mask_rle",
+                    )
             else:
                 try:
                     check_prompts_in_image([PromptIn(box_xyxy=p.box_xyxy, points=p.points)], width, height, None)
@@ -126,7 +142,9 @@ def to_video_objects(objects: list[VideoObjectIn]) -> list[VideoObject]:
                 try:
                     mask = decode_rle(p.mask_rle.model_dump())
                 except ValueError as e:
-                    raise ApiError(422, "invalid_request", f"mask_rle: {e}", f"objects[{i}].prompts[{j}].mask_rle") from None
+                    raise ApiError(
+                        422, "invalid_request", f"mask_rle: {e}", f"objects[{i}].prompts[{j}].mask_rle"
+                    ) from None
                 prompts.append(FramePrompt(p.frame_index, mask=mask))
                 continue
             pts = np.asarray(p.points, dtype=np.float64) if p.points else None
