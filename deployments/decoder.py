@@ -39,7 +39,10 @@ IMAGE_AFFINITY = RequestRouterConfig(
 
 
 @serve.deployment(
-    name="MaskDecoder", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=32, request_router_config=IMAGE_AFFINITY
+    name="MaskDecoder",
+    ray_actor_options={"num_cpus": 0.3},
+    max_ongoing_requests=32,
+    request_router_config=IMAGE_AFFINITY,
 )
 class MaskDecoder:
     """Turns prompts on encoded images into masks; batches prompts of many requests per forward pass.
@@ -98,7 +101,11 @@ class MaskDecoder:
         for job, per_prompt in zip(jobs, predictions):
             tj = time.perf_counter()
             results = [{"masks": self._format(p, job)} for p in per_prompt]
-            timing = {"decode_masks": (t1 - t0) * 1e3, "postprocess": (time.perf_counter() - tj) * 1e3, "batch_size": len(jobs)}
+            timing = {
+                "decode_masks": (t1 - t0) * 1e3,
+                "postprocess": (time.perf_counter() - tj) * 1e3,
+                "batch_size": len(jobs),
+            }
             out.append(DecodeResult(self._info["model_id"], self._info["weights"], results, timing))
         assert len(out) == len(jobs)
         return out
@@ -119,7 +126,9 @@ class MaskDecoder:
             masks.append(item)
         return masks
 
-    async def generate(self, features: ImageFeatures, settings: AmgSettings, max_masks: int | None = None) -> GenerateResult:
+    async def generate(
+        self, features: ImageFeatures, settings: AmgSettings, max_masks: int | None = None
+    ) -> GenerateResult:
         """Automatic masks of one image (grid clicks batched ``points_per_batch`` per forward pass), at
         most ``max_masks`` of them, in NMS order."""
         t0 = time.perf_counter()
@@ -158,7 +167,9 @@ class MaskDecoder:
         result = await self.decode(features, job)
         return replace(result, timing_ms={**result.timing_ms, **timing}, image=self._info_of(image_id, entry, cached))
 
-    async def generate_for(self, image_id: str, settings: AmgSettings, max_masks: int | None = None, pixels=None) -> GenerateResult:
+    async def generate_for(
+        self, image_id: str, settings: AmgSettings, max_masks: int | None = None, pixels=None
+    ) -> GenerateResult:
         """:meth:`generate` on the image ``image_id``, encoding ``pixels`` if this replica does not hold it.
 
         Raises:

@@ -31,7 +31,12 @@ class ImageEncoder:
     """
 
     def __init__(
-        self, model_id: str, weights: dict, device: str = "auto", torch_threads: int | None = None, accel: dict | None = None
+        self,
+        model_id: str,
+        weights: dict,
+        device: str = "auto",
+        torch_threads: int | None = None,
+        accel: dict | None = None,
     ) -> None:
         settings = accel_settings(accel)
         loaded, self._device = load_stage_model(model_id, weights, device, torch_threads)

@@ -182,7 +182,11 @@ class SessionLost(InputError, LookupError):
     status, code = 404, "session_lost"
 
     def __init__(self, session_id: str, field: str | None = "session_id") -> None:
-        super().__init__(f"video session {session_id!r} is lost (its replica restarted or the replicas changed); open a new session", field)
+        super().__init__(
+            f"video session {session_id!r} is lost (its replica restarted or the replicas changed); "
+            "open a new session",
+            field,
+        )
         self.session_id = session_id
 
     def __reduce__(self):

@@ -80,7 +80,9 @@ class Fader:
         if rles:
             if image is None:
                 if not isinstance(masks, GenerateResult) or masks.image is None:
-                    raise ValueError("fade_masks needs the image's pixels: give them, or a GenerateResult that names them")
+                    raise ValueError(
+                        "fade_masks needs the image's pixels: give them, or a GenerateResult that names them"
+                    )
                 image = await masks.image.pixels  # from the object store of the owner's node
             bool_masks = await asyncio.to_thread(lambda: [decode_rle(r) for r in rles])
             fade = fade or {}

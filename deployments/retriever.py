@@ -115,7 +115,9 @@ class Retriever:
         t0 = time.perf_counter()
         results = await asyncio.to_thread(run_search_jobs, self._store, jobs)
         assert len(results) == len(jobs)
-        self._work.batch("search", len(jobs), time.perf_counter() - t0, jobs=len(jobs), queries=sum(len(j.queries) for j in jobs))
+        self._work.batch(
+            "search", len(jobs), time.perf_counter() - t0, jobs=len(jobs), queries=sum(len(j.queries) for j in jobs)
+        )
         return results
 
     async def knn(self, collection: str, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
@@ -141,7 +143,9 @@ class Retriever:
         example once."""
         return await asyncio.to_thread(self._store.add, collection, vectors, labels, payloads, ids)
 
-    async def export_page(self, collection: str, offset: str | None = None, limit: int = 256) -> tuple[Examples, str | None]:
+    async def export_page(
+        self, collection: str, offset: str | None = None, limit: int = 256
+    ) -> tuple[Examples, str | None]:
         """One page ``(examples with their (n, D) float32 vectors, next_offset)`` of a collection, in id order."""
         return await asyncio.to_thread(self._store.export_page, collection, offset, limit)
 

@@ -72,7 +72,10 @@ def _input_error(e: PromptError):
 
 
 @serve.deployment(
-    name="VideoSegmenter", ray_actor_options={"num_cpus": 0.15}, max_ongoing_requests=8, request_router_config=SESSION_AFFINITY
+    name="VideoSegmenter",
+    ray_actor_options={"num_cpus": 0.15},
+    max_ongoing_requests=8,
+    request_router_config=SESSION_AFFINITY,
 )
 class VideoSegmenter:
     """Tracks objects through clips; :meth:`track` is a streaming method (call it with
@@ -119,7 +122,10 @@ class VideoSegmenter:
         self._clips = 0
         self._frames = 0
         self._busy_s = 0.0
-        log.info("video %s on %s, %d torch threads, weights %s (pid %d)", model_id, self._device, threads, loaded.weights, os.getpid())
+        log.info(
+            "video %s on %s, %d torch threads, weights %s (pid %d)",
+            model_id, self._device, threads, loaded.weights, os.getpid(),
+        )
 
     async def track(self, frames: np.ndarray, job: VideoJob) -> AsyncIterator[dict]:
         """Track ``job.objects`` through ``frames``, one record per step as soon as it is done.
@@ -161,7 +167,12 @@ class VideoSegmenter:
         for obj in job.objects:
             for prompt in obj.prompts:
                 session.add_prompt(obj.obj_id, prompt)
-        yield {"type": "init", "init_ms": (time.perf_counter() - t0) * 1e3, "model_id": self._info["model_id"], "weights": self._info["weights"]}
+        yield {
+            "type": "init",
+            "init_ms": (time.perf_counter() - t0) * 1e3,
+            "model_id": self._info["model_id"],
+            "weights": self._info["weights"],
+        }
         for item in session.propagate(job.start_frame, job.max_frames, "both" if job.reverse else "forward"):
             self._frames += 1
             yield frame_record(item, job.mask_format, job.polygon_tolerance_px)
@@ -226,7 +237,9 @@ class VideoSegmenter:
             self._sessions.release(session_id)
             raise
         entry = self._sessions.add(session_id, session, await asyncio.to_thread(session.nbytes))
-        log.info("video session %s opened: %d frames %dx%d", session_id, session.num_frames, session.width, session.height)
+        log.info(
+            "video session %s opened: %d frames %dx%d", session_id, session.num_frames, session.width, session.height
+        )
         return {**self._describe(entry), "init_ms": (time.perf_counter() - t0) * 1e3}
 
     async def session_info(self, session_id: str) -> dict:
@@ -240,8 +253,8 @@ class VideoSegmenter:
         return self._describe(self._sessions.get(session_id))
 
     async def add_prompt(
-        self, session_id: str, obj_id: int, prompt: FramePrompt, clear_old_points: bool = True, mask_format: str = "rle",
-        polygon_tolerance_px: float = POLYGON_TOLERANCE_PX,
+        self, session_id: str, obj_id: int, prompt: FramePrompt, clear_old_points: bool = True,
+        mask_format: str = "rle", polygon_tolerance_px: float = POLYGON_TOLERANCE_PX,
     ) -> dict:
         """One object's points/box/mask on one frame (see :meth:`VideoSession.add_prompt`).
 
@@ -266,8 +279,8 @@ class VideoSegmenter:
         return {**frame_record(item, mask_format, polygon_tolerance_px), "obj_ids": list(item.obj_ids)}
 
     async def propagate_session(
-        self, session_id: str, start_frame: int | None = None, max_frames: int | None = None, direction: str = "forward", mask_format: str = "rle",
-        polygon_tolerance_px: float = POLYGON_TOLERANCE_PX,
+        self, session_id: str, start_frame: int | None = None, max_frames: int | None = None,
+        direction: str = "forward", mask_format: str = "rle", polygon_tolerance_px: float = POLYGON_TOLERANCE_PX,
     ) -> AsyncIterator[dict]:
         """Propagate the session's objects; a streaming method (``handle.options(stream=True)``).
 
@@ -313,7 +326,9 @@ class VideoSegmenter:
             entry.cancel.set()
         return {"cancelled": running}
 
-    async def remove_object(self, session_id: str, obj_id: int, mask_format: str = "rle", polygon_tolerance_px: float = POLYGON_TOLERANCE_PX) -> dict:
+    async def remove_object(
+        self, session_id: str, obj_id: int, mask_format: str = "rle", polygon_tolerance_px: float = POLYGON_TOLERANCE_PX
+    ) -> dict:
         """sam2's ``remove_object``: ``{"obj_ids" (those left), "frames": [frame records of the frames
         where the object had prompts, the others' masks there]}``.
 
@@ -326,10 +341,15 @@ class VideoSegmenter:
                 async with self._slots:
                     items = await _in_thread(entry.session.remove_object, obj_id)
             except KeyError:
-                raise UnknownObject(f"the session has no object {obj_id} (objects: {list(entry.session.obj_ids)})", "obj_id") from None
+                raise UnknownObject(
+                    f"the session has no object {obj_id} (objects: {list(entry.session.obj_ids)})", "obj_id"
+                ) from None
             finally:
                 self._sessions.touch(entry, await asyncio.to_thread(entry.session.nbytes))
-        return {"obj_ids": list(entry.session.obj_ids), "frames": [frame_record(i, mask_format, polygon_tolerance_px) for i in items]}
+        return {
+            "obj_ids": list(entry.session.obj_ids),
+            "frames": [frame_record(i, mask_format, polygon_tolerance_px) for i in items],
+        }
 
     async def reset_session(self, session_id: str) -> dict:
         """sam2's ``reset_state``: every object, prompt and output dropped; the frames stay."""
@@ -353,7 +373,13 @@ class VideoSegmenter:
         """Work done by this replica: clips, frames tracked, seconds spent tracking; ``sessions``: its
         session store (:meth:`SessionStore.stats`, after a sweep); ``replica``: its id."""
         self._sessions.sweep()
-        return {"clips": self._clips, "frames": self._frames, "busy_s": self._busy_s, "sessions": self._sessions.stats(), "replica": self._replica()}
+        return {
+            "clips": self._clips,
+            "frames": self._frames,
+            "busy_s": self._busy_s,
+            "sessions": self._sessions.stats(),
+            "replica": self._replica(),
+        }
 
 
 def frame_record(item: FrameMasks, mask_format: str, polygon_tolerance_px: float = POLYGON_TOLERANCE_PX) -> dict:

@@ -103,7 +103,10 @@ def tensorrt_support(device: str | torch.device) -> tuple[bool, str]:
     try:
         import torch_tensorrt  # noqa: F401  (registers the "torch_tensorrt" dynamo backend)
     except Exception as e:  # ImportError, or a broken install (missing libnvinfer)
-        return False, f"torch_tensorrt is not importable ({type(e).__name__}: {e}); install the extra: pip install -e '.[tensorrt]'"
+        return False, (
+            f"torch_tensorrt is not importable ({type(e).__name__}: {e}); "
+            "install the extra: pip install -e '.[tensorrt]'"
+        )
     return True, ""
 
 
@@ -203,7 +206,10 @@ class AcceleratedCall:
                 with self._lock:  # concurrent failures of the same head drop it once
                     if self._chain and self._chain[0] is head:
                         self._chain.pop(0)
-                        then = f"torch.compile ({self.compiler}) from the next call" if self._chain else "eager from now on"
+                        if self._chain:
+                            then = f"torch.compile ({self.compiler}) from the next call"
+                        else:
+                            then = "eager from now on"
                         self._fall_back(f"compiled call ({head[0]}) failed ({_short(compiled_error)}); using {then}")
                 return out
 

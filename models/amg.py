@@ -90,7 +90,9 @@ def grid_points(points_per_side: int, orig_hw: tuple[int, int]) -> np.ndarray:
 
 
 @torch.inference_mode()
-def generate_masks(decoder: Sam2MaskDecoder, features: ImageFeatures, settings: AmgSettings = AmgSettings()) -> list[AutoMask]:
+def generate_masks(
+    decoder: Sam2MaskDecoder, features: ImageFeatures, settings: AmgSettings = AmgSettings()
+) -> list[AutoMask]:
     """All objects in one image: grid clicks -> masks -> filters -> box NMS.
 
     Args:
@@ -113,13 +115,19 @@ def generate_masks(decoder: Sam2MaskDecoder, features: ImageFeatures, settings: 
         low_res, iou = decoder.decode_points(features, batch, multimask_output=True)
         low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
         clicks = np.repeat(batch, low_res.shape[0] // len(batch), axis=0)
-        keep = iou > settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+        if settings.pred_iou_thresh > 0:
+            keep = iou > settings.pred_iou_thresh
+        else:
+            keep = torch.ones_like(iou, dtype=torch.bool)
         if not keep.any():
             continue
         logits = decoder.upsample_logits(low_res[keep], features.orig_hw)
         iou, clicks = iou[keep], clicks[keep.cpu().numpy()]
         stability = calculate_stability_score(logits, thr, settings.stability_score_offset)
-        keep = stability >= settings.stability_score_thresh if settings.stability_score_thresh > 0 else torch.ones_like(stability, dtype=torch.bool)
+        if settings.stability_score_thresh > 0:
+            keep = stability >= settings.stability_score_thresh
+        else:
+            keep = torch.ones_like(stability, dtype=torch.bool)
         masks = logits[keep] > thr
         del logits
         areas = masks.sum(dim=(1, 2))  # no flatten: the masks are column-major views (see upsample_logits)
@@ -137,10 +145,13 @@ def generate_masks(decoder: Sam2MaskDecoder, features: ImageFeatures, settings: 
     if not rles:
         return []
     all_boxes, all_ious = torch.cat(boxes), torch.cat(ious)
-    order = batched_nms(all_boxes, all_ious, torch.zeros(len(all_boxes), device=all_boxes.device), settings.box_nms_thresh)
+    order = batched_nms(
+        all_boxes, all_ious, torch.zeros(len(all_boxes), device=all_boxes.device), settings.box_nms_thresh
+    )
     all_stab, all_pts = torch.cat(stabilities), np.concatenate(origins)
     # sam2's boxes hold the last row/column; ours are pixel-edge (+1), as rle_bbox_xyxy gives them
-    all_areas, edge_boxes = torch.cat(mask_areas).tolist(), (all_boxes + all_boxes.new_tensor([0, 0, 1, 1])).int().tolist()
+    all_areas = torch.cat(mask_areas).tolist()
+    edge_boxes = (all_boxes + all_boxes.new_tensor([0, 0, 1, 1])).int().tolist()
     return [
         AutoMask(
             rle=rles[i],

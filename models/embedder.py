@@ -91,7 +91,8 @@ class ClipSpec:
 
     @property
     def model_id(self) -> str:
-        """``"<model_name>/<pretrained>"``, e.g. ``"ViT-B-32/laion2b_s34b_b79k"`` (``model_name`` alone without a tag)."""
+        """``"<model_name>/<pretrained>"``, e.g. ``"ViT-B-32/laion2b_s34b_b79k"``
+        (``model_name`` alone without a tag)."""
         return f"{self.model_name}/{self.pretrained}" if self.pretrained else self.model_name
 
 

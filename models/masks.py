@@ -108,7 +108,8 @@ def decode_rle(rle: dict) -> np.ndarray:
             raise ValueError(f"size must be [H, W] with H, W >= 0; got {[h, w]}")
         runs = np.asarray(counts, np.int64) if isinstance(counts, list) else rle_run_lengths(counts)
         if runs.ndim != 1 or (len(runs) and runs.min() < 0) or int(runs.sum()) != h * w:
-            raise ValueError(f"the runs of counts cover {int(runs.sum()) if runs.ndim == 1 else '?'} pixels, not the {h} x {w} = {h * w} of size")
+            covered = int(runs.sum()) if runs.ndim == 1 else "?"
+            raise ValueError(f"the runs of counts cover {covered} pixels, not the {h} x {w} = {h * w} of size")
         if isinstance(counts, list):
             coded = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
         else:
@@ -279,7 +280,10 @@ def segmentation_to_rle(segmentation, height: int, width: int) -> dict:
         if isinstance(segmentation, list):
             if any(len(poly) < 6 or len(poly) % 2 for poly in segmentation):
                 raise ValueError("each polygon needs an even number of coordinates, at least 6")
-            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width)) if segmentation else mask_utils.encode(np.zeros((height, width, 1), np.uint8, order="F"))[0]
+            if segmentation:
+                rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+            else:
+                rle = mask_utils.encode(np.zeros((height, width, 1), np.uint8, order="F"))[0]
         elif isinstance(segmentation.get("counts"), list):
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:
@@ -287,7 +291,10 @@ def segmentation_to_rle(segmentation, height: int, width: int) -> dict:
     except (AttributeError, KeyError, TypeError, IndexError) as e:
         raise ValueError(f"not a COCO segmentation: {e}") from None
     counts = rle["counts"]
-    return {"size": [int(height), int(width)], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return {
+        "size": [int(height), int(width)],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
 
 
 def interior_point(mask: np.ndarray) -> tuple[int, int]:

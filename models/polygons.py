@@ -94,7 +94,9 @@ def polygons_to_mask(polygons: list[dict], height: int, width: int) -> np.ndarra
         if any(len(r) < 3 for r in rings):
             raise ValueError(f"polygons[{i}]: every ring needs at least 3 vertices")
         geoms.append(shapely.geometry.Polygon(rings[0], rings[1:]))
-    return rasterio.features.rasterize(geoms, out_shape=(height, width), fill=0, default_value=1, dtype=np.uint8).astype(bool)
+    return rasterio.features.rasterize(
+        geoms, out_shape=(height, width), fill=0, default_value=1, dtype=np.uint8
+    ).astype(bool)
 
 
 def coco_segmentation(polygons: list[dict]) -> list[list[float]]:

@@ -174,7 +174,9 @@ class Sam2MaskDecoder:
         dev = self.device
         for (num_tokens, has_mask, multimask), members in groups.items():
             req_ids = sorted({r for r, _ in members})
-            embed, high_res, repeat_image = self._group_features([requests[r].features for r in req_ids], [req_ids.index(r) for r, _ in members])
+            embed, high_res, repeat_image = self._group_features(
+                [requests[r].features for r in req_ids], [req_ids.index(r) for r, _ in members]
+            )
             points = None
             if num_tokens:
                 coords, labels = zip(*(self._prompt_points(requests[r], requests[r].prompts[p]) for r, p in members))
@@ -214,7 +216,10 @@ class Sam2MaskDecoder:
             )
         index = torch.tensor(slots, device=dev)
         embed = torch.stack([_as_tensor(f.image_embed, dev) for f in features]).index_select(0, index)
-        high_res = [torch.stack([_as_tensor(f.high_res_feats[lvl], dev) for f in features]).index_select(0, index) for lvl in (0, 1)]
+        high_res = [
+            torch.stack([_as_tensor(f.high_res_feats[lvl], dev) for f in features]).index_select(0, index)
+            for lvl in (0, 1)
+        ]
         return embed, high_res, False
 
     @torch.inference_mode()

@@ -10,8 +10,8 @@ the tracking state live, so that memory stays bounded on long clips:
   :func:`models.sam2_video_types.preprocess_frame` resizes and normalises one exactly as sam2's
   ``load_video_frames`` does (PIL ``resize`` to ``image_size`` squared,
   /255, ImageNet mean/std). With ``offload_video_to_cpu`` the uint8 frames stay in host memory and each is
-  preprocessed when the model reads it (:class:`models.sam2_video_types.VideoFrames`); sam2 instead keeps every preprocessed
-  float32 frame (12.6 MB per frame at 1024 px).
+  preprocessed when the model reads it (:class:`models.sam2_video_types.VideoFrames`); sam2 instead keeps
+  every preprocessed float32 frame (12.6 MB per frame at 1024 px).
 * **A bounded memory bank.** sam2 keeps every tracked frame's memory features and masks until the state
   is dropped. The model only ever reads the ``num_maskmem`` most recent frames and the
   ``max_obj_ptrs_in_encoder`` most recent object pointers (``SAM2Base._prepare_memory_conditioned_features``),
@@ -97,7 +97,9 @@ def build_sam2_video_model(
     spec = get_sam2_checkpoint(name)
     if state_dict is None and seed is None:
         raise ValueError("build_sam2_video_model needs a state_dict, or a seed for random weights")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 32):
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 32
+    ):
         raise ValueError(f"image_size must be a positive multiple of 32 (e.g. 256, 512, 1024), got {image_size!r}")
     overrides = [] if image_size is None else [f"++model.image_size={image_size}"]
     overrides.append(f"++model.add_all_frames_to_correct_as_cond={str(bool(add_all_frames_to_correct_as_cond)).lower()}")
@@ -109,7 +111,9 @@ def build_sam2_video_model(
         state_dict = build_sam2_model(name, seed=seed).state_dict()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the initial values are all overwritten below
-        model = build_sam2_video_predictor(spec.config, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=overrides)
+        model = build_sam2_video_predictor(
+            spec.config, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=overrides
+        )
     model.load_state_dict(state_dict, strict=True)
     model.memory_attention.register_forward_pre_hook(_memory_in_feature_dtype, with_kwargs=True)
     return model.to(device).eval()

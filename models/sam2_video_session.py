@@ -102,7 +102,9 @@ class VideoSession:
             not keep corrections (its ``add_all_frames_to_correct_as_cond`` is off).
     """
 
-    def __init__(self, predictor: torch.nn.Module, frames: np.ndarray, settings: VideoSettings | None = None, prune: bool = False) -> None:
+    def __init__(
+        self, predictor: torch.nn.Module, frames: np.ndarray, settings: VideoSettings | None = None, prune: bool = False
+    ) -> None:
         if not prune and not getattr(predictor, "add_all_frames_to_correct_as_cond", False):
             raise ValueError(
                 "an interactive session needs a predictor with add_all_frames_to_correct_as_cond on (else the next "
@@ -143,7 +145,11 @@ class VideoSession:
     # ------------------------------------------------------------------ prompts
     def _check_frame(self, frame_index: int, name: str = "frame_index") -> None:
         if not 0 <= frame_index < self.num_frames:
-            raise PromptError(f"{name} {frame_index} is outside the clip of {self.num_frames} frames (0..{self.num_frames - 1})", "out_of_clip", name)
+            raise PromptError(
+                f"{name} {frame_index} is outside the clip of {self.num_frames} frames (0..{self.num_frames - 1})",
+                "out_of_clip",
+                name,
+            )
 
     @torch.inference_mode()
     def add_prompt(self, obj_id: int, prompt: FramePrompt, clear_old_points: bool = True) -> FrameMasks:
@@ -170,12 +176,23 @@ class VideoSession:
         h, w = self.height, self.width
         if prompt.mask is not None:
             if prompt.mask.shape != (h, w):
-                raise PromptError(f"mask is {prompt.mask.shape[1]}x{prompt.mask.shape[0]}, the frames are {w}x{h}", field="mask")
+                raise PromptError(
+                    f"mask is {prompt.mask.shape[1]}x{prompt.mask.shape[0]}, the frames are {w}x{h}", field="mask"
+                )
         else:
             if prompt.box_xyxy is not None and not clear_old_points:
-                raise PromptError("a box needs clear_old_points=True (sam2 puts the box before any click)", field="clear_old_points")
-            for name, xy in (("box_xyxy", None if prompt.box_xyxy is None else prompt.box_xyxy.reshape(2, 2)), ("points", prompt.point_coords)):
-                if xy is not None and (not np.isfinite(xy).all() or (xy[:, 0] < 0).any() or (xy[:, 0] > w).any() or (xy[:, 1] < 0).any() or (xy[:, 1] > h).any()):
+                raise PromptError(
+                    "a box needs clear_old_points=True (sam2 puts the box before any click)", field="clear_old_points"
+                )
+            box_corners = None if prompt.box_xyxy is None else prompt.box_xyxy.reshape(2, 2)
+            for name, xy in (("box_xyxy", box_corners), ("points", prompt.point_coords)):
+                if xy is not None and (
+                    not np.isfinite(xy).all()
+                    or (xy[:, 0] < 0).any()
+                    or (xy[:, 0] > w).any()
+                    or (xy[:, 1] < 0).any()
+                    or (xy[:, 1] > h).any()
+                ):
                     raise PromptError(f"{name} lie outside the {w}x{h} frame", "out_of_image", name)
         t0 = time.perf_counter()
         p = self.predictor
@@ -268,7 +285,9 @@ class VideoSession:
         """One ``propagate_in_video`` call: every frame it tracks, the start frame first."""
         p = self.predictor
         with torch.inference_mode():
-            gen = p.propagate_in_video(self.state, start_frame_idx=start, max_frame_num_to_track=track, reverse=backward)
+            gen = p.propagate_in_video(
+                self.state, start_frame_idx=start, max_frame_num_to_track=track, reverse=backward
+            )
         try:
             while not cancelled():
                 t0 = time.perf_counter()
@@ -283,7 +302,9 @@ class VideoSession:
                 self.frames_tracked += 1
                 if self.prune:
                     self._tracker._prune(self.state, frame_idx, start)
-                yield FrameMasks(out.frame_index, out.obj_ids, out.masks, out.object_score_logits, (time.perf_counter() - t0) * 1e3)
+                yield FrameMasks(
+                    out.frame_index, out.obj_ids, out.masks, out.object_score_logits, (time.perf_counter() - t0) * 1e3
+                )
         finally:
             gen.close()
 
@@ -305,7 +326,10 @@ class VideoSession:
         _, updated = self.predictor.remove_object(self.state, obj_id, strict=True, need_output=True)
         dt = (time.perf_counter() - t0) * 1e3
         temp = self.state["temp_output_dict_per_obj"].values()
-        return [self._frame(f, m, dt, any(f in t["cond_frame_outputs"] for t in temp)) for f, m in sorted(updated, key=lambda u: u[0])]
+        return [
+            self._frame(f, m, dt, any(f in t["cond_frame_outputs"] for t in temp))
+            for f, m in sorted(updated, key=lambda u: u[0])
+        ]
 
     @torch.inference_mode()
     def reset(self) -> None:
@@ -313,7 +337,9 @@ class VideoSession:
         self.predictor.reset_state(self.state)
 
     # ------------------------------------------------------------------ helpers
-    def _frame(self, frame_idx: int, video_res_masks: torch.Tensor, dt_ms: float, temp_cond: bool | None = None) -> FrameMasks:
+    def _frame(
+        self, frame_idx: int, video_res_masks: torch.Tensor, dt_ms: float, temp_cond: bool | None = None
+    ) -> FrameMasks:
         """A sam2 answer as :class:`FrameMasks`. ``temp_cond``: the answer consolidates temporary
         outputs (a prompt, a removal) of that kind (True: conditioning); None: a propagation step."""
         obj_ids = self.obj_ids
@@ -328,7 +354,8 @@ class VideoSession:
         answers an empty mask)."""
         sources = []
         if temp_cond is not None:
-            sources.append(self.state["temp_output_dict_per_obj"][obj_idx]["cond_frame_outputs" if temp_cond else "non_cond_frame_outputs"])
+            outputs = "cond_frame_outputs" if temp_cond else "non_cond_frame_outputs"
+            sources.append(self.state["temp_output_dict_per_obj"][obj_idx][outputs])
         out_dict = self.state["output_dict_per_obj"][obj_idx]
         sources += [out_dict["cond_frame_outputs"], out_dict["non_cond_frame_outputs"]]
         for d in sources:

@@ -75,7 +75,10 @@ class VideoFrames:
 def check_frames(frames: np.ndarray) -> None:
     """Raise ValueError unless ``frames`` is (N, H, W, 3) uint8 with N, H, W > 0."""
     if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (N, H, W, 3) uint8 RGB, got {getattr(frames, 'shape', None)} {getattr(frames, 'dtype', None)}")
+        raise ValueError(
+            "frames must be (N, H, W, 3) uint8 RGB, "
+            f"got {getattr(frames, 'shape', None)} {getattr(frames, 'dtype', None)}"
+        )
     if 0 in frames.shape:
         raise ValueError(f"frames must have N, H, W > 0, got {frames.shape}")
 
@@ -104,7 +107,9 @@ class FramePrompt:
         if (self.point_coords is None) != (self.point_labels is None):
             raise ValueError("point_coords and point_labels must be given together")
         if self.point_coords is not None and (
-            self.point_coords.ndim != 2 or self.point_coords.shape[1] != 2 or self.point_labels.shape != (self.point_coords.shape[0],)
+            self.point_coords.ndim != 2
+            or self.point_coords.shape[1] != 2
+            or self.point_labels.shape != (self.point_coords.shape[0],)
         ):
             raise ValueError("point_coords must be (K, 2) and point_labels (K,)")
         if self.box_xyxy is not None and self.box_xyxy.shape != (4,):
@@ -172,6 +177,8 @@ def check_objects(objects: Sequence[VideoObject], num_frames: int, frame_hw: tup
         seen.add(obj.obj_id)
         for prompt in obj.prompts:
             if not 0 <= prompt.frame_index < num_frames:
-                raise ValueError(f"object {obj.obj_id}: frame_index {prompt.frame_index} is outside the clip of {num_frames} frames")
+                raise ValueError(
+                    f"object {obj.obj_id}: frame_index {prompt.frame_index} is outside the clip of {num_frames} frames"
+                )
             if prompt.mask is not None and prompt.mask.shape != tuple(frame_hw):
                 raise ValueError(f"object {obj.obj_id}: mask is {prompt.mask.shape}, frames are {tuple(frame_hw)}")

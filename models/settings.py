@@ -41,7 +41,14 @@ def bounded(
         choices: the allowed values (None may be one of them).
         min_length: least length of a string value (other values, e.g. a callable, are not checked).
     """
-    rules = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": None if choices is None else tuple(choices), "min_length": min_length}
+    rules = {
+        "ge": ge,
+        "gt": gt,
+        "le": le,
+        "lt": lt,
+        "choices": None if choices is None else tuple(choices),
+        "min_length": min_length,
+    }
     return dataclasses.field(default=default, metadata={k: v for k, v in rules.items() if v is not None})
 
 
@@ -51,7 +58,11 @@ def field_rules(cls: type) -> dict[str, dict[str, Any]]:
 
     Cached per class: do not modify the result.
     """
-    return {f.name: {k: f.metadata[k] for k in BOUND_KEYS if k in f.metadata} for f in dataclasses.fields(cls) if any(k in f.metadata for k in BOUND_KEYS)}
+    return {
+        f.name: {k: f.metadata[k] for k in BOUND_KEYS if k in f.metadata}
+        for f in dataclasses.fields(cls)
+        if any(k in f.metadata for k in BOUND_KEYS)
+    }
 
 
 @functools.cache

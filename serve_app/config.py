@@ -244,5 +244,8 @@ def thread_shares(budget: int, encoder: int | None = None, decoder: int | None =
     if encoder is None:
         encoder = max(1, budget - decoder)
     if encoder + decoder > budget:
-        raise ValueError(f"encoder.torch_threads ({encoder}) + decoder.torch_threads ({decoder}) must be <= threads_per_node ({budget})")
+        raise ValueError(
+            f"encoder.torch_threads ({encoder}) + decoder.torch_threads ({decoder}) "
+            f"must be <= threads_per_node ({budget})"
+        )
     return encoder, decoder

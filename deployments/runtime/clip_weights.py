@@ -47,7 +47,8 @@ _OFFLINE_HELP = (
 
 
 def clip_cache_dir() -> Path:
-    """Where open_clip's downloads are cached: ``<cache dir>/open_clip`` (see :func:`deployments.runtime.weights.cache_dir`)."""
+    """Where open_clip's downloads are cached: ``<cache dir>/open_clip``
+    (see :func:`deployments.runtime.weights.cache_dir`)."""
     return cache_dir() / "open_clip"
 
 

@@ -239,7 +239,9 @@ class ExampleFileReader:
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
             raise _fail(n, "dim", f"must be an integer in 1..{MAX_DIM}; got {dim!r}")
         if rec.get("distance", "cosine") != "cosine":
-            raise _fail(n, "distance", f"must be 'cosine' (the only distance samgraph stores); got {rec.get('distance')!r}")
+            raise _fail(
+                n, "distance", f"must be 'cosine' (the only distance samgraph stores); got {rec.get('distance')!r}"
+            )
         try:
             collection = check_collection_name(rec.get("collection"))
         except InvalidRequest as e:

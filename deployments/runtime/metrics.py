@@ -85,8 +85,16 @@ METRICS: tuple[MetricSpec, ...] = (
         ("result",),
     ),
     MetricSpec("samgraph_embedding_cache_entries", "gauge", "Images held by a MaskDecoder replica's image cache."),
-    MetricSpec("samgraph_embedding_cache_bytes", "gauge", "Bytes (features and pixels) held by a MaskDecoder replica's image cache."),
-    MetricSpec("samgraph_embedding_cache_evictions", "counter", "Images a MaskDecoder replica's image cache evicted to stay within its bounds."),
+    MetricSpec(
+        "samgraph_embedding_cache_bytes",
+        "gauge",
+        "Bytes (features and pixels) held by a MaskDecoder replica's image cache.",
+    ),
+    MetricSpec(
+        "samgraph_embedding_cache_evictions",
+        "counter",
+        "Images a MaskDecoder replica's image cache evicted to stay within its bounds.",
+    ),
     MetricSpec(
         "samgraph_masks_per_request",
         "histogram",

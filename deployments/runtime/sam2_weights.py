@@ -162,5 +162,8 @@ def load_sam2_video(model_id: str, source: WeightsSource, device: str = "cpu", p
 def _build(builder, model_id: str, source: WeightsSource, device: str, progress: bool) -> LoadedSam2:
     """``builder(model_id, state_dict | seed=, device=)`` with the weights of ``source``."""
     state, weights = _resolve_state(model_id, source, progress)
-    model = builder(model_id, seed=source.seed, device=device) if state is None else builder(model_id, state, device=device)
+    if state is None:
+        model = builder(model_id, seed=source.seed, device=device)
+    else:
+        model = builder(model_id, state, device=device)
     return LoadedSam2(model, model_id, weights)

@@ -37,7 +37,9 @@ def check_collection_name(name: str) -> str:
         ValueError: otherwise.
     """
     if not isinstance(name, str) or not COLLECTION_NAME_RE.fullmatch(name):
-        raise InvalidRequest(f"collection name must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'; got {name!r}", "collection")
+        raise InvalidRequest(
+            f"collection name must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'; got {name!r}", "collection"
+        )
     return name
 
 
@@ -51,7 +53,9 @@ def check_label(label: str) -> str:
         raise InvalidRequest(f"label must be a string; got {type(label).__name__}", "label")
     stripped = label.strip()
     if not 1 <= len(stripped) <= MAX_LABEL_CHARS:
-        raise InvalidRequest(f"label must be 1-{MAX_LABEL_CHARS} characters after stripping whitespace; got {label!r}", "label")
+        raise InvalidRequest(
+            f"label must be 1-{MAX_LABEL_CHARS} characters after stripping whitespace; got {label!r}", "label"
+        )
     return stripped
 
 

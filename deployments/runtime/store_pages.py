@@ -102,7 +102,9 @@ class CollectionPages:
         items = [{"id": str(p.id), "label": str((p.payload or {}).get("label", ""))} for p in points]
         return items, None if next_offset is None else str(next_offset)
 
-    def export_page(self, collection: str, offset: str | None = None, limit: int = TRANSFER_PAGE) -> tuple[Examples, str | None]:
+    def export_page(
+        self, collection: str, offset: str | None = None, limit: int = TRANSFER_PAGE
+    ) -> tuple[Examples, str | None]:
         """One page of a collection's examples with their vectors, in id order.
 
         Args:

@@ -80,7 +80,9 @@ class ExampleStore(CollectionPages):
     ) -> None:
         from qdrant_client import QdrantClient  # heavy; kept out of import time
 
-        given = [name for name, on in (("path", path is not None), ("url", url is not None), ("in_memory", in_memory)) if on]
+        given = [
+            name for name, on in (("path", path is not None), ("url", url is not None), ("in_memory", in_memory)) if on
+        ]
         if len(given) != 1:
             raise ValueError(
                 f"give exactly one of path=<folder> (Qdrant local), url=<server URL> (Qdrant server) or "
@@ -299,7 +301,9 @@ class ExampleStore(CollectionPages):
     def _upsert(self, collection: str, ids: list[str], x: np.ndarray, bodies: list[dict]) -> None:
         from qdrant_client import models
 
-        points = [models.PointStruct(id=pid, vector=vec, payload=body) for pid, vec, body in zip(ids, x.tolist(), bodies)]
+        points = [
+            models.PointStruct(id=pid, vector=vec, payload=body) for pid, vec, body in zip(ids, x.tolist(), bodies)
+        ]
         self._qdrant().upsert(collection_name=collection, points=points, wait=True)
 
 
@@ -320,7 +324,9 @@ class ExampleStore(CollectionPages):
         size = getattr(params, "size", None)
         distance = getattr(params, "distance", None)
         if size is None or getattr(distance, "value", distance) != "Cosine":
-            raise InvalidRequest(f"collection {name!r} is not a single-vector cosine collection made by samgraph", "collection")
+            raise InvalidRequest(
+                f"collection {name!r} is not a single-vector cosine collection made by samgraph", "collection"
+            )
         return int(size)
 
     def _ensure_collection(self, name: str, dim: int) -> None:

@@ -80,7 +80,11 @@ def decode_video(data: bytes, max_frames: int, max_frame_pixels: int, field: str
                 _check_size(frame.width, frame.height, max_frame_pixels, field)
                 rgb = frame.to_ndarray(format="rgb24")
                 if frames and rgb.shape != frames[0].shape:
-                    raise FrameSizeMismatch(f"frame {len(frames)} is {rgb.shape[1]}x{rgb.shape[0]}, frame 0 is {frames[0].shape[1]}x{frames[0].shape[0]}; all frames must have one size", field)
+                    raise FrameSizeMismatch(
+                        f"frame {len(frames)} is {rgb.shape[1]}x{rgb.shape[0]}, "
+                        f"frame 0 is {frames[0].shape[1]}x{frames[0].shape[0]}; all frames must have one size",
+                        field,
+                    )
                 frames.append(rgb)
         except av.FFmpegError as e:
             raise InvalidVideo(f"the video is truncated or corrupt: {e}"[:300], field) from None
@@ -112,7 +116,9 @@ def decode_frames(images_b64: list[str], max_frames: int, max_frame_pixels: int,
             out = np.empty((len(images_b64), *rgb.shape), np.uint8)
         elif rgb.shape != out.shape[1:]:
             raise FrameSizeMismatch(
-                f"{at} is {rgb.shape[1]}x{rgb.shape[0]}, {field}[0] is {out.shape[2]}x{out.shape[1]}; all frames must have one size", at,
+                f"{at} is {rgb.shape[1]}x{rgb.shape[0]}, {field}[0] is {out.shape[2]}x{out.shape[1]}; "
+                "all frames must have one size",
+                at,
             )
         out[i] = rgb
     return out

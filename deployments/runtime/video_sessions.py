@@ -187,7 +187,14 @@ class SessionStore:
     def stats(self) -> dict:
         """``{"sessions", "bytes", "max_sessions", "max_bytes", "ttl_s", "opened", "closed", "expired",
         "refused"}``."""
-        return {"sessions": len(self), "bytes": self.bytes, "max_sessions": self.max_sessions, "max_bytes": self.max_bytes, "ttl_s": self.ttl_s, **self.counters}
+        return {
+            "sessions": len(self),
+            "bytes": self.bytes,
+            "max_sessions": self.max_sessions,
+            "max_bytes": self.max_bytes,
+            "ttl_s": self.ttl_s,
+            **self.counters,
+        }
 
     def _expired(self, entry: SessionEntry) -> bool:
         return not entry.lock.locked() and self._clock() - entry.last_used > self.ttl_s

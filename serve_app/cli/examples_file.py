@@ -119,7 +119,11 @@ def file_parts(path: str | os.PathLike, batch_points: int = DEFAULT_BATCH_POINTS
 
 
 def import_from_file(
-    api: SamgraphClient, path: str | os.PathLike, collection: str | None = None, batch_points: int = DEFAULT_BATCH_POINTS, progress=None
+    api: SamgraphClient,
+    path: str | os.PathLike,
+    collection: str | None = None,
+    batch_points: int = DEFAULT_BATCH_POINTS,
+    progress=None,
 ) -> dict:
     """Check ``path`` whole, then upsert it into the service in parts of ``batch_points`` examples.
 
@@ -170,7 +174,10 @@ def add_file_commands(exsub, api_args, client: Callable[[argparse.Namespace], Sa
     import_.add_argument("--file", required=True, help="a file written by `examples export` (plain or gzip)")
     import_.add_argument("--collection", default=None, help="the collection to write to (default: the file's)")
     import_.add_argument(
-        "--batch-points", type=int, default=DEFAULT_BATCH_POINTS, help=f"examples per request (default {DEFAULT_BATCH_POINTS})"
+        "--batch-points",
+        type=int,
+        default=DEFAULT_BATCH_POINTS,
+        help=f"examples per request (default {DEFAULT_BATCH_POINTS})",
     )
 
 
@@ -193,7 +200,10 @@ def cmd_examples_file(args: argparse.Namespace, client: Callable[[argparse.Names
                 out = import_from_file(api, args.file, args.collection, args.batch_points, progress)
     except (ApiUnreachable, ApiResponseError, ApiStreamError) as e:
         if args.action == "import":
-            print("the examples sent before the failure are stored; the import is idempotent: run it again", file=sys.stderr)
+            print(
+                "the examples sent before the failure are stored; the import is idempotent: run it again",
+                file=sys.stderr,
+            )
         return fail(e)
     except InputError as e:
         print(f"error: {args.file}: {e.message}", file=sys.stderr)

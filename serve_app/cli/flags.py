@@ -55,7 +55,9 @@ def _parse_obj(text: str, parse, what: str) -> tuple[int, list]:
         if obj_id < 0:
             raise ValueError
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must start with an object id >= 0, as OBJ:...; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"{what} must start with an object id >= 0, as OBJ:...; got {text!r}"
+        ) from None
     return obj_id, parse(rest)
 
 
@@ -123,8 +125,15 @@ def build_prompts(boxes: list[list[float]], points: list[list]) -> list[dict]:
 
 def add_mask_format_args(parser: argparse.ArgumentParser) -> None:
     """``--mask-format`` and ``--polygon-tolerance`` (see :func:`mask_format_fields`)."""
-    parser.add_argument("--mask-format", choices=("rle", "png", "polygon", "none"), default="rle", help="how masks come back (default rle)")
-    parser.add_argument("--polygon-tolerance", type=float, help="polygon simplification in pixels (default 0: the exact outline)")
+    parser.add_argument(
+        "--mask-format",
+        choices=("rle", "png", "polygon", "none"),
+        default="rle",
+        help="how masks come back (default rle)",
+    )
+    parser.add_argument(
+        "--polygon-tolerance", type=float, help="polygon simplification in pixels (default 0: the exact outline)"
+    )
 
 
 def mask_format_fields(args: argparse.Namespace) -> dict:

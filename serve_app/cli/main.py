@@ -132,7 +132,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if (args.overlay or args.cutout) and args.mask_format != "rle":
         print("error: --overlay and --cutout need --mask-format rle", file=sys.stderr)
         return 2
-    request = {"prompts": build_prompts(args.box or [], args.point or []) + [{"text": t} for t in args.text or []], **mask_format_fields(args)}
+    request = {
+        "prompts": build_prompts(args.box or [], args.point or []) + [{"text": t} for t in args.text or []],
+        **mask_format_fields(args),
+    }
     if args.multimask is not None:
         request["multimask_output"] = args.multimask
     result = _post_image(args, SamgraphClient.segment, request)
@@ -185,7 +188,13 @@ def _post_image(args: argparse.Namespace, call, request: dict) -> dict | int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``/v1/predict`` on ``--image``: print a table of the labelled instances (or ``--json``)."""
-    request = {"collection": args.collection, "top_k": args.top_k, "min_score": args.min_score, "max_instances": args.max_instances, **mask_format_fields(args)}
+    request = {
+        "collection": args.collection,
+        "top_k": args.top_k,
+        "min_score": args.min_score,
+        "max_instances": args.max_instances,
+        **mask_format_fields(args),
+    }
     if args.points_per_side:
         request["amg"] = {"points_per_side": args.points_per_side}
     result = _post_image(args, SamgraphClient.predict, request)
@@ -194,11 +203,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{len(result['instances'])} instances in {result['timing_ms']['total']:.0f} ms ({result['image_id'][:12]}...)")
+    print(
+        f"{len(result['instances'])} instances in {result['timing_ms']['total']:.0f} ms "
+        f"({result['image_id'][:12]}...)"
+    )
     print(f"{'#':>3} {'label':<20} {'confidence':>10} {'pred_iou':>8} {'area_px':>9}  bbox_xyxy")
     for i, inst in enumerate(result["instances"]):
         label = inst["label"] if inst["label"] is not None else "-"
-        print(f"{i:>3} {label:<20} {inst['confidence']:>10.3f} {inst['predicted_iou']:>8.3f} {inst['area_px']:>9}  {inst['bbox_xyxy']}")
+        print(
+            f"{i:>3} {label:<20} {inst['confidence']:>10.3f} {inst['predicted_iou']:>8.3f} "
+            f"{inst['area_px']:>9}  {inst['bbox_xyxy']}"
+        )
     return 0
 
 
@@ -210,7 +225,9 @@ def cmd_examples(args: argparse.Namespace) -> int:
         if not prompt:
             print("error: give --box and/or --point for the object", file=sys.stderr)
             return 2
-        out = _post_image(args, SamgraphClient.add_example, {**prompt[0], "label": args.label, "collection": args.collection})
+        out = _post_image(
+            args, SamgraphClient.add_example, {**prompt[0], "label": args.label, "collection": args.collection}
+        )
         if isinstance(out, int):
             return out
         print(json.dumps({k: out[k] for k in ("ids", "collection", "label", "area_px")}, indent=2))
@@ -278,7 +295,8 @@ def cmd_video(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(text)
     t = end["timing_ms"]
-    print(json.dumps({"frames": len(frames), "obj_ids": head["obj_ids"], "timing_ms": {k: round(v, 1) for k, v in t.items()}}, indent=2))
+    summary = {"frames": len(frames), "obj_ids": head["obj_ids"], "timing_ms": {k: round(v, 1) for k, v in t.items()}}
+    print(json.dumps(summary, indent=2))
     if args.overlay_video:
         _write_overlay_video(args, result)
     return 0
@@ -304,7 +322,12 @@ def _write_overlay_video(args: argparse.Namespace, result: dict) -> None:
 def _api_args(c: argparse.ArgumentParser, func) -> None:
     c.add_argument("--api", default=os.environ.get("SAMGRAPH_API", DEFAULT_API), help="service URL")
     c.add_argument("--timeout", type=float, default=300.0, help="HTTP timeout, seconds")
-    c.add_argument("--api-key", default=None, metavar="KEY", help="API key of a service that needs one (default: $SAMGRAPH_API_KEY)")
+    c.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="API key of a service that needs one (default: $SAMGRAPH_API_KEY)",
+    )
     c.set_defaults(func=func)
 
 
@@ -323,17 +346,24 @@ def make_parser() -> argparse.ArgumentParser:
     pull = msub.add_parser("pull", help="download and verify a checkpoint into the cache dir")
     pull.add_argument("name", nargs="?", help="registry name (default sam2.1_hiera_tiny)")
     pull.add_argument(
-        "--clip", action="store_true", help="also fetch the app's default CLIP weights (ViT-B-32/laion2b_s34b_b79k) into the cache dir"
+        "--clip",
+        action="store_true",
+        help="also fetch the app's default CLIP weights (ViT-B-32/laion2b_s34b_b79k) into the cache dir",
     )
     m.set_defaults(func=cmd_models)
 
-    for name, func, helptext in (("ping", cmd_ping, "readiness of a running service"), ("segment", cmd_segment, "segment an image")):
+    for name, func, helptext in (
+        ("ping", cmd_ping, "readiness of a running service"),
+        ("segment", cmd_segment, "segment an image"),
+    ):
         c = sub.add_parser(name, help=helptext)
         _api_args(c, func)
         if name == "segment":
             c.add_argument("--text", action="append", help="a text prompt, e.g. 'the red car' (ranked automatic masks)")
             c.add_argument("--image", required=True, help="image file (JPEG, PNG, ...)")
-            c.add_argument("--box", type=parse_box, action="append", help="x0,y0,x1,y1 in pixels; repeat for more objects")
+            c.add_argument(
+                "--box", type=parse_box, action="append", help="x0,y0,x1,y1 in pixels; repeat for more objects"
+            )
             c.add_argument("--point", type=parse_point, action="append", help="x,y[,fg|bg] in pixels (default fg)")
             c.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None)
             c.add_argument("--out", help="write the full JSON response here")

@@ -12,7 +12,10 @@ from models.masks import decode_rle
 
 # Distinct colours for up to 8 objects (Okabe-Ito palette), then repeating.
 PALETTE = np.array(
-    [[230, 159, 0], [86, 180, 233], [0, 158, 115], [240, 228, 66], [0, 114, 178], [213, 94, 0], [204, 121, 167], [0, 0, 0]],
+    [
+        [230, 159, 0], [86, 180, 233], [0, 158, 115], [240, 228, 66],
+        [0, 114, 178], [213, 94, 0], [204, 121, 167], [0, 0, 0],
+    ],
     dtype=np.float32,
 )
 

@@ -18,22 +18,40 @@ def _settings(args: argparse.Namespace):
     from serve_app.offline.pipeline import load_batch_args
 
     sets = list(args.set or [])
-    for flag, key in (("weights", "weights"), ("checkpoint", "checkpoint"), ("seed", "seed"), ("clip_weights", "clip.weights"), ("store", "retriever.path")):
+    for flag, key in (
+        ("weights", "weights"),
+        ("checkpoint", "checkpoint"),
+        ("seed", "seed"),
+        ("clip_weights", "clip.weights"),
+        ("store", "retriever.path"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             sets.append(f"{key}={value}")
     return load_batch_args(sets)
 
 
-def _run(args: argparse.Namespace, source: str, out_dir: str, prompts: str | None, predict: bool, add_examples: bool, embeddings: bool):
+def _run(
+    args: argparse.Namespace,
+    source: str,
+    out_dir: str,
+    prompts: str | None,
+    predict: bool,
+    add_examples: bool,
+    embeddings: bool,
+):
     from serve_app.offline.inputs import list_inputs, plan_run
     from serve_app.offline.pipeline import run_batch
 
     settings = _settings(args)
     data = list_inputs(source, args.images, args.limit)
     plan = plan_run(data, prompts, predict, add_examples, args.collection, embeddings)
-    print(f"{len(data.items)} images ({len(data.skipped)} other files skipped); prompts {plan.prompts}"
-          f"{'; predict from ' + plan.collection if predict else ''}{'; adding examples to ' + plan.collection if add_examples else ''}", file=sys.stderr)
+    print(
+        f"{len(data.items)} images ({len(data.skipped)} other files skipped); prompts {plan.prompts}"
+        f"{'; predict from ' + plan.collection if predict else ''}"
+        f"{'; adding examples to ' + plan.collection if add_examples else ''}",
+        file=sys.stderr,
+    )
     return run_batch(data, out_dir, plan, settings, address=args.address, progress=not args.quiet)
 
 
@@ -84,7 +102,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
         gt = COCO(args.coco)
     failed = {f["path"] for f in summary.failed}
-    evaluated = [it["image_id"] for it in list_inputs(args.coco, args.images, args.limit).items if it["path"] not in failed]
+    evaluated = [
+        it["image_id"] for it in list_inputs(args.coco, args.images, args.limit).items if it["path"] not in failed
+    ]
     report = evaluate_masks(gt, predictions_from_instances(summary.outputs["instances"]), evaluated)
     source = WeightsSource.resolve(args.weights, args.checkpoint, args.seed)
     report = {
@@ -109,11 +129,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _common(c: argparse.ArgumentParser) -> None:
     c.add_argument("--images", help="folder of the images of a COCO file (default: next to it, e.g. val2017/)")
     c.add_argument("--limit", type=int, help="only the first N images")
-    c.add_argument("--weights", choices=["registry", "file", "random"], help="SAM 2 weights (default: SAMGRAPH_WEIGHTS, else registry)")
+    c.add_argument(
+        "--weights",
+        choices=["registry", "file", "random"],
+        help="SAM 2 weights (default: SAMGRAPH_WEIGHTS, else registry)",
+    )
     c.add_argument("--checkpoint", help="SAM 2 checkpoint file (with --weights file)")
     c.add_argument("--seed", type=int, help="seed of random weights")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a setting, e.g. encode.batch_size=2, decode.concurrency=2, encode.num_gpus=1, amg.points_per_side=8")
+    c.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. encode.batch_size=2, decode.concurrency=2, encode.num_gpus=1, "
+        "amg.points_per_side=8",
+    )
     c.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     c.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -123,13 +152,27 @@ def add_commands(sub) -> None:
     b = sub.add_parser("batch", help="offline batch inference over a folder or a COCO file (Ray Data)")
     b.add_argument("--input", required=True, help="folder of images, or a COCO annotation JSON")
     b.add_argument("--output", required=True, help="output folder: results.json, instances.parquet, summary.json")
-    b.add_argument("--prompts", choices=["coco-boxes", "center-points", "auto"], help="default: coco-boxes for COCO, center-points for a folder")
-    b.add_argument("--predict", action="store_true", help="label every instance by its nearest examples in --collection")
-    b.add_argument("--add-examples", action="store_true", help="store every ground-truth instance of the COCO file as an example")
+    b.add_argument(
+        "--prompts",
+        choices=["coco-boxes", "center-points", "auto"],
+        help="default: coco-boxes for COCO, center-points for a folder",
+    )
+    b.add_argument(
+        "--predict", action="store_true", help="label every instance by its nearest examples in --collection"
+    )
+    b.add_argument(
+        "--add-examples", action="store_true", help="store every ground-truth instance of the COCO file as an example"
+    )
     b.add_argument("--collection", default="default")
     b.add_argument("--store", help="embedded Qdrant folder (default: SAMGRAPH_QDRANT_URL, else SAMGRAPH_DATA_DIR)")
-    b.add_argument("--clip-weights", choices=["pretrained", "file", "random"], help="CLIP weights (default: SAMGRAPH_WEIGHTS, else pretrained)")
-    b.add_argument("--embeddings", action="store_true", help="also write each instance's CLIP embedding to the Parquet file")
+    b.add_argument(
+        "--clip-weights",
+        choices=["pretrained", "file", "random"],
+        help="CLIP weights (default: SAMGRAPH_WEIGHTS, else pretrained)",
+    )
+    b.add_argument(
+        "--embeddings", action="store_true", help="also write each instance's CLIP embedding to the Parquet file"
+    )
     _common(b)
     b.set_defaults(func=cmd_batch)
 

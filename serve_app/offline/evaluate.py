@@ -27,7 +27,11 @@ import numpy as np
 from serve_app.offline.writer import AtomicFile
 
 # pycocotools/cocoeval.py, Params.setDetParams: areaRng [0, 32²], [32², 96²], [96², 1e5²]
-AREA_RANGES: dict[str, tuple[float, float]] = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, math.inf)}
+AREA_RANGES: dict[str, tuple[float, float]] = {
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, math.inf),
+}
 PROMPTS = {"box": "coco-boxes", "center-point": "center-points"}
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -88,10 +92,22 @@ def evaluate_masks(gt, predictions: dict[int, dict], image_ids: list[int] | None
         if pred is not None:
             rle = pred["rle"]
             if list(rle["size"]) != [h, w]:
-                raise ValueError(f"prediction for annotation {ann['id']} has size {list(rle['size'])}, its image is {[h, w]}")
-            coded = [{"size": [h, w], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]} for r in (rle, gt_rle)]
+                raise ValueError(
+                    f"prediction for annotation {ann['id']} has size {list(rle['size'])}, its image is {[h, w]}"
+                )
+            coded = [
+                {"size": [h, w], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]}
+                for r in (rle, gt_rle)
+            ]
             iou = float(mask_utils.iou(coded[:1], coded[1:], [0])[0][0])
-            results.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "segmentation": rle, "score": float(pred["score"])})
+            results.append(
+                {
+                    "image_id": ann["image_id"],
+                    "category_id": ann["category_id"],
+                    "segmentation": rle,
+                    "score": float(pred["score"]),
+                }
+            )
         ious[ann["id"]] = iou
         per_area[area_range(float(ann["area"]))].append(iou)
         per_cat.setdefault(cats.get(ann["category_id"], str(ann["category_id"])), []).append(iou)
@@ -145,7 +161,10 @@ def predictions_from_instances(parquet_path: str | os.PathLike) -> dict[int, dic
 
     table = pq.read_table(parquet_path, columns=["ann_id", "rle_size", "rle_counts", "predicted_iou"]).to_pylist()
     return {
-        int(r["ann_id"]): {"rle": {"size": list(r["rle_size"]), "counts": r["rle_counts"]}, "score": float(r["predicted_iou"])}
+        int(r["ann_id"]): {
+            "rle": {"size": list(r["rle_size"]), "counts": r["rle_counts"]},
+            "score": float(r["predicted_iou"]),
+        }
         for r in table
         if r["ann_id"] is not None
     }
@@ -190,7 +209,9 @@ def plot_by_area(report: dict, path: str | os.PathLike, title: str = "") -> None
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     bars = ax.bar(names, values, color=["#555555", "#4c72b0", "#55a868", "#c44e52"])
     for bar, n in zip(bars, counts):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, f"n={n}", ha="center", va="bottom", fontsize=9)
+        ax.text(
+            bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, f"n={n}", ha="center", va="bottom", fontsize=9
+        )
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("mIoU")
     ax.set_title(title or "mask IoU by COCO area range")

@@ -52,7 +52,9 @@ class ResultWriter:
 
     PARQUET_BATCH = 512
 
-    def __init__(self, out_dir: str | os.PathLike, with_embeddings: bool = False, categories: dict[int, str] | None = None) -> None:
+    def __init__(
+        self, out_dir: str | os.PathLike, with_embeddings: bool = False, categories: dict[int, str] | None = None
+    ) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.results = AtomicFile(out / "results.json")
@@ -82,7 +84,12 @@ class ResultWriter:
             label = inst.get("label")
             category_id = inst["category_id"] if inst.get("category_id") is not None else self.category_of.get(label)
             score = inst["predicted_iou"] * (inst["confidence"] if label is not None else 1.0)
-            rec = {"image_id": int(row["image_id"]), "segmentation": rle, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)}
+            rec = {
+                "image_id": int(row["image_id"]),
+                "segmentation": rle,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "score": float(score),
+            }
             if category_id is not None:
                 rec["category_id"] = int(category_id)
             self._json.write(("" if self._first else ",\n") + json.dumps(rec))
@@ -104,7 +111,8 @@ class ResultWriter:
             }
             if self.with_embeddings:
                 j = sum(1 for i in row["instances"][:k] if i.get("embedded", True))
-                prow["embedding"] = embeddings[j].tolist() if inst.get("embedded", True) and embeddings is not None else None
+                embedded = inst.get("embedded", True) and embeddings is not None
+                prow["embedding"] = embeddings[j].tolist() if embedded else None
             self._rows.append(prow)
             self.instances += 1
         if len(self._rows) >= self.PARQUET_BATCH:
