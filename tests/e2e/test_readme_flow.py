@@ -12,9 +12,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -24,6 +24,7 @@ from models.masks import decode_rle
 from tests.conftest import REPO, TRUCK_BOX
 from tests.e2e.serving import stop_group
 from tests.integration.conftest import free_port
+from tests.polling import wait_until
 
 SAMGRAPH = [sys.executable, "-m", "serve_app.cli.main"]
 # Filters off so that random weights give automatic masks (NMS still deduplicates); a small grid for CPU.
@@ -52,16 +53,18 @@ def served(tmp_path_factory):
     log = open(tmp / "serve.log", "w")
     proc = subprocess.Popen([*SAMGRAPH, "serve", "--config", str(config_path)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     api = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, f"samgraph serve exited: {(tmp / 'serve.log').read_text()[-3000:]}"
+        try:
+            return httpx.get(f"{api}/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"samgraph serve exited: {(tmp / 'serve.log').read_text()[-3000:]}"
-            ping = subprocess.run([*SAMGRAPH, "ping", "--api", api, "--timeout", "5"], cwd=REPO, env=env, capture_output=True, text=True)
-            if ping.returncode == 0:
-                break
-            time.sleep(2)
-        else:
-            pytest.fail(f"service not ready in 240 s: {(tmp / 'serve.log').read_text()[-3000:]}")
+        wait_until(ready, 240, f"service ready: {(tmp / 'serve.log')}", interval_s=0.5)
+        ping = subprocess.run([*SAMGRAPH, "ping", "--api", api, "--timeout", "5"], cwd=REPO, env=env, capture_output=True, text=True)
+        assert ping.returncode == 0, ping.stderr
         yield api, env, tmp, json.loads(ping.stdout)
     finally:
         stop_group(proc)
