@@ -2,73 +2,31 @@
 `samgraph segment` on truck.jpg with overlay and cutout, examples, `samgraph predict` and text prompts, all
 through the installed CLI.
 
-The served config is configs/serve.yaml with the automatic-mask filters off (``pred_iou_thresh`` and
-``stability_score_thresh`` 0, an 8x8 grid): with random weights the shipped thresholds leave no mask, so
-`predict` would answer no instance and `--text` no mask, and their checks would hold vacuously."""
+The service is the e2e package's (tests/e2e/conftest.py): configs/serve.yaml with the automatic-mask
+filters off (``pred_iou_thresh`` and ``stability_score_thresh`` 0, an 8x8 grid), because with random
+weights the shipped thresholds leave no mask, so `predict` would answer no instance and `--text` no mask
+and their checks would hold vacuously."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from models.masks import decode_rle
 from tests.conftest import REPO, TRUCK_BOX
-from tests.e2e.serving import stop_group
-from tests.integration.conftest import free_port
-from tests.polling import wait_until
-
-SAMGRAPH = [sys.executable, "-m", "serve_app.cli.main"]
-# Filters off so that random weights give automatic masks (NMS still deduplicates); a small grid for CPU.
-AMG = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+from tests.e2e.conftest import SAMGRAPH
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """configs/serve.yaml on a free port with SAMGRAPH_WEIGHTS=random and :data:`AMG`, started by
-    `samgraph serve`."""
-    tmp = tmp_path_factory.mktemp("e2e")
-    config = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    config["applications"][0]["args"]["amg"].update(AMG)
-    config_path = tmp / "serve.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    env = {
-        **os.environ,
-        "SAMGRAPH_WEIGHTS": "random",
-        "SAMGRAPH_DATA_DIR": str(tmp / "data"),
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_ADDRESS": "local",  # a fresh local cluster, never one that happens to be running
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    log = open(tmp / "serve.log", "w")
-    proc = subprocess.Popen([*SAMGRAPH, "serve", "--config", str(config_path)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.poll() is None, f"samgraph serve exited: {(tmp / 'serve.log').read_text()[-3000:]}"
-        try:
-            return httpx.get(f"{api}/readyz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, 240, f"service ready: {(tmp / 'serve.log')}", interval_s=0.5)
-        ping = subprocess.run([*SAMGRAPH, "ping", "--api", api, "--timeout", "5"], cwd=REPO, env=env, capture_output=True, text=True)
-        assert ping.returncode == 0, ping.stderr
-        yield api, env, tmp, json.loads(ping.stdout)
-    finally:
-        stop_group(proc)
-        log.close()
+def served(service):
+    """(base URL, the CLI's environment, a temp folder, `samgraph ping`'s answer) of the e2e package's
+    service (tests/e2e/conftest.py)."""
+    return service.api, service.env, service.tmp, service.ready
 
 
 def test_ping_reports_random_weights(served):
