@@ -19,7 +19,6 @@ import pytest
 
 from models.masks import decode_rle
 from tests.conftest import BEDROOM_BOX, MODEL_ID, bedroom_frames
-from tests.polling import wait_until
 from tests.video_sequence import assert_same, run_reference, sequence
 
 PARITY_FRAMES, PARITY_LATER = 3, 1
@@ -266,6 +265,8 @@ def test_sessions_spread_over_two_replicas_each_call_finds_its_session_and_the_b
 
     # TTL: redeployed with a 2 s TTL (one replica), an idle session expires
     _deploy_pair(app_args, replicas=1, ttl_s=2)
+    from tests.polling import wait_until
+
     sid = _open(pair, TINY[:2], PAIR)["session_id"]
     # /v1/stats sweeps the replica's sessions (a GET of the session would restart its idle time)
     wait_until(lambda: pair.get(f"{PAIR}/v1/stats").json()["video"]["sessions"]["expired"] >= 1, 60, "the idle session expired")
