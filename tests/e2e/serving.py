@@ -65,7 +65,7 @@ def serve_run(config: dict, port: int, tmp: Path, env: dict, ready_timeout_s: fl
                         break
                 except httpx.HTTPError:
                     pass
-                time.sleep(2)
+                time.sleep(0.5)
             yield url, log_path
         finally:
             stop_group(proc)

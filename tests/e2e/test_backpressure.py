@@ -1,7 +1,9 @@
 """Overload: a burst over the queues' bounds is refused at once with 503 + Retry-After, never queued
 without bound, and the service answers normally afterwards.
 
-configs/serve.yaml with tight queues, run by `serve run` in a subprocess (its own local Ray cluster):
+configs/serve.yaml with tight queues (:func:`tests.e2e.conftest.tight_queues`), run by `samgraph serve`
+(`serve run`) in a subprocess with its own local Ray cluster: the e2e package's service, which the README
+flow shares (it sends one request at a time):
 - Ingress: max_ongoing_requests 6, max_queued_requests 4 -> past 10 requests in flight the HTTP proxy
   refuses (plain-text 503 from Serve, with Retry-After from ``backpressure_config``). The proxy counts
   a request as queued until its router has placed it on a replica, so when a whole burst arrives before
@@ -24,29 +26,15 @@ import pytest
 from PIL import Image
 
 from models.masks import decode_rle
-from tests.e2e.serving import config_on_free_port, serve_run
 
 BURST = 12
 SIZE = 64  # px; the encoder resizes to 1024², so each fresh image costs a full encode (~3 s on 2 cores)
 
 
-def _limits(config: dict) -> dict:
-    app = config["applications"][0]
-    by_name = {d["name"]: d for d in app["deployments"]}
-    by_name["Ingress"].update(max_ongoing_requests=6, max_queued_requests=4, backpressure_config={"retry_after_s": 2})
-    by_name["ImageEncoder"].update(
-        max_ongoing_requests=1, max_queued_requests=1, backpressure_config={"retry_after_s": 3}
-    )
-    return config
-
-
 @pytest.fixture(scope="module")
-def tight(tmp_path_factory):
-    """configs/serve.yaml with tight queues on a free port, SAMGRAPH_WEIGHTS=random; the base URL."""
-    tmp = tmp_path_factory.mktemp("backpressure")
-    config, port = config_on_free_port(_limits)
-    with serve_run(config, port, tmp, {"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_DATA_DIR": str(tmp / "data")}) as served:
-        yield served
+def tight(service):
+    """(base URL, log of `samgraph serve`) of the e2e package's service (tests/e2e/conftest.py)."""
+    return service.api, service.log_path
 
 
 def _png(seed: int) -> str:

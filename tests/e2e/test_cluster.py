@@ -1,16 +1,24 @@
 """The shipped config on a 3-node Ray cluster (``ray.cluster_utils.Cluster``: a head and two worker raylets
 on this machine; layout in :mod:`benchmarks.local_cluster`), deployed by `serve run` against the
 cluster's address: 2 Ingress replicas on the head and worker A, 2 MaskDecoder replicas on workers A and
-B. The tests run in file order on one cluster: sessions, then losing worker B mid-session (a new worker
-B then joins, as Kubernetes would replace the pod), then scaling the decoder 1 -> 2 -> 1 under load.
+B. The tests run in file order on one cluster (one cluster for all the scale-out tests; it is the most
+expensive set-up of the suite): sessions, resend on miss and concurrent first requests, then losing worker
+B mid-session (a new worker B then joins, as Kubernetes would replace the pod), then scaling the decoder
+1 -> 2 -> 1 under load.
+
+The ingress keeps no image; each image lives in the MaskDecoder replica its ``image_id`` hashes to, and
+every call about it is routed there. So: clicks by ``image_id`` are cache hits whichever ingress replica
+takes them; each image is encoded once however its requests arrive; a request carrying the image with
+its ``image_id`` is answered by encoding it again when the owner lacks it (resend on miss); and the masks
+are Meta's ``SAM2ImagePredictor``'s for the same checkpoint.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -23,6 +31,7 @@ from deployments.runtime.affinity import owner_of
 from models.masks import decode_rle
 from tests.conftest import mask_iou, shared_file
 from tests.e2e.serving import config_on_free_port, serve_run
+from tests.polling import wait_until
 
 CLICKS = [[[100, 80, 1]], [[300, 200, 1]], [[100, 80, 1], [300, 200, 0]], [[60, 180, 1]]]  # inside every test photo
 COCO = ["000000397133.jpg", "000000037777.jpg", "000000252219.jpg", "000000087038.jpg", "000000174482.jpg", "000000403385.jpg"]
@@ -110,6 +119,7 @@ def test_sessions_hit_their_owner_on_every_ingress_replica(cluster, driver, refe
     for image_id in ids:  # each image is held by the one replica the ring names
         owner = owner_of(image_id, list(replicas))
         assert replicas[owner]["cache"]["entries"] >= 1
+    assert sum(d["cache"]["entries"] for d in replicas.values()) == len(ids)  # and by no other
 
     with Image.open(photos[0]) as im:
         reference_predictor.set_image(np.asarray(im.convert("RGB")))
@@ -118,6 +128,31 @@ def test_sessions_hit_their_owner_on_every_ingress_replica(cluster, driver, refe
         ref, _, _ = reference_predictor.predict(point_coords=pts[:, :2], point_labels=pts[:, 2].astype(np.int32), multimask_output=False)
         assert got.any() and mask_iou(got, ref[0].astype(bool)) >= 0.999
     assert all(mask_iou(truck_masks[i], truck_masks[j]) < 0.999 for i in range(len(truck_masks)) for j in range(i))
+
+
+def test_resend_on_miss_and_concurrent_first_requests(cluster):
+    _, url, _, _ = cluster
+    data = shared_file("images", "cars.jpg").read_bytes()  # sent by no other test before
+    image_id = hashlib.sha256(data).hexdigest()
+    body = {"image": {"base64": _b64(data)}, "image_id": image_id, "prompts": [{"box_xyxy": [10, 10, 200, 200]}]}
+    with httpx.Client(base_url=url, timeout=300) as client:
+        missing = client.post("/v1/segment", json={"image_id": image_id, "prompts": [{"box_xyxy": [10, 10, 200, 200]}]})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "image_not_cached"
+        wrong = client.post("/v1/segment", json={**body, "image_id": "0" * 64})
+        assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "image_id"
+        before = _stats(client)["cache"]["encodes"]
+
+    async def both():
+        async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+            return await asyncio.gather(*(c.post("/v1/segment", json=body) for _ in range(2)))
+
+    first = asyncio.run(both())
+    assert [r.status_code for r in first] == [200, 200], [r.text for r in first]
+    with httpx.Client(base_url=url, timeout=300) as client:
+        assert _stats(client)["cache"]["encodes"] == before + 1  # the owner encoded the two requests' image once
+        again = client.post("/v1/segment", json=body)  # image and image_id, now held: no encode
+        assert again.status_code == 200 and again.json()["encode_cached"] is True
+        assert decode_rle(again.json()["results"][0]["masks"][0]["rle"]).any()
 
 
 def _click_loop(url: str, bodies: list[dict], stop: threading.Event, out: list) -> None:
@@ -148,26 +183,35 @@ def test_losing_a_decoder_node_mid_session(cluster, driver):
     ids = [hashlib.sha256(p).hexdigest() for p in lost]
     resend = [{"image": {"base64": _b64(p)}, "image_id": i, "prompts": [box]} for p, i in zip(lost, ids)]
     by_id = [{"image_id": i, "prompts": [box]} for i in ids]
-    stop, answers = threading.Event(), []
-    loops = [threading.Thread(target=_click_loop, args=(url, bodies, stop, answers)) for bodies in (resend, by_id)]
+    stop, answered = threading.Event(), ([], [])  # the answers of the resend loop, of the by-id loop
+    loops = [threading.Thread(target=_click_loop, args=(url, bodies, stop, out)) for bodies, out in zip((resend, by_id), answered)]
     for t in loops:
         t.start()
-    time.sleep(3)  # sessions in flight
-    c.remove_node(node_b)
-    time.sleep(25)  # the controller notices, the ring drops the replica, a replacement starts on worker A
-    stop.set()
-    for t in loops:
-        t.join()
+    try:
+        wait_until(lambda: all(len(a) >= len(lost) for a in answered), 120, "both loops answered (sessions in flight)")
+        seen = [len(a) for a in answered]
+        c.remove_node(node_b)
+        # the controller notices, the ring drops the replica: a resend is encoded again at the new owner, and
+        # a call by id alone is answered after that (404 image_not_cached or, once resent, 200)
+        wait_until(
+            lambda: any(s == 200 and not a["encode_cached"] for _, s, a in answered[0][seen[0] :]),
+            180,
+            "a resend re-encoded at the new owner after losing worker B",
+        )
+        after = len(answered[1])
+        wait_until(lambda: len(answered[1]) > after, 120, "a call by image_id answered after the re-encode")
+    finally:
+        stop.set()
+        for t in loops:
+            t.join()
+    answers = answered[0] + answered[1]
 
     statuses = {s for _, s, _ in answers}
     assert statuses <= {200, 404}, [a for a in answers if a[1] not in (200, 404)][:3]
     assert all(a["error"]["code"] == "image_not_cached" for _, s, a in answers if s == 404)
     assert any(s == 200 and not a["encode_cached"] for _, s, a in answers)  # a resend re-encoded at the new owner
     with httpx.Client(base_url=url, timeout=300) as client:
-        deadline = time.monotonic() + 120
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").text
-            time.sleep(2)
+        wait_until(lambda: client.get("/readyz").status_code == 200, 120, "/readyz 200 after losing worker B")
         listed = client.get("/v1/examples", params={"collection": "kept"}).json()
         assert listed["total"] == 3 and sorted(i["id"] for i in listed["items"]) == sorted(stored)
     c.add_node(num_cpus=1, resources=WORKER_B_RESOURCES)  # the lost decoder's replacement starts there
@@ -181,14 +225,13 @@ def _set_decoders(config: dict, n: int, url: str) -> list[str]:
 
     _decoders(config)["num_replicas"] = n
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
-    deadline = time.monotonic() + 300
     with httpx.Client(base_url=url, timeout=300) as client:
-        while True:
+
+        def answering() -> list[str] | None:
             replicas = _stats(client)["decoder"]["replicas"]
-            if len(replicas) == n and len(_replica_nodes("MaskDecoder")) == n:
-                return list(replicas)
-            assert time.monotonic() < deadline, replicas.keys()
-            time.sleep(2)
+            return list(replicas) if len(replicas) == n and len(_replica_nodes("MaskDecoder")) == n else None
+
+        return wait_until(answering, 300, f"{n} MaskDecoder replicas answer", interval_s=0.5)
 
 
 def test_scaling_the_decoder_moves_only_the_keys_it_must(cluster, driver):
@@ -203,17 +246,28 @@ def test_scaling_the_decoder_moves_only_the_keys_it_must(cluster, driver):
         expected = [decode_rle(client.post("/v1/segment", json=b).json()["results"][0]["masks"][0]["rle"]) for b in bodies]
     assert all(m.any() for m in expected)
 
+    def asked_since(mark: int, indices, uncached: bool = False) -> bool:
+        """Every body of ``indices`` answered since ``mark`` (with ``uncached``: answered by an encode)."""
+        got = {i for i, _, a in answers[mark:] if not (uncached and a["encode_cached"])}
+        return set(indices) <= got
+
     stop, answers = threading.Event(), []
     loop = threading.Thread(target=_click_loop, args=(url, bodies, stop, answers))
     loop.start()
     try:
-        time.sleep(2)
+        wait_until(lambda: asked_since(0, range(len(bodies))), 120, "a round of clicks on one decoder")
         mark = len(answers)
         two = _set_decoders(config, 2, url)
-        time.sleep(10)
+        # the keys that moved to the new replica are asked for there (each misses once, then hits)
+        wait_until(
+            lambda: asked_since(mark, {i for i, k in enumerate(ids) if owner_of(k, two) != owner_of(k, one)}, uncached=True),
+            180,
+            "every key that moved to the new decoder replica asked for there",
+        )
         up, mark = answers[mark:], len(answers)
         back = _set_decoders(config, 1, url)
-        time.sleep(10)
+        settled = len(answers)
+        wait_until(lambda: asked_since(settled, range(len(bodies))), 180, "a round of clicks after scaling back to one")
         down = answers[mark:]
     finally:
         stop.set()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -51,13 +53,62 @@ def app_args(tiny_checkpoint, tmp_path_factory) -> dict:
     }
 
 
+#: The package's app: deployed once, by ``app_url``, and shared by every test of the package.
+APP_NAME = "samgraph"
+
+
 def run_app(args: dict) -> None:
-    """Deploy (or redeploy) the app and wait until it is running."""
+    """Deploy the app (what configs/serve.yaml imports) and wait until it is running."""
     from ray import serve
 
     from serve_app.app import build_app
 
-    serve.run(build_app(args), name="samgraph", route_prefix="/")  # what configs/serve.yaml imports
+    serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+
+
+def app_stages() -> dict:
+    """Handles to the package app's stage deployments, by the ``Ingress`` argument they fill."""
+    from ray import serve
+
+    names = {"encoder": "ImageEncoder", "decoder": "MaskDecoder", "fader": "Fader", "embedder": "Embedder", "retriever": "Retriever", "video": "VideoSegmenter"}
+    return {arg: serve.get_deployment_handle(name, app_name=APP_NAME) for arg, name in names.items()}
+
+
+def deploy_side_app(name: str, args: dict, **own) -> str:
+    """Deploy (or redeploy) a configuration variant next to the package's app, instead of redeploying it:
+    the app ``name`` at the route prefix ``/name``, an ``Ingress`` (one replica, no CPU share) built from
+    ``args`` over the package app's stages, except the stages given in ``own`` (``decoder=``,
+    ``retriever=``, ...: bound deployments of the side app's own, e.g. a MaskDecoder with a smaller cache).
+
+    Returns:
+        The route prefix; the app answers under it (``{app_url}/name/v1/...``).
+    """
+    from ray import serve
+
+    from serve_app.app import Ingress
+    from serve_app.config import AppArgs
+    from serve_app.preflight import preflight
+
+    cfg = AppArgs.model_validate(args)
+    stages = {**app_stages(), **own}
+    video = stages.pop("video")
+    ingress = Ingress.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(
+        *stages.values(), cfg.model_dump(), video=video, require_keys=preflight(cfg, store=False).api_keys > 0
+    )
+    serve.run(ingress, name=name, route_prefix=f"/{name}")
+    return f"/{name}"
+
+
+@contextlib.contextmanager
+def side_app(name: str, args: dict, **own) -> Iterator[str]:
+    """:func:`deploy_side_app`, deleted afterwards; yields the side app's base URL."""
+    from ray import serve
+
+    prefix = deploy_side_app(name, args, **own)
+    try:
+        yield prefix
+    finally:
+        serve.delete(name)
 
 
 @pytest.fixture(scope="package")

@@ -1,11 +1,11 @@
-"""Access control over real HTTP: the package's app redeployed with ``auth`` set (only the Ingress
-changes, so only it restarts), then the original args again so that other tests see an open API."""
+"""Access control over real HTTP: a side app next to the package's app, an Ingress with ``auth`` set over
+the package app's stages (:func:`tests.integration.conftest.side_app`), so the package's app stays open
+for the other tests and is never redeployed."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import time
 from pathlib import Path
 
 import httpx
@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import run_app
+from tests.integration.conftest import side_app
 
 KEY_A = "itest-key-A-0123456789abcdef"  # stored raw in the keys file
 KEY_B = "itest-key-B-fedcba9876543210"  # stored as its sha256 only
 ORIGIN = "https://label.example.com"
 BURST = 4
-SWITCH_S = 120.0
 
 
 def _png_64() -> bytes:
@@ -30,34 +29,19 @@ def _png_64() -> bytes:
     return buf.getvalue()
 
 
-def _wait_until(check, what: str) -> None:
-    deadline = time.monotonic() + SWITCH_S
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"the redeployed ingress did not {what} within {SWITCH_S:.0f} s")
-        time.sleep(0.5)
-
-
 def _bearer(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")
 def secured(app_args, app_url, tmp_path_factory):
-    """The app with two keys (one raw, one hashed), a 1/min limit with a burst of :data:`BURST` and one
-    allowed origin; the original args redeployed afterwards."""
+    """A side app at /secured with two keys (one raw, one hashed), a 1/min limit with a burst of
+    :data:`BURST` and one allowed origin; a client whose base URL is the side app's root."""
     keys = tmp_path_factory.mktemp("auth") / "keys.txt"
     keys.write_text(f"# test keys\n{KEY_A}\nsha256:{hashlib.sha256(KEY_B.encode()).hexdigest()}\n")
     auth = {"keys_file": str(keys), "keys_env": None, "requests_per_minute": 1, "burst": BURST, "cors_origins": [ORIGIN]}
-    c = httpx.Client(base_url=app_url, timeout=300)
-    try:
-        run_app({**app_args, "auth": auth})
-        _wait_until(lambda: c.get("/v1/stats").status_code == 401, "ask for a key")
+    with side_app("secured", {**app_args, "auth": auth}) as prefix, httpx.Client(base_url=app_url + prefix, timeout=300) as c:
         yield c
-    finally:
-        run_app(app_args)
-        _wait_until(lambda: c.get("/v1/stats").status_code != 401, "open up again")
-        c.close()
 
 
 def test_keys_are_needed_on_v1_and_metrics(secured):
@@ -119,29 +103,24 @@ def test_no_key_in_the_logs(secured):
 
 @pytest.fixture(scope="module")
 def keyed_page(browser, app_args, app_url, tmp_path_factory):
-    """A fresh browser tab on /ui of the app with one key (a limit high enough for a page's calls); the
-    original args redeployed afterwards."""
+    """(a fresh browser tab, the base URL of a side app at /keyed with one key and a limit high enough for a
+    page's calls)."""
     keys = tmp_path_factory.mktemp("ui_auth") / "keys.txt"
     keys.write_text(f"{KEY_A}\n")
     auth = {"keys_file": str(keys), "keys_env": None, "requests_per_minute": 600, "burst": 100, "cors_origins": []}
-    c = httpx.Client(base_url=app_url, timeout=300)
     page = browser.new_page()
     page.set_default_timeout(60_000)
     try:
-        run_app({**app_args, "auth": auth})
-        _wait_until(lambda: c.get("/v1/stats").status_code == 401, "ask for a key")
-        yield page
+        with side_app("keyed", {**app_args, "auth": auth}) as prefix:
+            yield page, app_url + prefix
     finally:
         page.close()
-        run_app(app_args)
-        _wait_until(lambda: c.get("/v1/stats").status_code != 401, "open up again")
-        c.close()
 
 
-def test_annotation_page_asks_for_the_key_and_keeps_it(keyed_page, app_url, truck_path):
+def test_annotation_page_asks_for_the_key_and_keeps_it(keyed_page, truck_path):
     """The first key typed is wrong: the page shows the 401 and, on the next call, says the key was not
     accepted and asks again. The right key then goes on every call, from sessionStorage, unasked."""
-    page = keyed_page
+    page, url = keyed_page
     answers, asked = ["wrong-key-wrong-key-wrong", KEY_A], []
 
     def on_dialog(dialog):
@@ -149,7 +128,7 @@ def test_annotation_page_asks_for_the_key_and_keeps_it(keyed_page, app_url, truc
         dialog.accept(answers[len(asked) - 1])
 
     page.on("dialog", on_dialog)
-    page.goto(f"{app_url}/ui")
+    page.goto(f"{url}/ui")
     page.wait_for_selector("#error:not([hidden])")  # the listing on load: wrong key, 401 shown
     assert len(asked) == 1 and "needs an API key" in asked[0]
     assert "unauthorized" in page.inner_text("#error")

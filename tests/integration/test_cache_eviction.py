@@ -1,21 +1,20 @@
-"""Cache eviction over HTTP: the package's app redeployed with a 2-image cache per decoder replica (only the
-MaskDecoder changes), then the original args again. An evicted image answers 404 ``image_not_cached`` by
+"""Cache eviction over HTTP: a side app next to the package's app (its own MaskDecoder, with a 2-image
+cache, and an Ingress over the package app's other stages; :func:`tests.integration.conftest.side_app`),
+so the package's app is never redeployed. An evicted image answers 404 ``image_not_cached`` by
 ``image_id`` alone, and 200 with ``encode_cached: false`` when the request carries its bytes too."""
 
 from __future__ import annotations
 
 import base64
 import io
-import time
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import run_app
+from tests.integration.conftest import app_stages, side_app
 
-SWITCH_S = 180.0
 BOX = {"box_xyxy": [8, 8, 56, 56]}
 
 
@@ -33,16 +32,22 @@ def _cache_bounds(client: httpx.Client) -> set[int]:
 
 @pytest.fixture(scope="module")
 def small_cache(app_args, app_url):
-    with httpx.Client(base_url=app_url, timeout=300) as client:
-        try:
-            run_app({**app_args, "cache": {"max_entries": 2, "max_bytes": 2**31}})
-            deadline = time.monotonic() + SWITCH_S
-            while _cache_bounds(client) != {2}:  # the old decoder replica may still answer for a moment
-                assert time.monotonic() < deadline, "the redeployed MaskDecoder did not take over"
-                time.sleep(1)
-            yield client
-        finally:
-            run_app(app_args)
+    """A client of the side app at /small_cache: one MaskDecoder replica (1 torch thread, no CPU share)
+    with a 2-image cache, over the package app's ImageEncoder."""
+    from deployments.decoder import MaskDecoder
+    from serve_app.config import AppArgs
+    from serve_app.preflight import preflight
+
+    args = {**app_args, "cache": {"max_entries": 2, "max_bytes": 2**31}}
+    cfg = AppArgs.model_validate(args)
+    weights = preflight(cfg, clip=False, store=False).sam2.as_dict()
+    cache = {"max_entries": cfg.cache.max_entries, "max_bytes": cfg.cache.max_bytes}
+    decoder = MaskDecoder.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(
+        cfg.model_id, weights, "cpu", 1, cfg.decoder.accel(), app_stages()["encoder"], cache
+    )
+    with side_app("small_cache", args, decoder=decoder) as prefix, httpx.Client(base_url=app_url + prefix, timeout=300) as client:
+        assert _cache_bounds(client) == {2}
+        yield client
 
 
 def test_an_evicted_image_is_404_by_id_and_resent_with_its_bytes(small_cache):

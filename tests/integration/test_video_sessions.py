@@ -276,8 +276,11 @@ def test_sessions_spread_over_two_replicas_each_call_finds_its_session_and_the_b
 
     # TTL: redeployed with a 2 s TTL (one replica), an idle session expires
     _deploy_pair(app_args, replicas=1, ttl_s=2)
+    from tests.polling import wait_until
+
     sid = _open(pair, TINY[:2], PAIR)["session_id"]
-    time.sleep(3)
+    # /v1/stats sweeps the replica's sessions (a GET of the session would restart its idle time)
+    wait_until(lambda: pair.get(f"{PAIR}/v1/stats").json()["video"]["sessions"]["expired"] >= 1, 60, "the idle session expired")
     r = pair.get(f"{PAIR}/v1/video/sessions/{sid}")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_session", r.text
 
