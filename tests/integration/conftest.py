@@ -117,7 +117,7 @@ def app_url(app_args):
     import ray
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # a new cluster, never an old one
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
