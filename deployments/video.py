@@ -93,6 +93,8 @@ class VideoSegmenter:
             sessions interleave frame by frame.
         sessions: :class:`deployments.runtime.video_sessions.SessionStore` arguments
             (``max_sessions``, ``max_bytes``, ``ttl_s``, ``retry_after_s``).
+        image_size: the video model's input side in pixels, a multiple of 32 (sam2's
+            ``++model.image_size`` override); None: the checkpoint config's (1024 for SAM 2.1).
 
     Raises:
         ValueError: ``max_concurrent_clips < 1`` or bad settings.
@@ -107,12 +109,14 @@ class VideoSegmenter:
         settings: dict | None = None,
         max_concurrent_clips: int = 1,
         sessions: dict | None = None,
+        image_size: int | None = None,
     ) -> None:
         if max_concurrent_clips < 1:
             raise ValueError("max_concurrent_clips must be greater than 0")
         threads = set_torch_threads(torch_threads)
         self._device = pick_device(device)
-        loaded = load_sam2_video(model_id, WeightsSource(**weights), device=self._device, progress=False)
+        source = WeightsSource(**weights)
+        loaded = load_sam2_video(model_id, source, device=self._device, progress=False, image_size=image_size)
         self._predictor = loaded.model
         self._settings = VideoSettings(**(settings or {}))
         self._sessions = SessionStore(**{"max_sessions": 8, "max_bytes": 2**32, "ttl_s": 600.0, **(sessions or {})})

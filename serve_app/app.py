@@ -68,7 +68,14 @@ def build_app(args: dict | None = None) -> serve.Application:
         "retry_after_s": v.session_retry_after_s,
     }
     video = VideoSegmenter.bind(
-        cfg.model_id, weights, v.device, v.torch_threads, video_settings, v.max_concurrent_clips, sessions
+        cfg.model_id,
+        weights,
+        v.device,
+        v.torch_threads,
+        video_settings,
+        v.max_concurrent_clips,
+        sessions,
+        image_size=v.image_size,
     )
     stages = (encoder, decoder, fader, embedder, retriever)
     return Ingress.bind(*stages, cfg.model_dump(), video=video, require_keys=ready.api_keys > 0)

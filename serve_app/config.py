@@ -151,7 +151,8 @@ class VideoArgs(StageArgs):
     Interactive sessions (``/v1/video/sessions``): each replica holds at most ``max_sessions`` sessions and
     ``max_session_bytes`` bytes of them (frames plus sam2's state, which grows by ~1.3 MB per tracked
     frame and object at 1024 px); past either a new session gets 503 with ``Retry-After:
-    session_retry_after_s``. A session idle for ``session_ttl_s`` seconds expires.
+    session_retry_after_s``. A session idle for ``session_ttl_s`` seconds expires. ``image_size`` sets
+    the video model's input side (default: the checkpoint config's 1024).
     """
 
     max_frames: int = Field(default=300, ge=1, le=100_000)
@@ -163,6 +164,10 @@ class VideoArgs(StageArgs):
     max_session_bytes: int = Field(default=4 * 2**30, ge=1)
     session_ttl_s: float = Field(default=600.0, gt=0)
     session_retry_after_s: float = Field(default=30.0, ge=0)
+    #: The video model's input side in pixels, a multiple of 32 (sam2's Hydra override
+    #: ``++model.image_size``; no weight depends on it). None: the checkpoint config's, 1024 for SAM 2.1.
+    #: Smaller tracks faster, with coarser masks (256: about 16x fewer image tokens than 1024).
+    image_size: int | None = Field(default=None, ge=256, le=2048, multiple_of=32)
 
 
 class Sam2Args(BaseModel):

@@ -145,9 +145,13 @@ def load_sam2(model_id: str, source: WeightsSource, device: str = "cpu", progres
     return _build(build_sam2_model, model_id, source, device, progress)
 
 
-def load_sam2_video(model_id: str, source: WeightsSource, device: str = "cpu", progress: bool = True) -> LoadedSam2:
+def load_sam2_video(
+    model_id: str, source: WeightsSource, device: str = "cpu", progress: bool = True, image_size: int | None = None
+) -> LoadedSam2:
     """sam2's ``SAM2VideoPredictor`` for ``model_id`` with weights from ``source``: the same file, the same
     SHA-256 check and the same seeded random weights as :func:`load_sam2` gives the image stages.
+    ``image_size``: the model's input side in pixels (None: the config's; see
+    :func:`models.sam2_video.build_sam2_video_model`).
 
     Raises:
         ValueError: unknown ``model_id``.
@@ -156,14 +160,14 @@ def load_sam2_video(model_id: str, source: WeightsSource, device: str = "cpu", p
     """
     from models.sam2_video import build_sam2_video_model
 
-    return _build(build_sam2_video_model, model_id, source, device, progress)
+    return _build(build_sam2_video_model, model_id, source, device, progress, image_size=image_size)
 
 
-def _build(builder, model_id: str, source: WeightsSource, device: str, progress: bool) -> LoadedSam2:
-    """``builder(model_id, state_dict | seed=, device=)`` with the weights of ``source``."""
+def _build(builder, model_id: str, source: WeightsSource, device: str, progress: bool, **options) -> LoadedSam2:
+    """``builder(model_id, state_dict | seed=, device=, **options)`` with the weights of ``source``."""
     state, weights = _resolve_state(model_id, source, progress)
     if state is None:
-        model = builder(model_id, seed=source.seed, device=device)
+        model = builder(model_id, seed=source.seed, device=device, **options)
     else:
-        model = builder(model_id, state, device=device)
+        model = builder(model_id, state, device=device, **options)
     return LoadedSam2(model, model_id, weights)

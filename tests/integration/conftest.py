@@ -22,6 +22,11 @@ MAX_IMAGE_PIXELS = 4_000_000
 # Small video limits: the bedroom clip (200 frames) is over VIDEO_MAX_FRAMES; its 960x540 frames fit.
 VIDEO_MAX_FRAMES = 16
 VIDEO_MAX_FRAME_PIXELS = 1_000_000
+# The video model at sam2's own ``++model.image_size=256`` override (``video.image_size``), as the unit tests
+# run it: the same weights and code path at 1/16 of the image tokens of 1024 px. The sam2 references of the
+# video tests are built with the same override (VIDEO_SIZE_OVERRIDE).
+VIDEO_IMAGE_SIZE = 256
+VIDEO_SIZE_OVERRIDE = f"++model.image_size={VIDEO_IMAGE_SIZE}"
 
 
 def free_port() -> int:
@@ -44,7 +49,7 @@ def app_args(tiny_checkpoint, tmp_path_factory) -> dict:
         "checkpoint": str(tiny_checkpoint),
         "encoder": {"device": "cpu", "torch_threads": 2},
         "decoder": {"device": "cpu", "torch_threads": 2},
-        "video": {"device": "cpu", "torch_threads": 2, "max_frames": VIDEO_MAX_FRAMES, "max_frame_pixels": VIDEO_MAX_FRAME_PIXELS},
+        "video": {"device": "cpu", "torch_threads": 2, "max_frames": VIDEO_MAX_FRAMES, "max_frame_pixels": VIDEO_MAX_FRAME_PIXELS, "image_size": VIDEO_IMAGE_SIZE},
         "clip": {"weights": "random", "device": "cpu", "torch_threads": 2},
         "retriever": {"path": str(tmp_path_factory.mktemp("qdrant"))},
         "amg": AMG,

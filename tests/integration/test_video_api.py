@@ -17,7 +17,7 @@ from PIL import Image
 
 from models.masks import decode_rle, rle_area, rle_bbox_xyxy
 from tests.conftest import BEDROOM_BOX, BEDROOM_POINT, MODEL_ID, bedroom_frames, mask_iou, shared_file
-from tests.integration.conftest import VIDEO_MAX_FRAME_PIXELS, VIDEO_MAX_FRAMES
+from tests.integration.conftest import VIDEO_MAX_FRAME_PIXELS, VIDEO_MAX_FRAMES, VIDEO_SIZE_OVERRIDE
 
 IOU_MIN = 0.999
 OBJECTS = [
@@ -60,7 +60,8 @@ def reference_eight(tiny_checkpoint, tmp_path_factory):
     for p in bedroom_frames(8):
         (folder / p.name).symlink_to(p)
     torch.set_num_threads(2)
-    predictor = build_sam2_video_predictor(get_sam2_checkpoint(MODEL_ID).config, ckpt_path=str(tiny_checkpoint), device="cpu")
+    config = get_sam2_checkpoint(MODEL_ID).config
+    predictor = build_sam2_video_predictor(config, ckpt_path=str(tiny_checkpoint), device="cpu", hydra_overrides_extra=[VIDEO_SIZE_OVERRIDE])
     state = predictor.init_state(video_path=str(folder))
     predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, box=np.array(BEDROOM_BOX, np.float32))
     predictor.add_new_points_or_box(state, frame_idx=0, obj_id=2, points=np.array([BEDROOM_POINT], np.float32), labels=np.array([1], np.int32))
