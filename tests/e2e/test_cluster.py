@@ -170,8 +170,12 @@ def test_losing_a_decoder_node_mid_session(cluster, driver):
     with httpx.Client(base_url=url, timeout=300) as client:
         replicas = _stats(client)["decoder"]["replicas"]
         on_b = next(r for r, d in replicas.items() if node_names()[d["node_id"]] == WORKER_B)
-        # images owned by worker B's replica: their sessions lose the cache with the node
-        photos = [shared_file("coco_subset", "val2017", n).read_bytes() for n in COCO]
+        # images owned by worker B's replica: their sessions lose the cache with the node. Replica ids are
+        # random, so each photo lands on B with probability about 1/2: all 32 of coco_subset are candidates
+        # (with only the 6 of COCO, none landed on B in about 1 run of 64)
+        folder = shared_file("coco_subset", "val2017")
+        names = [*COCO, *sorted(p.name for p in folder.glob("*.jpg") if p.name not in COCO)]
+        photos = [(folder / n).read_bytes() for n in names]
         lost = [p for p in photos if owner_of(hashlib.sha256(p).hexdigest(), list(replicas)) == on_b][:2]
         assert lost, "no test photo hashes to worker B's replica"
         box = {"box_xyxy": [10, 10, 200, 200]}
