@@ -108,6 +108,28 @@ def check_points(points: Sequence[Sequence[Any]] | None) -> list[list[float]] | 
     return out
 
 
+def check_points_and_box(
+    point_coords: np.ndarray | None, point_labels: np.ndarray | None, box_xyxy: np.ndarray | None, n: str = "N"
+) -> None:
+    """The shapes of a geometric prompt: ``point_coords`` (n, 2) with ``point_labels`` (n,), given together,
+    and ``box_xyxy`` (4,). Shared by :class:`PromptSpec` and :class:`models.sam2_video_types.FramePrompt`.
+
+    Args:
+        n: the name of the point count in the message (``"N"``, ``"K"``).
+
+    Raises:
+        ValueError: points without labels (or the reverse), or a shape that does not fit.
+    """
+    if (point_coords is None) != (point_labels is None):
+        raise ValueError("point_coords and point_labels must be given together")
+    if point_coords is not None and (
+        point_coords.ndim != 2 or point_coords.shape[1] != 2 or point_labels.shape != (point_coords.shape[0],)
+    ):
+        raise ValueError(f"point_coords must be ({n}, 2) and point_labels ({n},)")
+    if box_xyxy is not None and box_xyxy.shape != (4,):
+        raise ValueError("box_xyxy must have shape (4,)")
+
+
 @dataclass(frozen=True)
 class PromptSpec:
     """One object's geometric prompt, as the mask decoder takes it (already validated).
@@ -128,16 +150,7 @@ class PromptSpec:
     mask_input: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if (self.point_coords is None) != (self.point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
-        if self.point_coords is not None and (
-            self.point_coords.ndim != 2
-            or self.point_coords.shape[1] != 2
-            or self.point_labels.shape != (self.point_coords.shape[0],)
-        ):
-            raise ValueError("point_coords must be (N, 2) and point_labels (N,)")
-        if self.box_xyxy is not None and self.box_xyxy.shape != (4,):
-            raise ValueError("box_xyxy must have shape (4,)")
+        check_points_and_box(self.point_coords, self.point_labels, self.box_xyxy)
         if self.mask_input is not None and self.mask_input.shape != (LOW_RES_MASK_SIZE,) * 2:
             raise ValueError(f"mask_input must be ({LOW_RES_MASK_SIZE}, {LOW_RES_MASK_SIZE})")
         if self.point_coords is None and self.box_xyxy is None and self.mask_input is None:

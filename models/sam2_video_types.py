@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from models.prompts import check_points_and_box
+
 #: sam2's ``load_video_frames`` normalisation (ImageNet mean and std, RGB).
 IMG_MEAN = (0.485, 0.456, 0.406)
 IMG_STD = (0.229, 0.224, 0.225)
@@ -104,16 +106,7 @@ class FramePrompt:
     def __post_init__(self) -> None:
         if self.frame_index < 0:
             raise ValueError("frame_index must be >= 0")
-        if (self.point_coords is None) != (self.point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
-        if self.point_coords is not None and (
-            self.point_coords.ndim != 2
-            or self.point_coords.shape[1] != 2
-            or self.point_labels.shape != (self.point_coords.shape[0],)
-        ):
-            raise ValueError("point_coords must be (K, 2) and point_labels (K,)")
-        if self.box_xyxy is not None and self.box_xyxy.shape != (4,):
-            raise ValueError("box_xyxy must have shape (4,)")
+        check_points_and_box(self.point_coords, self.point_labels, self.box_xyxy, n="K")
         geometric = self.point_coords is not None or self.box_xyxy is not None
         if self.mask is not None and (geometric or self.mask.ndim != 2):
             raise ValueError("a mask prompt is one (H, W) bool mask, without points or box")
