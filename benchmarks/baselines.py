@@ -289,14 +289,14 @@ def sam2_video_masks(paths: list[Path], state_dict: dict, box_xyxy, point_xy) ->
     import torch
     from sam2.build_sam import build_sam2_video_predictor
 
-    from models.registry import get_sam2_checkpoint
+    from models.registry import get_model_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         for p in paths:
             (Path(tmp) / p.name).symlink_to(p)
         ckpt = Path(tmp) / "ckpt.pt"
         torch.save({"model": state_dict}, ckpt)
-        predictor = build_sam2_video_predictor(get_sam2_checkpoint(MODEL_ID).config, ckpt_path=str(ckpt), device="cpu")
+        predictor = build_sam2_video_predictor(get_model_spec(MODEL_ID, "sam2").config, ckpt_path=str(ckpt), device="cpu")
         t0 = time.perf_counter()
         state = predictor.init_state(video_path=tmp, offload_video_to_cpu=True, offload_state_to_cpu=True)
         predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, box=np.array(box_xyxy, np.float32))

@@ -30,8 +30,8 @@ from ray.serve.config import RequestRouterConfig
 from deployments.contracts import VideoJob
 from deployments.errors import InvalidRequest, OutOfClip, OutOfImage, UnknownObject
 from deployments.runtime.affinity import ROUTER_CLASS
+from deployments.runtime.model_weights import load_sam2_video
 from deployments.runtime.replica import pick_device, set_torch_threads
-from deployments.runtime.sam2_weights import load_sam2_video
 from deployments.runtime.video_sessions import SessionEntry, SessionStore
 from deployments.runtime.weights import WeightsSource
 from models.masks import POLYGON_TOLERANCE_PX, encode_masks

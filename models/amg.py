@@ -1,4 +1,4 @@
-"""Automatic mask generation over the split SAM 2 encoder/decoder.
+"""Automatic mask generation over a split encoder/decoder (any family with automatic masks).
 
 The algorithm is sam2's ``SAM2AutomaticMaskGenerator`` with one crop layer (``crop_n_layers=0``,
 ``sam2/automatic_mask_generator.py``): a regular grid of ``points_per_side``^2 foreground clicks, three
@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from models.masks import encode_rle_batch
-from models.sam2_decoder import Sam2MaskDecoder
-from models.sam2_image import ImageFeatures
+from models.segmenter import Features, MaskDecoder
 from models.settings import bounded, check_bounds
 
 
@@ -91,7 +90,7 @@ def grid_points(points_per_side: int, orig_hw: tuple[int, int]) -> np.ndarray:
 
 @torch.inference_mode()
 def generate_masks(
-    decoder: Sam2MaskDecoder, features: ImageFeatures, settings: AmgSettings = AmgSettings()
+    decoder: MaskDecoder, features: Features, settings: AmgSettings = AmgSettings()
 ) -> list[AutoMask]:
     """All objects in one image: grid clicks -> masks -> filters -> box NMS.
 

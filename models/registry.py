@@ -1,6 +1,12 @@
-"""Registry of SAM 2.1 checkpoints: names, sam2 config names, official URLs and SHA-256 digests.
+"""Registry of released models and their families: names, configs, official URLs and SHA-256 digests.
+
+Every model is a :class:`models.segmenter.ModelSpec` whose ``family`` names a :class:`SegmenterFamily`
+(:data:`FAMILIES`: family name -> the module and class that implement it, imported on first use). A fourth
+family is one module under ``models/``, one entry in :data:`FAMILIES` and its entries in :data:`MODELS`.
 
 Pure data, no I/O. Downloading and verifying lives in ``deployments.runtime.weights``.
+
+SAM 2.1:
 
 Source of the URLs: ``checkpoints/download_ckpts.sh`` in facebookresearch/sam2 (release 092824, SAM 2.1).
 Source of the digests and sizes: the checksums pinned for the same 092824 URLs by micro-sam
@@ -11,42 +17,21 @@ byte-identical files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+
+from models.segmenter import ModelSpec, SegmenterFamily
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
+_SAM2_SOURCE = "facebookresearch/sam2 checkpoints/download_ckpts.sh (092824); digests: micro-sam, geti-instant-learn"
 
 
-@dataclass(frozen=True)
-class Sam2Checkpoint:
-    """One released SAM 2.1 checkpoint.
-
-    Attributes:
-        name: registry name, e.g. ``"sam2.1_hiera_tiny"``.
-        config: sam2's Hydra config name, resolved inside the installed ``sam2`` package.
-        url: official download URL.
-        sha256: lowercase hex SHA-256 of the file at ``url``, or ``None`` where no published digest
-            is known (the download is then refused unless the caller accepts unverified files).
-        size_bytes: file size in bytes, or ``None`` where unknown.
-        params_m: parameter count in millions (sam2 README), for display.
-    """
-
-    name: str
-    config: str
-    url: str
-    sha256: str | None
-    size_bytes: int | None
-    params_m: float
-
-    @property
-    def filename(self) -> str:
-        """File name in the cache dir, e.g. ``sam2.1_hiera_tiny.pt``."""
-        return self.url.rsplit("/", 1)[-1]
-
-
-SAM2_CHECKPOINTS: dict[str, Sam2Checkpoint] = {
+MODELS: dict[str, ModelSpec] = {
     c.name: c
     for c in (
-        Sam2Checkpoint(
+        ModelSpec(
+            family="sam2",
+            checkpoint_key="model",
+            source=_SAM2_SOURCE,
             name="sam2.1_hiera_tiny",
             config="configs/sam2.1/sam2.1_hiera_t.yaml",
             url=f"{_BASE_URL}/sam2.1_hiera_tiny.pt",
@@ -54,7 +39,10 @@ SAM2_CHECKPOINTS: dict[str, Sam2Checkpoint] = {
             size_bytes=156_008_466,
             params_m=38.9,
         ),
-        Sam2Checkpoint(
+        ModelSpec(
+            family="sam2",
+            checkpoint_key="model",
+            source=_SAM2_SOURCE,
             name="sam2.1_hiera_small",
             config="configs/sam2.1/sam2.1_hiera_s.yaml",
             url=f"{_BASE_URL}/sam2.1_hiera_small.pt",
@@ -62,7 +50,10 @@ SAM2_CHECKPOINTS: dict[str, Sam2Checkpoint] = {
             size_bytes=184_416_285,
             params_m=46.0,
         ),
-        Sam2Checkpoint(
+        ModelSpec(
+            family="sam2",
+            checkpoint_key="model",
+            source=_SAM2_SOURCE,
             name="sam2.1_hiera_base_plus",
             config="configs/sam2.1/sam2.1_hiera_b+.yaml",
             url=f"{_BASE_URL}/sam2.1_hiera_base_plus.pt",
@@ -70,7 +61,10 @@ SAM2_CHECKPOINTS: dict[str, Sam2Checkpoint] = {
             size_bytes=323_606_802,
             params_m=80.8,
         ),
-        Sam2Checkpoint(
+        ModelSpec(
+            family="sam2",
+            checkpoint_key="model",
+            source=_SAM2_SOURCE,
             name="sam2.1_hiera_large",
             config="configs/sam2.1/sam2.1_hiera_l.yaml",
             url=f"{_BASE_URL}/sam2.1_hiera_large.pt",
@@ -81,23 +75,54 @@ SAM2_CHECKPOINTS: dict[str, Sam2Checkpoint] = {
     )
 }
 
-DEFAULT_SAM2_MODEL = "sam2.1_hiera_tiny"
+#: The family of each name used in :data:`MODELS`: ``"module:Class"``, imported on first use.
+FAMILIES: dict[str, str] = {
+    "sam2": "models.sam2_family:Sam2Family",
+}
+
+#: The model served when a config names none.
+DEFAULT_MODEL = "sam2.1_hiera_tiny"
+
+_families: dict[str, SegmenterFamily] = {}
 
 
-def list_sam2_models() -> list[str]:
-    """Names of the registered SAM 2.1 checkpoints, smallest first."""
-    return list(SAM2_CHECKPOINTS)
+def list_models(family: str | None = None) -> list[str]:
+    """Names of the registered models (of one family when given), in registry order (smallest first
+    within a family)."""
+    return [n for n, spec in MODELS.items() if family is None or spec.family == family]
 
 
-def get_sam2_checkpoint(name: str) -> Sam2Checkpoint:
-    """Look up a checkpoint by registry name.
+def get_model_spec(name: str, family: str | None = None) -> ModelSpec:
+    """Look up a model by ``model_id`` (of one family when given).
 
     Raises:
-        ValueError: if ``name`` is not registered; the message lists the valid names.
+        ValueError: ``name`` is not registered (for that family); the message lists the valid names.
     """
-    try:
-        return SAM2_CHECKPOINTS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown SAM 2 model {name!r}; valid names: {', '.join(list_sam2_models())}"
-        ) from None
+    spec = MODELS.get(name)
+    if spec is None or (family is not None and spec.family != family):
+        what = f"{family} model" if family else "model"
+        raise ValueError(f"unknown {what} {name!r}; valid names: {', '.join(list_models(family))}")
+    return spec
+
+
+def get_family(name: str) -> SegmenterFamily:
+    """The :class:`SegmenterFamily` named ``name`` (one instance per process, imported on first use).
+
+    Raises:
+        ValueError: unknown family; the message lists the valid ones.
+    """
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; valid families: {', '.join(FAMILIES)}")
+    if name not in _families:
+        module, cls = FAMILIES[name].split(":")
+        _families[name] = getattr(importlib.import_module(module), cls)()
+    return _families[name]
+
+
+def family_of(model_id: str) -> SegmenterFamily:
+    """The family of the registered model ``model_id``.
+
+    Raises:
+        ValueError: unknown model; the message lists the valid names.
+    """
+    return get_family(get_model_spec(model_id).family)

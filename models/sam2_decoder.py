@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,26 +22,7 @@ import torch
 from models.accel import AccelSettings, accelerate
 from models.prompts import PromptSpec
 from models.sam2_image import ImageFeatures
-
-
-@dataclass(frozen=True)
-class DecoderSettings:
-    """Numeric settings of the mask decoder.
-
-    Attributes:
-        mask_threshold: logit threshold for binary masks (``SAM2ImagePredictor`` default 0.0).
-        stability_score_offset: offset of the stability score, the IoU of the masks thresholded at
-            ``mask_threshold +/- offset`` (SAM's ``SamAutomaticMaskGenerator`` default 1.0).
-    """
-
-    mask_threshold: float = 0.0
-    stability_score_offset: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not np.isfinite(self.mask_threshold):
-            raise ValueError("mask_threshold must be finite")
-        if not (np.isfinite(self.stability_score_offset) and self.stability_score_offset > 0):
-            raise ValueError("stability_score_offset must be a finite number greater than 0")
+from models.segmenter import DecodeRequest, DecoderSettings, MaskPrediction
 
 
 def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -50,46 +30,6 @@ def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(array).to(device)
-
-
-@dataclass(frozen=True)
-class DecodeRequest:
-    """Prompts on one image: one decoder job.
-
-    Attributes:
-        features: the image's :class:`ImageFeatures`.
-        prompts: one :class:`PromptSpec` per object.
-        multimask_output: per prompt (or one bool for all), True for three candidate masks, False for
-            one (then sam2's dynamic fallback to the most stable multimask candidate applies).
-    """
-
-    features: ImageFeatures
-    prompts: Sequence[PromptSpec]
-    multimask_output: bool | Sequence[bool]
-
-    def __post_init__(self) -> None:
-        flags = self.multimask_output
-        flags = (bool(flags),) * len(self.prompts) if isinstance(flags, bool) else tuple(bool(f) for f in flags)
-        if len(flags) != len(self.prompts):
-            raise ValueError("multimask_output needs one flag per prompt")
-        object.__setattr__(self, "multimask_output", flags)
-
-
-@dataclass(frozen=True)
-class MaskPrediction:
-    """The decoder's answer for one prompt, masks sorted as the model emits them.
-
-    Attributes:
-        masks: (C, H, W) bool at the original resolution; C is 3 with multimask output, else 1.
-        predicted_iou: (C,) float32, the model's IoU estimate of each mask.
-        stability_score: (C,) float32 in [0, 1], IoU of the mask thresholded at +/- the offset.
-        low_res_logits: (C, 256, 256) float32 logits clamped to [-32, 32], usable as ``mask_input``.
-    """
-
-    masks: np.ndarray
-    predicted_iou: np.ndarray
-    stability_score: np.ndarray
-    low_res_logits: np.ndarray
 
 
 class Sam2MaskDecoder:

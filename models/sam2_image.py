@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from models.accel import AccelSettings, accelerate
-from models.registry import get_sam2_checkpoint
+from models.registry import get_model_spec
 
 
 def build_sam2_model(
@@ -48,7 +48,7 @@ def build_sam2_model(
         ValueError: unknown ``name``, or neither ``state_dict`` nor ``seed`` given.
         RuntimeError: ``state_dict`` has missing or unexpected keys or wrong shapes.
     """
-    spec = get_sam2_checkpoint(name)
+    spec = get_model_spec(name, "sam2")
     if state_dict is None and seed is None:
         raise ValueError("build_sam2_model needs a state_dict, or a seed for random weights")
     from sam2.build_sam import build_sam2  # heavy, and sets up Hydra: import on use only

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.registry import get_sam2_checkpoint
+from models.registry import get_model_spec
 from models.sam2_video_types import FrameMasks, VideoFrames, VideoObject, check_objects
 
 
@@ -94,7 +94,7 @@ def build_sam2_video_model(
             positive multiple of 32.
         RuntimeError: ``state_dict`` has missing or unexpected keys or wrong shapes.
     """
-    spec = get_sam2_checkpoint(name)
+    spec = get_model_spec(name, "sam2")
     if state_dict is None and seed is None:
         raise ValueError("build_sam2_video_model needs a state_dict, or a seed for random weights")
     if image_size is not None and (

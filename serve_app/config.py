@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from models.accel import AccelSettings
 from models.amg import AmgSettings
 from models.fader import CropSettings
-from models.registry import DEFAULT_SAM2_MODEL, get_sam2_checkpoint
+from models.registry import DEFAULT_MODEL, get_model_spec
 from serve_app.settings import derive
 
 _STRICT = ConfigDict(extra="forbid")
@@ -178,7 +178,7 @@ class Sam2Args(BaseModel):
     """
 
     model_config = _STRICT
-    model_id: str = DEFAULT_SAM2_MODEL
+    model_id: str = DEFAULT_MODEL
     weights: Literal["registry", "file", "random"] | None = None
     checkpoint: str | None = None
     seed: int | None = None
@@ -186,7 +186,7 @@ class Sam2Args(BaseModel):
     @field_validator("model_id")
     @classmethod
     def _known(cls, v: str) -> str:
-        get_sam2_checkpoint(v)  # ValueError listing the valid names
+        get_model_spec(v, "sam2")  # ValueError listing the valid names
         return v
 
 

@@ -74,12 +74,12 @@ class LocalPipeline:
         ``store`` defaults to an in-memory store; pass ``ExampleStore.from_env()`` to use the service's.
         """
         from deployments.runtime.clip_weights import ClipWeightsSource, load_clip
-        from deployments.runtime.sam2_weights import load_sam2
+        from deployments.runtime.model_weights import load_model
         from deployments.runtime.vectorstore import ExampleStore
         from deployments.runtime.weights import WeightsSource
         from models.embedder import ClipSpec
 
-        loaded = load_sam2(model_id, WeightsSource.resolve(weights, checkpoint))
+        loaded = load_model(model_id, WeightsSource.resolve(weights, checkpoint))
         clip_weights = "random" if weights == "random" else None
         clip = load_clip(
             ClipSpec(clip_model, clip_pretrained), ClipWeightsSource.resolve(clip_weights, clip_checkpoint)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployments.runtime.clip_weights import ClipWeightsSource, preflight_clip
-from deployments.runtime.sam2_weights import preflight as preflight_sam2
+from deployments.runtime.model_weights import preflight as preflight_sam2
 from deployments.runtime.store_checks import preflight_store
 from deployments.runtime.weights import WeightsSource
 from models.embedder import ClipSpec

@@ -106,9 +106,9 @@ def reference_predictor(tiny_checkpoint):
     from sam2.build_sam import build_sam2
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    from models.registry import get_sam2_checkpoint
+    from models.registry import get_model_spec
 
-    model = build_sam2(get_sam2_checkpoint(MODEL_ID).config, ckpt_path=str(tiny_checkpoint), device="cpu")
+    model = build_sam2(get_model_spec(MODEL_ID, "sam2").config, ckpt_path=str(tiny_checkpoint), device="cpu")
     return SAM2ImagePredictor(model)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from deployments.runtime.sam2_weights import LoadedSam2, load_sam2
+from deployments.runtime.model_weights import LoadedModel, load_model
 from deployments.runtime.weights import WeightsSource
 from models.accel import AccelSettings
 
@@ -45,11 +45,11 @@ def set_torch_threads(torch_threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def load_stage_model(model_id: str, weights: dict, device: str, torch_threads: int | None) -> tuple[LoadedSam2, str]:
+def load_stage_model(model_id: str, weights: dict, device: str, torch_threads: int | None) -> tuple[LoadedModel, str]:
     """Threads, device and SAM 2 weights for one replica; returns (loaded model, device)."""
     threads = set_torch_threads(torch_threads)
     device = pick_device(device)
-    loaded = load_sam2(model_id, WeightsSource(**weights), device=device, progress=False)
+    loaded = load_model(model_id, WeightsSource(**weights), device=device, progress=False)
     log.info("%s on %s, %d torch threads, weights %s (pid %d)", model_id, device, threads, loaded.weights, os.getpid())
     return loaded, device
 

@@ -2,7 +2,7 @@
 random weights.
 
 All file and network I/O for weights lives in this package (``models/`` only ever sees a state dict):
-this module holds what both model families share, :mod:`deployments.runtime.sam2_weights` and
+this module holds what both model families share, :mod:`deployments.runtime.model_weights` and
 :mod:`deployments.runtime.clip_weights` what differs (where the published file is and how it is read).
 
 A :class:`WeightsSource` is one of three kinds, chosen by the app config or the environment (the config

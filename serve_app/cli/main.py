@@ -85,21 +85,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     """``models list`` (the registry and what is cached) or ``models pull [NAME] [--clip]`` (download and verify;
     ``--clip`` also fetches the default CLIP weights into the same cache dir)."""
-    from deployments.runtime.sam2_weights import pull_checkpoint
+    from deployments.runtime.model_weights import pull_checkpoint
     from deployments.runtime.weights import WeightsError, cache_dir
-    from models.registry import DEFAULT_SAM2_MODEL, get_sam2_checkpoint, list_sam2_models
+    from models.registry import DEFAULT_MODEL, get_model_spec, list_models
 
     if args.action == "list":
         print(f"cache dir: {cache_dir()}")
         print(f"{'name':<24} {'params':>8} {'size':>9}  {'cached':<6}  sha256")
-        for name in list_sam2_models():
-            spec = get_sam2_checkpoint(name)
+        for name in list_models("sam2"):
+            spec = get_model_spec(name, "sam2")
             cached = "yes" if (cache_dir() / spec.filename).exists() else "no"
             size = f"{spec.size_bytes / 1e6:.0f} MB" if spec.size_bytes else "?"
             print(f"{name:<24} {spec.params_m:>7.1f}M {size:>9}  {cached:<6}  {spec.sha256 or '?'}")
         return 0
     try:
-        spec = get_sam2_checkpoint(args.name or DEFAULT_SAM2_MODEL)
+        spec = get_model_spec(args.name or DEFAULT_MODEL, "sam2")
         path = pull_checkpoint(spec, progress=True)
         print(f"{spec.name}: {path} (sha256 verified)")
         if args.clip:

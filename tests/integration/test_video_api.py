@@ -54,13 +54,13 @@ def reference_eight(tiny_checkpoint, tmp_path_factory):
     import torch
     from sam2.build_sam import build_sam2_video_predictor
 
-    from models.registry import get_sam2_checkpoint
+    from models.registry import get_model_spec
 
     folder = tmp_path_factory.mktemp("bedroom8")
     for p in bedroom_frames(8):
         (folder / p.name).symlink_to(p)
     torch.set_num_threads(2)
-    config = get_sam2_checkpoint(MODEL_ID).config
+    config = get_model_spec(MODEL_ID, "sam2").config
     predictor = build_sam2_video_predictor(config, ckpt_path=str(tiny_checkpoint), device="cpu", hydra_overrides_extra=[VIDEO_SIZE_OVERRIDE])
     state = predictor.init_state(video_path=str(folder))
     predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, box=np.array(BEDROOM_BOX, np.float32))

@@ -74,13 +74,13 @@ def reference_steps(tiny_checkpoint, tmp_path_factory):
     import torch
     from sam2.build_sam import build_sam2_video_predictor
 
-    from models.registry import get_sam2_checkpoint
+    from models.registry import get_model_spec
 
     folder = tmp_path_factory.mktemp("bedroom_sessions_http")
     for p in bedroom_frames(PARITY_FRAMES):
         (folder / p.name).symlink_to(p)
     torch.set_num_threads(2)
-    config = get_sam2_checkpoint(MODEL_ID).config
+    config = get_model_spec(MODEL_ID, "sam2").config
     predictor = build_sam2_video_predictor(config, ckpt_path=str(tiny_checkpoint), device="cpu", hydra_overrides_extra=[CORRECT_AS_COND, VIDEO_SIZE_OVERRIDE])
     superseded: dict = {}
     return run_reference(predictor, predictor.init_state(video_path=str(folder)), PARITY_STEPS, superseded), superseded

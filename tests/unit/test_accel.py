@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from deployments.runtime.sam2_weights import load_state_dict
+from deployments.runtime.model_weights import load_state_dict
 from models.accel import AccelSettings, accelerate, bf16_support, tensorrt_support
 from models.prompts import PromptSpec
 from models.sam2_decoder import Sam2MaskDecoder

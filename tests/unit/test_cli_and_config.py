@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from deployments.runtime.replica import set_torch_threads
 from deployments.runtime.serve_batching import check_batch_config
-from models.registry import list_sam2_models
+from models.registry import list_models
 from serve_app.cli.flags import build_prompts, parse_box, parse_point
 from serve_app.cli.main import make_parser
 from serve_app.config import AppArgs
@@ -184,7 +184,7 @@ def test_app_args_unknown_model_lists_names():
     with pytest.raises(ValidationError) as info:
         AppArgs.model_validate({"model_id": "sam2.1_hiera_huge"})
     msg = str(info.value)
-    for name in list_sam2_models():
+    for name in list_models("sam2"):
         assert name in msg
 
 
@@ -261,7 +261,7 @@ def test_shipped_config_valid(name):
     cfg = _config(name)
     app = _samgraph_app(cfg)
     args = AppArgs.model_validate(app.get("args") or {})
-    assert args.model_id in list_sam2_models()
+    assert args.model_id in list_models("sam2")
     deployments = app.get("deployments") or []
     names = [d["name"] for d in deployments]
     assert names, "no deployments configured"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from deployments.runtime.sam2_weights import load_state_dict
+from deployments.runtime.model_weights import load_state_dict
 from models.prompts import PromptSpec
 from models.sam2_decoder import DecodeRequest, Sam2MaskDecoder
 from models.sam2_image import ImageFeatures, Sam2ImageEncoder, build_sam2_model, feature_nbytes

@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from deployments.runtime.sam2_weights import load_state_dict
+from deployments.runtime.model_weights import load_state_dict
 from deployments.video import frame_record
-from models.registry import get_sam2_checkpoint
+from models.registry import get_model_spec
 from models.sam2_video import Sam2VideoTracker, VideoSettings, build_sam2_video_model
 from models.sam2_video_types import FrameMasks, FramePrompt, VideoObject, check_objects, preprocess_frame
 from tests.conftest import BEDROOM_BOX, BEDROOM_POINT, MODEL_ID, bedroom_frames, mask_iou
@@ -53,7 +53,7 @@ def _reference(checkpoint) -> torch.nn.Module:
     """Meta's ``SAM2VideoPredictor``, built by sam2's own builder from the same file, at ``IMAGE_SIZE``."""
     from sam2.build_sam import build_sam2_video_predictor
 
-    config, overrides = get_sam2_checkpoint(MODEL_ID).config, [f"++model.image_size={IMAGE_SIZE}"]
+    config, overrides = get_model_spec(MODEL_ID, "sam2").config, [f"++model.image_size={IMAGE_SIZE}"]
     return build_sam2_video_predictor(config, ckpt_path=str(checkpoint), device="cpu", hydra_overrides_extra=overrides)
 
 

@@ -57,7 +57,7 @@ IMAGE_SIZE = 256
 @pytest.fixture(scope="module")
 def video_model(tiny_checkpoint):
     """Our build (what VideoSegmenter runs), weights loaded strictly from the test checkpoint file."""
-    from deployments.runtime.sam2_weights import load_state_dict
+    from deployments.runtime.model_weights import load_state_dict
     from models.sam2_video import build_sam2_video_model
 
     torch.set_num_threads(2)
@@ -70,14 +70,14 @@ def reference(tiny_checkpoint, tmp_path_factory):
     the same overrides, its init_state reading JPEGs from a folder: (answers, superseded results)."""
     from sam2.build_sam import build_sam2_video_predictor
 
-    from models.registry import get_sam2_checkpoint
+    from models.registry import get_model_spec
 
     folder = tmp_path_factory.mktemp("bedroom_session")
     for p in bedroom_frames(NUM_FRAMES):
         (folder / p.name).symlink_to(p)
     torch.set_num_threads(2)
     overrides = [f"++model.image_size={IMAGE_SIZE}", CORRECT_AS_COND]
-    predictor = build_sam2_video_predictor(get_sam2_checkpoint(MODEL_ID).config, ckpt_path=str(tiny_checkpoint), device="cpu", hydra_overrides_extra=overrides)
+    predictor = build_sam2_video_predictor(get_model_spec(MODEL_ID, "sam2").config, ckpt_path=str(tiny_checkpoint), device="cpu", hydra_overrides_extra=overrides)
     superseded: dict = {}
     return run_reference(predictor, predictor.init_state(video_path=str(folder)), superseded=superseded), superseded
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deployments.runtime.sam2_weights import load_sam2, load_state_dict, preflight, pull_checkpoint
+from deployments.runtime.model_weights import load_model, load_state_dict, preflight, pull_checkpoint
 from deployments.runtime.weights import (
     ChecksumMismatch,
     WeightsError,
@@ -20,13 +21,13 @@ from deployments.runtime.weights import (
     verify_sha256,
 )
 from models.registry import (
-    DEFAULT_SAM2_MODEL,
-    SAM2_CHECKPOINTS,
-    Sam2Checkpoint,
-    get_sam2_checkpoint,
-    list_sam2_models,
+    DEFAULT_MODEL,
+    MODELS,
+    get_model_spec,
+    list_models,
 )
 from models.sam2_image import build_sam2_model
+from models.segmenter import ModelSpec
 from tests.conftest import MODEL_ID, SEED
 
 NAMES = ["sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"]
@@ -54,14 +55,14 @@ def _assert_same_state(a: dict, b: dict) -> None:
 
 
 def test_list_models_in_order():
-    assert list_sam2_models() == NAMES
-    assert all(SAM2_CHECKPOINTS[n].name == n for n in NAMES)
-    assert DEFAULT_SAM2_MODEL == "sam2.1_hiera_tiny"
+    assert list_models("sam2") == NAMES
+    assert all(MODELS[n].name == n for n in NAMES)
+    assert DEFAULT_MODEL == "sam2.1_hiera_tiny"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_registry_entry(name):
-    spec = get_sam2_checkpoint(name)
+    spec = get_model_spec(name, "sam2")
     assert spec.name == name
     assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256)
     assert spec.url.startswith("https://")
@@ -72,7 +73,7 @@ def test_registry_entry(name):
 
 
 def test_registry_entries_distinct():
-    specs = [get_sam2_checkpoint(n) for n in NAMES]
+    specs = [get_model_spec(n, "sam2") for n in NAMES]
     assert len({s.sha256 for s in specs}) == 4
     assert len({s.url for s in specs}) == 4
     assert len({s.config for s in specs}) == 4
@@ -84,12 +85,12 @@ def test_registry_configs_exist_in_sam2_package():
 
     root = Path(sam2.__file__).parent
     for name in NAMES:
-        assert (root / get_sam2_checkpoint(name).config).is_file(), name
+        assert (root / get_model_spec(name, "sam2").config).is_file(), name
 
 
 def test_unknown_model_lists_valid_names():
     with pytest.raises(ValueError) as info:
-        get_sam2_checkpoint("nope")
+        get_model_spec("nope", "sam2")
     msg = str(info.value)
     assert "'nope'" in msg
     for name in NAMES:
@@ -112,7 +113,7 @@ def test_load_state_dict_returns_state_and_sha(tiny_checkpoint):
 
 
 def test_load_sam2_from_file(tiny_checkpoint):
-    loaded = load_sam2(MODEL_ID, WeightsSource(kind="file", checkpoint=str(tiny_checkpoint)), progress=False)
+    loaded = load_model(MODEL_ID, WeightsSource(kind="file", checkpoint=str(tiny_checkpoint)), progress=False)
     assert loaded.model_id == MODEL_ID
     assert loaded.weights == f"sha256:{_sha(tiny_checkpoint)}"
     expected = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["model"]
@@ -121,15 +122,17 @@ def test_load_sam2_from_file(tiny_checkpoint):
 
 
 def test_load_sam2_random(clean_env):
-    loaded = load_sam2(MODEL_ID, WeightsSource(kind="random", seed=SEED), progress=False)
+    loaded = load_model(MODEL_ID, WeightsSource(kind="random", seed=SEED), progress=False)
     assert loaded.weights == "random"
     _assert_same_state(loaded.model.state_dict(), build_sam2_model(MODEL_ID, seed=SEED).state_dict())
 
 
-def _spec_for(path, sha256: str | None) -> Sam2Checkpoint:
-    return Sam2Checkpoint(
+def _spec_for(path, sha256: str | None) -> ModelSpec:
+    return ModelSpec(
+        family="sam2",
+        checkpoint_key="model",
         name="test-ckpt",
-        config=get_sam2_checkpoint(MODEL_ID).config,
+        config=get_model_spec(MODEL_ID, "sam2").config,
         url=path.resolve().as_uri(),
         sha256=sha256,
         size_bytes=path.stat().st_size,
@@ -215,7 +218,8 @@ def test_download_missing_source_is_weights_error(tmp_path):
 
 def test_pull_missing_source_names_offline_alternatives(tmp_path):
     missing = tmp_path / "missing.pt"
-    spec = Sam2Checkpoint("t", get_sam2_checkpoint(MODEL_ID).config, missing.as_uri(), None, None, 1.0)
+    config = get_model_spec(MODEL_ID, "sam2").config
+    spec = ModelSpec("t", "sam2", config, missing.as_uri(), None, None, 1.0, checkpoint_key="model")
     with pytest.raises(WeightsError) as info:
         pull_checkpoint(spec, directory=tmp_path / "cache", progress=False)
     assert "SAMGRAPH_SAM2_CHECKPOINT" in str(info.value)
@@ -398,9 +402,9 @@ def file_registry(tmp_path, monkeypatch):
     source.parent.mkdir()
     source.write_bytes(b"not a real checkpoint, but these exact bytes" * 100)
     digest = _sha(source)
-    real = get_sam2_checkpoint(MODEL_ID)
-    entry = Sam2Checkpoint(real.name, real.config, source.as_uri(), digest, source.stat().st_size, real.params_m)
-    monkeypatch.setitem(models.registry.SAM2_CHECKPOINTS, MODEL_ID, entry)
+    real = get_model_spec(MODEL_ID, "sam2")
+    entry = dataclasses.replace(real, url=source.as_uri(), sha256=digest, size_bytes=source.stat().st_size)
+    monkeypatch.setitem(models.registry.MODELS, MODEL_ID, entry)
     cache = tmp_path / "cache"
     monkeypatch.setenv("SAMGRAPH_CACHE_DIR", str(cache))
     return source, digest, cache
@@ -421,7 +425,7 @@ def test_cli_models_list_shows_the_registry_and_what_is_cached(file_registry, ca
     rows = _listed(out)
     assert list(rows) == NAMES
     assert rows[MODEL_ID][-2:] == ["no", digest]
-    assert rows["sam2.1_hiera_large"][-1] == SAM2_CHECKPOINTS["sam2.1_hiera_large"].sha256
+    assert rows["sam2.1_hiera_large"][-1] == MODELS["sam2.1_hiera_large"].sha256
     cache.mkdir()
     (cache / source.name).write_bytes(source.read_bytes())
     assert main(["models", "list"]) == 0
@@ -452,8 +456,8 @@ def test_cli_models_pull_refuses_a_wrong_sha256(file_registry, capsys, monkeypat
 
     source, digest, cache = file_registry
     wrong = "0" * 64
-    entry = dataclasses.replace(get_sam2_checkpoint(MODEL_ID), sha256=wrong)
-    monkeypatch.setitem(models.registry.SAM2_CHECKPOINTS, MODEL_ID, entry)
+    entry = dataclasses.replace(get_model_spec(MODEL_ID, "sam2"), sha256=wrong)
+    monkeypatch.setitem(models.registry.MODELS, MODEL_ID, entry)
     assert main(["models", "pull", MODEL_ID]) == 1
     captured = capsys.readouterr()
     last = captured.err.splitlines()[-1]  # after the download's progress bar

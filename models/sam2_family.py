@@ -1,0 +1,49 @@
+"""SAM 2 (Meta's ``sam2`` package) behind the family seam (:mod:`models.segmenter`).
+
+The model is built by :func:`models.sam2_image.build_sam2_model`, encoded by
+:class:`models.sam2_image.Sam2ImageEncoder` and decoded by :class:`models.sam2_decoder.Sam2MaskDecoder`;
+their answers equal sam2's ``SAM2ImagePredictor`` (``tests/unit/test_sam2_parity.py``). Video tracking is
+``models/sam2_video*.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from models.segmenter import Capabilities, DecoderSettings, ModelSpec, SegmenterFamily
+
+
+class Sam2Family(SegmenterFamily):
+    """SAM 2.1: clicks, boxes, mask input, multimask, automatic masks and video; no concept prompts."""
+
+    name = "sam2"
+    capabilities = Capabilities(video=True)
+
+    def build(self, spec: ModelSpec, state_dict: Mapping[str, Any] | None, *, seed: int | None, device: str):
+        """A ``SAM2Base`` (see :func:`models.sam2_image.build_sam2_model`)."""
+        from models.sam2_image import build_sam2_model
+
+        return build_sam2_model(spec.name, state_dict, seed=seed, device=device)
+
+    def encoder(self, model, accel=None, on_fallback: Callable[[str], None] | None = None):
+        """:class:`models.sam2_image.Sam2ImageEncoder` (features: :class:`models.sam2_image.ImageFeatures`)."""
+        from models.sam2_image import Sam2ImageEncoder
+
+        return Sam2ImageEncoder(model, accel, on_fallback)
+
+    def decoder(self, model, settings: DecoderSettings | None = None, accel=None, on_fallback=None):
+        """:class:`models.sam2_decoder.Sam2MaskDecoder` (prompt encoder + mask decoder only)."""
+        from models.sam2_decoder import Sam2MaskDecoder
+
+        return Sam2MaskDecoder(model, settings, accel, on_fallback)
+
+    def drop_image_encoder(self, model) -> None:
+        """Drop the Hiera trunk and FPN neck (most of the weights)."""
+        model.image_encoder = None
+
+    def feature_nbytes(self, spec: ModelSpec) -> int:
+        """16.8 MB at 1024 px (:func:`models.sam2_image.feature_nbytes`)."""
+        from models.sam2_image import feature_nbytes
+
+        return feature_nbytes(spec.image_size)
