@@ -25,6 +25,7 @@ from models.knn import Neighbor
 from models.masks import POLYGON_TOLERANCE_PX
 from models.prompts import PromptSpec, centre_click
 from models.sam2_video_types import VideoObject
+from models.segmenter import ConceptPrompt
 
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -104,6 +105,56 @@ class DecodeJob:
         geometry = [(p.box_xyxy, [] if p.point_coords is None else p.point_coords) for p in self.prompts]
         check_in_image(geometry, width, height, self.field_prefix)
         return self
+
+
+@dataclass(frozen=True)
+class ConceptJob:
+    """Concept prompts on one image: every instance of each (a model with concept prompts, e.g. SAM 3).
+
+    Attributes:
+        prompts: validated concepts (text and/or example boxes, ``score_thresh``, ``max_instances``).
+        mask_format: ``rle``, ``png``, ``polygon`` or ``none``.
+        polygon_tolerance_px: the ``polygon`` simplification, pixels.
+        fields: how errors name each prompt (``prompts[2]``, ``classes[0]``).
+    """
+
+    prompts: tuple[ConceptPrompt, ...]
+    mask_format: str = "rle"
+    polygon_tolerance_px: float = POLYGON_TOLERANCE_PX
+    fields: tuple[str, ...] = ()
+
+    def for_image(self, width: int, height: int) -> ConceptJob:
+        """This job checked against an image of ``width`` x ``height`` pixels.
+
+        Raises:
+            OutOfImage: an example box outside the image, naming it (``prompts[i].exemplars[j].box_xyxy``).
+        """
+        for i, p in enumerate(self.prompts):
+            at = self.fields[i] if i < len(self.fields) else f"prompts[{i}]"
+            boxes = [] if p.boxes_xyxy is None else p.boxes_xyxy
+            check_in_image([(box, []) for box in boxes], width, height, f"{at}.exemplars")
+        return self
+
+
+@dataclass(frozen=True)
+class ConceptResult:
+    """The decoder's answer to a :class:`ConceptJob`.
+
+    Attributes:
+        model_id, weights: the model and its weights.
+        results: per concept, ``{"instances": [record, ...]}``, best score first; a record is the mask in
+            the job's format with ``area_px`` and ``bbox_xyxy`` (the mask's), ``box_xyxy`` (the model's
+            box, float pixels) and ``score``.
+        timing_ms: ``concepts`` (the forward pass) and ``postprocess``, plus ``encode`` when this call
+            waited for one.
+        image: the image as its owner holds it.
+    """
+
+    model_id: str
+    weights: str
+    results: list
+    timing_ms: dict
+    image: ImageInfo | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,8 +1,10 @@
-"""``MaskDecoder`` deployment: batched SAM 2 prompt encoder + mask decoder, plus mask encoding, and the
-images it owns (:mod:`deployments.runtime.owned_images`).
+"""``MaskDecoder`` deployment: a model family's batched prompt decoder (clicks, boxes, masks; automatic
+masks; concept prompts where the family has them), plus mask encoding, and the images it owns
+(:mod:`deployments.runtime.owned_images`). The family comes from :func:`models.registry.family_of`; this
+module names none of its classes.
 
 Calls about an image (:meth:`MaskDecoder.segment`, :meth:`MaskDecoder.generate_for`,
-:meth:`MaskDecoder.image`) take its ``image_id`` first and are routed by it
+:meth:`MaskDecoder.concepts`, :meth:`MaskDecoder.image`) take its ``image_id`` first and are routed by it
 (``handle.options(session_id=image_id)`` to a deployment with the consistent-hash
 :class:`~deployments.runtime.affinity.KeyAffinityRouter`), so they reach
 the replica that holds the image's features.
@@ -17,7 +19,8 @@ from dataclasses import replace
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from deployments.contracts import DecodeJob, DecodeResult, GenerateResult, ImageInfo
+from deployments.contracts import ConceptJob, ConceptResult, DecodeJob, DecodeResult, GenerateResult, ImageInfo
+from deployments.errors import UnsupportedByModel
 from deployments.runtime.affinity import ROUTER_CLASS
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.owned_images import OwnedImages
@@ -25,8 +28,8 @@ from deployments.runtime.replica import accel_settings, fallback_logger, load_st
 from deployments.runtime.serve_batching import apply_batch_config
 from models.amg import AmgSettings, generate_masks
 from models.masks import encode_logits_base64, encode_masks
-from models.sam2_decoder import DecodeRequest, Sam2MaskDecoder
-from models.sam2_image import ImageFeatures, feature_nbytes
+from models.registry import get_model_spec
+from models.segmenter import ConceptRequest, DecodeRequest, Features
 
 #: Calls about an image reach the replica that owns it: Serve's consistent-hash router over
 #: ``session_id=image_id``, with no fallback replica: a call for a busy owner waits in the caller's queue,
@@ -49,7 +52,8 @@ class MaskDecoder:
 
     Args:
         model_id, weights, device, torch_threads, accel: as :class:`deployments.encoder.ImageEncoder`
-            (``accel["tensorrt"]`` is ignored: TensorRT is for the encoder).
+            (``accel["tensorrt"]`` is ignored: TensorRT is for the encoder). The encoder must serve the
+            same ``model_id``.
         encoder: handle to the ``ImageEncoder`` that encodes the images this replica is sent (None: this
             replica only decodes given features).
         cache: ``{"max_entries", "max_bytes"}`` of the images this replica owns (bytes: features plus
@@ -68,23 +72,33 @@ class MaskDecoder:
     ) -> None:
         settings = accel_settings({**(accel or {}), "tensorrt": False})
         loaded, self._device = load_stage_model(model_id, weights, device, torch_threads)
-        loaded.model.image_encoder = None  # the decoder never runs the trunk; free its weights
-        self._decoder = Sam2MaskDecoder(loaded.model, accel=settings, on_fallback=fallback_logger("MaskDecoder"))
+        family = loaded.family
+        self._capabilities = family.capabilities
+        family.drop_image_encoder(loaded.model)  # the decoder never runs the trunk; free its weights
+        self._decoder = family.decoder(loaded.model, accel=settings, on_fallback=fallback_logger("MaskDecoder"))
         warm_up("MaskDecoder", self._decoder, settings)
-        self._info = {"model_id": loaded.model_id, "weights": loaded.weights, "device": self._device}
+        self._info = {
+            "model_id": loaded.model_id,
+            "family": family.name,
+            "weights": loaded.weights,
+            "device": self._device,
+        }
         self._work = StageWork("decode", counters=("requests",))
         cache = {"max_entries": 64, "max_bytes": 2**31, **(cache or {})}
-        self._images = OwnedImages(encoder, cache["max_entries"], cache["max_bytes"], feature_nbytes())
+        nbytes = family.feature_nbytes(get_model_spec(model_id))
+        self._images = OwnedImages(encoder, cache["max_entries"], cache["max_bytes"], nbytes)
 
     def reconfigure(self, user_config: dict) -> None:
-        """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`decode` (see :func:`apply_batch_config`)."""
+        """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`decode` and :meth:`concept_batch` (see
+        :func:`apply_batch_config`)."""
         apply_batch_config(user_config, self.decode)
+        apply_batch_config(user_config, self.concept_batch)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def decode(self, features: list[ImageFeatures], jobs: list[DecodeJob]) -> list[DecodeResult]:
+    async def decode(self, features: list[Features], jobs: list[DecodeJob]) -> list[DecodeResult]:
         """Masks for a batch of jobs.
 
-        Each caller passes one image's :class:`ImageFeatures` (usually as an ObjectRef, resolved by Ray)
+        Each caller passes one image's :class:`models.segmenter.Features` (usually as an ObjectRef, resolved by Ray)
         and one :class:`DecodeJob`; each gets a :class:`DecodeResult`.
         """
         t0 = time.perf_counter()
@@ -92,7 +106,7 @@ class MaskDecoder:
         self._work.batch("decode", len(jobs), time.perf_counter() - t0, requests=len(jobs))
         return out
 
-    def _decode_sync(self, features: list[ImageFeatures], jobs: list[DecodeJob]) -> list[DecodeResult]:
+    def _decode_sync(self, features: list[Features], jobs: list[DecodeJob]) -> list[DecodeResult]:
         t0 = time.perf_counter()
         requests = [DecodeRequest(f, j.prompts, j.multimask_output) for f, j in zip(features, jobs)]
         predictions = self._decoder.predict_batch(requests)
@@ -126,11 +140,53 @@ class MaskDecoder:
             masks.append(item)
         return masks
 
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def concept_batch(self, features: list[Features], jobs: list[ConceptJob]) -> list[ConceptResult]:
+        """Every instance of each concept of a batch of jobs (one image's features and one
+        :class:`ConceptJob` per caller), in one call of the family's ``segment_concepts``. Batch size and
+        wait are :meth:`decode`'s."""
+        t0 = time.perf_counter()
+        out = await asyncio.to_thread(self._concepts_sync, features, jobs)
+        self._work.batch("decode", len(jobs), time.perf_counter() - t0, requests=len(jobs))
+        return out
+
+    def _concepts_sync(self, features: list[Features], jobs: list[ConceptJob]) -> list[ConceptResult]:
+        t0 = time.perf_counter()
+        found = self._decoder.segment_concepts([ConceptRequest(f, j.prompts) for f, j in zip(features, jobs)])
+        t1 = time.perf_counter()
+        out = []
+        for job, per_prompt in zip(jobs, found):
+            tj = time.perf_counter()
+            results = [{"instances": self._instances(p, job)} for p in per_prompt]
+            timing = {"concepts": (t1 - t0) * 1e3, "postprocess": (time.perf_counter() - tj) * 1e3}
+            out.append(ConceptResult(self._info["model_id"], self._info["weights"], results, timing))
+        assert len(out) == len(jobs)
+        return out
+
+    @staticmethod
+    def _instances(found, job: ConceptJob) -> list[dict]:
+        """Instance records: the mask in the job's format with its area and box (``bbox_xyxy``), the
+        model's own box (``box_xyxy``, float pixels) and its ``score``."""
+        encoded = encode_masks(found.masks, job.mask_format, job.polygon_tolerance_px)
+        return [
+            {"score": float(score), "box_xyxy": [float(v) for v in box], **enc}
+            for box, score, enc in zip(found.boxes_xyxy, found.scores, encoded)
+        ]
+
+    def _require(self, capability: str, field: str) -> None:
+        if not getattr(self._capabilities, capability):
+            raise UnsupportedByModel.lacking(self._info["model_id"], capability, field)
+
     async def generate(
-        self, features: ImageFeatures, settings: AmgSettings, max_masks: int | None = None
+        self, features: Features, settings: AmgSettings, max_masks: int | None = None
     ) -> GenerateResult:
         """Automatic masks of one image (grid clicks batched ``points_per_batch`` per forward pass), at
-        most ``max_masks`` of them, in NMS order."""
+        most ``max_masks`` of them, in NMS order.
+
+        Raises:
+            UnsupportedByModel: the family makes no automatic masks.
+        """
+        self._require("automatic_masks", "amg")
         t0 = time.perf_counter()
         masks = await asyncio.to_thread(generate_masks, self._decoder, features, settings)
         self._work.add(requests=1)
@@ -180,6 +236,23 @@ class MaskDecoder:
         result = await self.generate(features, settings, max_masks)
         return replace(result, timing_ms={**result.timing_ms, **timing}, image=self._info_of(image_id, entry, cached))
 
+    async def concepts(self, image_id: str, job: ConceptJob, pixels=None) -> ConceptResult:
+        """Every instance of ``job``'s concepts on the image ``image_id``, encoding ``pixels`` if this
+        replica does not hold it yet (batched with other callers' jobs, see :meth:`concept_batch`).
+
+        Raises:
+            UnsupportedByModel: the family takes no concept prompts (before any encode).
+            ImageNotCached: not held here and no ``pixels``.
+            OutOfImage: an example box outside the image.
+        """
+        self._require("concept_prompts", job.fields[0] if job.fields else "prompts")
+        entry, cached = self._images.entry(image_id, pixels)
+        job = job.for_image(entry.width, entry.height)
+        timing: dict = {}
+        features = await self._images.features(image_id, entry, timing)
+        result = await self.concept_batch(features, job)
+        return replace(result, timing_ms={**result.timing_ms, **timing}, image=self._info_of(image_id, entry, cached))
+
     async def image(self, image_id: str, pixels=None) -> ImageInfo:
         """The image ``image_id`` as this replica holds it (encoding ``pixels`` if it does not yet).
 
@@ -191,14 +264,15 @@ class MaskDecoder:
         return self._info_of(image_id, entry, cached)
 
     def info(self) -> dict:
-        """``{"model_id", "weights", "device", "accel"}`` of this replica (``accel``: the speed-ups in
-        force, see :meth:`models.accel.AcceleratedCall.state`)."""
-        return {**self._info, "accel": self._decoder.accel_state()}
+        """``{"model_id", "family", "weights", "device", "accel", "capabilities"}`` of this replica
+        (``accel``: the speed-ups in force, see :meth:`models.accel.AcceleratedCall.state`)."""
+        return {**self._info, "accel": self._decoder.accel_state(), "capabilities": self._capabilities.as_dict()}
 
     def stats(self) -> dict:
-        """Work done by this replica: requests decoded (prompt jobs and automatic-mask images), batches run,
-        seconds spent in them; ``cache``: its images (see :meth:`OwnedImages.stats`); ``replica`` and
-        ``node_id``: where it runs (None outside a Serve replica)."""
+        """Work done by this replica: requests decoded (prompt jobs, concept jobs and automatic-mask
+        images), batches run, seconds spent in them; ``model_id``: its model; ``cache``: its images (see
+        :meth:`OwnedImages.stats`); ``replica`` and ``node_id``: where it runs (None outside a Serve
+        replica)."""
         import ray
 
         try:
@@ -206,4 +280,10 @@ class MaskDecoder:
             node_id = ray.get_runtime_context().get_node_id()
         except Exception:  # outside a Serve replica (tests)
             replica = node_id = None
-        return {**self._work.stats(), "cache": self._images.stats(), "replica": replica, "node_id": node_id}
+        return {
+            **self._work.stats(),
+            "model_id": self._info["model_id"],
+            "cache": self._images.stats(),
+            "replica": replica,
+            "node_id": node_id,
+        }

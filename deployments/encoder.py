@@ -1,4 +1,8 @@
-"""``ImageEncoder`` deployment: batched SAM 2 image encoding (the expensive stage)."""
+"""``ImageEncoder`` deployment: batched image encoding (the expensive stage), for any model family.
+
+The family (:func:`models.registry.family_of`) builds the model and its encoder; this deployment only
+batches, times and reports.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +15,18 @@ from ray import serve
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
 from deployments.runtime.serve_batching import apply_batch_config
-from models.sam2_image import ImageFeatures, Sam2ImageEncoder
+from models.segmenter import Features
 
 
 @serve.deployment(name="ImageEncoder", ray_actor_options={"num_cpus": 0.8}, max_ongoing_requests=16)
 class ImageEncoder:
-    """Encodes (H, W, 3) uint8 RGB images into SAM 2 :class:`ImageFeatures`.
+    """Encodes (H, W, 3) uint8 RGB images into its model family's :class:`models.segmenter.Features`.
 
     Requests are batched with ``@serve.batch``; ``max_batch_size`` and ``batch_wait_timeout_s`` come from
     ``user_config`` (on CPU the best batch is 1; on GPUs 4-16 pays).
 
     Args:
-        model_id: SAM 2 registry name.
+        model_id: registry name of the model (:mod:`models.registry`; any family).
         weights: :class:`deployments.runtime.weights.WeightsSource` fields.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         torch_threads: torch intra-op threads for this replica (None: torch's default).
@@ -40,9 +44,14 @@ class ImageEncoder:
     ) -> None:
         settings = accel_settings(accel)
         loaded, self._device = load_stage_model(model_id, weights, device, torch_threads)
-        self._encoder = Sam2ImageEncoder(loaded.model, settings, fallback_logger("ImageEncoder"))
+        self._encoder = loaded.family.encoder(loaded.model, settings, fallback_logger("ImageEncoder"))
         warm_up("ImageEncoder", self._encoder, settings)
-        self._info = {"model_id": loaded.model_id, "weights": loaded.weights, "device": self._device}
+        self._info = {
+            "model_id": loaded.model_id,
+            "family": loaded.family.name,
+            "weights": loaded.weights,
+            "device": self._device,
+        }
         self._work = StageWork("encode", counters=("images",))
 
     def reconfigure(self, user_config: dict) -> None:
@@ -50,7 +59,7 @@ class ImageEncoder:
         apply_batch_config(user_config, self.encode)
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
-    async def encode(self, images: list[np.ndarray]) -> list[ImageFeatures]:
+    async def encode(self, images: list[np.ndarray]) -> list[Features]:
         """Encode a batch of images; each caller sends one (H, W, 3) uint8 RGB array."""
         t0 = time.perf_counter()
         features = await asyncio.to_thread(self._encoder.encode_batch, images)
@@ -59,7 +68,7 @@ class ImageEncoder:
         return features
 
     def info(self) -> dict:
-        """``{"model_id", "weights", "device", "accel"}`` of this replica (``accel``: the speed-ups in
+        """``{"model_id", "family", "weights", "device", "accel"}`` of this replica (``accel``: the speed-ups in
         force, see :meth:`models.accel.AcceleratedCall.state`)."""
         return {**self._info, "accel": self._encoder.accel_state()}
 

@@ -44,6 +44,19 @@ class InvalidRequest(InputError):
     """A value breaks a rule of its field (range, shape, format): 422 ``invalid_request``."""
 
 
+class UnsupportedByModel(InputError):
+    """A prompt or option the model's family cannot take (a concept prompt on SAM 2, ``mask_input`` where
+    the family has none): 422 ``unsupported_by_model``, naming the field and the model."""
+
+    code = "unsupported_by_model"
+
+    @classmethod
+    def lacking(cls, model_id: str, capability: str, field: str) -> UnsupportedByModel:
+        """The error for ``field`` asking ``model_id`` for a ``capability`` it lacks (see
+        :class:`models.segmenter.Capabilities`)."""
+        return cls(f"model {model_id!r} does not support {capability.replace('_', ' ')}", field)
+
+
 class InvalidBase64(InputError):
     """A ``base64`` field is not strict base64: 400 ``invalid_base64``."""
 

@@ -202,7 +202,7 @@ class LoadImages:
 
 
 class EncodeImages(_Stage):
-    """SAM 2 image encoder over a batch of images (``Sam2ImageEncoder.encode_batch``).
+    """The model family's image encoder over a batch of images (``encode_batch``).
 
     Args:
         model_id, weights, device, torch_threads, accel: as :class:`deployments.encoder.ImageEncoder`.
@@ -218,11 +218,9 @@ class EncodeImages(_Stage):
         torch_threads: int | None = None,
         accel: dict | None = None,
     ) -> None:
-        from models.sam2_image import Sam2ImageEncoder
-
         settings = accel_settings(accel)
         loaded, _ = load_stage_model(model_id, weights, device, torch_threads)
-        self.encoder = Sam2ImageEncoder(loaded.model, settings, fallback_logger("encode"))
+        self.encoder = loaded.family.encoder(loaded.model, settings, fallback_logger("encode"))
         warm_up("encode", self.encoder, settings)
         self.weights = loaded.weights
 
@@ -238,7 +236,7 @@ class DecodeMasks(_Stage):
 
     The prompt path is ``/v1/segment``'s: the rows' ``prompt_specs`` (:class:`models.prompts.PromptSpec`,
     validated in the load stage) with their ``multimask`` flags (a lone point is multimask, a box is not);
-    every prompt of every image in the batch runs through one ``Sam2MaskDecoder.predict_batch`` call. The
+    every prompt of every image in the batch runs through one ``predict_batch`` call of the family's decoder. The
     automatic path is ``/v1/predict``'s: :func:`models.amg.generate_masks`, best ``max_instances`` kept.
 
     Args:
@@ -264,12 +262,11 @@ class DecodeMasks(_Stage):
         max_instances: int = 20,
     ) -> None:
         from models.amg import AmgSettings
-        from models.sam2_decoder import Sam2MaskDecoder
 
         settings = accel_settings({**(accel or {}), "tensorrt": False})
         loaded, _ = load_stage_model(model_id, weights, device, torch_threads)
-        loaded.model.image_encoder = None
-        self.decoder = Sam2MaskDecoder(loaded.model, accel=settings, on_fallback=fallback_logger("decode"))
+        loaded.family.drop_image_encoder(loaded.model)
+        self.decoder = loaded.family.decoder(loaded.model, accel=settings, on_fallback=fallback_logger("decode"))
         warm_up("decode", self.decoder, settings)
         self.amg = AmgSettings(**amg) if amg is not None else None
         self.max_instances = max_instances
@@ -293,7 +290,7 @@ class DecodeMasks(_Stage):
                 ]
             return
         from models.masks import encode_masks
-        from models.sam2_decoder import DecodeRequest
+        from models.segmenter import DecodeRequest
 
         requests, todo = [], []
         for r in rows:

@@ -1,9 +1,9 @@
 """The app builder: ``serve run configs/serve.yaml`` imports :func:`build_app`.
 
-Graph::
+Graph (per served model, its own ``ImageEncoder`` and ``MaskDecoder``, see :func:`stage_names`)::
 
     Ingress ──> MaskDecoder, the image's owner (session_id=image_id; prompts: /v1/segment; automatic
-       │          │  masks: /v1/predict, text prompts)
+       │          │  masks: /v1/predict, text prompts; concept prompts where the model takes them)
        │          ├─> ImageEncoder (once per new image: the features stay in the owner)
        │          └─> Fader ──> Embedder ──> Retriever      (chained by DeploymentResponses)
        │──────> Embedder (text tower), Retriever (examples)
@@ -17,6 +17,8 @@ embedder -> retriever without its crops or embeddings passing through the ingres
 across concurrent requests.
 """
 
+import re
+
 from pydantic import ValidationError
 from ray import serve
 
@@ -29,6 +31,17 @@ from deployments.video import VideoSegmenter
 from serve_app.config import AppArgs
 from serve_app.ingress.deployment import Ingress
 from serve_app.preflight import preflight
+
+
+def stage_names(index: int, model_id: str) -> tuple[str, str]:
+    """The (encoder, decoder) deployment names of the served model at ``index``: ``ImageEncoder`` and
+    ``MaskDecoder`` for the default (first) model, ``ImageEncoder_<model_id>`` and ``MaskDecoder_<model_id>``
+    (characters other than letters, digits, ``_`` and ``-`` as ``_``) for the others. The Serve config's
+    ``deployments:`` size each by these names."""
+    if index == 0:
+        return "ImageEncoder", "MaskDecoder"
+    slug = re.sub(r"[^A-Za-z0-9_-]", "_", model_id)
+    return f"ImageEncoder_{slug}", f"MaskDecoder_{slug}"
 
 
 def build_app(args: dict | None = None) -> serve.Application:
@@ -49,17 +62,25 @@ def build_app(args: dict | None = None) -> serve.Application:
     except ValidationError as e:
         raise ValueError(f"invalid samgraph app args: {e}") from None
     ready = preflight(cfg)
-    weights = ready.sam2.as_dict()
-    enc, dec = cfg.encoder, cfg.decoder
-    encoder = ImageEncoder.bind(cfg.model_id, weights, enc.device, enc.torch_threads, enc.accel())
-    cache = {"max_entries": cfg.cache.max_entries, "max_bytes": cfg.cache.max_bytes}
-    decoder = MaskDecoder.bind(cfg.model_id, weights, dec.device, dec.torch_threads, dec.accel(), encoder, cache)
+    encoders, decoders = {}, {}
+    for i, m in enumerate(cfg.served_models()):
+        weights = ready.models[m.model_id].as_dict()
+        enc, dec = m.encoder, m.decoder
+        enc_name, dec_name = stage_names(i, m.model_id)
+        encoder = ImageEncoder.options(name=enc_name).bind(
+            m.model_id, weights, enc.device, enc.torch_threads, enc.accel()
+        )
+        cache = {"max_entries": m.cache.max_entries, "max_bytes": m.cache.max_bytes}
+        decoders[m.model_id] = MaskDecoder.options(name=dec_name).bind(
+            m.model_id, weights, dec.device, dec.torch_threads, dec.accel(), encoder, cache
+        )
+        encoders[m.model_id] = encoder
     crop = {"context_margin": cfg.fader.context_margin, "output_size": cfg.fader.output_size}
     fader = Fader.bind(cfg.fader.strategy, cfg.fader.params, crop)
     clip = cfg.clip
     embedder = Embedder.bind(clip.model_name, clip.pretrained, ready.clip.as_dict(), clip.device, clip.torch_threads)
     retriever = Retriever.bind(**ready.store)
-    v = cfg.video
+    v, tracked = cfg.video, cfg.video_model()
     video_settings = {"offload_video_to_cpu": v.offload_video_to_cpu, "offload_state_to_cpu": v.offload_state_to_cpu}
     sessions = {
         "max_sessions": v.max_sessions,
@@ -67,15 +88,17 @@ def build_app(args: dict | None = None) -> serve.Application:
         "ttl_s": v.session_ttl_s,
         "retry_after_s": v.session_retry_after_s,
     }
-    video = VideoSegmenter.bind(
-        cfg.model_id,
-        weights,
-        v.device,
-        v.torch_threads,
-        video_settings,
-        v.max_concurrent_clips,
-        sessions,
-        image_size=v.image_size,
-    )
-    stages = (encoder, decoder, fader, embedder, retriever)
+    video = None
+    if tracked is not None:
+        video = VideoSegmenter.bind(
+            tracked.model_id,
+            ready.models[tracked.model_id].as_dict(),
+            v.device,
+            v.torch_threads,
+            video_settings,
+            v.max_concurrent_clips,
+            sessions,
+            image_size=v.image_size,
+        )
+    stages = (encoders, decoders, fader, embedder, retriever)
     return Ingress.bind(*stages, cfg.model_dump(), video=video, require_keys=ready.api_keys > 0)

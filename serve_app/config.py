@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from models.accel import AccelSettings
 from models.amg import AmgSettings
 from models.fader import CropSettings
-from models.registry import DEFAULT_MODEL, get_model_spec
+from models.registry import DEFAULT_MODEL, family_of, get_model_spec
 from serve_app.settings import derive
 
 _STRICT = ConfigDict(extra="forbid")
@@ -27,7 +27,7 @@ class StageArgs(BaseModel):
 
 @derive(AccelSettings, exclude=("tensorrt",))
 class AccelArgs(BaseModel):
-    """Optional speed-ups of a SAM 2 image stage (see ``models/accel.py`` and docs/gpu-options.md).
+    """Optional speed-ups of a model's image stage (see ``models/accel.py`` and docs/gpu-options.md).
 
     ``precision: bf16`` runs the forward pass under ``torch.autocast(device, torch.bfloat16)``;
     ``compile`` wraps it in ``torch.compile(mode=compile_mode, backend=compile_backend)``, compiled when
@@ -43,13 +43,13 @@ class AccelArgs(BaseModel):
         return {f.name: getattr(self, f.name, f.default) for f in dataclasses.fields(AccelSettings)}
 
 
-class Sam2StageArgs(StageArgs, AccelArgs):
-    """A SAM 2 image stage (encoder or decoder): device and threads plus :class:`AccelArgs`."""
+class ModelStageArgs(StageArgs, AccelArgs):
+    """A model's image stage (encoder or decoder): device and threads plus :class:`AccelArgs`."""
 
 
 @derive(AccelSettings, fields=("tensorrt",))
-class EncoderArgs(Sam2StageArgs):
-    """The image encoder: as :class:`Sam2StageArgs`, plus ``tensorrt``: compile the encoder with
+class EncoderArgs(ModelStageArgs):
+    """The image encoder: as :class:`ModelStageArgs`, plus ``tensorrt``: compile the encoder with
     torch-tensorrt (CUDA and ``pip install -e ".[tensorrt]"``; otherwise it falls back to ``compile``
     when that is set, else eager, with one log line)."""
 
@@ -94,8 +94,9 @@ class AuthArgs(BaseModel):
 
 
 class CacheArgs(BaseModel):
-    """Image-cache bounds of each MaskDecoder replica, for the images it owns (features ~16.8 MB per image,
-    plus pixels)."""
+    """Image-cache bounds of each MaskDecoder replica, for the images it owns (features plus pixels: about
+    16.8 MB of features per image for SAM 2 and 4.2 MB for MobileSAM at 1024 px, and about 130 MB for SAM 3
+    at 1008 px; ``GET /v1/models`` shows each model's ``feature_bytes``)."""
 
     model_config = _STRICT
     max_entries: int = Field(default=64, ge=1)
@@ -170,11 +171,12 @@ class VideoArgs(StageArgs):
     image_size: int | None = Field(default=None, ge=256, le=2048, multiple_of=32)
 
 
-class Sam2Args(BaseModel):
-    """Which SAM 2 model and weights: shared by the service (:class:`AppArgs`) and ``samgraph batch``.
+class ModelWeightsArgs(BaseModel):
+    """Which model (any family of :mod:`models.registry`) and weights: shared by the service
+    (:class:`AppArgs`, :class:`ServedModelArgs`) and ``samgraph batch``.
 
     ``weights``/``checkpoint``/``seed`` left unset are taken from ``SAMGRAPH_WEIGHTS``,
-    ``SAMGRAPH_SAM2_CHECKPOINT`` and ``SAMGRAPH_SEED``.
+    ``SAMGRAPH_SAM2_CHECKPOINT`` (SAM 2 models only) and ``SAMGRAPH_SEED``.
     """
 
     model_config = _STRICT
@@ -186,21 +188,40 @@ class Sam2Args(BaseModel):
     @field_validator("model_id")
     @classmethod
     def _known(cls, v: str) -> str:
-        get_model_spec(v, "sam2")  # ValueError listing the valid names
+        get_model_spec(v)  # ValueError listing the valid names
         return v
 
 
-class AppArgs(Sam2Args):
+class ServedModelArgs(ModelWeightsArgs):
+    """One model the service serves: its weights, and its own encoder and decoder deployments (each
+    sized in the Serve config's ``deployments:`` under its deployment names, see
+    :func:`serve_app.app.stage_names`) with their image cache."""
+
+    encoder: EncoderArgs = EncoderArgs()
+    decoder: ModelStageArgs = ModelStageArgs()
+    cache: CacheArgs = CacheArgs()
+
+
+#: The fields of :class:`AppArgs` that describe its one model when ``models`` is not given.
+_ONE_MODEL_FIELDS = ("model_id", "weights", "checkpoint", "seed", "encoder", "decoder", "cache")
+
+
+class AppArgs(ModelWeightsArgs):
     """Arguments of :func:`serve_app.app.build_app`.
 
+    The models served: ``models`` (a list of :class:`ServedModelArgs`, the first is the default a request
+    gets without ``model_id``), or, without it, the one model of the top-level ``model_id``, ``weights``,
+    ``checkpoint``, ``seed``, ``encoder``, ``decoder`` and ``cache`` (giving both is an error).
     ``weights``/``checkpoint``/``seed`` left unset are taken from ``SAMGRAPH_WEIGHTS``,
     ``SAMGRAPH_SAM2_CHECKPOINT`` and ``SAMGRAPH_SEED`` when the app is built. ``text_candidates`` caps the
-    automatic masks scored against a text prompt. ``auth``: API keys, rate limit and CORS
-    (:class:`AuthArgs`).
+    automatic masks scored against a text prompt (CLIP ranking). ``auth``: API keys, rate limit and CORS
+    (:class:`AuthArgs`). ``video`` tracks with the first served model whose family tracks video (none:
+    the video routes answer 404).
     """
 
     encoder: EncoderArgs = EncoderArgs()
-    decoder: Sam2StageArgs = Sam2StageArgs()
+    decoder: ModelStageArgs = ModelStageArgs()
+    models: list[ServedModelArgs] = Field(default_factory=list, max_length=8)
     video: VideoArgs = VideoArgs()
     limits: LimitArgs = LimitArgs()
     auth: AuthArgs = AuthArgs()
@@ -214,19 +235,41 @@ class AppArgs(Sam2Args):
     threads_per_node: int | None = Field(default=None, ge=2)
 
     @model_validator(mode="after")
+    def _one_way_to_name_models(self) -> AppArgs:
+        if self.models:
+            both = [f for f in _ONE_MODEL_FIELDS if f in self.model_fields_set]
+            if both:
+                raise ValueError(f"give either models or {', '.join(both)}, not both")
+            ids = [m.model_id for m in self.models]
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"models: each model_id at most once, got {ids}")
+        return self
+
+    def served_models(self) -> list[ServedModelArgs]:
+        """The models served, the default first (``models``, or the top-level one)."""
+        if self.models:
+            return list(self.models)
+        return [ServedModelArgs(**{f: getattr(self, f) for f in _ONE_MODEL_FIELDS})]
+
+    def video_model(self) -> ServedModelArgs | None:
+        """The first served model whose family tracks video, or None."""
+        return next((m for m in self.served_models() if family_of(m.model_id).capabilities.video), None)
+
+    @model_validator(mode="after")
     def _share_threads(self) -> AppArgs:
         """Fill the stages' unset ``torch_threads`` from ``threads_per_node`` (see :func:`thread_shares`)
         and reject explicit ones that do not fit in it."""
         if self.threads_per_node is None:
             return self
         budget = self.threads_per_node
-        encoder, decoder = thread_shares(budget, self.encoder.torch_threads, self.decoder.torch_threads)
         for name in ("clip", "video"):
             n = getattr(self, name).torch_threads
             if n is not None and n > budget:
                 raise ValueError(f"{name}.torch_threads ({n}) must be <= threads_per_node ({budget})")
-        self.encoder = self.encoder.model_copy(update={"torch_threads": encoder})
-        self.decoder = self.decoder.model_copy(update={"torch_threads": decoder})
+        for m in [self, *self.models]:
+            encoder, decoder = thread_shares(budget, m.encoder.torch_threads, m.decoder.torch_threads)
+            m.encoder = m.encoder.model_copy(update={"torch_threads": encoder})
+            m.decoder = m.decoder.model_copy(update={"torch_threads": decoder})
         self.clip = self.clip.model_copy(update={"torch_threads": self.clip.torch_threads or budget})
         self.video = self.video.model_copy(update={"torch_threads": self.video.torch_threads or budget})
         return self

@@ -25,8 +25,7 @@ from models.fade_strategies import FadeStrategy, GaussianFade
 from models.fader import CropSettings, fade_and_crop_batch
 from models.masks import decode_rle, encode_rle, rle_area, rle_bbox_xyxy
 from models.prompts import Prompt, decoder_prompts
-from models.sam2_decoder import DecodeRequest, MaskPrediction, Sam2MaskDecoder
-from models.sam2_image import Sam2ImageEncoder
+from models.segmenter import ConceptPrediction, ConceptPrompt, ConceptRequest, DecodeRequest, MaskPrediction
 from serve_app.assemble import instances, rank_by_text
 
 
@@ -34,7 +33,8 @@ class LocalPipeline:
     """Segment, label and search in one process.
 
     Args:
-        encoder, decoder: SAM 2 stages (share one model).
+        encoder, decoder: a model family's encoder and decoder over one model
+            (:meth:`models.segmenter.SegmenterFamily.encoder`, ``.decoder``).
         embedder: a :class:`models.embedder.ClipEmbedder`, or None (segmentation only).
         store: a :class:`deployments.runtime.vectorstore.ExampleStore`, or None (no examples).
         fade: the fade strategy for crops (default ``GaussianFade()``).
@@ -44,8 +44,8 @@ class LocalPipeline:
 
     def __init__(
         self,
-        encoder: Sam2ImageEncoder,
-        decoder: Sam2MaskDecoder,
+        encoder,
+        decoder,
         embedder=None,
         store=None,
         fade: FadeStrategy | None = None,
@@ -69,7 +69,8 @@ class LocalPipeline:
         store=None,
         **kwargs,
     ) -> LocalPipeline:
-        """Build every stage from the same weight sources as the service (environment fills unset ones).
+        """Build every stage from the same weight sources as the service (environment fills unset ones), for
+        any model of :mod:`models.registry` (``model_id``: ``sam2.1_hiera_tiny``, ``mobile_sam``, ``sam3``...).
 
         ``store`` defaults to an in-memory store; pass ``ExampleStore.from_env()`` to use the service's.
         """
@@ -78,15 +79,17 @@ class LocalPipeline:
         from deployments.runtime.vectorstore import ExampleStore
         from deployments.runtime.weights import WeightsSource
         from models.embedder import ClipSpec
+        from models.registry import get_model_spec
 
-        loaded = load_model(model_id, WeightsSource.resolve(weights, checkpoint))
+        sam2 = get_model_spec(model_id).family == "sam2"
+        loaded = load_model(model_id, WeightsSource.resolve(weights, checkpoint, checkpoint_from_env=sam2))
         clip_weights = "random" if weights == "random" else None
         clip = load_clip(
             ClipSpec(clip_model, clip_pretrained), ClipWeightsSource.resolve(clip_weights, clip_checkpoint)
         )
         return cls(
-            Sam2ImageEncoder(loaded.model),
-            Sam2MaskDecoder(loaded.model),
+            loaded.family.encoder(loaded.model),
+            loaded.family.decoder(loaded.model),
             clip.embedder,
             store if store is not None else ExampleStore(in_memory=True),
             **kwargs,
@@ -105,7 +108,7 @@ class LocalPipeline:
             multimask_output: for every prompt; None: each prompt's own choice, else SAM's advice.
 
         Returns:
-            One :class:`models.sam2_decoder.MaskPrediction` per prompt, in order.
+            One :class:`models.segmenter.MaskPrediction` per prompt, in order.
 
         Raises:
             models.prompts.PromptError: a prompt that breaks a rule, naming ``prompts[i].<field>``.
@@ -119,6 +122,25 @@ class LocalPipeline:
         flags = defaults if multimask_output is None else [multimask_output] * len(specs)
         features = self.encoder.encode(image)
         return self.decoder.predict_batch([DecodeRequest(features, specs, flags)])[0]
+
+    def find_concepts(
+        self,
+        image: np.ndarray,
+        concepts: Sequence[ConceptPrompt | str],
+    ) -> list[ConceptPrediction]:
+        """Every instance of each concept (a text, or a :class:`models.segmenter.ConceptPrompt` with example
+        boxes, ``score_thresh``, ``max_instances``), on a model with concept prompts (SAM 3), one encode.
+
+        Raises:
+            ValueError: the model's decoder takes no concept prompts; a bad concept.
+        """
+        if not hasattr(self.decoder, "segment_concepts"):
+            raise ValueError("this model takes no concept prompts (use find_by_text for CLIP ranking)")
+        prompts = [ConceptPrompt(text=c) if isinstance(c, str) else c for c in concepts]
+        h, w = image.shape[:2]
+        for i, p in enumerate(prompts):
+            check_in_image([(b, ()) for b in ([] if p.boxes_xyxy is None else p.boxes_xyxy)], w, h, f"concepts[{i}]")
+        return self.decoder.segment_concepts([ConceptRequest(self.encoder.encode(image), prompts)])[0]
 
     def auto_masks(self, image: np.ndarray, settings: AmgSettings | None = None) -> list[AutoMask]:
         """Every object in the image (sam2's automatic mask generation over the split stages)."""

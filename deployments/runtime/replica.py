@@ -1,4 +1,4 @@
-"""Shared set-up of the model-serving deployments: device, thread count, SAM 2 weights, speed-ups."""
+"""Shared set-up of the model-serving deployments: device, thread count, model weights, speed-ups."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def set_torch_threads(torch_threads: int | None) -> int:
 
 
 def load_stage_model(model_id: str, weights: dict, device: str, torch_threads: int | None) -> tuple[LoadedModel, str]:
-    """Threads, device and SAM 2 weights for one replica; returns (loaded model, device)."""
+    """Threads, device and the model's weights for one replica (any family of :mod:`models.registry`);
+    returns (loaded model with its family, device)."""
     threads = set_torch_threads(torch_threads)
     device = pick_device(device)
     loaded = load_model(model_id, WeightsSource(**weights), device=device, progress=False)

@@ -97,9 +97,16 @@ class WeightsSource:
         return {"kind": self.kind, "checkpoint": self.checkpoint, "seed": self.seed}
 
     @classmethod
-    def resolve(cls, weights: str | None = None, checkpoint: str | None = None, seed: int | None = None):
+    def resolve(
+        cls,
+        weights: str | None = None,
+        checkpoint: str | None = None,
+        seed: int | None = None,
+        checkpoint_from_env: bool = True,
+    ):
         """Combine explicit settings with ``SAMGRAPH_WEIGHTS``, the family's checkpoint variable and
-        ``SAMGRAPH_SEED``.
+        ``SAMGRAPH_SEED``; ``checkpoint_from_env=False`` ignores the checkpoint variable (it names a file
+        of another family's model).
 
         A checkpoint path (given or from the environment) selects ``file`` unless ``weights`` (given or
         ``SAMGRAPH_WEIGHTS``) says otherwise; without either the default is the download kind.
@@ -108,7 +115,7 @@ class WeightsSource:
             ValueError: an unknown ``weights`` value, ``file`` without a checkpoint, or a seed that is not
                 an integer.
         """
-        checkpoint = checkpoint or os.environ.get(cls.checkpoint_env) or None
+        checkpoint = checkpoint or (os.environ.get(cls.checkpoint_env) if checkpoint_from_env else None) or None
         weights = weights or os.environ.get("SAMGRAPH_WEIGHTS") or ("file" if checkpoint else cls.kinds[0])
         if seed is None:
             raw = os.environ.get("SAMGRAPH_SEED", "0")

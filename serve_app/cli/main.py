@@ -1,11 +1,13 @@
 """``samgraph`` command line: run the service, manage weights, and call the HTTP API.
 
     samgraph serve [--config configs/serve.yaml]
-    samgraph models list | pull [NAME] [--clip]
+    samgraph models list | pull [NAME] [--clip]          (NAME: sam2.1_hiera_tiny, mobile_sam, sam3 (HF_TOKEN))
     samgraph ping --api URL
-    samgraph segment --api URL --image photo.jpg [--box x0,y0,x1,y1]... [--point x,y[,fg|bg]]...
-                     [--text "a red car"]... [--out result.json] [--overlay overlay.png] [--cutout cutout.png]
-    samgraph predict --api URL --image photo.jpg [--collection NAME] [--top-k 5] [--json]
+    samgraph segment --api URL --image photo.jpg [--model ID] [--box x0,y0,x1,y1]... [--point x,y[,fg|bg]]...
+                     [--text "a red car"]... [--score-thresh 0.5] [--out result.json] [--overlay overlay.png]
+                     [--cutout cutout.png]
+    samgraph predict --api URL --image photo.jpg [--model ID] [--classes person,car] [--collection NAME]
+                     [--top-k 5] [--json]
     samgraph examples add --api URL --image photo.jpg (--box x0,y0,x1,y1 | --point x,y ...) --label NAME
     samgraph examples list --api URL [--collection NAME]
     samgraph examples export --api URL [--collection NAME] --out FILE[.gz]
@@ -91,15 +93,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     if args.action == "list":
         print(f"cache dir: {cache_dir()}")
-        print(f"{'name':<24} {'params':>8} {'size':>9}  {'cached':<6}  sha256")
-        for name in list_models("sam2"):
-            spec = get_model_spec(name, "sam2")
-            cached = "yes" if (cache_dir() / spec.filename).exists() else "no"
+        print(f"{'name':<24} {'family':<10} {'params':>8} {'size':>9}  {'cached':<6}  sha256")
+        for name in list_models():
+            spec = get_model_spec(name)
+            cached = "yes" if spec.url and (cache_dir() / spec.filename).exists() else "no"
             size = f"{spec.size_bytes / 1e6:.0f} MB" if spec.size_bytes else "?"
-            print(f"{name:<24} {spec.params_m:>7.1f}M {size:>9}  {cached:<6}  {spec.sha256 or '?'}")
+            digest = spec.sha256 or ("(no released weights)" if not spec.url else "?")
+            print(f"{name:<24} {spec.family:<10} {spec.params_m:>7.1f}M {size:>9}  {cached:<6}  {digest}")
         return 0
     try:
-        spec = get_model_spec(args.name or DEFAULT_MODEL, "sam2")
+        spec = get_model_spec(args.name or DEFAULT_MODEL)
         path = pull_checkpoint(spec, progress=True)
         print(f"{spec.name}: {path} (sha256 verified)")
         if args.clip:
@@ -136,6 +139,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         "prompts": build_prompts(args.box or [], args.point or []) + [{"text": t} for t in args.text or []],
         **mask_format_fields(args),
     }
+    if args.model:
+        request["model_id"] = args.model
+    if args.score_thresh is not None:
+        request["score_thresh"] = args.score_thresh
     if args.multimask is not None:
         request["multimask_output"] = args.multimask
     result = _post_image(args, SamgraphClient.segment, request)
@@ -148,10 +155,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         "image_id": result["image_id"],
         "encode_cached": result["encode_cached"],
         "timing_ms": {k: round(v, 1) for k, v in result["timing_ms"].items()},
-        "objects": [
-            [{k: m[k] for k in ("predicted_iou", "stability_score", "area_px", "bbox_xyxy")} for m in res["masks"]]
-            for res in result["results"]
-        ],
+        "objects": [summarise_result(res) for res in result["results"]],
     }
     print(text if args.json else json.dumps(summary, indent=2))
     if args.overlay or args.cutout:
@@ -163,6 +167,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if args.cutout:
             save_cutout(image_bytes, result, args.cutout)
     return 0
+
+
+def summarise_result(res: dict) -> list[dict] | dict:
+    """One ``/v1/segment`` result as the summary prints it: each mask's scores, area and box; for a
+    concept prompt, ``text_method`` and each instance's score, area and box."""
+    if res.get("instances") is not None:
+        keys = ("score", "area_px", "bbox_xyxy")
+        return {"text_method": res["text_method"], "instances": [{k: m[k] for k in keys} for m in res["instances"]]}
+    keys = ("predicted_iou", "stability_score", "area_px", "bbox_xyxy")
+    masks = [{k: m[k] for k in keys} for m in res["masks"]]
+    return {"text_method": res["text_method"], "masks": masks} if res.get("text_method") else masks
 
 
 def _post_image(args: argparse.Namespace, call, request: dict) -> dict | int:
@@ -189,12 +204,19 @@ def _post_image(args: argparse.Namespace, call, request: dict) -> dict | int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """``/v1/predict`` on ``--image``: print a table of the labelled instances (or ``--json``)."""
     request = {
-        "collection": args.collection,
         "top_k": args.top_k,
         "min_score": args.min_score,
         "max_instances": args.max_instances,
         **mask_format_fields(args),
     }
+    if args.collection or not args.classes:
+        request["collection"] = args.collection or "default"
+    if args.classes:
+        request["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if args.model:
+        request["model_id"] = args.model
+    if args.score_thresh is not None:
+        request["score_thresh"] = args.score_thresh
     if args.points_per_side:
         request["amg"] = {"points_per_side": args.points_per_side}
     result = _post_image(args, SamgraphClient.predict, request)
@@ -207,13 +229,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"{len(result['instances'])} instances in {result['timing_ms']['total']:.0f} ms "
         f"({result['image_id'][:12]}...)"
     )
-    print(f"{'#':>3} {'label':<20} {'confidence':>10} {'pred_iou':>8} {'area_px':>9}  bbox_xyxy")
+    print(f"{'#':>3} {'label':<20} {'source':<8} {'confidence':>10} {'area_px':>9}  bbox_xyxy")
     for i, inst in enumerate(result["instances"]):
         label = inst["label"] if inst["label"] is not None else "-"
-        print(
-            f"{i:>3} {label:<20} {inst['confidence']:>10.3f} {inst['predicted_iou']:>8.3f} "
-            f"{inst['area_px']:>9}  {inst['bbox_xyxy']}"
-        )
+        confidence = f"{inst['confidence']:>10.3f}" if inst["confidence"] is not None else f"{'-':>10}"
+        print(f"{i:>3} {label:<20} {inst['label_source']:<8} {confidence} {inst['area_px']:>9}  {inst['bbox_xyxy']}")
     return 0
 
 
@@ -340,7 +360,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="configs/serve.yaml")
     s.set_defaults(func=cmd_serve)
 
-    m = sub.add_parser("models", help="list or download SAM 2.1 checkpoints")
+    m = sub.add_parser("models", help="list or download the registry's weights (SAM 2.1, MobileSAM, SAM 3)")
     msub = m.add_subparsers(dest="action", required=True)
     msub.add_parser("list", help="registered checkpoints and whether they are cached")
     pull = msub.add_parser("pull", help="download and verify a checkpoint into the cache dir")
@@ -359,7 +379,13 @@ def make_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=helptext)
         _api_args(c, func)
         if name == "segment":
-            c.add_argument("--text", action="append", help="a text prompt, e.g. 'the red car' (ranked automatic masks)")
+            c.add_argument(
+                "--text",
+                action="append",
+                help="a text prompt, e.g. 'car': every instance on a concept model (SAM 3), else ranked auto masks",
+            )
+            c.add_argument("--model", help="model_id of a served model (default: the service's default)")
+            c.add_argument("--score-thresh", type=float, help="concept prompts: keep instances scoring at least this")
             c.add_argument("--image", required=True, help="image file (JPEG, PNG, ...)")
             c.add_argument(
                 "--box", type=parse_box, action="append", help="x0,y0,x1,y1 in pixels; repeat for more objects"
@@ -375,7 +401,10 @@ def make_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="label every object in an image from the labelled examples")
     _api_args(pr, cmd_predict)
     pr.add_argument("--image", required=True)
-    pr.add_argument("--collection", default="default")
+    pr.add_argument("--collection", help="label from this collection's examples (default: default, unless --classes)")
+    pr.add_argument("--classes", help="comma-separated class names: every instance of each (a concept model: SAM 3)")
+    pr.add_argument("--model", help="model_id of a served model (default: the service's default)")
+    pr.add_argument("--score-thresh", type=float, help="--classes: keep instances scoring at least this")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--min-score", type=float, default=0.0)
     pr.add_argument("--max-instances", type=int, default=20)

@@ -114,6 +114,11 @@ class SamgraphClient:
         response = self._send("GET", "/readyz", ok=tuple(range(100, 600)))
         return response.status_code, self._json(response)
 
+    def models(self) -> dict:
+        """``GET /v1/models``: the served models (``{"default", "models": [...]}``), each with its family,
+        weights, capabilities, devices, parameters, input size and feature bytes per cached image."""
+        return self._json(self._send("GET", "/v1/models"))
+
     def stats(self) -> dict:
         """``GET /v1/stats``: embedding-cache counters and one replica's work counters per stage."""
         return self._json(self._send("GET", "/v1/stats"))

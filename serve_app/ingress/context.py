@@ -16,12 +16,16 @@ by reference with the app. A test without Ray gives the routes another one with
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends
 from ray.serve.handle import DeploymentHandle
 
+from deployments.errors import UnsupportedByModel
 from models.amg import AmgSettings
+from models.registry import family_of
+from models.segmenter import Capabilities
 from serve_app.config import AppArgs
 from serve_app.ingress.access import AccessPolicy, install_access
 from serve_app.ingress.errors import ApiError
@@ -33,12 +37,27 @@ from serve_app.ingress.video_sessions import VideoSessions
 from serve_app.settings import amg_settings, fade_settings
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A model the service serves, as a route needs it.
+
+    Attributes:
+        model_id: its registry name.
+        capabilities: what its family can be asked (:class:`models.segmenter.Capabilities`).
+    """
+
+    model_id: str
+    capabilities: Capabilities
+
+
 class IngressContext:
     """The stages and settings behind the routes of one ingress replica. It keeps no per-image state
     (every call about an image goes to the ``MaskDecoder`` replica that owns it), so replicas scale out.
 
     Args:
-        encoder, decoder, fader, embedder, retriever: handles to the stage deployments.
+        encoders, decoders: each served model's ``ImageEncoder`` and ``MaskDecoder`` handles, by
+            ``model_id``, the default model first.
+        fader, embedder, retriever: handles to the stage deployments.
         args: :class:`serve_app.config.AppArgs` as a dict.
         video: handle to the ``VideoSegmenter`` (None: the video routes answer 404).
         require_keys: the app was built with API keys: a replica that finds none fails to start
@@ -47,8 +66,8 @@ class IngressContext:
 
     def __init__(
         self,
-        encoder: DeploymentHandle,
-        decoder: DeploymentHandle,
+        encoders: dict[str, DeploymentHandle],
+        decoders: dict[str, DeploymentHandle],
         fader: DeploymentHandle,
         embedder: DeploymentHandle,
         retriever: DeploymentHandle,
@@ -57,11 +76,14 @@ class IngressContext:
         require_keys: bool = False,
     ) -> None:
         self.args = AppArgs.model_validate(args)
-        self.encoder, self.decoder, self.fader = encoder, decoder, fader
+        if list(encoders) != list(decoders) or not decoders:
+            raise ValueError("encoders and decoders must name the same models, in the same order")
+        self.encoders, self.decoders, self.fader = dict(encoders), dict(decoders), fader
         self.embedder, self.retriever, self.video = embedder, retriever, video
+        self.default_model = next(iter(decoders))
         self.metrics = IngressMetrics.install()
         log.info(install_access(AccessPolicy.from_args(self.args.auth, require_keys=require_keys)).describe())
-        self.images = ImageOwners(decoder, self.args.limits.max_image_pixels)
+        self.images = ImageOwners(self.decoders, self.args.limits.max_image_pixels)
         v = self.args.video
         self.sessions = (
             None
@@ -69,8 +91,37 @@ class IngressContext:
             else VideoSessions(video, v.max_frames, v.max_frame_pixels, self.args.limits.max_body_bytes)
         )
 
+    @property
+    def encoder(self) -> DeploymentHandle:
+        """The default model's ``ImageEncoder``."""
+        return self.encoders[self.default_model]
+
+    @property
+    def decoder(self) -> DeploymentHandle:
+        """The default model's ``MaskDecoder``."""
+        return self.decoders[self.default_model]
+
+    def model(self, model_id: str | None, field: str = "model_id") -> ServedModel:
+        """The served model a request names (None: the default, the first served).
+
+        Raises:
+            ApiError: 422 naming ``field`` when the service does not serve ``model_id``; the message lists
+                the served ones.
+        """
+        model_id = model_id or self.default_model
+        if model_id not in self.decoders:
+            served = ", ".join(self.decoders)
+            raise ApiError(422, "invalid_request", f"{field}: {model_id!r} is not served here; served: {served}", field)
+        return ServedModel(model_id, family_of(model_id).capabilities)
+
+    def require(self, model: ServedModel, capability: str, field: str) -> None:
+        """422 ``unsupported_by_model`` naming ``field`` and the model when it lacks ``capability``."""
+        if not getattr(model.capabilities, capability):
+            raise UnsupportedByModel.lacking(model.model_id, capability, field)
+
     def stages(self) -> dict[str, DeploymentHandle]:
-        """The stage handles by name, in :data:`serve_app.ingress.readiness.READINESS_STAGES` order."""
+        """The stage handles by name, in :data:`serve_app.ingress.readiness.READINESS_STAGES` order (the
+        default model's encoder and decoder; the others are :meth:`model_stages`)."""
         stages = {
             "encoder": self.encoder,
             "decoder": self.decoder,
@@ -79,6 +130,10 @@ class IngressContext:
             "fader": self.fader,
         }
         return {**stages, "video": self.video} if self.video is not None else stages
+
+    def model_stages(self) -> dict[str, dict[str, DeploymentHandle]]:
+        """``{model_id: {"encoder", "decoder"}}`` of every served model, the default first."""
+        return {m: {"encoder": self.encoders[m], "decoder": self.decoders[m]} for m in self.decoders}
 
     def video_sessions(self) -> VideoSessions:
         """The session routes' logic; 404 ``not_found`` when the app has no video segmenter."""

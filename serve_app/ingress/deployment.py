@@ -38,7 +38,9 @@ class Ingress:
     answer; the replica keeps no per-image state, so it scales out.
 
     Args:
-        encoder, decoder, fader, embedder, retriever: handles to the stage deployments.
+        encoders, decoders: each served model's ``ImageEncoder`` and ``MaskDecoder`` handles, by
+            ``model_id``, the default model first.
+        fader, embedder, retriever: handles to the stage deployments.
         args: :class:`serve_app.config.AppArgs` as a dict.
         video: handle to the ``VideoSegmenter`` (None: the video routes answer 404).
         require_keys: the app was built with API keys: a replica that finds none fails to start
@@ -47,8 +49,8 @@ class Ingress:
 
     def __init__(
         self,
-        encoder: DeploymentHandle,
-        decoder: DeploymentHandle,
+        encoders: dict[str, DeploymentHandle],
+        decoders: dict[str, DeploymentHandle],
         fader: DeploymentHandle,
         embedder: DeploymentHandle,
         retriever: DeploymentHandle,
@@ -57,4 +59,4 @@ class Ingress:
         require_keys: bool = False,
     ) -> None:
         #: What the routes work with (:func:`serve_app.ingress.context.ingress_context`).
-        self.context = IngressContext(encoder, decoder, fader, embedder, retriever, args, video, require_keys)
+        self.context = IngressContext(encoders, decoders, fader, embedder, retriever, args, video, require_keys)

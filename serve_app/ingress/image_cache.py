@@ -31,24 +31,32 @@ _OWNER_LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray
 
 
 class ImageOwners:
-    """Calls about images, each routed to the decoder replica that owns the image.
+    """Calls about images, each routed to the decoder replica that owns the image, in the decoder
+    deployment of the model asked: each model's images (its features) live in its own decoder's replicas,
+    so the cache is keyed by (``model_id``, ``image_id``) and two models never share an entry.
 
     Args:
-        decoder: handle to the ``MaskDecoder`` deployment (deployed with the ``ConsistentHashRouter``).
+        decoders: each served model's ``MaskDecoder`` handle (deployed with the key-affinity router), by
+            ``model_id``, the default first.
         max_image_pixels: uploads over this many pixels are refused (413) before decoding.
         put: stores decoded pixels for the owner and returns their reference (default ``ray.put``).
     """
 
     def __init__(
-        self, decoder: DeploymentHandle, max_image_pixels: int, put: Callable[[Any], Any] | None = None
+        self,
+        decoders: dict[str, DeploymentHandle] | None,
+        max_image_pixels: int,
+        put: Callable[[Any], Any] | None = None,
     ) -> None:
-        self.decoder = decoder
+        self.decoders = dict(decoders or {})
         self.max_image_pixels = max_image_pixels
         self._put = put or ray.put
 
-    def owner(self, image_id: str) -> DeploymentHandle:
-        """The decoder handle that reaches the replica owning ``image_id``."""
-        return self.decoder.options(session_id=image_id)
+    def owner(self, image_id: str, model_id: str | None = None) -> DeploymentHandle:
+        """The decoder handle that reaches the replica of ``model_id`` (None: the default model) owning
+        ``image_id``."""
+        decoder = self.decoders[model_id] if model_id is not None else next(iter(self.decoders.values()))
+        return decoder.options(session_id=image_id)
 
     @staticmethod
     def identify(req: Any, upload: bytes | None) -> tuple[str, bytes | None]:

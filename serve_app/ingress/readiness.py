@@ -10,18 +10,42 @@ RANDOM_WEIGHTS_WARNING = "random weights: masks and labels are meaningless (SAMG
 READINESS_STAGES = ("encoder", "decoder", "embedder", "retriever", "fader", "video")
 
 
-def readiness(answers: Sequence[Mapping | BaseException]) -> tuple[int, dict]:
+def model_entry(enc: Mapping, dec: Mapping, default: bool = False) -> dict:
+    """One served model as ``/readyz`` and ``GET /v1/models`` show it, from its encoder's and decoder's
+    ``info()``: ``model_id``, ``family``, ``weights``, ``default``, ``capabilities``, ``devices`` and
+    ``accel`` (precision and compiler in force per stage)."""
+    return {
+        "model_id": dec["model_id"],
+        "family": dec.get("family"),
+        "weights": dec["weights"],
+        "default": default,
+        "capabilities": dec.get("capabilities", {}),
+        "devices": {"encoder": enc["device"], "decoder": dec["device"]},
+        "accel": {
+            k: {"precision": v["accel"]["precision"], "compiler": v["accel"]["compiler"]}
+            for k, v in (("encoder", enc), ("decoder", dec))
+        },
+    }
+
+
+def readiness(
+    answers: Sequence[Mapping | BaseException],
+    others: Sequence[tuple[Mapping | BaseException, Mapping | BaseException]] = (),
+) -> tuple[int, dict]:
     """The status code and body of ``/readyz``.
 
     Args:
-        answers: one per stage in :data:`READINESS_STAGES` order (the video segmenter's last, left out
-            when the app has none): the stage's ``info()`` dict (the fader's ``stats()``), or the
-            exception its call raised (a timeout: a replica is not up yet).
+        answers: one per stage in :data:`READINESS_STAGES` order (the default model's encoder and decoder;
+            the video segmenter's last, left out when the app has none): the stage's ``info()`` dict (the
+            fader's ``stats()``), or the exception its call raised (a timeout: a replica is not up yet).
+        others: (encoder, decoder) answers of every other served model, in the served order.
 
     Returns:
         ``(200, {"status": "ready", "model_id", "weights", "device", "devices", "embedder", "retriever",
-        "accel", ["warnings"]})`` when every stage answered and the encoder, decoder (and video
-        segmenter) run the same model and weights; else ``(503, {"status": "not_ready", "reason"})``.
+        "accel", "models", ["warnings"]})`` when every stage answered and each model's encoder and
+        decoder (and the video segmenter and the model it tracks with) run the same model and weights;
+        else ``(503, {"status": "not_ready", "reason"})``. ``models``: every served model
+        (:func:`model_entry`), the default first.
 
     Raises:
         ValueError: fewer answers than the five image stages.
@@ -30,15 +54,19 @@ def readiness(answers: Sequence[Mapping | BaseException]) -> tuple[int, dict]:
         raise ValueError(
             f"readiness needs an answer from each of {', '.join(READINESS_STAGES[:5])}; got {len(answers)}"
         )
-    failed = next((a for a in answers if isinstance(a, BaseException)), None)
+    every = [*answers, *(a for pair in others for a in pair)]
+    failed = next((a for a in every if isinstance(a, BaseException)), None)
     if failed is not None:
         return 503, {"status": "not_ready", "reason": f"{type(failed).__name__}: {failed}"[:300]}
     enc, dec, emb, ret, _fader, *vid = answers
-    weights = (enc["model_id"], enc["weights"])
-    if weights != (dec["model_id"], dec["weights"]):
-        return 503, {"status": "not_ready", "reason": "encoder and decoder weights differ"}
-    if vid and weights != (vid[0]["model_id"], vid[0]["weights"]):
-        return 503, {"status": "not_ready", "reason": "encoder and video segmenter weights differ"}
+    pairs = [(enc, dec), *others]
+    served = {}
+    for e, d in pairs:
+        if (e["model_id"], e["weights"]) != (d["model_id"], d["weights"]):
+            return 503, {"status": "not_ready", "reason": f"{d['model_id']}: encoder and decoder weights differ"}
+        served[d["model_id"]] = d["weights"]
+    if vid and served.get(vid[0]["model_id"]) != vid[0]["weights"]:
+        return 503, {"status": "not_ready", "reason": "the video segmenter's weights differ from its model's encoder"}
     body = {
         "status": "ready",
         "model_id": enc["model_id"],
@@ -57,7 +85,10 @@ def readiness(answers: Sequence[Mapping | BaseException]) -> tuple[int, dict]:
             k: {"precision": v["accel"]["precision"], "compiler": v["accel"]["compiler"]}
             for k, v in (("encoder", enc), ("decoder", dec))
         },
+        "models": [model_entry(e, d, default=i == 0) for i, (e, d) in enumerate(pairs)],
     }
-    if "random" in (enc["weights"], emb["weights"]):
+    if vid:
+        body["video_model_id"] = vid[0]["model_id"]
+    if "random" in (emb["weights"], *served.values()):
         body["warnings"] = [RANDOM_WEIGHTS_WARNING]
     return 200, body

@@ -80,11 +80,24 @@ class MaskOut(MaskFields):
     )
 
 
+class ConceptInstanceOut(MaskFields):
+    """One instance of a concept (a model with concept prompts): its mask, the model's box and score."""
+
+    score: float = Field(ge=0, le=1, description="the model's confidence that this is an instance of the concept")
+    box_xyxy: list[float] = Field(min_length=4, max_length=4, description="the model's box, float pixels")
+
+
 class SegmentResult(BaseModel):
-    """The masks of one prompt, best first."""
+    """The answer to one prompt: ``masks`` (a geometric prompt's, best first; a text's automatic masks
+    ranked by CLIP, ``text_method: "clip_rank"``), or ``instances`` (every instance of a concept found by a
+    model with concept prompts, best score first, ``text_method: "concept"``)."""
 
     model_config = OUT
-    masks: list[MaskOut]
+    masks: list[MaskOut] | None = None
+    instances: list[ConceptInstanceOut] | None = None
+    text_method: Literal["concept", "clip_rank"] | None = Field(
+        default=None, description="concept prompts: which method answered"
+    )
 
 
 class ImageAnswer(BaseModel):
@@ -120,21 +133,27 @@ class NeighborOut(BaseModel):
     score: float = Field(description="cosine similarity, in [-1, 1]")
 
 
-class InstanceOut(MaskOut):
-    """An automatic mask with its label, voted by its nearest examples (null when none is above
-    ``min_score``)."""
+class InstanceOut(MaskFields):
+    """An instance: an automatic mask with its label voted by its nearest examples (null when none is above
+    ``min_score``; ``label_source: "examples"``), or an instance of one of the request's ``classes`` found
+    by a model with concept prompts (``label_source: "classes"``, ``confidence``: the model's score)."""
 
     label: str | None
     confidence: float | None
     neighbors: list[NeighborOut]
+    label_source: Literal["examples", "classes"]
+    predicted_iou: float | None = Field(default=None, description="examples: the mask's predicted IoU")
+    stability_score: float | None = Field(default=None, description="examples: the mask's stability score")
+    score: float | None = Field(default=None, description="classes: the model's score")
+    box_xyxy: list[float] | None = Field(default=None, description="classes: the model's box, float pixels")
 
 
 class PredictResponse(ImageAnswer):
     """200 of ``POST /v1/predict``."""
 
-    collection: str
+    collection: str | None = Field(description="the collection that labelled (null: classes only)")
     instances: list[InstanceOut]
-    embedder_weights: str
+    embedder_weights: str | None = None
 
 
 class ExampleAdded(BaseModel):
@@ -300,6 +319,38 @@ class SessionClosed(BaseModel):
     closed: bool
 
 
+class ModelAccel(BaseModel):
+    model_config = OUT
+    precision: str
+    compiler: str | None
+
+
+class ModelOut(BaseModel):
+    """A served model (``GET /v1/models``; ``/readyz`` shows the first seven fields)."""
+
+    model_config = OUT
+    model_id: str
+    family: str | None = Field(description="sam2, sam3, mobile_sam, ...")
+    weights: str = Field(description='"sha256:<hex>" of the weights file, or "random"')
+    default: bool = Field(description="requests without model_id get this model")
+    capabilities: dict[str, bool] = Field(
+        description="points, boxes, mask_input, multimask, automatic_masks, concept_prompts, video"
+    )
+    devices: dict[str, str]
+    accel: dict[str, ModelAccel]
+    params_m: float | None = Field(default=None, description="parameters, millions")
+    image_size: int | None = Field(default=None, description="side of the model input, pixels")
+    feature_bytes: int | None = Field(default=None, description="bytes of one cached image's features")
+
+
+class ModelList(BaseModel):
+    """200 of ``GET /v1/models``: every served model, the default first."""
+
+    model_config = OUT
+    default: str
+    models: list[ModelOut] = Field(min_length=1)
+
+
 class Health(BaseModel):
     model_config = OUT
     status: Literal["ok"]
@@ -339,10 +390,12 @@ class DecoderTotals(BaseModel):
 
 class Stats(BaseModel):
     """200 of ``GET /v1/stats``: work counters of one replica per stage (each stage's own keys), the
-    decoder's per replica, and ``cache``, their image caches' counters summed."""
+    decoders' per replica (of every served model), and ``cache``, their image caches' counters summed
+    (``cache_by_model``: per served model)."""
 
     model_config = OUT
     cache: CacheTotals
+    cache_by_model: dict[str, CacheTotals]
     decoder: DecoderTotals
     encoder: dict[str, Any]
     embedder: dict[str, Any]

@@ -23,6 +23,7 @@ from models.fade_strategies import ExponentialFade, GaussianFade, LinearFade
 from models.knn import LabelSettings
 from models.masks import POLYGON_TOLERANCE_PX, decode_logits_base64
 from models.prompts import LOW_RES_MASK_SIZE, Prompt, PromptError, PromptSpec, check_box, check_points, decoder_prompts
+from models.segmenter import ConceptPrompt
 from serve_app.ingress.errors import ApiError
 from serve_app.settings import derive
 
@@ -95,16 +96,40 @@ class GeometryIn(BaseModel):
         return check_points(v)
 
 
+class ExemplarIn(BaseModel):
+    """An example box of a concept: ``box_xyxy`` pixels and ``label`` 1 (or "pos": more like this) or 0
+    (or "neg": not this)."""
+
+    model_config = STRICT
+    box_xyxy: list[float] = Field(min_length=4, max_length=4, description="[x0, y0, x1, y1], pixels")
+    label: Literal[1, 0, "pos", "neg"] = 1
+
+    @field_validator("box_xyxy")
+    @classmethod
+    def _box(cls, v: list[float]) -> list[float]:
+        return check_box(v)
+
+    @property
+    def positive(self) -> bool:
+        return self.label in (1, "pos")
+
+
+MAX_EXEMPLARS = 16  # per concept prompt
+
+
 class PromptIn(GeometryIn):
-    """One object to segment: a box, points, both, and/or the low-res logits of an earlier answer, or a
-    text alone.
+    """One object to segment (a box, points, both, and/or the low-res logits of an earlier answer), or a
+    concept to find every instance of (a ``text``, example boxes in ``exemplars``, or both).
 
     ``box_xyxy``: [x0, y0, x1, y1] pixels with x1 > x0 and y1 > y0. ``points``: [[x, y, label], ...],
-    label 1 or "fg" for foreground, 0 or "bg" for background.
+    label 1 or "fg" for foreground, 0 or "bg" for background. A concept prompt stands alone: on a model
+    with concept prompts (SAM 3) it answers every instance found; on another a ``text`` ranks the
+    automatic masks by CLIP similarity and ``exemplars`` are refused (422 ``unsupported_by_model``).
     """
 
     mask_input: LogitsIn | None = None
     text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
+    exemplars: list[ExemplarIn] | None = Field(default=None, min_length=1, max_length=MAX_EXEMPLARS)
 
     @field_validator("text")
     @classmethod
@@ -116,15 +141,26 @@ class PromptIn(GeometryIn):
     @model_validator(mode="after")
     def _not_empty(self) -> PromptIn:
         geometric = self.box_xyxy is not None or self.points is not None or self.mask_input is not None
-        if self.text is not None and geometric:
-            raise ValueError("a text prompt stands alone: no box_xyxy, points or mask_input with text")
-        if self.text is None and not geometric:
-            raise ValueError("a prompt needs box_xyxy, points, mask_input or text")
+        if self.is_text and geometric:
+            raise ValueError(
+                "a concept prompt (text, exemplars) stands alone: no box_xyxy, points or mask_input with it"
+            )
+        if not self.is_text and not geometric:
+            raise ValueError("a prompt needs box_xyxy, points, mask_input, text or exemplars")
         return self
 
     @property
     def is_text(self) -> bool:
-        return self.text is not None
+        """A concept prompt: a text and/or example boxes (answered by concept segmentation or CLIP ranking)."""
+        return self.text is not None or self.exemplars is not None
+
+    def to_concept(self, score_thresh: float, max_instances: int) -> ConceptPrompt:
+        """The concept prompt below HTTP (:class:`models.segmenter.ConceptPrompt`)."""
+        boxes = labels = None
+        if self.exemplars:
+            boxes = np.asarray([e.box_xyxy for e in self.exemplars], np.float32)
+            labels = np.asarray([1 if e.positive else 0 for e in self.exemplars], np.int64)
+        return ConceptPrompt(self.text, boxes, labels, score_thresh, max_instances)
 
     def to_prompt(self, multimask_output: bool | None = None) -> Prompt:
         """The prompt in the vocabulary below HTTP (:class:`models.prompts.Prompt`).
@@ -157,11 +193,26 @@ class ImageRefIn(BaseModel):
     image_id: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
 
 
+#: The ``model_id`` of a request: a model the service serves (``GET /v1/models``); unset: the default.
+MODEL_ID = Annotated[
+    str | None,
+    Field(min_length=1, max_length=100, description="a served model (GET /v1/models); unset: the default"),
+]
+MAX_INSTANCES = 1000
+
+
 class SegmentRequest(ImageRefIn):
-    """Body of ``POST /v1/segment`` (or the ``request`` part of a multipart upload)."""
+    """Body of ``POST /v1/segment`` (or the ``request`` part of a multipart upload).
+
+    ``score_thresh`` and ``max_instances`` bound the instances of a concept prompt on a model with concept
+    prompts (SAM 3): those scoring at least ``score_thresh``, at most ``max_instances``, best first.
+    """
 
     model_config = STRICT
+    model_id: MODEL_ID = None
     prompts: list[PromptIn] = Field(default_factory=list, max_length=MAX_PROMPTS)
+    score_thresh: float = Field(default=0.5, ge=0, le=1)
+    max_instances: int = Field(default=100, ge=1, le=MAX_INSTANCES)
     multimask_output: bool | None = None
     max_masks: int = Field(default=3, ge=1, le=3)
     mask_format: MASK_FORMAT = "rle"
@@ -208,17 +259,45 @@ LABEL_MAX_CHARS = 100
 LABEL = Annotated[str, Field(min_length=1, max_length=LABEL_MAX_CHARS)]
 
 
+MAX_CLASSES = 100  # per /v1/predict request
+
+
 @derive(LabelSettings)
 class PredictRequest(ImageRefIn):
     """Body of ``POST /v1/predict``: label every object in an image from the nearest labelled examples
-    (``top_k``, ``min_score``, ``max_instances``: ``models/knn.py::LabelSettings``)."""
+    (``top_k``, ``min_score``, ``max_instances``: ``models/knn.py::LabelSettings``), and/or, on a model with
+    concept prompts (SAM 3), find every instance of each of ``classes`` (one concept prompt per class on one
+    encode; instances scoring at least ``score_thresh``, at most ``max_instances`` per class). With
+    ``classes`` the collection is optional: without it (or when it does not exist) only the classes label."""
 
     model_config = STRICT
-    collection: COLLECTION = "default"
+    model_id: MODEL_ID = None
+    classes: list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_CLASSES, description="class names, e.g. [\"person\", \"car\"]"
+    )
+    score_thresh: float = Field(default=0.5, ge=0, le=1)
+    collection: COLLECTION | None = None
     mask_format: MASK_FORMAT = "rle"
     polygon_tolerance_px: POLYGON_TOLERANCE = POLYGON_TOLERANCE_PX
     fade: FadeIn | None = None
     amg: AmgIn | None = None
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        names = [c.strip() for c in v]
+        if not all(names):
+            raise ValueError("a class name must not be blank")
+        if len(set(names)) != len(names):
+            raise ValueError("each class name at most once")
+        return names
+
+    @property
+    def examples_collection(self) -> str | None:
+        """The collection to label from: ``collection``, else ``"default"`` without ``classes``."""
+        return self.collection if self.collection is not None or self.classes else "default"
 
 
 class RleIn(BaseModel):
@@ -239,8 +318,9 @@ class PolygonsRequest(BaseModel):
 
 class ExampleRequest(ImageRefIn, GeometryIn):
     """Body of ``POST /v1/examples``: one labelled object, given by a prompt (``box_xyxy`` and/or
-    ``points``, as in /v1/segment) or a mask."""
+    ``points``, as in /v1/segment, segmented by ``model_id``) or a mask."""
 
+    model_id: MODEL_ID = None
     mask_rle: RleIn | None = None
     label: LABEL
     collection: COLLECTION = "default"

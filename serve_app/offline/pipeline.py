@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.knn import LabelSettings
-from serve_app.config import AccelArgs, AmgDefaults, FaderArgs, RetrieverArgs, Sam2Args
+from serve_app.config import AccelArgs, AmgDefaults, FaderArgs, ModelWeightsArgs, RetrieverArgs
 from serve_app.offline.inputs import BatchInput, BatchPlan
 from serve_app.offline.writer import BatchSummary, ResultWriter, write_summary
 from serve_app.settings import derive
@@ -71,7 +71,7 @@ class ClipModelArgs(BaseModel):
 
 
 @derive(LabelSettings)
-class BatchArgs(Sam2Args):
+class BatchArgs(ModelWeightsArgs):
     """Everything ``samgraph batch`` runs with; ``--set key.sub=value`` overrides any field.
 
     Model, weights, fade and automatic-mask settings mean what they mean in
@@ -308,7 +308,7 @@ def run_batch(
 
     retrieves = plan.predict or plan.add_examples
     ready = preflight(args, clip=bool(retrieves or plan.embeddings), store=bool(retrieves))
-    weights, store = ready.sam2.as_dict(), ready.store
+    weights, store = ready.model.as_dict(), ready.store
     if plan.predict:
         with ExampleStore(**store) as s:  # embedded mode: closed again before the retrieve stage opens it
             if plan.collection not in s.collections():

@@ -97,8 +97,9 @@ def deploy_side_app(name: str, args: dict, **own) -> str:
     cfg = AppArgs.model_validate(args)
     stages = {**app_stages(), **own}
     video = stages.pop("video")
+    encoders, decoders = {MODEL_ID: stages.pop("encoder")}, {MODEL_ID: stages.pop("decoder")}
     ingress = Ingress.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(
-        *stages.values(), cfg.model_dump(), video=video, require_keys=preflight(cfg, store=False).api_keys > 0
+        encoders, decoders, *stages.values(), cfg.model_dump(), video=video, require_keys=preflight(cfg, store=False).api_keys > 0
     )
     serve.run(ingress, name=name, route_prefix=f"/{name}")
     return f"/{name}"

@@ -40,7 +40,7 @@ def small_cache(app_args, app_url):
 
     args = {**app_args, "cache": {"max_entries": 2, "max_bytes": 2**31}}
     cfg = AppArgs.model_validate(args)
-    weights = preflight(cfg, clip=False, store=False).sam2.as_dict()
+    weights = preflight(cfg, clip=False, store=False).model.as_dict()
     cache = {"max_entries": cfg.cache.max_entries, "max_bytes": cfg.cache.max_bytes}
     decoder = MaskDecoder.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(
         cfg.model_id, weights, "cpu", 1, cfg.decoder.accel(), app_stages()["encoder"], cache

@@ -30,7 +30,7 @@ def _deploy(args: dict) -> str:
     ready = preflight(cfg, clip=False)
     cache = {"max_entries": cfg.cache.max_entries, "max_bytes": cfg.cache.max_bytes}
     no_cpu = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}
-    decoder = MaskDecoder.options(**no_cpu).bind(cfg.model_id, ready.sam2.as_dict(), "cpu", 1, cfg.decoder.accel(), app_stages()["encoder"], cache)
+    decoder = MaskDecoder.options(**no_cpu).bind(cfg.model_id, ready.model.as_dict(), "cpu", 1, cfg.decoder.accel(), app_stages()["encoder"], cache)
     return deploy_side_app(NAME, args, decoder=decoder, retriever=Retriever.options(**no_cpu).bind(**ready.store))
 
 

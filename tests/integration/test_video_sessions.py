@@ -217,11 +217,12 @@ def _deploy_pair(app_args: dict, replicas: int, ttl_s: float) -> None:
 
     args = {**app_args, "video": {**app_args["video"], "max_sessions": MAX_SESSIONS, "session_ttl_s": ttl_s, "session_retry_after_s": 7}}
     cfg = AppArgs.model_validate(args)
-    weights = preflight(cfg).sam2.as_dict()
+    weights = preflight(cfg).model.as_dict()
     sessions = {"max_sessions": MAX_SESSIONS, "max_bytes": cfg.video.max_session_bytes, "ttl_s": ttl_s, "retry_after_s": 7}
     video = VideoSegmenter.options(num_replicas=replicas, ray_actor_options={"num_cpus": 0}).bind(MODEL_ID, weights, "cpu", 1, None, 1, sessions, image_size=cfg.video.image_size)
     stage = {n: serve.get_deployment_handle(n, app_name="samgraph") for n in ("ImageEncoder", "MaskDecoder", "Fader", "Embedder", "Retriever")}
-    ingress = Ingress.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(*stage.values(), cfg.model_dump(), video=video)
+    models = [{MODEL_ID: stage.pop(n)} for n in ("ImageEncoder", "MaskDecoder")]
+    ingress = Ingress.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(*models, *stage.values(), cfg.model_dump(), video=video)
     serve.run(ingress, name="sessions_pair", route_prefix=PAIR)
 
 

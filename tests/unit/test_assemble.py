@@ -123,9 +123,10 @@ def test_merge_answers_each_prompt_in_the_request_order(crops):
     embedded = EmbedResult(crops, "pretrained", {"fade": 4.0, "embed": 5.0})
     timing: dict = {}
     body = merge_segment_results(
-        req, decoded, generated, embedded, np.stack([_text(crops, sims_a), _text(crops, sims_b)]), timing
+        req, decoded, None, (generated, embedded, np.stack([_text(crops, sims_a), _text(crops, sims_b)])), timing
     )
     a, box, b, point = body["results"]
+    assert a["text_method"] == b["text_method"] == "clip_rank"
     assert box == geo[0] and point == geo[1]
     assert [_index_of(r, masks) for r in a["masks"]] == [0, 4]
     assert [r["text_score"] for r in a["masks"]] == pytest.approx([0.6, 0.3], abs=1e-6)
@@ -143,5 +144,5 @@ def test_merge_with_texts_only(crops):
     generated = GenerateResult(masks, "sam2-tiny", "random", {"amg": 3.0})
     embedded = EmbedResult(crops, "random", {"fade": 4.0, "embed": 5.0})
     texts = np.stack([_text(crops, [0.0, 0.0, 0.0, 0.0, 0.9]), _text(crops, [0.9, 0.0, 0.0, 0.0, 0.0])])
-    body = merge_segment_results(req, None, generated, embedded, texts, {})
+    body = merge_segment_results(req, None, None, (generated, embedded, texts), {})
     assert [_index_of(r["masks"][0], masks) for r in body["results"]] == [4, 0]

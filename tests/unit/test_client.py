@@ -168,6 +168,7 @@ def test_every_route_of_the_app_has_a_public_verb():
         api.healthz,
         api.readyz,
         api.stats,
+        api.models,
         api.metrics,
         lambda: api.segment({}),
         lambda: api.predict({}),

@@ -54,8 +54,9 @@ def test_a_stage_that_failed_or_timed_out_is_not_ready():
 def test_different_weights_are_not_ready():
     answers = _answers()
     answers[1] = {**answers[1], "weights": "sha256:other"}
-    assert readiness(answers) == (503, {"status": "not_ready", "reason": "encoder and decoder weights differ"})
-    assert readiness(_answers(video="random")) == (503, {"status": "not_ready", "reason": "encoder and video segmenter weights differ"})
+    reason = f"{answers[1]['model_id']}: encoder and decoder weights differ"
+    assert readiness(answers) == (503, {"status": "not_ready", "reason": reason})
+    assert readiness(_answers(video="random")) == (503, {"status": "not_ready", "reason": "the video segmenter's weights differ from its model's encoder"})
 
 
 def test_too_few_answers_is_a_programming_error():
@@ -95,8 +96,22 @@ def test_the_first_failure_is_the_reason_and_it_is_bounded():
 def test_same_weights_of_another_model_are_not_ready():
     answers = _answers()
     answers[1] = {**answers[1], "model_id": "sam2.1_hiera_large"}
-    assert readiness(answers) == (503, {"status": "not_ready", "reason": "encoder and decoder weights differ"})
+    reason = "sam2.1_hiera_large: encoder and decoder weights differ"
+    assert readiness(answers) == (503, {"status": "not_ready", "reason": reason})
     answers = _answers(video="sha256:ab")
     answers[5] = {**answers[5], "model_id": "sam2.1_hiera_small"}
-    assert readiness(answers) == (503, {"status": "not_ready", "reason": "encoder and video segmenter weights differ"})
+    assert readiness(answers) == (503, {"status": "not_ready", "reason": "the video segmenter's weights differ from its model's encoder"})
 
+
+
+def test_every_served_model_is_listed_and_each_pair_must_agree():
+    """Two served models: both are listed (the default first) with their family and capabilities, and the
+    second model's encoder and decoder must run the same weights too."""
+    other_enc = {"model_id": "mobile_sam", "weights": "sha256:cd", "device": "cpu", "accel": ACCEL}
+    other_dec = {**other_enc, "family": "mobile_sam", "capabilities": {"points": True, "concept_prompts": False}}
+    status, body = readiness(_answers(), [(other_enc, other_dec)])
+    assert status == 200
+    assert [(m["model_id"], m["default"]) for m in body["models"]] == [(body["model_id"], True), ("mobile_sam", False)]
+    assert body["models"][1]["family"] == "mobile_sam" and body["models"][1]["capabilities"]["points"]
+    status, body = readiness(_answers(), [(other_enc, {**other_dec, "weights": "random"})])
+    assert (status, body["reason"]) == (503, "mobile_sam: encoder and decoder weights differ")

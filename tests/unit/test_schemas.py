@@ -202,7 +202,7 @@ def test_max_masks_in_range_accepted(n):
 def test_empty_prompt_rejected():
     err = _error({"prompts": [{"box_xyxy": [0, 0, 1, 1]}, {}]})
     assert err.field == "prompts[1]"
-    assert "a prompt needs box_xyxy, points, mask_input or text" in err.message
+    assert "a prompt needs box_xyxy, points, mask_input, text or exemplars" in err.message
     err = _error({"prompts": [{"box_xyxy": None, "points": None}]})
     assert err.field == "prompts[0]"
 

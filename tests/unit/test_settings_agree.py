@@ -17,7 +17,7 @@ from models.amg import AmgSettings
 from models.fade_strategies import ExponentialFade, GaussianFade, LinearFade
 from models.fader import CropSettings
 from models.settings import bounded, check_bounds, field_rules
-from serve_app.config import AccelArgs, AmgDefaults, EncoderArgs, FaderArgs, Sam2StageArgs
+from serve_app.config import AccelArgs, AmgDefaults, EncoderArgs, FaderArgs, ModelStageArgs
 from serve_app.ingress.errors import from_validation_error
 from serve_app.ingress.schemas import AmgIn, FadeIn, PredictRequest, SegmentRequest
 from serve_app.settings import pydantic_fields
@@ -30,7 +30,7 @@ PAIRS = [
     (FaderArgs, (CropSettings,), False, {"strategy", "params"}, set()),
     (FadeIn, (GaussianFade, LinearFade, ExponentialFade), True, {"strategy"}, set()),
     (AccelArgs, (AccelSettings,), False, set(), {"tensorrt"}),
-    (Sam2StageArgs, (AccelSettings,), False, STAGE, {"tensorrt"}),
+    (ModelStageArgs, (AccelSettings,), False, STAGE, {"tensorrt"}),
     (EncoderArgs, (AccelSettings,), False, STAGE, set()),
 ]
 IDS = [p[0].__name__ for p in PAIRS]
@@ -180,5 +180,5 @@ def test_a_field_declared_twice_differently_is_refused():
 
 def test_accel_args_hand_over_every_accel_setting():
     assert EncoderArgs(tensorrt=True, precision="bf16").accel() == dataclasses.asdict(AccelSettings(tensorrt=True, precision="bf16"))
-    assert Sam2StageArgs().accel() == dataclasses.asdict(AccelSettings())
+    assert ModelStageArgs().accel() == dataclasses.asdict(AccelSettings())
     assert issubclass(FaderArgs, BaseModel) and FaderArgs().model_dump()["output_size"] == CropSettings().output_size

@@ -209,7 +209,7 @@ def test_an_owner_lost_mid_request_is_a_miss_and_the_image_is_resent():
     from deployments.errors import ImageNotCached
     from serve_app.ingress.image_cache import ImageOwners
 
-    owners = ImageOwners(decoder=None, max_image_pixels=10**6, put=lambda rgb: ("ref", rgb.shape))
+    owners = ImageOwners(decoders=None, max_image_pixels=10**6, put=lambda rgb: ("ref", rgb.shape))
     sent = []
 
     async def send(pixels):

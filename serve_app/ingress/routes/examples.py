@@ -51,9 +51,10 @@ async def add_example(request: Request, ctx: Context) -> dict:
     req, upload = await parse_body(request, ExampleRequest, ctx.args.limits.max_body_bytes)
     fade = ctx.fade_spec(req.fade)
     prompt = req.prompt() if req.mask_rle is None else None
+    model = ctx.model(req.model_id)
     image_id, data = ctx.images.identify(req, upload)
     timing: dict = {}
-    owner = ctx.images.owner(image_id)
+    owner = ctx.images.owner(image_id, model.model_id)
     if prompt is not None:
         specs, multimask = to_prompt_specs([prompt])
         job = DecodeJob(tuple(specs), tuple(multimask), "rle", 1, False, field_prefix=None)

@@ -20,7 +20,7 @@ from serve_app.ingress.metrics import (
     scrape_nodes,
 )
 from serve_app.ingress.openapi import DescribedRouter
-from serve_app.ingress.readiness import readiness
+from serve_app.ingress.readiness import model_entry, readiness
 
 #: The image-cache counters ``/v1/stats`` sums over the decoder replicas.
 CACHE_COUNTERS = ("entries", "bytes", "hits", "misses", "evictions", "encodes")
@@ -41,8 +41,11 @@ async def healthz() -> dict:
     **router.route_spec(out.Readiness, access=False, other={503: ("not_ready, with the reason", out.Readiness)}),
 )
 async def readyz(response: Response, ctx: Context) -> dict:
-    """Readiness: 200 only when every stage answers and encoder and decoder run the same weights."""
+    """Readiness: 200 only when every stage answers and each model's encoder and decoder run the same
+    weights; ``models`` lists every served model with its capabilities, weights and devices."""
     calls = [h.stats.remote() if name == "fader" else h.info.remote() for name, h in ctx.stages().items()]
+    others = [m for m in ctx.model_stages().values()][1:]
+    calls += [h.info.remote() for m in others for h in (m["encoder"], m["decoder"])]
     try:
         # return_exceptions: a call cancelled by the timeout leaves no "exception never retrieved" in the log
         answers = await asyncio.wait_for(
@@ -50,8 +53,41 @@ async def readyz(response: Response, ctx: Context) -> dict:
         )
     except Exception as e:  # timeout: a replica is not up yet
         answers = [e] * len(calls)
-    response.status_code, body = readiness(answers)
+    own = len(answers) - 2 * len(others)
+    pairs = list(zip(answers[own::2], answers[own + 1 :: 2]))
+    response.status_code, body = readiness(answers[:own], pairs)
     return body
+
+
+@router.get("/v1/models", **router.route_spec(out.ModelList, 503))
+@stage_errors
+async def list_models(ctx: Context) -> dict:
+    """The models served: each with its family, weights, capabilities, devices and speed-ups, its
+    parameters, input size and feature bytes per cached image (from the registry), the default first.
+
+    Raises:
+        ApiError: 503 ``not_ready`` when a model's stages do not answer in time.
+    """
+    from models.registry import family_of, get_model_spec
+
+    stages = ctx.model_stages()
+    calls = [h.info.remote() for m in stages.values() for h in (m["encoder"], m["decoder"])]
+    try:
+        answers = await asyncio.wait_for(asyncio.gather(*calls), timeout=ctx.args.readiness_timeout_s)
+    except Exception as e:  # a replica not up yet, or gone
+        raise ApiError(503, "not_ready", f"the model stages did not answer: {type(e).__name__}") from None
+    models = []
+    for i, (enc, dec) in enumerate(zip(answers[::2], answers[1::2])):
+        spec = get_model_spec(dec["model_id"])
+        models.append(
+            {
+                **model_entry(enc, dec, default=i == 0),
+                "params_m": spec.params_m,
+                "image_size": spec.image_size,
+                "feature_bytes": family_of(spec.name).feature_nbytes(spec),
+            }
+        )
+    return {"default": ctx.default_model, "models": models}
 
 
 @router.get("/v1/stats", **router.route_spec(out.Stats, 503))
@@ -59,22 +95,28 @@ async def readyz(response: Response, ctx: Context) -> dict:
 async def stats(ctx: Context) -> dict:
     """Work counters of one replica per stage; the decoder's per replica (its image cache included)
     and ``cache``, their images' counters summed over the decoder replicas found."""
-    stages = {k: h for k, h in ctx.stages().items() if k != "decoder"}
+    stages = {k: h for k, h in ctx.stages().items() if k != "decoder"}  # the default model's (decoders: all)
     results, decoders = await asyncio.gather(
         asyncio.gather(*(h.stats.remote() for h in stages.values())), decoder_stats(ctx)
     )
     cache = {k: sum(d["cache"][k] for d in decoders.values()) for k in CACHE_COUNTERS}
+    by_model = {
+        m: {k: sum(d["cache"][k] for d in decoders.values() if d.get("model_id") == m) for k in CACHE_COUNTERS}
+        for m in ctx.decoders
+    }
     decoder = {k: sum(d[k] for d in decoders.values()) for k in ("requests", "batches", "busy_s")}
-    return {"cache": cache, "decoder": {**decoder, "replicas": decoders}, **dict(zip(stages, results))}
+    body = {"cache": cache, "cache_by_model": by_model, "decoder": {**decoder, "replicas": decoders}}
+    return {**body, **dict(zip(stages, results))}
 
 
 async def decoder_stats(ctx) -> dict[str, dict]:
-    """``stats()`` of every MaskDecoder replica reached, by replica id. A handle cannot address a
-    replica, so the call goes out under :data:`STATS_KEYS` session ids, which the consistent-hash ring
-    spreads over the replicas (with 100 virtual nodes each, 64 keys reach each of 8 replicas with
-    probability > 0.99); per-replica Ray metrics are exact."""
-    answers = await asyncio.gather(*(ctx.images.owner(k).stats.remote() for k in STATS_KEYS))
-    return {a["replica"] or "local": a for a in answers}
+    """``stats()`` of every MaskDecoder replica reached, of every served model, by replica id. A handle
+    cannot address a replica, so the call goes out under :data:`STATS_KEYS` session ids, which the
+    consistent-hash ring spreads over the replicas (with 100 virtual nodes each, 64 keys reach each of 8
+    replicas with probability > 0.99); per-replica Ray metrics are exact."""
+    calls = [ctx.images.owner(k, m).stats.remote() for m in ctx.decoders for k in STATS_KEYS]
+    answers = await asyncio.gather(*calls)
+    return {a["replica"] or f"local-{a.get('model_id')}": a for a in answers}
 
 
 @router.get("/metrics", include_in_schema=False)
