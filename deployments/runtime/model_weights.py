@@ -45,8 +45,14 @@ def pull_checkpoint(spec: ModelSpec, directory: Path | None = None, progress: bo
 
     Raises:
         ChecksumMismatch: a cached file or the download does not match the registry's SHA-256.
-        WeightsError: the download failed; the message names the offline alternatives.
+        WeightsError: the download failed, or the entry has no released weights (an architecture for
+            tests and smoke runs); the message names the offline alternatives.
     """
+    if not spec.url:
+        raise WeightsError(
+            f"{spec.name} has no released weights: serve it with SAMGRAPH_WEIGHTS=random (or weights: random) "
+            "or give it a checkpoint file"
+        )
     path = (directory or cache_dir()) / spec.filename
     if path.exists():
         if spec.sha256:
@@ -109,7 +115,7 @@ def preflight(model_id: str, source: WeightsSource) -> None:
         ValueError: unknown ``model_id``.
         WeightsError, ChecksumMismatch: as :func:`pull_checkpoint`; a missing checkpoint file.
     """
-    spec = get_model_spec(model_id, "sam2")
+    spec = get_model_spec(model_id)
     source.preflight(lambda: pull_checkpoint(spec))
 
 
