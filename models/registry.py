@@ -23,6 +23,9 @@ from models.segmenter import ModelSpec, SegmenterFamily
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 _SAM2_SOURCE = "facebookresearch/sam2 checkpoints/download_ckpts.sh (092824); digests: micro-sam, geti-instant-learn"
+# MobileSAM: see the module docstring.
+_MOBILE_SAM_URL = "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"
+_MOBILE_SAM_SOURCE = "ChaoningZhang/MobileSAM weights/mobile_sam.pt (README); no published SHA-256 found"
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -72,12 +75,24 @@ MODELS: dict[str, ModelSpec] = {
             size_bytes=898_083_611,
             params_m=224.4,
         ),
+        ModelSpec(
+            family="mobile_sam",
+            name="mobile_sam",
+            config="vit_t",
+            url=_MOBILE_SAM_URL,
+            sha256=None,
+            size_bytes=None,
+            params_m=10.1,
+            checkpoint_key=None,
+            source=_MOBILE_SAM_SOURCE,
+        ),
     )
 }
 
 #: The family of each name used in :data:`MODELS`: ``"module:Class"``, imported on first use.
 FAMILIES: dict[str, str] = {
     "sam2": "models.sam2_family:Sam2Family",
+    "mobile_sam": "models.mobilesam:MobileSamFamily",
 }
 
 #: The model served when a config names none.
