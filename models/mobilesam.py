@@ -26,6 +26,7 @@ XYXY. Pure torch/numpy: no file or network I/O; ``mobile_sam`` (and timm) are im
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,10 +44,12 @@ from models.segmenter import Capabilities, DecodeRequest, DecoderSettings, MaskP
 EMBED_DIM = 256
 
 
+@functools.cache
 def _mobile_sam():
     """``import mobile_sam``, without the warnings its import prints: ``tiny_vit_sam.py`` imports timm's
     deprecated ``timm.models.layers`` / ``timm.models.registry`` (FutureWarning) and re-registers timm's
-    ``tiny_vit_*_224`` model names (UserWarning). Only those messages are ignored, only during the import."""
+    ``tiny_vit_*`` model names (UserWarning). Only those messages are ignored, only during the import (the
+    first call; later calls return the module)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Importing from timm\.models\.", category=FutureWarning)
         warnings.filterwarnings("ignore", message=r"Overwriting tiny_vit_", category=UserWarning)
@@ -102,7 +105,8 @@ class MobileSamFeatures:
         image_embedding: (256, 64, 64) float32, the TinyViT's output for the padded 1024 x 1024 input.
         orig_hw: (height, width) of the original image in pixels.
         input_hw: (height, width) of the image resized so that its long side is 1024 px, before padding
-            (``SamPredictor.input_size``); the part of the model's input frame that holds the image.
+            (``SamPredictor.input_size``; :func:`input_hw_of` of ``orig_hw``): the top-left part of the
+            model's input frame that holds the image.
     """
 
     image_embedding: np.ndarray

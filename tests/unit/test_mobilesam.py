@@ -245,6 +245,19 @@ def test_decoder_after_dropping_the_encoder(spec, checkpoint, features, our_answ
     assert decoder.accel_state()["compiler"] == "eager" and decoder.accel_state()["precision"] == "fp32"
 
 
+def test_bf16_decoder(ours, features, our_answers):
+    """``accel`` goes through :func:`models.accel.accelerate` as for SAM 2: bf16 autocast on the mask decoder,
+    float32 answers, masks close to fp32's (bf16 rounds the logits, so not equal)."""
+    from models.accel import AccelSettings
+
+    model, _, _ = ours
+    decoder = _family().decoder(model, accel=AccelSettings(precision="bf16"))
+    answer = decoder.predict(features[0], _spec(box=TRUCK_BOX), False)
+    assert decoder.accel_state()["precision"] == "bf16"
+    assert answer.predicted_iou.dtype == answer.low_res_logits.dtype == np.float32
+    assert mask_iou(answer.masks[0], our_answers["box"].masks[0]) > 0.9
+
+
 def test_encoder_rejects_bad_images(ours):
     _, encoder, _ = ours
     assert encoder.encode_batch([]) == []
