@@ -297,13 +297,12 @@ class MobileSamMaskDecoder:
                     stacked = np.stack([q.mask_input for q in prompts])[:, None]
                     mask_input = torch.as_tensor(stacked, dtype=torch.float, device=self.device)
                 low_res, iou = self._decode(features, points, boxes, mask_input, multimask)
-                logits = self.upsample_logits(low_res.flatten(0, 1), features.orig_hw)
-                logits = logits.unflatten(0, low_res.shape[:2])
-                for k, p in enumerate(members):
+                for k, p in enumerate(members):  # one prompt at a time: full-size logits are large
+                    logits = self.upsample_logits(low_res[k], features.orig_hw)
                     answers[p] = MaskPrediction(
-                        masks=(logits[k] > thr).cpu().numpy(),
+                        masks=(logits > thr).cpu().numpy(),
                         predicted_iou=iou[k].cpu().numpy(),
-                        stability_score=calculate_stability_score(logits[k], thr, offset).float().cpu().numpy(),
+                        stability_score=calculate_stability_score(logits, thr, offset).float().cpu().numpy(),
                         low_res_logits=torch.clamp(low_res[k], -32.0, 32.0).cpu().numpy(),
                     )
             results.append(answers)  # type: ignore[arg-type]
