@@ -13,6 +13,19 @@ Source of the digests and sizes: the checksums pinned for the same 092824 URLs b
 (``micro_sam/v2/util.py``, ``HASHES``) and by Intel's geti-instant-learn (``utils/constants.py``,
 ``sha_sum``), which agree with each other; the Hugging Face mirrors ``facebook/sam2.1-hiera-*`` serve
 byte-identical files.
+
+MobileSAM:
+
+Source of the URL: the README of ChaoningZhang/MobileSAM (``weights/mobile_sam.pt`` in the repository, the
+file ``build_sam_vit_t(checkpoint=...)`` loads); the file is a bare state dict (``torch.load`` then
+``load_state_dict`` in ``mobile_sam/build_sam.py``), so ``checkpoint_key=None``. The URL follows the
+``master`` branch; the file there was last replaced on 2023-06-29 (commit a509aac, "Update for better
+compability"; git blob 7ef2d090979fd9853adf17b7a99c8b94a1c5a6a7, unchanged in the 91 commits since).
+Source of the digest: micro-sam pins it for ``vit_t`` ("the model with vit tiny backend from
+ChaoningZhang/MobileSAM", ``micro_sam/util.py``, the pooch registry); independent projects pin the same
+digest for the raw file at commits of ChaoningZhang/MobileSAM (f706ad9c, b01a9cce), one of them loading it
+with ``torch.load(weights_only=True)``, and two record its size, 40,728,226 bytes. Not checked here
+against a downloaded copy (the snapshot of the repository lacks the blob's content).
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from models.segmenter import ModelSpec, SegmenterFamily
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 _SAM2_SOURCE = "facebookresearch/sam2 checkpoints/download_ckpts.sh (092824); digests: micro-sam, geti-instant-learn"
+_MOBILE_SAM_SOURCE = "ChaoningZhang/MobileSAM README (weights/mobile_sam.pt); digest: micro-sam (vit_t)"
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -72,12 +86,24 @@ MODELS: dict[str, ModelSpec] = {
             size_bytes=898_083_611,
             params_m=224.4,
         ),
+        ModelSpec(
+            family="mobile_sam",
+            name="mobile_sam",
+            config="vit_t",
+            url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+            sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+            size_bytes=40_728_226,
+            params_m=10.1,
+            checkpoint_key=None,
+            source=_MOBILE_SAM_SOURCE,
+        ),
     )
 }
 
 #: The family of each name used in :data:`MODELS`: ``"module:Class"``, imported on first use.
 FAMILIES: dict[str, str] = {
     "sam2": "models.sam2_family:Sam2Family",
+    "mobile_sam": "models.mobilesam:MobileSamFamily",
 }
 
 #: The model served when a config names none.
