@@ -98,7 +98,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             spec = get_model_spec(name)
             cached = "yes" if spec.url and (cache_dir() / spec.filename).exists() else "no"
             size = f"{spec.size_bytes / 1e6:.0f} MB" if spec.size_bytes else "?"
-            digest = spec.sha256 or ("(no released weights)" if not spec.url else "?")
+            digest = spec.sha256 or ("-" if not spec.url else "?")  # -: no released weights (random only)
             print(f"{name:<24} {spec.family:<10} {spec.params_m:>7.1f}M {size:>9}  {cached:<6}  {digest}")
         return 0
     try:

@@ -411,7 +411,7 @@ def file_registry(tmp_path, monkeypatch):
 
 
 def _listed(out: str) -> dict[str, list[str]]:
-    """`models list` rows by name: [params, size, unit, cached, sha256]."""
+    """`models list` rows by name: [family, params, size, unit, cached, sha256]."""
     return {row.split()[0]: row.split()[1:] for row in out.splitlines()[2:]}
 
 
@@ -423,14 +423,15 @@ def test_cli_models_list_shows_the_registry_and_what_is_cached(file_registry, ca
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"cache dir: {cache}"
     rows = _listed(out)
-    assert list(rows) == NAMES
+    assert list(rows) == list(MODELS)  # every family's models, SAM 2.1 first
+    assert list(rows)[: len(NAMES)] == NAMES and rows["mobile_sam"][0] == "mobile_sam"
     assert rows[MODEL_ID][-2:] == ["no", digest]
     assert rows["sam2.1_hiera_large"][-1] == MODELS["sam2.1_hiera_large"].sha256
     cache.mkdir()
     (cache / source.name).write_bytes(source.read_bytes())
     assert main(["models", "list"]) == 0
     rows = _listed(capsys.readouterr().out)
-    assert rows[MODEL_ID][-2] == "yes" and all(rows[n][-2] == "no" for n in NAMES[1:])
+    assert rows[MODEL_ID][-2] == "yes" and all(rows[n][-2] == "no" for n in list(MODELS)[1:])
 
 
 def test_cli_models_pull_downloads_verifies_and_lists_it_cached(file_registry, capsys):
