@@ -409,6 +409,7 @@ class ExampleStore(CollectionPages):
                     client.create_payload_index(
                         collection_name=name, field_name="label", field_schema=models.PayloadSchemaType.KEYWORD
                     )
+                    self._check_recorded(name, embedder)
                 return
         held, held_embedder = self._params(name)
         if held != dim:
@@ -417,3 +418,13 @@ class ExampleStore(CollectionPages):
         if embedder and held_embedder is None:
             log.info("collection %r records no embedder (an older collection): adopting %s", name, embedder)
             client.update_collection(collection_name=name, metadata={EMBEDDER_KEY: embedder})
+            self._check_recorded(name, embedder)
+
+    def _check_recorded(self, name: str, embedder: str | None) -> None:
+        """Refuse to go on when a server dropped the collection's metadata (Qdrant before 1.16 has none):
+        the embedder check would silently never fire."""
+        if embedder and self._params(name)[1] != embedder:
+            raise StoreError(
+                f"the Qdrant server at {self.location} did not keep collection {name!r}'s metadata, where samgraph "
+                "records the embedder of its vectors; use a Qdrant server with collection metadata (1.16 or later)"
+            )
