@@ -213,11 +213,14 @@ class SearchJob:
         collection: collection name.
         queries: (M, D) float32 query embeddings, D = the collection's dimension.
         top_k: neighbours per query, 1..100.
+        embedder: identity of the embedder that made the queries; one that differs from the collection's
+            is refused (``embedder_mismatch``). None: not checked.
     """
 
     collection: str
     queries: np.ndarray
     top_k: int
+    embedder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -301,11 +304,15 @@ class EmbedResult:
         embeddings: (N, dim) float32, L2-normalised, one row per crop.
         weights: the embedder's weights.
         timing_ms: the fader's and ``embed``.
+        embedder: the identity of the embedder that made them
+            (:func:`models.embedders.embedder_identity`); the retriever refuses to store or search them in
+            a collection of another embedder. ``""``: unknown (not checked).
     """
 
     embeddings: np.ndarray
     weights: str
     timing_ms: dict
+    embedder: str = ""
 
 
 @dataclass(frozen=True)

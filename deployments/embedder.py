@@ -1,4 +1,5 @@
-"""``Embedder`` deployment: batched CLIP embeddings of image crops and texts (open_clip)."""
+"""``Embedder`` deployment: batched embeddings of image crops and texts, from an embedder family of
+:data:`models.embedders.EMBEDDERS` (open_clip's CLIP by default)."""
 
 from __future__ import annotations
 
@@ -11,46 +12,54 @@ import numpy as np
 from ray import serve
 
 from deployments.contracts import EmbedResult, FadeResult
-from deployments.runtime.clip_weights import ClipWeightsSource, load_clip
+from deployments.runtime.clip_weights import ClipWeightsSource, load_embedder
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.replica import pick_device, set_torch_threads
 from deployments.runtime.serve_batching import apply_batch_config
-from models.embedder import ClipSpec
+from models.embedders import DEFAULT_EMBEDDER
 
 log = logging.getLogger("samgraph.deployments")
 
 
 @serve.deployment(name="Embedder", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=32)
 class Embedder:
-    """Embeds (H, W, 3) uint8 RGB crops and texts into one CLIP space, L2-normalised.
+    """Embeds (H, W, 3) uint8 RGB crops and texts into one space, L2-normalised.
 
     Both methods are batched with ``@serve.batch``; ``max_batch_size`` and ``batch_wait_timeout_s`` come
     from ``user_config`` and apply to both (keys left out keep the defaults, 32 and 0.005 s).
 
     Args:
-        model_name: open_clip architecture, e.g. ``"ViT-B-32"``.
-        pretrained: open_clip pretrained tag, e.g. ``"laion2b_s34b_b79k"``.
+        model_name: the family's architecture, e.g. open_clip's ``"ViT-B-32"``.
+        pretrained: its pretrained tag, e.g. ``"laion2b_s34b_b79k"``.
         weights: :class:`deployments.runtime.clip_weights.ClipWeightsSource` fields ``{"kind", "checkpoint", "seed"}``.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         torch_threads: torch intra-op threads for this replica (None: torch's default).
+        family: the embedder family, a name of :data:`models.embedders.EMBEDDERS` (default ``open_clip``).
     """
 
     def __init__(
-        self, model_name: str, pretrained: str, weights: dict, device: str = "auto", torch_threads: int | None = None
+        self,
+        model_name: str,
+        pretrained: str,
+        weights: dict,
+        device: str = "auto",
+        torch_threads: int | None = None,
+        family: str = DEFAULT_EMBEDDER,
     ) -> None:
         threads = set_torch_threads(torch_threads)
         self._device = pick_device(device)
-        loaded = load_clip(ClipSpec(model_name, pretrained), ClipWeightsSource(**weights), device=self._device)
+        loaded = load_embedder(family, model_name, pretrained, ClipWeightsSource(**weights), device=self._device)
         self._embedder = loaded.embedder
         self._info = {
             "model_id": loaded.model_id,
             "weights": loaded.weights,
+            "identity": loaded.identity,
             "device": self._device,
             "dim": loaded.embedder.dim,
         }
         log.info(
-            "CLIP %s on %s, %d torch threads, weights %s (pid %d)",
-            loaded.model_id,
+            "embedder %s on %s, %d torch threads, weights %s (pid %d)",
+            loaded.identity,
             self._device,
             threads,
             loaded.weights,
@@ -86,14 +95,15 @@ class Embedder:
         vectors = await asyncio.gather(*(self.embed_images(c) for c in faded.crops))
         embeddings = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, self._embedder.dim), np.float32)
         timing = {**faded.timing_ms, "embed": (time.perf_counter() - t0) * 1e3}
-        return EmbedResult(embeddings, self._info["weights"], timing)
+        return EmbedResult(embeddings, self._info["weights"], timing, self._info["identity"])
 
     async def embed_text_list(self, texts: list[str]) -> np.ndarray:
         """(T, dim) float32 L2-normalised text embeddings, batched with other callers' texts."""
         return np.stack(await asyncio.gather(*(self.embed_texts(t) for t in texts)))
 
     def info(self) -> dict:
-        """``{"model_id", "weights", "device", "dim"}`` of this replica."""
+        """``{"model_id", "weights", "identity", "device", "dim"}`` of this replica (``identity``: what makes
+        its vectors, :func:`models.embedders.embedder_identity`)."""
         return dict(self._info)
 
     def stats(self) -> dict:

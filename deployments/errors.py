@@ -124,6 +124,21 @@ class DimensionMismatch(InputError):
         super().__init__(message, field)
 
 
+class EmbedderMismatch(InputError):
+    """Vectors of one embedder sent to (or searched in) a collection that holds another's, or an examples
+    file from another embedder than the service's: 409 ``embedder_mismatch``, even at the same dimension.
+    The message names both identities (:func:`models.embedders.embedder_identity`).
+
+    The field at fault defaults to ``collection``: a collection is fixed to its embedder by its first
+    examples.
+    """
+
+    status, code = 409, "embedder_mismatch"
+
+    def __init__(self, message: str, field: str | None = "collection") -> None:
+        super().__init__(message, field)
+
+
 class UnknownCollection(InputError, LookupError):
     """No collection of that name exists: 404 ``unknown_collection``. Also a ``LookupError``.
 

@@ -57,15 +57,22 @@ class EmbedCrops(_Stage):
     drop = ("crops", "example_crops")
 
     def __init__(
-        self, model_name: str, pretrained: str, weights: dict, device: str = "auto", torch_threads: int | None = None
+        self,
+        model_name: str,
+        pretrained: str,
+        weights: dict,
+        device: str = "auto",
+        torch_threads: int | None = None,
+        family: str = "open_clip",
     ) -> None:
-        from deployments.runtime.clip_weights import ClipWeightsSource, load_clip
-        from models.embedder import ClipSpec
+        from deployments.runtime.clip_weights import ClipWeightsSource, load_embedder
 
         set_torch_threads(torch_threads)
-        loaded = load_clip(ClipSpec(model_name, pretrained), ClipWeightsSource(**weights), device=pick_device(device))
+        source = ClipWeightsSource(**weights)
+        loaded = load_embedder(family, model_name, pretrained, source, device=pick_device(device))
         self.embedder = loaded.embedder
         self.weights = loaded.weights
+        self.identity = loaded.identity
 
     def _process(self, rows: list[dict]) -> None:
         crops = [c for r in rows for key in ("crops", "example_crops") for c in r[key]]
@@ -73,6 +80,7 @@ class EmbedCrops(_Stage):
         assert len(vecs) == len(crops)
         i = 0
         for r in rows:
+            r["embedder"] = self.identity  # what made the vectors: the store records and checks it
             for key, out in (("crops", "embeddings"), ("example_crops", "example_embeddings")):
                 n = len(r[key])
                 r[out] = np.asarray(vecs[i : i + n], np.float32)
@@ -111,7 +119,7 @@ class RetrieveLabels(_Stage):
             raise ValueError(f"mode must be add or search; got {mode!r}")
         self.store = ExampleStore(**store)
         self.collection, self.mode, self.top_k, self.min_score = collection, mode, top_k, min_score
-        self.drop = ("example_embeddings",) if keep_embeddings else ("embeddings", "example_embeddings")
+        self.drop = ("example_embeddings", "embedder") + (() if keep_embeddings else ("embeddings",))
 
     def _process(self, rows: list[dict]) -> None:
         if self.mode == "add":
@@ -139,7 +147,7 @@ class RetrieveLabels(_Stage):
                 owners.append(r)
             r["added"] = []
         if vecs:
-            ids = self.store.add(self.collection, np.stack(vecs), labels, payloads)
+            ids = self.store.add(self.collection, np.stack(vecs), labels, payloads, embedder=_embedder_of(rows))
             for r, example_id in zip(owners, ids):
                 r["added"].append(example_id)
 
@@ -147,7 +155,11 @@ class RetrieveLabels(_Stage):
         from models.knn import vote
 
         queries = [r["embeddings"] for r in rows if len(r["embeddings"])]
-        found = iter(self.store.search(self.collection, np.concatenate(queries), self.top_k) if queries else [])
+        found = iter(
+            self.store.search(self.collection, np.concatenate(queries), self.top_k, embedder=_embedder_of(rows))
+            if queries
+            else []
+        )
         for r in rows:
             for inst in r["instances"]:
                 nbrs = next(found) if inst["embedded"] else []
@@ -157,3 +169,8 @@ class RetrieveLabels(_Stage):
                     confidence=confidence,
                     neighbors=[{"id": n.id, "label": n.label, "score": n.score} for n in nbrs],
                 )
+
+
+def _embedder_of(rows: list[dict]) -> str | None:
+    """The identity of the embedder that made the rows' vectors (``EmbedCrops`` sets it), or None."""
+    return next((r["embedder"] for r in rows if r.get("embedder")), None)

@@ -19,7 +19,7 @@ them::
     features                                          EncodeImages   (dropped by DecodeMasks)
     instances                                         DecodeMasks
     crops, example_crops                              FadeCrops      (image dropped here)
-    embeddings, example_embeddings                    EmbedCrops     (crops dropped here)
+    embeddings, example_embeddings, embedder          EmbedCrops     (crops dropped here; embedder: its identity)
     instances[i].label/confidence/neighbors, added    RetrieveLabels (embeddings dropped unless kept)
 """
 

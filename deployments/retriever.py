@@ -18,7 +18,7 @@ from deployments.errors import InvalidRequest, UnknownCollection
 from deployments.runtime.example_file import Examples
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.serve_batching import apply_batch_config
-from deployments.runtime.store_checks import as_vectors, check_collection_name, check_top_k
+from deployments.runtime.store_checks import as_vectors, check_collection_name, check_embedder, check_top_k
 from deployments.runtime.vectorstore import ExampleStore
 from models.knn import Neighbor
 
@@ -32,8 +32,9 @@ SearchResult = list[list[Neighbor]] | Exception
 def run_search_jobs(store: ExampleStore, jobs: Sequence[SearchJob]) -> list[SearchResult]:
     """Answer a batch of search jobs with one batched Qdrant query per ``(collection, top_k)`` group.
 
-    Errors stay with the job that caused them: a job whose queries are malformed or of the wrong dimension
-    gets its exception in its slot and the rest of its group is still searched; an unknown collection or
+    Errors stay with the job that caused them: a job whose queries are malformed, of the wrong dimension or
+    of another embedder than the collection's (``embedder_mismatch``) gets its exception in its slot and the
+    rest of its group is still searched; an unknown collection or
     invalid ``top_k`` fails only the jobs of that group.
 
     Args:
@@ -53,7 +54,7 @@ def run_search_jobs(store: ExampleStore, jobs: Sequence[SearchJob]) -> list[Sear
     for (collection, top_k), members in groups.items():
         try:
             check_top_k(top_k)
-            dim = store.dimension(collection)
+            dim, held = store.vector_space(collection)
         except Exception as exc:
             for i in members:
                 results[i] = exc
@@ -61,7 +62,9 @@ def run_search_jobs(store: ExampleStore, jobs: Sequence[SearchJob]) -> list[Sear
         valid: list[tuple[int, np.ndarray]] = []
         for i in members:
             try:
-                valid.append((i, as_vectors(jobs[i].queries, "queries", dim=dim)))
+                queries = as_vectors(jobs[i].queries, "queries", dim=dim)
+                check_embedder(collection, held, jobs[i].embedder, "queries")
+                valid.append((i, queries))
             except Exception as exc:
                 results[i] = exc
         if not valid:
@@ -120,12 +123,15 @@ class Retriever:
         )
         return results
 
-    async def knn(self, collection: str, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
-        """Cosine k-NN of (M, D) float32 ``queries`` in ``collection``: M lists of up to ``top_k`` neighbours,
-        batched with other callers' queries. Raises as :meth:`ExampleStore.search`."""
+    async def knn(
+        self, collection: str, queries: np.ndarray, top_k: int, embedder: str | None = None
+    ) -> list[list[Neighbor]]:
+        """Cosine k-NN of (M, D) float32 ``queries`` made by ``embedder`` (an identity, or None: not checked)
+        in ``collection``: M lists of up to ``top_k`` neighbours, batched with other callers' queries.
+        Raises as :meth:`ExampleStore.search`."""
         check_collection_name(collection)
         top_k = check_top_k(top_k)
-        result = await self.search(SearchJob(collection, as_vectors(queries, "queries"), top_k))
+        result = await self.search(SearchJob(collection, as_vectors(queries, "queries"), top_k, embedder))
         if isinstance(result, BaseException):
             raise result
         return result
@@ -137,11 +143,12 @@ class Retriever:
         labels: Sequence[str],
         payloads: Sequence[dict] | None = None,
         ids: Sequence[str] | None = None,
+        embedder: str | None = None,
     ) -> list[str]:
-        """Store (N, D) float32 example vectors with their labels under ``ids`` (None: new UUIDs); returns
-        the N ids. Returns once stored (on disk in the local mode); a retry with the same ids stores each
-        example once."""
-        return await asyncio.to_thread(self._store.add, collection, vectors, labels, payloads, ids)
+        """Store (N, D) float32 example vectors made by ``embedder`` (an identity, recorded or checked by the
+        collection) with their labels under ``ids`` (None: new UUIDs); returns the N ids. Returns once
+        stored (on disk in the local mode); a retry with the same ids stores each example once."""
+        return await asyncio.to_thread(self._store.add, collection, vectors, labels, payloads, ids, embedder)
 
     async def export_page(
         self, collection: str, offset: str | None = None, limit: int = 256
@@ -149,10 +156,12 @@ class Retriever:
         """One page ``(examples with their (n, D) float32 vectors, next_offset)`` of a collection, in id order."""
         return await asyncio.to_thread(self._store.export_page, collection, offset, limit)
 
-    async def import_points(self, collection: str, examples: Examples, dim: int | None = None) -> dict:
-        """Upsert examples under their own ids: ``{"imported", "created", "dim", "count"}``
-        (see :meth:`ExampleStore.import_points`)."""
-        return await asyncio.to_thread(self._store.import_points, collection, examples, dim)
+    async def import_points(
+        self, collection: str, examples: Examples, dim: int | None = None, embedder: str | None = None
+    ) -> dict:
+        """Upsert examples made by ``embedder`` under their own ids: ``{"imported", "created", "dim",
+        "count"}`` (see :meth:`ExampleStore.import_points`)."""
+        return await asyncio.to_thread(self._store.import_points, collection, examples, dim, embedder)
 
     async def counts(self, collection: str) -> dict[str, int]:
         """Examples per label in ``collection``."""
@@ -173,21 +182,26 @@ class Retriever:
         return await asyncio.to_thread(self._store.collections)
 
     async def collection_info(self, name: str) -> dict:
-        """``{"dim", "count"}`` of one collection."""
+        """``{"dim", "count", "embedder"}`` of one collection."""
         return await asyncio.to_thread(self._store.collection_info, name)
 
     async def collection_or_none(self, name: str) -> dict | None:
-        """``{"dim", "count"}`` of one collection, or None when it does not exist."""
+        """``{"dim", "count", "embedder"}`` of one collection, or None when it does not exist."""
         try:
             return await self.collection_info(name)
         except UnknownCollection:
             return None
 
     async def knn_chain(self, collection: str, embedded: EmbedResult, top_k: int) -> KnnResult:
-        """The graph's entry after the embedder: neighbours of the (N, D) ``embedded.embeddings``."""
+        """The graph's entry after the embedder: neighbours of the (N, D) ``embedded.embeddings``.
+
+        Raises:
+            EmbedderMismatch: the collection holds vectors of another embedder than ``embedded.embedder``.
+            And as :meth:`knn`.
+        """
         t0 = time.perf_counter()
         vectors = embedded.embeddings
-        neighbors = await self.knn(collection, vectors, top_k) if len(vectors) else []
+        neighbors = await self.knn(collection, vectors, top_k, embedded.embedder or None) if len(vectors) else []
         timing = {**embedded.timing_ms, "retrieve": (time.perf_counter() - t0) * 1e3}
         return KnnResult(neighbors, embedded.weights, timing)
 
@@ -199,8 +213,9 @@ class Retriever:
         payloads: Sequence[dict] | None = None,
         ids: Sequence[str] | None = None,
     ) -> list[str]:
-        """The graph's entry after the embedder: store ``embedded.embeddings`` with their labels (under ``ids``)."""
-        return await self.add(collection, embedded.embeddings, labels, payloads, ids)
+        """The graph's entry after the embedder: store ``embedded.embeddings`` with their labels (under ``ids``),
+        made by ``embedded.embedder``."""
+        return await self.add(collection, embedded.embeddings, labels, payloads, ids, embedded.embedder or None)
 
     async def info(self) -> dict:
         """``{"backend": "local" | "memory" | "server", "collections": [names]}``."""

@@ -11,6 +11,9 @@ except that the weights arrive as a state dict (see ``deployments.runtime.clip_w
 nothing is downloaded here. Image and text vectors share one space: their dot product is the cosine
 similarity CLIP was trained on.
 
+It is the ``open_clip`` family of the embedder seam (:class:`OpenClipFamily`, registered in
+:data:`models.embedders.EMBEDDERS`).
+
 Pure torch/numpy: no file or network I/O, and open_clip is imported only inside the functions that need it.
 """
 
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from models.embedders import EmbedderFamily
 
 DEFAULT_CLIP_MODEL = "ViT-B-32"
 DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b79k"
@@ -312,3 +317,25 @@ def _embedding_dim(model: torch.nn.Module) -> int:
     if isinstance(projection, torch.nn.Linear):
         return projection.out_features
     raise ValueError(f"cannot tell the embedding dimension of {type(model).__name__}")
+
+
+class OpenClipFamily(EmbedderFamily):
+    """open_clip's CLIP models behind the embedder seam (:mod:`models.embedders`): :func:`build_clip`."""
+
+    name = "open_clip"
+
+    def check(self, model_name: str, pretrained: str) -> None:
+        """Raise ``ValueError`` listing valid names or tags (as :class:`ClipSpec`)."""
+        ClipSpec(model_name, pretrained)
+
+    def build(
+        self,
+        model_name: str,
+        state_dict: Mapping[str, torch.Tensor] | None,
+        *,
+        seed: int | None,
+        pretrained: str,
+        device: str | torch.device = "cpu",
+    ) -> ClipEmbedder:
+        """A :class:`ClipEmbedder` (see :func:`build_clip`; ``pretrained`` ``""``: default preprocessing)."""
+        return build_clip(model_name, state_dict, seed=seed, pretrained=pretrained or None, device=device)

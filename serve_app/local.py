@@ -35,8 +35,12 @@ class LocalPipeline:
     Args:
         encoder, decoder: a model family's encoder and decoder over one model
             (:meth:`models.segmenter.SegmenterFamily.encoder`, ``.decoder``).
-        embedder: a :class:`models.embedder.ClipEmbedder`, or None (segmentation only).
+        embedder: a :class:`models.embedders.TextImageEmbedder` (e.g. :class:`models.embedder.ClipEmbedder`),
+            or None (segmentation only).
         store: a :class:`deployments.runtime.vectorstore.ExampleStore`, or None (no examples).
+        embedder_id: the embedder's identity (:func:`models.embedders.embedder_identity`; :meth:`load` sets
+            it): collections record it and refuse another's vectors (``EmbedderMismatch``). None: not
+            recorded or checked.
         fade: the fade strategy for crops (default ``GaussianFade()``).
         crop: crop geometry (default ``CropSettings()``).
         amg: automatic-mask settings (default ``AmgSettings()``).
@@ -51,8 +55,10 @@ class LocalPipeline:
         fade: FadeStrategy | None = None,
         crop: CropSettings | None = None,
         amg: AmgSettings | None = None,
+        embedder_id: str | None = None,
     ) -> None:
         self.encoder, self.decoder, self.embedder, self.store = encoder, decoder, embedder, store
+        self.embedder_id = embedder_id
         self.fade = fade or GaussianFade()
         self.crop = crop or CropSettings()
         self.amg = amg or AmgSettings()
@@ -67,31 +73,33 @@ class LocalPipeline:
         clip_pretrained: str = "laion2b_s34b_b79k",
         clip_checkpoint: str | None = None,
         store=None,
+        embedder_family: str = "open_clip",
         **kwargs,
     ) -> LocalPipeline:
         """Build every stage from the same weight sources as the service (environment fills unset ones), for
         any model of :mod:`models.registry` (``model_id``: ``sam2.1_hiera_tiny``, ``mobile_sam``, ``sam3``...).
 
         ``store`` defaults to an in-memory store; pass ``ExampleStore.from_env()`` to use the service's.
+        ``embedder_family`` names the embedder's family in :data:`models.embedders.EMBEDDERS`.
         """
-        from deployments.runtime.clip_weights import ClipWeightsSource, load_clip
+        from deployments.runtime.clip_weights import ClipWeightsSource, load_embedder
         from deployments.runtime.model_weights import load_model
         from deployments.runtime.vectorstore import ExampleStore
         from deployments.runtime.weights import WeightsSource
-        from models.embedder import ClipSpec
         from models.registry import get_model_spec
 
         sam2 = get_model_spec(model_id).family == "sam2"
         loaded = load_model(model_id, WeightsSource.resolve(weights, checkpoint, checkpoint_from_env=sam2))
         clip_weights = "random" if weights == "random" else None
-        clip = load_clip(
-            ClipSpec(clip_model, clip_pretrained), ClipWeightsSource.resolve(clip_weights, clip_checkpoint)
+        clip = load_embedder(
+            embedder_family, clip_model, clip_pretrained, ClipWeightsSource.resolve(clip_weights, clip_checkpoint)
         )
         return cls(
             loaded.family.encoder(loaded.model),
             loaded.family.decoder(loaded.model),
             clip.embedder,
             store if store is not None else ExampleStore(in_memory=True),
+            embedder_id=clip.identity,
             **kwargs,
         )
 
@@ -169,7 +177,8 @@ class LocalPipeline:
             raise ValueError("the object's mask is empty; nothing to embed")
         vec = self.embedder.embed_images(self.crops(image, [mask]))
         rle = encode_rle(mask)
-        return self.store.add(collection, vec, [label], [{"bbox_xyxy": rle_bbox_xyxy(rle), "area_px": rle_area(rle)}])
+        payload = {"bbox_xyxy": rle_bbox_xyxy(rle), "area_px": rle_area(rle)}
+        return self.store.add(collection, vec, [label], [payload], embedder=self.embedder_id)
 
     def predict(
         self,
@@ -185,7 +194,8 @@ class LocalPipeline:
         masks, vecs = self._embedded_auto_masks(image, max_instances)
         if not masks:
             return []
-        return instances(masks, self.store.search(collection, vecs, top_k), min_score, mask_format)
+        found = self.store.search(collection, vecs, top_k, embedder=self.embedder_id)
+        return instances(masks, found, min_score, mask_format)
 
     def find_by_text(
         self, image: np.ndarray, text: str, max_masks: int = 3, candidates: int = 64, mask_format: str = "rle"

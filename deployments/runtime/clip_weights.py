@@ -194,46 +194,95 @@ def read_clip_checkpoint(path: str | os.PathLike) -> tuple[dict, str]:
 
 
 @dataclass(frozen=True)
-class LoadedClip:
-    """A built CLIP embedder and the identity of its weights.
+class LoadedEmbedder:
+    """A built embedder and the identity of its weights.
 
     Attributes:
-        embedder: the :class:`models.embedder.ClipEmbedder`.
+        embedder: a :class:`models.embedders.TextImageEmbedder` (for open_clip a
+            :class:`models.embedder.ClipEmbedder`).
         model_id: ``"<model_name>/<pretrained tag>"``, e.g. ``"ViT-B-32/laion2b_s34b_b79k"``.
         weights: ``"sha256:<hex>"`` of the checkpoint file, or ``"random"`` (seeded, meaningless embeddings).
+        identity: what made its vectors, :func:`models.embedders.embedder_identity`, e.g.
+            ``"open_clip:ViT-B-32:laion2b_s34b_b79k@sha256:<hex>"`` or ``"...@random:seed0"``.
     """
 
     embedder: ClipEmbedder
     model_id: str
     weights: str
+    identity: str = ""
 
 
-def load_clip(spec: ClipSpec, source: ClipWeightsSource, device: str = "cpu") -> LoadedClip:
-    """Build the CLIP of ``spec`` with weights from ``source``.
+#: The open_clip name of :class:`LoadedEmbedder`.
+LoadedClip = LoadedEmbedder
 
-    The image preprocessing is that of ``spec.pretrained`` whatever the source.
+
+def _pull(family: str, model_name: str, pretrained: str) -> Path:
+    """The published weights of an embedder, downloaded once into the cache (the ``pretrained`` source).
 
     Raises:
-        ValueError: ``pretrained`` source for a spec without a tag.
+        ValueError: the family publishes no weights this module can fetch, or no tag.
+        WeightsError: as :func:`pull_pretrained`.
+    """
+    if family == "open_clip":
+        from models.embedder import ClipSpec
+
+        return pull_pretrained(ClipSpec(model_name, pretrained))
+    raise ValueError(
+        f"embedder family {family!r} has no download source here; use a checkpoint file or random weights"
+    )
+
+
+def load_embedder(
+    family: str, model_name: str, pretrained: str, source: ClipWeightsSource, device: str = "cpu"
+) -> LoadedEmbedder:
+    """Build the embedder ``model_name`` of the registered ``family`` with weights from ``source``.
+
+    The family comes from :func:`models.embedders.get_embedder_family`; the image preprocessing is that
+    of ``pretrained`` whatever the source.
+
+    Args:
+        family: an embedder family of :data:`models.embedders.EMBEDDERS`, e.g. ``"open_clip"``.
+        model_name: its architecture, e.g. ``"ViT-B-32"``.
+        pretrained: its preprocessing (and download) tag, e.g. ``"laion2b_s34b_b79k"``; ``""``: none.
+        source: where the weights come from.
+        device: torch device.
+
+    Raises:
+        ValueError: unknown family, architecture or tag (listing the valid ones); ``pretrained`` source
+            without a tag.
         WeightsError: as :func:`pull_pretrained` and :func:`read_clip_checkpoint`.
         RuntimeError: the checkpoint does not fit the architecture (missing/unexpected keys, shapes).
     """
-    from models.embedder import build_clip
+    from models.embedders import embedder_identity, get_embedder_family, weights_id
 
-    tag = spec.pretrained or None
+    kind = get_embedder_family(family)
+    kind.check(model_name, pretrained)
+    model_id = f"{model_name}/{pretrained}" if pretrained else model_name
     if source.kind == "random":
-        log.warning("CLIP %s with RANDOM weights (seed %d): embeddings are meaningless", spec.model_id, source.seed)
-        embedder = build_clip(spec.model_name, seed=source.seed, pretrained=tag, device=device)
-        return LoadedClip(embedder, spec.model_id, "random")
+        log.warning("embedder %s with RANDOM weights (seed %d): embeddings are meaningless", model_id, source.seed)
+        embedder = kind.build(model_name, None, seed=source.seed, pretrained=pretrained, device=device)
+        identity = embedder_identity(family, model_name, pretrained, weights_id(seed=source.seed))
+        return LoadedEmbedder(embedder, model_id, "random", identity)
     if source.kind == "file":
         state, digest = read_clip_checkpoint(source.checkpoint)
-        log.info("CLIP %s from %s (sha256 %s)", spec.model_id, source.checkpoint, digest)
+        log.info("embedder %s from %s (sha256 %s)", model_id, source.checkpoint, digest)
     else:
-        path = pull_pretrained(spec)
+        path = _pull(family, model_name, pretrained)
         state, digest = read_clip_checkpoint(path)
-        log.info("CLIP %s from open_clip download %s (sha256 %s)", spec.model_id, path, digest)
-    embedder = build_clip(spec.model_name, state, pretrained=tag, device=device)
-    return LoadedClip(embedder, spec.model_id, f"sha256:{digest}")
+        log.info("embedder %s from download %s (sha256 %s)", model_id, path, digest)
+    embedder = kind.build(model_name, state, seed=None, pretrained=pretrained, device=device)
+    identity = embedder_identity(family, model_name, pretrained, weights_id(sha256=digest))
+    return LoadedEmbedder(embedder, model_id, f"sha256:{digest}", identity)
+
+
+def load_clip(spec: ClipSpec, source: ClipWeightsSource, device: str = "cpu") -> LoadedEmbedder:
+    """Build the CLIP of ``spec`` with weights from ``source``: :func:`load_embedder` of the ``open_clip``
+    family.
+
+    Raises:
+        As :func:`load_embedder`.
+    """
+    return load_embedder("open_clip", spec.model_name, spec.pretrained, source, device)
 
 
 def preflight_clip(spec: ClipSpec, source: ClipWeightsSource) -> None:

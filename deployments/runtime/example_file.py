@@ -5,14 +5,21 @@ it, ``POST /v1/examples/import`` and ``samgraph examples import`` read it.
 One JSON object per line, UTF-8, ``\\n`` after each; a ``type`` on every line::
 
     {"type": "header", "format": "samgraph-examples", "version": 1, "collection": "pets", "dim": 512,
-     "distance": "cosine", "embedder": {"model_id": "ViT-B-32/laion2b_s34b_b79k", "weights": "pretrained"}}
+     "distance": "cosine", "embedder": {"id": "open_clip:ViT-B-32:laion2b_s34b_b79k@sha256:<hex>",
+                                         "model_id": "ViT-B-32/laion2b_s34b_b79k", "weights": "sha256:<hex>"}}
     {"type": "point", "id": "<UUID>", "label": "cat", "vector": [0.0123, ...], "payload": {"image_id": ...}}
     ...
     {"type": "end", "points": 2}
 
 - ``header`` (line 1): the format and its ``version`` (this module reads and writes 1), the collection's
-  name, its vector dimension and distance (always cosine), and the embedder of the service that wrote
-  the file (``null`` when unknown; the store does not record which embedder made a vector).
+  name, its vector dimension and distance (always cosine), and the embedder that made its vectors:
+  ``id`` is its identity (:func:`models.embedders.embedder_identity`, the collection's recorded one),
+  ``model_id`` and ``weights`` are for people. An import is refused (409 ``embedder_mismatch``) unless
+  the file's identity (:attr:`ExampleHeader.embedder_id`) is the importing service's. Files written before
+  the identity was recorded (``embedder`` ``null``, or without ``id``) have one only when their
+  ``weights`` is a ``sha256:`` digest (open_clip was then the only family, so ``model_id`` and
+  ``weights`` name it); others (random weights, no embedder) are refused, since nothing says what made
+  their vectors.
 - ``point``: an example: its id (a UUID string, kept on import, so importing twice stores each example
   once), label (1-100 characters), ``dim`` floats (as stored: Qdrant keeps cosine vectors L2-normalised)
   and its payload without ``label`` (``image_id``, ``bbox_xyxy``, ``area_px`` for examples added over HTTP).
@@ -36,12 +43,15 @@ import numpy as np
 
 from deployments.errors import InvalidRequest
 from deployments.runtime.store_checks import MAX_DIM, as_vectors, check_collection_name, check_label, check_point_id
+from models.embedders import embedder_identity, parse_identity
 
 FORMAT = "samgraph-examples"
 VERSION = 1
 #: Media type of the file over HTTP.
 MEDIA_TYPE = "application/x-ndjson"
 _POINT_KEYS = {"type", "id", "label", "vector", "payload"}
+#: Longest embedder identity a header may hold.
+MAX_EMBEDDER_CHARS = 300
 _HEADER_KEYS = {"type", "format", "version", "collection", "dim", "distance", "embedder"}
 
 
@@ -90,7 +100,8 @@ class ExampleHeader:
     Attributes:
         collection: the collection it was exported from.
         dim: vector dimension D.
-        embedder: ``{"model_id", "weights"}`` of the service that wrote it, or None.
+        embedder: ``{"id", "model_id", "weights"}`` of the embedder that made its vectors (files written
+            before identities were recorded: ``{"model_id", "weights"}``), or None.
         version: format version.
     """
 
@@ -98,6 +109,24 @@ class ExampleHeader:
     dim: int
     embedder: dict | None = None
     version: int = VERSION
+
+    @property
+    def embedder_id(self) -> str | None:
+        """The identity of the embedder that made the file's vectors: ``embedder["id"]``; for an older
+        file, the open_clip identity its ``model_id`` and ``sha256:`` ``weights`` name; else None (unknown).
+        """
+        if not self.embedder:
+            return None
+        if isinstance(self.embedder.get("id"), str):
+            return self.embedder["id"]
+        model_id, weights = self.embedder.get("model_id"), self.embedder.get("weights")
+        if not (isinstance(model_id, str) and isinstance(weights, str) and weights.startswith("sha256:")):
+            return None
+        model_name, _, pretrained = model_id.partition("/")
+        try:
+            return embedder_identity("open_clip", model_name, pretrained, weights)
+        except ValueError:
+            return None
 
     def record(self) -> dict:
         """The header as its JSON object."""
@@ -110,6 +139,19 @@ class ExampleHeader:
             "distance": "cosine",
             "embedder": self.embedder,
         }
+
+
+def header_embedder(identity: str) -> dict:
+    """The header's ``embedder`` object for an identity: ``{"id", "model_id", "weights"}`` (``weights``
+    ``"random"`` for random weights, as the service reports them); ``{"id"}`` alone for an identity of a
+    family this service does not know."""
+    try:
+        parts = parse_identity(identity)
+    except ValueError:
+        return {"id": identity}
+    model_id = f"{parts['model_name']}/{parts['pretrained']}" if parts["pretrained"] else parts["model_name"]
+    weights = "random" if parts["weights"].startswith("random:") else parts["weights"]
+    return {"id": identity, "model_id": model_id, "weights": weights}
 
 
 def encode_line(record: dict) -> bytes:
@@ -249,6 +291,9 @@ class ExampleFileReader:
         embedder = rec.get("embedder")
         if embedder is not None and not isinstance(embedder, dict):
             raise _fail(n, "embedder", "must be an object or null")
+        identity = (embedder or {}).get("id")
+        if identity is not None and not (isinstance(identity, str) and 1 <= len(identity) <= MAX_EMBEDDER_CHARS):
+            raise _fail(n, "embedder", f"id must be a string of 1-{MAX_EMBEDDER_CHARS} characters; got {identity!r}")
         return ExampleHeader(collection, dim, embedder, version)
 
     def _point(self, n: int, rec: dict) -> tuple[str, np.ndarray, str, dict]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.errors import DimensionMismatch, InvalidRequest
+from deployments.errors import DimensionMismatch, EmbedderMismatch, InvalidRequest
 
 
 class StoreError(RuntimeError):
@@ -101,6 +101,25 @@ def as_vectors(x: np.ndarray, what: str = "vectors", dim: int | None = None) -> 
     if zero.size:
         raise InvalidRequest(f"{what} rows {zero[:10].tolist()} are all zero and have no cosine direction", what)
     return x
+
+
+def check_embedder(collection: str, held: str | None, given: str | None, what: str = "vectors") -> None:
+    """Refuse ``what`` made by the embedder ``given`` for a collection that records the embedder ``held``.
+
+    Args:
+        collection: the collection's name (for the message).
+        held: the identity the collection records, or None (none recorded: nothing to check).
+        given: the identity of the embedder that made the vectors, or None (not told: nothing to check).
+        what: ``"vectors"``, ``"queries"`` or ``"the file's vectors"``, for the message.
+
+    Raises:
+        EmbedderMismatch: both known and different; the message names both.
+    """
+    if held is not None and given is not None and held != given:
+        raise EmbedderMismatch(
+            f"collection {collection!r} holds vectors of embedder {held}; {what} of embedder {given} are not "
+            "comparable with them (even at the same dimension)"
+        )
 
 
 def check_point_id(point_id: str, what: str = "id") -> str:

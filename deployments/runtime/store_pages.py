@@ -154,7 +154,9 @@ class CollectionPages:
             if offset is None:
                 return
 
-    def import_points(self, collection: str, examples: Examples, dim: int | None = None) -> dict:
+    def import_points(
+        self, collection: str, examples: Examples, dim: int | None = None, embedder: str | None = None
+    ) -> dict:
         """Store examples under their own ids (an upsert), creating the collection if needed.
 
         Everything is checked before anything is written, and a collection of another dimension is
@@ -166,6 +168,8 @@ class CollectionPages:
             collection: the collection to write to.
             examples: N examples; ``vectors`` (N, D) float32; distinct UUID ids.
             dim: the collection's dimension D (needed when N is 0; else it must equal D).
+            embedder: identity of the embedder that made the vectors: recorded by a new collection (or one
+                that records none), checked against the one it records; None: neither.
 
         Returns:
             ``{"imported": N, "created": bool (the collection was new), "dim": D, "count": examples
@@ -174,6 +178,7 @@ class CollectionPages:
         Raises:
             ValueError: invalid name, ids, vectors, labels or payloads, or ``dim`` not D.
             DimensionMismatch: the collection exists with another dimension.
+            EmbedderMismatch: the collection exists with another embedder (it is left untouched).
         """
         check_collection_name(collection)
         n = len(examples)
@@ -186,7 +191,7 @@ class CollectionPages:
             raise InvalidRequest(f"dim must be an integer in 1..{MAX_DIM}; got {dim!r}", "dim")
         with self._lock:
             created = not self._qdrant().collection_exists(collection_name=collection)
-            self._ensure_collection(collection, int(dim))
+            self._ensure_collection(collection, int(dim), embedder)
         for start in range(0, n, IMPORT_BATCH):
             stop = start + IMPORT_BATCH
             with self._lock:

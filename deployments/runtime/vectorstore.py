@@ -16,6 +16,15 @@ a process killed mid-write leaves a prefix of its points, each whole (``tests/un
 kills a writer, ``tests/integration/test_retriever_kill.py`` the Retriever replica). The folder's lock
 is an ``flock`` that the kernel drops with the dead process, so the next client opens the store.
 
+**Embedder.** Each collection records the identity of the embedder that made its vectors
+(:func:`models.embedders.embedder_identity`) in the collection's metadata under :data:`EMBEDDER_KEY`,
+set by its first write that names one. Collection metadata is kept by both engines (the embedded engine
+in its ``meta.json``, a server from Qdrant 1.16) and stays outside the points, so counts, pages, exports
+and searches never see it. A write or search that names another embedder is refused with
+:class:`deployments.errors.EmbedderMismatch` (409 ``embedder_mismatch``), even at the same dimension; a
+call that names none is not checked. A collection made before collections recorded their embedder adopts
+the embedder of its next write that names one, with one log line.
+
 **Export and import** (:mod:`deployments.runtime.store_pages`) page through a collection with its vectors,
 and upsert such pages under their own ids, so an import is idempotent.
 """
@@ -23,6 +32,7 @@ and upsert such pages under their own ids, so an import is idempotent.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -37,6 +47,7 @@ from deployments.runtime.store_checks import (
     StoreError,
     as_vectors,
     check_collection_name,
+    check_embedder,
     check_point_id,
     check_point_ids,
     check_top_k,
@@ -47,7 +58,12 @@ from deployments.runtime.store_checks import (
 from deployments.runtime.store_pages import TRANSFER_PAGE, CollectionPages
 from models.knn import Neighbor
 
-__all__ = ["TRANSFER_PAGE", "ExampleStore"]
+__all__ = ["EMBEDDER_KEY", "TRANSFER_PAGE", "ExampleStore"]
+
+#: The collection metadata key of the identity of the embedder that made its vectors.
+EMBEDDER_KEY = "samgraph_embedder"
+
+log = logging.getLogger("samgraph.deployments")
 
 
 class ExampleStore(CollectionPages):
@@ -173,30 +189,58 @@ class ExampleStore(CollectionPages):
         with self._lock:
             return self._dimension(name)
 
-    def collection_info(self, name: str) -> dict:
-        """``{"dim": int, "count": int}`` of collection ``name`` (exact count).
+    def embedder(self, name: str) -> str | None:
+        """The identity of the embedder that made the vectors of collection ``name``, or None when it
+        records none (made before collections recorded it, or only written without naming one).
 
         Raises:
             UnknownCollection: no such collection.
         """
         check_collection_name(name)
         with self._lock:
-            dim = self._dimension(name)
-            count = self._qdrant().count(collection_name=name, exact=True).count
-        return {"dim": dim, "count": int(count)}
+            return self._params(name)[1]
 
-    def ensure_collection(self, name: str, dim: int) -> None:
-        """Create collection ``name`` for ``dim``-d cosine vectors unless it exists.
+    def vector_space(self, name: str) -> tuple[int, str | None]:
+        """``(dim, embedder)`` of collection ``name``: :meth:`dimension` and :meth:`embedder` in one read.
+
+        Raises:
+            UnknownCollection: no such collection.
+        """
+        check_collection_name(name)
+        with self._lock:
+            return self._params(name)
+
+    def collection_info(self, name: str) -> dict:
+        """``{"dim": int, "count": int, "embedder": str | None}`` of collection ``name`` (exact count;
+        ``embedder`` as :meth:`embedder`).
+
+        Raises:
+            UnknownCollection: no such collection.
+        """
+        check_collection_name(name)
+        with self._lock:
+            dim, embedder = self._params(name)
+            count = self._qdrant().count(collection_name=name, exact=True).count
+        return {"dim": dim, "count": int(count), "embedder": embedder}
+
+    def ensure_collection(self, name: str, dim: int, embedder: str | None = None) -> None:
+        """Create collection ``name`` for ``dim``-d cosine vectors of ``embedder`` unless it exists.
+
+        Args:
+            name: collection name.
+            dim: vector dimension.
+            embedder: identity of the embedder whose vectors it holds, or None (not recorded, not checked).
 
         Raises:
             ValueError: invalid name or ``dim``.
             DimensionMismatch: it exists with another dimension (it is left untouched).
+            EmbedderMismatch: it records another embedder (it is left untouched).
         """
         check_collection_name(name)
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= MAX_DIM:
             raise InvalidRequest(f"dim must be an integer in 1..{MAX_DIM}; got {dim!r}", "dim")
         with self._lock:
-            self._ensure_collection(name, int(dim))
+            self._ensure_collection(name, int(dim), embedder)
 
     # -- examples --------------------------------------------------------------------------------------------
 
@@ -207,6 +251,7 @@ class ExampleStore(CollectionPages):
         labels: Sequence[str],
         payloads: Sequence[dict] | None = None,
         ids: Sequence[str] | None = None,
+        embedder: str | None = None,
     ) -> list[str]:
         """Store labelled example vectors, creating the collection on first use.
 
@@ -222,6 +267,9 @@ class ExampleStore(CollectionPages):
             ids: N distinct UUID strings to store the examples under, or None for new UUID4s. An example
                 whose id is already stored is replaced, so a write retried with the same ids stores each
                 example once.
+            embedder: identity of the embedder that made ``vectors``
+                (:func:`models.embedders.embedder_identity`): recorded by a new collection (or one that
+                records none), checked against the one it records. None: neither.
 
         Returns:
             The N ids (UUID strings, canonical form), in the order of ``vectors``.
@@ -229,23 +277,28 @@ class ExampleStore(CollectionPages):
         Raises:
             ValueError: invalid name, vectors, labels, payloads or ids.
             DimensionMismatch: the collection holds vectors of another dimension.
+            EmbedderMismatch: the collection holds vectors of another embedder (nothing is written).
         """
         check_collection_name(collection)
         x = as_vectors(vectors, "vectors")
         bodies = example_payloads(labels, payloads, len(x))
         point_ids = check_point_ids(ids, len(x))
         with self._lock:
-            self._ensure_collection(collection, x.shape[1])
+            self._ensure_collection(collection, x.shape[1], embedder)
             self._upsert(collection, point_ids, x, bodies)
         return point_ids
 
-    def search(self, collection: str, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
+    def search(
+        self, collection: str, queries: np.ndarray, top_k: int, embedder: str | None = None
+    ) -> list[list[Neighbor]]:
         """Cosine k-NN of each query among the collection's examples, in one batched Qdrant request.
 
         Args:
             collection: collection name.
             queries: (M, D) float32 query embeddings, finite, no zero rows; D = the collection's dimension.
             top_k: neighbours per query, 1..100.
+            embedder: identity of the embedder that made ``queries``, checked against the collection's;
+                None: not checked.
 
         Returns:
             M lists of up to ``top_k`` :class:`Neighbor`, best (highest cosine similarity) first.
@@ -254,6 +307,7 @@ class ExampleStore(CollectionPages):
             ValueError: invalid name, queries or ``top_k``.
             UnknownCollection: no such collection.
             DimensionMismatch: D differs from the collection's dimension.
+            EmbedderMismatch: the collection holds vectors of another embedder.
         """
         from qdrant_client import models
 
@@ -261,9 +315,10 @@ class ExampleStore(CollectionPages):
         top_k = check_top_k(top_k)
         q = as_vectors(queries, "queries")
         with self._lock:
-            held = self._dimension(collection)
+            held, held_embedder = self._params(collection)
             if q.shape[1] != held:
                 raise DimensionMismatch(f"collection {collection!r} holds {held}-d vectors, got {q.shape[1]}-d queries")
+            check_embedder(collection, held_embedder, embedder, "queries")
             if len(q) == 0:
                 return []
             requests = [models.QueryRequest(query=row, limit=top_k, with_payload=["label"]) for row in q.tolist()]
@@ -313,6 +368,10 @@ class ExampleStore(CollectionPages):
         return self._client
 
     def _dimension(self, name: str) -> int:
+        return self._params(name)[0]
+
+    def _params(self, name: str) -> tuple[int, str | None]:
+        """``(dim, recorded embedder or None)`` of a collection, from one ``get_collection``."""
         client = self._qdrant()
         try:
             info = client.get_collection(collection_name=name)
@@ -327,9 +386,10 @@ class ExampleStore(CollectionPages):
             raise InvalidRequest(
                 f"collection {name!r} is not a single-vector cosine collection made by samgraph", "collection"
             )
-        return int(size)
+        embedder = (getattr(info.config, "metadata", None) or {}).get(EMBEDDER_KEY)
+        return int(size), embedder if isinstance(embedder, str) and embedder else None
 
-    def _ensure_collection(self, name: str, dim: int) -> None:
+    def _ensure_collection(self, name: str, dim: int, embedder: str | None = None) -> None:
         from qdrant_client import models
 
         client = self._qdrant()
@@ -338,6 +398,7 @@ class ExampleStore(CollectionPages):
                 client.create_collection(
                     collection_name=name,
                     vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                    metadata={EMBEDDER_KEY: embedder} if embedder else None,
                 )
             except Exception:
                 if not client.collection_exists(collection_name=name):  # not lost to a concurrent create
@@ -348,7 +409,22 @@ class ExampleStore(CollectionPages):
                     client.create_payload_index(
                         collection_name=name, field_name="label", field_schema=models.PayloadSchemaType.KEYWORD
                     )
+                    self._check_recorded(name, embedder)
                 return
-        held = self._dimension(name)
+        held, held_embedder = self._params(name)
         if held != dim:
             raise DimensionMismatch(f"collection {name!r} holds {held}-d vectors, got {dim}")
+        check_embedder(name, held_embedder, embedder)
+        if embedder and held_embedder is None:
+            log.info("collection %r records no embedder (an older collection): adopting %s", name, embedder)
+            client.update_collection(collection_name=name, metadata={EMBEDDER_KEY: embedder})
+            self._check_recorded(name, embedder)
+
+    def _check_recorded(self, name: str, embedder: str | None) -> None:
+        """Refuse to go on when a server dropped the collection's metadata (Qdrant before 1.16 has none):
+        the embedder check would silently never fire."""
+        if embedder and self._params(name)[1] != embedder:
+            raise StoreError(
+                f"the Qdrant server at {self.location} did not keep collection {name!r}'s metadata, where samgraph "
+                "records the embedder of its vectors; use a Qdrant server with collection metadata (1.16 or later)"
+            )

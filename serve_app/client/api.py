@@ -244,11 +244,11 @@ class SamgraphClient:
             collection: the collection to write to; None: the one named in the file's header.
 
         Returns:
-            ``{"collection", "imported", "created", "dim", "count"}`` and ``warnings`` when the file's
-            embedder is not the service's.
+            ``{"collection", "imported", "created", "dim", "count"}`` (and ``warnings`` if the service has any).
 
         Raises:
-            ApiResponseError: 422 naming ``line N.<key>``, 409 ``dimension_mismatch``, 413 ``body_too_large``...
+            ApiResponseError: 422 naming ``line N.<key>``, 409 ``dimension_mismatch`` or ``embedder_mismatch``
+                (the file's vectors are another embedder's than the service's), 413 ``body_too_large``...
         """
         params = {"collection": collection} if collection is not None else {}
         headers = {"Content-Type": "application/x-ndjson"}

@@ -1,7 +1,7 @@
 """What the examples routes (:mod:`serve_app.ingress.routes.examples`) need besides the routes: the
-examples file streamed page by page (``GET /v1/examples/export``), the warning for an import from
-another embedder (``POST /v1/examples/import``), and the one retry of an idempotent store call whose
-replica died (those two and ``POST /v1/examples``).
+examples file streamed page by page (``GET /v1/examples/export``), the refusal of an import from
+another embedder (``POST /v1/examples/import``, 409 ``embedder_mismatch``), and the one retry of an
+idempotent store call whose replica died (those two and ``POST /v1/examples``).
 
 The file format and its checks are :mod:`deployments.runtime.example_file`; the store's side is
 :meth:`deployments.runtime.vectorstore.ExampleStore.export_page` and ``import_points``. The Retriever
@@ -9,6 +9,7 @@ writes to whichever store it was built with, so exporting from a service on the 
 importing into one on a Qdrant server (or back) moves a collection between them.
 """
 
+import asyncio
 import json
 import logging
 import uuid
@@ -17,6 +18,7 @@ from typing import TypeVar
 
 from ray.exceptions import RayActorError
 
+from deployments.errors import EmbedderMismatch
 from deployments.runtime.example_file import ExampleHeader, encode_line, end_line, point_lines
 from deployments.runtime.store_pages import TRANSFER_PAGE
 from serve_app.ingress.errors import ApiError
@@ -82,23 +84,39 @@ async def export_stream(
     yield end_line(n)
 
 
-def embedder_warnings(from_file: dict | None, service: dict | None) -> list[str]:
-    """Warnings for an import whose vectors may come from another embedder than this service's.
+async def service_embedder(embedder, timeout_s: float) -> dict:
+    """``{"model_id", "weights", "identity", ...}`` of the service's embedder (its ``info()``).
 
-    Args:
-        from_file: the header's ``embedder`` (``{"model_id", "weights"}``), or None.
-        service: this service's embedder, the same keys, or None when it did not answer.
+    Raises:
+        ApiError: 503 ``unavailable`` when it does not answer within ``timeout_s``: an import or export
+            cannot be checked without it.
     """
-    if not from_file or not service:
-        return []
-    theirs = (from_file.get("model_id"), from_file.get("weights"))
-    ours = (service.get("model_id"), service.get("weights"))
-    if theirs == ours:
-        return []
-    return [
-        f"the file's vectors were exported by a service embedding with {theirs[0]} ({theirs[1]} weights); this "
-        f"service embeds with {ours[0]} ({ours[1]} weights), so its queries are not comparable with them"
-    ]
+    try:
+        return await asyncio.wait_for(embedder.info.remote(), timeout=timeout_s)
+    except Exception as e:
+        log.warning("the embedder did not answer info() (%s)", type(e).__name__)
+        raise ApiError(503, "unavailable", "the embedder is not answering; retry later") from None
+
+
+def check_file_embedder(header: ExampleHeader, service: str) -> None:
+    """Refuse an examples file whose vectors another embedder made than the service's (``service``, an
+    identity), or whose embedder is unknown: 409 ``embedder_mismatch`` naming both, field ``line 1.embedder``.
+    """
+    theirs = header.embedder_id
+    if theirs == service:
+        return
+    if theirs is None:
+        raise EmbedderMismatch(
+            "the file does not say which embedder made its vectors (written before samgraph recorded it, with "
+            f"random weights or none named); this service embeds with {service}, and vectors of an unknown "
+            "embedder are refused",
+            "line 1.embedder",
+        )
+    raise EmbedderMismatch(
+        f"the file's vectors were made by embedder {theirs}; this service embeds with {service}, so its queries "
+        "are not comparable with them (even at the same dimension)",
+        "line 1.embedder",
+    )
 
 
 async def store_example(retriever, collection: str, embedded, label: str, payload: dict, rid: str) -> list[str]:

@@ -49,7 +49,7 @@ ERROR_DESCRIPTIONS = {
     400: "unreadable body or image: invalid_json, invalid_multipart, invalid_base64, invalid_image, empty_image",
     401: "API keys are set and the request has none, or a wrong one (unauthorized)",
     404: "image_not_cached, unknown_collection, unknown_example, or not_found",
-    409: "dimension_mismatch: the collection holds vectors of another dimension",
+    409: "dimension_mismatch or embedder_mismatch: the collection holds vectors of another dimension or embedder",
     413: "body_too_large, image_too_large, or a clip over the frame limits",
     415: "unsupported_media_type: send application/json or multipart/form-data",
     422: "invalid_request (a schema rule; `field` names the field), out_of_image, out_of_clip, empty_mask",

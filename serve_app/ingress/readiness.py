@@ -78,7 +78,7 @@ def readiness(
             "embedder": emb["device"],
             **({"video": vid[0]["device"]} if vid else {}),
         },
-        "embedder": {"model_id": emb["model_id"], "weights": emb["weights"], "dim": emb["dim"]},
+        "embedder": {"model_id": emb["model_id"], "weights": emb["weights"], "dim": emb["dim"], "id": emb["identity"]},
         "retriever": {"backend": ret["backend"]},
         # speed-ups in force (after any fallback), e.g. {"precision": "bf16", "compiler": "inductor"}
         "accel": {

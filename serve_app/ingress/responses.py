@@ -260,7 +260,7 @@ class ImportResult(BaseModel):
     created: bool = Field(description="the collection was new")
     dim: int
     count: int = Field(ge=0, description="examples in the collection after the import")
-    warnings: list[str] | None = Field(default=None, description="e.g. the file's vectors come from another embedder")
+    warnings: list[str] | None = Field(default=None, description="notes about the import, if any")
 
 
 class SessionInfo(BaseModel):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from deployments.runtime.example_file import ExampleHeader, Examples, export_lines, read_examples
+from models.embedders import embedder_identity, parse_identity
 from serve_app.cli.main import main
 from tests.integration.conftest import MAX_IMPORT_BYTES
 
@@ -59,6 +60,7 @@ def test_http_round_trip_gives_identical_knn_and_is_idempotent(client, source):
     assert r.headers["content-type"].startswith("application/x-ndjson")
     assert r.headers["content-disposition"] == 'attachment; filename="xfer-a.examples.jsonl"'
     assert (header.collection, header.dim, header.embedder["weights"]) == ("xfer-a", 512, "random")
+    assert parse_identity(header.embedder_id)["weights"].startswith("random:seed")  # the collection's record
     assert sorted(ex.ids) == sorted(source["ids"])
     assert sorted(ex.labels) == ["truck", "truck", "wheel", "wheel"]
     assert all(set(p) == {"image_id", "bbox_xyxy", "area_px"} and p["image_id"] == source["image_id"] for p in ex.payloads)
@@ -91,17 +93,23 @@ def test_cli_round_trip_through_a_gzip_file_in_parts(client, app_url, source, tm
     assert_same_neighbors(_predict(client, source["image_id"], "xfer-c"), _predict(client, source["image_id"], "xfer-a"))
 
 
-def _file(n: int, dim: int, embedder: dict | None = None, collection: str = "xfer-x") -> bytes:
+@pytest.fixture(scope="module")
+def service_embedder(client, source) -> dict:
+    """The header ``embedder`` of the service's files (its identity is the one its collections record)."""
+    return _export(client, source["collection"])[1].embedder
+
+
+def _file(n: int, dim: int, embedder: dict | None, collection: str = "xfer-x") -> bytes:
     rng = np.random.default_rng(n + dim)
     page = Examples([str(uuid.uuid4()) for _ in range(n)], rng.standard_normal((n, dim)).astype(np.float32), ["x"] * n, [{}] * n)
     return b"".join(export_lines(ExampleHeader(collection, dim, embedder), [page]))
 
 
-def test_import_refusals_name_the_fault(client, source):
+def test_import_refusals_name_the_fault(client, source, service_embedder):
     def post(body: bytes, headers=NDJSON, **params):
         return client.post("/v1/examples/import", params=params, content=body, headers=headers)
 
-    good = _file(2, 512)
+    good = _file(2, 512, service_embedder)
     r = post(good, headers={"content-type": "application/json"})
     assert (r.status_code, r.json()["error"]["code"]) == (415, "unsupported_media_type")
     lines = good.splitlines()
@@ -113,7 +121,7 @@ def test_import_refusals_name_the_fault(client, source):
     ):
         r = post(body)
         assert (r.status_code, r.json()["error"]["field"]) == (status, field), r.text
-    r = post(_file(2, 3), collection="xfer-a")  # 3-d vectors into the 512-d collection
+    r = post(_file(2, 3, service_embedder), collection="xfer-a")  # 3-d vectors into the 512-d collection
     assert (r.status_code, r.json()["error"]["code"]) == (409, "dimension_mismatch")
     r = post(good, collection="no spaces")
     assert (r.status_code, r.json()["error"]["field"]) == (422, "collection")
@@ -122,7 +130,31 @@ def test_import_refusals_name_the_fault(client, source):
     assert client.get("/v1/examples", params={"collection": "xfer-a"}).json()["total"] == 4  # untouched
     assert client.get("/v1/examples", params={"collection": "xfer-x"}).status_code == 404  # nothing written
 
-    r = post(_file(1, 512, {"model_id": "ViT-L-14/openai", "weights": "pretrained"}), collection="xfer-w")
-    assert r.status_code == 200 and "ViT-L-14/openai" in r.json()["warnings"][0]
     r = client.get("/v1/examples/export", params={"collection": "xfer-missing"})
     assert (r.status_code, r.json()["error"]["code"]) == (404, "unknown_collection")
+
+
+def test_vectors_of_another_embedder_are_a_409(client, source, service_embedder):
+    """Even at the same dimension: a file from another embedder (here the same architecture with random
+    weights of another seed), or from an unknown one, is refused before anything is written; a collection
+    that records another embedder refuses new examples and /v1/predict."""
+    from ray import serve
+
+    ours = service_embedder["id"]
+    theirs = embedder_identity(**{**parse_identity(ours), "weights": "random:seed999"})
+    for embedder, named in (({"id": theirs}, theirs), (None, "does not say"), ({"model_id": "ViT-B-32/x", "weights": "random"}, "does not say")):
+        r = client.post("/v1/examples/import", params={"collection": "xfer-e"}, content=_file(2, 512, embedder), headers=NDJSON)
+        err = r.json()["error"]
+        assert (r.status_code, err["code"], err["field"]) == (409, "embedder_mismatch", "line 1.embedder"), r.text
+        assert ours in err["message"] and named in err["message"]
+    assert client.get("/v1/examples", params={"collection": "xfer-e"}).status_code == 404  # nothing written
+
+    retriever = serve.get_deployment_handle("Retriever", app_name="samgraph")
+    retriever.add.remote("xfer-theirs", np.ones((1, 512), np.float32), ["x"], None, None, theirs).result()
+    body = {"image_id": source["image_id"], "box_xyxy": BOXES["truck"][0], "label": "truck", "collection": "xfer-theirs"}
+    for path, req in (("/v1/examples", body), ("/v1/predict", {"image_id": source["image_id"], "collection": "xfer-theirs", "max_instances": 1, "mask_format": "none"})):
+        r = client.post(path, json=req)
+        err = r.json()["error"]
+        assert (r.status_code, err["code"], err["field"]) == (409, "embedder_mismatch", "collection"), (path, r.text)
+        assert ours in err["message"] and theirs in err["message"]
+    assert client.get("/v1/examples", params={"collection": "xfer-theirs"}).json()["total"] == 1  # untouched

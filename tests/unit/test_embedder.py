@@ -20,6 +20,7 @@ from deployments.runtime.clip_weights import (
     LoadedClip,
     clip_cache_dir,
     load_clip,
+    load_embedder,
     preflight_clip,
     pull_pretrained,
     read_clip_checkpoint,
@@ -34,6 +35,7 @@ DIM = 512
 PHOTOS = ("truck.jpg", "dog.jpg", "groceries.jpg")
 TEXTS = ["a truck", "a dog", "groceries on a table"]
 ENV = ("SAMGRAPH_WEIGHTS", "SAMGRAPH_CLIP_CHECKPOINT", "SAMGRAPH_SAM2_CHECKPOINT", "SAMGRAPH_SEED")
+RANDOM_ID = f"open_clip:{MODEL}:{TAG}@random:seed0"
 HUB_REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"  # open_clip's hf_hub entry for ViT-B-32/laion2b_s34b_b79k
 
 
@@ -229,6 +231,7 @@ def test_random_weights_deterministic_per_seed(clip, state, photos):
     again = load_clip(ClipSpec(MODEL, TAG), ClipWeightsSource(kind="random", seed=0))
     assert again.weights == "random"
     assert again.model_id == "ViT-B-32/laion2b_s34b_b79k"
+    assert again.identity == RANDOM_ID  # the seed is part of it: another seed is another embedder
     for k, v in again.embedder.model.state_dict().items():
         assert torch.equal(v, state[k]), k
     other = build_clip(MODEL, seed=1)
@@ -243,11 +246,70 @@ def test_random_weights_deterministic_per_seed(clip, state, photos):
     assert torch.equal(torch.rand(3), expected)
 
 
+# --- the embedder seam: registry and identity -----------------------------------------------
+
+
+def test_registry_has_open_clip_and_lists_valid_families():
+    from models.embedder import OpenClipFamily
+    from models.embedders import EmbedderFamily, get_embedder_family, list_embedder_families
+
+    assert list_embedder_families() == ["open_clip"]
+    family = get_embedder_family("open_clip")
+    assert isinstance(family, OpenClipFamily) and isinstance(family, EmbedderFamily)
+    assert get_embedder_family("open_clip") is family  # one per process
+    with pytest.raises(ValueError, match=r"unknown embedder family 'siglip'; valid families: open_clip"):
+        get_embedder_family("siglip")
+    with pytest.raises(ValueError, match="unknown CLIP model"):
+        family.check("ViT-B-33", "")
+    with pytest.raises(ValueError, match="unknown embedder family"):
+        load_embedder("siglip", MODEL, TAG, ClipWeightsSource(kind="random", seed=0))
+
+
+def test_family_builds_what_build_clip_builds(clip, state, photos):
+    """The seam adds nothing: the family's embedder is ``build_clip``'s, vector for vector."""
+    from models.embedders import TextImageEmbedder, get_embedder_family
+
+    built = get_embedder_family("open_clip").build(MODEL, state, seed=None, pretrained=TAG, device="cpu")
+    assert isinstance(built, TextImageEmbedder) and built.dim == DIM
+    np.testing.assert_array_equal(built.embed_images(photos[:1]), clip.embed_images(photos[:1]))
+    np.testing.assert_array_equal(built.embed_texts(TEXTS[:1]), clip.embed_texts(TEXTS[:1]))
+
+
+def test_identity_names_family_architecture_tag_and_weights():
+    from models.embedders import embedder_identity, parse_identity, weights_id
+
+    sha = "0123456789abcdef" * 4
+    assert weights_id(sha256=sha) == f"sha256:{sha}" and weights_id(seed=3) == "random:seed3"
+    identity = embedder_identity("open_clip", MODEL, TAG, weights_id(sha256=sha))
+    assert identity == f"open_clip:ViT-B-32:laion2b_s34b_b79k@sha256:{sha}"
+    assert parse_identity(identity) == {"family": "open_clip", "model_name": MODEL, "pretrained": TAG, "weights": f"sha256:{sha}"}
+    assert embedder_identity("open_clip", MODEL, "", "random:seed0") == "open_clip:ViT-B-32:@random:seed0"
+    # every part tells embedders apart, even at the same dimension
+    variants = {
+        embedder_identity("open_clip", MODEL, TAG, "random:seed0"),
+        embedder_identity("open_clip", MODEL, TAG, "random:seed1"),
+        embedder_identity("open_clip", MODEL, "openai", "random:seed0"),
+        embedder_identity("open_clip", "ViT-B-16", TAG, "random:seed0"),
+        embedder_identity("open_clip", MODEL, TAG, f"sha256:{sha}"),
+    }
+    assert len(variants) == 5
+    for bad in (("siglip", MODEL, TAG, "random:seed0"), ("open_clip", "a:b", TAG, "random:seed0"),
+                ("open_clip", MODEL, TAG, "random"), ("open_clip", MODEL, TAG, "sha256:XY"), ("open_clip", "", TAG, "random:seed0")):  # fmt: skip
+        with pytest.raises(ValueError):
+            embedder_identity(*bad)
+    for bad in ("open_clip:ViT-B-32", "a:b:c:d@random:seed0", "open_clip:ViT-B-32:x@pretrained"):
+        with pytest.raises(ValueError):
+            parse_identity(bad)
+    with pytest.raises(ValueError):
+        weights_id(sha256=sha, seed=0)
+
+
 # --- weights: checkpoint files ---------------------------------------------------------------
 
 
 def test_load_clip_from_file(clip, state, checkpoint_file, photos):
     loaded = load_clip(ClipSpec(MODEL, TAG), ClipWeightsSource(kind="file", checkpoint=str(checkpoint_file)))
+    assert loaded.identity == f"open_clip:{MODEL}:{TAG}@sha256:{sha256_file(checkpoint_file)}"
     assert isinstance(loaded, LoadedClip)
     assert loaded.weights == "sha256:" + sha256_file(checkpoint_file)
     assert loaded.model_id == "ViT-B-32/laion2b_s34b_b79k"
@@ -413,16 +475,16 @@ def test_pretrained_found_in_cache_offline(hub_offline, clip, state, photos):
 
 @pytest.fixture
 def embedder_replica(clip, monkeypatch):
-    """``Embedder``'s class with ``load_clip`` replaced by one returning the module's model."""
+    """``Embedder``'s class with ``load_embedder`` replaced by one returning the module's model."""
     import deployments.embedder as mod
 
     calls = []
 
-    def fake_load_clip(spec, source, device="cpu"):
-        calls.append((spec, source, device))
-        return LoadedClip(clip, spec.model_id, "random")
+    def fake_load_embedder(family, model_name, pretrained, source, device="cpu"):
+        calls.append(((family, model_name, pretrained), source, device))
+        return LoadedClip(clip, ClipSpec(model_name, pretrained).model_id, "random", RANDOM_ID)
 
-    monkeypatch.setattr(mod, "load_clip", fake_load_clip)
+    monkeypatch.setattr(mod, "load_embedder", fake_load_embedder)
     replica = mod.Embedder.func_or_class(MODEL, TAG, {"kind": "registry", "checkpoint": None, "seed": 0}, device="cpu")
     return replica, calls
 
@@ -430,12 +492,13 @@ def embedder_replica(clip, monkeypatch):
 def test_embedder_init_and_info(embedder_replica):
     replica, calls = embedder_replica
     ((spec, source, device),) = calls
-    assert spec == ClipSpec(MODEL, TAG)
+    assert spec == ("open_clip", MODEL, TAG)  # the registry's default family
     assert source == ClipWeightsSource(kind="pretrained")
     assert device == "cpu"
     assert replica.info() == {
         "model_id": "ViT-B-32/laion2b_s34b_b79k",
         "weights": "random",
+        "identity": RANDOM_ID,
         "device": "cpu",
         "dim": DIM,
     }
@@ -476,3 +539,20 @@ def test_embedder_batch_methods(embedder_replica, clip, photos):
     stats = replica.stats()
     assert (stats["images"], stats["texts"], stats["batches"]) == (len(photos), len(TEXTS), 2)
     assert stats["busy_s"] > 0
+
+
+def test_embed_crops_names_the_embedder(embedder_replica, clip, photos):
+    """Every ``EmbedResult`` carries the identity the retriever checks collections against."""
+    from deployments.contracts import FadeResult
+
+    replica, _ = embedder_replica
+    cls = type(replica)
+
+    async def one(crop):  # @serve.batch for a batch of one, minus the replica context
+        return (await cls.embed_images.__wrapped__(replica, [crop]))[0]
+
+    replica.embed_images = one
+    crops = tuple(np.ascontiguousarray(p[:224, :224]) for p in photos[:2])
+    out = asyncio.run(replica.embed_crops(FadeResult(crops, {"fade": 1.0})))
+    assert (out.embedder, out.weights, out.embeddings.shape) == (RANDOM_ID, "random", (2, DIM))
+    np.testing.assert_allclose(out.embeddings, clip.embed_images(crops), atol=1e-6)

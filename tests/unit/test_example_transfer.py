@@ -28,6 +28,7 @@ from deployments.runtime.example_file import (
     Examples,
     end_line,
     export_lines,
+    header_embedder,
     point_lines,
     read_examples,
 )
@@ -157,7 +158,7 @@ def test_empty_collection_round_trips(store):
     assert body.splitlines()[1:] == [end_line(0).strip()]
     header, examples = read_examples(body.splitlines())
     assert store.import_points("copy", examples, dim=header.dim) == {"imported": 0, "created": True, "dim": 7, "count": 0}
-    assert store.collection_info("copy") == {"dim": 7, "count": 0}
+    assert store.collection_info("copy") == {"dim": 7, "count": 0, "embedder": None}
     with pytest.raises(UnknownCollection):
         next(store.export_points("missing"))
 
@@ -204,6 +205,9 @@ def _lines(*records) -> list[str]:
         ([{**HEADER, "distance": "dot"}], "line 1.distance", "cosine"),
         ([{**HEADER, "collection": "no spaces"}], "line 1.collection", "collection name"),
         ([{**HEADER, "extra": 1}], "line 1.extra", "unknown key"),
+        ([{**HEADER, "embedder": "clip"}], "line 1.embedder", "object or null"),
+        ([{**HEADER, "embedder": {"id": 7}}], "line 1.embedder", "id must be a string"),
+        ([{**HEADER, "embedder": {"id": ""}}], "line 1.embedder", "id must be a string"),
         ([HEADER, {**POINT, "vector": [1.0, 2.0]}], "line 2.vector", "list of 3 numbers"),
         ([HEADER, {**POINT, "vector": [1.0, "2", 3.0]}], "line 2.vector", "finite numbers"),
         ([HEADER, {**POINT, "vector": [1.0, True, 3.0]}], "line 2.vector", "finite numbers"),
@@ -285,7 +289,7 @@ def test_acknowledged_adds_survive_sigkill_of_the_writer(tmp_path):
     assert len(acked) == 20
     with ExampleStore(path=folder) as store:  # opens: the kernel dropped the dead writer's lock
         found = by_id(store, "c")
-        assert store.collection_info("c") == {"dim": 16, "count": 20}
+        assert store.collection_info("c") == {"dim": 16, "count": 20, "embedder": None}
     assert set(found) == {a["id"] for a in acked}
     rng = np.random.default_rng(5)  # the child's vectors, drawn again
     given = [rng.standard_normal((1, 16)).astype(np.float32)[0] for _ in range(20)]
@@ -318,3 +322,36 @@ def test_a_writer_killed_mid_import_leaves_whole_points_and_a_rerun_completes(tm
         _, examples = read_examples(body.splitlines())
         assert store.import_points("c", examples)["count"] == N  # the rerun completes, no duplicates
         assert by_id(store, "c").keys() == want.keys()
+
+
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("embedder", "identity"),
+    [
+        ({"id": f"open_clip:ViT-B-32:laion2b_s34b_b79k@sha256:{SHA}", "model_id": "x", "weights": "y"},
+         f"open_clip:ViT-B-32:laion2b_s34b_b79k@sha256:{SHA}"),
+        ({"id": "another_family:m:@w"}, "another_family:m:@w"),  # compared as a string, never parsed
+        # files written before identities: open_clip was the only family, a sha256 names the weights
+        ({"model_id": "ViT-B-32/laion2b_s34b_b79k", "weights": f"sha256:{SHA}"},
+         f"open_clip:ViT-B-32:laion2b_s34b_b79k@sha256:{SHA}"),
+        ({"model_id": "ViT-B-32", "weights": f"sha256:{SHA}"}, f"open_clip:ViT-B-32:@sha256:{SHA}"),
+        ({"model_id": "ViT-B-32/laion2b_s34b_b79k", "weights": "random"}, None),  # which seed? unknown
+        ({"model_id": "ViT-B-32/laion2b_s34b_b79k", "weights": "pretrained"}, None),
+        (None, None),
+    ],
+)  # fmt: skip
+def test_header_embedder_id(embedder, identity):
+    header, _ = read_examples(_lines({**HEADER, "embedder": embedder}, {"type": "end", "points": 0}))
+    assert header.embedder_id == identity
+
+
+def test_header_embedder_round_trips_the_identity():
+    for identity, weights in ((f"open_clip:ViT-B-32:laion2b_s34b_b79k@sha256:{SHA}", f"sha256:{SHA}"),
+                              ("open_clip:ViT-B-32:laion2b_s34b_b79k@random:seed3", "random")):  # fmt: skip
+        embedder = header_embedder(identity)
+        assert embedder == {"id": identity, "model_id": "ViT-B-32/laion2b_s34b_b79k", "weights": weights}
+        body = b"".join(export_lines(ExampleHeader("c", 3, embedder), []))
+        assert read_examples(body.splitlines())[0].embedder_id == identity
+    assert header_embedder("x:y:z@w") == {"id": "x:y:z@w"}

@@ -53,6 +53,24 @@ def test_examples_then_predict_and_text(pipe, truck_rgb):
     assert 1 <= len(ranked) <= 2 and ranked[0]["text_score"] >= ranked[-1]["text_score"]
 
 
+def test_examples_of_another_embedder_are_refused(pipe, truck_rgb):
+    """The in-process API names its embedder to the store: a collection another embedder made refuses
+    its examples, even at the same dimension."""
+    from deployments.errors import EmbedderMismatch
+
+    ours, theirs = "open_clip:ViT-B-32:@random:seed0", "open_clip:ViT-B-32:@random:seed1"
+    local = LocalPipeline(pipe.encoder, pipe.decoder, pipe.embedder, pipe.store, amg=pipe.amg, embedder_id=ours)
+    image = np.ascontiguousarray(truck_rgb[300:556, 100:356])  # small: the fade's cost is per pixel
+    mask = np.zeros(image.shape[:2], bool)
+    mask[50:200, 30:220] = True
+    local.add_example(image, "truck", mask=mask, collection="mine")
+    assert pipe.store.embedder("mine") == ours
+    pipe.store.add("theirs", np.ones((1, pipe.embedder.dim), np.float32), ["x"], embedder=theirs)
+    with pytest.raises(EmbedderMismatch, match="seed1"):
+        local.add_example(image, "truck", mask=mask, collection="theirs")
+    assert pipe.store.counts("theirs") == {"x": 1}  # (predict's search passes embedder_id the same way)
+
+
 def test_needs_embedder_and_store(truck_rgb, pipe):
     bare = LocalPipeline(pipe.encoder, pipe.decoder)
     with pytest.raises(ValueError, match="embedder and a store"):

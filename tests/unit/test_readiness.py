@@ -14,7 +14,7 @@ def _answers(weights: str = "sha256:ab", clip_weights: str = "sha256:cd", video:
     answers = [
         sam2,
         {**sam2, "device": "cuda"},
-        {"model_id": "ViT-B-32/laion2b_s34b_b79k", "weights": clip_weights, "device": "cpu", "dim": 512},
+        {"model_id": "ViT-B-32/laion2b_s34b_b79k", "weights": clip_weights, "device": "cpu", "dim": 512, "identity": "open_clip:x"},
         {"backend": "local", "collections": []},
         {"jobs": 0},
     ]
@@ -28,7 +28,7 @@ def test_ready_when_every_stage_answers_with_the_same_weights():
     assert status == 200
     assert body["status"] == "ready" and body["weights"] == "sha256:ab" and body["model_id"] == "sam2.1_hiera_tiny"
     assert body["devices"] == {"encoder": "cpu", "decoder": "cuda", "embedder": "cpu", "video": "cpu"}
-    assert body["embedder"] == {"model_id": "ViT-B-32/laion2b_s34b_b79k", "weights": "sha256:cd", "dim": 512}
+    assert body["embedder"] == {"model_id": "ViT-B-32/laion2b_s34b_b79k", "weights": "sha256:cd", "dim": 512, "id": "open_clip:x"}
     assert body["retriever"] == {"backend": "local"} and body["accel"]["decoder"] == ACCEL
     assert "warnings" not in body
 

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from ray.exceptions import ActorDiedError
 
+from deployments.errors import EmbedderMismatch
 from deployments.runtime.example_file import ExampleHeader, Examples, read_examples
 from serve_app.ingress.errors import ApiError
-from serve_app.ingress.example_transfer import embedder_warnings, export_stream, store_example
+from serve_app.ingress.example_transfer import check_file_embedder, export_stream, service_embedder, store_example
 from serve_app.ingress.http import stage_errors
 
 
@@ -98,8 +99,25 @@ def test_export_asks_a_page_again_after_a_death_and_reports_other_failures():
     assert len(lines) == 4  # header, 2 points, the error: no end line, so the file reads as truncated
 
 
-def test_embedder_warnings():
-    ours = {"model_id": "ViT-B-32/laion2b_s34b_b79k", "weights": "pretrained"}
-    assert embedder_warnings(ours, dict(ours)) == [] and embedder_warnings(None, ours) == [] and embedder_warnings(ours, None) == []
-    [warning] = embedder_warnings({**ours, "weights": "random"}, ours)
-    assert "random weights" in warning and "pretrained weights" in warning
+def test_check_file_embedder():
+    ours = "open_clip:ViT-B-32:laion2b_s34b_b79k@random:seed0"
+    theirs = "open_clip:ViT-B-32:laion2b_s34b_b79k@random:seed1"  # same architecture and dimension
+    check_file_embedder(ExampleHeader("c", 512, {"id": ours}), ours)
+    for embedder, named in (({"id": theirs}, theirs), (None, "does not say"), ({"model_id": "m", "weights": "random"}, "does not say")):
+        with pytest.raises(EmbedderMismatch) as info:
+            check_file_embedder(ExampleHeader("c", 512, embedder), ours)
+        err = info.value
+        assert (err.status, err.code, err.field) == (409, "embedder_mismatch", "line 1.embedder")
+        assert ours in err.message and named in err.message
+
+
+def test_service_embedder_unavailable_is_a_503():
+    class Slow:
+        class info:
+            @staticmethod
+            async def remote():
+                await asyncio.sleep(1)
+
+    with pytest.raises(ApiError) as info:
+        asyncio.run(service_embedder(Slow(), timeout_s=0.01))
+    assert (info.value.status, info.value.code) == (503, "unavailable")

@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.errors import DimensionMismatch, UnknownCollection
+from deployments.errors import DimensionMismatch, EmbedderMismatch, UnknownCollection
+from deployments.runtime.example_file import Examples
 from deployments.runtime.store_checks import StoreError
-from deployments.runtime.vectorstore import ExampleStore
+from deployments.runtime.vectorstore import EMBEDDER_KEY, ExampleStore
+from models.embedders import embedder_identity
 from models.knn import brute_force_knn
 
 SEED = 1234
@@ -117,7 +119,7 @@ def test_congruence_between_backends(other, coll, data, tmp_path):
                 assert [n.label for n in na] == [n.label for n in nb_]
                 np.testing.assert_allclose([n.score for n in na], [n.score for n in nb_], atol=1e-6)
             assert a.counts(coll) == b.counts(coll)
-            assert a.collection_info(coll) == b.collection_info(coll) == {"dim": DIM, "count": N}
+            assert a.collection_info(coll) == b.collection_info(coll) == {"dim": DIM, "count": N, "embedder": None}
         finally:
             if b.backend == "server":
                 b._client.delete_collection(coll)
@@ -129,7 +131,7 @@ def test_counts_per_label(store, coll):
     store.add(coll, rng.standard_normal((6, 8)).astype(np.float32), ["b", "a", "b", " c ", "b", "a"])
     assert store.counts(coll) == {"a": 2, "b": 3, "c": 1}  # labels are stripped
     assert list(store.counts(coll)) == ["a", "b", "c"]
-    assert store.collection_info(coll) == {"dim": 8, "count": 6}
+    assert store.collection_info(coll) == {"dim": 8, "count": 6, "embedder": None}
     assert coll in store.collections()
 
 
@@ -199,10 +201,79 @@ def test_dimension_mismatch_leaves_collection_untouched(store, coll):
     with pytest.raises(DimensionMismatch, match="16-d"):
         store.search(coll, rng.standard_normal((1, 32)).astype(np.float32), top_k=1)
     assert isinstance(DimensionMismatch("x"), ValueError)
-    assert store.collection_info(coll) == {"dim": 16, "count": 4}
+    assert store.collection_info(coll) == {"dim": 16, "count": 4, "embedder": None}
     assert store.counts(coll) == {"a": 4}
     store.ensure_collection(coll, 16)  # same dimension: a no-op
     assert store.collection_info(coll)["count"] == 4
+
+
+# two embedders of the same architecture and dimension: only their random weights' seeds differ
+EMB_A = embedder_identity("open_clip", "ViT-B-32", "laion2b_s34b_b79k", "random:seed0")
+EMB_B = embedder_identity("open_clip", "ViT-B-32", "laion2b_s34b_b79k", "random:seed1")
+
+
+def test_another_embedder_at_the_same_dimension_is_refused(store, coll):
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((6, 16)).astype(np.float32)
+    store.add(coll, x[:4], ["a"] * 4, embedder=EMB_A)
+    assert store.embedder(coll) == EMB_A and store.collection_info(coll)["embedder"] == EMB_A
+    refusals = (
+        lambda: store.add(coll, x[4:], ["b", "b"], embedder=EMB_B),
+        lambda: store.import_points(coll, Examples([str(uuid.uuid4())], x[4:5], ["b"], [{}]), embedder=EMB_B),
+        lambda: store.ensure_collection(coll, 16, EMB_B),
+        lambda: store.search(coll, x[4:], top_k=2, embedder=EMB_B),
+    )
+    for call in refusals:
+        with pytest.raises(EmbedderMismatch) as info:
+            call()
+        err = info.value
+        assert (err.status, err.code, err.field) == (409, "embedder_mismatch", "collection")
+        assert EMB_A in err.message and EMB_B in err.message
+    assert store.counts(coll) == {"a": 4} and store.embedder(coll) == EMB_A  # untouched
+    store.add(coll, x[4:5], ["b"], embedder=EMB_A)  # its own embedder: stored
+    store.import_points(coll, Examples([str(uuid.uuid4())], x[5:6], ["b"], [{}]), embedder=EMB_A)
+    assert store.search(coll, x[:1], top_k=1, embedder=EMB_A)[0][0].score == pytest.approx(1.0, abs=1e-5)
+    assert store.counts(coll) == {"a": 4, "b": 2}
+    # a new collection from an import records the importer's embedder
+    store.import_points(coll + "-i", Examples([str(uuid.uuid4())], x[:1], ["a"], [{}]), embedder=EMB_B)
+    assert store.embedder(coll + "-i") == EMB_B
+    with pytest.raises(EmbedderMismatch):
+        store.add(coll + "-i", x[:1], ["a"], embedder=EMB_A)
+
+
+def test_a_collection_without_embedder_adopts_the_next_writers(store, coll, caplog):
+    """Collections made before embedders were recorded (or by calls naming none) take the first that
+    names one, with one log line; from then on another is refused."""
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    store.add(coll, x[:1], ["a"])
+    assert store.embedder(coll) is None
+    store.search(coll, x[:1], top_k=1, embedder=EMB_B)  # a read adopts nothing
+    assert store.embedder(coll) is None
+    with caplog.at_level("INFO", logger="samgraph.deployments"):
+        store.add(coll, x[1:2], ["a"], embedder=EMB_A)
+        store.add(coll, x[2:3], ["a"], embedder=EMB_A)
+    assert [r.getMessage() for r in caplog.records if "adopting" in r.getMessage()] == [
+        f"collection '{coll}' records no embedder (an older collection): adopting {EMB_A}"
+    ]
+    assert store.embedder(coll) == EMB_A
+    with pytest.raises(EmbedderMismatch):
+        store.add(coll, x[:1], ["a"], embedder=EMB_B)
+    assert store.counts(coll) == {"a": 3}
+
+
+def test_recorded_embedder_survives_reopen(tmp_path):
+    """The record is Qdrant collection metadata: the embedded engine keeps it in its folder."""
+    folder = tmp_path / "qdrant"
+    with ExampleStore(path=folder) as first:
+        first.add("old", np.ones((1, 4), np.float32), ["a"])
+        first.add("pets", np.ones((1, 4), np.float32), ["a"], embedder=EMB_A)
+        first.add("old", np.ones((1, 4), np.float32), ["a"], embedder=EMB_B)  # adopted
+    with ExampleStore(path=folder) as second:
+        assert (second.embedder("pets"), second.embedder("old")) == (EMB_A, EMB_B)
+        assert second._client.get_collection("pets").config.metadata == {EMBEDDER_KEY: EMB_A}
+        with pytest.raises(EmbedderMismatch):
+            second.add("pets", np.ones((1, 4), np.float32), ["a"], embedder=EMB_B)
 
 
 def test_unknown_collection(store, coll):
@@ -299,7 +370,7 @@ def test_persistence_across_reopen(tmp_path, data):
     with ExampleStore(path=str(folder)) as second:
         assert second.collections() == ["pets"]
         assert second.counts("pets") == counts
-        assert second.collection_info("pets") == {"dim": DIM, "count": N}
+        assert second.collection_info("pets") == {"dim": DIM, "count": N, "embedder": None}
         assert_same_neighbors(second.search("pets", queries, top_k=TOP_K), found)
 
 
@@ -381,8 +452,8 @@ class CountingStore:
         self.store = store
         self.calls: list[tuple[str, int, int]] = []
 
-    def dimension(self, name):
-        return self.store.dimension(name)
+    def vector_space(self, name):
+        return self.store.vector_space(name)
 
     def search(self, collection, queries, top_k):
         self.calls.append((collection, len(queries), top_k))
@@ -431,6 +502,40 @@ def test_retriever_errors_stay_with_their_job(retriever_module, data):
         assert isinstance(results[5], ValueError)
         assert_same_neighbors(results[0], s.search("pets", queries[:2], 3))
         assert_same_neighbors(results[6], s.search("pets", queries[2:3], 3))
+
+
+def test_retriever_refuses_queries_of_another_embedder(retriever_module, data):
+    """``/v1/predict``'s path: the embedder's ``EmbedResult`` names its identity, and a job whose queries
+    another embedder made than the collection's gets ``EmbedderMismatch``; the rest of its group is searched."""
+    import asyncio
+
+    SearchJob, run_search_jobs = retriever_module.SearchJob, retriever_module.run_search_jobs
+    vectors, labels, queries = data
+    with ExampleStore(in_memory=True) as s:
+        s.add("pets", vectors, labels, embedder=EMB_A)
+        jobs = [SearchJob("pets", queries[:2], 3, EMB_B), SearchJob("pets", queries[2:3], 3, EMB_A)]
+        results = run_search_jobs(s, jobs)
+        assert isinstance(results[0], EmbedderMismatch) and EMB_B in results[0].message
+        assert_same_neighbors(results[1], s.search("pets", queries[2:3], 3))
+
+        from deployments.contracts import EmbedResult
+
+        r = retriever_module.Retriever.func_or_class.__new__(retriever_module.Retriever.func_or_class)
+        r._store = s
+
+        async def unbatched(job):  # @serve.batch for a batch of one, minus the replica context
+            return run_search_jobs(s, [job])[0]
+
+        r.search = unbatched
+        theirs = EmbedResult(queries[:1], "random", {}, EMB_B)
+        with pytest.raises(EmbedderMismatch):
+            asyncio.run(r.knn_chain("pets", theirs, 3))
+        with pytest.raises(EmbedderMismatch):
+            asyncio.run(r.add_chain("pets", theirs, ["cat"]))
+        ours = EmbedResult(queries[:1], "random", {}, EMB_A)
+        assert len(asyncio.run(r.knn_chain("pets", ours, 3)).neighbors[0]) == 3
+        assert len(asyncio.run(r.add_chain("pets", ours, ["cat"]))) == 1
+        assert s.collection_info("pets")["count"] == N + 1
 
 
 def test_retriever_batch_method_and_knn_reraise(retriever_module, data, tmp_path):

@@ -16,14 +16,20 @@ from fastapi.responses import StreamingResponse
 
 from deployments.contracts import DecodeJob
 from deployments.errors import InputError
-from deployments.runtime.example_file import MEDIA_TYPE, ExampleHeader, read_examples
+from deployments.runtime.example_file import MEDIA_TYPE, ExampleHeader, header_embedder, read_examples
 from deployments.runtime.store_checks import check_collection_name
 from models.masks import decode_rle, rle_area, rle_bbox_xyxy
 from serve_app.ingress import request_examples as ex
 from serve_app.ingress import responses as out
 from serve_app.ingress.context import Context
 from serve_app.ingress.errors import ApiError
-from serve_app.ingress.example_transfer import embedder_warnings, export_stream, retry_if_replica_died, store_example
+from serve_app.ingress.example_transfer import (
+    check_file_embedder,
+    export_stream,
+    retry_if_replica_died,
+    service_embedder,
+    store_example,
+)
 from serve_app.ingress.http import parse_body, read_body, request_id, stage_errors
 from serve_app.ingress.openapi import DescribedRouter
 from serve_app.ingress.params import (
@@ -128,7 +134,10 @@ async def export_examples(request: Request, ctx: Context, collection: Collection
     """The collection as an examples file (NDJSON: header, one line per example, end), streamed page by
     page. See docs/http-api.md, "Export and import"."""
     info = await ctx.collection(collection)
-    header = ExampleHeader(collection, info["dim"], await ctx.embedder_id())
+    # the embedder the collection records; one made before collections recorded it: the service's (the
+    # embedder its next write would adopt)
+    identity = info.get("embedder") or (await service_embedder(ctx.embedder, ctx.args.readiness_timeout_s))["identity"]
+    header = ExampleHeader(collection, info["dim"], header_embedder(identity))
     lines = export_stream(ctx.retriever, header, request_id(request))
     disposition = {"Content-Disposition": f'attachment; filename="{collection}.examples.jsonl"'}
     return StreamingResponse(lines, media_type=MEDIA_TYPE, headers=disposition)
@@ -142,7 +151,8 @@ async def export_examples(request: Request, ctx: Context, collection: Collection
 async def import_examples(request: Request, ctx: Context, collection: TargetCollectionQuery = None) -> dict:
     """Upsert an examples file (``application/x-ndjson``, at most ``limits.max_import_bytes``) into
     ``collection`` (default: the file's) under the file's ids: importing twice stores each example once.
-    Everything is checked before anything is written (4xx naming ``line N.<key>``)."""
+    Everything is checked before anything is written (4xx naming ``line N.<key>``); vectors of another
+    embedder than the service's, or of an unknown one, are a 409 ``embedder_mismatch``."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != MEDIA_TYPE:
         raise ApiError(415, "unsupported_media_type", f"send the examples file as {MEDIA_TYPE}")
@@ -150,13 +160,14 @@ async def import_examples(request: Request, ctx: Context, collection: TargetColl
     header, examples = await asyncio.to_thread(read_examples, body.splitlines())
     del body
     target = check_collection_name(header.collection if collection is None else collection)
+    identity = (await service_embedder(ctx.embedder, ctx.args.readiness_timeout_s))["identity"]
+    check_file_embedder(header, identity)
     result = await retry_if_replica_died(
-        lambda _: ctx.retriever.import_points.remote(target, examples, header.dim),
+        lambda _: ctx.retriever.import_points.remote(target, examples, header.dim, identity),
         "import examples",
         request_id(request),
     )
-    warnings = embedder_warnings(header.embedder, await ctx.embedder_id())
-    return {"collection": target, **result, **({"warnings": warnings} if warnings else {})}
+    return {"collection": target, **result}
 
 
 @router.delete("/v1/examples/{example_id}", **router.route_spec(out.ExampleDeleted, 404, 422, 503))
