@@ -78,7 +78,9 @@ def build_app(args: dict | None = None) -> serve.Application:
     crop = {"context_margin": cfg.fader.context_margin, "output_size": cfg.fader.output_size}
     fader = Fader.bind(cfg.fader.strategy, cfg.fader.params, crop)
     clip = cfg.clip
-    embedder = Embedder.bind(clip.model_name, clip.pretrained, ready.clip.as_dict(), clip.device, clip.torch_threads)
+    embedder = Embedder.bind(
+        clip.model_name, clip.pretrained, ready.clip.as_dict(), clip.device, clip.torch_threads, clip.family
+    )
     retriever = Retriever.bind(**ready.store)
     v, tracked = cfg.video, cfg.video_model()
     video_settings = {"offload_video_to_cpu": v.offload_video_to_cpu, "offload_state_to_cpu": v.offload_state_to_cpu}

@@ -104,9 +104,20 @@ class CacheArgs(BaseModel):
 
 
 class ClipArgs(StageArgs):
-    """The embedder: an open_clip model and pretrained tag; weights unset -> ``SAMGRAPH_WEIGHTS`` /
-    ``SAMGRAPH_CLIP_CHECKPOINT`` (``pretrained`` is open_clip's own download)."""
+    """The embedder: its family (:data:`models.embedders.EMBEDDERS`; ``open_clip`` is the one shipped), an
+    architecture and pretrained tag; weights unset -> ``SAMGRAPH_WEIGHTS`` / ``SAMGRAPH_CLIP_CHECKPOINT``
+    (``pretrained`` is open_clip's own download)."""
 
+    family: str = "open_clip"
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        from models.embedders import EMBEDDERS
+
+        if v not in EMBEDDERS:
+            raise ValueError(f"unknown embedder family {v!r}; valid families: {', '.join(EMBEDDERS)}")
+        return v
     model_name: str = "ViT-B-32"
     pretrained: str = "laion2b_s34b_b79k"
     weights: Literal["pretrained", "file", "random"] | None = None

@@ -15,7 +15,6 @@ by reference with the app. A test without Ray gives the routes another one with
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -172,13 +171,6 @@ class IngressContext:
             )
         return info
 
-    async def embedder_id(self) -> dict | None:
-        """``{"model_id", "weights"}`` of the service's embedder, or None when it does not answer in time."""
-        try:
-            info = await asyncio.wait_for(self.embedder.info.remote(), timeout=self.args.readiness_timeout_s)
-        except Exception:
-            return None
-        return {"model_id": info["model_id"], "weights": info["weights"]}
 
 
 async def ingress_context() -> IngressContext:

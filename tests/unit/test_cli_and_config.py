@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from deployments.runtime.replica import set_torch_threads
 from deployments.runtime.serve_batching import check_batch_config
-from models.registry import list_models
+from models.registry import get_model_spec, list_models
 from serve_app.cli.flags import build_prompts, parse_box, parse_point
 from serve_app.cli.main import make_parser
 from serve_app.config import AppArgs
@@ -256,16 +256,30 @@ def _samgraph_app(cfg: dict) -> dict:
     return apps[0]
 
 
-@pytest.mark.parametrize("name", ["serve.yaml", "serve.gpu.yaml"])
+CONFIGS = ["serve.yaml", "serve.gpu.yaml", "serve.sam3.yaml"]
+
+
+def _app_deployments(args: AppArgs) -> set[str]:
+    """The deployment names ``build_app`` makes for ``args`` (each served model's encoder and decoder; the
+    video segmenter only with a video model)."""
+    from serve_app.app import stage_names
+
+    names = {"Ingress", "Fader", "Embedder", "Retriever"}
+    for i, m in enumerate(args.served_models()):
+        names.update(stage_names(i, m.model_id))
+    return names | ({"VideoSegmenter"} if args.video_model() is not None else set())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
 def test_shipped_config_valid(name):
+    """Every shipped config's args validate, and it sizes exactly the deployments build_app makes."""
     cfg = _config(name)
     app = _samgraph_app(cfg)
     args = AppArgs.model_validate(app.get("args") or {})
-    assert args.model_id in list_models("sam2")
+    assert all(get_model_spec(m.model_id) for m in args.served_models())
     deployments = app.get("deployments") or []
     names = [d["name"] for d in deployments]
-    assert names, "no deployments configured"
-    assert set(names) <= DEPLOYMENTS, f"unknown deployments {set(names) - DEPLOYMENTS}"
+    assert set(names) == _app_deployments(args), f"sized {sorted(names)}, built {sorted(_app_deployments(args))}"
     assert len(names) == len(set(names))
     for d in deployments:
         if "user_config" in d:
@@ -279,13 +293,15 @@ def _max_replicas(d: dict) -> int:
     return int(d.get("num_replicas", 1))
 
 
-def test_cpu_config_fits_two_cores():
-    app = _samgraph_app(_config("serve.yaml"))
+@pytest.mark.parametrize("name", ["serve.yaml", "serve.sam3.yaml"])
+def test_cpu_config_fits_two_cores(name):
+    app = _samgraph_app(_config(name))
     args = AppArgs.model_validate(app["args"])
-    assert args.encoder.device == "cpu" and args.decoder.device == "cpu" and args.video.device == "cpu"
+    assert all(m.encoder.device == "cpu" and m.decoder.device == "cpu" for m in args.served_models())
+    assert args.video.device == "cpu" or args.video_model() is None
     deployments = app["deployments"]
     cpus = {d["name"]: float(d["ray_actor_options"]["num_cpus"]) for d in deployments}
-    assert set(cpus) == DEPLOYMENTS
+    assert set(cpus) == _app_deployments(args)
     for name, n in cpus.items():
         assert 0 < n <= 1, f"{name} num_cpus {n}"
     total = sum(float(d["ray_actor_options"]["num_cpus"]) * _max_replicas(d) for d in deployments)
@@ -297,10 +313,13 @@ def test_cpu_config_fits_two_cores():
 ONE_REPLICA = {
     "serve.yaml": {"Retriever", "ImageEncoder", "VideoSegmenter"},
     "serve.gpu.yaml": {"Retriever"},
+    # SAM 3's encoder and decoder take both cores for minutes per image; one Fader and Embedder suffice
+    # for MobileSAM's text ranking
+    "serve.sam3.yaml": {"Retriever", "ImageEncoder", "MaskDecoder", "ImageEncoder_mobile_sam", "Fader", "Embedder"},
 }
 
 
-@pytest.mark.parametrize("name", ["serve.yaml", "serve.gpu.yaml"])
+@pytest.mark.parametrize("name", CONFIGS)
 def test_shipped_config_bounds_queues_and_replicas(name):
     """Bounded queues everywhere; the stateless ingress and the stages that can scale autoscale."""
     from ray.serve.config import AutoscalingConfig, BackpressureConfig
@@ -335,16 +354,22 @@ def test_cpu_config_scales_some_stages_on_two_cores():
     assert scaling == {"Ingress", "MaskDecoder", "Fader", "Embedder"}
 
 
-@pytest.mark.parametrize("name", ["serve.yaml", "serve.gpu.yaml"])
+@pytest.mark.parametrize("name", CONFIGS)
 def test_decoder_routes_by_image_with_strict_affinity(name):
-    """Calls about an image reach its owner: the MaskDecoder deploys Serve's consistent-hash router, with
-    no fallback replica (an owner at capacity answers 503 instead of another replica encoding again)."""
+    """Calls about an image reach its owner: every model's MaskDecoder deploys Serve's consistent-hash
+    router, with no fallback replica (an owner at capacity answers 503 instead of another replica encoding
+    again)."""
     from ray.serve.config import RequestRouterConfig
 
-    decoder = next(d for d in _samgraph_app(_config(name))["deployments"] if d["name"] == "MaskDecoder")
     from deployments.decoder import IMAGE_AFFINITY
 
-    router = RequestRouterConfig.model_validate(decoder["request_router_config"])
+    decoders = [d for d in _samgraph_app(_config(name))["deployments"] if d["name"].startswith("MaskDecoder")]
+    assert decoders
+    for decoder in decoders:
+        _check_image_affinity(RequestRouterConfig.model_validate(decoder["request_router_config"]), IMAGE_AFFINITY)
+
+
+def _check_image_affinity(router, IMAGE_AFFINITY) -> None:
     assert router.request_router_class == "deployments.runtime.affinity.KeyAffinityRouter"
     assert router.request_router_kwargs == {"num_fallback_replicas": 0}
     assert (router.request_router_class, router.request_router_kwargs) == (

@@ -26,7 +26,13 @@ from serve_app.ingress.schemas import PredictRequest
 router = DescribedRouter()
 
 
-@router.post("/v1/predict", **router.body_spec(PredictRequest, ok=out.PredictResponse, examples=ex.PREDICT_EXAMPLES))
+PREDICT_ERRORS = (400, 404, 409, 413, 415, 422, 503)  # 409: the collection holds another embedder's vectors
+
+
+@router.post(
+    "/v1/predict",
+    **router.body_spec(PredictRequest, ok=out.PredictResponse, errors=PREDICT_ERRORS, examples=ex.PREDICT_EXAMPLES),
+)
 @stage_errors
 async def predict(request: Request, ctx: Context) -> dict:
     """Every object in the image, labelled by its nearest labelled examples in a collection
