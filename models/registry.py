@@ -13,6 +13,15 @@ Source of the digests and sizes: the checksums pinned for the same 092824 URLs b
 (``micro_sam/v2/util.py``, ``HASHES``) and by Intel's geti-instant-learn (``utils/constants.py``,
 ``sha_sum``), which agree with each other; the Hugging Face mirrors ``facebook/sam2.1-hiera-*`` serve
 byte-identical files.
+
+SAM 3 (:mod:`models.sam3`, through Hugging Face ``transformers``):
+
+``sam3`` is ``facebook/sam3`` on the hub (gated: accept the licence, then ``HF_TOKEN``), the transformers
+layout of ``Sam3VideoModel`` (``detector_model.*``, ``tracker_model.*``, ``tracker_neck.*``). No published
+SHA-256 of its ``model.safetensors`` was found (the hub's LFS pointer holds one; it is not in any source we
+could read), so ``sha256`` is None and the file's digest is recorded when it is loaded. ``sam3-tiny`` is an
+architecture only: no weights were released (``url`` is empty); it runs with seeded random weights, for tests
+and CPU smoke runs.
 """
 
 from __future__ import annotations
@@ -72,12 +81,38 @@ MODELS: dict[str, ModelSpec] = {
             size_bytes=898_083_611,
             params_m=224.4,
         ),
+        ModelSpec(
+            family="sam3",
+            name="sam3",
+            config="sam3_video",
+            url="https://huggingface.co/facebook/sam3/resolve/main/model.safetensors",
+            sha256=None,
+            size_bytes=None,
+            params_m=840.0,
+            image_size=1008,
+            file_format="safetensors",
+            gated=True,
+            source="huggingface.co/facebook/sam3 (gated; transformers Sam3VideoModel layout); no published digest",
+        ),
+        ModelSpec(
+            family="sam3",
+            name="sam3-tiny",
+            config="sam3_video_tiny",
+            url="",
+            sha256=None,
+            size_bytes=None,
+            params_m=2.2,
+            image_size=224,
+            file_format="safetensors",
+            source="models/sam3.py tiny architecture: no released weights, seeded random weights only",
+        ),
     )
 }
 
 #: The family of each name used in :data:`MODELS`: ``"module:Class"``, imported on first use.
 FAMILIES: dict[str, str] = {
     "sam2": "models.sam2_family:Sam2Family",
+    "sam3": "models.sam3:Sam3Family",
 }
 
 #: The model served when a config names none.
