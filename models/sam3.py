@@ -123,7 +123,12 @@ def _tiny_config_dict() -> dict:
         "model_type": "sam3_tracker_video",
         "vision_config": vision,
         "prompt_encoder_config": {"hidden_size": hidden, "image_size": side, "patch_size": _PATCH},
-        "mask_decoder_config": {"hidden_size": hidden, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": hidden},
+        "mask_decoder_config": {
+            "hidden_size": hidden,
+            "mlp_dim": 64,
+            "num_attention_heads": 2,
+            "iou_head_hidden_dim": hidden,
+        },
         "memory_attention_hidden_size": hidden,
         "memory_attention_num_layers": 1,
         "memory_attention_feed_forward_hidden_size": 64,
@@ -196,7 +201,7 @@ def build_sam3_model(
     return model.to(device).eval()
 
 
-#: The changes :func:`non_vacuous_heads` makes: state-dict key -> (scale of the tensor, or None; value to fill, or None).
+#: What :func:`non_vacuous_heads` changes: state-dict key -> (scale of the tensor or None, value to fill or None).
 NON_VACUOUS_HEADS: dict[str, tuple[float | None, float | None]] = {
     "detector_model.dot_product_scoring.query_proj.weight": (100.0, None),
     "detector_model.detr_decoder.presence_head.layer3.bias": (None, 10.0),
@@ -453,11 +458,16 @@ class Sam3MaskDecoder:
         zeros = Sam3Features(
             detector_fpn=tuple(np.zeros((c, g * k, g * k), np.float32) for k in (4, 2, 1)),  # type: ignore[arg-type]
             tracker_embed=np.zeros((c, g, g), np.float32),
-            tracker_high_res=(np.zeros((c // 8, 4 * g, 4 * g), np.float32), np.zeros((c // 4, 2 * g, 2 * g), np.float32)),
+            tracker_high_res=(
+                np.zeros((c // 8, 4 * g, 4 * g), np.float32),
+                np.zeros((c // 4, 2 * g, 2 * g), np.float32),
+            ),
             orig_hw=(self.image_size, self.image_size),
         )
         s = self.image_size / 2
-        self.predict(zeros, PromptSpec(point_coords=np.array([[s, s]], np.float32), point_labels=np.ones(1, np.int32)), True)
+        self.predict(
+            zeros, PromptSpec(point_coords=np.array([[s, s]], np.float32), point_labels=np.ones(1, np.int32)), True
+        )
 
     # ------------------------------------------------------------------------------------ clicks and boxes
     def _scale(self, xy: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
@@ -486,8 +496,11 @@ class Sam3MaskDecoder:
             labels = -torch.ones(b, 1, 1, dtype=torch.int32, device=embed.device)
         if masks is not None and masks.shape[-2:] != self.tracker.prompt_encoder.mask_input_size:
             masks = F.interpolate(
-                masks.float(), size=self.tracker.prompt_encoder.mask_input_size, mode="bilinear",
-                align_corners=False, antialias=True,
+                masks.float(),
+                size=self.tracker.prompt_encoder.mask_input_size,
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
             )
         sparse, dense = self.tracker.prompt_encoder(
             input_points=points, input_labels=labels, input_boxes=boxes, input_masks=masks
@@ -544,13 +557,20 @@ class Sam3MaskDecoder:
                 points = torch.stack(
                     [self._scale(torch.as_tensor(q.point_coords), f.orig_hw) for q, f in zip(prompts, feats)]
                 )[:, None].to(dev)
-                labels = torch.stack([torch.as_tensor(q.point_labels, dtype=torch.int32) for q in prompts])[:, None].to(dev)
+                labels = torch.stack([torch.as_tensor(q.point_labels, dtype=torch.int32) for q in prompts])[:, None].to(
+                    dev
+                )
             if has_box:
                 boxes = torch.stack(
-                    [self._scale(torch.as_tensor(q.box_xyxy).reshape(2, 2), f.orig_hw).reshape(4) for q, f in zip(prompts, feats)]
+                    [
+                        self._scale(torch.as_tensor(q.box_xyxy).reshape(2, 2), f.orig_hw).reshape(4)
+                        for q, f in zip(prompts, feats)
+                    ]
                 )[:, None].to(dev)
             if has_mask:
-                masks = torch.stack([torch.as_tensor(q.mask_input, dtype=torch.float32) for q in prompts])[:, None].to(dev)
+                masks = torch.stack([torch.as_tensor(q.mask_input, dtype=torch.float32) for q in prompts])[:, None].to(
+                    dev
+                )
             low_res, iou = self._decode(embed, high_res, points, labels, boxes, masks, multimask)
             low_res, iou = low_res[:, 0], iou[:, 0]  # (B, C', 4g, 4g), (B, C')
             for k, (r, p) in enumerate(members):
