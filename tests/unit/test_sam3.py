@@ -238,7 +238,7 @@ def _concept_reference(detector_ref, image, prompt: ConceptPrompt) -> dict:
         out, threshold=prompt.score_thresh, mask_threshold=0.5, target_sizes=[image.shape[:2]]
     )[0]
     order = torch.argsort(res["scores"], descending=True)
-    return {k: v[order].numpy() for k, v in res.items()}
+    return {k: (v[order] > 0 if k == "masks" else v[order]).numpy() for k, v in res.items()}
 
 
 def _assert_same_instances(got, want) -> None:
