@@ -41,6 +41,7 @@ Pure torch/numpy: no file or network I/O (open_clip reads its own packaged vocab
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -392,17 +393,12 @@ def tokenize(texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-_TOKENIZER = None
-
-
+@functools.lru_cache(maxsize=1)
 def _tokenizer():
     """The open_clip tokenizer, made on first use (it reads its packaged vocabulary, about 0.3 s)."""
-    global _TOKENIZER
-    if _TOKENIZER is None:
-        from open_clip.tokenizer import SimpleTokenizer
+    from open_clip.tokenizer import SimpleTokenizer
 
-        _TOKENIZER = SimpleTokenizer(context_length=TEXT_CONTEXT_LENGTH)
-    return _TOKENIZER
+    return SimpleTokenizer(context_length=TEXT_CONTEXT_LENGTH)
 
 
 def box_xyxy_to_cxcywh_normalised(boxes_xyxy: np.ndarray, orig_hw: tuple[int, int]) -> torch.Tensor:
@@ -737,4 +733,4 @@ class Sam3Family(SegmenterFamily):
 
     def feature_nbytes(self, spec: ModelSpec) -> int:
         """132.7 MB at 1008 px (:func:`feature_nbytes`; the tiny model: 0.82 MB at 224 px, FPN width 32)."""
-        return feature_nbytes(spec.image_size, 256 if spec.config == FULL_CONFIG else 32)
+        return feature_nbytes(spec.image_size, sam3_config(spec.config).detector_config.vision_config.fpn_hidden_size)

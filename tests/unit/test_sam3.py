@@ -44,6 +44,17 @@ SAM3_BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d68
 
 
 # ------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model's ops are too small to gain from intra-op threads; on a loaded 2-core machine the
+    thread pool's waiting cost several times the work (the parity test took 26 s with 2 threads, 6 s with 1).
+    The full-size smoke (``slow``) runs with the default threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield threads
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def state() -> dict[str, torch.Tensor]:
     return non_vacuous_heads(build_sam3_model(TINY, seed=SEED).state_dict(), seed=SEED)
@@ -341,6 +352,19 @@ def test_clicks_and_boxes_match_sam3trackermodel(decoder, features, truck, track
         np.testing.assert_allclose(g.predicted_iou, iou, atol=1e-4)
 
 
+def test_prompts_on_several_images_in_one_call(decoder, features):
+    """Prompts of two images grouped into one forward pass answer as each image alone."""
+    click = PromptSpec(point_coords=CLICK, point_labels=np.ones(1, np.int32))
+    box = PromptSpec(box_xyxy=np.array([50, 60, 400, 300], np.float32))
+    together = decoder.predict_batch([DecodeRequest(f, [click, box], True) for f in features])
+    for f, got in zip(features, together):
+        alone = decoder.predict_batch([DecodeRequest(f, [click, box], True)])[0]
+        for a, b in zip(got, alone):
+            assert mask_iou(a.masks[0], b.masks[0]) >= 0.999
+            np.testing.assert_allclose(a.predicted_iou, b.predicted_iou, atol=1e-5)
+    assert np.abs(together[0][0].predicted_iou - together[1][0].predicted_iou).max() > 1e-3  # two images
+
+
 def test_transformers_image_tracker_drops_the_no_memory_embedding(model, decoder, features, truck, tracker_ref):
     """``Sam3TrackerModel(pixel_values=...)`` adds ``no_memory_embedding`` to the 4th FPN level, which it then
     drops: its answer is ours with that embedding at zero, and differs from ours (Meta's) otherwise."""
@@ -389,8 +413,16 @@ def test_decoder_after_dropping_the_image_encoder(family, state, features):
 
 
 # ------------------------------------------------------------------------------------------ full-size smoke
+@pytest.fixture
+def default_threads(one_torch_thread):
+    """The process's own thread count, for the full-size smoke."""
+    torch.set_num_threads(one_torch_thread)
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.mark.slow
-def test_full_size_sam3_random_weights_smoke(family, truck):
+def test_full_size_sam3_random_weights_smoke(family, truck, default_threads):
     """facebook/sam3's architecture (Sam3VideoConfig defaults, 1008 px) with random weights: its keys are the
     hub layout, one encode of truck.jpg and a text prompt; prints the CPU encode time."""
     spec = get_model_spec("sam3")
