@@ -210,6 +210,18 @@ def test_tokenize_ids_and_attention_mask():
     assert mask[2].all() and ids[2, -1] == 49407  # truncated, <end> last
 
 
+def test_padding_ids_do_not_matter(decoder, features):
+    """transformers' ``Sam3Processor`` pads with its CLIP tokenizer's pad token, Meta's tokenizer (and open_clip)
+    with 0: the padded positions are masked everywhere, so the detector answers the same."""
+    ids, mask = tokenize(["truck"])
+    other = torch.where(mask.bool(), ids, torch.full_like(ids, 49407))
+    with torch.inference_mode():
+        a = decoder.detector(vision_embeds=decoder._vision_embeds(features[0], 1), input_ids=ids, attention_mask=mask)
+        b = decoder.detector(vision_embeds=decoder._vision_embeds(features[0], 1), input_ids=other, attention_mask=mask)
+    for name in ("pred_logits", "presence_logits", "pred_boxes", "pred_masks"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-5, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------- encode
 def test_encode_once_serves_both_heads(model, features, truck, cars, tracker_ref):
     """The stored features are the detector's FPN levels 0-2 and the tracker's inputs, from one ViT pass,
