@@ -26,6 +26,15 @@ ChaoningZhang/MobileSAM", ``micro_sam/util.py``, the pooch registry); independen
 digest for the raw file at commits of ChaoningZhang/MobileSAM (f706ad9c, b01a9cce), one of them loading it
 with ``torch.load(weights_only=True)``, and two record its size, 40,728,226 bytes. Not checked here
 against a downloaded copy (the snapshot of the repository lacks the blob's content).
+
+SAM 3 (:mod:`models.sam3`, through Hugging Face ``transformers``):
+
+``sam3`` is ``facebook/sam3`` on the hub (gated: accept the licence, then ``HF_TOKEN``), the transformers
+layout of ``Sam3VideoModel`` (``detector_model.*``, ``tracker_model.*``, ``tracker_neck.*``). No published
+SHA-256 of its ``model.safetensors`` was found (the hub's LFS pointer holds one; it is not in any source we
+could read), so ``sha256`` is None and the file's digest is recorded when it is loaded. ``sam3-tiny`` is an
+architecture only: no weights were released (``url`` is empty); it runs with seeded random weights, for tests
+and CPU smoke runs.
 """
 
 from __future__ import annotations
@@ -97,12 +106,38 @@ MODELS: dict[str, ModelSpec] = {
             checkpoint_key=None,
             source=_MOBILE_SAM_SOURCE,
         ),
+        ModelSpec(
+            family="sam3",
+            name="sam3",
+            config="sam3_video",
+            url="https://huggingface.co/facebook/sam3/resolve/main/model.safetensors",
+            sha256=None,
+            size_bytes=None,
+            params_m=840.0,
+            image_size=1008,
+            file_format="safetensors",
+            gated=True,
+            source="huggingface.co/facebook/sam3 (gated; transformers Sam3VideoModel layout); no published digest",
+        ),
+        ModelSpec(
+            family="sam3",
+            name="sam3-tiny",
+            config="sam3_video_tiny",
+            url="",
+            sha256=None,
+            size_bytes=None,
+            params_m=2.2,
+            image_size=224,
+            file_format="safetensors",
+            source="models/sam3.py tiny architecture: no released weights, seeded random weights only",
+        ),
     )
 }
 
 #: The family of each name used in :data:`MODELS`: ``"module:Class"``, imported on first use.
 FAMILIES: dict[str, str] = {
     "sam2": "models.sam2_family:Sam2Family",
+    "sam3": "models.sam3:Sam3Family",
     "mobile_sam": "models.mobilesam:MobileSamFamily",
 }
 

@@ -83,7 +83,8 @@ class ModelSpec:
         name: the ``model_id``, e.g. ``"sam2.1_hiera_tiny"``.
         family: the :class:`SegmenterFamily` name, e.g. ``"sam2"``.
         config: the family's name for the architecture (sam2's Hydra config name; a config builder's name).
-        url: official download URL of the weights file.
+        url: official download URL of the weights file; ``""`` for an architecture with no released weights
+            (seeded random weights only, e.g. ``sam3-tiny``).
         sha256: lowercase hex SHA-256 of the file at ``url``, or None where no published digest is known
             (the download is then refused unless the caller accepts unverified files).
         size_bytes: file size in bytes, or None where unknown.
@@ -302,11 +303,13 @@ class MaskDecoder(Protocol):
         """For each request, one :class:`MaskPrediction` per prompt, in order."""
 
     def decode_points(self, features: Any, point_coords: np.ndarray, multimask_output: bool = True):
-        """One foreground click per prompt on one image: (low-res logits (B, C, 256, 256), IoU (B, C))
-        float32 tensors (the automatic-mask grid, :func:`models.amg.generate_masks`)."""
+        """One foreground click per prompt on one image: (low-res logits (B, C, h, w), IoU (B, C)) float32
+        tensors (the automatic-mask grid, :func:`models.amg.generate_masks`); h = w = 256 for SAM 2, the
+        family's native low-res side for others (SAM 3: 288 at 1008 px)."""
 
     def upsample_logits(self, low_res, orig_hw: tuple[int, int]):
-        """(N, 256, 256) low-res logits -> (N, H, W) float32 logits at the original size."""
+        """(N, h, w) low-res logits (as :meth:`decode_points` gives them) -> (N, H, W) float32 logits at the
+        original size."""
 
     def warm_up(self) -> None:
         """Decode one prompt so that compilation and any fallback happen now."""
