@@ -247,8 +247,9 @@ class AppArgs(ModelWeightsArgs):
 
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> AppArgs:
-        if self.models:
-            both = [f for f in _ONE_MODEL_FIELDS if f in self.model_fields_set]
+        if self.models:  # a dumped config carries the one-model fields at their defaults: only others conflict
+            fields = type(self).model_fields
+            both = [f for f in _ONE_MODEL_FIELDS if getattr(self, f) != fields[f].get_default(call_default_factory=True)]
             if both:
                 raise ValueError(f"give either models or {', '.join(both)}, not both")
             ids = [m.model_id for m in self.models]
@@ -277,7 +278,7 @@ class AppArgs(ModelWeightsArgs):
             n = getattr(self, name).torch_threads
             if n is not None and n > budget:
                 raise ValueError(f"{name}.torch_threads ({n}) must be <= threads_per_node ({budget})")
-        for m in [self, *self.models]:
+        for m in self.models or [self]:
             encoder, decoder = thread_shares(budget, m.encoder.torch_threads, m.decoder.torch_threads)
             m.encoder = m.encoder.model_copy(update={"torch_threads": encoder})
             m.decoder = m.decoder.model_copy(update={"torch_threads": decoder})
