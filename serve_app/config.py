@@ -248,8 +248,8 @@ class AppArgs(ModelWeightsArgs):
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> AppArgs:
         if self.models:  # a dumped config carries the one-model fields at their defaults: only others conflict
-            fields = type(self).model_fields
-            both = [f for f in _ONE_MODEL_FIELDS if getattr(self, f) != fields[f].get_default(call_default_factory=True)]
+            defaults = {f: type(self).model_fields[f].get_default(call_default_factory=True) for f in _ONE_MODEL_FIELDS}
+            both = [f for f in _ONE_MODEL_FIELDS if getattr(self, f) != defaults[f]]
             if both:
                 raise ValueError(f"give either models or {', '.join(both)}, not both")
             ids = [m.model_id for m in self.models]
