@@ -1,6 +1,6 @@
 // The model picker (#model): filled from GET v1/models at load, the service's default chosen. Each option
 // shows the model's id and family, and "random weights" when it has them (the chosen model's random
-// weights also go to the warnings banner). Every call about an image carries the chosen model_id (api.js);
+// weights also go to the warnings banner); #model-info says what the chosen model can do and where it runs. Every call about an image carries the chosen model_id (api.js);
 // the controls follow its capabilities (overlay.js updateControls). Choosing another model with an image
 // open sends the image to be encoded by it (its features are cached per model) and starts a new object:
 // an earlier mask's low_res_logits belong to the model that made them.
@@ -18,17 +18,16 @@ export function modelLabel(m) {
   return `${m.model_id}${family}${m.weights === "random" ? " ⚠ random weights" : ""}`;
 }
 
-/** The tooltip of a /v1/models entry: what it can do and where it runs. */
-function modelTitle(m) {
-  const caps = Object.entries(m.capabilities || {}).filter(([, on]) => on).map(([k]) => k);
-  const lines = [
-    `${m.model_id}${m.family ? `, family ${m.family}` : ""}; weights ${m.weights}`,
-    `can: ${caps.join(", ") || "nothing listed"}`,
-  ];
-  if (m.devices) lines.push(`devices: ${Object.entries(m.devices).map(([k, v]) => `${k} ${v}`).join(", ")}`);
-  if (m.params_m) lines.push(`${m.params_m} M parameters${m.image_size ? `, ${m.image_size} px input` : ""}`);
-  if (m.feature_bytes) lines.push(`${(m.feature_bytes / 2 ** 20).toFixed(1)} MiB of features per cached image`);
-  return lines.join("\n");
+/** What a /v1/models entry can do and where it runs, one line each. */
+function modelInfo(m) {
+  const caps = Object.entries(m.capabilities || {}).filter(([, on]) => on).map(([k]) => k.replaceAll("_", " "));
+  const lines = [`${m.family || "unknown family"} · can: ${caps.join(", ") || "nothing listed"}`];
+  const size = [m.params_m ? `${m.params_m} M parameters` : null, m.image_size ? `${m.image_size} px input` : null];
+  if (m.devices) size.push(`on ${[...new Set(Object.values(m.devices))].join(", ")}`);
+  if (m.feature_bytes) size.push(`${(m.feature_bytes / 2 ** 20).toFixed(1)} MiB per cached image`);
+  lines.push(size.filter(Boolean).join(" · "));
+  lines.push(`weights ${m.weights}`);
+  return lines;
 }
 
 /** Make ``m`` (a /v1/models entry) the chosen model: its warning, its tooltip, the controls it allows. */
@@ -36,7 +35,9 @@ function choose(m) {
   ui.model = m;
   const select = $("model");
   select.value = m.model_id;
-  select.title = modelTitle(m);
+  const info = modelInfo(m);
+  $("model-info").textContent = info.slice(0, 2).join("\n");
+  select.title = info.join("\n");
   select.dataset.modelId = m.model_id;
   setModelWarning(m.weights === "random" ? `${m.model_id}: random weights, its masks are meaningless` : null);
   render();

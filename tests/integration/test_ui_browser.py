@@ -439,6 +439,8 @@ def test_model_picker_and_clip_ranked_text_prompt(page, client, truck_path):
     assert page.get_attribute("#model", "data-model-id") == MODEL_ID
     (entry,) = served["models"]
     assert options.first.inner_text() == f"{MODEL_ID} ({entry['family']})" and entry["family"] == "sam2"
+    info = page.inner_text("#model-info")
+    assert info.startswith("sam2 · can: points, boxes") and "automatic masks" in info and "concept" not in info
     assert page.is_disabled("#find")  # no image yet
     assert page.is_enabled("#text") and page.is_disabled("#score-thresh")  # CLIP ranking has no threshold
     _set_collection(page, "ui_text_test")
