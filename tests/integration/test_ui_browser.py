@@ -426,6 +426,7 @@ def _find_text(page, action) -> tuple[dict, dict]:
     page.wait_for_function(f"document.getElementById('found-count').textContent === '{n} open of {n}'")
     _wait_idle(page)
     _no_error(page)
+    print(f"text prompt answered in {info.value.json()['timing_ms']['total']:.0f} ms (server)")
     return info.value.request.post_data_json, result
 
 
@@ -508,6 +509,8 @@ def test_concept_instances_render_to_accept_or_reject(page, truck_path):
     )
     rows = _found_rows(page, 3)
     assert rows.locator(".conf").all_inner_texts() == ["0.91", "0.74", "0.55"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui_find.png"))
     assert page.get_attribute("#text-method", "data-method") == "concept"
     assert "3 instance(s)" in page.inner_text("#text-method") and "sam3-test" in page.inner_text("#text-method")
     np.testing.assert_array_equal(_overlay(page), _union(i["rle"] for i in instances))
@@ -522,7 +525,7 @@ def test_concept_instances_render_to_accept_or_reject(page, truck_path):
         rows.nth(1).locator("input").press("Enter")
     assert info.value.ok, info.value.text()
     sent = info.value.request.post_data_json
-    assert sent["mask_rle"] == instances[2]["rle"] and sent["label"] == "crate"
+    assert sent["mask_rle"] == instances[2]["rle"] and sent["label"] == "crate" and sent["model_id"] == MODEL_ID
     page.wait_for_function("document.querySelector('#found li[data-index=\"1\"]').dataset.state === 'accepted'")
     _wait_idle(page)
     _no_error(page)
