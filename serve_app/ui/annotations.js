@@ -37,7 +37,7 @@ export async function refreshLabels() {
 }
 
 /** Add ``mask`` ({rle, bbox_xyxy, area_px}) of the current image to the annotations and list it.
- *  source: "prompt", "accepted" or "corrected"; exampleId: its stored example, or null. */
+ *  source: "prompt", "accepted", "corrected" or "text" (a text prompt's candidate); exampleId: its stored example, or null. */
 export function addAnnotation(mask, { label, exampleId, collection, source }) {
   const { rle, bbox_xyxy, area_px } = mask;
   ui.annotations.push({ image: ui.image.id, label, rle, bbox_xyxy, area_px, example_id: exampleId, collection, source });

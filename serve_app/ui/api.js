@@ -1,13 +1,17 @@
 // The service's public API, relative to the ingress root (so the page works under any route prefix):
+//   GET    v1/models           the served models, their capabilities and weights (the model picker);
 //   POST   v1/segment          the image once (multipart, mask_format "none"), then every prompt by
 //                              image_id with return_logits, the chosen mask's low_res_logits going back
-//                              as mask_input;
+//                              as mask_input; a text prompt (every instance of a concept, or the
+//                              automatic masks ranked by CLIP);
 //   POST   v1/examples         an accepted mask (mask_rle) with its label;
 //   GET    v1/examples         labels and counts of a collection (label completion);
 //   DELETE v1/examples/{id}    an example removed with its annotation;
 //   POST   v1/predict          every object with its suggested label;
 //   POST   v1/masks/polygons   accepted masks traced as polygons, for a COCO export with polygons;
 //   GET    readyz              the models behind the service, and its warnings.
+// Every call about an image (v1/segment, v1/predict, v1/examples) carries the chosen model's model_id; the
+// service caches an image's features per (model, image), so the first call on another model re-encodes.
 // Masks travel as COCO RLE both ways. Every failure is thrown as a ShownError: the API's own
 // {error: {code, message, field, request_id}}, else http_<status>, network or bad_response.
 // Warnings in any answer go to the warnings banner.
@@ -15,7 +19,7 @@
 // it in sessionStorage (this tab only, gone when it closes) and sends it as "Authorization: Bearer <key>"
 // on every call; /readyz needs none.
 
-import { ui } from "./state.js";
+import { modelId, ui } from "./state.js";
 import { ShownError, setStatus, showWarnings } from "./status.js";
 
 const API_ROOT = new URL("../", window.location.href); // the page is at <root>/ui/
@@ -79,12 +83,18 @@ async function call(method, path, { json, form } = {}, asked = false) {
   return data;
 }
 
-/** POST ``path`` with the current image_id. If the service no longer holds the image (evicted, or its
+/** ``body`` with the chosen model's model_id (none before the models are known: the default model). */
+function withModel(body) {
+  const id = modelId();
+  return id ? { ...body, model_id: id } : body;
+}
+
+/** POST ``path`` with the current image_id and the chosen model. If the service no longer holds the image (evicted, or its
  * decoder replica is gone), send the same body once more with the file and its image_id together
  * (resend on miss): the image's new owner encodes it again and answers (``encode_cached: false``). */
 async function callWithImage(path, body) {
   const image = ui.image;
-  const json = { ...body, image_id: image.image_id };
+  const json = withModel({ ...body, image_id: image.image_id });
   try {
     return await call("POST", path, { json });
   } catch (e) {
@@ -97,11 +107,11 @@ async function callWithImage(path, body) {
   }
 }
 
-/** Send the image's bytes, to be encoded once; {image_id, width, height, encode_cached, …}. */
+/** Send the image's bytes, to be encoded once by the chosen model; {image_id, width, height, encode_cached, …}. */
 export function uploadImage(file) {
   const form = new FormData();
   form.append("image", file, file.name || "image");
-  form.append("request", JSON.stringify({ mask_format: "none" }));
+  form.append("request", JSON.stringify(withModel({ mask_format: "none" })));
   return call("POST", "v1/segment", { form });
 }
 
@@ -122,6 +132,9 @@ export const deleteExample = (exampleId, collection) =>
   call("DELETE", `v1/examples/${encodeURIComponent(exampleId)}?collection=${encodeURIComponent(collection)}`);
 
 export const getReady = () => call("GET", "readyz");
+
+/** {default, models: [{model_id, family, weights, default, capabilities, devices, …}]}, the default first. */
+export const getModels = () => call("GET", "v1/models");
 
 /** COCO RLE masks traced as polygons by the service (at most 256 per call); {masks: [{polygons, segmentation}]}. */
 export const postPolygons = (rles, polygonTolerancePx) =>

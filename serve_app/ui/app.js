@@ -2,13 +2,15 @@
 // Plain ES modules, no build step, nothing loaded from anywhere but the ingress.
 //
 //   api.js          the service's HTTP API (the endpoints the page uses are listed there)
-//   state.js        the session's data and the undo/redo history of the prompts
+//   state.js        the session's data, the chosen model and the undo/redo history of the prompts
+//   models.js       the model picker: GET v1/models, the chosen model_id, re-encoding on a change
 //   status.js       the status line, busy flag, error and warnings banners; ShownError
 //   overlay.js      drawing the masks and prompts, the stage's layout, the header controls
 //   prompts.js      mouse prompts, /v1/segment requests, undo/redo/clear/candidates
 //   image.js        opening an image
 //   annotations.js  labels of the collection, accepting a mask, the annotations, the COCO export
 //   predict.js      /v1/predict and accepting or correcting its suggestions
+//   find.js         the text prompt: every instance found (or CLIP-ranked masks), to accept or reject
 //   keyboard.js     the shortcuts
 //   rle.js          COCO RLE decoding and the COCO dataset
 //   dom.js          small DOM helpers
@@ -18,8 +20,10 @@
 import { $ } from "./dom.js";
 import { getReady } from "./api.js";
 import { acceptCurrent, exportCoco, refreshLabels } from "./annotations.js";
+import { findText } from "./find.js";
 import { openImage } from "./image.js";
 import { onKeyDown } from "./keyboard.js";
+import { loadModels, onModelChange } from "./models.js";
 import { layout, render } from "./overlay.js";
 import { predict } from "./predict.js";
 import { clearPrompts, cycle, onMouseDown, onMouseMove, onMouseUp, redo, undo } from "./prompts.js";
@@ -71,14 +75,20 @@ function init() {
     acceptCurrent();
   });
   $("collection").addEventListener("change", () => refreshLabels().catch(showError));
+  $("model").addEventListener("change", onModelChange);
+  $("text-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    findText();
+  });
   window.addEventListener("error", (e) => showError(e.error || e.message));
   window.addEventListener("unhandledrejection", (e) => showError(e.reason));
   render();
   refreshLabels().catch(showError);
+  loadModels().catch(showError);
   checkReady().catch(showError);
 }
 
-/** The models behind the service (and its warnings, e.g. random weights) from /readyz. */
+/** The stages behind the service (and its warnings, e.g. random weights) from /readyz. */
 async function checkReady() {
   let out;
   try {

@@ -1,4 +1,5 @@
-// Opening an image (the file input, a drop, key O): its bytes go to the service once, to be encoded;
+// Opening an image (the file input, a drop, key O): its bytes go to the service once, to be encoded by the
+// chosen model;
 // every prompt after that names it by image_id. The image is decoded in the browser before it replaces
 // the current one, so that a failure leaves the page as it was. Reopening an image of the session keeps
 // its export id. #stage[data-image-id] is the image on screen.
@@ -6,6 +7,7 @@
 import { $ } from "./dom.js";
 import { uploadImage } from "./api.js";
 import { layout, render } from "./overlay.js";
+import { clearFound } from "./find.js";
 import { renderPredictions } from "./predict.js";
 import { resetHistory, ui } from "./state.js";
 import { hideError, setBusy, setStatus, showError, ShownError } from "./status.js";
@@ -60,6 +62,7 @@ export async function openImage(file) {
     $("stage").dataset.imageId = image.image_id;
     layout();
     renderPredictions();
+    clearFound();
     render();
     const ms = (performance.now() - t0).toFixed(0);
     setStatus(`${image.file_name}: ${image.width}×${image.height}, ${out.encode_cached ? "already encoded" : "encoded"} (${ms} ms). Click on an object.`);

@@ -1,7 +1,8 @@
 // Keyboard shortcuts (the table #shortcuts lists them). While typing in a field only Esc counts (it
 // leaves the field); Enter and Space on a button press the button; Ctrl stands for Cmd too.
 //   Ctrl+Z undo, Ctrl+Shift+Z or Ctrl+Y redo, Esc clear the prompts, C / Shift+C next / previous
-//   candidate, L type a label, Enter accept the mask, P predict, A accept the first suggestion,
+//   candidate, L type a label, T type a text prompt, Enter accept the mask, P predict, A accept the first
+//   suggestion,
 //   V hide or show the overlay, E export COCO JSON, O open an image.
 
 import { $ } from "./dom.js";
@@ -38,6 +39,9 @@ export function onKeyDown(e) {
   } else if (k === "l") {
     e.preventDefault();
     $("label").focus();
+  } else if (k === "t") {
+    e.preventDefault();
+    if (!$("text").disabled) $("text").focus();
   } else if (k === "p") {
     predict();
   } else if (k === "a") {

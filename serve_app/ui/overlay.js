@@ -1,11 +1,11 @@
-// Drawing the stage: the overlay canvas (the open predictions, then the current mask on top), the
-// prompts canvas (points and the box), the stage's size on screen, and the header controls that
-// follow the current state. Both canvases have the image's own resolution; CSS scales them.
+// Drawing the stage: the overlay canvas (the open predictions and text-prompt candidates, then the
+// current mask on top), the prompts canvas (points and the box), the stage's size on screen, and the
+// controls that follow the current state and the chosen model's capabilities. Both canvases have the image's own resolution; CSS scales them.
 // The overlay counts its renders in data-renders (the browser tests wait on it).
 
 import { $ } from "./dom.js";
 import { decodeRle } from "./rle.js";
-import { chosenMask, current, ui } from "./state.js";
+import { can, chosenMask, current, ui } from "./state.js";
 
 export const CURRENT_COLOR = [30, 144, 255];
 export const PALETTE = [
@@ -70,7 +70,7 @@ export function render() {
   const px = new Uint32Array(pixels.data.buffer);
   px.fill(0);
   const t = Math.max(1, Math.round(1 / scale));
-  for (const p of ui.predictions) if (p.state === "open") paintMask(px, maskOf(p.rle), p.color, PREDICTION_FILL_ALPHA, t);
+  for (const p of [...ui.predictions, ...ui.found]) if (p.state === "open") paintMask(px, maskOf(p.rle), p.color, PREDICTION_FILL_ALPHA, t);
   const m = chosenMask();
   if (m && m.rle) paintMask(px, maskOf(m.rle), CURRENT_COLOR, FILL_ALPHA, t);
   transposed.getContext("2d").putImageData(pixels, 0, 0);
@@ -112,7 +112,9 @@ export function drawPrompts(dragBox = null) {
   }
 }
 
-/** Enable the buttons that can act now; the candidate's number and IoU; the overlay shown or hidden. */
+/** Enable the controls that can act now and that the chosen model can do (automatic masks for Predict,
+ *  multimask for the Masks select, concept prompts or automatic masks for the text prompt, concept
+ *  prompts for its score threshold); the candidate's number and IoU; the overlay shown or hidden. */
 export function updateControls() {
   const s = current();
   const has = !!ui.image;
@@ -120,7 +122,13 @@ export function updateControls() {
   $("redo").disabled = !has || ui.at === ui.history.length - 1;
   $("clear").disabled = !has || (!s.points.length && !s.box);
   $("cycle").disabled = !s.masks || s.masks.length < 2;
-  $("predict").disabled = !has;
+  $("predict").disabled = !has || !can("automatic_masks");
+  $("multimask").disabled = !can("multimask");
+  const text = can("concept_prompts") || can("automatic_masks");
+  $("text").disabled = !text;
+  $("find").disabled = !has || !text;
+  $("score-thresh").disabled = !can("concept_prompts");
+  $("text-form").title = text ? "" : "this model takes no text prompts";
   $("accept").disabled = !s.masks || !s.masks.length;
   $("export").disabled = ui.annotations.length === 0;
   const m = chosenMask(s);

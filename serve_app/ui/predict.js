@@ -8,11 +8,15 @@ import { $, el, swatch } from "./dom.js";
 import { postExample, postPredict } from "./api.js";
 import { addAnnotation, collectionName, refreshLabels } from "./annotations.js";
 import { PALETTE, render } from "./overlay.js";
-import { ui } from "./state.js";
+import { can, modelId, ui } from "./state.js";
 import { hideError, setBusy, setStatus, showError } from "./status.js";
 
 export async function predict() {
   if (!ui.image) return;
+  if (!can("automatic_masks")) {
+    setStatus(`${modelId()} makes no automatic masks: nothing to predict`);
+    return;
+  }
   hideError();
   const collection = collectionName();
   const image = ui.image;

@@ -2,6 +2,7 @@
 // or shift+click a background point, a drag of more than DRAG_THRESHOLD_PX a box. Every prompt asks
 // /v1/segment for masks, sending the prompts so far and the chosen candidate's low_res_logits as
 // mask_input; the requests run one after the other (ui.queue), each needing the answer before it.
+// A model without a capability (points, boxes, mask_input, multimask) is not asked for it.
 // Also the history moves: undo, redo, clear, and cycling through the candidates.
 // After each answer #status's dataset holds the timings: masksShown, clickMs (input event to the frame
 // that shows the mask), fetchMs, renderMs, serverMs.
@@ -9,7 +10,7 @@
 import { $ } from "./dom.js";
 import { postSegment } from "./api.js";
 import { drawPrompts, render, updateControls } from "./overlay.js";
-import { chosenMask, current, dropFrom, emptyState, inHistory, push, stepBack, stepForward, ui } from "./state.js";
+import { can, chosenMask, current, dropFrom, emptyState, inHistory, modelId, push, stepBack, stepForward, ui } from "./state.js";
 import { hideError, setBusy, setStatus, showError } from "./status.js";
 
 const DRAG_THRESHOLD_PX = 5; // screen pixels before a press becomes a box
@@ -49,6 +50,12 @@ function multimaskOutput() {
 /** A point [x, y, 1|0] or a box [x0, y0, x1, y1] added to the object; ``t0`` the input event's time. */
 function addPrompt({ point = null, box = null }, t0) {
   if (!ui.image) return;
+  const kind = point ? "points" : "boxes";
+  if (!can(kind)) {
+    drawPrompts();
+    setStatus(`${modelId()} takes no ${kind === "points" ? "clicks" : "boxes"}`);
+    return;
+  }
   hideError();
   const prev = current();
   const next = { points: point ? [...prev.points, point] : prev.points, box: box || prev.box, masks: null, sel: 0 };
@@ -65,9 +72,9 @@ async function segment(state, prev, t0) {
   if (state.points.length) prompt.points = state.points;
   if (state.box) prompt.box_xyxy = state.box;
   const refine = chosenMask(prev);
-  if (refine && refine.low_res_logits) prompt.mask_input = refine.low_res_logits;
-  const body = { prompts: [prompt], return_logits: true, mask_format: "rle", max_masks: 3 };
-  const mm = multimaskOutput();
+  if (refine && refine.low_res_logits && can("mask_input")) prompt.mask_input = refine.low_res_logits;
+  const body = { prompts: [prompt], return_logits: can("mask_input"), mask_format: "rle", max_masks: 3 };
+  const mm = can("multimask") ? multimaskOutput() : null;
   if (mm !== null) body.multimask_output = mm;
   setBusy(+1, "segmenting…");
   try {
@@ -107,10 +114,12 @@ function toImage(e) {
   return [Math.round(x * 10) / 10, Math.round(y * 10) / 10];
 }
 
-/** On the prompts canvas. */
+/** On the prompts canvas. A press leaves any text field (preventDefault keeps focus where it was), so
+ *  that the keys after it are shortcuts. */
 export function onMouseDown(e) {
   if (!ui.image || (e.button !== 0 && e.button !== 2)) return;
   e.preventDefault();
+  if (document.activeElement && document.activeElement.matches("input, select, textarea")) document.activeElement.blur();
   drag = { sx: e.clientX, sy: e.clientY, p0: toImage(e), button: e.button, shift: e.shiftKey, moved: false, box: null };
 }
 

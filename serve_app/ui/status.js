@@ -14,6 +14,7 @@ export class ShownError extends Error {
 
 let busy = 0; // requests in flight
 const warnings = new Set(); // every warning of the session (e.g. random weights), shown together
+let modelWarning = null; // the chosen model's own (its random weights), replaced when another is chosen
 
 export function setStatus(text) {
   $("status").textContent = text;
@@ -48,6 +49,17 @@ export function hideError() {
 /** Add ``list`` (strings, may be undefined) to the warnings banner. */
 export function showWarnings(list) {
   for (const w of list || []) warnings.add(w);
-  $("warning").textContent = [...warnings].join(" · ");
-  $("warning").hidden = warnings.size === 0;
+  renderWarnings();
+}
+
+/** The chosen model's warning in the banner (``text``), or none (null); it replaces the previous model's. */
+export function setModelWarning(text) {
+  modelWarning = text;
+  renderWarnings();
+}
+
+function renderWarnings() {
+  const all = [...(modelWarning ? [modelWarning] : []), ...warnings];
+  $("warning").textContent = all.join(" · ");
+  $("warning").hidden = all.length === 0;
 }

@@ -1,5 +1,9 @@
 """The annotation page at /ui, driven in Debian's Chromium (headless) by Playwright, against the running app.
 
+The package app serves one model (SAM 2 tiny): the model picker lists it and every call carries its
+``model_id``; a text prompt there is answered by CLIP ranking. The page's rendering of a concept answer
+(SAM 3's instances) is driven with a literal answer object.
+
 No browser download: Playwright launches ``/usr/bin/chromium`` (``.ci/run`` installs it with apt). Where
 it is absent the browser tests skip, unless ``SAMGRAPH_REQUIRE_BROWSER=1`` (set by ``.ci/run``) makes
 that a failure. Every mask the page draws is compared pixel for pixel with the API's answer, decoded
@@ -20,7 +24,7 @@ from PIL import Image
 
 from models.masks import decode_rle, encode_rle, rle_bbox_xyxy
 from models.polygons import mask_to_polygons
-from tests.conftest import REPO, TRUCK_BOX
+from tests.conftest import MODEL_ID, REPO, TRUCK_BOX
 
 VIEWPORT = {"width": 1280, "height": 720}
 COLLECTION = "ui_test"
@@ -28,7 +32,7 @@ ARTIFACTS = REPO / "artifacts"
 FG = (500, 375)
 BG = (1125, 625)
 UI_JS = ("app.js", "api.js", "state.js", "status.js", "overlay.js", "prompts.js", "image.js", "annotations.js",
-         "predict.js", "keyboard.js", "dom.js", "rle.js")  # ES modules: served as JavaScript or not run at all
+         "predict.js", "keyboard.js", "dom.js", "rle.js", "models.js", "find.js")  # ES modules: served as JavaScript or not run at all
 UI_FILES = ("index.html", "style.css", *UI_JS)
 
 
@@ -37,6 +41,7 @@ def _new_page(browser, app_url: str):
     page.set_default_timeout(60_000)
     page.goto(f"{app_url}/ui")
     page.wait_for_function("document.getElementById('counts').dataset.total !== undefined")
+    page.wait_for_function("document.getElementById('model').dataset.modelId !== undefined")  # GET /v1/models
     return page
 
 
@@ -89,6 +94,7 @@ def _segment(page, action) -> tuple[dict, dict]:
         action()
     response = info.value
     assert response.ok, response.text()
+    assert response.request.post_data_json["model_id"] == MODEL_ID
     page.wait_for_function(f"Number(document.getElementById('overlay').dataset.renders) > {n}")
     _wait_idle(page)
     _no_error(page)
@@ -100,6 +106,7 @@ def _predict(page, action) -> list[dict]:
     with page.expect_response(_is_post("/v1/predict"), timeout=180_000) as info:
         action()
     assert info.value.ok, info.value.text()
+    assert info.value.request.post_data_json["model_id"] == MODEL_ID
     instances = info.value.json()["instances"]
     assert instances
     page.wait_for_function(f"document.querySelectorAll('#instances li[data-state=\"open\"]').length === {len(instances)}")
@@ -114,6 +121,7 @@ def _open_truck(page, truck_path: Path) -> dict:
     page.wait_for_selector("#stage:not([hidden])")
     _wait_idle(page)
     _no_error(page)
+    assert info.value.json()["model_id"] == MODEL_ID  # (Playwright does not show a multipart body with a file)
     return info.value.json()
 
 
@@ -258,6 +266,7 @@ def test_click_box_accept_predict_export(page, client, truck_path, tmp_path):
     assert info.value.ok, info.value.text()
     sent = info.value.request.post_data_json
     assert sent["mask_rle"] == boxed["rle"] and sent["label"] == "truck" and sent["collection"] == COLLECTION
+    assert sent["model_id"] == MODEL_ID
     page.wait_for_function("document.querySelector('#labels option[value=\"truck\"]') !== null")
     _wait_idle(page)
     _no_error(page)
@@ -343,12 +352,13 @@ def test_page_fits_1280x720_and_lists_shortcuts(page, truck_path):
     _open_truck(page, truck_path)
     size = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
     assert size[0] <= VIEWPORT["width"] and size[1] <= VIEWPORT["height"], size
-    for sel in ("#stage", "#predict", "#export", "#accept", "#label"):
+    for sel in ("#stage", "#predict", "#export", "#accept", "#label", "#model", "#text", "#find"):
         box = page.locator(sel).bounding_box()
         assert box and box["x"] >= 0 and box["y"] >= 0, sel
         assert box["x"] + box["width"] <= VIEWPORT["width"] + 0.5 and box["y"] + box["height"] <= VIEWPORT["height"] + 0.5, sel
     keys = set(page.locator("#shortcuts kbd").all_inner_texts())
-    assert {"C", "Shift", "Ctrl", "Z", "Y", "Esc", "L", "Enter", "P", "A", "V", "E", "O"} <= keys, keys
+    assert {"C", "Shift", "Ctrl", "Z", "Y", "Esc", "L", "T", "Enter", "P", "A", "V", "E", "O"} <= keys, keys
+
 
 def test_drop_sends_the_image_once(page, truck_path):
     data = base64.b64encode(truck_path.read_bytes()).decode()
@@ -389,3 +399,155 @@ def test_api_errors_are_shown(page, truck_path):
     page.wait_for_selector("#error:not([hidden])")
     assert page.get_attribute("#error", "data-code") == "unknown_collection"
     assert "no_such_collection" in page.inner_text("#error")
+
+
+# ---------------------------------------------------------------- models and text prompts
+def _union(rles, shape=(1200, 1800)) -> np.ndarray:
+    """(H, W) bool: the union of COCO RLE masks (all False for none)."""
+    return np.logical_or.reduce([np.zeros(shape, bool), *(decode_rle(r) for r in rles)])
+
+
+def _found_rows(page, n: int):
+    page.wait_for_function(f"document.querySelectorAll('#found li').length === {n}")
+    return page.locator("#found li")
+
+
+def _find_text(page, action) -> tuple[dict, dict]:
+    """Run ``action`` (Enter in the text box); wait until its /v1/segment answer's candidates are listed.
+
+    Returns:
+        (the request body the page sent, the answer's one result).
+    """
+    with page.expect_response(_is_post("/v1/segment"), timeout=120_000) as info:
+        action()
+    assert info.value.ok, info.value.text()
+    (result,) = info.value.json()["results"]
+    n = len(result.get("masks") or result.get("instances") or [])
+    page.wait_for_function(f"document.getElementById('found-count').textContent === '{n} open of {n}'")
+    _wait_idle(page)
+    _no_error(page)
+    print(f"text prompt answered in {info.value.json()['timing_ms']['total']:.0f} ms (server)")
+    return info.value.request.post_data_json, result
+
+
+def test_model_picker_and_clip_ranked_text_prompt(page, client, truck_path):
+    """The picker lists the served models (the default chosen, with its family); a text prompt on SAM 2 is
+    answered by CLIP ranking: every candidate drawn and listed with its text_score, to accept or reject."""
+    served = client.get("/v1/models").json()
+    options = page.locator("#model option")
+    assert options.evaluate_all("os => os.map((o) => o.value)") == [m["model_id"] for m in served["models"]]
+    assert page.input_value("#model") == served["default"] == MODEL_ID
+    assert page.get_attribute("#model", "data-model-id") == MODEL_ID
+    (entry,) = served["models"]
+    assert options.first.inner_text() == f"{MODEL_ID} ({entry['family']})" and entry["family"] == "sam2"
+    info = page.inner_text("#model-info")
+    assert info.startswith("sam2 · can: points, boxes") and "automatic masks" in info and "concept" not in info
+    assert page.is_disabled("#find")  # no image yet
+    assert page.is_enabled("#text") and page.is_disabled("#score-thresh")  # CLIP ranking has no threshold
+    _set_collection(page, "ui_text_test")
+    _open_truck(page, truck_path)
+
+    page.keyboard.press("Escape")  # leave the collection's neighbour field: keys are shortcuts again
+    page.keyboard.press("t")
+    page.keyboard.type("truck")
+    sent, result = _find_text(page, lambda: page.keyboard.press("Enter"))
+    assert sent["prompts"] == [{"text": "truck"}] and sent["score_thresh"] == 0.5 and sent["model_id"] == MODEL_ID
+    assert result["text_method"] == "clip_rank"
+    masks = result["masks"]
+    assert masks and all(m["rle"] for m in masks)
+    rows = _found_rows(page, len(masks))
+    assert page.get_attribute("#text-method", "data-method") == "clip_rank"
+    assert "CLIP" in page.inner_text("#text-method")
+    assert rows.locator(".conf").all_inner_texts() == [f"{m['text_score']:.3f}" for m in masks]
+    assert rows.locator("input").evaluate_all("xs => xs.map((x) => x.value)") == ["truck"] * len(masks)
+    np.testing.assert_array_equal(_overlay(page), _union(m["rle"] for m in masks))
+
+    # Reject the first: gone from the list and the overlay, with no request.
+    posts = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    rows.nth(0).locator("button.reject").click()
+    rows = _found_rows(page, len(masks) - 1)
+    np.testing.assert_array_equal(_overlay(page), _union(m["rle"] for m in masks[1:]))
+    assert posts == []
+
+    # Ask again; accept the first: stored as an example (its RLE, the text as label, the model) and annotated.
+    _, result = _find_text(page, lambda: page.press("#text", "Enter"))
+    masks = result["masks"]
+    rows = _found_rows(page, len(masks))
+    with page.expect_response(_is_post("/v1/examples")) as info:
+        rows.nth(0).locator("button.accept").click()
+    assert info.value.ok, info.value.text()
+    sent = info.value.request.post_data_json
+    assert sent["mask_rle"] == masks[0]["rle"] and sent["label"] == "truck" and sent["model_id"] == MODEL_ID
+    page.wait_for_function("document.querySelector('#found li[data-index=\"0\"]').dataset.state === 'accepted'")
+    _wait_idle(page)
+    _no_error(page)
+    assert page.inner_text("#annotation-count") == "1"
+    assert rows.nth(0).locator("button.reject").count() == 0
+    np.testing.assert_array_equal(_overlay(page), _union(m["rle"] for m in masks[1:]))
+
+
+def test_concept_instances_render_to_accept_or_reject(page, truck_path):
+    """A concept answer (SAM 3's ``instances``, here a literal object): every instance listed with its score
+    and drawn; × rejects one, ✓ stores one; the controls follow the chosen model's capabilities."""
+    _set_collection(page, "ui_concept_test")
+    _open_truck(page, truck_path)
+    boxes = [(100, 200, 500, 600), (900, 300, 1300, 700), (1400, 800, 1700, 1100)]
+    instances = []
+    for score, (x0, y0, x1, y1) in zip((0.91, 0.74, 0.55), boxes):
+        mask = np.zeros((1200, 1800), bool)
+        mask[y0:y1, x0:x1] = True
+        rle = encode_rle(mask)
+        instances.append({"score": score, "box_xyxy": [x0, y0, x1, y1], "bbox_xyxy": rle_bbox_xyxy(rle), "area_px": int(mask.sum()), "rle": rle})
+    answer = {"text_method": "concept", "instances": instances}
+    page.evaluate(
+        """async (answer) => {
+            const { showTextAnswer } = await import('./find.js');
+            showTextAnswer(answer, { text: 'box', model: 'sam3-test', scoreThresh: 0.5 });
+        }""",
+        answer,
+    )
+    rows = _found_rows(page, 3)
+    assert rows.locator(".conf").all_inner_texts() == ["0.91", "0.74", "0.55"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui_find.png"))
+    assert page.get_attribute("#text-method", "data-method") == "concept"
+    assert "3 instance(s)" in page.inner_text("#text-method") and "sam3-test" in page.inner_text("#text-method")
+    np.testing.assert_array_equal(_overlay(page), _union(i["rle"] for i in instances))
+
+    rows.nth(1).locator("button.reject").click()
+    rows = _found_rows(page, 2)
+    assert rows.locator(".conf").all_inner_texts() == ["0.91", "0.55"]
+    np.testing.assert_array_equal(_overlay(page), _union([instances[0]["rle"], instances[2]["rle"]]))
+
+    rows.nth(1).locator("input").fill("crate")
+    with page.expect_response(_is_post("/v1/examples")) as info:
+        rows.nth(1).locator("input").press("Enter")
+    assert info.value.ok, info.value.text()
+    sent = info.value.request.post_data_json
+    assert sent["mask_rle"] == instances[2]["rle"] and sent["label"] == "crate" and sent["model_id"] == MODEL_ID
+    page.wait_for_function("document.querySelector('#found li[data-index=\"1\"]').dataset.state === 'accepted'")
+    _wait_idle(page)
+    _no_error(page)
+    assert page.inner_text("#annotation-count") == "1" and page.text_content("#found-count") == "1 open of 2"
+    np.testing.assert_array_equal(_overlay(page), decode_rle(instances[0]["rle"]))
+
+    # The controls follow the capabilities: a concept model has a threshold; a points-only one no text box.
+    def with_capabilities(caps: dict) -> None:
+        page.evaluate(
+            """async (caps) => {
+                const { ui } = await import('./state.js');
+                const { render } = await import('./overlay.js');
+                ui.model = { ...ui.model, capabilities: { ...ui.model.capabilities, ...caps } };
+                render();
+            }""",
+            caps,
+        )
+
+    with_capabilities({"concept_prompts": True, "automatic_masks": False})
+    assert page.is_enabled("#text") and page.is_enabled("#find") and page.is_enabled("#score-thresh")
+    assert page.is_disabled("#predict")
+    with_capabilities({"concept_prompts": False, "multimask": False})
+    assert page.is_disabled("#text") and page.is_disabled("#find") and page.is_disabled("#multimask")
+    label = page.evaluate("async () => (await import('./models.js')).modelLabel({model_id: 'm', family: 'sam3', weights: 'random'})")
+    assert label == "m (sam3) ⚠ random weights"
