@@ -478,3 +478,24 @@ def test_cli_models_pull_unknown_name_lists_the_valid_ones(file_registry, capsys
     err = capsys.readouterr().err
     assert all(name in err for name in NAMES)
     assert not file_registry[2].exists()
+
+
+def test_a_gated_download_needs_hf_token_and_says_so(tmp_path, monkeypatch):
+    """SAM 3's weights are gated on the hub: without HF_TOKEN the pull fails at once naming it; with a
+    token but no way to reach the hub (offline mode here) it fails with the reason and the ways out."""
+    spec = get_model_spec("sam3")
+    assert spec.gated and spec.file_format == "safetensors"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(WeightsError, match="HF_TOKEN"):
+        pull_checkpoint(spec, tmp_path)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="could not download .*facebook/sam3") as info:
+        pull_checkpoint(spec, tmp_path)
+    assert "checkpoint" in str(info.value) and "SAMGRAPH_WEIGHTS=random" in str(info.value)
+    assert not any(tmp_path.iterdir())  # nothing half-written stays in the cache dir
+
+
+def test_an_entry_without_released_weights_is_refused_for_download(tmp_path):
+    with pytest.raises(WeightsError, match="sam3-tiny has no released weights"):
+        pull_checkpoint(get_model_spec("sam3-tiny"), tmp_path)
