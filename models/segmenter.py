@@ -331,12 +331,14 @@ class SegmenterFamily(ABC):
     Attributes:
         name: the family's registry name (``ModelSpec.family``).
         capabilities: what its models can be asked.
-        shares_encoder: True when one encode serves every kind of prompt it takes (SAM 3 encodes its
-            backbone once for concept prompts and clicks).
+        shares_encoder: True when one encode serves every kind of prompt it takes (SAM 2 and MobileSAM
+            have one head; SAM 3 runs its ViT once and keeps both necks' outputs, for concept prompts and
+            clicks).
     """
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    shares_encoder: ClassVar[bool] = True
 
     @abstractmethod
     def build(self, spec: ModelSpec, state_dict: Mapping[str, Any] | None, *, seed: int | None, device: str):

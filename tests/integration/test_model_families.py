@@ -128,11 +128,25 @@ def test_mobile_sam_clicks_match_sam_predictor(families, truck_b64, truck_rgb, c
     assert not np.array_equal(*got)  # the prompts answer differently
 
 
-def test_sam3_concepts_match_sam3model_and_clicks_reuse_the_encode(families, truck_b64, truck_rgb, checkpoints):
+@pytest.fixture(scope="module")
+def sam3_refs():
+    """transformers' ``Sam3Model`` and ``Sam3TrackerModel`` on the served SAM 3's weights (tests/sam3_references.py)."""
+    from models.sam3 import build_sam3_model
+    from tests.family_weights import sam3_tiny_state
+    from tests.sam3_references import detector_reference, tracker_reference_model
+
+    state = sam3_tiny_state(SEED)
+    model = build_sam3_model(SAM3, state)
+    return detector_reference(model, state), tracker_reference_model(model, state)
+
+
+def test_sam3_concepts_match_sam3model_and_clicks_reuse_the_encode(families, truck_b64, truck_rgb, sam3_refs):
     """Text prompts answer every instance Sam3Model finds (non-vacuous: instances above the threshold,
     different between the texts); a click on the same image is the tracker's answer on the same encode."""
-    from tests.unit.test_sam3 import concept_reference, tracker_reference
+    from models.segmenter import ConceptPrompt
+    from tests.sam3_references import concept_reference, tracker_reference
 
+    detector, tracker = sam3_refs
     before = families.get("/v1/stats").json()["cache_by_model"][SAM3]["encodes"]
     texts = ["truck", "a wheel"]
     body = _segment(
@@ -143,20 +157,22 @@ def test_sam3_concepts_match_sam3model_and_clicks_reuse_the_encode(families, tru
     found = [r["instances"] for r in body["results"]]
     assert all(found), "no instance above 0.5: the test would be vacuous"
     assert [i["score"] for i in found[0]] != [i["score"] for i in found[1]]
-    refs = concept_reference(checkpoints[SAM3], truck_rgb, texts, score_thresh=0.5)
-    for got, want in zip(found, refs):
+    for got, text in zip(found, texts):
+        want = concept_reference(detector, truck_rgb, ConceptPrompt(text=text, score_thresh=0.5))
         assert len(got) == len(want["scores"])
         for inst, mask, score, box in zip(got, want["masks"], want["scores"], want["boxes"]):
-            assert inst["score"] == pytest.approx(score, abs=SCORE_TOL)
+            assert inst["score"] == pytest.approx(float(score), abs=SCORE_TOL)
             assert mask_iou(decode_rle(inst["rle"]), mask) >= IOU_MIN
             np.testing.assert_allclose(inst["box_xyxy"], box, atol=1e-2)
     click = _segment(
         families, {"model_id": SAM3, "image_id": body["image_id"], "multimask_output": False, "prompts": [{"points": [[*CLICK, 1]]}]}
     )
     assert click["encode_cached"]
-    ref_mask, ref_iou = tracker_reference(checkpoints[SAM3], truck_rgb, np.array([CLICK], np.float32))
-    assert mask_iou(decode_rle(click["results"][0]["masks"][0]["rle"]), ref_mask) >= IOU_MIN
-    assert click["results"][0]["masks"][0]["predicted_iou"] == pytest.approx(ref_iou, abs=SCORE_TOL)
+    ref_masks, ref_iou = tracker_reference(tracker, truck_rgb, False, np.array([CLICK], np.float32), np.array([1], np.int32))
+    got = decode_rle(click["results"][0]["masks"][0]["rle"])
+    assert got.any() and not got.all()
+    assert mask_iou(got, ref_masks[0]) >= IOU_MIN
+    assert click["results"][0]["masks"][0]["predicted_iou"] == pytest.approx(float(ref_iou[0]), abs=SCORE_TOL)
     after = families.get("/v1/stats").json()["cache_by_model"][SAM3]["encodes"]
     assert after == before + 1  # one encode served both kinds of prompt
 

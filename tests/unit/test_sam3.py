@@ -11,7 +11,6 @@ clicks and boxes.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from models.sam3 import (
 )
 from models.segmenter import ConceptPrompt, ConceptRequest, DecodeRequest
 from tests.conftest import TRUCK_BOX, mask_iou, shared_file
+from tests.sam3_references import concept_reference, detector_reference, tracker_reference, tracker_reference_model
 
 TINY = "sam3-tiny"
 SEED = 1234
@@ -104,45 +104,11 @@ def features(encoder, truck, cars) -> list[Sam3Features]:
 
 @pytest.fixture(scope="module")
 def detector_ref(model, state):
-    """transformers' ``Sam3Model`` alone, from the ``detector_model.*`` weights (strictly)."""
-    from transformers import Sam3Model
-
-    ref = Sam3Model(model.config.detector_config).eval()
-    ref.load_state_dict(
-        {k.removeprefix("detector_model."): v for k, v in state.items() if k.startswith("detector_model.")}
-    )
-    return ref
-
+    return detector_reference(model, state)
 
 @pytest.fixture(scope="module")
 def tracker_ref(model, state):
-    """transformers' ``Sam3TrackerModel`` with its own vision encoder, the weights renamed as transformers'
-    conversion mapping for ``sam3_tracker`` does; the keys it does not take must be those its
-    ``_keys_to_ignore_on_load_unexpected`` names (the video tracker's memory modules)."""
-    from transformers import Sam3TrackerConfig, Sam3TrackerModel
-
-    trk = model.config.tracker_config
-    config = Sam3TrackerConfig(
-        vision_config=model.config.detector_config.vision_config.to_dict(),
-        prompt_encoder_config=trk.prompt_encoder_config.to_dict(),
-        mask_decoder_config=trk.mask_decoder_config.to_dict(),
-    )
-    config.vision_config.backbone_feature_sizes = trk.vision_config.backbone_feature_sizes
-    ref = Sam3TrackerModel(config).eval()
-    renamed = {}
-    for k, v in state.items():
-        if k.startswith("detector_model.vision_encoder.backbone."):
-            renamed[k.replace("detector_model.vision_encoder.backbone.", "vision_encoder.backbone.")] = v
-        elif k.startswith("tracker_neck."):
-            renamed["vision_encoder.neck." + k.removeprefix("tracker_neck.")] = v
-        elif k.startswith("tracker_model."):
-            renamed[k.removeprefix("tracker_model.")] = v
-    missing, unexpected = ref.load_state_dict(renamed, strict=False)
-    assert not missing
-    ignored = Sam3TrackerModel._keys_to_ignore_on_load_unexpected
-    assert unexpected and all(any(re.search(p, k) for p in ignored) for k in unexpected), unexpected
-    return ref
-
+    return tracker_reference_model(model, state)
 
 # ------------------------------------------------------------------------------------------- build and load
 def test_strict_loading_rejects_missing_unexpected_and_misshapen_keys(state):
@@ -242,26 +208,6 @@ def test_encode_once_serves_both_heads(model, features, truck, cars, tracker_ref
 
 
 # -------------------------------------------------------------------------------------------------- concepts
-def _concept_reference(detector_ref, image, prompt: ConceptPrompt) -> dict:
-    from transformers.models.sam3.processing_sam3 import box_xyxy_to_cxcywh
-
-    pixels = image_processor(224)(images=[image], return_tensors="pt")["pixel_values"]
-    ids, mask = tokenize([prompt.text or "visual"])
-    kwargs = {}
-    if prompt.boxes_xyxy is not None:
-        h, w = image.shape[:2]
-        boxes = torch.as_tensor(prompt.boxes_xyxy) / torch.tensor([w, h, w, h], dtype=torch.float32)
-        kwargs = {
-            "input_boxes": box_xyxy_to_cxcywh(boxes)[None],
-            "input_boxes_labels": torch.as_tensor(prompt.box_labels)[None],
-        }
-    with torch.inference_mode():
-        out = detector_ref(pixel_values=pixels, input_ids=ids, attention_mask=mask, **kwargs)
-    res = image_processor(224).post_process_instance_segmentation(
-        out, threshold=prompt.score_thresh, mask_threshold=0.5, target_sizes=[image.shape[:2]]
-    )[0]
-    order = torch.argsort(res["scores"], descending=True)
-    return {k: (v[order] > 0 if k == "masks" else v[order]).numpy() for k, v in res.items()}
 
 
 def _assert_same_instances(got, want) -> None:
@@ -287,10 +233,10 @@ def test_concept_prompts_match_sam3model(decoder, features, truck, cars, detecto
     got = decoder.segment_concepts([ConceptRequest(features[0], prompts), ConceptRequest(features[1], car_prompts)])
     assert [len(g) for g in got] == [5, 2]
     for g, p in zip(got[0], prompts):
-        _assert_same_instances(g, _concept_reference(detector_ref, truck, p))
+        _assert_same_instances(g, concept_reference(detector_ref, truck, p))
         assert g.masks.shape[1:] == truck.shape[:2] and (np.diff(g.scores) <= 0).all()
-    _assert_same_instances(got[1][0], _concept_reference(detector_ref, cars, car_prompts[0]))
-    capped = _concept_reference(detector_ref, cars, car_prompts[1])
+    _assert_same_instances(got[1][0], concept_reference(detector_ref, cars, car_prompts[0]))
+    capped = concept_reference(detector_ref, cars, car_prompts[1])
     assert len(got[1][1].scores) == min(2, len(capped["scores"]))
     np.testing.assert_allclose(got[1][1].scores, capped["scores"][:2], atol=1e-4)
     # non-vacuous: the prompts answer differently
@@ -298,34 +244,6 @@ def test_concept_prompts_match_sam3model(decoder, features, truck, cars, detecto
 
 
 # ---------------------------------------------------------------------------------------- clicks and boxes
-def _tracker_reference(tracker_ref, image, multimask, points=None, labels=None, box=None, mask_input=None):
-    """``Sam3TrackerModel.forward(image_embeddings=...)`` with the embeddings of its own vision encoder, the
-    no-memory embedding on the 72x72 (here 16x16) level as Meta adds it, and ``post_process_masks``."""
-    from transformers import Sam3TrackerProcessor
-
-    proc = Sam3TrackerProcessor(image_processor=image_processor(224))
-    kw = {}
-    if points is not None:
-        kw |= {"input_points": [[points.tolist()]], "input_labels": [[labels.tolist()]]}
-    if box is not None:
-        kw["input_boxes"] = [[box.tolist()]]
-    inputs = proc(images=image, return_tensors="pt", **kw)
-    with torch.inference_mode():
-        maps = tracker_ref.get_image_features(inputs["pixel_values"]).fpn_hidden_states[:3]
-        sizes = tracker_ref.backbone_feature_sizes
-        embeds = [m.permute(1, 2, 0).reshape(1, -1, *s) for m, s in zip(maps, sizes)]
-        embeds[-1] = embeds[-1] + tracker_ref.no_memory_embedding.reshape(1, -1, 1, 1)
-        masks = None if mask_input is None else torch.as_tensor(mask_input)[None, None]
-        out = tracker_ref(
-            image_embeddings=embeds,
-            input_points=inputs.get("input_points"),
-            input_labels=inputs.get("input_labels"),
-            input_boxes=inputs.get("input_boxes"),
-            input_masks=masks,
-            multimask_output=multimask,
-        )
-    full = proc.post_process_masks(out.pred_masks, inputs["original_sizes"])[0][0]
-    return full.numpy(), out.iou_scores[0, 0].numpy()
 
 
 def test_clicks_and_boxes_match_sam3trackermodel(decoder, features, truck, tracker_ref):
@@ -341,7 +259,7 @@ def test_clicks_and_boxes_match_sam3trackermodel(decoder, features, truck, track
     flags = [True, True, True, True, False, False]
     got = decoder.predict_batch([DecodeRequest(features[0], prompts, flags)])[0]
     for g, p, multimask in zip(got, prompts, flags):
-        masks, iou = _tracker_reference(
+        masks, iou = tracker_reference(
             tracker_ref, truck, multimask, p.point_coords, p.point_labels, None if p.box_xyxy is None else p.box_xyxy
         )
         assert g.masks.shape == masks.shape == ((3 if multimask else 1), *truck.shape[:2])
@@ -359,7 +277,7 @@ def test_clicks_and_boxes_match_sam3trackermodel(decoder, features, truck, track
         PromptSpec(mask_input=prev),
     ]
     for g, p in zip(decoder.predict_batch([DecodeRequest(features[0], again, False)])[0], again):
-        masks, iou = _tracker_reference(tracker_ref, truck, False, p.point_coords, p.point_labels, mask_input=prev)
+        masks, iou = tracker_reference(tracker_ref, truck, False, p.point_coords, p.point_labels, mask_input=prev)
         assert mask_iou(g.masks[0], masks[0]) >= 0.999
         np.testing.assert_allclose(g.predicted_iou, iou, atol=1e-4)
 
