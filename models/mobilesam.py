@@ -38,7 +38,17 @@ import torch.nn.functional as F
 
 from models.accel import AccelSettings, accelerate
 from models.prompts import PromptSpec
-from models.segmenter import Capabilities, DecodeRequest, DecoderSettings, MaskPrediction, ModelSpec, SegmenterFamily
+from models.segmenter import (
+    Capabilities,
+    DecodeRequest,
+    DecoderParts,
+    DecoderSettings,
+    EncoderParts,
+    MaskPrediction,
+    ModelSpec,
+    SegmenterFamily,
+    check_images,
+)
 
 #: Channels of the image embedding and of the prompt tokens (SAM's ``prompt_embed_dim``).
 EMBED_DIM = 256
@@ -132,7 +142,7 @@ def input_hw_of(orig_hw: tuple[int, int], image_size: int = 1024) -> tuple[int, 
     return tuple(int(v) for v in rls.get_preprocess_shape(orig_hw[0], orig_hw[1], image_size))  # type: ignore
 
 
-class MobileSamImageEncoder:
+class MobileSamImageEncoder(EncoderParts):
     """Batched MobileSAM image encoder (TinyViT), with ``SamPredictor.set_image``'s preprocessing.
 
     Args:
@@ -151,19 +161,11 @@ class MobileSamImageEncoder:
         self.model = model
         self.image_size = int(model.image_encoder.img_size)
         self.transform = _mobile_sam().utils.transforms.ResizeLongestSide(self.image_size)
-        self._image_encoder = accelerate(model.image_encoder, self.device, accel, on_fallback, "image encoder")
+        self._accelerated = accelerate(model.image_encoder, self.device, accel, on_fallback, "image encoder")
 
     @property
     def device(self) -> torch.device:
         return self.model.device
-
-    def accel_state(self) -> dict:
-        """The speed-ups in force (see :meth:`models.accel.AcceleratedCall.state`)."""
-        return self._image_encoder.state()
-
-    def warm_up(self, batch_size: int = 1) -> None:
-        """Run one batch of black images so that compilation (lazy) and any fallback happen now."""
-        self.encode_batch([np.zeros((64, 64, 3), np.uint8)] * batch_size)
 
     @torch.inference_mode()
     def encode_batch(self, images: Sequence[np.ndarray]) -> list[MobileSamFeatures]:
@@ -181,15 +183,13 @@ class MobileSamImageEncoder:
         """
         if not images:
             return []
-        for i, image in enumerate(images):
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-                raise ValueError(f"images[{i}] must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        check_images(images)
         batch, input_hws = [], []
         for image in images:
             resized = torch.as_tensor(self.transform.apply_image(image), device=self.device)
             input_hws.append((int(resized.shape[0]), int(resized.shape[1])))
             batch.append(self.model.preprocess(resized.permute(2, 0, 1).contiguous()[None]))
-        embeddings = self._image_encoder(torch.cat(batch)).float().cpu().numpy()
+        embeddings = self._accelerated(torch.cat(batch)).float().cpu().numpy()
         out = [
             MobileSamFeatures(
                 image_embedding=embeddings[i],
@@ -201,12 +201,8 @@ class MobileSamImageEncoder:
         assert len(out) == len(images)
         return out
 
-    def encode(self, image: np.ndarray) -> MobileSamFeatures:
-        """Encode one (H, W, 3) uint8 RGB image; see :meth:`encode_batch`."""
-        return self.encode_batch([image])[0]
 
-
-class MobileSamMaskDecoder:
+class MobileSamMaskDecoder(DecoderParts):
     """Batched SAM v1 prompt encoder + mask decoder over precomputed :class:`MobileSamFeatures`.
 
     Only ``model.prompt_encoder`` and ``model.mask_decoder`` are used; the TinyViT may be dropped
@@ -237,10 +233,6 @@ class MobileSamMaskDecoder:
     @property
     def device(self) -> torch.device:
         return next(self.mask_decoder.parameters()).device
-
-    def accel_state(self) -> dict:
-        """The speed-ups in force (see :meth:`models.accel.AcceleratedCall.state`)."""
-        return self._mask_decoder_call.state()
 
     def warm_up(self) -> None:
         """Decode one click on all-zero features so that compilation (lazy) and any fallback happen now.
@@ -308,10 +300,6 @@ class MobileSamMaskDecoder:
             results.append(answers)  # type: ignore[arg-type]
         assert len(results) == len(requests)
         return results
-
-    def predict(self, features: MobileSamFeatures, prompt: PromptSpec, multimask_output: bool) -> MaskPrediction:
-        """Masks for one prompt on one image; see :meth:`predict_batch`."""
-        return self.predict_batch([DecodeRequest(features, [prompt], multimask_output)])[0][0]
 
     @torch.inference_mode()
     def decode_points(

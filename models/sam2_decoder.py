@@ -22,7 +22,7 @@ import torch
 from models.accel import AccelSettings, accelerate
 from models.prompts import PromptSpec
 from models.sam2_image import ImageFeatures
-from models.segmenter import DecodeRequest, DecoderSettings, MaskPrediction
+from models.segmenter import DecodeRequest, DecoderParts, DecoderSettings, MaskPrediction
 
 
 def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -32,7 +32,7 @@ def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(array).to(device)
 
 
-class Sam2MaskDecoder:
+class Sam2MaskDecoder(DecoderParts):
     """Batched SAM 2 prompt encoder + mask decoder over precomputed :class:`ImageFeatures`.
 
     Only the prompt encoder and mask decoder of ``model`` are used; the image encoder may be dropped
@@ -67,10 +67,6 @@ class Sam2MaskDecoder:
     @property
     def device(self) -> torch.device:
         return next(self.mask_decoder.parameters()).device
-
-    def accel_state(self) -> dict:
-        """The speed-ups in force (see :meth:`models.accel.AcceleratedCall.state`)."""
-        return self._mask_decoder_call.state()
 
     def warm_up(self) -> None:
         """Decode one click on all-zero features so that compilation (lazy) and any fallback happen now.
@@ -212,10 +208,6 @@ class Sam2MaskDecoder:
         """
         h, w = orig_hw
         return self.transforms.postprocess_masks(low_res.transpose(-1, -2)[:, None], (w, h))[:, 0].transpose(-1, -2)
-
-    def predict(self, features: ImageFeatures, prompt: PromptSpec, multimask_output: bool) -> MaskPrediction:
-        """Masks for one prompt on one image; see :meth:`predict_batch`."""
-        return self.predict_batch([DecodeRequest(features, [prompt], multimask_output)])[0][0]
 
     def _prompt_points(self, request: DecodeRequest, prompt: PromptSpec) -> tuple[torch.Tensor, torch.Tensor]:
         """Box corners (labels 2, 3) then clicks, scaled to the model's input frame, as sam2 does."""

@@ -23,6 +23,7 @@ import torch
 
 from models.accel import AccelSettings, accelerate
 from models.registry import get_model_spec
+from models.segmenter import EncoderParts, check_images
 
 
 def build_sam2_model(
@@ -88,7 +89,7 @@ def feature_nbytes(image_size: int = 1024) -> int:
     return 4 * (256 * (image_size // 16) ** 2 + 32 * (image_size // 4) ** 2 + 64 * (image_size // 8) ** 2)
 
 
-class Sam2ImageEncoder:
+class Sam2ImageEncoder(EncoderParts):
     """Batched SAM 2 image encoder (Hiera trunk + FPN neck + the decoder's high-res projections).
 
     Args:
@@ -111,19 +112,11 @@ class Sam2ImageEncoder:
         s = model.image_size
         # Spatial sizes of the three feature levels, as in SAM2ImagePredictor._bb_feat_sizes.
         self._feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
-        self._forward_image = accelerate(model.forward_image, self.device, accel, on_fallback, "image encoder")
+        self._accelerated = accelerate(model.forward_image, self.device, accel, on_fallback, "image encoder")
 
     @property
     def device(self) -> torch.device:
         return self.model.device
-
-    def accel_state(self) -> dict:
-        """The speed-ups in force (see :meth:`models.accel.AcceleratedCall.state`)."""
-        return self._forward_image.state()
-
-    def warm_up(self, batch_size: int = 1) -> None:
-        """Run one batch of black images so that compilation (lazy) and any fallback happen now."""
-        self.encode_batch([np.zeros((64, 64, 3), np.uint8)] * batch_size)
 
     @torch.inference_mode()
     def encode_batch(self, images: Sequence[np.ndarray]) -> list[ImageFeatures]:
@@ -141,11 +134,9 @@ class Sam2ImageEncoder:
         """
         if not images:
             return []
-        for i, image in enumerate(images):
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-                raise ValueError(f"images[{i}] must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        check_images(images)
         batch = self.transforms.forward_batch(list(images)).to(self.device)
-        backbone_out = self._forward_image(batch)
+        backbone_out = self._accelerated(batch)
         _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone_out)
         if self.model.directly_add_no_mem_embed:
             vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
@@ -165,6 +156,3 @@ class Sam2ImageEncoder:
         assert len(out) == len(images)
         return out
 
-    def encode(self, image: np.ndarray) -> ImageFeatures:
-        """Encode one (H, W, 3) uint8 RGB image; see :meth:`encode_batch`."""
-        return self.encode_batch([image])[0]

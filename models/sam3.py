@@ -60,10 +60,13 @@ from models.segmenter import (
     ConceptPrompt,
     ConceptRequest,
     DecodeRequest,
+    DecoderParts,
     DecoderSettings,
+    EncoderParts,
     MaskPrediction,
     ModelSpec,
     SegmenterFamily,
+    check_images,
 )
 
 #: ``ModelSpec.config`` names of the two architectures.
@@ -294,7 +297,7 @@ def image_processor(image_size: int):
     return Sam3ImageProcessor(size={"height": image_size, "width": image_size})
 
 
-class Sam3ImageEncoder:
+class Sam3ImageEncoder(EncoderParts):
     """Batched SAM 3 image encoder: ViT once, then the detector neck and the tracker neck (+ projections).
 
     Args:
@@ -313,19 +316,11 @@ class Sam3ImageEncoder:
         self.model = model
         self.image_size = int(model.config.detector_config.vision_config.image_size)
         self.processor = image_processor(self.image_size)
-        self._encode = accelerate(self._forward, self.device, accel, on_fallback, "image encoder")
+        self._accelerated = accelerate(self._forward, self.device, accel, on_fallback, "image encoder")
 
     @property
     def device(self) -> torch.device:
         return next(self.model.detector_model.parameters()).device
-
-    def accel_state(self) -> dict:
-        """The speed-ups in force (see :meth:`models.accel.AcceleratedCall.state`)."""
-        return self._encode.state()
-
-    def warm_up(self, batch_size: int = 1) -> None:
-        """Run one batch of black images so that compilation (lazy) and any fallback happen now."""
-        self.encode_batch([np.zeros((64, 64, 3), np.uint8)] * batch_size)
 
     def _forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """(N, 3, s, s) -> [detector levels 0-2 (N, C, ., .), tracker embed (N, C, g, g), conv_s0, conv_s1]."""
@@ -352,11 +347,9 @@ class Sam3ImageEncoder:
         """
         if not images:
             return []
-        for i, image in enumerate(images):
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-                raise ValueError(f"images[{i}] must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        check_images(images)
         pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
-        outs = [t.float().cpu().numpy() for t in self._encode(pixels)]
+        outs = [t.float().cpu().numpy() for t in self._accelerated(pixels)]
         features = [
             Sam3Features(
                 detector_fpn=(outs[0][i], outs[1][i], outs[2][i]),
@@ -368,10 +361,6 @@ class Sam3ImageEncoder:
         ]
         assert len(features) == len(images)
         return features
-
-    def encode(self, image: np.ndarray) -> Sam3Features:
-        """Encode one (H, W, 3) uint8 RGB image; see :meth:`encode_batch`."""
-        return self.encode_batch([image])[0]
 
 
 # ---------------------------------------------------------------------------------------------------- decoder
@@ -409,7 +398,7 @@ def box_xyxy_to_cxcywh_normalised(boxes_xyxy: np.ndarray, orig_hw: tuple[int, in
     return torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], -1)
 
 
-class Sam3MaskDecoder:
+class Sam3MaskDecoder(DecoderParts):
     """Batched SAM 3 decoder over precomputed :class:`Sam3Features`: clicks and boxes through the tracker head,
     concept prompts through the detector. Implements :class:`models.segmenter.MaskDecoder` and
     :class:`models.segmenter.ConceptDecoder`.
@@ -442,10 +431,6 @@ class Sam3MaskDecoder:
     @property
     def device(self) -> torch.device:
         return next(self.tracker.mask_decoder.parameters()).device
-
-    def accel_state(self) -> dict:
-        """The speed-ups in force (see :meth:`models.accel.AcceleratedCall.state`)."""
-        return self._mask_decoder_call.state()
 
     def warm_up(self) -> None:
         """Decode one click on all-zero features so that compilation (lazy) and any fallback happen now."""
@@ -589,10 +574,6 @@ class Sam3MaskDecoder:
             return low_res
         size = (LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)
         return F.interpolate(low_res[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-
-    def predict(self, features: Sam3Features, prompt: PromptSpec, multimask_output: bool) -> MaskPrediction:
-        """Masks for one prompt on one image; see :meth:`predict_batch`."""
-        return self.predict_batch([DecodeRequest(features, [prompt], multimask_output)])[0][0]
 
     @torch.inference_mode()
     def decode_points(

@@ -270,6 +270,52 @@ class ConceptPrediction:
     scores: np.ndarray
 
 
+# ------------------------------------------------------------------------------- what the families share
+def check_images(images: Sequence[np.ndarray]) -> None:
+    """The input rule of every family's encoder.
+
+    Raises:
+        ValueError: an image is not (H, W, 3) uint8 with H, W > 0, naming it (``images[i]``).
+    """
+    for i, image in enumerate(images):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+            raise ValueError(f"images[{i}] must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+
+
+class EncoderParts:
+    """What the families' batched encoders share. A subclass defines ``encode_batch`` and sets
+    ``self._accelerated``, its :class:`models.accel.AcceleratedCall` (``models.accel.accelerate``)."""
+
+    _accelerated: Any
+
+    def accel_state(self) -> dict:
+        """The speed-ups in force (see :meth:`models.accel.AcceleratedCall.state`)."""
+        return self._accelerated.state()
+
+    def warm_up(self, batch_size: int = 1) -> None:
+        """Run one batch of black images so that compilation (lazy) and any fallback happen now."""
+        self.encode_batch([np.zeros((64, 64, 3), np.uint8)] * batch_size)
+
+    def encode(self, image: np.ndarray):
+        """Encode one (H, W, 3) uint8 RGB image; see ``encode_batch``."""
+        return self.encode_batch([image])[0]
+
+
+class DecoderParts:
+    """What the families' batched decoders share. A subclass defines ``predict_batch`` and sets
+    ``self._mask_decoder_call``, the :class:`models.accel.AcceleratedCall` of its mask decoder."""
+
+    _mask_decoder_call: Any
+
+    def accel_state(self) -> dict:
+        """The speed-ups in force (see :meth:`models.accel.AcceleratedCall.state`)."""
+        return self._mask_decoder_call.state()
+
+    def predict(self, features: Any, prompt: PromptSpec, multimask_output: bool) -> MaskPrediction:
+        """Masks for one prompt on one image; see ``predict_batch``."""
+        return self.predict_batch([DecodeRequest(features, [prompt], multimask_output)])[0][0]
+
+
 # -------------------------------------------------------------------------------------------- the interfaces
 class ImageEncoder(Protocol):
     """A family's batched image encoder."""
