@@ -116,7 +116,22 @@ def preflight(model_id: str, source: WeightsSource) -> None:
         WeightsError, ChecksumMismatch: as :func:`pull_checkpoint`; a missing checkpoint file.
     """
     spec = get_model_spec(model_id)
+    if source.kind == "file":  # a file, or a directory holding the registry's file name
+        if not weights_file(source.checkpoint, spec).is_file():
+            name = spec.url.rsplit("/", 1)[-1]
+            inside = f" (a directory must hold {name})" if Path(source.checkpoint).is_dir() else ""
+            raise WeightsError(f"{model_id}: checkpoint file {source.checkpoint} does not exist{inside}")
+        return
     source.preflight(lambda: pull_checkpoint(spec))
+
+
+def weights_file(path: str | os.PathLike, spec: ModelSpec) -> Path:
+    """The weights file a configured checkpoint names: ``path`` itself, or for a directory the file in it
+    named as the registry URL's last part (``model.safetensors`` for ``facebook/sam3``)."""
+    path = Path(path)
+    if path.is_dir() and spec.url:
+        return path / spec.url.rsplit("/", 1)[-1]
+    return path
 
 
 def load_state_dict(
@@ -125,7 +140,8 @@ def load_state_dict(
     """Load the state dict in a weights file: ``torch.load(weights_only=True)`` or safetensors.
 
     Args:
-        path: the weights file, in ``spec``'s format.
+        path: the weights file, in ``spec``'s format; or a directory holding it under the URL's file name
+            (a local copy of a hub repository, e.g. ``facebook/sam3`` with its ``model.safetensors``).
         expected_sha256: if given, the file must have this digest.
         spec: the registry entry (its ``file_format`` and ``checkpoint_key``); None: a SAM 2 checkpoint
             holding ``{"model": state_dict}``.
@@ -140,7 +156,7 @@ def load_state_dict(
     import torch
 
     spec = spec or get_model_spec(_DEFAULT_SAM2, "sam2")
-    path = Path(path)
+    path = weights_file(path, spec)
     if not path.is_file():
         raise WeightsError(f"checkpoint file {path} does not exist")
     digest = verify_sha256(path, expected_sha256) if expected_sha256 else sha256_file(path)

@@ -499,3 +499,22 @@ def test_a_gated_download_needs_hf_token_and_says_so(tmp_path, monkeypatch):
 def test_an_entry_without_released_weights_is_refused_for_download(tmp_path):
     with pytest.raises(WeightsError, match="sam3-tiny has no released weights"):
         pull_checkpoint(get_model_spec("sam3-tiny"), tmp_path)
+
+
+def test_a_local_copy_of_a_hub_repository_loads_offline(tmp_path):
+    """SAM 3's checkpoint may be a directory (a local copy of facebook/sam3): its model.safetensors is
+    loaded, strictly, with its SHA-256 as the weights id; a directory without it fails pre-flight."""
+    from deployments.runtime.weights import WeightsSource
+    from tests.family_weights import write_sam3_tiny_checkpoint
+
+    spec = get_model_spec("sam3")
+    written = write_sam3_tiny_checkpoint(tmp_path, seed=0)
+    written.rename(tmp_path / "model.safetensors")
+    state, digest = load_state_dict(tmp_path, spec=spec)
+    assert digest == hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()
+    assert any(k.startswith("tracker_neck.") for k in state) and any(k.startswith("detector_model.") for k in state)
+    preflight("sam3", WeightsSource(kind="file", checkpoint=str(tmp_path)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WeightsError, match="does not exist .a directory must hold model.safetensors"):
+        preflight("sam3", WeightsSource(kind="file", checkpoint=str(empty)))
