@@ -31,9 +31,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def summarize(samples_s: list[float]) -> dict:
-    """p50/p95/p99/mean in milliseconds and the count of a list of durations in seconds."""
+    """p50/p95/p99/mean/min in milliseconds and the count of a list of durations in seconds."""
     a = np.asarray(samples_s) * 1e3
-    return {"n": len(a), "mean_ms": float(a.mean()), **{f"p{q}_ms": float(np.percentile(a, q)) for q in (50, 95, 99)}}
+    return {"n": len(a), "mean_ms": float(a.mean()), "min_ms": float(a.min()), **{f"p{q}_ms": float(np.percentile(a, q)) for q in (50, 95, 99)}}
 
 
 def stage_medians(timings: list[dict]) -> dict:
