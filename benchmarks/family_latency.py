@@ -48,7 +48,17 @@ import numpy as np
 import yaml
 
 from benchmarks.baselines import BareSegmenter, load_rgb
-from benchmarks.common import REPO, SHARED_DATA, b64, png_variants, serve_app, stage_medians, summarize, write_result
+from benchmarks.common import (
+    REPO,
+    RESULTS,
+    SHARED_DATA,
+    b64,
+    png_variants,
+    serve_app,
+    stage_medians,
+    summarize,
+    write_result,
+)
 
 DEFAULT_MODELS = ("sam2.1_hiera_tiny", "mobile_sam", "sam3-tiny")
 FULL_SAM3 = "sam3"
@@ -147,9 +157,14 @@ class LoadSampler:
         self._thread.join()
 
     def summary(self) -> dict:
-        """``{"n", "min", "median", "max"}`` of the samples."""
-        a = np.asarray(self.samples or [float("nan")])
-        return {"n": len(self.samples), "min": float(a.min()), "median": float(np.median(a)), "max": float(a.max())}
+        """:meth:`stats` of all the samples."""
+        return self.stats(self.samples)
+
+    @staticmethod
+    def stats(samples: list[float]) -> dict:
+        """``{"n", "min", "median", "max"}`` of load samples."""
+        a = np.asarray(samples or [float("nan")])
+        return {"n": len(samples), "min": float(a.min()), "median": float(np.median(a)), "max": float(a.max())}
 
 
 def other_load() -> dict:
@@ -167,6 +182,23 @@ def other_load() -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ one model
+#: The server-side stages of a /v1/segment answer (``timing_ms``) that are the model's work (as the bare
+#: baseline does it): image decode, encode, decoder or detector, mask encoding.
+MODEL_STAGES = ("decode_image", "encode", "decode_masks", "concepts", "postprocess")
+
+
+def service_summary(calls: list[tuple[float, dict]]) -> dict:
+    """Client-side latency of service calls, the model's share of it (:data:`MODEL_STAGES` of each answer's
+    ``timing_ms``), and the rest: the serving overhead (HTTP, ingress, Ray hops, queues), per request."""
+    model_s = [sum(r["timing_ms"].get(k, 0.0) for k in MODEL_STAGES) / 1e3 for _, r in calls]
+    return {
+        **summarize([s for s, _ in calls]),
+        "model_stages": summarize(model_s),
+        "serving_overhead": summarize([s - m for (s, _), m in zip(calls, model_s)]),
+        "stage_median_ms": stage_medians([r["timing_ms"] for _, r in calls]),
+    }
+
+
 def areas(masks: list[dict]) -> list[int]:
     """Sorted mask areas (pixels) of a list of encoded masks: equal for equal answers in any order."""
     return sorted(int(m["area_px"]) for m in masks)
@@ -230,12 +262,7 @@ def measure_model(client, serve_pid: int, index: int, model_id: str, rgb: np.nda
             "click_decoder": summarize([c[0] for c in bare_click]),
             "click": summarize([c[1] for c in bare_click]),
         },
-        "service": {
-            "cold": summarize([s for s, _ in svc_cold]),
-            "click": summarize([s for s, _ in svc_click]),
-            "cold_stage_median_ms": stage_medians([r["timing_ms"] for _, r in svc_cold]),
-            "click_stage_median_ms": stage_medians([r["timing_ms"] for _, r in svc_click]),
-        },
+        "service": {"cold": service_summary(svc_cold), "click": service_summary(svc_click)},
     }
     if bare.concepts:
         concept_body = {
@@ -255,14 +282,16 @@ def measure_model(client, serve_pid: int, index: int, model_id: str, rgb: np.nda
             svc_concept.append(timed_post(client, concept_body))
         out["bare"]["concept_decoder"] = summarize([c[0] for c in bare_concept])
         out["bare"]["concept"] = summarize([c[1] for c in bare_concept])
-        out["service"]["concept"] = summarize([s for s, _ in svc_concept])
-        out["service"]["concept_stage_median_ms"] = stage_medians([r["timing_ms"] for _, r in svc_concept])
+        out["service"]["concept"] = service_summary(svc_concept)
         svc_inst = svc_concept[-1][1]["results"][0]["instances"]
         agree["concept"] = areas(bare_concept[-1][2]) == areas(svc_inst)
         out["concept_instances"] = len(svc_inst)
     b, s = out["bare"], out["service"]
     out["efficiency"] = {w: b[w]["p50_ms"] / s[w]["p50_ms"] for w in ("cold", "click", "concept") if w in s}
     out["efficiency_min"] = {w: b[w]["min_ms"] / s[w]["min_ms"] for w in out["efficiency"]}  # the least-disturbed calls
+    # the service's own model stages over its client-side latency, per request: immune to the bare process
+    # getting a different share of a contended machine than the replicas do
+    out["in_service_efficiency"] = {w: s[w]["model_stages"]["p50_ms"] / s[w]["p50_ms"] for w in out["efficiency"]}
     out["overhead_p50_ms"] = {w: s[w]["p50_ms"] - b[w]["p50_ms"] for w in ("cold", "click", "concept") if w in s}
     out["answers_agree"] = agree
     out["memory"] = {
@@ -277,6 +306,17 @@ def measure_model(client, serve_pid: int, index: int, model_id: str, rgb: np.nda
 
 
 # ---------------------------------------------------------------------------------------------------- main
+def merged(name: str, results: dict, merge: bool) -> dict:
+    """``results``, over the per-model results of the existing ``benchmarks/results/{name}.json`` with
+    ``merge`` (a model measured in another run keeps its own ``measured_at`` and load)."""
+    import json
+
+    path = RESULTS / f"{name}.json"
+    if not merge or not path.exists():
+        return results
+    return {**json.loads(path.read_text()).get("results", {}), **results}
+
+
 def main() -> None:
     import httpx
 
@@ -291,6 +331,8 @@ def main() -> None:
     p.add_argument("--full-clicks", type=int, default=5)
     p.add_argument("--full-concepts", type=int, default=3)
     p.add_argument("--out", default="families", help="results file name under benchmarks/results/")
+    p.add_argument("--merge", action="store_true", help="keep the other models' results already in the file")
+    p.add_argument("--serve-log", type=Path, default=None, help="keep the service's log here")
     args = p.parse_args()
     models = list(args.models) + ([FULL_SAM3] if args.with_sam3_full and FULL_SAM3 not in args.models else [])
 
@@ -300,11 +342,14 @@ def main() -> None:
     results, t0 = {}, time.perf_counter()
     with tempfile.TemporaryDirectory() as data_dir, LoadSampler() as load:
         env = {"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_SEED": "0", "SAMGRAPH_DATA_DIR": data_dir}
-        with serve_app(config, env, ready_timeout_s=900) as served, httpx.Client(base_url=served.url, timeout=1800) as c:
+        with serve_app(config, env, ready_timeout_s=900, keep_log=args.serve_log) as served, httpx.Client(base_url=served.url, timeout=1800) as c:
             start_s = time.perf_counter() - t0
             listed = {m["model_id"]: m for m in c.get("/v1/models").json()["models"]}
             for i, m in enumerate(models):
+                n_load = len(load.samples)
                 results[m] = measure_model(c, served.pid, i, m, rgb, args, full=m == FULL_SAM3)
+                results[m]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                results[m]["loadavg_1min_while_measured"] = LoadSampler.stats(load.samples[n_load:])
                 results[m]["memory"]["feature_bytes"] = listed[m]["feature_bytes"]
                 results[m]["params_m"], results[m]["image_size"] = listed[m]["params_m"], listed[m]["image_size"]
                 write_partial(args.out, models, args, results, load, load_before, start_s)
@@ -326,18 +371,18 @@ def write_partial(name: str, models, args, results, load, load_before, start_s) 
             "concept": {"text": CONCEPT_TEXT, "score_thresh": CONCEPT_SCORE_THRESH, "max_instances": CONCEPT_MAX_INSTANCES},
             "service_start_s": start_s,
             "machine_load": {"loadavg_1min_during_run": load.summary(), "other_processes_at_start": load_before},
-            "results": results,
+            "results": merged(name, results, args.merge),
         },
     )
 
 
 def print_table(results: dict) -> None:
     """p50s, efficiencies and memory per model on stdout."""
-    print(f"{'model':<20} {'workload':<8} {'bare p50':>10} {'svc p50':>10} {'svc p95':>10} {'eff':>6} {'svc-bare':>10}")
+    print(f"{'model':<20} {'workload':<8} {'bare p50':>10} {'svc p50':>10} {'svc p95':>10} {'eff':>6} {'svc-bare':>10} {'in-svc':>7}")
     for m, r in results.items():
         for w in r["efficiency"]:
             b, s = r["bare"][w], r["service"][w]
-            print(f"{m:<20} {w:<8} {b['p50_ms']:>10.1f} {s['p50_ms']:>10.1f} {s['p95_ms']:>10.1f} {r['efficiency'][w]:>6.2f} {r['overhead_p50_ms'][w]:>10.1f}")
+            print(f"{m:<20} {w:<8} {b['p50_ms']:>10.1f} {s['p50_ms']:>10.1f} {s['p95_ms']:>10.1f} {r['efficiency'][w]:>6.2f} {r['overhead_p50_ms'][w]:>10.1f} {r['in_service_efficiency'][w]:>7.2f}")
         mem = r["memory"]
         print(f"{m:<20} memory: features {mem['feature_bytes'] / 1e6:.2f} MB, cache entry {(mem['cache_bytes_per_entry'] or 0) / 1e6:.2f} MB, "
               f"decoder RSS +{(mem['decoder_rss_growth_per_image'] or 0) / 1e6:.2f} MB/image; answers agree {r['answers_agree']}")
