@@ -128,6 +128,17 @@ def cache_stats(client, model_id: str) -> dict:
     return r.json()["cache_by_model"][model_id]
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by the processes ``pids`` (all their threads)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        t = psutil.Process(pid).cpu_times()
+        total += t.user + t.system
+    return total
+
+
 def decoder_rss(serve_pid: int, deployment: str) -> int:
     """Summed resident set of ``deployment``'s replicas (bytes)."""
     from benchmarks.procmem import replica_pids, rss_bytes
@@ -217,7 +228,10 @@ def measure_model(client, serve_pid: int, index: int, model_id: str, rgb: np.nda
     build_s = time.perf_counter() - t_build
     box = PromptSpec(box_xyxy=np.array(TRUCK_BOX, np.float32))
     click = PromptSpec(point_coords=np.array([CLICK_XY], np.float32), point_labels=np.ones(1, np.int32))
-    _, dec_name = stage_names(index, model_id)
+    from benchmarks.procmem import replica_pids
+
+    enc_name, dec_name = stage_names(index, model_id)
+    service_pids = replica_pids(serve_pid, enc_name) + replica_pids(serve_pid, dec_name)
     # distinct bytes per model too: the image_id is the bytes' hash, and caches are per model anyway
     pngs = png_variants(rgb, n_cold + 1, start=40 * index)
 
@@ -230,10 +244,14 @@ def measure_model(client, serve_pid: int, index: int, model_id: str, rgb: np.nda
         timed_post(client, cold_body(pngs[0]))
     stats0 = cache_stats(client, model_id)
     rss0 = decoder_rss(serve_pid, dec_name)
-    bare_cold, svc_cold = [], []
+    bare_cold, svc_cold, cores = [], [], {"bare": [], "service": []}
     for png in pngs[1:]:
+        c0 = time.process_time()
         bare_cold.append(bare.cold(png, box, False))
+        cores["bare"].append((time.process_time() - c0) / bare_cold[-1]["total_s"])
+        c0 = cpu_seconds(service_pids)
         svc_cold.append(timed_post(client, cold_body(png)))
+        cores["service"].append((cpu_seconds(service_pids) - c0) / svc_cold[-1][0])
         print(f"[{model_id}] cold bare {bare_cold[-1]['total_s']:.2f} s, service {svc_cold[-1][0]:.2f} s", flush=True)
     rss1 = decoder_rss(serve_pid, dec_name)
     stats1 = cache_stats(client, model_id)
@@ -294,6 +312,9 @@ def measure_model(client, serve_pid: int, index: int, model_id: str, rgb: np.nda
     out["in_service_efficiency"] = {w: s[w]["model_stages"]["p50_ms"] / s[w]["p50_ms"] for w in out["efficiency"]}
     out["overhead_p50_ms"] = {w: s[w]["p50_ms"] - b[w]["p50_ms"] for w in ("cold", "click", "concept") if w in s}
     out["answers_agree"] = agree
+    # CPU seconds per wall second of a cold request (this process; the model's two replicas): below the
+    # torch threads, the side was waiting for a CPU (other load) or for I/O
+    out["cold_cores_used_median"] = {k: float(np.median(v)) for k, v in cores.items()}
     out["memory"] = {
         "new_cache_entries": new_entries,
         "cache_bytes_per_entry": (stats1["bytes"] - stats0["bytes"]) / new_entries if new_entries else None,
