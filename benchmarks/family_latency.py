@@ -381,18 +381,22 @@ def main() -> None:
 
 
 def write_partial(name: str, models, args, results, load, load_before, start_s) -> Path:
-    """Write what is measured so far (a long run keeps its finished models if it is stopped)."""
+    """Write what is measured so far (a long run keeps its finished models if it is stopped); with
+    ``--merge``, over the other models already in the file. Load and counts at the top are this run's;
+    each model keeps its own ``measured_at`` and ``loadavg_1min_while_measured``."""
+    results = merged(name, results, args.merge)
     return write_result(
         name,
         {
-            "models": models,
+            "models": list(results),
+            "models_this_run": models,
             "threads": {"encoder": args.threads, "decoder": args.threads},
             "counts": {k: getattr(args, k) for k in ("cold", "clicks", "concepts", "full_cold", "full_clicks", "full_concepts")},
             "image": "truck.jpg 1800x1200, PNG, box [75, 275, 1725, 850], click [500, 375]",
             "concept": {"text": CONCEPT_TEXT, "score_thresh": CONCEPT_SCORE_THRESH, "max_instances": CONCEPT_MAX_INSTANCES},
             "service_start_s": start_s,
             "machine_load": {"loadavg_1min_during_run": load.summary(), "other_processes_at_start": load_before},
-            "results": merged(name, results, args.merge),
+            "results": results,
         },
     )
 
