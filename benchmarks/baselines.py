@@ -183,7 +183,8 @@ class BareSegmenter:
         from models.registry import family_of
 
         self.model_id, self.enc_threads, self.dec_threads = model_id, enc_threads, dec_threads
-        self.concepts = family_of(model_id).capabilities.concept_prompts
+        family = family_of(model_id)
+        self.family_name, self.concepts = family.name, family.capabilities.concept_prompts
         self.encoder, self.decoder = build_sam(model_id, seed)
 
     def encode(self, rgb: np.ndarray):

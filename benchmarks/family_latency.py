@@ -31,6 +31,7 @@ Writes benchmarks/results/families.json (``--out``), with the CPU model, its fla
 sampled through the run.
 
     python benchmarks/family_latency.py [--models ...] [--with-sam3-full] [--cold 5] [--clicks 30] [--concepts 10]
+    python benchmarks/family_latency.py --models sam3 --bare-only --merge   # the full SAM 3, bare side once
 """
 
 from __future__ import annotations
@@ -327,6 +328,41 @@ def measure_model(client, serve_pid: int, index: int, model_id: str, rgb: np.nda
 
 
 # ---------------------------------------------------------------------------------------------------- main
+def measure_bare_only(model_id: str, rgb: np.ndarray, args) -> dict:
+    """The bare side alone, once (no service, no warm-up): for a model too big to serve beside its baseline
+    on this machine (the full SAM 3: ~4.7 GB encoder replica, ~2.5 GB decoder replica, ~4.6 GB baseline).
+    One cold request's work, then ``full_clicks`` clicks and ``full_concepts`` concept prompts on it."""
+    from models.prompts import PromptSpec
+
+    t = time.perf_counter()
+    bare = BareSegmenter(model_id, args.threads, args.threads)
+    build_s = time.perf_counter() - t
+    png = png_variants(rgb, 1)[0]
+    c0 = time.process_time()
+    cold = bare.cold(png, PromptSpec(box_xyxy=np.array(TRUCK_BOX, np.float32)), False)
+    cores = (time.process_time() - c0) / cold["total_s"]
+    print(f"[{model_id}] bare only: build {build_s:.1f} s, cold {cold['total_s']:.1f} s ({cores:.2f} cores)", flush=True)
+    click = PromptSpec(point_coords=np.array([CLICK_XY], np.float32), point_labels=np.ones(1, np.int32))
+    out = {
+        "family": bare.family_name,
+        "bare_only": True,
+        "bare_build_s": build_s,
+        "bare": {
+            "cold": summarize([cold["total_s"]]),
+            "image_decode": summarize([cold["image_decode_s"]]),
+            "encode": summarize([cold["encode_s"]]),
+            "click": summarize([bare.decode(cold["features"], click, True)[1] for _ in range(args.full_clicks)]),
+        },
+        "service": None,
+        "cold_cores_used_median": {"bare": cores},
+        "memory": {"feature_bytes": cold["features"].nbytes},
+    }
+    if bare.concepts:
+        concept = (cold["features"], CONCEPT_TEXT, CONCEPT_SCORE_THRESH, CONCEPT_MAX_INSTANCES)
+        out["bare"]["concept"] = summarize([bare.concept(*concept)[1] for _ in range(args.full_concepts)])
+    return out
+
+
 def merged(name: str, results: dict, merge: bool) -> dict:
     """``results``, over the per-model results of the existing ``benchmarks/results/{name}.json`` with
     ``merge`` (a model measured in another run keeps its own ``measured_at`` and load)."""
@@ -353,6 +389,7 @@ def main() -> None:
     p.add_argument("--full-concepts", type=int, default=3)
     p.add_argument("--out", default="families", help="results file name under benchmarks/results/")
     p.add_argument("--merge", action="store_true", help="keep the other models' results already in the file")
+    p.add_argument("--bare-only", action="store_true", help="measure the models' bare side once, start no service")
     p.add_argument("--serve-log", type=Path, default=None, help="keep the service's log here")
     args = p.parse_args()
     models = list(args.models) + ([FULL_SAM3] if args.with_sam3_full and FULL_SAM3 not in args.models else [])
@@ -361,6 +398,16 @@ def main() -> None:
     config = serve_config(models, args.threads, max(args.cold, args.full_cold))
     load_before = other_load()
     results, t0 = {}, time.perf_counter()
+    if args.bare_only:
+        with LoadSampler() as load:
+            for m in models:
+                n_load = len(load.samples)
+                results[m] = measure_bare_only(m, rgb, args)
+                results[m]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                results[m]["loadavg_1min_while_measured"] = LoadSampler.stats(load.samples[n_load:])
+        path = write_partial(args.out, models, args, results, load, {**load_before, "after": other_load()}, None)
+        print(f"wrote {path}")
+        return
     with tempfile.TemporaryDirectory() as data_dir, LoadSampler() as load:
         env = {"SAMGRAPH_WEIGHTS": "random", "SAMGRAPH_SEED": "0", "SAMGRAPH_DATA_DIR": data_dir}
         with serve_app(config, env, ready_timeout_s=900, keep_log=args.serve_log) as served, httpx.Client(base_url=served.url, timeout=1800) as c:
