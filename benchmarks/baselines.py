@@ -2,9 +2,10 @@
 
 All run the seeded random weights (seed 0: the real compute, meaningless masks) in this process,
 with no serving:
-  bare encoder + decoder  - samgraph's batched SAM 2 wrappers (models.sam2_image) in a tight loop:
-                            :func:`bare_fresh_and_interactive`, :func:`bare_encode_decode`,
-                            :func:`bare_center_click`;
+  bare encoder + decoder  - samgraph's batched encoder and decoder of any registry model, built through
+                            its family (models.registry.family_of), in a tight loop:
+                            :class:`BareSegmenter`, :func:`bare_encode_decode`,
+                            :func:`bare_fresh_and_interactive`, :func:`bare_center_click`;
   one-process predict     - SAM2AutomaticMaskGenerator + fade/crop + open_clip + numpy brute-force
                             k-NN, one photo at a time: :class:`OneProcessPredict`;
   naive predictor         - Meta's SAM2ImagePredictor (``set_image`` + ``predict`` per request), which
@@ -80,12 +81,18 @@ def rate_of(call: Callable[[], int], seconds: float, min_calls: int) -> dict:
 
 
 def build_sam(model_id: str = MODEL_ID, seed: int = 0):
-    """(Sam2ImageEncoder, Sam2MaskDecoder) over one SAM 2 model with seeded random weights."""
-    from models.sam2_decoder import Sam2MaskDecoder
-    from models.sam2_image import Sam2ImageEncoder, build_sam2_model
+    """(ImageEncoder, MaskDecoder) of any registry model (:data:`models.registry.MODELS`) with seeded random
+    weights on the CPU, built through its family (``family_of(model_id).build/encoder/decoder``), as the
+    service's stages build it with ``SAMGRAPH_WEIGHTS=random``.
 
-    model = build_sam2_model(model_id, seed=seed)
-    return Sam2ImageEncoder(model), Sam2MaskDecoder(model)
+    Raises:
+        ValueError: unknown ``model_id`` (the message lists the valid ones).
+    """
+    from models.registry import family_of, get_model_spec
+
+    family = family_of(model_id)
+    model = family.build(get_model_spec(model_id), None, seed=seed, device="cpu")
+    return family.encoder(model), family.decoder(model)
 
 
 def points_prompt(points: Sequence[Sequence[float]]):
@@ -162,9 +169,84 @@ def bare_fresh_and_interactive(photos: list, n_images: int, n_sessions: int, thr
     }
 
 
+class BareSegmenter:
+    """One registry model's encoder and decoder in this process, timed per call the way the service
+    answers /v1/segment (masks as COCO RLE), with no serving: the baseline of
+    benchmarks/segment_latency.py and benchmarks/family_latency.py.
+
+    Args:
+        model_id: any registry model (seeded random weights, see :func:`build_sam`).
+        enc_threads, dec_threads: torch threads while encoding and while decoding.
+    """
+
+    def __init__(self, model_id: str, enc_threads: int, dec_threads: int, seed: int = 0) -> None:
+        from models.registry import family_of
+
+        self.model_id, self.enc_threads, self.dec_threads = model_id, enc_threads, dec_threads
+        family = family_of(model_id)
+        self.family_name, self.concepts = family.name, family.capabilities.concept_prompts
+        self.encoder, self.decoder = build_sam(model_id, seed)
+
+    def encode(self, rgb: np.ndarray):
+        """(seconds, features) of one encode of ``rgb`` ((H, W, 3) uint8 RGB)."""
+        import torch
+
+        torch.set_num_threads(self.enc_threads)
+        t = time.perf_counter()
+        features = self.encoder.encode_batch([rgb])[0]
+        return time.perf_counter() - t, features
+
+    def decode(self, features, prompt, multimask: bool) -> tuple[float, float, list[dict]]:
+        """(decoder seconds, decoder + RLE seconds, the masks' RLE) of one prompt (a ``PromptSpec``)."""
+        import torch
+
+        from models.masks import encode_masks
+        from models.segmenter import DecodeRequest
+
+        torch.set_num_threads(self.dec_threads)
+        t = time.perf_counter()
+        pred = self.decoder.predict_batch([DecodeRequest(features, [prompt], multimask)])[0][0]
+        t1 = time.perf_counter()
+        rle = encode_masks(pred.masks, "rle")
+        return t1 - t, time.perf_counter() - t, rle
+
+    def concept(self, features, text: str, score_thresh: float, max_instances: int) -> tuple[float, float, list[dict]]:
+        """(decoder seconds, decoder + RLE seconds, the instances' RLE) of one text concept prompt.
+
+        Raises:
+            ValueError: the model's family takes no concept prompts.
+        """
+        import torch
+
+        from models.masks import encode_masks
+        from models.segmenter import ConceptPrompt, ConceptRequest
+
+        if not self.concepts:
+            raise ValueError(f"{self.model_id} takes no concept prompts")
+        torch.set_num_threads(self.dec_threads)
+        prompt = ConceptPrompt(text=text, score_thresh=score_thresh, max_instances=max_instances)
+        t = time.perf_counter()
+        found = self.decoder.segment_concepts([ConceptRequest(features, [prompt])])[0][0]
+        t1 = time.perf_counter()
+        rle = encode_masks(found.masks, "rle")
+        return t1 - t, time.perf_counter() - t, rle
+
+    def cold(self, image_bytes: bytes, prompt, multimask: bool) -> dict:
+        """What /v1/segment does for a new image, in this process: decode the file's bytes, encode, one
+        prompt, RLE. Returns ``{"total_s", "image_decode_s", "encode_s", "decode_s", "features", "masks"}``."""
+        t = time.perf_counter()
+        rgb = rgb_of(image_bytes)
+        t_img = time.perf_counter() - t
+        enc_s, features = self.encode(rgb)
+        dec_s, _, rle = self.decode(features, prompt, multimask)
+        total = time.perf_counter() - t
+        return {"total_s": total, "image_decode_s": t_img, "encode_s": enc_s, "decode_s": dec_s, "features": features, "masks": rle}
+
+
 def bare_encode_decode(rgb: np.ndarray, model_id: str, n_encodes: int, n_decodes: int, enc_threads: int, dec_threads: int, box_xyxy, click_xy) -> dict:
-    """Encoder and decoder latency alone: ``n_encodes`` encodes of ``rgb`` ((H, W, 3) uint8), then
-    ``n_decodes`` times a box (one mask) and a click (three), after one warm-up each.
+    """Encoder and decoder latency alone (any registry model, through :class:`BareSegmenter`): ``n_encodes``
+    encodes of ``rgb`` ((H, W, 3) uint8), then ``n_decodes`` times a box (one mask) and a click (three),
+    after one warm-up each.
 
     Args:
         box_xyxy: (4,) pixels of ``rgb``; click_xy: (2,) pixels, a foreground click.
@@ -172,23 +254,19 @@ def bare_encode_decode(rgb: np.ndarray, model_id: str, n_encodes: int, n_decodes
     Returns:
         ``{"encode", "decode_box", "decode_click"}``, each :func:`benchmarks.common.summarize`.
     """
-    import torch
-
     from models.prompts import PromptSpec
 
-    encoder, decoder = build_sam(model_id)
+    bare = BareSegmenter(model_id, enc_threads, dec_threads)
     box = PromptSpec(box_xyxy=np.array(box_xyxy, np.float32))
     click = PromptSpec(point_coords=np.array([click_xy], np.float32), point_labels=np.ones(1, np.int32))
-    torch.set_num_threads(enc_threads)
-    feats = encoder.encode(rgb)  # warm-up
-    enc = timed(lambda: encoder.encode(rgb), n_encodes)
-    torch.set_num_threads(dec_threads)
+    _, feats = bare.encode(rgb)  # warm-up
+    enc = [bare.encode(rgb)[0] for _ in range(n_encodes)]
     for _ in range(3):
-        decoder.predict(feats, click, True)
+        bare.decode(feats, click, True)
     dec_box, dec_click = [], []
     for _ in range(n_decodes):
-        dec_box += timed(lambda: decoder.predict(feats, box, False), 1)
-        dec_click += timed(lambda: decoder.predict(feats, click, True), 1)
+        dec_box.append(bare.decode(feats, box, False)[0])
+        dec_click.append(bare.decode(feats, click, True)[0])
     return {"encode": summarize(enc), "decode_box": summarize(dec_box), "decode_click": summarize(dec_click)}
 
 

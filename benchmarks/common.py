@@ -31,9 +31,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def summarize(samples_s: list[float]) -> dict:
-    """p50/p95/p99/mean in milliseconds and the count of a list of durations in seconds."""
+    """p50/p95/p99/mean/min in milliseconds and the count of a list of durations in seconds."""
     a = np.asarray(samples_s) * 1e3
-    return {"n": len(a), "mean_ms": float(a.mean()), **{f"p{q}_ms": float(np.percentile(a, q)) for q in (50, 95, 99)}}
+    return {"n": len(a), "mean_ms": float(a.mean()), "min_ms": float(a.min()), **{f"p{q}_ms": float(np.percentile(a, q)) for q in (50, 95, 99)}}
 
 
 def stage_medians(timings: list[dict]) -> dict:
@@ -56,13 +56,13 @@ def random_png(size: int = 512, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def png_variants(rgb: np.ndarray, n: int) -> list[bytes]:
-    """``n`` PNGs of ``rgb`` ((H, W, 3) uint8, W >= n), each with one pixel of row 0 changed: new bytes
-    (a new image_id), the same compute."""
+def png_variants(rgb: np.ndarray, n: int, start: int = 0) -> list[bytes]:
+    """``n`` PNGs of ``rgb`` ((H, W, 3) uint8, W >= start + n), each with one pixel of row 0 changed (the
+    pixels ``start`` to ``start + n - 1``): new bytes (a new image_id), the same compute."""
     from PIL import Image
 
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         img = rgb.copy()
         img[0, i] = (img[0, i].astype(int) + 1) % 256
         buf = io.BytesIO()
@@ -71,13 +71,35 @@ def png_variants(rgb: np.ndarray, n: int) -> list[bytes]:
     return out
 
 
+#: The /proc/cpuinfo flags that decide CPU speed-ups (fused multiply-add, AVX2, AVX-512 with bf16/VNNI, AMX).
+CPU_FLAGS_OF_INTEREST = ("fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_info() -> dict:
+    """``{"model", "flags"}`` of this machine's CPU from ``/proc/cpuinfo`` (Linux): its model name and which
+    of :data:`CPU_FLAGS_OF_INTEREST` it has (``{}`` and the platform's name elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "flags": {}}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name", platform.machine()), "flags": {f: f in flags for f in CPU_FLAGS_OF_INTEREST}}
+
+
 def machine() -> dict:
-    """What the numbers were measured on."""
+    """What the numbers were measured on: CPU model and flags (:func:`cpu_info`), cores, load average at
+    the time of writing, versions, GPU."""
     import torch
 
+    cpu = cpu_info()
     return {
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu["model"],
+        "cpu_flags": cpu["flags"],
         "cores": os.cpu_count(),
+        "loadavg_1_5_15": list(os.getloadavg()),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
