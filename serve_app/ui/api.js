@@ -48,7 +48,7 @@ function askForKey(rejected) {
 }
 
 /** ``method`` ``path`` with a JSON body (``json``) or a multipart one (``form``); the answer's JSON. On a
- * 401, asks for the API key once and sends the call again with it. */
+ * 401, asks for the API key once (unless another call got one meanwhile) and sends the call again with it. */
 async function call(method, path, { json, form } = {}, asked = false) {
   const url = new URL(path, API_ROOT);
   const init = { method, headers: {} };
@@ -73,7 +73,12 @@ async function call(method, path, { json, form } = {}, asked = false) {
   } catch {
     data = null;
   }
-  if (res.status === 401 && !asked && askForKey(Boolean(key))) return call(method, path, { json, form }, true);
+  if (res.status === 401 && !asked) {
+    // Calls sent together (the listing and the model picker at load) share one question: a key entered
+    // since this call left is tried first, unasked.
+    const entered = storedKey();
+    if ((entered && entered !== key) || askForKey(Boolean(key))) return call(method, path, { json, form }, true);
+  }
   if (!res.ok) {
     const err = data && data.error ? data.error : { code: `http_${res.status}`, message: (data && data.reason) || text.slice(0, 300) || res.statusText };
     throw new ShownError(err.code, err.message, { status: res.status, field: err.field, requestId: err.request_id, where });

@@ -147,7 +147,7 @@ def test_every_route_answers_its_declared_model(client, spec, added):
     gets a request below."""
     seen: set[tuple[str, str]] = set()
     check = functools.partial(_check, spec, seen)
-    for path in ("/healthz", "/readyz", "/v1/stats"):
+    for path in ("/healthz", "/readyz", "/v1/stats", "/v1/models"):
         check("GET", path, client.get(path))
     assert client.get("/v1/stats").json()["decoder"]["requests"] >= 1  # `added` went through a decoder
 

@@ -26,6 +26,9 @@ from serve_app.ingress.readiness import model_entry, readiness
 CACHE_COUNTERS = ("entries", "bytes", "hits", "misses", "evictions", "encodes")
 #: The session ids under which ``/v1/stats`` asks the decoder replicas (see :func:`decoder_stats`).
 STATS_KEYS = tuple(f"stats-{k}" for k in range(64))
+#: At most this many of those calls in flight at once: a decoder sized for SAM 3 queues few requests
+#: (configs/serve.sam3.yaml: 16 ongoing + 32 queued), and 64 at once would be refused with 503.
+STATS_IN_FLIGHT = 8
 
 router = DescribedRouter()
 
@@ -113,9 +116,16 @@ async def decoder_stats(ctx) -> dict[str, dict]:
     """``stats()`` of every MaskDecoder replica reached, of every served model, by replica id. A handle
     cannot address a replica, so the call goes out under :data:`STATS_KEYS` session ids, which the
     consistent-hash ring spreads over the replicas (with 100 virtual nodes each, 64 keys reach each of 8
-    replicas with probability > 0.99); per-replica Ray metrics are exact."""
-    calls = [ctx.images.owner(k, m).stats.remote() for m in ctx.decoders for k in STATS_KEYS]
-    answers = await asyncio.gather(*calls)
+    replicas with probability > 0.99), at most :data:`STATS_IN_FLIGHT` at a time; per-replica Ray metrics
+    are exact."""
+    calls = [(k, m) for m in ctx.decoders for k in STATS_KEYS]
+    bound = asyncio.Semaphore(STATS_IN_FLIGHT)
+
+    async def ask(key: str, model_id: str) -> dict:
+        async with bound:
+            return await ctx.images.owner(key, model_id).stats.remote()
+
+    answers = await asyncio.gather(*(ask(k, m) for k, m in calls))
     return {a["replica"] or f"local-{a.get('model_id')}": a for a in answers}
 
 
