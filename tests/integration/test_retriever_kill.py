@@ -82,7 +82,8 @@ def test_acknowledged_examples_survive_a_sigkill_of_the_retriever(client, app_ur
     image_id = r.json()["image_id"]  # cached by its owner: the adds below skip the encoder
     rng = np.random.default_rng(7)
     seeded = Examples([str(uuid.uuid4()) for _ in range(IMPORTED)], rng.standard_normal((IMPORTED, DIM)).astype(np.float32), ["seeded"] * IMPORTED, [{"n": i} for i in range(IMPORTED)])
-    body = b"".join(export_lines(ExampleHeader("kill-import", DIM), [seeded]))
+    embedder = {"id": client.get("/readyz").json()["embedder"]["id"]}  # the file is the service embedder's
+    body = b"".join(export_lines(ExampleHeader("kill-import", DIM, embedder), [seeded]))
     name, pid = retriever_replica()
 
     imported: list = []
