@@ -120,7 +120,10 @@ def preflight(model_id: str, source: WeightsSource) -> None:
         if not weights_file(source.checkpoint, spec).is_file():
             name = spec.url.rsplit("/", 1)[-1]
             inside = f" (a directory must hold {name})" if Path(source.checkpoint).is_dir() else ""
-            raise WeightsError(f"{model_id}: checkpoint file {source.checkpoint} does not exist{inside}")
+            raise WeightsError(
+                f"{model_id}: checkpoint file {source.checkpoint} does not exist{inside} (the model's "
+                f"`checkpoint` in the app config, or {source.checkpoint_env} for a SAM 2 model)"
+            )
         return
     source.preflight(lambda: pull_checkpoint(spec))
 

@@ -489,7 +489,9 @@ def test_a_gated_download_needs_hf_token_and_says_so(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match="HF_TOKEN"):
         pull_checkpoint(spec, tmp_path)
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import, not from the env
     with pytest.raises(WeightsError, match="could not download .*facebook/sam3") as info:
         pull_checkpoint(spec, tmp_path)
     assert "checkpoint" in str(info.value) and "SAMGRAPH_WEIGHTS=random" in str(info.value)
