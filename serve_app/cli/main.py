@@ -80,7 +80,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 print(f"error: {e}", file=sys.stderr)
                 return 1
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.execvp("serve", ["serve", "run", str(config)])
+    # Ray's `serve` of this interpreter's environment: `.venv/bin/samgraph serve` works without the venv on PATH
+    beside = Path(sys.executable).parent / "serve"
+    serve = str(beside) if beside.is_file() else "serve"
+    os.execvp(serve, [serve, "run", str(config)])
     return 0  # not reached
 
 

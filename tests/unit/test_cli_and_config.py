@@ -410,3 +410,20 @@ def test_samgraph_serve_fails_fast_when_the_weights_cannot_be_had(monkeypatch, c
     assert cli.main(["serve", "--config", str(REPO / "configs" / "serve.yaml")]) == 1
     err = capsys.readouterr().err
     assert "/nonexistent/sam2.1_hiera_tiny.pt" in err and "SAMGRAPH_SAM2_CHECKPOINT" in err and "does not exist" in err
+
+
+def test_samgraph_serve_runs_the_serve_of_its_own_environment(monkeypatch, tmp_path):
+    """`.venv/bin/samgraph serve` (the README's command) works without the venv on PATH: it runs Ray's
+    `serve` installed beside its interpreter."""
+    import sys
+
+    from serve_app.cli import main as cli
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("SAMGRAPH_WEIGHTS", "random")
+    monkeypatch.setenv("SAMGRAPH_DATA_DIR", str(tmp_path))
+    ran = []
+    monkeypatch.setattr(cli.os, "execvp", lambda path, argv: ran.append((path, argv)))
+    assert cli.main(["serve", "--config", str(REPO / "configs" / "serve.yaml")]) == 0
+    [(path, argv)] = ran
+    assert path == str(Path(sys.executable).parent / "serve") and argv[1:] == ["run", str(REPO / "configs" / "serve.yaml")]
