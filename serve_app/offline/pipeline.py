@@ -50,12 +50,12 @@ class StageResources(BaseModel):
     torch_threads: int | None = Field(default=None, ge=1)
 
 
-class Sam2StageResources(StageResources, AccelArgs):
-    """A SAM 2 stage (``decode``): resources plus bf16 / ``torch.compile`` (:class:`serve_app.config.AccelArgs`)."""
+class ModelStageResources(StageResources, AccelArgs):
+    """A model stage of any family (``decode``): resources plus bf16 / ``torch.compile`` (:class:`serve_app.config.AccelArgs`)."""
 
 
-class EncodeResources(Sam2StageResources):
-    """The ``encode`` stage: as :class:`Sam2StageResources`, plus ``tensorrt`` (as the service's encoder)."""
+class EncodeResources(ModelStageResources):
+    """The ``encode`` stage: as :class:`ModelStageResources`, plus ``tensorrt`` (as the service's encoder)."""
 
     tensorrt: bool = False
 
@@ -89,7 +89,7 @@ class BatchArgs(ModelWeightsArgs):
     object_store_mb: int = Field(default=2048, ge=64)
     load: StageResources = StageResources(batch_size=4, num_cpus=0.25)
     encode: EncodeResources = EncodeResources(batch_size=1, num_cpus=1.0, torch_threads=2)
-    decode: Sam2StageResources = Sam2StageResources(batch_size=4, num_cpus=0.5, torch_threads=2)
+    decode: ModelStageResources = ModelStageResources(batch_size=4, num_cpus=0.5, torch_threads=2)
     fade: StageResources = StageResources(batch_size=4, num_cpus=0.1)
     embed: StageResources = StageResources(batch_size=4, num_cpus=0.1, torch_threads=2)
     retrieve: StageResources = StageResources(batch_size=8, num_cpus=0.05)
