@@ -51,7 +51,8 @@ class StageResources(BaseModel):
 
 
 class ModelStageResources(StageResources, AccelArgs):
-    """A model stage of any family (``decode``): resources plus bf16 / ``torch.compile`` (:class:`serve_app.config.AccelArgs`)."""
+    """A model stage of any family (``decode``): resources plus bf16 / ``torch.compile``
+    (:class:`serve_app.config.AccelArgs`)."""
 
 
 class EncodeResources(ModelStageResources):
