@@ -105,7 +105,7 @@ class ImageAnswer(BaseModel):
 
     model_config = OUT
     model_id: str
-    weights: str = Field(description="where the SAM 2 weights came from: file, hub or random")
+    weights: str = Field(description="the model's weights: sha256:<hex> of the file, or random")
     image_id: str = Field(description="SHA-256 of the image bytes: send it instead of the image next time")
     width: int = Field(ge=1)
     height: int = Field(ge=1)
