@@ -25,7 +25,6 @@ Pure: no file or network I/O, no Ray, no Qdrant.
 
 from __future__ import annotations
 
-import importlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -120,12 +119,9 @@ def get_embedder_family(name: str) -> EmbedderFamily:
     Raises:
         ValueError: unknown family; the message lists the valid ones.
     """
-    if name not in EMBEDDERS:
-        raise ValueError(f"unknown embedder family {name!r}; valid families: {', '.join(EMBEDDERS)}")
-    if name not in _families:
-        module, cls = EMBEDDERS[name].split(":")
-        _families[name] = getattr(importlib.import_module(module), cls)()
-    return _families[name]
+    from models.registry import registered_instance
+
+    return registered_instance(EMBEDDERS, _families, name, "embedder family")
 
 
 _WEIGHTS_ID = re.compile(r"sha256:[0-9a-f]{64}|random:seed-?[0-9]+")

@@ -47,6 +47,7 @@ from models.segmenter import (
     MaskPrediction,
     ModelSpec,
     SegmenterFamily,
+    build_with_weights,
     check_images,
 )
 
@@ -93,18 +94,11 @@ def build_mobile_sam_model(
         ValueError: neither ``state_dict`` nor ``seed``; an unknown ``spec.config``.
         RuntimeError: ``state_dict`` has missing or unexpected keys or wrong shapes.
     """
-    if state_dict is None and seed is None:
-        raise ValueError("build_mobile_sam_model needs a state_dict, or a seed for random weights")
     registry = _mobile_sam().sam_model_registry
     if spec.config != "vit_t":  # the vit_b/l/h builders there are SAM v1's own, not MobileSAM
         raise ValueError(f"unknown MobileSAM config {spec.config!r}; valid configs: vit_t")
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        model = registry[spec.config](checkpoint=None)
-    if state_dict is not None:
-        model.load_state_dict(state_dict, strict=True)
-    return model.to(device).eval()
+    make = lambda: registry[spec.config](checkpoint=None)  # noqa: E731
+    return build_with_weights(make, state_dict, seed, device, "build_mobile_sam_model")
 
 
 @dataclass(frozen=True)

@@ -172,12 +172,22 @@ def get_family(name: str) -> SegmenterFamily:
     Raises:
         ValueError: unknown family; the message lists the valid ones.
     """
-    if name not in FAMILIES:
-        raise ValueError(f"unknown model family {name!r}; valid families: {', '.join(FAMILIES)}")
-    if name not in _families:
-        module, cls = FAMILIES[name].split(":")
-        _families[name] = getattr(importlib.import_module(module), cls)()
-    return _families[name]
+    return registered_instance(FAMILIES, _families, name, "model family")
+
+
+def registered_instance(table: dict[str, str], instances: dict, name: str, kind: str):
+    """The one instance of the class ``table[name]`` (``"module:Class"``, imported and built on first use,
+    then kept in ``instances``): the lookup of every registry of families (models, embedders).
+
+    Raises:
+        ValueError: ``name`` is not in ``table``; the message names ``kind`` and lists the valid names.
+    """
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; valid families: {', '.join(table)}")
+    if name not in instances:
+        module, cls = table[name].split(":")
+        instances[name] = getattr(importlib.import_module(module), cls)()
+    return instances[name]
 
 
 def family_of(model_id: str) -> SegmenterFamily:

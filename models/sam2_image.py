@@ -23,7 +23,7 @@ import torch
 
 from models.accel import AccelSettings, accelerate
 from models.registry import get_model_spec
-from models.segmenter import EncoderParts, check_images
+from models.segmenter import EncoderParts, build_with_weights, check_images
 
 
 def build_sam2_model(
@@ -50,17 +50,14 @@ def build_sam2_model(
         RuntimeError: ``state_dict`` has missing or unexpected keys or wrong shapes.
     """
     spec = get_model_spec(name, "sam2")
-    if state_dict is None and seed is None:
+    if state_dict is None and seed is None:  # before sam2's import (it sets up Hydra)
         raise ValueError("build_sam2_model needs a state_dict, or a seed for random weights")
     from sam2.build_sam import build_sam2  # heavy, and sets up Hydra: import on use only
 
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        model = build_sam2(spec.config, ckpt_path=None, device="cpu", mode="eval")
-    if state_dict is not None:
-        model.load_state_dict(state_dict, strict=True)
-    return model.to(device).eval()
+    def make():
+        return build_sam2(spec.config, ckpt_path=None, device="cpu", mode="eval")
+
+    return build_with_weights(make, state_dict, seed, device, "build_sam2_model")
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ from models.segmenter import (
     MaskPrediction,
     ModelSpec,
     SegmenterFamily,
+    build_with_weights,
     check_images,
 )
 
@@ -191,18 +192,10 @@ def build_sam3_model(
         RuntimeError: ``state_dict`` has missing or unexpected keys or wrong shapes.
     """
     spec = get_model_spec(name, "sam3")
-    if state_dict is None and seed is None:
-        raise ValueError("build_sam3_model needs a state_dict, or a seed for random weights")
     from transformers import Sam3VideoModel  # heavy: import on use only
 
     config = sam3_config(spec.config)
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        model = Sam3VideoModel(config)
-    if state_dict is not None:
-        model.load_state_dict(state_dict, strict=True)
-    return model.to(device).eval()
+    return build_with_weights(lambda: Sam3VideoModel(config), state_dict, seed, device, "build_sam3_model")
 
 
 #: What :func:`non_vacuous_heads` changes: state-dict key -> (scale of the tensor or None, value to fill or None).

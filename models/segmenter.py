@@ -271,6 +271,36 @@ class ConceptPrediction:
 
 
 # ------------------------------------------------------------------------------- what the families share
+def build_with_weights(
+    make: Callable[[], Any], state_dict: Mapping[str, Any] | None, seed: int | None, device, what: str
+):
+    """A family's model: ``make()`` under a forked torch RNG seeded with ``seed`` (the global RNG is left as
+    it was), then ``state_dict`` loaded strictly when given, on ``device``, in eval mode.
+
+    Args:
+        make: builds the architecture with its random initialisation (``nn.Module`` on CPU).
+        state_dict: the weights, or None for the seeded random ones.
+        seed: the seed of the random initialisation (required without ``state_dict``).
+        device: torch device to place the model on.
+        what: the builder's name, for the error message.
+
+    Raises:
+        ValueError: neither ``state_dict`` nor ``seed``.
+        RuntimeError: missing, unexpected or misshapen keys.
+    """
+    import torch
+
+    if state_dict is None and seed is None:
+        raise ValueError(f"{what} needs a state_dict, or a seed for random weights")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = make()
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    return model.to(device).eval()
+
+
 def check_images(images: Sequence[np.ndarray]) -> None:
     """The input rule of every family's encoder.
 

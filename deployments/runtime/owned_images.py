@@ -23,7 +23,7 @@ from deployments.runtime.metrics import CacheMetrics
 
 class OwnedImages:
     """A replica's images: an :class:`EmbeddingCache` of entries whose ``features`` are a task that
-    resolves to the :class:`models.sam2_image.ImageFeatures` (in this process), and whose ``image`` is the
+    resolves to the model family's :class:`models.segmenter.Features` (in this process), and whose ``image`` is the
     ObjectRef of the pixels this replica put.
 
     Not thread-safe: one per replica event loop.
@@ -31,7 +31,7 @@ class OwnedImages:
     Args:
         encoder: handle to the ``ImageEncoder`` deployment (``encode.remote(pixels)``).
         max_entries, max_bytes: the cache's bounds (bytes: features plus pixels).
-        feature_nbytes: bytes of one image's features (:func:`models.sam2_image.feature_nbytes`).
+        feature_nbytes: bytes of one image's features (:meth:`models.segmenter.SegmenterFamily.feature_nbytes`).
         put: stores the pixels and returns their reference (default ``ray.put``: the replica owns them).
 
     Raises:
