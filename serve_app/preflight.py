@@ -7,11 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from deployments.runtime.clip_weights import ClipWeightsSource, preflight_clip
+from deployments.runtime.clip_weights import ClipWeightsSource, preflight_embedder
 from deployments.runtime.model_weights import preflight as preflight_model
 from deployments.runtime.store_checks import preflight_store
 from deployments.runtime.weights import WeightsSource
-from models.embedder import ClipSpec
 from models.registry import get_model_spec
 from serve_app.ingress.access import load_keys
 
@@ -65,6 +64,7 @@ def preflight(args: Any, *, clip: bool = True, store: bool = True) -> Prepared:
         preflight_model(m.model_id, models[m.model_id])
     clip_source = ClipWeightsSource.resolve(args.clip.weights, args.clip.checkpoint, args.seed)
     if clip:
-        preflight_clip(ClipSpec(args.clip.model_name, args.clip.pretrained), clip_source)
+        c = args.clip
+        preflight_embedder(getattr(c, "family", "open_clip"), c.model_name, c.pretrained, clip_source)
     r = args.retriever
     return Prepared(models, clip_source, preflight_store(r.path, r.url, r.api_key) if store else {}, api_keys)

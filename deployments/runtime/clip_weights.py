@@ -294,3 +294,19 @@ def preflight_clip(spec: ClipSpec, source: ClipWeightsSource) -> None:
         WeightsError: as :func:`pull_pretrained`; a missing checkpoint file.
     """
     source.preflight(lambda: pull_pretrained(spec))
+
+
+def preflight_embedder(family: str, model_name: str, pretrained: str, source: ClipWeightsSource) -> None:
+    """:func:`preflight_clip` by family, for the embedder that :func:`load_embedder` builds from the same
+    arguments (what the app builder and ``samgraph serve`` check before any replica starts); the download
+    kind fetches through the family's source (:func:`_pull`).
+
+    Raises:
+        ValueError: unknown family, architecture or tag (listing the valid ones); ``pretrained`` source
+            without a tag.
+        WeightsError: as :func:`pull_pretrained`; a missing checkpoint file.
+    """
+    from models.embedders import get_embedder_family
+
+    get_embedder_family(family).check(model_name, pretrained)
+    source.preflight(lambda: _pull(family, model_name, pretrained))
