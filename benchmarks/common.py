@@ -200,3 +200,17 @@ def serve_config(config_path: Path, env_extra: dict, ready_timeout_s: float = 30
 
     with serve_app(yaml.safe_load(config_path.read_text()), env_extra, ready_timeout_s) as served:
         yield served.url
+
+
+def timed_post(client, body: dict, path: str = "/v1/segment") -> tuple[float, dict]:
+    """(seconds, JSON answer) of one POST of ``body`` to ``path`` with an ``httpx.Client``.
+
+    Raises:
+        RuntimeError: the answer is not 200 (its status and the start of its body in the message).
+    """
+    t = time.perf_counter()
+    r = client.post(path, json=body)
+    seconds = time.perf_counter() - t
+    if r.status_code != 200:
+        raise RuntimeError(f"{path} answered {r.status_code}: {r.text[:500]}")
+    return seconds, r.json()

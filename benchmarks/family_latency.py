@@ -58,6 +58,7 @@ from benchmarks.common import (
     serve_app,
     stage_medians,
     summarize,
+    timed_post,
     write_result,
 )
 
@@ -101,20 +102,6 @@ def serve_config(models: list[str], threads: int, cold: int) -> dict:
     app["deployments"] = deployments
     config["http_options"]["request_timeout_s"] = 1800
     return config
-
-
-def timed_post(client, body: dict) -> tuple[float, dict]:
-    """(seconds, JSON answer) of one POST /v1/segment of ``body``.
-
-    Raises:
-        httpx.HTTPStatusError: the answer is not 2xx.
-    """
-    t = time.perf_counter()
-    r = client.post("/v1/segment", json=body)
-    seconds = time.perf_counter() - t
-    if r.status_code != 200:
-        raise RuntimeError(f"/v1/segment answered {r.status_code}: {r.text[:500]}")
-    return seconds, r.json()
 
 
 def cache_stats(client, model_id: str) -> dict:

@@ -16,30 +16,26 @@ Reports p50/p95/p99 and the ratios service/bare, writes benchmarks/results/segme
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from benchmarks.baselines import bare_encode_decode, load_rgb
-from benchmarks.common import REPO, SHARED_DATA, b64, png_variants, serve_config, stage_medians, summarize, write_result
+from benchmarks.common import (
+    REPO,
+    SHARED_DATA,
+    b64,
+    png_variants,
+    serve_config,
+    stage_medians,
+    summarize,
+    timed_post,
+    write_result,
+)
 
 TRUCK_BOX = [75, 275, 1725, 850]
 CLICK_XY = [500, 375]
-
-
-def timed_post(client, body: dict) -> tuple[float, dict]:
-    """(seconds, JSON answer) of one POST /v1/segment of ``body``.
-
-    Raises:
-        httpx.HTTPStatusError: the answer is not 2xx.
-    """
-    t = time.perf_counter()
-    r = client.post("/v1/segment", json=body)
-    seconds = time.perf_counter() - t
-    r.raise_for_status()
-    return seconds, r.json()
 
 
 def service(url: str, rgb: np.ndarray, args) -> dict:
