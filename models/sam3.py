@@ -690,12 +690,19 @@ class Sam3Family(SegmenterFamily):
         """A ``Sam3VideoModel`` (see :func:`build_sam3_model`)."""
         return build_sam3_model(spec.name, state_dict, seed=seed, device=device)
 
-    def encoder(self, model, accel=None, on_fallback: Callable[[str], None] | None = None) -> Sam3ImageEncoder:
-        """:class:`Sam3ImageEncoder` (features: :class:`Sam3Features`)."""
+    def encoder(
+        self, model, accel=None, on_fallback: Callable[[str], None] | None = None, graph=None
+    ) -> Sam3ImageEncoder:
+        """:class:`Sam3ImageEncoder` (features: :class:`Sam3Features`). Torch only: SAM 3 is not exported
+        (``graph`` must be None; see :attr:`runtimes`)."""
+        _torch_only(graph)
         return Sam3ImageEncoder(model, accel, on_fallback)
 
-    def decoder(self, model, settings: DecoderSettings | None = None, accel=None, on_fallback=None) -> Sam3MaskDecoder:
-        """:class:`Sam3MaskDecoder` (tracker head, text encoder and detector heads)."""
+    def decoder(
+        self, model, settings: DecoderSettings | None = None, accel=None, on_fallback=None, graph=None
+    ) -> Sam3MaskDecoder:
+        """:class:`Sam3MaskDecoder` (tracker head, text encoder and detector heads). Torch only."""
+        _torch_only(graph)
         return Sam3MaskDecoder(model, settings, accel, on_fallback)
 
     def drop_image_encoder(self, model) -> None:
@@ -708,3 +715,8 @@ class Sam3Family(SegmenterFamily):
     def feature_nbytes(self, spec: ModelSpec) -> int:
         """132.7 MB at 1008 px (:func:`feature_nbytes`; the tiny model: 0.82 MB at 224 px, FPN width 32)."""
         return feature_nbytes(spec.image_size, sam3_config(spec.config).detector_config.vision_config.fpn_hidden_size)
+
+
+def _torch_only(graph) -> None:
+    if graph is not None:
+        raise ValueError("SAM 3 runs on torch only: its encoder and decoder are not exported to ONNX")

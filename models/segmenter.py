@@ -401,6 +401,11 @@ class ConceptDecoder(Protocol):
         """For each request, one :class:`ConceptPrediction` per concept prompt, in order."""
 
 
+#: File names of an ONNX export (:meth:`SegmenterFamily.export_onnx`), the layout of ONNX exports of SAM
+#: models in the wild (e.g. ``SharpAI/sam2-hiera-tiny-onnx``: ``encoder.onnx`` + ``decoder.onnx``).
+ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
+
+
 class SegmenterFamily(ABC):
     """A model family behind the seam; subclasses live one per module under ``models/``.
 
@@ -410,11 +415,14 @@ class SegmenterFamily(ABC):
         shares_encoder: True when one encode serves every kind of prompt it takes (SAM 2 and MobileSAM
             have one head; SAM 3 runs its ViT once and keeps both necks' outputs, for concept prompts and
             clicks).
+        runtimes: the :data:`models.runtime.RUNTIMES` its encoder and decoder run on (``"torch"`` always;
+            others through :meth:`export_onnx`).
     """
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
     shares_encoder: ClassVar[bool] = True
+    runtimes: ClassVar[tuple[str, ...]] = ("torch",)
 
     @abstractmethod
     def build(self, spec: ModelSpec, state_dict: Mapping[str, Any] | None, *, seed: int | None, device: str):
@@ -440,8 +448,14 @@ class SegmenterFamily(ABC):
         return inner
 
     @abstractmethod
-    def encoder(self, model, accel=None, on_fallback: Callable[[str], None] | None = None) -> ImageEncoder:
-        """The batched image encoder over ``model`` (``accel``: :class:`models.accel.AccelSettings`)."""
+    def encoder(
+        self, model, accel=None, on_fallback: Callable[[str], None] | None = None, graph=None
+    ) -> ImageEncoder:
+        """The batched image encoder over ``model`` (``accel``: :class:`models.accel.AccelSettings`).
+
+        With ``graph`` (a :class:`models.runtime.Graph` of this family's exported ``encoder.onnx``) the
+        network runs in that graph's runtime; ``model`` still gives the preprocessing and sizes.
+        """
 
     @abstractmethod
     def decoder(
@@ -450,9 +464,20 @@ class SegmenterFamily(ABC):
         settings: DecoderSettings | None = None,
         accel=None,
         on_fallback: Callable[[str], None] | None = None,
+        graph=None,
     ) -> MaskDecoder:
         """The batched prompt decoder over ``model``; with concept prompts it is also a
-        :class:`ConceptDecoder`."""
+        :class:`ConceptDecoder`. With ``graph`` (a :class:`models.runtime.Graph` of this family's exported
+        ``decoder.onnx``) the prompt encoder and mask decoder run in that graph's runtime."""
+
+    def export_onnx(self, model, opset: int = 17) -> dict[str, bytes]:
+        """The model's encoder and decoder as ONNX files, ``{ENCODER_FILE: bytes, DECODER_FILE: bytes}``,
+        in the family's standard layout (the runtimes of :attr:`runtimes` load them).
+
+        Raises:
+            ValueError: the family cannot be exported (its :attr:`runtimes` is ``("torch",)``).
+        """
+        raise ValueError(f"model family {self.name!r} cannot be exported to ONNX; it runs on torch only")
 
     def drop_image_encoder(self, model) -> None:  # noqa: B027 (optional hook)
         """Free what only the encoder uses (a decoder replica never runs it). Default: keep everything."""

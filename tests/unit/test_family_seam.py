@@ -109,10 +109,10 @@ class ToyFamily(SegmenterFamily):
             model.load_state_dict(state_dict, strict=True)
         return model.eval()
 
-    def encoder(self, model, accel=None, on_fallback=None):
+    def encoder(self, model, accel=None, on_fallback=None, graph=None):
         return ToyEncoder()
 
-    def decoder(self, model, settings=None, accel=None, on_fallback=None):
+    def decoder(self, model, settings=None, accel=None, on_fallback=None, graph=None):
         return ToyDecoder(model)
 
     def feature_nbytes(self, spec):

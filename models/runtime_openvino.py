@@ -1,0 +1,85 @@
+"""OpenVINO on CPU (or an Intel GPU): the ``openvino`` runtime of :mod:`models.runtime`.
+
+Measured on the project's 2-core machines, SAM 2.1 tiny's image encoder at fp32
+(``INFERENCE_PRECISION_HINT=f32``): 1.6x-1.9x eager torch fp32, features within 1.2e-5; at bf16 (OpenVINO's
+default on CPUs with AMX) 4.6x, features off by up to 0.6 (``benchmarks/runtime_encoders.py``). OpenVINO's
+ONNX front end takes about 80 s to convert SAM 2's encoder on 2 cores: with ``cache_dir`` the compiled model
+is kept there (OpenVINO's ``CACHE_DIR``), and later starts load it in under a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from models.runtime import PRECISIONS, Graph, Runtime, RuntimeSettings, native_bf16, native_fp16
+
+#: samgraph precision -> OpenVINO's ``INFERENCE_PRECISION_HINT``.
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+class OpenVinoGraph(Graph):
+    """An OpenVINO ``CompiledModel``; each :meth:`run` uses its own infer request (thread-safe).
+
+    Args:
+        compiled: the compiled model.
+    """
+
+    def __init__(self, compiled) -> None:
+        self.compiled = compiled
+        self.input_names = tuple(i.get_any_name() for i in compiled.inputs)
+        self.output_names = tuple(o.get_any_name() for o in compiled.outputs)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """See :meth:`models.runtime.Graph.run`; outputs are copied out of the request's buffers."""
+        request = self.compiled.create_infer_request()
+        request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        return {name: np.array(request.get_output_tensor(i).data) for i, name in enumerate(self.output_names)}
+
+
+class OpenVinoRuntime(Runtime):
+    """OpenVINO."""
+
+    name = "openvino"
+
+    def available(self, device: str) -> tuple[bool, str]:
+        """``openvino`` importable; CPU (NVIDIA GPUs run the ``tensorrt`` runtime)."""
+        if device != "cpu":
+            return False, "the openvino runtime runs on CPU here; use tensorrt on an NVIDIA GPU"
+        try:
+            import openvino  # noqa: F401
+        except ImportError as e:
+            return False, f"openvino is not importable ({e}); pip install openvino"
+        return True, ""
+
+    def precisions(self, device: str, cpu_flags: frozenset[str]) -> dict[str, str]:
+        """fp32 always; bf16 with AVX-512 BF16 or AMX; fp16 with AVX-512 FP16 or AMX-FP16."""
+        out = {p: "" for p in PRECISIONS}
+        if not native_bf16(cpu_flags):
+            out["bf16"] = "this CPU has no AVX-512 BF16 or AMX"
+        if not native_fp16(cpu_flags):
+            out["fp16"] = "this CPU has no AVX-512 FP16 or AMX-FP16"
+        return out
+
+    def load(self, onnx_path: str, settings: RuntimeSettings) -> Graph:
+        """An :class:`OpenVinoGraph` of ``onnx_path`` compiled for the CPU with the precision hint of
+        ``settings.precision``, ``settings.threads`` inference threads and the latency hint; the compiled
+        model is cached in ``settings.cache_dir`` when given.
+
+        Raises:
+            RuntimeError: OpenVINO could not read or compile the file (its message included).
+        """
+        import openvino as ov
+
+        core = ov.Core()
+        if settings.cache_dir is not None:
+            core.set_property({"CACHE_DIR": settings.cache_dir})
+        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[settings.precision], "PERFORMANCE_HINT": "LATENCY"}
+        if settings.threads is not None:
+            config["INFERENCE_NUM_THREADS"] = settings.threads
+        try:
+            compiled = core.compile_model(onnx_path, "CPU", config)
+        except Exception as e:  # openvino raises RuntimeError and its own types
+            raise RuntimeError(f"openvino could not compile {onnx_path}: {type(e).__name__}: {e}") from e
+        return OpenVinoGraph(compiled)
