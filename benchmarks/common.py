@@ -71,21 +71,14 @@ def png_variants(rgb: np.ndarray, n: int, start: int = 0) -> list[bytes]:
     return out
 
 
-#: The /proc/cpuinfo flags that decide CPU speed-ups (fused multiply-add, AVX2, AVX-512 with bf16/VNNI, AMX).
-CPU_FLAGS_OF_INTEREST = ("fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-
-
 def cpu_info() -> dict:
-    """``{"model", "flags"}`` of this machine's CPU from ``/proc/cpuinfo`` (Linux): its model name and which
-    of :data:`CPU_FLAGS_OF_INTEREST` it has (``{}`` and the platform's name elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": platform.processor() or platform.machine(), "flags": {}}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    return {"model": fields.get("model name", platform.machine()), "flags": {f: f in flags for f in CPU_FLAGS_OF_INTEREST}}
+    """``{"model", "flags"}`` of this machine's CPU (:func:`deployments.runtime.cpu.cpu_info`): its model name
+    and, for each of :data:`deployments.runtime.cpu.CPU_FLAGS_OF_INTEREST`, whether it has it."""
+    from deployments.runtime.cpu import CPU_FLAGS_OF_INTEREST
+    from deployments.runtime.cpu import cpu_info as read_cpu
+
+    cpu = read_cpu()
+    return {"model": cpu["model"], "flags": {f: f in cpu["flags"] for f in CPU_FLAGS_OF_INTEREST}}
 
 
 def machine() -> dict:

@@ -26,6 +26,7 @@ from deployments.runtime.metrics import StageWork
 from deployments.runtime.owned_images import OwnedImages
 from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
 from deployments.runtime.serve_batching import apply_batch_config
+from deployments.runtime.stage_runtime import accel_state, build_stage
 from models.amg import AmgSettings, generate_masks
 from models.masks import encode_logits_base64, encode_masks
 from models.registry import get_model_spec
@@ -52,8 +53,9 @@ class MaskDecoder:
 
     Args:
         model_id, weights, device, torch_threads, accel: as :class:`deployments.encoder.ImageEncoder`
-            (``accel["tensorrt"]`` is ignored: TensorRT is for the encoder). The encoder must serve the
+            (``accel["tensorrt"]`` is ignored: torch-tensorrt is for the encoder). The encoder must serve the
             same ``model_id``.
+        runtime: as :class:`deployments.encoder.ImageEncoder`'s, for the prompt decoder (``decoder.onnx``).
         encoder: handle to the ``ImageEncoder`` that encodes the images this replica is sent (None: this
             replica only decodes given features).
         cache: ``{"max_entries", "max_bytes"}`` of the images this replica owns (bytes: features plus
@@ -69,13 +71,16 @@ class MaskDecoder:
         accel: dict | None = None,
         encoder=None,
         cache: dict | None = None,
+        runtime: dict | None = None,
     ) -> None:
-        settings = accel_settings({**(accel or {}), "tensorrt": False})
+        accel = {**(accel or {}), "tensorrt": False}
+        accel_settings(accel)  # ValueError now for a bad setting
         loaded, self._device = load_stage_model(model_id, weights, device, torch_threads)
         family = loaded.family
         self._capabilities = family.capabilities
-        family.drop_image_encoder(loaded.model)  # the decoder never runs the trunk; free its weights
-        self._decoder = family.decoder(loaded.model, accel=settings, on_fallback=fallback_logger("MaskDecoder"))
+        self._decoder, self._runtime, settings = build_stage(
+            "decoder", loaded, self._device, torch_threads, accel, runtime, weights, fallback_logger("MaskDecoder")
+        )
         warm_up("MaskDecoder", self._decoder, settings)
         self._info = {
             "model_id": loaded.model_id,
@@ -264,9 +269,15 @@ class MaskDecoder:
         return self._info_of(image_id, entry, cached)
 
     def info(self) -> dict:
-        """``{"model_id", "family", "weights", "device", "accel", "capabilities"}`` of this replica
-        (``accel``: the speed-ups in force, see :meth:`models.accel.AcceleratedCall.state`)."""
-        return {**self._info, "accel": self._decoder.accel_state(), "capabilities": self._capabilities.as_dict()}
+        """``{"model_id", "family", "weights", "device", "accel", "runtime", "capabilities"}`` of this replica
+        (``accel``: the speed-ups in force, see :meth:`models.accel.AcceleratedCall.state`; ``runtime``: see
+        :meth:`deployments.runtime.stage_runtime.StageRuntime.state`)."""
+        return {
+            **self._info,
+            "accel": accel_state(self._decoder, self._runtime),
+            "runtime": self._runtime.state(),
+            "capabilities": self._capabilities.as_dict(),
+        }
 
     def stats(self) -> dict:
         """Work done by this replica: requests decoded (prompt jobs, concept jobs and automatic-mask

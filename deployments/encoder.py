@@ -15,6 +15,7 @@ from ray import serve
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
 from deployments.runtime.serve_batching import apply_batch_config
+from deployments.runtime.stage_runtime import accel_state, build_stage
 from models.segmenter import Features
 
 
@@ -32,6 +33,10 @@ class ImageEncoder:
         torch_threads: torch intra-op threads for this replica (None: torch's default).
         accel: :class:`models.accel.AccelSettings` fields (bf16, torch.compile, TensorRT); None: fp32
             eager. Compilation happens here (a warm-up image); fallbacks are logged, one line each.
+        runtime: ``{"runtime", "precision", "export_dir"}`` (see
+            :func:`deployments.runtime.stage_runtime.build_stage`): torch, or the family's ONNX export on
+            onnxruntime, openvino or tensorrt (exported into the cache dir on first start when no
+            ``export_dir`` is given); None: torch at ``accel``'s precision.
     """
 
     def __init__(
@@ -41,10 +46,13 @@ class ImageEncoder:
         device: str = "auto",
         torch_threads: int | None = None,
         accel: dict | None = None,
+        runtime: dict | None = None,
     ) -> None:
-        settings = accel_settings(accel)
+        accel_settings(accel)  # ValueError now for a bad setting
         loaded, self._device = load_stage_model(model_id, weights, device, torch_threads)
-        self._encoder = loaded.family.encoder(loaded.model, settings, fallback_logger("ImageEncoder"))
+        self._encoder, self._runtime, settings = build_stage(
+            "encoder", loaded, self._device, torch_threads, accel, runtime, weights, fallback_logger("ImageEncoder")
+        )
         warm_up("ImageEncoder", self._encoder, settings)
         self._info = {
             "model_id": loaded.model_id,
@@ -68,9 +76,10 @@ class ImageEncoder:
         return features
 
     def info(self) -> dict:
-        """``{"model_id", "family", "weights", "device", "accel"}`` of this replica (``accel``: the speed-ups in
-        force, see :meth:`models.accel.AcceleratedCall.state`)."""
-        return {**self._info, "accel": self._encoder.accel_state()}
+        """``{"model_id", "family", "weights", "device", "accel", "runtime"}`` of this replica (``accel``: the
+        speed-ups in force, see :meth:`models.accel.AcceleratedCall.state`; ``runtime``: the runtime and
+        precision asked and in force, see :meth:`deployments.runtime.stage_runtime.StageRuntime.state`)."""
+        return {**self._info, "accel": accel_state(self._encoder, self._runtime), "runtime": self._runtime.state()}
 
     def stats(self) -> dict:
         """Work done by this replica: images encoded, batches run, seconds spent encoding."""

@@ -37,6 +37,7 @@ from deployments.runtime.replica import (
     load_stage_model,
     warm_up,
 )
+from deployments.runtime.stage_runtime import build_stage
 from models.prompts import Prompt, PromptSpec, decoder_prompts
 
 PROMPT_MODES = ("coco-boxes", "center-points", "auto")
@@ -205,7 +206,7 @@ class EncodeImages(_Stage):
     """The model family's image encoder over a batch of images (``encode_batch``).
 
     Args:
-        model_id, weights, device, torch_threads, accel: as :class:`deployments.encoder.ImageEncoder`.
+        model_id, weights, device, torch_threads, accel, runtime: as :class:`deployments.encoder.ImageEncoder`.
     """
 
     name = "encode"
@@ -217,10 +218,13 @@ class EncodeImages(_Stage):
         device: str = "auto",
         torch_threads: int | None = None,
         accel: dict | None = None,
+        runtime: dict | None = None,
     ) -> None:
-        settings = accel_settings(accel)
-        loaded, _ = load_stage_model(model_id, weights, device, torch_threads)
-        self.encoder = loaded.family.encoder(loaded.model, settings, fallback_logger("encode"))
+        accel_settings(accel)  # ValueError now for a bad setting
+        loaded, device = load_stage_model(model_id, weights, device, torch_threads)
+        self.encoder, self.runtime, settings = build_stage(
+            "encoder", loaded, device, torch_threads, accel, runtime, weights, fallback_logger("encode")
+        )
         warm_up("encode", self.encoder, settings)
         self.weights = loaded.weights
 
@@ -240,7 +244,7 @@ class DecodeMasks(_Stage):
     automatic path is ``/v1/predict``'s: :func:`models.amg.generate_masks`, best ``max_instances`` kept.
 
     Args:
-        model_id, weights, device, torch_threads, accel: as :class:`deployments.decoder.MaskDecoder`.
+        model_id, weights, device, torch_threads, accel, runtime: as :class:`deployments.decoder.MaskDecoder`.
         amg: :class:`models.amg.AmgSettings` fields, or None for prompt modes.
         max_instances: automatic masks kept per image.
 
@@ -260,13 +264,16 @@ class DecodeMasks(_Stage):
         accel: dict | None = None,
         amg: dict | None = None,
         max_instances: int = 20,
+        runtime: dict | None = None,
     ) -> None:
         from models.amg import AmgSettings
 
-        settings = accel_settings({**(accel or {}), "tensorrt": False})
-        loaded, _ = load_stage_model(model_id, weights, device, torch_threads)
-        loaded.family.drop_image_encoder(loaded.model)
-        self.decoder = loaded.family.decoder(loaded.model, accel=settings, on_fallback=fallback_logger("decode"))
+        accel = {**(accel or {}), "tensorrt": False}
+        accel_settings(accel)  # ValueError now for a bad setting
+        loaded, device = load_stage_model(model_id, weights, device, torch_threads)
+        self.decoder, self.runtime, settings = build_stage(
+            "decoder", loaded, device, torch_threads, accel, runtime, weights, fallback_logger("decode")
+        )
         warm_up("decode", self.decoder, settings)
         self.amg = AmgSettings(**amg) if amg is not None else None
         self.max_instances = max_instances
