@@ -54,7 +54,8 @@ def build_app(args: dict | None = None) -> serve.Application:
     Raises:
         ValueError: invalid arguments (unknown model, bad limits, unknown keys).
         WeightsError: weights cannot be had (no network and no checkpoint); the message names the
-            alternatives, and ``serve run`` stops with it.
+            alternatives, and ``serve run`` stops with it. Its subclass ``ExportError``: a model's
+            ``export_dir`` lacks a file or a file differs from its manifest.
         StoreError: the data dir cannot be written.
     """
     try:
@@ -68,11 +69,18 @@ def build_app(args: dict | None = None) -> serve.Application:
         enc, dec = m.encoder, m.decoder
         enc_name, dec_name = stage_names(i, m.model_id)
         encoder = ImageEncoder.options(name=enc_name).bind(
-            m.model_id, weights, enc.device, enc.torch_threads, enc.accel()
+            m.model_id, weights, enc.device, enc.torch_threads, enc.accel(), runtime=enc.runtime_settings(m.export_dir)
         )
         cache = {"max_entries": m.cache.max_entries, "max_bytes": m.cache.max_bytes}
         decoders[m.model_id] = MaskDecoder.options(name=dec_name).bind(
-            m.model_id, weights, dec.device, dec.torch_threads, dec.accel(), encoder, cache
+            m.model_id,
+            weights,
+            dec.device,
+            dec.torch_threads,
+            dec.accel(),
+            encoder,
+            cache,
+            runtime=dec.runtime_settings(m.export_dir),
         )
         encoders[m.model_id] = encoder
     crop = {"context_margin": cfg.fader.context_margin, "output_size": cfg.fader.output_size}

@@ -8,10 +8,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.accel import PRECISIONS as TORCH_PRECISIONS
 from models.accel import AccelSettings
 from models.amg import AmgSettings
 from models.fader import CropSettings
 from models.registry import DEFAULT_MODEL, family_of, get_model_spec
+from models.runtime import RuntimeSettings
 from serve_app.settings import derive
 
 _STRICT = ConfigDict(extra="forbid")
@@ -43,8 +45,44 @@ class AccelArgs(BaseModel):
         return {f.name: getattr(self, f.name, f.default) for f in dataclasses.fields(AccelSettings)}
 
 
-class ModelStageArgs(StageArgs, AccelArgs):
-    """A model's image stage (encoder or decoder): device and threads plus :class:`AccelArgs`."""
+@derive(RuntimeSettings, fields=("runtime", "precision"))
+class RuntimeArgs(AccelArgs):
+    """Which runtime runs a model stage, at which precision, plus :class:`AccelArgs`'s torch speed-ups.
+
+    ``runtime``: ``torch`` (the default: the family's eager modules, with ``compile``/``tensorrt`` as asked),
+    or the family's ONNX export on ``onnxruntime`` (CPU), ``openvino`` (CPU) or ``tensorrt`` (ONNX Runtime's
+    TensorRT provider, NVIDIA GPU); the export is written into the cache dir on first start, or read from
+    the model's ``export_dir``. ``precision``: ``fp32``, ``bf16`` or ``fp16``; on torch ``bf16`` is
+    autocast (today's meaning) and ``fp16`` is refused here. What the machine cannot run falls back with
+    one log line (a runtime not installed or not for this family -> torch; bf16 without AVX-512 BF16 or
+    AMX, or a precision the runtime lacks -> fp32); ``/readyz`` shows what is in force. The fields' allowed
+    values are :class:`models.runtime.RuntimeSettings`'s.
+    """
+
+    @model_validator(mode="after")
+    def _torch_precisions(self) -> RuntimeArgs:
+        if self.runtime == "torch" and self.precision not in TORCH_PRECISIONS:
+            raise ValueError(
+                f"precision {self.precision!r} needs runtime openvino or tensorrt; torch runs "
+                f"{' or '.join(TORCH_PRECISIONS)}"
+            )
+        return self
+
+    def accel(self) -> dict:
+        """:meth:`AccelArgs.accel`, with the stage's precision where torch can run it (else fp32: the
+        precision goes to the runtime, :meth:`runtime_settings`)."""
+        out = super().accel()
+        out["precision"] = self.precision if self.precision in TORCH_PRECISIONS else "fp32"
+        return out
+
+    def runtime_settings(self, export_dir: str | None = None) -> dict:
+        """``{"runtime", "precision", "export_dir"}``: the ``runtime`` argument of the model stages
+        (:func:`deployments.runtime.stage_runtime.build_stage`)."""
+        return {"runtime": self.runtime, "precision": self.precision, "export_dir": export_dir}
+
+
+class ModelStageArgs(StageArgs, RuntimeArgs):
+    """A model's image stage (encoder or decoder): device and threads plus :class:`RuntimeArgs`."""
 
 
 @derive(AccelSettings, fields=("tensorrt",))
@@ -187,7 +225,8 @@ class ModelWeightsArgs(BaseModel):
     (:class:`AppArgs`, :class:`ServedModelArgs`) and ``samgraph batch``.
 
     ``weights``/``checkpoint``/``seed`` left unset are taken from ``SAMGRAPH_WEIGHTS``,
-    ``SAMGRAPH_SAM2_CHECKPOINT`` (SAM 2 models only) and ``SAMGRAPH_SEED``.
+    ``SAMGRAPH_SAM2_CHECKPOINT`` (SAM 2 models only) and ``SAMGRAPH_SEED``. ``export_dir``: the model's
+    own ONNX export for its stages that run an ONNX runtime (see :class:`RuntimeArgs`).
     """
 
     model_config = _STRICT
@@ -195,6 +234,10 @@ class ModelWeightsArgs(BaseModel):
     weights: Literal["registry", "file", "random"] | None = None
     checkpoint: str | None = None
     seed: int | None = None
+    #: A directory holding the model's own ONNX export (``encoder.onnx``, ``decoder.onnx``, optionally
+    #: samgraph's ``export.json``), run by the stages whose ``runtime`` is not torch. None: samgraph's own
+    #: export in the cache dir, written on first start.
+    export_dir: str | None = Field(default=None, min_length=1)
 
     @field_validator("model_id")
     @classmethod
@@ -214,7 +257,7 @@ class ServedModelArgs(ModelWeightsArgs):
 
 
 #: The fields of :class:`AppArgs` that describe its one model when ``models`` is not given.
-_ONE_MODEL_FIELDS = ("model_id", "weights", "checkpoint", "seed", "encoder", "decoder", "cache")
+_ONE_MODEL_FIELDS = ("model_id", "weights", "checkpoint", "seed", "export_dir", "encoder", "decoder", "cache")
 
 
 class AppArgs(ModelWeightsArgs):
@@ -222,7 +265,7 @@ class AppArgs(ModelWeightsArgs):
 
     The models served: ``models`` (a list of :class:`ServedModelArgs`, the first is the default a request
     gets without ``model_id``), or, without it, the one model of the top-level ``model_id``, ``weights``,
-    ``checkpoint``, ``seed``, ``encoder``, ``decoder`` and ``cache`` (giving both is an error).
+    ``checkpoint``, ``seed``, ``export_dir``, ``encoder``, ``decoder`` and ``cache`` (giving both is an error).
     ``weights``/``checkpoint``/``seed`` left unset are taken from ``SAMGRAPH_WEIGHTS``,
     ``SAMGRAPH_SAM2_CHECKPOINT`` and ``SAMGRAPH_SEED`` when the app is built. ``text_candidates`` caps the
     automatic masks scored against a text prompt (CLIP ranking). ``auth``: API keys, rate limit and CORS

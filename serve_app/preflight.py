@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployments.runtime.clip_weights import ClipWeightsSource, preflight_embedder
+from deployments.runtime.exports import verify_export
 from deployments.runtime.model_weights import preflight as preflight_model
 from deployments.runtime.store_checks import preflight_store
 from deployments.runtime.weights import WeightsSource
@@ -52,6 +53,7 @@ def preflight(args: Any, *, clip: bool = True, store: bool = True) -> Prepared:
         ValueError: an unknown model id or weights kind.
         WeightsError, ChecksumMismatch: weights that cannot be had; the message names the alternatives.
         StoreError: a data dir that cannot be written.
+        ExportError: a model's ``export_dir`` lacks a file, or a file differs from its manifest.
         ValueError: ``auth.keys_file`` missing, unreadable or empty, or a malformed key entry.
     """
     auth = getattr(args, "auth", None)
@@ -62,6 +64,8 @@ def preflight(args: Any, *, clip: bool = True, store: bool = True) -> Prepared:
         sam2 = get_model_spec(m.model_id).family == "sam2"  # SAMGRAPH_SAM2_CHECKPOINT names a SAM 2 file
         models[m.model_id] = WeightsSource.resolve(m.weights, m.checkpoint, m.seed, checkpoint_from_env=sam2)
         preflight_model(m.model_id, models[m.model_id])
+        if getattr(m, "export_dir", None):  # a user's export: refused now when a file is missing or altered
+            verify_export(m.export_dir, require_manifest=False, model_id=m.model_id)
     clip_source = ClipWeightsSource.resolve(args.clip.weights, args.clip.checkpoint, args.seed)
     if clip:
         c = args.clip

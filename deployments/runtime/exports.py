@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployments.runtime.weights import cache_dir, sha256_file
+from deployments.runtime.weights import WeightsError, cache_dir, sha256_file
 from models.segmenter import DECODER_FILE, ENCODER_FILE
 
 MANIFEST_FILE = "export.json"
@@ -44,9 +44,10 @@ MANIFEST_FORMAT, MANIFEST_VERSION = "samgraph-onnx-export", 1
 LOCK_TIMEOUT_S = 1800.0
 
 
-class ExportError(RuntimeError):
+class ExportError(WeightsError):
     """An export cannot be used: a file or the manifest is missing, truncated or altered; the message names
-    the file and says what to do."""
+    the file and says what to do. (A :class:`~deployments.runtime.weights.WeightsError`: an export is the
+    model's weights in another form, and fails start-up the same way.)"""
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ READINESS_STAGES = ("encoder", "decoder", "embedder", "retriever", "fader", "vid
 
 def model_entry(enc: Mapping, dec: Mapping, default: bool = False) -> dict:
     """One served model as ``/readyz`` and ``GET /v1/models`` show it, from its encoder's and decoder's
-    ``info()``: ``model_id``, ``family``, ``weights``, ``default``, ``capabilities``, ``devices`` and
-    ``accel`` (precision and compiler in force per stage)."""
+    ``info()``: ``model_id``, ``family``, ``weights``, ``default``, ``capabilities``, ``devices``, ``accel``
+    (precision and compiler in force per stage) and ``runtime`` (per stage: the runtime and precision in
+    force and asked for, the fallbacks, the CPU flags that decided, the ONNX export's digests; see
+    :meth:`deployments.runtime.stage_runtime.StageRuntime.state`)."""
     return {
         "model_id": dec["model_id"],
         "family": dec.get("family"),
@@ -25,7 +27,18 @@ def model_entry(enc: Mapping, dec: Mapping, default: bool = False) -> dict:
             k: {"precision": v["accel"]["precision"], "compiler": v["accel"]["compiler"]}
             for k, v in (("encoder", enc), ("decoder", dec))
         },
+        "runtime": {"encoder": enc["runtime"], "decoder": dec["runtime"]},
     }
+
+
+def unverified_exports(entry: Mapping) -> list[str]:
+    """Warnings for the stages of a :func:`model_entry` that run a user's ONNX export without a manifest
+    (its digests computed, not verified)."""
+    return [
+        f"{entry['model_id']} {stage}: ONNX export without a manifest (digests computed, not verified)"
+        for stage, r in entry["runtime"].items()
+        if r.get("export") is not None and not r["export"]["verified"]
+    ]
 
 
 def readiness(
@@ -89,6 +102,8 @@ def readiness(
     }
     if vid:
         body["video_model_id"] = vid[0]["model_id"]
-    if "random" in (emb["weights"], *served.values()):
-        body["warnings"] = [RANDOM_WEIGHTS_WARNING]
+    warnings = [RANDOM_WEIGHTS_WARNING] if "random" in (emb["weights"], *served.values()) else []
+    warnings += [w for m in body["models"] for w in unverified_exports(m)]
+    if warnings:
+        body["warnings"] = warnings
     return 200, body

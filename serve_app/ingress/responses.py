@@ -325,8 +325,43 @@ class ModelAccel(BaseModel):
     compiler: str | None
 
 
+class RuntimeChoice(BaseModel):
+    model_config = OUT
+    runtime: str = Field(description="torch, onnxruntime, openvino or tensorrt")
+    precision: str = Field(description="fp32, bf16 or fp16")
+
+
+class ExportFileOut(BaseModel):
+    model_config = OUT
+    sha256: str
+    size_bytes: int = Field(ge=0)
+
+
+class ExportOut(BaseModel):
+    """The ONNX export a stage runs (``encoder.onnx``, ``decoder.onnx``)."""
+
+    model_config = OUT
+    verified: bool = Field(description="every file matched its manifest's SHA-256 and size (false: no manifest)")
+    weights: str | None = Field(description="the weights it was exported from, as its manifest records them")
+    opset: int | None
+    files: dict[str, ExportFileOut]
+
+
+class StageRuntimeOut(RuntimeChoice):
+    """The runtime and precision a model stage runs (``runtime``, ``precision``: in force), what its config
+    asked for, why any differs, and the CPU flags that decided."""
+
+    requested: RuntimeChoice
+    fallbacks: list[str] = Field(description="one message per fallback (runtime -> torch, precision -> fp32)")
+    cpu_flags: list[str] = Field(
+        description="the CPU flags of interest present (avx2, avx512_bf16, amx_bf16, ...): bf16 is native with "
+        "avx512_bf16 or amx_bf16"
+    )
+    export: ExportOut | None = Field(description="the ONNX export run; null on torch")
+
+
 class ModelOut(BaseModel):
-    """A served model (``GET /v1/models``; ``/readyz`` shows the first seven fields)."""
+    """A served model (``GET /v1/models``; ``/readyz`` shows the first eight fields)."""
 
     model_config = OUT
     model_id: str
@@ -338,6 +373,7 @@ class ModelOut(BaseModel):
     )
     devices: dict[str, str]
     accel: dict[str, ModelAccel]
+    runtime: dict[str, StageRuntimeOut] = Field(description="per stage (encoder, decoder)")
     params_m: float | None = Field(default=None, description="parameters, millions")
     image_size: int | None = Field(default=None, description="side of the model input, pixels")
     feature_bytes: int | None = Field(default=None, description="bytes of one cached image's features")

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.knn import LabelSettings
-from serve_app.config import AccelArgs, AmgDefaults, FaderArgs, ModelWeightsArgs, RetrieverArgs
+from serve_app.config import AmgDefaults, FaderArgs, ModelWeightsArgs, RetrieverArgs, RuntimeArgs
 from serve_app.offline.inputs import BatchInput, BatchPlan
 from serve_app.offline.writer import BatchSummary, ResultWriter, write_summary
 from serve_app.settings import derive
@@ -50,9 +50,9 @@ class StageResources(BaseModel):
     torch_threads: int | None = Field(default=None, ge=1)
 
 
-class ModelStageResources(StageResources, AccelArgs):
-    """A model stage of any family (``decode``): resources plus bf16 / ``torch.compile``
-    (:class:`serve_app.config.AccelArgs`)."""
+class ModelStageResources(StageResources, RuntimeArgs):
+    """A model stage of any family (``decode``): resources plus its runtime, precision and torch speed-ups
+    (:class:`serve_app.config.RuntimeArgs`, as the service's stages)."""
 
 
 class EncodeResources(ModelStageResources):
@@ -199,6 +199,7 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
         device=args.encode.device,
         torch_threads=args.encode.torch_threads,
         accel=args.encode.accel(),
+        runtime=args.encode.runtime_settings(args.export_dir),
     )
     amg = args.amg.model_dump() if plan.prompts == "auto" else None
     ds = add(
@@ -210,6 +211,7 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
         device=args.decode.device,
         torch_threads=args.decode.torch_threads,
         accel=args.decode.accel(),
+        runtime=args.decode.runtime_settings(args.export_dir),
         amg=amg,
         max_instances=args.max_instances,
     )

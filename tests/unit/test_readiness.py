@@ -7,10 +7,11 @@ import pytest
 from serve_app.ingress.readiness import RANDOM_WEIGHTS_WARNING, readiness
 
 ACCEL = {"precision": "fp32", "compiler": "eager"}
+TORCH = {"runtime": "torch", "precision": "fp32", "requested": {"runtime": "torch", "precision": "fp32"}, "fallbacks": [], "cpu_flags": ["avx2"], "export": None}
 
 
 def _answers(weights: str = "sha256:ab", clip_weights: str = "sha256:cd", video: str | None = None) -> list:
-    sam2 = {"model_id": "sam2.1_hiera_tiny", "weights": weights, "device": "cpu", "accel": ACCEL}
+    sam2 = {"model_id": "sam2.1_hiera_tiny", "weights": weights, "device": "cpu", "accel": ACCEL, "runtime": TORCH}
     answers = [
         sam2,
         {**sam2, "device": "cuda"},
@@ -107,7 +108,7 @@ def test_same_weights_of_another_model_are_not_ready():
 def test_every_served_model_is_listed_and_each_pair_must_agree():
     """Two served models: both are listed (the default first) with their family and capabilities, and the
     second model's encoder and decoder must run the same weights too."""
-    other_enc = {"model_id": "mobile_sam", "weights": "sha256:cd", "device": "cpu", "accel": ACCEL}
+    other_enc = {"model_id": "mobile_sam", "weights": "sha256:cd", "device": "cpu", "accel": ACCEL, "runtime": TORCH}
     other_dec = {**other_enc, "family": "mobile_sam", "capabilities": {"points": True, "concept_prompts": False}}
     status, body = readiness(_answers(), [(other_enc, other_dec)])
     assert status == 200
@@ -115,3 +116,25 @@ def test_every_served_model_is_listed_and_each_pair_must_agree():
     assert body["models"][1]["family"] == "mobile_sam" and body["models"][1]["capabilities"]["points"]
     status, body = readiness(_answers(), [(other_enc, {**other_dec, "weights": "random"})])
     assert (status, body["reason"]) == (503, "mobile_sam: encoder and decoder weights differ")
+
+
+def test_each_model_says_its_runtime_per_stage_and_an_unverified_export_is_a_warning():
+    """The runtime in force, the one asked for, the fallbacks and the CPU flags come through per stage; a
+    user's export without a manifest is served with a warning, a verified one without."""
+    export = {"verified": True, "weights": "sha256:cd", "opset": 17, "files": {"encoder.onnx": {"sha256": "ee", "size_bytes": 3}}}
+    fell_back = "mobile_sam decoder: bf16 requested on openvino but this CPU has no AVX-512 BF16 or AMX; running fp32"
+    onnx = {**TORCH, "runtime": "onnxruntime", "requested": {"runtime": "onnxruntime", "precision": "fp32"}, "export": export}
+    ov = {**TORCH, "runtime": "openvino", "requested": {"runtime": "openvino", "precision": "bf16"}, "fallbacks": [fell_back], "export": export}
+    other_enc = {"model_id": "mobile_sam", "weights": "sha256:cd", "device": "cpu", "accel": ACCEL, "runtime": onnx}
+    other_dec = {**other_enc, "runtime": ov}
+    status, body = readiness(_answers(), [(other_enc, other_dec)])
+    assert status == 200 and "warnings" not in body
+    sam2, mobile = body["models"]
+    assert {k: v["runtime"] for k, v in sam2["runtime"].items()} == {"encoder": "torch", "decoder": "torch"}
+    assert mobile["runtime"]["encoder"]["runtime"] == "onnxruntime" and mobile["runtime"]["encoder"]["export"] == export
+    assert mobile["runtime"]["decoder"]["requested"] == {"runtime": "openvino", "precision": "bf16"}
+    assert (mobile["runtime"]["decoder"]["precision"], mobile["runtime"]["decoder"]["fallbacks"]) == ("fp32", [fell_back])
+    unverified = {**export, "verified": False}
+    status, body = readiness(_answers(), [(other_enc, {**other_dec, "runtime": {**ov, "export": unverified}})])
+    assert status == 200
+    assert body["warnings"] == ["mobile_sam decoder: ONNX export without a manifest (digests computed, not verified)"]

@@ -16,6 +16,7 @@ from models.accel import AccelSettings
 from models.amg import AmgSettings
 from models.fade_strategies import ExponentialFade, GaussianFade, LinearFade
 from models.fader import CropSettings
+from models.runtime import PRECISIONS, RUNTIMES, RuntimeSettings
 from models.settings import bounded, check_bounds, field_rules
 from serve_app.config import AccelArgs, AmgDefaults, EncoderArgs, FaderArgs, ModelStageArgs
 from serve_app.ingress.errors import from_validation_error
@@ -23,6 +24,8 @@ from serve_app.ingress.schemas import AmgIn, FadeIn, PredictRequest, SegmentRequ
 from serve_app.settings import pydantic_fields
 
 STAGE = {"device", "torch_threads"}
+#: A model stage's runtime and precision: RuntimeSettings' (test_stage_runtime_and_precision_are_runtime_settings).
+RUNTIME = {"runtime", "precision"}
 # (pydantic model, dataclasses, optional overrides, fields of the pydantic model's own, dataclass fields left out)
 PAIRS = [
     (AmgDefaults, (AmgSettings,), False, set(), set()),
@@ -30,8 +33,8 @@ PAIRS = [
     (FaderArgs, (CropSettings,), False, {"strategy", "params"}, set()),
     (FadeIn, (GaussianFade, LinearFade, ExponentialFade), True, {"strategy"}, set()),
     (AccelArgs, (AccelSettings,), False, set(), {"tensorrt"}),
-    (ModelStageArgs, (AccelSettings,), False, STAGE, {"tensorrt"}),
-    (EncoderArgs, (AccelSettings,), False, STAGE, set()),
+    (ModelStageArgs, (AccelSettings,), False, STAGE | RUNTIME, {"tensorrt", "precision"}),
+    (EncoderArgs, (AccelSettings,), False, STAGE | RUNTIME, {"precision"}),
 ]
 IDS = [p[0].__name__ for p in PAIRS]
 _PYDANTIC_BOUND = {annotated_types.Ge: "ge", annotated_types.Gt: "gt", annotated_types.Le: "le", annotated_types.Lt: "lt", annotated_types.MinLen: "min_length"}
@@ -182,3 +185,21 @@ def test_accel_args_hand_over_every_accel_setting():
     assert EncoderArgs(tensorrt=True, precision="bf16").accel() == dataclasses.asdict(AccelSettings(tensorrt=True, precision="bf16"))
     assert ModelStageArgs().accel() == dataclasses.asdict(AccelSettings())
     assert issubclass(FaderArgs, BaseModel) and FaderArgs().model_dump()["output_size"] == CropSettings().output_size
+
+
+@pytest.mark.parametrize("model", [ModelStageArgs, EncoderArgs])
+def test_stage_runtime_and_precision_are_runtime_settings(model):
+    """``runtime`` and ``precision`` take RuntimeSettings' values and defaults; fp16 is refused on torch (which
+    runs fp32 or bf16 autocast), naming the precision, and accepted on the runtimes that have it."""
+    for name in RUNTIME:
+        assert model.model_fields[name].default == getattr(RuntimeSettings(), name)
+    assert _pydantic_rules(model.model_fields["runtime"])["choices"] == tuple(RUNTIMES)
+    assert _pydantic_rules(model.model_fields["precision"])["choices"] == PRECISIONS
+    with pytest.raises(ValidationError, match="precision 'fp16' needs runtime openvino or tensorrt"):
+        model(precision="fp16")
+    with pytest.raises(ValidationError, match="runtime"):
+        model(runtime="tvm")
+    stage = model(runtime="openvino", precision="fp16")
+    assert stage.runtime_settings("/x") == {"runtime": "openvino", "precision": "fp16", "export_dir": "/x"}
+    assert stage.accel()["precision"] == "fp32"  # torch's share: what it runs if openvino falls back
+    assert model(precision="bf16").accel()["precision"] == "bf16"  # on torch, today's autocast
