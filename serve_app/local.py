@@ -62,6 +62,9 @@ class LocalPipeline:
         self.fade = fade or GaussianFade()
         self.crop = crop or CropSettings()
         self.amg = amg or AmgSettings()
+        #: Per stage, the runtime and precision asked for and in force (:meth:`load` fills it; ``/readyz``'s
+        #: ``runtime``); empty for stages passed in.
+        self.runtimes: dict[str, dict] = {}
 
     @classmethod
     def load(
@@ -74,6 +77,9 @@ class LocalPipeline:
         clip_checkpoint: str | None = None,
         store=None,
         embedder_family: str = "open_clip",
+        encoder_stage: Mapping | None = None,
+        decoder_stage: Mapping | None = None,
+        export_dir: str | None = None,
         **kwargs,
     ) -> LocalPipeline:
         """Build every stage from the same weight sources as the service (environment fills unset ones), for
@@ -81,27 +87,57 @@ class LocalPipeline:
 
         ``store`` defaults to an in-memory store; pass ``ExampleStore.from_env()`` to use the service's.
         ``embedder_family`` names the embedder's family in :data:`models.embedders.EMBEDDERS`.
+        ``encoder_stage`` / ``decoder_stage``: the runtime, precision and torch speed-ups of each stage, as a
+        model's ``encoder`` / ``decoder`` in the app config (:class:`serve_app.config.RuntimeArgs`, e.g.
+        ``{"runtime": "onnxruntime"}``; device and threads are the process's); unset: torch fp32, as before.
+        ``export_dir``: the model's own ONNX export (else samgraph's in the cache dir, written on first use).
+        What runs is :attr:`runtimes` (fallbacks are logged, as in the service).
+
+        Raises:
+            pydantic.ValidationError: a bad stage setting (it names the field).
         """
         from deployments.runtime.clip_weights import ClipWeightsSource, load_embedder
         from deployments.runtime.model_weights import load_model
+        from deployments.runtime.replica import fallback_logger
+        from deployments.runtime.stage_runtime import build_stage
         from deployments.runtime.vectorstore import ExampleStore
         from deployments.runtime.weights import WeightsSource
         from models.registry import get_model_spec
+        from serve_app.config import RuntimeArgs
 
+        stages = {"encoder": RuntimeArgs.model_validate(encoder_stage or {})}
+        stages["decoder"] = RuntimeArgs.model_validate(decoder_stage or {})
         sam2 = get_model_spec(model_id).family == "sam2"
-        loaded = load_model(model_id, WeightsSource.resolve(weights, checkpoint, checkpoint_from_env=sam2))
+        source = WeightsSource.resolve(weights, checkpoint, checkpoint_from_env=sam2)
+        loaded = load_model(model_id, source)
+        built, runtimes = {}, {}
+        for name, args in stages.items():
+            built[name], chosen, _ = build_stage(
+                name,
+                loaded,
+                "cpu",
+                None,
+                args.accel(),
+                args.runtime_settings(export_dir),
+                {"kind": source.kind, "seed": source.seed},
+                fallback_logger(name),
+                free_unused=False,  # one model serves both stages here
+            )
+            runtimes[name] = chosen.state()
         clip_weights = "random" if weights == "random" else None
         clip = load_embedder(
             embedder_family, clip_model, clip_pretrained, ClipWeightsSource.resolve(clip_weights, clip_checkpoint)
         )
-        return cls(
-            loaded.family.encoder(loaded.model),
-            loaded.family.decoder(loaded.model),
+        pipe = cls(
+            built["encoder"],
+            built["decoder"],
             clip.embedder,
             store if store is not None else ExampleStore(in_memory=True),
             embedder_id=clip.identity,
             **kwargs,
         )
+        pipe.runtimes = runtimes
+        return pipe
 
     def segment(
         self, image: np.ndarray, prompts: Sequence[Prompt | Mapping], multimask_output: bool | None = None

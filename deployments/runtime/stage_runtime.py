@@ -12,12 +12,22 @@ start). The service's replicas, the offline stages and the in-process API all bu
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from deployments.runtime.cpu import cpu_flags, flags_of_interest
-from deployments.runtime.exports import Export, ensure_export, export_dir_for, verify_export, weights_identity
+from deployments.runtime.exports import (
+    MANIFEST_FILE,
+    Export,
+    ExportError,
+    ensure_export,
+    export_dir_for,
+    verify_export,
+    weights_identity,
+)
 from deployments.runtime.model_weights import LoadedModel
 from deployments.runtime.weights import cache_dir
 from models.accel import PRECISIONS as TORCH_PRECISIONS
@@ -126,10 +136,33 @@ def stage_export(loaded: LoadedModel, weights: Mapping, export_dir: str | None =
         how = "verified against its manifest" if export.verified else "no manifest: digests computed, not verified"
         log.info("%s: ONNX export %s (%s)", loaded.model_id, export.directory, how)
         return export
+    return export_model(loaded, weights)[0]
+
+
+def export_model(
+    loaded: LoadedModel, weights: Mapping, directory: str | os.PathLike | None = None
+) -> tuple[Export, bool]:
+    """The ONNX export of ``loaded`` at ``directory`` (default: its cache entry, :func:`export_dir_for`),
+    written now when there is none (:func:`deployments.runtime.exports.ensure_export`, opset
+    :data:`EXPORT_OPSET`).
+
+    Args:
+        loaded: the model and its family.
+        weights: the :class:`deployments.runtime.weights.WeightsSource` fields it was loaded with (``seed``
+            names random weights).
+        directory: where the export is (or is to be).
+
+    Returns:
+        (the verified export, True when this call wrote it).
+
+    Raises:
+        ExportError: the export there does not verify, or was made from other weights.
+        ValueError: the family cannot be exported.
+    """
     import torch
 
     weights_id = weights_identity(loaded.weights, weights.get("seed"))
-    directory = export_dir_for(loaded.model_id, weights_id, EXPORT_OPSET)
+    directory = Path(directory) if directory is not None else export_dir_for(loaded.model_id, weights_id, EXPORT_OPSET)
     meta = {
         "model_id": loaded.model_id,
         "family": loaded.family.name,
@@ -142,7 +175,12 @@ def stage_export(loaded: LoadedModel, weights: Mapping, export_dir: str | None =
     export, written = ensure_export(directory, make, meta)
     if written:
         log.info("%s: exported to ONNX in %s (%.1f s)", loaded.model_id, directory, time.perf_counter() - t0)
-    return export
+    elif export.manifest.get("weights") != weights_id:
+        raise ExportError(
+            f"ONNX export {directory / MANIFEST_FILE}: made from weights {export.manifest.get('weights')}, "
+            f"not {weights_id}; export to another directory"
+        )
+    return export, written
 
 
 def build_stage(

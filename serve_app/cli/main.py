@@ -2,6 +2,7 @@
 
     samgraph serve [--config configs/serve.yaml]
     samgraph models list | pull [NAME] [--clip]          (NAME: sam2.1_hiera_tiny, mobile_sam, sam3 (HF_TOKEN))
+    samgraph models export NAME --format onnx [--out DIR] [--weights registry|file|random] [--checkpoint F] [--seed N]
     samgraph ping --api URL
     samgraph segment --api URL --image photo.jpg [--model ID] [--box x0,y0,x1,y1]... [--point x,y[,fg|bg]]...
                      [--text "a red car"]... [--score-thresh 0.5] [--out result.json] [--overlay overlay.png]
@@ -88,12 +89,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """``models list`` (the registry and what is cached) or ``models pull [NAME] [--clip]`` (download and verify;
-    ``--clip`` also fetches the default CLIP weights into the same cache dir)."""
+    """``models list`` (the registry and what is cached), ``models pull [NAME] [--clip]`` (download and verify;
+    ``--clip`` also fetches the default CLIP weights into the same cache dir) or ``models export NAME --format
+    onnx`` (:func:`_export`)."""
     from deployments.runtime.model_weights import pull_checkpoint
     from deployments.runtime.weights import WeightsError, cache_dir
     from models.registry import DEFAULT_MODEL, get_model_spec, list_models
 
+    if args.action == "export":
+        return _export(args)
     if args.action == "list":
         print(f"cache dir: {cache_dir()}")
         print(f"{'name':<24} {'family':<10} {'params':>8} {'size':>9}  {'cached':<6}  sha256")
@@ -119,6 +123,34 @@ def cmd_models(args: argparse.Namespace) -> int:
     except (ValueError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``models export NAME --format onnx``: the model's encoder and decoder as ONNX files (the layout of
+    :mod:`deployments.runtime.exports`) from verified weights, into ``--out`` or the cache entry the service's
+    replicas look in; prints each file's SHA-256."""
+    from deployments.runtime.model_weights import load_model
+    from deployments.runtime.stage_runtime import export_model
+    from deployments.runtime.weights import WeightsError, WeightsSource
+    from models.registry import get_model_spec
+
+    try:
+        spec = get_model_spec(args.name)
+        sam2 = spec.family == "sam2"
+        source = WeightsSource.resolve(args.weights, args.checkpoint, args.seed, checkpoint_from_env=sam2)
+        loaded = load_model(spec.name, source, device="cpu", progress=True)
+        export, written = export_model(loaded, {"kind": source.kind, "seed": source.seed}, args.out)
+    except (ValueError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    where = "written to" if written else "already in (verified)"
+    print(f"{spec.name} ONNX export (opset {export.manifest['opset']}, weights {export.manifest['weights']}) {where} "
+          f"{export.directory}")
+    for name, f in export.files.items():
+        print(f"  {name:<14} {f.size_bytes / 1e6:>9.1f} MB  sha256 {f.sha256}")
+    if source.kind == "random":
+        print(f"note: RANDOM weights (seed {source.seed}): the exported model's masks are meaningless", file=sys.stderr)
     return 0
 
 
@@ -363,7 +395,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="configs/serve.yaml")
     s.set_defaults(func=cmd_serve)
 
-    m = sub.add_parser("models", help="list or download the registry's weights (SAM 2.1, MobileSAM, SAM 3)")
+    m = sub.add_parser("models", help="list, download or export the registry's models (SAM 2.1, MobileSAM, SAM 3)")
     msub = m.add_subparsers(dest="action", required=True)
     msub.add_parser("list", help="registered checkpoints and whether they are cached")
     pull = msub.add_parser("pull", help="download and verify a checkpoint into the cache dir")
@@ -373,6 +405,21 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also fetch the app's default CLIP weights (ViT-B-32/laion2b_s34b_b79k) into the cache dir",
     )
+    export = msub.add_parser(
+        "export", help="write the model's encoder and decoder as ONNX (encoder.onnx, decoder.onnx, export.json)"
+    )
+    export.add_argument("name", help="registry name, e.g. sam2.1_hiera_tiny or mobile_sam (sam3 runs on torch only)")
+    export.add_argument("--format", choices=["onnx"], required=True, help="the export format (onnx)")
+    export.add_argument(
+        "--out", help="directory to write (default: the cache entry the service's replicas use, under the cache dir)"
+    )
+    export.add_argument(
+        "--weights",
+        choices=["registry", "file", "random"],
+        help="weights (default: SAMGRAPH_WEIGHTS, else the registry's verified download)",
+    )
+    export.add_argument("--checkpoint", help="checkpoint file (with --weights file)")
+    export.add_argument("--seed", type=int, help="seed of random weights (default: SAMGRAPH_SEED, else 0)")
     m.set_defaults(func=cmd_models)
 
     for name, func, helptext in (
