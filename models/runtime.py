@@ -91,6 +91,8 @@ class Graph(ABC):
 
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    #: What it was loaded with (set by :func:`load_graph`; what a stage's ``accel_state`` reports).
+    settings: RuntimeSettings | None = None
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -233,7 +235,8 @@ def resolve(
 
 
 def load_graph(onnx_path: str, settings: RuntimeSettings) -> Graph:
-    """:meth:`Runtime.load` of ``settings.runtime`` (settings already resolved by :func:`resolve`).
+    """:meth:`Runtime.load` of ``settings.runtime`` (settings already resolved by :func:`resolve`), with
+    :attr:`Graph.settings` set to ``settings``.
 
     Raises:
         ValueError: ``settings.runtime`` is ``torch`` (no graph to load) or unknown.
@@ -242,4 +245,6 @@ def load_graph(onnx_path: str, settings: RuntimeSettings) -> Graph:
     runtime = get_runtime(settings.runtime)
     if not runtime.runs_onnx:
         raise ValueError(f"runtime {settings.runtime!r} runs the family's own modules, not an exported graph")
-    return runtime.load(onnx_path, settings)
+    graph = runtime.load(onnx_path, settings)
+    graph.settings = settings
+    return graph

@@ -19,6 +19,7 @@ class Sam2Family(SegmenterFamily):
 
     name = "sam2"
     capabilities = Capabilities(video=True)
+    runtimes = ("torch", "onnxruntime", "openvino", "tensorrt")
 
     def build(self, spec: ModelSpec, state_dict: Mapping[str, Any] | None, *, seed: int | None, device: str):
         """A ``SAM2Base`` (see :func:`models.sam2_image.build_sam2_model`)."""
@@ -26,17 +27,40 @@ class Sam2Family(SegmenterFamily):
 
         return build_sam2_model(spec.name, state_dict, seed=seed, device=device)
 
-    def encoder(self, model, accel=None, on_fallback: Callable[[str], None] | None = None):
-        """:class:`models.sam2_image.Sam2ImageEncoder` (features: :class:`models.sam2_image.ImageFeatures`)."""
+    def encoder(self, model, accel=None, on_fallback: Callable[[str], None] | None = None, graph=None):
+        """:class:`models.sam2_image.Sam2ImageEncoder` (features: :class:`models.sam2_image.ImageFeatures`);
+        with ``graph`` (an ``encoder.onnx`` loaded by :func:`models.runtime.load_graph`),
+        :class:`models.sam2_export.Sam2GraphEncoder` (same features; ``accel`` does not apply)."""
+        if graph is not None:
+            from models.sam2_export import Sam2GraphEncoder
+
+            return Sam2GraphEncoder(model, graph)
         from models.sam2_image import Sam2ImageEncoder
 
         return Sam2ImageEncoder(model, accel, on_fallback)
 
-    def decoder(self, model, settings: DecoderSettings | None = None, accel=None, on_fallback=None):
-        """:class:`models.sam2_decoder.Sam2MaskDecoder` (prompt encoder + mask decoder only)."""
+    def decoder(self, model, settings: DecoderSettings | None = None, accel=None, on_fallback=None, graph=None):
+        """:class:`models.sam2_decoder.Sam2MaskDecoder` (prompt encoder + mask decoder only); with ``graph``
+        (a ``decoder.onnx`` loaded by :func:`models.runtime.load_graph`),
+        :class:`models.sam2_export.Sam2GraphDecoder` (same answers; ``accel`` does not apply)."""
+        if graph is not None:
+            from models.sam2_export import Sam2GraphDecoder
+
+            return Sam2GraphDecoder(model, graph, settings)
         from models.sam2_decoder import Sam2MaskDecoder
 
         return Sam2MaskDecoder(model, settings, accel, on_fallback)
+
+    def export_onnx(self, model, opset: int = 17) -> dict[str, bytes]:
+        """``encoder.onnx`` and ``decoder.onnx`` in the layout of :mod:`models.sam2_export` (SharpAI's and
+        samexporter's, plus ``low_res_masks``; the decoder gives all four mask candidates).
+
+        Raises:
+            ValueError: the model's image encoder was dropped.
+        """
+        from models.sam2_export import export_sam2_onnx
+
+        return export_sam2_onnx(model, opset)
 
     def drop_image_encoder(self, model) -> None:
         """Drop the Hiera trunk and FPN neck (most of the weights)."""
