@@ -87,6 +87,11 @@ class Graph(ABC):
 
     Implementations are safe to call from several threads (each call uses its own inference request or
     the runtime's thread-safe session).
+
+    Attributes:
+        input_names: the graph's inputs, in order.
+        output_names: the graph's outputs, in order.
+        settings: the (resolved) settings it was loaded with (:func:`load_graph` sets them), or None.
     """
 
     input_names: tuple[str, ...]
