@@ -6,6 +6,10 @@ tiny SAM 3 architecture, each with its own ``ImageEncoder`` and ``MaskDecoder`` 
 weights files written as the released ones are (``tests/family_weights.py``). References:
 ``mobile_sam.SamPredictor`` for MobileSAM clicks; transformers' ``Sam3Model`` (concept prompts) and
 ``Sam3TrackerModel`` (clicks), with the references of ``tests/unit/test_sam3.py``.
+
+MobileSAM's encoder and decoder run on ONNX Runtime (``runtime: onnxruntime``): its replicas export the model
+on first start into a cache dir of their own (one exports, the other waits for it) and load the graphs, so
+its answers here are the exported graphs' against torch's (``SamPredictor``) on the same checkpoint.
 """
 
 from __future__ import annotations
@@ -36,20 +40,27 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
     }
 
 
+#: MobileSAM's stages: on ONNX Runtime (SAM 3 runs torch only).
+RUNTIME = {MOBILE: "onnxruntime", SAM3: "torch"}
+
+
 def _family_args(app_args: dict, checkpoints: dict) -> dict:
-    """The package app's arguments with ``models``: SAM 2 (the default), MobileSAM, SAM 3 tiny."""
+    """The package app's arguments with ``models``: SAM 2 (the default), MobileSAM (on ONNX Runtime), SAM 3 tiny."""
     one_model = ("model_id", "weights", "checkpoint", "seed", "encoder", "decoder", "cache")
     args = {k: v for k, v in app_args.items() if k not in one_model}
-    stage = {"device": "cpu", "torch_threads": 1}
     sam2 = {k: app_args[k] for k in ("model_id", "weights", "checkpoint")}
-    others = [{"model_id": m, "weights": "file", "checkpoint": checkpoints[m], "encoder": stage, "decoder": stage} for m in (MOBILE, SAM3)]
+    others = []
+    for m in (MOBILE, SAM3):
+        stage = {"device": "cpu", "torch_threads": 1, "runtime": RUNTIME[m]}
+        others.append({"model_id": m, "weights": "file", "checkpoint": checkpoints[m], "encoder": stage, "decoder": stage})
     return {**args, "models": [sam2, *others]}
 
 
 @pytest.fixture(scope="module")
-def families(app_url, app_args, checkpoints):
+def families(app_url, app_args, checkpoints, tmp_path_factory):
     """The side app over the package app's SAM 2 stages, fader, embedder and retriever, with MobileSAM's and
-    SAM 3's own stages (one replica each, no CPU share); deleted afterwards."""
+    SAM 3's own stages (one replica each, no CPU share; their cache dir, where MobileSAM's export goes, a
+    temporary one); deleted afterwards."""
     from ray import serve
 
     from deployments.decoder import MaskDecoder
@@ -60,12 +71,16 @@ def families(app_url, app_args, checkpoints):
     cfg = AppArgs.model_validate(_family_args(app_args, checkpoints))
     stages = app_stages()
     encoders, decoders = {MODEL_ID: stages["encoder"]}, {MODEL_ID: stages["decoder"]}
-    no_cpu = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}
+    env = {"env_vars": {"SAMGRAPH_CACHE_DIR": str(tmp_path_factory.mktemp("families_cache"))}}
+    no_cpu = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0, "runtime_env": env}}
     for i, m in enumerate(cfg.served_models()[1:], start=1):
         weights = {"kind": "file", "checkpoint": m.checkpoint, "seed": 0}
         enc_name, dec_name = stage_names(i, m.model_id)
-        encoders[m.model_id] = ImageEncoder.options(name=enc_name, **no_cpu).bind(m.model_id, weights, "cpu", 1)
-        decoders[m.model_id] = MaskDecoder.options(name=dec_name, **no_cpu).bind(m.model_id, weights, "cpu", 1, None, encoders[m.model_id])
+        enc, dec = m.encoder.runtime_settings(m.export_dir), m.decoder.runtime_settings(m.export_dir)
+        encoders[m.model_id] = ImageEncoder.options(name=enc_name, **no_cpu).bind(m.model_id, weights, "cpu", 1, runtime=enc)
+        decoders[m.model_id] = MaskDecoder.options(name=dec_name, **no_cpu).bind(
+            m.model_id, weights, "cpu", 1, None, encoders[m.model_id], runtime=dec
+        )
     ingress = Ingress.options(**no_cpu).bind(
         encoders, decoders, stages["fader"], stages["embedder"], stages["retriever"], cfg.model_dump(), video=stages["video"]
     )
@@ -103,9 +118,34 @@ def test_models_and_readiness_list_every_family(families):
         assert v["feature_bytes"] == family_of(m).feature_nbytes(get_model_spec(m)) > 0
     ready = families.get("/readyz")
     assert ready.status_code == 200 and [m["model_id"] for m in ready.json()["models"]] == [MODEL_ID, MOBILE, SAM3]
+    assert [m["runtime"] for m in ready.json()["models"]] == [v["runtime"] for v in models.values()]
+
+
+def test_each_stage_reports_its_runtime_and_the_onnx_export_it_runs(families, checkpoints):
+    """MobileSAM's stages run the ONNX export its replicas wrote from the served checkpoint (the manifest's
+    weights are the file's SHA-256; both stages the same verified files); the others run torch."""
+    from deployments.runtime.cpu import cpu_flags, flags_of_interest
+    from deployments.runtime.weights import sha256_file
+
+    models = {m["model_id"]: m for m in families.get("/v1/models").json()["models"]}
+    for m, v in models.items():
+        for stage in ("encoder", "decoder"):
+            r = v["runtime"][stage]
+            want = RUNTIME.get(m, "torch")
+            assert (r["runtime"], r["precision"], r["requested"]) == (want, "fp32", {"runtime": want, "precision": "fp32"})
+            assert r["fallbacks"] == [] and r["cpu_flags"] == flags_of_interest(cpu_flags())
+            assert v["accel"][stage] == {"precision": "fp32", "compiler": "eager" if want == "torch" else want}
+            assert (r["export"] is None) == (want == "torch")
+    mobile = models[MOBILE]["runtime"]
+    export = mobile["encoder"]["export"]
+    assert export == mobile["decoder"]["export"] and export["verified"] and export["opset"] == 17
+    assert export["weights"] == f"sha256:{sha256_file(checkpoints[MOBILE])}" == models[MOBILE]["weights"]
+    assert set(export["files"]) == {"encoder.onnx", "decoder.onnx"} and all(f["size_bytes"] > 0 for f in export["files"].values())
 
 
 def test_mobile_sam_clicks_match_sam_predictor(families, truck_b64, truck_rgb, checkpoints):
+    """MobileSAM on ONNX Runtime through the service answers what torch (``SamPredictor``) answers on the same
+    checkpoint: masks IoU >= 0.999, predicted IoU within 1e-4."""
     from mobile_sam import SamPredictor, sam_model_registry
 
     body = _segment(
