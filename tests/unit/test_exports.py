@@ -217,13 +217,36 @@ def test_a_runtime_not_installed_runs_torch_with_one_log_line(caplog, monkeypatc
     assert "runtime 'onnxruntime' is not available (onnxruntime is not importable" in caplog.records[0].getMessage()
 
 
-def test_tensorrt_fp16_on_a_cpu_machine_falls_back_to_torch_fp32():
-    """The GPU config's encoder on a CPU-only machine: TensorRT needs CUDA -> torch; fp16 is not torch's on CPU
-    -> fp32; one message each."""
-    asked = RuntimeSettings(runtime="tensorrt", precision="fp16", device="cpu")
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_tensorrt_fp16_without_tensorrt_falls_back_to_torch_fp32(device):
+    """The GPU config's encoder where TensorRT cannot run (no CUDA device, or an onnxruntime without the
+    TensorRT provider, as here): torch; fp16 is not torch's -> fp32; one message each."""
+    asked = RuntimeSettings(runtime="tensorrt", precision="fp16", device=device)
     chosen = choose_runtime(tuple(RUNTIMES), asked, "m encoder", None, AMX)
     assert (chosen.in_force.runtime, chosen.in_force.precision) == ("torch", "fp32")
-    assert len(chosen.fallbacks) == 2 and "TensorRT needs a CUDA device" in chosen.fallbacks[0]
+    assert len(chosen.fallbacks) == 2 and "runtime 'tensorrt' is not available" in chosen.fallbacks[0]
+    assert "running fp32" in chosen.fallbacks[1]
+
+
+@pytest.mark.parametrize("name", ["serve.yaml", "serve.gpu.yaml", "serve.sam3.yaml"])
+def test_shipped_configs_resolve_on_this_machine(name):
+    """Every stage of every shipped config resolves here (a CPU machine, no TensorRT) to something torch or
+    an installed runtime can run, without an error: the GPU config's TensorRT encoder falls back cleanly."""
+    import yaml
+
+    from models.registry import family_of
+    from serve_app.config import AppArgs
+
+    cfg = yaml.safe_load((REPO / "configs" / name).read_text())
+    args = AppArgs.model_validate(next(a for a in cfg["applications"] if a["import_path"] == "serve_app.app:build_app")["args"])
+    for m in args.served_models():
+        for stage in ("encoder", "decoder"):
+            s = getattr(m, stage)
+            asked = asked_settings(s.runtime_settings(), s.accel(), "cuda" if s.device.startswith("cuda") else "cpu", None)
+            chosen = choose_runtime(family_of(m.model_id).runtimes, asked, f"{m.model_id} {stage}")
+            assert chosen.in_force.runtime in ("torch", "onnxruntime", "openvino")
+            assert chosen.in_force.precision in ("fp32", "bf16")
+            assert len(chosen.fallbacks) <= 2
 
 
 def test_a_family_on_torch_only_runs_torch():
