@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deployments.runtime.cpu import cpu_info, flags_of_interest
@@ -269,3 +270,60 @@ def test_cpu_flags_come_from_cpuinfo(tmp_path):
     assert info == {"model": "Test CPU", "flags": frozenset({"fpu", "avx2", "avx512_bf16", "amx_tile"})}
     assert flags_of_interest(info["flags"]) == ["avx2", "avx512_bf16", "amx_tile"]
     assert cpu_info(tmp_path / "absent")["flags"] == frozenset()
+
+
+# ------------------------------------------------------------------- the CLI export and the in-process API
+def test_cli_export_arguments():
+    from serve_app.cli.main import make_parser
+
+    args = make_parser().parse_args(["models", "export", "mobile_sam", "--format", "onnx", "--weights", "random", "--seed", "2"])
+    assert (args.action, args.name, args.format, args.out, args.weights, args.seed) == ("export", "mobile_sam", "onnx", None, "random", 2)
+    for argv in (["models", "export", "mobile_sam"], ["models", "export", "mobile_sam", "--format", "tflite"]):
+        with pytest.raises(SystemExit):  # the format is required, and onnx is the one there is
+            make_parser().parse_args(argv)
+
+
+@pytest.mark.slow  # ~20 s on an idle 2-core machine (MobileSAM's export, CLIP, two encodes); the service test covers ORT
+def test_cli_export_then_in_process_pipeline_runs_it(tmp_path, monkeypatch, capsys, truck_rgb):
+    """``samgraph models export mobile_sam --format onnx --weights random --out DIR`` writes both graphs and a
+    manifest (printing their SHA-256s and saying the weights are random); ``LocalPipeline.load`` with that
+    ``export_dir`` and ``runtime: onnxruntime`` on both stages runs them (nothing exported again) and answers
+    the masks the torch stages answer on the same weights."""
+    from deployments.runtime.model_weights import load_model
+    from deployments.runtime.stage_runtime import build_stage
+    from deployments.runtime.weights import WeightsSource
+    from models.prompts import Prompt, decoder_prompts
+    from models.segmenter import DecodeRequest
+    from serve_app.cli.main import main
+    from serve_app.local import LocalPipeline
+    from tests.conftest import TRUCK_BOX, mask_iou
+
+    monkeypatch.setenv("SAMGRAPH_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "export"
+    assert main(["models", "export", "mobile_sam", "--format", "onnx", "--weights", "random", "--seed", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    export = verify_export(out, model_id="mobile_sam")
+    assert export.manifest["weights"] == "random:seed=1" and export.manifest["opset"] == 17
+    for name, f in export.files.items():
+        assert f"{name}" in printed.out and f.sha256 in printed.out
+    assert "RANDOM weights (seed 1)" in printed.err
+
+    onnx = {"runtime": "onnxruntime", "precision": "fp32"}
+    pipe = LocalPipeline.load("mobile_sam", weights="random", encoder_stage=onnx, decoder_stage=onnx, export_dir=str(out))
+    assert {s: (r["runtime"], r["export"]["files"]["encoder.onnx"]["sha256"]) for s, r in pipe.runtimes.items()} == {
+        s: ("onnxruntime", export.files[ENCODER_FILE].sha256) for s in ("encoder", "decoder")
+    }
+    assert not (tmp_path / "cache" / "exports").exists()  # the user's export ran; nothing exported again
+    got = pipe.segment(truck_rgb, [Prompt(box_xyxy=TRUCK_BOX)], multimask_output=False)[0]
+
+    weights = {"kind": "random", "seed": 1}
+    loaded = load_model("mobile_sam", WeightsSource(**weights))
+    encoder, _, _ = build_stage("encoder", loaded, "cpu", None, None, None, weights, free_unused=False)
+    decoder, chosen, _ = build_stage("decoder", loaded, "cpu", None, None, None, weights, free_unused=False)
+    assert chosen.in_force.runtime == "torch"
+    h, w = truck_rgb.shape[:2]
+    specs, _ = decoder_prompts([Prompt(box_xyxy=TRUCK_BOX)], w, h)
+    want = decoder.predict_batch([DecodeRequest(encoder.encode(truck_rgb), specs, False)])[0][0]
+    assert want.masks[0].any() and not want.masks[0].all()
+    assert mask_iou(got.masks[0], want.masks[0]) >= 0.999
+    np.testing.assert_allclose(got.predicted_iou, want.predicted_iou, atol=1e-4)
