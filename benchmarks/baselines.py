@@ -80,19 +80,32 @@ def rate_of(call: Callable[[], int], seconds: float, min_calls: int) -> dict:
     return {"calls": len(durations), "items": items, "items_per_s": items / sum(durations), "call": summarize(durations)}
 
 
-def build_sam(model_id: str = MODEL_ID, seed: int = 0):
+def build_sam(model_id: str = MODEL_ID, seed: int = 0, runtime: dict | None = None, threads: int | None = None):
     """(ImageEncoder, MaskDecoder) of any registry model (:data:`models.registry.MODELS`) with seeded random
-    weights on the CPU, built through its family (``family_of(model_id).build/encoder/decoder``), as the
-    service's stages build it with ``SAMGRAPH_WEIGHTS=random``.
+    weights on the CPU, built through its family, as the service's stages build it with
+    ``SAMGRAPH_WEIGHTS=random`` (:func:`deployments.runtime.stage_runtime.build_stage`).
+
+    Args:
+        model_id: registry name.
+        seed: seed of the random weights.
+        runtime: both stages' ``{"runtime", "precision"}`` (None: torch fp32 eager, the naive baseline);
+            an ONNX runtime exports the model into the cache dir on first use.
+        threads: the runtime's intra-op threads (None: its default).
 
     Raises:
         ValueError: unknown ``model_id`` (the message lists the valid ones).
     """
-    from models.registry import family_of, get_model_spec
+    from deployments.runtime.model_weights import load_model
+    from deployments.runtime.stage_runtime import build_stage
+    from deployments.runtime.weights import WeightsSource
 
-    family = family_of(model_id)
-    model = family.build(get_model_spec(model_id), None, seed=seed, device="cpu")
-    return family.encoder(model), family.decoder(model)
+    weights = {"kind": "random", "seed": seed}
+    loaded = load_model(model_id, WeightsSource(**weights), device="cpu", progress=False)
+    stages = [
+        build_stage(stage, loaded, "cpu", threads, None, runtime, weights, free_unused=False)[0]
+        for stage in ("encoder", "decoder")
+    ]
+    return stages[0], stages[1]
 
 
 def points_prompt(points: Sequence[Sequence[float]]):

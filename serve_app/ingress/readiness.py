@@ -55,7 +55,7 @@ def readiness(
 
     Returns:
         ``(200, {"status": "ready", "model_id", "weights", "device", "devices", "embedder", "retriever",
-        "accel", "models", ["warnings"]})`` when every stage answered and each model's encoder and
+        "accel", "runtime", "models", ["warnings"]})`` when every stage answered and each model's encoder and
         decoder (and the video segmenter and the model it tracks with) run the same model and weights;
         else ``(503, {"status": "not_ready", "reason"})``. ``models``: every served model
         (:func:`model_entry`), the default first.
@@ -98,6 +98,8 @@ def readiness(
             k: {"precision": v["accel"]["precision"], "compiler": v["accel"]["compiler"]}
             for k, v in (("encoder", enc), ("decoder", dec))
         },
+        # the default model's runtime per stage (every model's: ``models[i].runtime``)
+        "runtime": {"encoder": enc["runtime"], "decoder": dec["runtime"]},
         "models": [model_entry(e, d, default=i == 0) for i, (e, d) in enumerate(pairs)],
     }
     if vid:

@@ -31,6 +31,7 @@ def test_ready_when_every_stage_answers_with_the_same_weights():
     assert body["devices"] == {"encoder": "cpu", "decoder": "cuda", "embedder": "cpu", "video": "cpu"}
     assert body["embedder"] == {"model_id": "ViT-B-32/laion2b_s34b_b79k", "weights": "sha256:cd", "dim": 512, "id": "open_clip:x"}
     assert body["retriever"] == {"backend": "local"} and body["accel"]["decoder"] == ACCEL
+    assert body["runtime"] == {"encoder": TORCH, "decoder": TORCH} == body["models"][0]["runtime"]
     assert "warnings" not in body
 
 
