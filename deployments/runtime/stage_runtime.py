@@ -214,10 +214,12 @@ def build_stage(
     Returns:
         (the family's encoder or decoder, its :class:`StageRuntime`, the :class:`AccelSettings` it runs with).
 
+    A model that cannot be exported, or a graph the runtime cannot load, falls back to torch fp32 (one
+    message); an export that does not verify does not.
+
     Raises:
         ValueError: unknown stage, runtime or precision.
-        ExportError: an export that does not verify.
-        RuntimeError: the runtime could not load the graph.
+        ExportError: an export that does not verify (a file missing, truncated or altered).
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}; got {stage!r}")
@@ -226,17 +228,12 @@ def build_stage(
     chosen = choose_runtime(family.runtimes, asked, f"{loaded.model_id} {stage}", on_fallback, flags)
     settings = chosen.in_force
     graph = None
+    if settings.runtime != "torch":
+        graph = _load_stage_graph(stage, loaded, weights, runtime, chosen, on_fallback)
+        settings = chosen.in_force
     accel_in_force = AccelSettings()
     if settings.runtime == "torch":
         accel_in_force = AccelSettings(**{**(accel or {}), "precision": settings.precision})
-    else:
-        chosen.export = stage_export(loaded, weights, (runtime or {}).get("export_dir"))
-        compiled = cache_dir() / "compiled" / settings.runtime / chosen.export.digest[:16]
-        compiled.mkdir(parents=True, exist_ok=True)
-        settings = chosen.in_force = replace(settings, cache_dir=str(compiled))
-        t0 = time.perf_counter()
-        graph = load_graph(str(chosen.export.path(ENCODER_FILE if stage == "encoder" else DECODER_FILE)), settings)
-        log.info("%s %s: %s graph loaded in %.1f s", loaded.model_id, stage, settings.runtime, time.perf_counter() - t0)
     if stage == "encoder":
         part = family.encoder(loaded.model, accel_in_force, on_fallback, graph=graph)
     else:
@@ -254,6 +251,41 @@ def build_stage(
         ", ".join(chosen.cpu_flags) or "none of interest",
     )
     return part, chosen, accel_in_force
+
+
+def _load_stage_graph(
+    stage: str,
+    loaded: LoadedModel,
+    weights: Mapping,
+    runtime: Mapping | None,
+    chosen: StageRuntime,
+    on_fallback: Callable[[str], None] | None,
+):
+    """The stage's graph in ``chosen.in_force``'s runtime (its export verified or written first); None, with
+    ``chosen`` set back to torch fp32 and one fallback message, when the model cannot be exported or the
+    runtime cannot load the graph (an op it lacks, a TensorRT build failure), so the service keeps
+    answering. An export that does not verify is not a fallback: :class:`ExportError` is raised."""
+    settings, what = chosen.in_force, f"{loaded.model_id} {stage}"
+    try:
+        chosen.export = stage_export(loaded, weights, (runtime or {}).get("export_dir"))
+        compiled = cache_dir() / "compiled" / settings.runtime / chosen.export.digest[:16]
+        compiled.mkdir(parents=True, exist_ok=True)
+        settings = chosen.in_force = replace(settings, cache_dir=str(compiled))
+        t0 = time.perf_counter()
+        graph = load_graph(str(chosen.export.path(ENCODER_FILE if stage == "encoder" else DECODER_FILE)), settings)
+    except ExportError:
+        raise
+    except Exception as e:  # the exporter's or the runtime's own error types
+        message = f"{what}: {settings.runtime} could not run the ONNX graph ({type(e).__name__}: {e}"[:400]
+        message += "); running torch fp32"
+        chosen.fallbacks.append(message)
+        if on_fallback is not None:
+            on_fallback(message)
+        chosen.in_force = replace(settings, runtime="torch", precision="fp32", cache_dir=None)
+        chosen.export = None
+        return None
+    log.info("%s: %s graph loaded in %.1f s", what, settings.runtime, time.perf_counter() - t0)
+    return graph
 
 
 def accel_state(part, chosen: StageRuntime) -> dict:

@@ -258,6 +258,30 @@ def test_a_family_on_torch_only_runs_torch():
     ]
 
 
+def test_a_graph_the_runtime_cannot_load_falls_back_but_a_tampered_export_is_refused(tmp_path, caplog):
+    """A user's export whose files ONNX Runtime cannot parse: the stage runs torch fp32, with one log line
+    naming the runtime; the same files under a manifest they do not match: the stage refuses to start."""
+    from deployments.runtime.model_weights import load_model
+    from deployments.runtime.stage_runtime import build_stage
+    from deployments.runtime.weights import WeightsSource
+
+    for name, data in FILES.items():  # not ONNX
+        (tmp_path / name).write_bytes(data)
+    weights = {"kind": "random", "seed": 0}
+    loaded = load_model("mobile_sam", WeightsSource(**weights))
+    runtime = {"runtime": "onnxruntime", "precision": "fp32", "export_dir": str(tmp_path)}
+    with caplog.at_level(logging.WARNING, logger="samgraph.deployments"):
+        part, chosen, accel = build_stage("decoder", loaded, "cpu", 1, None, runtime, weights, fallback_logger("MaskDecoder"), False)
+    assert (chosen.in_force.runtime, chosen.in_force.precision, chosen.export) == ("torch", "fp32", None)
+    logged = [r.getMessage() for r in caplog.records if r.name == "samgraph.deployments" and r.levelno >= logging.WARNING]
+    assert len(logged) == 1 and "onnxruntime could not run the ONNX graph" in logged[0]
+    assert part.accel_state()["compiler"] == "eager" and chosen.state()["requested"]["runtime"] == "onnxruntime"
+    write_export(tmp_path / "x", FILES, META)
+    _flip_byte(tmp_path / "x" / ENCODER_FILE)
+    with pytest.raises(ExportError, match="encoder.onnx"):
+        build_stage("encoder", loaded, "cpu", 1, None, {**runtime, "export_dir": str(tmp_path / "x")}, weights)
+
+
 def test_without_runtime_settings_a_stage_asks_torch_at_its_accel_precision():
     assert asked_settings(None, {"precision": "bf16"}, "cpu", 1) == RuntimeSettings("torch", "bf16", "cpu", 1)
     assert asked_settings(None, None, "cpu", None) == RuntimeSettings()
