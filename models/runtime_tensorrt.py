@@ -23,6 +23,10 @@ class TensorRtRuntime(Runtime):
         """A CUDA device, and ONNX Runtime with the TensorRT provider."""
         if not device.startswith("cuda"):
             return False, f"TensorRT needs a CUDA device; this stage runs on {device}"
+        import torch
+
+        if not torch.cuda.is_available():
+            return False, "TensorRT needs a CUDA device; none is visible here"
         try:
             import onnxruntime as ort
         except ImportError as e:
