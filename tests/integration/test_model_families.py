@@ -7,9 +7,10 @@ weights files written as the released ones are (``tests/family_weights.py``). Re
 ``mobile_sam.SamPredictor`` for MobileSAM clicks; transformers' ``Sam3Model`` (concept prompts) and
 ``Sam3TrackerModel`` (clicks), with the references of ``tests/unit/test_sam3.py``.
 
-MobileSAM's encoder and decoder run on ONNX Runtime (``runtime: onnxruntime``): its replicas export the model
-on first start into a cache dir of their own (one exports, the other waits for it) and load the graphs, so
-its answers here are the exported graphs' against torch's (``SamPredictor``) on the same checkpoint.
+MobileSAM's encoder runs on ONNX Runtime and its decoder on OpenVINO (``runtime: onnxruntime`` /
+``openvino``): its replicas export the model on first start into a cache dir of their own (one exports, the
+other waits for it) and load the graphs, so its answers here are the exported graphs' against torch's
+(``SamPredictor``) on the same checkpoint.
 """
 
 from __future__ import annotations
@@ -40,19 +41,21 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
     }
 
 
-#: MobileSAM's stages: on ONNX Runtime (SAM 3 runs torch only).
-RUNTIME = {MOBILE: "onnxruntime", SAM3: "torch"}
+#: The runtime of each stage of the side app's own models: MobileSAM's encoder on ONNX Runtime, its decoder on
+#: OpenVINO (fast to compile for MobileSAM's graphs); SAM 3 runs torch only.
+RUNTIME = {MOBILE: {"encoder": "onnxruntime", "decoder": "openvino"}, SAM3: {"encoder": "torch", "decoder": "torch"}}
 
 
 def _family_args(app_args: dict, checkpoints: dict) -> dict:
-    """The package app's arguments with ``models``: SAM 2 (the default), MobileSAM (on ONNX Runtime), SAM 3 tiny."""
+    """The package app's arguments with ``models``: SAM 2 (the default), MobileSAM (on ONNX Runtime and
+    OpenVINO), SAM 3 tiny."""
     one_model = ("model_id", "weights", "checkpoint", "seed", "encoder", "decoder", "cache")
     args = {k: v for k, v in app_args.items() if k not in one_model}
     sam2 = {k: app_args[k] for k in ("model_id", "weights", "checkpoint")}
     others = []
     for m in (MOBILE, SAM3):
-        stage = {"device": "cpu", "torch_threads": 1, "runtime": RUNTIME[m]}
-        others.append({"model_id": m, "weights": "file", "checkpoint": checkpoints[m], "encoder": stage, "decoder": stage})
+        stages = {s: {"device": "cpu", "torch_threads": 1, "runtime": RUNTIME[m][s]} for s in ("encoder", "decoder")}
+        others.append({"model_id": m, "weights": "file", "checkpoint": checkpoints[m], **stages})
     return {**args, "models": [sam2, *others]}
 
 
@@ -131,7 +134,7 @@ def test_each_stage_reports_its_runtime_and_the_onnx_export_it_runs(families, ch
     for m, v in models.items():
         for stage in ("encoder", "decoder"):
             r = v["runtime"][stage]
-            want = RUNTIME.get(m, "torch")
+            want = RUNTIME.get(m, {}).get(stage, "torch")
             assert (r["runtime"], r["precision"], r["requested"]) == (want, "fp32", {"runtime": want, "precision": "fp32"})
             assert r["fallbacks"] == [] and r["cpu_flags"] == flags_of_interest(cpu_flags())
             assert v["accel"][stage] == {"precision": "fp32", "compiler": "eager" if want == "torch" else want}
@@ -144,8 +147,8 @@ def test_each_stage_reports_its_runtime_and_the_onnx_export_it_runs(families, ch
 
 
 def test_mobile_sam_clicks_match_sam_predictor(families, truck_b64, truck_rgb, checkpoints):
-    """MobileSAM on ONNX Runtime through the service answers what torch (``SamPredictor``) answers on the same
-    checkpoint: masks IoU >= 0.999, predicted IoU within 1e-4."""
+    """MobileSAM on ONNX Runtime (encoder) and OpenVINO (decoder) through the service answers what torch
+    (``SamPredictor``) answers on the same checkpoint: masks IoU >= 0.999, predicted IoU within 1e-4."""
     from mobile_sam import SamPredictor, sam_model_registry
 
     body = _segment(
