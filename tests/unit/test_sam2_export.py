@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from deployments.runtime.model_weights import load_state_dict
 from models.amg import AmgSettings, generate_masks
@@ -22,6 +23,7 @@ from models.sam2_export import (
     ENCODER_OUTPUTS,
     Sam2GraphDecoder,
     Sam2GraphEncoder,
+    select_masks,
 )
 from models.sam2_image import ImageFeatures, Sam2ImageEncoder, build_sam2_model
 from models.segmenter import DECODER_FILE, ENCODER_FILE, DecodeRequest
@@ -265,3 +267,22 @@ def test_openvino_encoder_features_match_torch(model, export_dir, truck_features
     for level in range(2):
         np.testing.assert_allclose(got.high_res_feats[level], truck_features.high_res_feats[level], atol=FEATURE_TOL)
 
+
+
+def test_single_mask_choice_is_sam2s(model):
+    """The graph gives all four candidates; single-mask output picks candidate 0 where it is stable and
+    otherwise the multimask candidate of highest predicted IoU (sam2's dynamic_multimask_via_stability)."""
+    assert model.sam_mask_decoder.dynamic_multimask_via_stability
+    low_res = torch.zeros(2, 4, 8, 8)
+    low_res[:, 0] = torch.where(torch.arange(8)[:, None] < 4, 10.0, -10.0)  # prompt 0: candidate 0 stable
+    low_res[1, 0] = 0.01 * torch.randn(8, 8, generator=torch.Generator().manual_seed(0))  # prompt 1: unstable
+    low_res[:, 1:] = torch.arange(1.0, 4.0)[:, None, None]
+    iou = torch.tensor([[0.9, 0.1, 0.3, 0.2], [0.9, 0.1, 0.3, 0.2]])
+    masks, scores = select_masks(model.sam_mask_decoder, low_res, iou, multimask_output=False)
+    assert masks.shape == (2, 1, 8, 8)
+    torch.testing.assert_close(masks[0, 0], low_res[0, 0])
+    torch.testing.assert_close(masks[1, 0], low_res[1, 2])  # the best-IoU multimask candidate
+    torch.testing.assert_close(scores, torch.tensor([[0.9], [0.3]]))
+    masks, scores = select_masks(model.sam_mask_decoder, low_res, iou, multimask_output=True)
+    torch.testing.assert_close(masks, low_res[:, 1:])
+    torch.testing.assert_close(scores, iou[:, 1:])
