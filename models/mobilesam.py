@@ -360,18 +360,37 @@ class MobileSamFamily(SegmenterFamily):
 
     name = "mobile_sam"
     capabilities = Capabilities(concept_prompts=False, video=False)
+    runtimes = ("torch", "onnxruntime", "openvino", "tensorrt")
 
     def build(self, spec: ModelSpec, state_dict: Mapping[str, Any] | None, *, seed: int | None, device: str):
         """A ``mobile_sam.modeling.Sam`` (see :func:`build_mobile_sam_model`)."""
         return build_mobile_sam_model(spec, state_dict, seed=seed, device=device)
 
-    def encoder(self, model, accel=None, on_fallback: Callable[[str], None] | None = None) -> MobileSamImageEncoder:
-        """:class:`MobileSamImageEncoder` (features: :class:`MobileSamFeatures`)."""
+    def encoder(
+        self, model, accel=None, on_fallback: Callable[[str], None] | None = None, graph=None
+    ) -> MobileSamImageEncoder:
+        """:class:`MobileSamImageEncoder` (features: :class:`MobileSamFeatures`); with ``graph`` (a loaded
+        ``encoder.onnx``) :class:`models.mobilesam_export.MobileSamGraphEncoder` (``accel`` unused)."""
+        if graph is not None:
+            from models.mobilesam_export import MobileSamGraphEncoder
+
+            return MobileSamGraphEncoder(model, graph)
         return MobileSamImageEncoder(model, accel, on_fallback)
 
-    def decoder(self, model, settings: DecoderSettings | None = None, accel=None, on_fallback=None):
-        """:class:`MobileSamMaskDecoder` (prompt encoder + mask decoder only)."""
+    def decoder(self, model, settings: DecoderSettings | None = None, accel=None, on_fallback=None, graph=None):
+        """:class:`MobileSamMaskDecoder` (prompt encoder + mask decoder only); with ``graph`` (a loaded
+        ``decoder.onnx``) :class:`models.mobilesam_export.MobileSamGraphDecoder` (``accel`` unused)."""
+        if graph is not None:
+            from models.mobilesam_export import MobileSamGraphDecoder
+
+            return MobileSamGraphDecoder(model, graph, settings)
         return MobileSamMaskDecoder(model, settings, accel, on_fallback)
+
+    def export_onnx(self, model, opset: int = 17) -> dict[str, bytes]:
+        """``encoder.onnx`` and ``decoder.onnx`` in SAM v1's layout (:func:`models.mobilesam_export.export_onnx`)."""
+        from models.mobilesam_export import export_onnx
+
+        return export_onnx(model, opset)
 
     def drop_image_encoder(self, model) -> None:
         """Drop the TinyViT (6.1 M of the 10.1 M parameters)."""

@@ -87,10 +87,16 @@ class Graph(ABC):
 
     Implementations are safe to call from several threads (each call uses its own inference request or
     the runtime's thread-safe session).
+
+    Attributes:
+        input_names: the graph's inputs, in order.
+        output_names: the graph's outputs, in order.
+        settings: the (resolved) settings it was loaded with (:func:`load_graph` sets them), or None.
     """
 
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    settings: RuntimeSettings | None = None
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -233,7 +239,8 @@ def resolve(
 
 
 def load_graph(onnx_path: str, settings: RuntimeSettings) -> Graph:
-    """:meth:`Runtime.load` of ``settings.runtime`` (settings already resolved by :func:`resolve`).
+    """:meth:`Runtime.load` of ``settings.runtime`` (settings already resolved by :func:`resolve`), with
+    :attr:`Graph.settings` set to ``settings``.
 
     Raises:
         ValueError: ``settings.runtime`` is ``torch`` (no graph to load) or unknown.
@@ -242,4 +249,6 @@ def load_graph(onnx_path: str, settings: RuntimeSettings) -> Graph:
     runtime = get_runtime(settings.runtime)
     if not runtime.runs_onnx:
         raise ValueError(f"runtime {settings.runtime!r} runs the family's own modules, not an exported graph")
-    return runtime.load(onnx_path, settings)
+    graph = runtime.load(onnx_path, settings)
+    graph.settings = settings
+    return graph
