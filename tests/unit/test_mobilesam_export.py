@@ -191,15 +191,15 @@ def test_decoder_answers_equal_torch(graph_parts, torch_parts, torch_answers):
 
 
 def test_automatic_masks_equal_torch(graph_parts, torch_parts):
-    """``generate_masks`` (``decode_points``, 9 clicks in one batch) through the graph: the same masks in the
+    """``generate_masks`` (``decode_points``, 4 clicks in one batch) through the graph: the same masks in the
     same order, with the same scores and clicks, as through torch."""
     _, _, decoder = graph_parts
     torch_decoder, features = torch_parts
-    settings = AmgSettings(points_per_side=3, points_per_batch=9, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+    settings = AmgSettings(points_per_side=2, points_per_batch=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                            box_nms_thresh=1.0)
     reference = generate_masks(torch_decoder, features, settings)
     got = generate_masks(decoder, features, settings)
-    assert len(got) == len(reference) == 3 * 9
+    assert len(got) == len(reference) == 3 * 4
     assert len({m.area_px for m in reference}) == len(reference)  # every mask differs
     for ours, ref in zip(got, reference):
         assert ours.point_xy == pytest.approx(ref.point_xy, abs=1e-3)
