@@ -17,10 +17,11 @@ writes for the decoder, and the usual encoder export beside it):
   -1 padding), ``mask_input`` (N, 1, 256, 256) float32 logits, ``has_mask_input`` (N,) float32 (1 or 0),
   ``orig_im_size`` (2,) float32 (height, width); outputs ``masks`` (N, 4, H, W) logits at the original size,
   ``iou_predictions`` (N, 4), ``low_res_masks`` (N, 4, 256, 256). N (prompts) and P (points) are dynamic;
-  the official export has N = 1, and its ``has_mask_input`` would broadcast against the mask width for
-  N > 1, so the one change to the library's wrapper is that flag reshaped to (N, 1, 1, 1)
-  (:class:`_BatchedSamOnnxModel`); a graph exported by the official script (N = 1) still runs here, one
-  prompt per call.
+  the official export fixes N at 1, and the wrapper's ``has_mask_input`` would broadcast against the mask
+  width for N > 1, so the one change to the library's wrapper is that flag reshaped to (N, 1, 1, 1)
+  (``_batched_sam_onnx_model``). A decoder exported by the official script (N = 1, ``return_single_mask``
+  usually True) does not fit :class:`MobileSamGraphDecoder`, which runs a group of same-shaped prompts
+  (the automatic-mask grid: 64 clicks) as one batch and needs all four mask tokens.
 
 The graph-backed classes subclass the torch ones (:mod:`models.mobilesam`) and override only where the
 network runs: preprocessing, prompt scaling, upsampling, thresholds and stability scores are the torch
@@ -203,10 +204,6 @@ class MobileSamGraphEncoder(MobileSamImageEncoder):
         self.transform = _mobile_sam().utils.transforms.ResizeLongestSide(self.image_size)
         self._accelerated = _EncoderGraphCall(graph)
 
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")  # the graph takes numpy arrays
-
 
 class MobileSamGraphDecoder(MobileSamMaskDecoder):
     """:class:`models.mobilesam.MobileSamMaskDecoder` with the prompt encoder and mask decoder run by a
@@ -214,7 +211,8 @@ class MobileSamGraphDecoder(MobileSamMaskDecoder):
 
     The prompts are scaled, grouped and answered by the torch decoder's own code (``predict_batch``,
     ``decode_points``, ``upsample_logits``, stability scores); only :meth:`_decode` differs. The graph's
-    ``low_res_masks`` are used; its ``masks`` output (the library's upsampling) is not.
+    ``low_res_masks`` are used; its ``masks`` output (the library's upsampling of all four candidates to
+    the original size, part of the standard layout) is computed by the runtime and dropped.
 
     Args:
         model: the ``Sam`` the graph was exported from (its prompt encoder's sizes and the threshold; the
