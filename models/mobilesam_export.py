@@ -49,6 +49,11 @@ from models.segmenter import DECODER_FILE, ENCODER_FILE, DecoderSettings
 ENCODER_INPUTS, ENCODER_OUTPUTS = ("image",), ("image_embeddings",)
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+#: ``orig_im_size`` fed to the decoder graph by :class:`MobileSamGraphDecoder`, which drops the ``masks``
+#: output: (1, 1) makes the graph's last upsampling (to the original size) produce 1 x 1 masks instead of
+#: H x W ones (at 1200 x 1800, 64 clicks x 4 candidates would be 2.2 GB of float32). Its upsampling to
+#: 1024 x 1024 remains (16 MiB a prompt: see ``MobileSamGraphDecoder.max_prompts_per_run``).
+UNUSED_ORIG_IM_SIZE = np.float32([1, 1])
 #: Labels of SAM v1's sparse prompts in ``point_labels``.
 PAD_LABEL, BOX_TOP_LEFT_LABEL, BOX_BOTTOM_RIGHT_LABEL = -1, 2, 3
 
@@ -211,8 +216,13 @@ class MobileSamGraphDecoder(MobileSamMaskDecoder):
 
     The prompts are scaled, grouped and answered by the torch decoder's own code (``predict_batch``,
     ``decode_points``, ``upsample_logits``, stability scores); only :meth:`_decode` differs. The graph's
-    ``low_res_masks`` are used; its ``masks`` output (the library's upsampling of all four candidates to
-    the original size, part of the standard layout) is computed by the runtime and dropped.
+    ``low_res_masks`` are used; its ``masks`` output (the library's upsampling of all four candidates, part
+    of the standard layout) is computed by the runtime and dropped, at 1 x 1 (:data:`UNUSED_ORIG_IM_SIZE`).
+
+    Attributes:
+        max_prompts_per_run: prompts per graph run (a larger group runs in chunks). The graph upsamples
+            every prompt's four candidates to 1024 x 1024 for its unused ``masks`` output, 16 MiB of float32
+            a prompt, so a chunk of 16 holds about 0.3 GB there (64 at once: over 1 GB).
 
     Args:
         model: the ``Sam`` the graph was exported from (its prompt encoder's sizes and the threshold; the
@@ -223,6 +233,8 @@ class MobileSamGraphDecoder(MobileSamMaskDecoder):
     Raises:
         ValueError: the graph does not have the inputs and outputs of the layout.
     """
+
+    max_prompts_per_run: int = 16
 
     def __init__(self, model: torch.nn.Module, graph: Graph, settings: DecoderSettings | None = None) -> None:
         _check_names(graph, DECODER_INPUTS, DECODER_OUTPUTS, "decoder")
@@ -273,15 +285,18 @@ class MobileSamGraphDecoder(MobileSamMaskDecoder):
             masks, has_mask = np.zeros((n, 1, s // 4, s // 4), np.float32), np.zeros(n, np.float32)
         else:
             masks, has_mask = mask_input.cpu().numpy().astype(np.float32), np.ones(n, np.float32)
-        out = self.graph.run({
-            "image_embeddings": np.asarray(features.image_embedding, np.float32)[None],
+        feeds = {
             "point_coords": np.concatenate(coords, axis=1) if coords else np.zeros((n, 0, 2), np.float32),
             "point_labels": np.concatenate(labels, axis=1) if labels else np.zeros((n, 0), np.float32),
             "mask_input": masks,
             "has_mask_input": has_mask,
-            "orig_im_size": np.float32(features.orig_hw),
-        })
+        }
+        embedding = np.asarray(features.image_embedding, np.float32)[None]
         keep = slice(1, None) if multimask_output else slice(0, 1)
-        low_res = torch.from_numpy(np.asarray(out["low_res_masks"], np.float32)[:, keep])
-        iou = torch.from_numpy(np.asarray(out["iou_predictions"], np.float32)[:, keep])
-        return low_res, iou
+        low_res, iou = [], []
+        for start in range(0, n, self.max_prompts_per_run):
+            chunk = {k: v[start : start + self.max_prompts_per_run] for k, v in feeds.items()}
+            out = self.graph.run({**chunk, "image_embeddings": embedding, "orig_im_size": UNUSED_ORIG_IM_SIZE})
+            low_res.append(np.asarray(out["low_res_masks"], np.float32)[:, keep])
+            iou.append(np.asarray(out["iou_predictions"], np.float32)[:, keep])
+        return torch.from_numpy(np.concatenate(low_res)), torch.from_numpy(np.concatenate(iou))

@@ -190,10 +190,11 @@ def test_decoder_answers_equal_torch(graph_parts, torch_parts, torch_answers):
     assert state["runtime"] == runtime and state["precision"] == "fp32" and state["fallbacks"] == []
 
 
-def test_automatic_masks_equal_torch(graph_parts, torch_parts):
-    """``generate_masks`` (``decode_points``, 4 clicks in one batch) through the graph: the same masks in the
-    same order, with the same scores and clicks, as through torch."""
+def test_automatic_masks_equal_torch(graph_parts, torch_parts, monkeypatch):
+    """``generate_masks`` (``decode_points``, 4 clicks in one batch, run by the graph in chunks of 3 and 1)
+    through the graph: the same masks in the same order, with the same scores and clicks, as through torch."""
     _, _, decoder = graph_parts
+    monkeypatch.setattr(decoder, "max_prompts_per_run", 3)
     torch_decoder, features = torch_parts
     settings = AmgSettings(points_per_side=2, points_per_batch=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                            box_nms_thresh=1.0)
