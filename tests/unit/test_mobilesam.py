@@ -39,16 +39,17 @@ def spec():
     return get_model_spec(MODEL_ID)
 
 
-def non_vacuous_state(spec) -> dict[str, torch.Tensor]:
-    """MobileSAM's seeded random weights (``SEED``), rescaled so that the answers are non-vacuous.
+@pytest.fixture(scope="module")
+def checkpoint(spec, tmp_path_factory):
+    """MobileSAM's seeded random weights (``SEED``), saved as ``mobile_sam.pt`` is: a bare state dict.
 
-    With random weights the low-res logits stay within about +/-0.4, so every stability score is 0 and a
-    mask is decided by logits next to the threshold; the last layer of each output hypernetwork MLP
-    (``mask_decoder.output_hypernetworks_mlps.*.layers.2.weight``, which the logits are linear in) is scaled
-    by ``HYPERNET_SCALE``, spreading them over about +/-10. The IoU head's last bias
-    (``mask_decoder.iou_prediction_head.layers.2.bias``) is shifted by ``IOU_HEAD_SHIFT`` so that predicted
-    IoUs lie around 0.7-0.9 rather than 0 and some pass an automatic-mask filter. The masks then are
-    neither empty nor full and differ between prompts.
+    Two changes make the answers non-vacuous. With random weights the low-res logits stay within about
+    +/-0.4, so every stability score is 0 and a mask is decided by logits next to the threshold; the last
+    layer of each output hypernetwork MLP (``mask_decoder.output_hypernetworks_mlps.*.layers.2.weight``,
+    which the logits are linear in) is scaled by ``HYPERNET_SCALE``, spreading them over about +/-10.
+    The IoU head's last bias (``mask_decoder.iou_prediction_head.layers.2.bias``) is shifted by
+    ``IOU_HEAD_SHIFT`` so that predicted IoUs lie around 0.7-0.9 rather than 0 and some pass an
+    automatic-mask filter. The masks then are neither empty nor full and differ between prompts.
     """
     state = _family().build(spec, None, seed=SEED, device="cpu").state_dict()
     hypernet = [k for k in state if k.startswith("mask_decoder.output_hypernetworks_mlps.") and ".layers.2.w" in k]
@@ -56,13 +57,6 @@ def non_vacuous_state(spec) -> dict[str, torch.Tensor]:
     for key in hypernet:
         state[key].mul_(HYPERNET_SCALE)
     state["mask_decoder.iou_prediction_head.layers.2.bias"].add_(IOU_HEAD_SHIFT)
-    return state
-
-
-@pytest.fixture(scope="module")
-def checkpoint(spec, tmp_path_factory):
-    """:func:`non_vacuous_state`, saved as ``mobile_sam.pt`` is: a bare state dict."""
-    state = non_vacuous_state(spec)
     path = tmp_path_factory.mktemp("ckpt") / spec.filename
     torch.save(state, path)
     return path

@@ -25,8 +25,8 @@ from models.prompts import PromptSpec
 from models.registry import get_family, get_model_spec
 from models.runtime import RuntimeSettings, load_graph
 from models.segmenter import DECODER_FILE, ENCODER_FILE, DecodeRequest
-from tests.conftest import TRUCK_BOX, mask_iou
-from tests.unit.test_mobilesam import non_vacuous_state
+from tests.conftest import SEED, TRUCK_BOX, mask_iou
+from tests.family_weights import mobile_sam_state
 
 MODEL_ID = "mobile_sam"
 RUNTIMES = ("onnxruntime", "openvino")
@@ -54,8 +54,8 @@ def family() -> MobileSamFamily:
 
 @pytest.fixture(scope="module")
 def model(family):
-    spec = get_model_spec(MODEL_ID)
-    return family.build(spec, non_vacuous_state(spec), seed=None, device="cpu")
+    """The test weights of ``tests/unit/test_mobilesam.py`` (seeded, rescaled to answer non-vacuously)."""
+    return family.build(get_model_spec(MODEL_ID), mobile_sam_state(SEED), seed=None, device="cpu")
 
 
 @pytest.fixture(scope="module")
