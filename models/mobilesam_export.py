@@ -17,15 +17,22 @@ writes for the decoder, and the usual encoder export beside it):
   -1 padding), ``mask_input`` (N, 1, 256, 256) float32 logits, ``has_mask_input`` (N,) float32 (1 or 0),
   ``orig_im_size`` (2,) float32 (height, width); outputs ``masks`` (N, 4, H, W) logits at the original size,
   ``iou_predictions`` (N, 4), ``low_res_masks`` (N, 4, 256, 256). N (prompts) and P (points) are dynamic;
-  the official export has N = 1, and its ``has_mask_input`` would broadcast against the mask width for
-  N > 1, so the one change to the library's wrapper is that flag reshaped to (N, 1, 1, 1)
-  (:class:`_BatchedSamOnnxModel`); a graph exported by the official script (N = 1) still runs here, one
-  prompt per call.
+  the official export fixes N at 1, and the wrapper's ``has_mask_input`` would broadcast against the mask
+  width for N > 1, so the one change to the library's wrapper is that flag reshaped to (N, 1, 1, 1)
+  (``_batched_sam_onnx_model``). A decoder exported by the official script (N = 1, ``return_single_mask``
+  usually True) does not fit :class:`MobileSamGraphDecoder`, which runs a group of same-shaped prompts
+  (the automatic-mask grid: 64 clicks) as one batch and needs all four mask tokens.
 
 The graph-backed classes subclass the torch ones (:mod:`models.mobilesam`) and override only where the
 network runs: preprocessing, prompt scaling, upsampling, thresholds and stability scores are the torch
 path's own code, so the answers differ from torch only by the runtime's float rounding
 (``tests/unit/test_mobilesam_export.py``).
+
+Measured (``benchmarks/runtime_encoders.py --models mobile_sam``, 2 threads, AMD EPYC with AVX-512 BF16,
+machine shared with other work): the encoder at 4.4x eager torch fp32 on ONNX Runtime and 6.1x on OpenVINO
+fp32 (features within 1.2e-5; OpenVINO converts it in about 1 s), 10x on OpenVINO bf16 (features off by
+0.11); a click's decoder call (three masks at 1800 x 1200) at 0.87x (ONNX Runtime) and 0.99x (OpenVINO) of
+torch's: the decoder gains nothing.
 
 Pure torch/numpy: :func:`export_onnx` writes into memory and returns bytes; loading a graph is
 :func:`models.runtime.load_graph`'s business.
@@ -48,6 +55,11 @@ from models.segmenter import DECODER_FILE, ENCODER_FILE, DecoderSettings
 ENCODER_INPUTS, ENCODER_OUTPUTS = ("image",), ("image_embeddings",)
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+#: ``orig_im_size`` fed to the decoder graph by :class:`MobileSamGraphDecoder`, which drops the ``masks``
+#: output: (1, 1) makes the graph's last upsampling (to the original size) produce 1 x 1 masks instead of
+#: H x W ones (at 1200 x 1800, 64 clicks x 4 candidates would be 2.2 GB of float32). Its upsampling to
+#: 1024 x 1024 remains (16 MiB a prompt: see ``MobileSamGraphDecoder.max_prompts_per_run``).
+UNUSED_ORIG_IM_SIZE = np.float32([1, 1])
 #: Labels of SAM v1's sparse prompts in ``point_labels``.
 PAD_LABEL, BOX_TOP_LEFT_LABEL, BOX_BOTTOM_RIGHT_LABEL = -1, 2, 3
 
@@ -203,10 +215,6 @@ class MobileSamGraphEncoder(MobileSamImageEncoder):
         self.transform = _mobile_sam().utils.transforms.ResizeLongestSide(self.image_size)
         self._accelerated = _EncoderGraphCall(graph)
 
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")  # the graph takes numpy arrays
-
 
 class MobileSamGraphDecoder(MobileSamMaskDecoder):
     """:class:`models.mobilesam.MobileSamMaskDecoder` with the prompt encoder and mask decoder run by a
@@ -214,7 +222,13 @@ class MobileSamGraphDecoder(MobileSamMaskDecoder):
 
     The prompts are scaled, grouped and answered by the torch decoder's own code (``predict_batch``,
     ``decode_points``, ``upsample_logits``, stability scores); only :meth:`_decode` differs. The graph's
-    ``low_res_masks`` are used; its ``masks`` output (the library's upsampling) is not.
+    ``low_res_masks`` are used; its ``masks`` output (the library's upsampling of all four candidates, part
+    of the standard layout) is computed by the runtime and dropped, at 1 x 1 (:data:`UNUSED_ORIG_IM_SIZE`).
+
+    Attributes:
+        max_prompts_per_run: prompts per graph run (a larger group runs in chunks). The graph upsamples
+            every prompt's four candidates to 1024 x 1024 for its unused ``masks`` output, 16 MiB of float32
+            a prompt, so a chunk of 16 holds about 0.3 GB there (64 at once: over 1 GB).
 
     Args:
         model: the ``Sam`` the graph was exported from (its prompt encoder's sizes and the threshold; the
@@ -225,6 +239,8 @@ class MobileSamGraphDecoder(MobileSamMaskDecoder):
     Raises:
         ValueError: the graph does not have the inputs and outputs of the layout.
     """
+
+    max_prompts_per_run: int = 16
 
     def __init__(self, model: torch.nn.Module, graph: Graph, settings: DecoderSettings | None = None) -> None:
         _check_names(graph, DECODER_INPUTS, DECODER_OUTPUTS, "decoder")
@@ -275,15 +291,18 @@ class MobileSamGraphDecoder(MobileSamMaskDecoder):
             masks, has_mask = np.zeros((n, 1, s // 4, s // 4), np.float32), np.zeros(n, np.float32)
         else:
             masks, has_mask = mask_input.cpu().numpy().astype(np.float32), np.ones(n, np.float32)
-        out = self.graph.run({
-            "image_embeddings": np.asarray(features.image_embedding, np.float32)[None],
+        feeds = {
             "point_coords": np.concatenate(coords, axis=1) if coords else np.zeros((n, 0, 2), np.float32),
             "point_labels": np.concatenate(labels, axis=1) if labels else np.zeros((n, 0), np.float32),
             "mask_input": masks,
             "has_mask_input": has_mask,
-            "orig_im_size": np.float32(features.orig_hw),
-        })
+        }
+        embedding = np.asarray(features.image_embedding, np.float32)[None]
         keep = slice(1, None) if multimask_output else slice(0, 1)
-        low_res = torch.from_numpy(np.asarray(out["low_res_masks"], np.float32)[:, keep])
-        iou = torch.from_numpy(np.asarray(out["iou_predictions"], np.float32)[:, keep])
-        return low_res, iou
+        low_res, iou = [], []
+        for start in range(0, n, self.max_prompts_per_run):
+            chunk = {k: v[start : start + self.max_prompts_per_run] for k, v in feeds.items()}
+            out = self.graph.run({**chunk, "image_embeddings": embedding, "orig_im_size": UNUSED_ORIG_IM_SIZE})
+            low_res.append(np.asarray(out["low_res_masks"], np.float32)[:, keep])
+            iou.append(np.asarray(out["iou_predictions"], np.float32)[:, keep])
+        return torch.from_numpy(np.concatenate(low_res)), torch.from_numpy(np.concatenate(iou))
