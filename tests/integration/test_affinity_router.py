@@ -12,6 +12,7 @@ import asyncio
 import pytest
 
 from deployments.runtime.affinity import ROUTER_CLASS
+from tests.integration.conftest import QUICK_DRAIN
 
 KEYS = [f"image-{k}" for k in range(12)]
 
@@ -22,13 +23,13 @@ def _probe_app():
 
     router = RequestRouterConfig(request_router_class=ROUTER_CLASS, request_router_kwargs={"num_fallback_replicas": 0})
 
-    @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64, request_router_config=router)
+    @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64, request_router_config=router, **QUICK_DRAIN)
     class Owner:
         async def who(self, key: str) -> str:
             await asyncio.sleep(0.01)  # keep calls in flight together
             return serve.get_replica_context().replica_id.unique_id
 
-    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, **QUICK_DRAIN)
     class Caller:
         def __init__(self, owner):
             self._owner = owner

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import app_stages, side_app
+from tests.integration.conftest import QUICK_DRAIN, app_stages, side_app
 
 BOX = {"box_xyxy": [8, 8, 56, 56]}
 
@@ -42,7 +42,7 @@ def small_cache(app_args, app_url):
     cfg = AppArgs.model_validate(args)
     weights = preflight(cfg, clip=False, store=False).model.as_dict()
     cache = {"max_entries": cfg.cache.max_entries, "max_bytes": cfg.cache.max_bytes}
-    decoder = MaskDecoder.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(
+    decoder = MaskDecoder.options(num_replicas=1, ray_actor_options={"num_cpus": 0}, **QUICK_DRAIN).bind(
         cfg.model_id, weights, "cpu", 1, cfg.decoder.accel(), app_stages()["encoder"], cache
     )
     with side_app("small_cache", args, decoder=decoder) as prefix, httpx.Client(base_url=app_url + prefix, timeout=300) as client:

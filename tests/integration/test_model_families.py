@@ -24,7 +24,7 @@ import pytest
 from models.masks import decode_rle
 from tests.conftest import MODEL_ID, SEED, TRUCK_BOX, mask_iou
 from tests.family_weights import write_mobile_sam_checkpoint, write_sam3_tiny_checkpoint
-from tests.integration.conftest import app_stages
+from tests.integration.conftest import QUICK_DRAIN, app_stages
 
 NAME = "families"
 MOBILE, SAM3 = "mobile_sam", "sam3-tiny"
@@ -75,7 +75,7 @@ def families(app_url, app_args, checkpoints, tmp_path_factory):
     stages = app_stages()
     encoders, decoders = {MODEL_ID: stages["encoder"]}, {MODEL_ID: stages["decoder"]}
     env = {"env_vars": {"SAMGRAPH_CACHE_DIR": str(tmp_path_factory.mktemp("families_cache"))}}
-    no_cpu = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0, "runtime_env": env}}
+    no_cpu = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0, "runtime_env": env}, **QUICK_DRAIN}
     for i, m in enumerate(cfg.served_models()[1:], start=1):
         weights = {"kind": "file", "checkpoint": m.checkpoint, "seed": 0}
         enc_name, dec_name = stage_names(i, m.model_id)

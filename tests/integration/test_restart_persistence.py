@@ -14,7 +14,7 @@ import base64
 import httpx
 
 from tests.conftest import TRUCK_BOX
-from tests.integration.conftest import app_stages, deploy_side_app
+from tests.integration.conftest import QUICK_DRAIN, app_stages, deploy_side_app
 
 NAME = "durable"
 
@@ -29,7 +29,7 @@ def _deploy(args: dict) -> str:
     cfg = AppArgs.model_validate(args)
     ready = preflight(cfg, clip=False)
     cache = {"max_entries": cfg.cache.max_entries, "max_bytes": cfg.cache.max_bytes}
-    no_cpu = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}
+    no_cpu = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, **QUICK_DRAIN}
     decoder = MaskDecoder.options(**no_cpu).bind(cfg.model_id, ready.model.as_dict(), "cpu", 1, cfg.decoder.accel(), app_stages()["encoder"], cache)
     return deploy_side_app(NAME, args, decoder=decoder, retriever=Retriever.options(**no_cpu).bind(**ready.store))
 

@@ -21,7 +21,7 @@ import pytest
 
 from models.masks import decode_rle
 from tests.conftest import BEDROOM_BOX, MODEL_ID, bedroom_frames
-from tests.integration.conftest import VIDEO_SIZE_OVERRIDE
+from tests.integration.conftest import QUICK_DRAIN, VIDEO_SIZE_OVERRIDE
 from tests.video_sequence import CORRECT_AS_COND, LAST, assert_correction_kept, assert_same, run_reference, sequence
 
 PARITY_FRAMES, PARITY_LATER = 3, 2
@@ -219,10 +219,10 @@ def _deploy_pair(app_args: dict, replicas: int, ttl_s: float) -> None:
     cfg = AppArgs.model_validate(args)
     weights = preflight(cfg).model.as_dict()
     sessions = {"max_sessions": MAX_SESSIONS, "max_bytes": cfg.video.max_session_bytes, "ttl_s": ttl_s, "retry_after_s": 7}
-    video = VideoSegmenter.options(num_replicas=replicas, ray_actor_options={"num_cpus": 0}).bind(MODEL_ID, weights, "cpu", 1, None, 1, sessions, image_size=cfg.video.image_size)
+    video = VideoSegmenter.options(num_replicas=replicas, ray_actor_options={"num_cpus": 0}, **QUICK_DRAIN).bind(MODEL_ID, weights, "cpu", 1, None, 1, sessions, image_size=cfg.video.image_size)
     stage = {n: serve.get_deployment_handle(n, app_name="samgraph") for n in ("ImageEncoder", "MaskDecoder", "Fader", "Embedder", "Retriever")}
     models = [{MODEL_ID: stage.pop(n)} for n in ("ImageEncoder", "MaskDecoder")]
-    ingress = Ingress.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(*models, *stage.values(), cfg.model_dump(), video=video)
+    ingress = Ingress.options(num_replicas=1, ray_actor_options={"num_cpus": 0}, **QUICK_DRAIN).bind(*models, *stage.values(), cfg.model_dump(), video=video)
     serve.run(ingress, name="sessions_pair", route_prefix=PAIR)
 
 
