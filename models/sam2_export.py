@@ -5,11 +5,14 @@ The layout is that of the SAM 2 ONNX exports in the wild (``SharpAI/sam2-hiera-t
 candidates out, see below):
 
 ``encoder.onnx``
-    in ``image`` (B, 3, S, S) float32, the output of sam2's ``SAM2Transforms`` (resized to the model's side S,
+    in ``image`` (1, 3, S, S) float32, the output of sam2's ``SAM2Transforms`` (resized to the model's side S,
     1024 for every SAM 2.1 size, scaled to [0, 1] and normalised with ImageNet's mean and std);
-    out ``image_embed`` (B, 256, S/16, S/16), ``high_res_feats_0`` (B, 32, S/4, S/4) and
-    ``high_res_feats_1`` (B, 64, S/8, S/8), float32: :class:`models.sam2_image.ImageFeatures` batched.
-    B is a dynamic axis.
+    out ``image_embed`` (1, 256, S/16, S/16), ``high_res_feats_0`` (1, 32, S/4, S/4) and
+    ``high_res_feats_1`` (1, 64, S/8, S/8), float32: :class:`models.sam2_image.ImageFeatures` of one image.
+    The batch is fixed at 1 (:class:`Sam2GraphEncoder` runs a batch image by image): with a dynamic batch
+    axis, Hiera's window-partition shape arithmetic cannot be constant-folded and OpenVINO's CPU plugin
+    takes about 80 s to compile the graph on 2 cores (0.3-2 s with the batch fixed; on CPU the best
+    encoder batch is 1 anyway).
 
 ``decoder.onnx`` (N prompts, P points each, on one image; N and P dynamic)
     in ``image_embed`` (B, 256, S/16, S/16), ``high_res_feats_0`` (B, 32, S/4, S/4), ``high_res_feats_1``
@@ -189,8 +192,7 @@ def export_encoder_onnx(model: nn.Module, opset: int = 17) -> bytes:
         raise ValueError("the model's image encoder was dropped; build the model again to export it")
     s = int(model.image_size)
     image = torch.zeros(1, 3, s, s, device=next(model.parameters()).device)
-    axes = {"image": {0: "batch"}, **{name: {0: "batch"} for name in ENCODER_OUTPUTS}}
-    return _export(Sam2EncoderGraph(model).eval(), (image,), ENCODER_INPUTS, ENCODER_OUTPUTS, axes, opset)
+    return _export(Sam2EncoderGraph(model).eval(), (image,), ENCODER_INPUTS, ENCODER_OUTPUTS, None, opset)
 
 
 def export_decoder_onnx(model: nn.Module, opset: int = 17) -> bytes:
@@ -292,17 +294,12 @@ class Sam2GraphEncoder(EncoderParts):
             return []
         check_images(images)
         batch = self.transforms.forward_batch(list(images)).numpy()
-        out = self.graph.run({"image": batch})
-        embed, f0, f1 = (np.asarray(out[name], np.float32) for name in ENCODER_OUTPUTS)
-        feats = [
-            ImageFeatures(
-                image_embed=embed[i],
-                high_res_feats=(f0[i], f1[i]),
-                orig_hw=(int(images[i].shape[0]), int(images[i].shape[1])),
-            )
-            for i in range(len(images))
-        ]
-        assert len(feats) == len(images) == embed.shape[0]
+        feats = []
+        for i, image in enumerate(images):  # the graph's batch is 1 (module docstring)
+            out = self.graph.run({"image": batch[i : i + 1]})
+            embed, f0, f1 = (np.asarray(out[name], np.float32)[0] for name in ENCODER_OUTPUTS)
+            feats.append(ImageFeatures(embed, (f0, f1), (int(image.shape[0]), int(image.shape[1]))))
+        assert len(feats) == len(images)
         return feats
 
 

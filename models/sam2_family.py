@@ -20,6 +20,7 @@ class Sam2Family(SegmenterFamily):
     name = "sam2"
     capabilities = Capabilities(video=True)
     runtimes = ("torch", "onnxruntime", "openvino", "tensorrt")
+    export_layout = 2  # 2: the encoder graph's batch fixed at 1 (models/sam2_export.py)
 
     def build(self, spec: ModelSpec, state_dict: Mapping[str, Any] | None, *, seed: int | None, device: str):
         """A ``SAM2Base`` (see :func:`models.sam2_image.build_sam2_model`)."""

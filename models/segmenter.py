@@ -417,12 +417,15 @@ class SegmenterFamily(ABC):
             clicks).
         runtimes: the :data:`models.runtime.RUNTIMES` its encoder and decoder run on (``"torch"`` always;
             others through :meth:`export_onnx`).
+        export_layout: version of the graphs :meth:`export_onnx` writes; bump it when they change, so that
+            exports cached by older code are not reused.
     """
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
     shares_encoder: ClassVar[bool] = True
     runtimes: ClassVar[tuple[str, ...]] = ("torch",)
+    export_layout: ClassVar[int] = 1
 
     @abstractmethod
     def build(self, spec: ModelSpec, state_dict: Mapping[str, Any] | None, *, seed: int | None, device: str):

@@ -121,13 +121,18 @@ def weights_identity(weights: str, seed: int | None = None) -> str:
     return weights
 
 
-def export_dir_for(model_id: str, weights_id: str, opset: int, root: str | os.PathLike | None = None) -> Path:
+def export_dir_for(
+    model_id: str, weights_id: str, opset: int, root: str | os.PathLike | None = None, layout: int = 1
+) -> Path:
     """The cache directory of the export of ``model_id`` with the weights ``weights_id``
-    (:func:`weights_identity`) at ``opset``: ``<root>/exports/<model_id>/<weights>-opset<N>``, ``root``
-    defaulting to the weights cache dir; ``<weights>`` is ``sha256-<first 16 hex>`` or ``random-seed<n>``."""
+    (:func:`weights_identity`) at ``opset`` in the family's graph layout version ``layout``
+    (``SegmenterFamily.export_layout``, so that an export written by older code is not reused):
+    ``<root>/exports/<model_id>/<weights>-opset<N>-layout<L>``, ``root`` defaulting to the weights cache dir;
+    ``<weights>`` is ``sha256-<first 16 hex>`` or ``random-seed<n>``."""
     kind, _, value = weights_id.partition(":")
     slug = f"sha256-{value[:16]}" if kind == "sha256" else f"{kind}-{value.replace('=', '')}"
-    return Path(root if root is not None else cache_dir()) / "exports" / model_id / f"{slug}-opset{opset}"
+    name = f"{slug}-opset{opset}-layout{layout}"
+    return Path(root if root is not None else cache_dir()) / "exports" / model_id / name
 
 
 def _fail(path: Path, problem: str, cached: bool) -> ExportError:

@@ -162,12 +162,16 @@ def export_model(
     import torch
 
     weights_id = weights_identity(loaded.weights, weights.get("seed"))
-    directory = Path(directory) if directory is not None else export_dir_for(loaded.model_id, weights_id, EXPORT_OPSET)
+    layout = loaded.family.export_layout
+    if directory is None:
+        directory = export_dir_for(loaded.model_id, weights_id, EXPORT_OPSET, layout=layout)
+    directory = Path(directory)
     meta = {
         "model_id": loaded.model_id,
         "family": loaded.family.name,
         "weights": weights_id,
         "opset": EXPORT_OPSET,
+        "layout": layout,
         "torch": torch.__version__,
     }
     t0 = time.perf_counter()

@@ -179,11 +179,11 @@ def test_concurrent_replica_processes_export_once(tmp_path):
 
 def test_export_dirs_name_model_weights_and_opset(tmp_path):
     sha = "sha256:" + "0123456789abcdef" * 4
-    assert export_dir_for("sam2.1_hiera_tiny", sha, 17, tmp_path) == (
-        tmp_path / "exports" / "sam2.1_hiera_tiny" / "sha256-0123456789abcdef-opset17"
+    assert export_dir_for("sam2.1_hiera_tiny", sha, 17, tmp_path, layout=2) == (
+        tmp_path / "exports" / "sam2.1_hiera_tiny" / "sha256-0123456789abcdef-opset17-layout2"
     )
     assert weights_identity("random", 3) == "random:seed=3" != weights_identity("random", 4)
-    assert export_dir_for("mobile_sam", weights_identity("random", 3), 17, tmp_path).name == "random-seed3-opset17"
+    assert export_dir_for("mobile_sam", weights_identity("random", 3), 17, tmp_path).name == "random-seed3-opset17-layout1"
     with pytest.raises(ValueError, match="seed"):
         weights_identity("random")
 
