@@ -4,14 +4,16 @@ fetching the image again.
 
 A task's image is a URL in its data: Label Studio's own (``/data/upload/...``, ``/data/local-files/?d=...``,
 relative to Label Studio's host, or absolute on that host), fetched with ``Authorization: Token <token>``,
-or any other public ``http(s)`` URL, fetched without credentials. Label Studio's host and token come
-from ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` on the ingress's nodes, or else from what Label
+any other public ``http(s)`` URL, fetched without credentials, or a ``data:`` URL (base64). Label Studio's
+host and token come from ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` on the ingress's nodes, or else from what
+Label
 Studio sent in the project's ``/setup`` (``hostname``, ``access_token``), remembered per project in the
 replica that answered it.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 from collections import OrderedDict
@@ -117,6 +119,8 @@ class TaskImages:
         """
         if not isinstance(url, str) or not url:
             raise ApiError(422, "image_unavailable", "task image: the task data holds no image URL", "tasks")
+        if url.startswith("data:"):
+            return url, {}
         parts = urlsplit(url)
         if not parts.scheme:
             if host is None:
@@ -144,6 +148,8 @@ class TaskImages:
                 redirect elsewhere), 413 ``image_too_large`` over ``max_bytes``.
         """
         absolute, headers = self.resolve(url, host)
+        if absolute.startswith("data:"):
+            return self._data_url(absolute)
         shown = absolute.split("?")[0][:200]
         try:
             async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
@@ -168,6 +174,19 @@ class TaskImages:
             message = f"task image {shown}: {type(e).__name__}: {e}"[:300]
             raise ApiError(422, "image_unavailable", message, "tasks") from None
         return b"".join(chunks)
+
+
+    def _data_url(self, url: str) -> bytes:
+        """The bytes of a ``data:<type>;base64,<data>`` URL (422 for another encoding, 413 over ``max_bytes``)."""
+        head, _, payload = url.partition(",")
+        if not head.endswith(";base64"):
+            raise ApiError(422, "image_unavailable", "task image: a data: URL must be base64 (data:<type>;base64,...)")
+        if len(payload) * 3 // 4 > self.max_bytes:
+            raise ApiError(413, "image_too_large", f"task image: data: URL over {self.max_bytes} bytes", "tasks")
+        try:
+            return base64.b64decode(payload, validate=True)
+        except ValueError:
+            raise ApiError(422, "image_unavailable", "task image: the data: URL is not valid base64", "tasks") from None
 
 
 def project_id(project: str | None) -> str:

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.errors import ImageNotCached
 from models.masks import decode_rle
+from serve_app.ingress import request_examples as ex
 from serve_app.ingress.context import Context, IngressContext
 from serve_app.ingress.errors import ApiError, from_validation_error
 from serve_app.ingress.http import parse_body, stage_errors
@@ -137,7 +138,10 @@ async def health() -> dict:
     return {"status": "UP", "model_class": MODEL_CLASS}
 
 
-@router.post(f"{PREFIX}/setup", **router.body_spec(LsSetup, None, ok=LsSetupAnswer, errors=LS_ERRORS))
+@router.post(
+    f"{PREFIX}/setup",
+    **router.body_spec(LsSetup, None, ok=LsSetupAnswer, errors=LS_ERRORS, examples=ex.LS_SETUP_EXAMPLES),
+)
 @stage_errors
 async def setup(request: Request, ctx: Context) -> dict:
     """Label Studio's project set-up: the label config is one samgraph can answer (else 422 with the reason
@@ -148,14 +152,20 @@ async def setup(request: Request, ctx: Context) -> dict:
     return {"model_version": model_version(ctx.model(None).model_id)}
 
 
-@router.post(f"{PREFIX}/webhook", **router.body_spec(LsWebhook, None, ok=LsWebhookAnswer, errors=(400, 413, 415, 422)))
+@router.post(
+    f"{PREFIX}/webhook",
+    **router.body_spec(LsWebhook, None, ok=LsWebhookAnswer, errors=(400, 413, 415, 422), examples=ex.LS_WEBHOOK),
+)
 async def webhook(request: Request, ctx: Context) -> dict:
     """Label Studio's events (annotation created, training asked): accepted; samgraph does not train."""
     req, _ = await parse_body(request, LsWebhook, ctx.args.limits.max_body_bytes, file_part=None)
     return {"status": "ok", "action": req.action}
 
 
-@router.post(f"{PREFIX}/predict", **router.body_spec(LsPredict, None, ok=LsPredictAnswer, errors=LS_ERRORS))
+@router.post(
+    f"{PREFIX}/predict",
+    **router.body_spec(LsPredict, None, ok=LsPredictAnswer, errors=LS_ERRORS, examples=ex.LS_PREDICT_EXAMPLES),
+)
 @stage_errors
 async def predict(request: Request, ctx: Context) -> dict:
     """Interactive pre-annotation (a ``params.context``: the first task's object) or whole-task
@@ -198,14 +208,16 @@ async def on_task_image(ctx: IngressContext, task: dict, config: LabelConfig, ho
         message = f"task {tid}: its data has no image URL under {config.image_key!r} (the <Image> tag's value)"
         raise ApiError(422, "image_unavailable", message, "tasks")
     key, _ = ctx.task_images.resolve(url, host)
-    image_id = ctx.task_images.ids.get(key)
+    inline = key.startswith("data:")  # its bytes are at hand: not remembered (the owner's cache still hits)
+    image_id = None if inline else ctx.task_images.ids.get(key)
     if image_id is not None:
         try:
             return await call(image_id, None)
         except ImageNotCached:  # evicted, or its owner restarted: fetch it again
             pass
     answer = await call(None, await ctx.task_images.fetch(url, host))
-    ctx.task_images.ids.put(key, answer["image_id"])
+    if not inline:
+        ctx.task_images.ids.put(key, answer["image_id"])
     return answer
 
 
