@@ -5,10 +5,9 @@ fetching the image again.
 A task's image is a URL in its data: Label Studio's own (``/data/upload/...``, ``/data/local-files/?d=...``,
 relative to Label Studio's host, or absolute on that host), fetched with ``Authorization: Token <token>``,
 any other public ``http(s)`` URL, fetched without credentials, or a ``data:`` URL (base64). Label Studio's
-host and token come from ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` on the ingress's nodes, or else from what
-Label
-Studio sent in the project's ``/setup`` (``hostname``, ``access_token``), remembered per project in the
-replica that answered it.
+host and token come from ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` on the ingress's nodes, or else
+from what Label Studio sent in the project's ``/setup`` (``hostname``, ``access_token``), remembered per
+project in the replica that answered it.
 """
 
 from __future__ import annotations
