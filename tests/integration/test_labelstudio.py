@@ -284,3 +284,46 @@ def test_a_task_whose_image_cannot_be_fetched_is_a_4xx_with_the_reason(project, 
     # the reason names the image and Label Studio's answer (1.23 answers 500 for a missing upload)
     assert error["code"] == "image_unavailable" and "missing.jpg: answered" in error["message"], error
     assert json.loads(client.get("/healthz").text)["status"] == "ok"
+
+
+@pytest.fixture()
+def fewshot_examples(client):
+    """One labelled example per label of the config in the ``default`` collection (what pre-labelling on
+    a SAM 2 model labels from), deleted afterwards."""
+    import base64
+
+    added = []
+    for name, label, box in (("truck.jpg", "truck", [100, 200, 1700, 1100]), ("dog.jpg", "dog", [50, 50, 400, 300])):
+        photo = base64.b64encode((IMAGES / name).read_bytes()).decode()
+        body = {"image": {"base64": photo}, "box_xyxy": box, "label": label}
+        added += _ok(client.post("/v1/examples", json=body))["ids"]
+    yield added
+    for example_id in added:
+        client.delete(f"/v1/examples/{example_id}")
+
+
+def test_retrieve_predictions_prelabels_every_task_with_the_configs_label_names(
+    label_studio, project, client, fewshot_examples
+):
+    ls = label_studio.api
+    t0 = time.monotonic()
+    action = ls.post(
+        "/api/dm/actions",
+        params={"id": "retrieve_tasks_predictions", "project": project["id"]},
+        json={"selectedItems": {"all": True, "excluded": []}},
+    )
+    _ok(action)
+    elapsed = time.monotonic() - t0
+    version = project["ml"]["model_version"]
+    labels = {"truck", "dog"}
+    regions = 0
+    for name, task in project["tasks"].items():
+        predictions = _ok(ls.get("/api/predictions", params={"task": task["id"]}))
+        ours = [p for p in predictions if p["model_version"] == version]
+        assert len(ours) == 1, (name, predictions)
+        for region in ours[0]["result"]:
+            assert region["type"] == "brushlabels" and set(region["value"]["brushlabels"]) <= labels
+            assert region["from_name"] == "tag" and 0 <= region["score"] <= 1
+            regions += 1
+    assert regions > 0  # the examples label some of the automatic masks
+    print(f"\nretrieve predictions: {len(project['tasks'])} tasks in {elapsed:.1f} s, {regions} regions")
