@@ -327,3 +327,26 @@ def test_retrieve_predictions_prelabels_every_task_with_the_configs_label_names(
             regions += 1
     assert regions > 0  # the examples label some of the automatic masks
     print(f"\nretrieve predictions: {len(project['tasks'])} tasks in {elapsed:.1f} s, {regions} regions")
+
+
+def test_label_studios_basic_auth_carries_the_api_key(label_studio, app_args, app_url, tmp_path_factory):
+    """A side app with an API key: Label Studio connects only with basic auth whose password is the key,
+    and its clicks then go through."""
+    from tests.integration.conftest import side_app
+
+    key = "ls-itest-key-0123456789abcdef"
+    keys = tmp_path_factory.mktemp("ls-auth") / "keys.txt"
+    keys.write_text(f"{key}\n")
+    auth = {"keys_file": str(keys), "keys_env": None}
+    ls = label_studio.api
+    pid = _ok(ls.post("/api/projects", json={"title": "secured project", "label_config": CONFIG}), 201)["id"]
+    with side_app("lsauth", {**app_args, "auth": auth}) as prefix:
+        url = f"{app_url}{prefix}/integrations/label-studio"
+        assert httpx.get(f"{url}/health").status_code == 401
+        refused = ls.post("/api/ml", json={"url": url, "project": pid, "title": "no key"})
+        assert refused.status_code == 400 and "authentication parameters" in refused.text, refused.text[:300]
+        wrong = {"auth_method": "BASIC_AUTH", "basic_auth_user": "samgraph", "basic_auth_pass": "not-the-key-0123456789"}
+        assert ls.post("/api/ml", json={"url": url, "project": pid, "title": "wrong", **wrong}).status_code == 400
+        basic = {"auth_method": "BASIC_AUTH", "basic_auth_user": "samgraph", "basic_auth_pass": key}
+        ml = _ok(ls.post("/api/ml", json={"url": url, "project": pid, "title": "samgraph", **basic}), 201)
+        assert ml["state"] == "CO", ml
