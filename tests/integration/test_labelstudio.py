@@ -64,8 +64,14 @@ def _executable() -> Path | None:
 
 def _unavailable(reason: str):
     if os.environ.get("SAMGRAPH_REQUIRE_LABEL_STUDIO") == "1":
-        pytest.fail(f"{reason}, and SAMGRAPH_REQUIRE_LABEL_STUDIO=1")
-    pytest.skip(reason)
+        pytest.fail(f"{reason}, and SAMGRAPH_REQUIRE_LABEL_STUDIO=1", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+# At collection, so that a run without Label Studio does not start the package's app for these tests (the
+# package-scoped app fixtures are set up before the module's).
+if _executable() is None:
+    _unavailable("Label Studio not found: set SAMGRAPH_LABEL_STUDIO or install it into ../lsvenv")
 
 
 class LabelStudio:
@@ -137,8 +143,6 @@ def label_studio(tmp_path_factory):
     """A running Label Studio; ``startup_s`` holds how long it took to answer (and ``migrated``: whether
     its data folder was a copy of the cached, migrated one)."""
     exe = _executable()
-    if exe is None:
-        _unavailable("Label Studio not found: set SAMGRAPH_LABEL_STUDIO or install it into ../lsvenv")
     tmp = tmp_path_factory.mktemp("label-studio")
     data, cache = tmp / "data", _cache_dir(exe)
     migrated = (cache / "label_studio.sqlite3").is_file()
