@@ -354,3 +354,31 @@ def test_label_studios_basic_auth_carries_the_api_key(label_studio, app_args, ap
         basic = {"auth_method": "BASIC_AUTH", "basic_auth_user": "samgraph", "basic_auth_pass": key}
         ml = _ok(ls.post("/api/ml", json={"url": url, "project": pid, "title": "samgraph", **basic}), 201)
         assert ml["state"] == "CO", ml
+
+
+def test_a_polygon_project_gets_polygons_that_rasterise_back_to_the_mask(label_studio, app_url, client):
+    import base64
+
+    from models.polygons import polygons_to_mask
+
+    xml = CONFIG.replace("BrushLabels", "PolygonLabels")
+    ls = label_studio.api
+    pid = _ok(ls.post("/api/projects", json={"title": "polygon project", "label_config": xml}), 201)["id"]
+    photo = (IMAGES / "truck.jpg").read_bytes()
+    _ok(ls.post(f"/api/projects/{pid}/import", files=[("file", ("truck.jpg", photo, "image/jpeg"))]), 201)
+    (task,) = _ok(ls.get("/api/tasks", params={"project": pid}))["tasks"]
+    url = f"{app_url}/integrations/label-studio"
+    ml = _ok(ls.post("/api/ml", json={"url": url, "project": pid, "is_interactive": True, "title": "samgraph"}), 201)
+    w, h = 1800, 1200
+    ctx = {"result": [_keypoint(900 / w * 100, 700 / h * 100, w, h)]}
+    body = _ok(ls.post(f"/api/ml/{ml['id']}/interactive-annotating", json={"task": task["id"], "context": ctx}))
+    regions = body["data"]["result"]
+    assert regions and all(r["type"] == "polygonlabels" and r["value"]["polygonlabels"] == ["truck"] for r in regions)
+    rings = [{"exterior": [[x / 100 * w, y / 100 * h] for x, y in r["value"]["points"]], "holes": []} for r in regions]
+    from_ls = polygons_to_mask(rings, h, w)
+
+    request = {"image": {"base64": base64.b64encode(photo).decode()}, "prompts": [{"points": [[900.0, 700.0, 1]]}]}
+    direct = _ok(client.post("/v1/segment", json={**request, "max_masks": 1, "mask_format": "polygon"}))
+    parts = direct["results"][0]["masks"][0]["polygons"]
+    expected = polygons_to_mask([{"exterior": p["exterior"], "holes": []} for p in parts], h, w)
+    assert len(regions) == len(parts) and _iou(from_ls, expected) >= 0.999
