@@ -69,10 +69,11 @@ PROPAGATE_EXAMPLES = {
     "forward": {"summary": "track forward from the first prompted frame", "value": {"direction": "forward"}},
 }
 
-#: A Label Studio project's label config: masks as brush labels, clicked with smart keypoints.
+#: A Label Studio project's label config: masks as polygons (brush labels need label-studio-sdk), clicked
+#: with smart keypoints.
 LS_LABEL_CONFIG = (
     '<View><Image name="image" value="$image"/>'
-    '<BrushLabels name="tag" toName="image"><Label value="square"/></BrushLabels>'
+    '<PolygonLabels name="tag" toName="image"><Label value="square"/></PolygonLabels>'
     '<KeyPointLabels name="kp" toName="image" smart="true"><Label value="square" smart="true"/></KeyPointLabels>'
     "</View>"
 )

@@ -125,6 +125,15 @@ def model_version(model_id: str) -> str:
     return f"samgraph-{model_id}"
 
 
+def require_brush_encoder() -> None:
+    """503 ``unavailable`` when ``label-studio-sdk`` (Label Studio's brush RLE) is not installed here."""
+    try:
+        from label_studio_sdk.converter import brush  # noqa: F401
+    except ImportError:
+        message = "brush masks need label-studio-sdk on the samgraph service: pip install label-studio-sdk"
+        raise ApiError(503, "unavailable", message) from None
+
+
 def label_config_or_422(xml: str, field: str) -> LabelConfig:
     try:
         return parse_label_config(xml)
@@ -147,7 +156,9 @@ async def setup(request: Request, ctx: Context) -> dict:
     """Label Studio's project set-up: the label config is one samgraph can answer (else 422 with the reason
     Label Studio shows), and the model version."""
     req, _ = await parse_body(request, LsSetup, ctx.args.limits.max_body_bytes, file_part=None)
-    label_config_or_422(req.label_config, "schema")
+    config = label_config_or_422(req.label_config, "schema")
+    if config.mask_control.tag == "BrushLabels":
+        require_brush_encoder()
     ctx.task_images.remember_setup(req.project, req.hostname, req.access_token)
     return {"model_version": model_version(ctx.model(None).model_id)}
 
@@ -172,6 +183,8 @@ async def predict(request: Request, ctx: Context) -> dict:
     pre-labelling (none: every task, every label name of the config)."""
     req, _ = await parse_body(request, LsPredict, ctx.args.limits.max_body_bytes, file_part=None)
     config = label_config_or_422(req.label_config, "label_config")
+    if config.mask_control.tag == "BrushLabels":
+        require_brush_encoder()
     try:
         interaction = parse_context((req.params or {}).get("context") or {})
     except (ValueError, AttributeError) as e:
