@@ -5,7 +5,7 @@ Studio reads (brush RLE or polygon regions in percent of the image).
 No HTTP and no Ray here; the route (:mod:`serve_app.ingress.routes.labelstudio`) fetches the task's image,
 asks the stages and hands their masks to :func:`brush_result` / :func:`polygon_results`. The brush RLE is
 Label Studio's own encoding, written by ``label-studio-sdk``'s converter (``label_studio_sdk.converter.
-brush.mask2rle``), imported when a brush result is built (the ``labelstudio`` extra).
+brush.mask2rle``), imported when a brush result is built (``pip install label-studio-sdk``).
 
 Coordinates: Label Studio gives and takes region coordinates in percent of the image's width and height
 (``x``, ``y``, ``width``, ``height`` in [0, 100]); samgraph's prompts are pixels of the original image.
@@ -229,7 +229,7 @@ def brush_result(mask: np.ndarray, control: Control, label: str, score: float | 
 
     Raises:
         ValueError: ``mask`` is not 2-D.
-        ModuleNotFoundError: ``label-studio-sdk`` is not installed (``pip install 'samgraph[labelstudio]'``).
+        ModuleNotFoundError: ``label-studio-sdk`` is not installed (``pip install label-studio-sdk``).
     """
     from label_studio_sdk.converter import brush
 

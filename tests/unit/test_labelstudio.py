@@ -106,7 +106,7 @@ def test_bad_context_is_refused(region, reason):
 
 
 def test_brush_result_decodes_with_label_studios_decoder_to_the_mask():
-    pytest.importorskip("label_studio_sdk.converter.brush", reason="label-studio-sdk (the labelstudio extra) is absent")
+    pytest.importorskip("label_studio_sdk.converter.brush", reason="label-studio-sdk is not installed")
     rng = np.random.default_rng(0)
     mask = np.zeros((37, 53), bool)
     mask[5:30, 8:40] = True
