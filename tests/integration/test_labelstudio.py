@@ -154,11 +154,11 @@ def label_studio(tmp_path_factory):
         ls.migrated = migrated
         print(f"\nLabel Studio up in {ls.startup_s:.1f} s ({'cached migrated database' if migrated else 'first start'})")
         if not migrated:  # keep the migrated folder for the next runs: stop, copy, start again
+            first_s = ls.startup_s
             ls.stop()
             shutil.rmtree(cache, ignore_errors=True)
             shutil.copytree(data, cache)
             ls = LabelStudio(exe, data, tmp / "label-studio-2.log")
-            first_s = ls.startup_s
             print(f"Label Studio restarted from the migrated folder in {ls.wait_up():.1f} s")
             ls.startup_s, ls.migrated = first_s, False
         yield ls
