@@ -6,9 +6,9 @@ Label Studio is found at ``$SAMGRAPH_LABEL_STUDIO`` (its ``label-studio`` execut
 install label-studio``). Without it the module skips, unless ``SAMGRAPH_REQUIRE_LABEL_STUDIO=1`` makes that
 a failure. It starts on loopback with SQLite in a temporary folder, its user and legacy token made by its
 own CLI (``label-studio start --username --password --user-token --enable-legacy-api-token``). Its first
-start runs every migration (about 2 minutes on 2 loaded cores); the migrated data folder is kept in
-``~/.cache/samgraph/label-studio/`` (``$SAMGRAPH_LABEL_STUDIO_CACHE``) and copied for later runs, which
-start in about 15 s.
+start runs every migration (20 s on 2 idle cores, up to 2 minutes on 2 loaded ones); the migrated data
+folder is kept in ``~/.cache/samgraph/label-studio/`` (``$SAMGRAPH_LABEL_STUDIO_CACHE``) and copied for
+later runs, which start in 3-20 s.
 """
 
 from __future__ import annotations
