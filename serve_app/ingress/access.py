@@ -5,8 +5,9 @@
   :data:`MIN_KEY_CHARS` characters, or ``sha256:<64 hex>``, so a Secret may hold hashes only. A presented
   key is hashed and its digest compared with every stored digest by ``hmac.compare_digest`` (no early
   exit). A key is named in logs only by :func:`key_id`, the first 8 hex digits of its digest.
-- **Which routes**: with keys set, every ``/v1`` route and ``/metrics`` need ``Authorization: Bearer
-  <key>``; ``/healthz``, ``/readyz``, the annotation page (``/ui``) and the OpenAPI page stay open
+- **Which routes**: with keys set, every ``/v1`` route, ``/metrics`` and ``/integrations/...`` need
+  ``Authorization: Bearer <key>`` (or basic auth with the key as password, as Label Studio sends it);
+  ``/healthz``, ``/readyz``, the annotation page (``/ui``) and the OpenAPI page stay open
   (:func:`is_protected`). A missing or wrong key gets 401 ``unauthorized`` with ``WWW-Authenticate:
   Bearer``.
 - **Rate limit** (:class:`RateLimiter`): a token bucket per key, per ingress replica (the process this
@@ -22,6 +23,7 @@ counted in the ingress metrics.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
@@ -253,8 +255,9 @@ def access_policy() -> AccessPolicy | None:
 
 
 def is_protected(path: str) -> bool:
-    """Whether a path (relative to the app root) needs a key when keys are set: ``/v1...`` and ``/metrics``."""
-    return path == "/metrics" or path == "/v1" or path.startswith("/v1/")
+    """Whether a path (relative to the app root) needs a key when keys are set: ``/v1...``, ``/metrics`` and
+    the integrations (``/integrations/...``, e.g. the Label Studio backend)."""
+    return path == "/metrics" or path == "/v1" or path.startswith(("/v1/", "/integrations/"))
 
 
 def _app_path(scope) -> str:
@@ -263,10 +266,19 @@ def _app_path(scope) -> str:
 
 
 def _bearer(scope) -> str | None:
+    """The key a request presents: ``Authorization: Bearer <key>``, or HTTP basic auth whose password is
+    the key (any user name): what Label Studio sends to an ML backend set up with basic auth."""
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+            token = token.strip()
+            if scheme.lower() == "basic" and token:
+                try:
+                    token = base64.b64decode(token, validate=True).decode("utf-8").partition(":")[2]
+                except (ValueError, UnicodeDecodeError):
+                    return None
+                return token or None
+            return token if scheme.lower() == "bearer" and token else None
     return None
 
 

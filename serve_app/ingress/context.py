@@ -32,6 +32,7 @@ from serve_app.ingress.http import log
 from serve_app.ingress.image_cache import ImageOwners
 from serve_app.ingress.metrics import IngressMetrics
 from serve_app.ingress.schemas import FadeIn
+from serve_app.ingress.task_images import TaskImages
 from serve_app.ingress.video_sessions import VideoSessions
 from serve_app.settings import amg_settings, fade_settings
 
@@ -83,6 +84,7 @@ class IngressContext:
         self.metrics = IngressMetrics.install()
         log.info(install_access(AccessPolicy.from_args(self.args.auth, require_keys=require_keys)).describe())
         self.images = ImageOwners(self.decoders, self.args.limits.max_image_pixels)
+        self.task_images = TaskImages(self.args.limits.max_body_bytes)
         v = self.args.video
         self.sessions = (
             None

@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.http import make_api
-from serve_app.ingress.routes import examples, health, masks, predict, segment, video, video_sessions
+from serve_app.ingress.routes import examples, health, labelstudio, masks, predict, segment, video, video_sessions
 
 #: The HTTP app: ``/ui``, then these routers' routes, in this order.
 api = make_api(
@@ -26,6 +26,7 @@ api = make_api(
         examples.router,
         masks.router,
         video_sessions.router,
+        labelstudio.router,
     ]
 )
 

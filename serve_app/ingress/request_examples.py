@@ -68,3 +68,50 @@ SESSION_PROMPT_EXAMPLES = {
 PROPAGATE_EXAMPLES = {
     "forward": {"summary": "track forward from the first prompted frame", "value": {"direction": "forward"}},
 }
+
+#: A Label Studio project's label config: masks as polygons (brush labels need label-studio-sdk), clicked
+#: with smart keypoints.
+LS_LABEL_CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<PolygonLabels name="tag" toName="image"><Label value="square"/></PolygonLabels>'
+    '<KeyPointLabels name="kp" toName="image" smart="true"><Label value="square" smart="true"/></KeyPointLabels>'
+    "</View>"
+)
+_LS_PROJECT = "1.1700000000"
+LS_SETUP_EXAMPLES = {
+    "setup": {
+        "summary": "Label Studio's connection check, after /health",
+        "value": {"project": _LS_PROJECT, "schema": LS_LABEL_CONFIG, "extra_params": None},
+    }
+}
+LS_PREDICT_EXAMPLES = {
+    "click": {
+        "summary": "an annotator's positive keypoint at the image centre (percent), on a task with an inline image",
+        "value": {
+            "tasks": [{"id": 1, "data": {"image": f"data:image/png;base64,{TINY_PNG_BASE64}"}}],
+            "project": _LS_PROJECT,
+            "label_config": LS_LABEL_CONFIG,
+            "params": {
+                "context": {
+                    "result": [
+                        {
+                            "type": "keypointlabels",
+                            "from_name": "kp",
+                            "to_name": "image",
+                            "original_width": 16,
+                            "original_height": 16,
+                            "is_positive": True,
+                            "value": {"x": 50.0, "y": 50.0, "width": 1.0, "keypointlabels": ["square"]},
+                        }
+                    ]
+                }
+            },
+        },
+    }
+}
+LS_WEBHOOK = {
+    "annotation": {
+        "summary": "an annotation was created",
+        "value": {"action": "ANNOTATION_CREATED", "project": {"id": 1}},
+    }
+}

@@ -161,6 +161,12 @@ def test_every_route_answers_its_declared_model(client, spec, added):
     video = answers["/v1/segment/video"].json()
     assert video["num_frames"] == len(video["frames"]) == 2
 
+    ls = "/integrations/label-studio"
+    check("GET", f"{ls}/health", client.get(f"{ls}/health"))
+    for path in (f"{ls}/setup", f"{ls}/predict", f"{ls}/webhook"):
+        (body, *_) = _examples(spec, path).values()
+        check("POST", path, client.post(path, json=body))
+
     col = {"collection": EXAMPLE_COLLECTION}
     (body, *_) = _examples(spec, "/v1/examples").values()
     r = client.post("/v1/examples", json=body)

@@ -23,6 +23,9 @@ POST_BODIES = {
     "/v1/video/sessions": ("OpenSessionRequest", "video", "SessionInfo"),
     "/v1/video/sessions/{session_id}/prompts": ("SessionPromptRequest", None, "SessionFrame"),
     "/v1/video/sessions/{session_id}/propagate": ("PropagateRequest", None, None),  # answers NDJSON only
+    "/integrations/label-studio/setup": ("LsSetup", None, "LsSetupAnswer"),  # Label Studio's ML backend protocol
+    "/integrations/label-studio/predict": ("LsPredict", None, "LsPredictAnswer"),
+    "/integrations/label-studio/webhook": ("LsWebhook", None, "LsWebhookAnswer"),
 }
 #: POST routes that read no body, and the one whose body is an examples file.
 NO_BODY = {"/v1/video/sessions/{session_id}/reset"}
@@ -211,6 +214,9 @@ def test_examples_are_requests_the_route_accepts(spec, path):
         **{n: getattr(schemas, n) for n in ("SegmentRequest", "PredictRequest", "ExampleRequest", "PolygonsRequest")},
         **{n: getattr(video_sessions, n) for n in ("OpenSessionRequest", "SessionPromptRequest", "PropagateRequest")},
     }
+    from serve_app.ingress.routes import labelstudio
+
+    models.update({n: getattr(labelstudio, n) for n in ("LsSetup", "LsPredict", "LsWebhook")})
     name = POST_BODIES[path][0]
     examples = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["examples"]
     assert examples

@@ -10,6 +10,7 @@ into the ingress's app:
 ``masks``                     ``POST /v1/masks/polygons``
 ``video``                     ``POST /v1/segment/video``
 ``video_sessions``            ``/v1/video/sessions/...``
+``labelstudio``               ``/integrations/label-studio/...``: the Label Studio ML backend
 ============================  ==========================================================================
 
 A route is a function of its module: it takes what it needs from the replica's

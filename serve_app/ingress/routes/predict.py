@@ -18,7 +18,7 @@ from models.segmenter import ConceptPrompt
 from serve_app.assemble import instances
 from serve_app.ingress import request_examples as ex
 from serve_app.ingress import responses as out
-from serve_app.ingress.context import Context
+from serve_app.ingress.context import Context, IngressContext
 from serve_app.ingress.http import parse_body, stage_errors
 from serve_app.ingress.openapi import DescribedRouter
 from serve_app.ingress.schemas import PredictRequest
@@ -38,8 +38,27 @@ async def predict(request: Request, ctx: Context) -> dict:
     """Every object in the image, labelled by its nearest labelled examples in a collection
     (``label_source: "examples"``), and/or every instance of each of ``classes`` on a model with concept
     prompts (``label_source: "classes"``)."""
-    t0 = time.perf_counter()
     req, upload = await parse_body(request, PredictRequest, ctx.args.limits.max_body_bytes)
+    return await predict_image(ctx, req, upload)
+
+
+async def predict_image(
+    ctx: IngressContext, req: PredictRequest, upload: bytes | None, endpoint: str = "/v1/predict"
+) -> dict:
+    """The ``/v1/predict`` answer to a validated request: what the route does after parsing its body, also
+    called by other routes (the Label Studio backend) with a request they build.
+
+    Args:
+        ctx: the replica's context.
+        req: the request; its ``image_id`` alone names a cached image.
+        upload: the image's bytes (a file part, or fetched by the caller), or None.
+        endpoint: the route the stage times and mask counts are recorded under.
+
+    Raises:
+        ApiError, InputError: as the route (``ImageNotCached`` for an ``image_id`` the owner does not hold
+            and no bytes).
+    """
+    t0 = time.perf_counter()
     model = ctx.model(req.model_id)
     concepts = None
     if req.classes:
@@ -86,8 +105,8 @@ async def predict(request: Request, ctx: Context) -> dict:
         body["embedder_weights"] = knn.embedder_weights
     body["instances"] = found_instances
     timing["total"] = (time.perf_counter() - t0) * 1e3
-    ctx.metrics.stages("/v1/predict", timing)
-    ctx.metrics.masks("/v1/predict", body["instances"])
+    ctx.metrics.stages(endpoint, timing)
+    ctx.metrics.masks(endpoint, body["instances"])
     ctx.metrics.label_confidences(body["instances"])
     return out.image_answer(first.image, body, timing)
 

@@ -19,7 +19,7 @@ from deployments.contracts import ConceptJob, ConceptResult, DecodeJob, DecodeRe
 from serve_app.assemble import rank_by_text
 from serve_app.ingress import request_examples as ex
 from serve_app.ingress import responses as out
-from serve_app.ingress.context import Context
+from serve_app.ingress.context import Context, IngressContext
 from serve_app.ingress.http import parse_body, stage_errors
 from serve_app.ingress.openapi import DescribedRouter
 from serve_app.ingress.schemas import SegmentRequest, to_prompt_specs
@@ -32,8 +32,27 @@ router = DescribedRouter()
 async def segment(request: Request, ctx: Context) -> dict:
     """Masks for box/point/mask prompts, and every instance of concept prompts (text, exemplar boxes), on an
     uploaded or cached image, by the model ``model_id`` names. See docs/http-api.md."""
-    t0 = time.perf_counter()
     req, upload = await parse_body(request, SegmentRequest, ctx.args.limits.max_body_bytes)
+    return await segment_image(ctx, req, upload)
+
+
+async def segment_image(
+    ctx: IngressContext, req: SegmentRequest, upload: bytes | None, endpoint: str = "/v1/segment"
+) -> dict:
+    """The ``/v1/segment`` answer to a validated request: what the route does after parsing its body, also
+    called by other routes (the Label Studio backend) with a request they build.
+
+    Args:
+        ctx: the replica's context.
+        req: the request; its ``image_id`` alone names a cached image.
+        upload: the image's bytes (a file part, or fetched by the caller), or None.
+        endpoint: the route the stage times and mask counts are recorded under.
+
+    Raises:
+        ApiError, InputError: as the route (``ImageNotCached`` for an ``image_id`` the owner does not hold
+            and no bytes).
+    """
+    t0 = time.perf_counter()
     model = ctx.model(req.model_id)
     image_id, data = ctx.images.identify(req, upload)
     timing: dict = {}
@@ -90,8 +109,8 @@ async def segment(request: Request, ctx: Context) -> dict:
     timing["encode"] = first.timing_ms.get("encode", 0.0)
     body = merge_segment_results(req, decoded, found, ranked, timing)
     timing["total"] = (time.perf_counter() - t0) * 1e3
-    ctx.metrics.stages("/v1/segment", timing)
-    ctx.metrics.masks("/v1/segment", (m for r in body["results"] for m in r.get("masks") or r.get("instances") or []))
+    ctx.metrics.stages(endpoint, timing)
+    ctx.metrics.masks(endpoint, (m for r in body["results"] for m in r.get("masks") or r.get("instances") or []))
     return out.image_answer(first.image, body, timing)
 
 
