@@ -1,9 +1,9 @@
 """samgraph as the ML backend of a real Label Studio (from PyPI, unmodified, in its own virtual environment),
 driven through Label Studio's REST API only.
 
-Label Studio is found at ``$SAMGRAPH_LABEL_STUDIO`` (its ``label-studio`` executable) or at
-``../lsvenv/bin/label-studio`` next to the repository (``python3 -m venv ../lsvenv && ../lsvenv/bin/pip
-install label-studio``). Without it the module skips, unless ``SAMGRAPH_REQUIRE_LABEL_STUDIO=1`` makes that
+Label Studio is found at ``$SAMGRAPH_LABEL_STUDIO`` (its ``label-studio`` executable), else at
+``.lsvenv/bin/label-studio`` in the repository (``python3 -m venv .lsvenv && .lsvenv/bin/pip install
+label-studio``, as ``.ci/run`` does) or ``../lsvenv/bin/label-studio`` beside it. Without it the module skips, unless ``SAMGRAPH_REQUIRE_LABEL_STUDIO=1`` makes that
 a failure. It starts on loopback with SQLite in a temporary folder, its user and legacy token made by its
 own CLI (``label-studio start --username --password --user-token --enable-legacy-api-token``). Its first
 start runs every migration (20 s on 2 idle cores, up to 2 minutes on 2 loaded ones); the migrated data
@@ -58,8 +58,8 @@ CONFIG = """
 
 def _executable() -> Path | None:
     given = os.environ.get("SAMGRAPH_LABEL_STUDIO")
-    path = Path(given) if given else ROOT.parent / "lsvenv" / "bin" / "label-studio"
-    return path if path.is_file() and os.access(path, os.X_OK) else None
+    candidates = [Path(given)] if given else [ROOT / ".lsvenv" / "bin" / "label-studio", ROOT.parent / "lsvenv" / "bin" / "label-studio"]
+    return next((p for p in candidates if p.is_file() and os.access(p, os.X_OK)), None)
 
 
 def _unavailable(reason: str):
@@ -71,7 +71,7 @@ def _unavailable(reason: str):
 # At collection, so that a run without Label Studio does not start the package's app for these tests (the
 # package-scoped app fixtures are set up before the module's).
 if _executable() is None:
-    _unavailable("Label Studio not found: set SAMGRAPH_LABEL_STUDIO or install it into ../lsvenv")
+    _unavailable("Label Studio not found: set SAMGRAPH_LABEL_STUDIO or install it into .lsvenv")
 
 
 class LabelStudio:
