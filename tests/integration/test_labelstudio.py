@@ -240,7 +240,9 @@ def test_an_interactive_click_answers_the_mask_of_v1_segment_and_the_next_click_
     from_ls = brush_mask(region["value"]["rle"], w, h)
 
     after_first = _ok(client.get("/v1/stats"))["cache"]
-    assert after_first["encodes"] == before["encodes"] + 1  # the photo was encoded once, for the first click
+    # the photo is encoded at most once, for the first click (not at all when an earlier test of the package's
+    # app sent the same bytes: the owner's cache answers then)
+    assert after_first["encodes"] - before["encodes"] <= 1
 
     import base64
 

@@ -198,7 +198,20 @@ async def predict(request: Request, ctx: Context) -> dict:
         async with gate:
             return await prelabel(ctx, task, config, host)
 
-    return {"results": list(await asyncio.gather(*(one(t) for t in req.tasks)))}
+    # Tasks showing the same image URL share one prediction (a prediction depends only on the image and the
+    # config): a batch that repeats an image costs one /v1/predict, not one per task.
+    by_url: dict[str, asyncio.Future] = {}
+    answers = []
+    for task in req.tasks:
+        data = task.get("data") if isinstance(task, dict) else None
+        url = data.get(config.image_key) if isinstance(data, dict) else None
+        if isinstance(url, str) and url:
+            if url not in by_url:
+                by_url[url] = asyncio.ensure_future(one(task))
+            answers.append(by_url[url])
+        else:
+            answers.append(asyncio.ensure_future(one(task)))
+    return {"results": list(await asyncio.gather(*answers))}
 
 
 async def on_task_image(ctx: IngressContext, task: dict, config: LabelConfig, host: LabelStudioHost | None, call):
