@@ -43,18 +43,19 @@ from __future__ import annotations
 import functools
 import io
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from models.mobilesam import EMBED_DIM, MobileSamImageEncoder, MobileSamMaskDecoder, _mobile_sam
-from models.runtime import Graph
+from models.runtime import Graph, check_graph_io, graph_state
 from models.segmenter import DECODER_FILE, ENCODER_FILE, DecoderSettings
 
 ENCODER_INPUTS, ENCODER_OUTPUTS = ("image",), ("image_embeddings",)
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+#: How to make graphs that fit these stages (said when a graph does not).
+EXPORT_HOW = "MobileSamFamily.export_onnx"
 #: ``orig_im_size`` fed to the decoder graph by :class:`MobileSamGraphDecoder`, which drops the ``masks``
 #: output: (1, 1) makes the graph's last upsampling (to the original size) produce 1 x 1 masks instead of
 #: H x W ones (at 1200 x 1800, 64 clicks x 4 candidates would be 2.2 GB of float32). Its upsampling to
@@ -151,31 +152,6 @@ def export_onnx(model: torch.nn.Module, opset: int = 17) -> dict[str, bytes]:
     return {ENCODER_FILE: export_encoder(model, opset), DECODER_FILE: export_decoder(model, opset)}
 
 
-def _check_names(graph: Graph, inputs: Sequence[str], outputs: Sequence[str], what: str) -> None:
-    missing = [n for n in inputs if n not in graph.input_names] + [n for n in outputs if n not in graph.output_names]
-    if missing:
-        raise ValueError(
-            f"the {what} graph lacks {', '.join(missing)}; samgraph's MobileSAM {what} needs inputs "
-            f"{', '.join(inputs)} and outputs {', '.join(outputs)} (export it with MobileSamFamily.export_onnx)"
-        )
-
-
-def graph_state(graph: Graph) -> dict:
-    """``accel_state`` of a stage run by ``graph``: the keys of :meth:`models.accel.AcceleratedCall.state`
-    (``compiler`` is the runtime's name) plus ``runtime``; the runtime and precision come from the graph's
-    ``settings`` (:class:`models.runtime.RuntimeSettings`) when it carries them."""
-    settings = getattr(graph, "settings", None)
-    runtime = settings.runtime if settings is not None else type(graph).__name__
-    precision = settings.precision if settings is not None else "fp32"
-    return {
-        "runtime": runtime,
-        "precision": precision,
-        "compiler": runtime,
-        "requested": {"runtime": runtime, "precision": precision},
-        "fallbacks": [],
-    }
-
-
 class _EncoderGraphCall:
     """Stands in for the torch encoder's ``AcceleratedCall``: (B, 3, 1024, 1024) float32 tensor -> (B, 256,
     64, 64) float32 tensor through ``graph``, one image per run (the export's batch is 1)."""
@@ -196,7 +172,7 @@ class MobileSamGraphEncoder(MobileSamImageEncoder):
     """:class:`models.mobilesam.MobileSamImageEncoder` with the TinyViT run by an ``encoder.onnx`` graph.
 
     Same preprocessing (``ResizeLongestSide`` + ``Sam.preprocess``) and the same
-    :class:`models.mobilesam.MobileSamFeatures` out; ``accel_state()`` is :func:`graph_state`.
+    :class:`models.mobilesam.MobileSamFeatures` out; ``accel_state()`` is :func:`models.runtime.graph_state`.
 
     Args:
         model: the ``Sam`` the graph was exported from (its preprocessing and sizes; the TinyViT's weights
@@ -208,7 +184,7 @@ class MobileSamGraphEncoder(MobileSamImageEncoder):
     """
 
     def __init__(self, model: torch.nn.Module, graph: Graph) -> None:
-        _check_names(graph, ENCODER_INPUTS, ENCODER_OUTPUTS, "encoder")
+        check_graph_io(graph, ENCODER_INPUTS, ENCODER_OUTPUTS, "MobileSAM encoder", EXPORT_HOW)
         self.model = model
         self.graph = graph
         self.image_size = int(model.image_encoder.img_size)
@@ -243,7 +219,7 @@ class MobileSamGraphDecoder(MobileSamMaskDecoder):
     max_prompts_per_run: int = 16
 
     def __init__(self, model: torch.nn.Module, graph: Graph, settings: DecoderSettings | None = None) -> None:
-        _check_names(graph, DECODER_INPUTS, DECODER_OUTPUTS, "decoder")
+        check_graph_io(graph, DECODER_INPUTS, DECODER_OUTPUTS, "MobileSAM decoder", EXPORT_HOW)
         self.graph = graph
         self.settings = settings or DecoderSettings(mask_threshold=float(model.mask_threshold))
         self.prompt_encoder = model.prompt_encoder
@@ -256,7 +232,7 @@ class MobileSamGraphDecoder(MobileSamMaskDecoder):
         return torch.device("cpu")  # the graph takes numpy arrays
 
     def accel_state(self) -> dict:
-        """The runtime and precision in force (:func:`graph_state`)."""
+        """The runtime and precision in force (:func:`models.runtime.graph_state`)."""
         return graph_state(self.graph)
 
     def _decode(self, features, points, boxes, mask_input, multimask_output: bool):

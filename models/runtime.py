@@ -253,3 +253,40 @@ def load_graph(onnx_path: str, settings: RuntimeSettings) -> Graph:
     graph = runtime.load(onnx_path, settings)
     graph.settings = settings
     return graph
+
+
+def check_graph_io(graph: Graph, inputs: Iterable[str], outputs: Iterable[str], what: str, how: str) -> None:
+    """Refuse a graph that lacks an input or output a stage feeds or reads.
+
+    Args:
+        graph: the loaded graph.
+        inputs, outputs: the names the stage needs.
+        what: the stage, e.g. ``"SAM 2 decoder"``.
+        how: how to make a graph that fits, e.g. ``"Sam2Family.export_onnx"``.
+
+    Raises:
+        ValueError: naming the missing names, those needed, and ``how``.
+    """
+    inputs, outputs = list(inputs), list(outputs)
+    missing = [n for n in inputs if n not in graph.input_names] + [n for n in outputs if n not in graph.output_names]
+    if missing:
+        raise ValueError(
+            f"the {what} graph lacks {', '.join(missing)}; samgraph's {what} needs inputs {', '.join(inputs)} "
+            f"and outputs {', '.join(outputs)} (export it with {how})"
+        )
+
+
+def graph_state(graph: Graph) -> dict:
+    """``accel_state`` of a stage run by ``graph``: the keys of :meth:`models.accel.AcceleratedCall.state`
+    (``compiler`` is the runtime's name) plus ``runtime``; the runtime and precision come from the graph's
+    ``settings`` (set by :func:`load_graph`), else the graph's class name and fp32."""
+    settings = graph.settings
+    runtime = settings.runtime if settings is not None else type(graph).__name__
+    precision = settings.precision if settings is not None else "fp32"
+    return {
+        "runtime": runtime,
+        "precision": precision,
+        "compiler": runtime,
+        "requested": {"runtime": runtime, "precision": precision},
+        "fallbacks": [],
+    }

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.runtime import Graph, RuntimeSettings
+from models.runtime import Graph, check_graph_io, graph_state
 from models.sam2_decoder import Sam2MaskDecoder
 from models.sam2_image import ImageFeatures
 from models.segmenter import DECODER_FILE, ENCODER_FILE, DecoderSettings, EncoderParts, check_images
@@ -77,6 +77,8 @@ DECODER_INPUTS = (
     "orig_im_size",
 )
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+#: How to make graphs that fit these stages (said when a graph does not).
+EXPORT_HOW = "Sam2Family.export_onnx"
 
 
 class Sam2EncoderGraph(nn.Module):
@@ -237,30 +239,6 @@ def export_sam2_onnx(model: nn.Module, opset: int = 17) -> dict[str, bytes]:
     return {ENCODER_FILE: export_encoder_onnx(model, opset), DECODER_FILE: export_decoder_onnx(model, opset)}
 
 
-def _check_names(graph: Graph, inputs: Sequence[str], outputs: Sequence[str], what: str) -> None:
-    missing = [n for n in inputs if n not in graph.input_names] + [n for n in outputs if n not in graph.output_names]
-    if missing:
-        raise ValueError(
-            f"the {what} graph lacks {', '.join(missing)}; samgraph's SAM 2 {what} needs inputs "
-            f"{', '.join(inputs)} and outputs {', '.join(outputs)} (export it with Sam2Family.export_onnx)"
-        )
-
-
-def _graph_state(graph: Graph) -> dict:
-    """``accel_state`` of a stage run by ``graph``: the keys of :meth:`models.accel.AcceleratedCall.state`
-    (``compiler`` is the runtime's name) plus ``runtime``."""
-    settings: RuntimeSettings | None = getattr(graph, "settings", None)
-    runtime = settings.runtime if settings is not None else type(graph).__name__
-    precision = settings.precision if settings is not None else "fp32"
-    return {
-        "runtime": runtime,
-        "precision": precision,
-        "compiler": runtime,
-        "requested": {"runtime": runtime, "precision": precision},
-        "fallbacks": [],
-    }
-
-
 class Sam2GraphEncoder(EncoderParts):
     """:class:`models.sam2_image.Sam2ImageEncoder` with the network run by an ``encoder.onnx`` graph.
 
@@ -277,7 +255,7 @@ class Sam2GraphEncoder(EncoderParts):
     def __init__(self, model: nn.Module, graph: Graph) -> None:
         from sam2.utils.transforms import SAM2Transforms
 
-        _check_names(graph, ENCODER_INPUTS, ENCODER_OUTPUTS, "encoder")
+        check_graph_io(graph, ENCODER_INPUTS, ENCODER_OUTPUTS, "SAM 2 encoder", EXPORT_HOW)
         self.graph = graph
         self.image_size = int(model.image_size)
         self.transforms = SAM2Transforms(resolution=self.image_size, mask_threshold=0.0)
@@ -285,7 +263,7 @@ class Sam2GraphEncoder(EncoderParts):
     def accel_state(self) -> dict:
         """The runtime and precision in force: ``{"runtime", "precision", "compiler", "requested",
         "fallbacks"}``."""
-        return _graph_state(self.graph)
+        return graph_state(self.graph)
 
     @torch.inference_mode()
     def encode_batch(self, images: Sequence[np.ndarray]) -> list[ImageFeatures]:
@@ -323,7 +301,7 @@ class Sam2GraphDecoder(Sam2MaskDecoder):
     """
 
     def __init__(self, model: nn.Module, graph: Graph, settings: DecoderSettings | None = None) -> None:
-        _check_names(graph, DECODER_INPUTS, DECODER_OUTPUTS, "decoder")
+        check_graph_io(graph, DECODER_INPUTS, DECODER_OUTPUTS, "SAM 2 decoder", EXPORT_HOW)
         super().__init__(model, settings)
         self.graph = graph
         s = self.image_size
@@ -335,7 +313,7 @@ class Sam2GraphDecoder(Sam2MaskDecoder):
     def accel_state(self) -> dict:
         """The runtime and precision in force: ``{"runtime", "precision", "compiler", "requested",
         "fallbacks"}``."""
-        return _graph_state(self.graph)
+        return graph_state(self.graph)
 
     def _decode(self, points, mask_input, embed, high_res, multimask_output: bool, repeat_image: bool):
         """The graph in place of sam2's prompt encoder + mask decoder; the same (low-res logits (N, C, 256,
