@@ -31,8 +31,9 @@ SAM 3 (:mod:`models.sam3`, through Hugging Face ``transformers``):
 
 ``sam3`` is ``facebook/sam3`` on the hub (gated: accept the licence, then ``HF_TOKEN``), the transformers
 layout of ``Sam3VideoModel`` (``detector_model.*``, ``tracker_model.*``, ``tracker_neck.*``). No published
-SHA-256 of its ``model.safetensors`` was found (the hub's LFS pointer holds one; it is not in any source we
-could read), so ``sha256`` is None and the file's digest is recorded when it is loaded. ``sam3-tiny`` is an
+SHA-256 of its ``model.safetensors`` was found outside the hub, so ``sha256`` is None: the download is checked
+against the digest the hub publishes for the file (its Git LFS pointer's object id; see
+``deployments.runtime.model_weights.download_gated``). ``sam3-tiny`` is an
 architecture only: no weights were released (``url`` is empty); it runs with seeded random weights, for tests
 and CPU smoke runs.
 """
@@ -117,7 +118,7 @@ MODELS: dict[str, ModelSpec] = {
             image_size=1008,
             file_format="safetensors",
             gated=True,
-            source="huggingface.co/facebook/sam3 (gated; transformers Sam3VideoModel layout); no published digest",
+            source="huggingface.co/facebook/sam3 (gated; transformers Sam3VideoModel layout; hub LFS digest)",
         ),
         ModelSpec(
             family="sam3",

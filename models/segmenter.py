@@ -85,8 +85,8 @@ class ModelSpec:
         config: the family's name for the architecture (sam2's Hydra config name; a config builder's name).
         url: official download URL of the weights file; ``""`` for an architecture with no released weights
             (seeded random weights only, e.g. ``sam3-tiny``).
-        sha256: lowercase hex SHA-256 of the file at ``url``, or None where no published digest is known
-            (the download is then refused unless the caller accepts unverified files).
+        sha256: lowercase hex SHA-256 of the file at ``url``, or None where no digest is published outside
+            its host (a gated hub file is then checked against the digest the hub publishes for it).
         size_bytes: file size in bytes, or None where unknown.
         params_m: parameter count in millions, for display.
         image_size: side of the square model input in pixels.

@@ -8,7 +8,9 @@ The family (:class:`models.segmenter.SegmenterFamily`) builds the model; this mo
   dir with a progress bar, atomically, and its SHA-256 is checked against the registry before anything
   is loaded.
   Gated files (``ModelSpec.gated``, e.g. SAM 3 on the Hugging Face hub) are fetched with
-  ``huggingface_hub`` and the token in ``HF_TOKEN``.
+  ``huggingface_hub`` and the token in ``HF_TOKEN``; where the registry holds no digest, the file is checked
+  against the SHA-256 the hub publishes for it (its Git LFS object id), which is then kept beside the
+  cached file (``<file>.sha256``) and checked on every later load.
 * ``file``: a local file in the registry entry's format (``SAMGRAPH_SAM2_CHECKPOINT=/path/ckpt.pt`` or a
   model's ``checkpoint`` in the app config): a torch checkpoint (with the entry's ``checkpoint_key``, e.g.
   ``{"model": state_dict}`` for Meta's SAM 2 files), or a ``.safetensors`` file.
@@ -55,8 +57,9 @@ def pull_checkpoint(spec: ModelSpec, directory: Path | None = None, progress: bo
         )
     path = (directory or cache_dir()) / spec.filename
     if path.exists():
-        if spec.sha256:
-            verify_sha256(path, spec.sha256)
+        expected = spec.sha256 or _recorded_sha256(path)
+        if expected:
+            verify_sha256(path, expected)
         return path
     log.info("downloading %s from %s to %s", spec.name, spec.url, path)
     try:
@@ -79,9 +82,17 @@ def download_gated(spec: ModelSpec, path: Path, progress: bool = True) -> Path:
     """Fetch a gated hub file (``https://huggingface.co/<repo>/resolve/<revision>/<file>``) with
     ``huggingface_hub`` and the token in ``HF_TOKEN``, check its SHA-256, and move it to ``path``.
 
+    The digest checked is the registry's; where the registry has none (``facebook/sam3`` publishes none
+    outside the hub), it is the SHA-256 the hub publishes for the file at that revision: the object id of
+    its Git LFS pointer (``HfApi.get_paths_info(...)[0].lfs.sha256``), which ``huggingface_hub`` itself does
+    not check on download. The hub is ``$HF_ENDPOINT`` when set (a mirror), else huggingface.co. The digest
+    checked is written beside the file (``<file>.sha256``) so that later loads of the cached file check it.
+
     Raises:
-        WeightsError: no token, no access, or no network; the message says which.
-        ChecksumMismatch: the file has another digest (nothing is kept).
+        WeightsError: no token, no access, no network, or the hub publishes no SHA-256 for the file and
+            the registry has none; the message says which.
+        ChecksumMismatch: the file has another digest than the registry's or the hub's, or the registry
+            and the hub disagree (nothing is kept).
     """
     import shutil
     import tempfile
@@ -93,18 +104,61 @@ def download_gated(spec: ModelSpec, path: Path, progress: bool = True) -> Path:
     if len(parts) < 5 or parts[2] != "resolve":
         raise WeightsError(f"{spec.url} is not a hub file URL (https://huggingface.co/<repo>/resolve/<rev>/<file>)")
     repo, revision, filename = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import HfApi
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".hub-") as tmp:
         try:
-            got = hf_hub_download(repo, filename, revision=revision, token=token, local_dir=tmp)
+            api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+            published = hub_sha256(api, repo, filename, revision)
+            got = api.hf_hub_download(repo, filename, revision=revision, local_dir=tmp)
+        except WeightsError:
+            raise
         except Exception as e:  # GatedRepoError, HTTP errors, no network
             raise WeightsError(f"could not download {spec.url}: {e}") from e
-        if spec.sha256:
-            verify_sha256(got, spec.sha256)
+        if spec.sha256 and published != spec.sha256.lower():
+            raise ChecksumMismatch(
+                f"the hub publishes SHA-256 {published} for {spec.url}, the registry expects {spec.sha256.lower()}:"
+                " the hub's file changed; pin the registry's revision or update its digest"
+            )
+        digest = verify_sha256(got, published)
         shutil.move(got, path)
+    _recorded_sha256_path(path).write_text(f"{digest}  {spec.url}\n")
+    log.info("%s: SHA-256 %s verified against the hub's published digest", spec.name, digest)
     return path
+
+
+def hub_sha256(api, repo: str, filename: str, revision: str) -> str:
+    """The SHA-256 the Hugging Face hub publishes for a Git LFS file: its pointer's object id.
+
+    Args:
+        api: a ``huggingface_hub.HfApi`` (with the token of a gated repository).
+        repo: ``"<owner>/<name>"``; filename: the path in the repository; revision: branch, tag or commit.
+
+    Returns:
+        lowercase hex SHA-256 of the file's content.
+
+    Raises:
+        WeightsError: the path is not in the repository at that revision, or it is not stored in Git LFS
+            (the hub then publishes only a git blob id, not a SHA-256 of the content).
+    """
+    infos = [i for i in api.get_paths_info(repo, [filename], revision=revision) if i.path == filename]
+    if not infos:
+        raise WeightsError(f"{repo} has no file {filename} at revision {revision}")
+    lfs = getattr(infos[0], "lfs", None)
+    if lfs is None:
+        raise WeightsError(f"{repo}/{filename} is not a Git LFS file: the hub publishes no SHA-256 of its content")
+    return lfs.sha256.lower()
+
+
+def _recorded_sha256_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _recorded_sha256(path: Path) -> str | None:
+    """The digest verified when ``path`` was downloaded (``<file>.sha256``), if any."""
+    record = _recorded_sha256_path(path)
+    return record.read_text().split()[0] if record.is_file() else None
 
 
 def preflight(model_id: str, source: WeightsSource) -> None:

@@ -520,3 +520,91 @@ def test_a_local_copy_of_a_hub_repository_loads_offline(tmp_path):
     empty.mkdir()
     with pytest.raises(WeightsError, match="does not exist .a directory must hold model.safetensors"):
         preflight("sam3", WeightsSource(kind="file", checkpoint=str(empty)))
+
+
+class _Hub:
+    """A stand-in for the Hugging Face hub's HTTP API on loopback (the hub itself is out of reach here):
+    it publishes one Git LFS file's digest (``paths-info``) and serves its bytes (``resolve``), which may
+    differ from the published digest, as a corrupted or swapped file would."""
+
+    def __init__(self, repo: str, filename: str, content: bytes, published_sha256: str) -> None:
+        import http.server
+        import json
+        import threading
+
+        commit = "0" * 40
+        paths_info = [{"type": "file", "path": filename, "oid": "1" * 40, "size": len(content),
+                       "lfs": {"oid": published_sha256, "size": len(content), "pointerSize": 134}}]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _file_headers(self):
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", commit)
+                self.send_header("ETag", f'"{published_sha256}"')
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+
+            def do_POST(self):  # noqa: N802  (http.server's method names)
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path.startswith(f"/api/models/{repo}/paths-info/"):
+                    body = json.dumps(paths_info).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    self.send_error(404)
+
+            def do_HEAD(self):  # noqa: N802
+                self._file_headers() if f"/{repo}/resolve/" in self.path else self.send_error(404)
+
+            def do_GET(self):  # noqa: N802
+                if f"/{repo}/resolve/" in self.path:
+                    self._file_headers()
+                    self.wfile.write(content)
+                else:
+                    self.send_error(404)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("tampered", [False, True])
+def test_a_gated_download_is_checked_against_the_digest_the_hub_publishes(tmp_path, monkeypatch, tampered):
+    """SAM 3's registry entry has no SHA-256 (none is published outside the hub): the download is checked
+    against the hub's own digest of the file (its Git LFS object id), which is then kept beside the cached
+    file and checked again on the next load; a file whose bytes do not match is refused and not kept."""
+    import huggingface_hub.constants
+
+    spec = get_model_spec("sam3")
+    assert spec.sha256 is None
+    content = b"not really safetensors, but bytes with a digest" * 1000
+    published = hashlib.sha256(content).hexdigest()
+    hub = _Hub("facebook/sam3", spec.url.rsplit("/", 1)[-1], content + (b"!" if tampered else b""), published)
+    try:
+        monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        if tampered:
+            with pytest.raises(ChecksumMismatch, match=f"expected {published}"):
+                pull_checkpoint(spec, tmp_path, progress=False)
+            assert not (tmp_path / spec.filename).exists()
+            return
+        path = pull_checkpoint(spec, tmp_path, progress=False)
+    finally:
+        hub.close()
+    assert path.read_bytes() == content
+    assert (tmp_path / f"{spec.filename}.sha256").read_text().split()[0] == published
+    assert pull_checkpoint(spec, tmp_path) == path  # cached: checked against the recorded digest, no hub
+    path.write_bytes(content[:-1])
+    with pytest.raises(ChecksumMismatch, match=f"expected {published}"):
+        pull_checkpoint(spec, tmp_path)
