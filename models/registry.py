@@ -178,13 +178,14 @@ def get_family(name: str) -> SegmenterFamily:
 
 def registered_instance(table: dict[str, str], instances: dict, name: str, kind: str):
     """The one instance of the class ``table[name]`` (``"module:Class"``, imported and built on first use,
-    then kept in ``instances``): the lookup of every registry of families (models, embedders).
+    then kept in ``instances``): the lookup of every registry of classes named by config (model and
+    embedder families, runtimes).
 
     Raises:
         ValueError: ``name`` is not in ``table``; the message names ``kind`` and lists the valid names.
     """
     if name not in table:
-        raise ValueError(f"unknown {kind} {name!r}; valid families: {', '.join(table)}")
+        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(table)}")
     if name not in instances:
         module, cls = table[name].split(":")
         instances[name] = getattr(importlib.import_module(module), cls)()

@@ -26,7 +26,6 @@ this module opens no file itself.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -189,12 +188,9 @@ def get_runtime(name: str) -> Runtime:
     Raises:
         ValueError: unknown name (the message lists the valid ones).
     """
-    if name not in RUNTIMES:
-        raise ValueError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
-    if name not in _INSTANCES:
-        module, cls = RUNTIMES[name].split(":")
-        _INSTANCES[name] = getattr(importlib.import_module(module), cls)()
-    return _INSTANCES[name]
+    from models.registry import registered_instance
+
+    return registered_instance(RUNTIMES, _INSTANCES, name, "runtime")
 
 
 def resolve(

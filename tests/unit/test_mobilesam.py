@@ -169,7 +169,7 @@ def test_registry_entry_and_family():
     assert spec.url == "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"
     with pytest.raises(ValueError, match="valid names: .*sam2.1_hiera_tiny.*mobile_sam"):
         get_model_spec("mobile_sam_v2")
-    with pytest.raises(ValueError, match="valid families: .*mobile_sam"):
+    with pytest.raises(ValueError, match="unknown model family .*; valid: .*mobile_sam"):
         get_family("mobilesam")
 
 
