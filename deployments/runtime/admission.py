@@ -137,4 +137,9 @@ class StageAdmission:
 
     def state(self) -> dict:
         """``{"in_flight", "service_s", "parallel", "refused"}`` (for ``stats()``)."""
-        return {"in_flight": self.in_flight, "service_s": self.service_s, "parallel": self.parallel, "refused": self.refused}
+        return {
+            "in_flight": self.in_flight,
+            "service_s": self.service_s,
+            "parallel": self.parallel,
+            "refused": self.refused,
+        }

@@ -3,8 +3,10 @@ queue, and the refusal of a request that cannot make its deadline (exact numbers
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 
+import numpy as np
 import pytest
 
 from deployments.errors import DeadlineExceeded
@@ -95,3 +97,114 @@ def test_bad_settings_are_refused(kwargs):
 def test_the_refusal_crosses_ray_unchanged():
     err = pickle.loads(pickle.dumps(DeadlineExceeded("encode would take 12 s", 7)))
     assert (err.message, err.retry_after_s, err.code, err.status) == ("encode would take 12 s", 7, "deadline", 503)
+
+
+# --- the encoder's caller (a MaskDecoder replica's OwnedImages): refusal before sending, cancellation --------
+
+
+class SlowEncoder:
+    """The encoder handle as OwnedImages uses it (``encode_image.remote(pixels, deadline)``): each encode
+    waits for ``release`` and reports a batch time of ``service_s``; ``computed`` counts encodes that ran
+    to the end, ``cancelled`` those cancelled while they waited."""
+
+    def __init__(self, service_s: float = 2.0) -> None:
+        self.encode_image = self
+        self.service_s = service_s
+        self.release = asyncio.Event()
+        self.sent = self.computed = self.cancelled = 0
+
+    def remote(self, pixels, deadline=None):
+        from deployments.contracts import EncodedImage
+
+        self.sent += 1
+
+        async def run():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+            self.computed += 1
+            return EncodedImage(f"features of {pixels.shape}", self.service_s, 1)
+
+        return run()
+
+
+PIXELS = np.zeros((8, 6, 3), np.uint8)
+
+
+def _owned(encoder, clock):
+    from deployments.runtime.owned_images import OwnedImages
+
+    images = OwnedImages(encoder, max_entries=4, max_bytes=10**9, feature_nbytes=10, put=lambda p: p)
+    images.encoder_admission.clock = clock
+    return images
+
+
+def test_the_owner_refuses_an_encode_that_cannot_make_the_deadline_before_sending_it():
+    clock = Clock(1000.0)
+    encoder = SlowEncoder(service_s=2.0)
+    images = _owned(encoder, clock)
+
+    async def go():
+        first, _ = images.entry("a", PIXELS, deadline=1000.01)  # no batch time known yet: sent
+        encoder.release.set()
+        await images.features("a", first, {})
+        assert images.encoder_admission.service_s == 2.0  # as the encoder reported it
+        encoder.release.clear()
+        second, _ = images.entry("b", PIXELS, deadline=1010.0)  # 2 s of 10: sent
+        assert images.encoder_admission.in_flight == 1
+        with pytest.raises(DeadlineExceeded) as info:
+            images.entry("c", PIXELS, deadline=1003.5)  # one ahead: 4 s of 3.5
+        encoder.release.set()
+        await images.features("b", second, {})
+        sent, held = encoder.sent, "c" in images.entries
+        third, _ = images.entry("c", PIXELS)  # no deadline: the stage's bounded queue decides
+        await images.features("c", third, {})
+        return info.value, sent, held
+
+    err, sent, held = asyncio.run(go())
+    assert err.retry_after_s == 1  # ceil(4 - 3.5)
+    assert (sent, held) == (2, False) and images.encoder_admission.in_flight == 0
+    assert images.encodes == 3
+
+
+def test_an_encode_no_request_waits_for_is_cancelled_not_computed():
+    encoder = SlowEncoder()
+    images = _owned(encoder, Clock())
+
+    async def go():
+        entry, _ = images.entry("img", PIXELS)
+        one = asyncio.ensure_future(images.features("img", entry, {}))
+        two = asyncio.ensure_future(images.features("img", entry, {}))
+        await asyncio.sleep(0.01)
+        one.cancel()  # one client gone: the other still waits, the encode goes on
+        await asyncio.sleep(0.01)
+        assert encoder.cancelled == 0 and not entry.features.done() and "img" in images.entries
+        two.cancel()  # the last one gone: the encode is cancelled and the entry dropped
+        await asyncio.sleep(0.01)
+        encoder.release.set()
+        await asyncio.sleep(0.01)
+        return one.cancelled(), two.cancelled()
+
+    assert asyncio.run(go()) == (True, True)
+    assert (encoder.sent, encoder.cancelled, encoder.computed) == (1, 1, 0)
+    assert "img" not in images.entries and images.encoder_admission.in_flight == 0
+
+
+def test_a_request_that_stays_gets_the_shared_encode_when_another_leaves():
+    encoder = SlowEncoder()
+    images = _owned(encoder, Clock())
+
+    async def go():
+        entry, _ = images.entry("img", PIXELS)
+        gone = asyncio.ensure_future(images.features("img", entry, {}))
+        stays = asyncio.ensure_future(images.features("img", entry, {}))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0.01)
+        encoder.release.set()
+        return await stays
+
+    assert asyncio.run(go()) == "features of (8, 6, 3)"
+    assert (encoder.cancelled, encoder.computed) == (0, 1) and "img" in images.entries
