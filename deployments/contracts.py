@@ -81,6 +81,8 @@ class DecodeJob:
         max_masks: at most this many masks per prompt, best ``predicted_iou`` first.
         return_logits: also return each mask's (256, 256) low-res logits (for ``mask_input``).
         polygon_tolerance_px: the ``polygon`` simplification, pixels (``models.polygons``).
+        deadline: absolute wall-clock time (``time.time()`` seconds) by which the answer is due, or None;
+            a stage that cannot make it refuses the job at once (:class:`deployments.errors.DeadlineExceeded`).
     """
 
     prompts: tuple[PromptSpec, ...]
@@ -92,6 +94,7 @@ class DecodeJob:
     #: How errors name the prompts: ``prompts`` gives ``prompts[0].box_xyxy``; None names a lone
     #: prompt's ``box_xyxy`` (``/v1/examples``).
     field_prefix: str | None = "prompts"
+    deadline: float | None = None
 
     def for_image(self, width: int, height: int) -> DecodeJob:
         """This job checked against an image of ``width`` x ``height`` pixels; no prompts -> one click
@@ -116,12 +119,14 @@ class ConceptJob:
         mask_format: ``rle``, ``png``, ``polygon`` or ``none``.
         polygon_tolerance_px: the ``polygon`` simplification, pixels.
         fields: how errors name each prompt (``prompts[2]``, ``classes[0]``).
+        deadline: as :class:`DecodeJob`'s.
     """
 
     prompts: tuple[ConceptPrompt, ...]
     mask_format: str = "rle"
     polygon_tolerance_px: float = POLYGON_TOLERANCE_PX
     fields: tuple[str, ...] = ()
+    deadline: float | None = None
 
     def for_image(self, width: int, height: int) -> ConceptJob:
         """This job checked against an image of ``width`` x ``height`` pixels.
@@ -245,6 +250,22 @@ class VideoJob:
 
 
 # --------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True, eq=False)
+class EncodedImage:
+    """The encoder's answer to one image (``ImageEncoder.encode_image``).
+
+    Attributes:
+        features: the model family's :class:`models.segmenter.Features` of the image.
+        service_s: the encoder replica's measured time per batch (moving average), seconds: its callers
+            estimate their queue's wait from it (:class:`deployments.runtime.admission.StageAdmission`).
+        parallel: images the replica encodes at once (its ``max_batch_size``).
+    """
+
+    features: object
+    service_s: float | None
+    parallel: int = 1
+
+
 @dataclass(frozen=True)
 class DecodeResult:
     """The decoder's masks for one :class:`DecodeJob`.

@@ -8,6 +8,13 @@ Calls about an image (:meth:`MaskDecoder.segment`, :meth:`MaskDecoder.generate_f
 (``handle.options(session_id=image_id)`` to a deployment with the consistent-hash
 :class:`~deployments.runtime.affinity.KeyAffinityRouter`), so they reach
 the replica that holds the image's features.
+
+Each call may carry its request's deadline (``DecodeJob.deadline``, ``ConceptJob.deadline``, the
+``deadline`` argument): a call that cannot make it is refused at once with
+:class:`deployments.errors.DeadlineExceeded`: by the encode it would start (see
+:class:`deployments.runtime.owned_images.OwnedImages`), or by the decode, concept or automatic-mask queue
+of this replica, checked on arrival and again when its features are ready, before it joins the queue
+(:class:`deployments.runtime.admission.StageAdmission`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from ray.serve.config import RequestRouterConfig
 
 from deployments.contracts import ConceptJob, ConceptResult, DecodeJob, DecodeResult, GenerateResult, ImageInfo
 from deployments.errors import UnsupportedByModel
+from deployments.runtime.admission import StageAdmission
 from deployments.runtime.affinity import ROUTER_CLASS
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.owned_images import OwnedImages
@@ -92,12 +100,21 @@ class MaskDecoder:
         cache = {"max_entries": 64, "max_bytes": 2**31, **(cache or {})}
         nbytes = family.feature_nbytes(get_model_spec(model_id))
         self._images = OwnedImages(encoder, cache["max_entries"], cache["max_bytes"], nbytes)
+        #: This replica's queues (waiting and running) and batch times: the deadline checks.
+        self._admission = {
+            "decode": StageAdmission("decode", parallel=8),
+            "concepts": StageAdmission("concepts", parallel=8),
+            "amg": StageAdmission("amg"),
+        }
 
     def reconfigure(self, user_config: dict) -> None:
         """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`decode` and :meth:`concept_batch` (see
         :func:`apply_batch_config`)."""
-        apply_batch_config(user_config, self.decode)
+        size, _ = apply_batch_config(user_config, self.decode)
         apply_batch_config(user_config, self.concept_batch)
+        if "max_batch_size" in user_config:
+            self._admission["decode"].set_parallel(size)
+            self._admission["concepts"].set_parallel(size)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def decode(self, features: list[Features], jobs: list[DecodeJob]) -> list[DecodeResult]:
@@ -108,7 +125,9 @@ class MaskDecoder:
         """
         t0 = time.perf_counter()
         out = await asyncio.to_thread(self._decode_sync, features, jobs)
-        self._work.batch("decode", len(jobs), time.perf_counter() - t0, requests=len(jobs))
+        seconds = time.perf_counter() - t0
+        self._work.batch("decode", len(jobs), seconds, requests=len(jobs))
+        self._admission["decode"].observe(seconds)
         return out
 
     def _decode_sync(self, features: list[Features], jobs: list[DecodeJob]) -> list[DecodeResult]:
@@ -152,7 +171,9 @@ class MaskDecoder:
         wait are :meth:`decode`'s."""
         t0 = time.perf_counter()
         out = await asyncio.to_thread(self._concepts_sync, features, jobs)
-        self._work.batch("decode", len(jobs), time.perf_counter() - t0, requests=len(jobs))
+        seconds = time.perf_counter() - t0
+        self._work.batch("decode", len(jobs), seconds, requests=len(jobs))
+        self._admission["concepts"].observe(seconds)
         return out
 
     def _concepts_sync(self, features: list[Features], jobs: list[ConceptJob]) -> list[ConceptResult]:
@@ -183,25 +204,30 @@ class MaskDecoder:
             raise UnsupportedByModel.lacking(self._info["model_id"], capability, field)
 
     async def generate(
-        self, features: Features, settings: AmgSettings, max_masks: int | None = None
+        self, features: Features, settings: AmgSettings, max_masks: int | None = None, deadline: float | None = None
     ) -> GenerateResult:
         """Automatic masks of one image (grid clicks batched ``points_per_batch`` per forward pass), at
         most ``max_masks`` of them, in NMS order.
 
         Raises:
             UnsupportedByModel: the family makes no automatic masks.
+            DeadlineExceeded: the automatic masks already running here and this image's would end after
+                ``deadline`` (absolute ``time.time()`` seconds, None: no deadline).
         """
         self._require("automatic_masks", "amg")
         t0 = time.perf_counter()
-        masks = await asyncio.to_thread(generate_masks, self._decoder, features, settings)
+        admission = self._admission["amg"]
+        with admission.admit(deadline):
+            masks = await asyncio.to_thread(generate_masks, self._decoder, features, settings)
+        admission.observe(time.perf_counter() - t0)
         self._work.add(requests=1)
         timing = {"amg": (time.perf_counter() - t0) * 1e3}
         return GenerateResult(tuple(masks[:max_masks]), self._info["model_id"], self._info["weights"], timing)
 
     # ------------------------------------------------------------------ calls about an owned image
-    async def _owned(self, image_id: str, pixels, timing: dict):
+    async def _owned(self, image_id: str, pixels, timing: dict, deadline: float | None = None):
         """(entry, held before, features) of an image this replica owns; see :class:`OwnedImages`."""
-        entry, cached = self._images.entry(image_id, pixels)
+        entry, cached = self._images.entry(image_id, pixels, deadline)
         return entry, cached, await self._images.features(image_id, entry, timing)
 
     @staticmethod
@@ -220,25 +246,37 @@ class MaskDecoder:
         Raises:
             ImageNotCached: not held here and no ``pixels``.
             OutOfImage: a prompt outside the image.
+            DeadlineExceeded: the job cannot be done by ``job.deadline`` (the encode it would start, or
+                the decode queue, on arrival or once the features are ready).
         """
-        entry, cached = self._images.entry(image_id, pixels)
+        admission = self._admission["decode"]
+        admission.check(job.deadline)  # before starting an encode for a job the decode queue would refuse
+        entry, cached = self._images.entry(image_id, pixels, job.deadline)
         job = job.for_image(entry.width, entry.height)  # before waiting for any encode
         timing: dict = {}
         features = await self._images.features(image_id, entry, timing)
-        result = await self.decode(features, job)
+        with admission.admit(job.deadline):
+            result = await self.decode(features, job)
         return replace(result, timing_ms={**result.timing_ms, **timing}, image=self._info_of(image_id, entry, cached))
 
     async def generate_for(
-        self, image_id: str, settings: AmgSettings, max_masks: int | None = None, pixels=None
+        self,
+        image_id: str,
+        settings: AmgSettings,
+        max_masks: int | None = None,
+        pixels=None,
+        deadline: float | None = None,
     ) -> GenerateResult:
         """:meth:`generate` on the image ``image_id``, encoding ``pixels`` if this replica does not hold it.
 
         Raises:
             ImageNotCached: not held here and no ``pixels``.
+            DeadlineExceeded: it cannot be done by ``deadline`` (absolute ``time.time()`` seconds).
         """
         timing: dict = {}
-        entry, cached, features = await self._owned(image_id, pixels, timing)
-        result = await self.generate(features, settings, max_masks)
+        self._admission["amg"].check(deadline)
+        entry, cached, features = await self._owned(image_id, pixels, timing, deadline)
+        result = await self.generate(features, settings, max_masks, deadline)
         return replace(result, timing_ms={**result.timing_ms, **timing}, image=self._info_of(image_id, entry, cached))
 
     async def concepts(self, image_id: str, job: ConceptJob, pixels=None) -> ConceptResult:
@@ -249,23 +287,28 @@ class MaskDecoder:
             UnsupportedByModel: the family takes no concept prompts (before any encode).
             ImageNotCached: not held here and no ``pixels``.
             OutOfImage: an example box outside the image.
+            DeadlineExceeded: as :meth:`segment`'s, for the concept queue.
         """
         self._require("concept_prompts", job.fields[0] if job.fields else "prompts")
-        entry, cached = self._images.entry(image_id, pixels)
+        admission = self._admission["concepts"]
+        admission.check(job.deadline)
+        entry, cached = self._images.entry(image_id, pixels, job.deadline)
         job = job.for_image(entry.width, entry.height)
         timing: dict = {}
         features = await self._images.features(image_id, entry, timing)
-        result = await self.concept_batch(features, job)
+        with admission.admit(job.deadline):
+            result = await self.concept_batch(features, job)
         return replace(result, timing_ms={**result.timing_ms, **timing}, image=self._info_of(image_id, entry, cached))
 
-    async def image(self, image_id: str, pixels=None) -> ImageInfo:
+    async def image(self, image_id: str, pixels=None, deadline: float | None = None) -> ImageInfo:
         """The image ``image_id`` as this replica holds it (encoding ``pixels`` if it does not yet).
 
         Raises:
             ImageNotCached: not held here and no ``pixels``.
+            DeadlineExceeded: the encode would not end by ``deadline`` (absolute ``time.time()`` seconds).
         """
         timing: dict = {}
-        entry, cached, _ = await self._owned(image_id, pixels, timing)
+        entry, cached, _ = await self._owned(image_id, pixels, timing, deadline)
         return self._info_of(image_id, entry, cached)
 
     def info(self) -> dict:
@@ -282,8 +325,9 @@ class MaskDecoder:
     def stats(self) -> dict:
         """Work done by this replica: requests decoded (prompt jobs, concept jobs and automatic-mask
         images), batches run, seconds spent in them; ``model_id``: its model; ``cache``: its images (see
-        :meth:`OwnedImages.stats`); ``replica`` and ``node_id``: where it runs (None outside a Serve
-        replica)."""
+        :meth:`OwnedImages.stats`); ``admission``: its queues and the encodes it has in flight, their
+        batch times and deadline refusals (:meth:`StageAdmission.state`); ``replica`` and ``node_id``:
+        where it runs (None outside a Serve replica)."""
         import ray
 
         try:
@@ -295,6 +339,10 @@ class MaskDecoder:
             **self._work.stats(),
             "model_id": self._info["model_id"],
             "cache": self._images.stats(),
+            "admission": {
+                **{k: a.state() for k, a in self._admission.items()},
+                "encode": self._images.encoder_admission.state(),
+            },
             "replica": replica,
             "node_id": node_id,
         }

@@ -12,6 +12,8 @@ import time
 import numpy as np
 from ray import serve
 
+from deployments.contracts import EncodedImage
+from deployments.runtime.admission import StageAdmission
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.replica import accel_settings, fallback_logger, load_stage_model, warm_up
 from deployments.runtime.serve_batching import apply_batch_config
@@ -61,10 +63,32 @@ class ImageEncoder:
             "device": self._device,
         }
         self._work = StageWork("encode", counters=("images",))
+        #: This replica's queue (images waiting and encoding) and batch time: the deadline check on arrival.
+        self._admission = StageAdmission("encode")
 
     def reconfigure(self, user_config: dict) -> None:
         """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`encode` (see :func:`apply_batch_config`)."""
-        apply_batch_config(user_config, self.encode)
+        size, _ = apply_batch_config(user_config, self.encode)
+        if "max_batch_size" in user_config:
+            self._admission.set_parallel(size)
+
+    async def encode_image(self, pixels: np.ndarray, deadline: float | None = None) -> EncodedImage:
+        """One image's features, through the batched :meth:`encode`, unless it cannot be done by ``deadline``.
+
+        Args:
+            pixels: (H, W, 3) uint8 RGB (an ObjectRef, resolved by Ray).
+            deadline: absolute wall-clock time (``time.time()`` seconds), or None.
+
+        Returns:
+            The features with this replica's batch time and batch size (its callers' estimate).
+
+        Raises:
+            DeadlineExceeded: on arrival, before it waits: the deadline has passed, or the images ahead of it
+                here and its own encode would end after it (:class:`StageAdmission`).
+        """
+        with self._admission.admit(deadline):
+            features = await self.encode(pixels)
+        return EncodedImage(features, self._admission.service_s, self._admission.parallel)
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
     async def encode(self, images: list[np.ndarray]) -> list[Features]:
@@ -72,7 +96,9 @@ class ImageEncoder:
         t0 = time.perf_counter()
         features = await asyncio.to_thread(self._encoder.encode_batch, images)
         assert len(features) == len(images)
-        self._work.batch("encode", len(images), time.perf_counter() - t0, images=len(images))
+        seconds = time.perf_counter() - t0
+        self._work.batch("encode", len(images), seconds, images=len(images))
+        self._admission.observe(seconds)
         return features
 
     def info(self) -> dict:
@@ -82,5 +108,6 @@ class ImageEncoder:
         return {**self._info, "accel": accel_state(self._encoder, self._runtime), "runtime": self._runtime.state()}
 
     def stats(self) -> dict:
-        """Work done by this replica: images encoded, batches run, seconds spent encoding."""
-        return self._work.stats()
+        """Work done by this replica: images encoded, batches run, seconds spent encoding; ``admission``: its
+        queue, batch time and deadline refusals (:meth:`StageAdmission.state`)."""
+        return {**self._work.stats(), "admission": self._admission.state()}

@@ -251,3 +251,24 @@ class OutOfClip(InputError):
     """A frame index outside the clip: 422 ``out_of_clip``."""
 
     status, code = 422, "out_of_clip"
+
+
+class DeadlineExceeded(InputError):
+    """A request that cannot finish before its deadline (the ``X-Request-Timeout`` it was sent with, or the
+    service's ``limits.request_timeout_s``): 503 ``deadline``, refused at once, before it waits in a queue,
+    to be retried after ``retry_after_s`` seconds (whole seconds >= 1, from the queue ahead of it). See
+    :class:`deployments.runtime.admission.StageAdmission`.
+
+    Args:
+        message: which stage refused it and its estimate.
+        retry_after_s: seconds until the queue ahead has drained enough for the same budget.
+    """
+
+    status, code = 503, "deadline"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, None)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.retry_after_s))

@@ -96,12 +96,17 @@ class LimitArgs(BaseModel):
     """Input limits. ``max_image_pixels`` guards against decompression bombs (default 50 MP);
     ``max_body_bytes`` bounds a request body, ``max_import_bytes`` the body of ``POST /v1/examples/import``
     (an examples file, parsed in the ingress; ``samgraph examples import`` sends a large file in parts).
-    Past either the answer is 413 ``body_too_large``."""
+    Past either the answer is 413 ``body_too_large``. ``request_timeout_s`` is the longest an image request
+    (``/v1/segment``, ``/v1/predict``, ``POST /v1/examples``) may take: a request's ``X-Request-Timeout``
+    is capped by it, and it applies without one; a request that cannot be answered in time is refused at
+    once (503 ``deadline``, see docs/operations.md, "Deadlines and admission"). Keep it at most Serve's
+    own ``http_options.request_timeout_s``, past which the proxy gives up on any request."""
 
     model_config = _STRICT
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     max_body_bytes: int = Field(default=64 * 2**20, ge=1)
     max_import_bytes: int = Field(default=64 * 2**20, ge=1)
+    request_timeout_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
 
 
 class AuthArgs(BaseModel):

@@ -79,6 +79,13 @@ METRICS: tuple[MetricSpec, ...] = (
         LATENCY_BUCKETS_MS,
     ),
     MetricSpec(
+        "samgraph_refusals",
+        "counter",
+        "Requests the ingress refused (429 and 503) by route template and cause: the error code "
+        "(overloaded, deadline, unavailable, rate_limited, sessions_full, ...).",
+        ("endpoint", "cause"),
+    ),
+    MetricSpec(
         "samgraph_embedding_cache_lookups",
         "counter",
         "Image-cache lookups of a MaskDecoder replica (the image's owner) by result (hit or miss).",

@@ -12,11 +12,13 @@ time.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 
 import numpy as np
 
 from deployments.errors import ImageNotCached
+from deployments.runtime.admission import StageAdmission
 from deployments.runtime.cache import CacheEntry, EmbeddingCache
 from deployments.runtime.metrics import CacheMetrics
 
@@ -29,7 +31,7 @@ class OwnedImages:
     Not thread-safe: one per replica event loop.
 
     Args:
-        encoder: handle to the ``ImageEncoder`` deployment (``encode.remote(pixels)``).
+        encoder: handle to the ``ImageEncoder`` deployment (``encode_image.remote(pixels, deadline)``).
         max_entries, max_bytes: the cache's bounds (bytes: features plus pixels).
         feature_nbytes: bytes of one image's features (:meth:`models.segmenter.SegmenterFamily.feature_nbytes`).
         put: stores the pixels and returns their reference (default ``ray.put``: the replica owns them).
@@ -45,12 +47,18 @@ class OwnedImages:
         self._feature_nbytes = feature_nbytes
         self._metrics = CacheMetrics()
         self.encodes = 0
+        #: The encodes this replica has in flight at the encoder, and the encoder's batch time as reported.
+        self.encoder_admission = StageAdmission("encode")
+        #: Requests waiting for each encode still running (its task): the last one gone cancels it.
+        self._waiting: dict[asyncio.Future, int] = {}
 
     def stats(self) -> dict:
         """Entries, bytes, hits, misses, evictions, and the encodes this replica asked for."""
         return {**self.entries.stats(), "encodes": self.encodes}
 
-    def entry(self, image_id: str, pixels: np.ndarray | None) -> tuple[CacheEntry, bool]:
+    def entry(
+        self, image_id: str, pixels: np.ndarray | None, deadline: float | None = None
+    ) -> tuple[CacheEntry, bool]:
         """The image's entry, and whether it was held before this call.
 
         With ``pixels`` and no entry, the encode starts now and the entry is cached before the caller
@@ -59,9 +67,13 @@ class OwnedImages:
         Args:
             image_id: lowercase hex SHA-256 of the uploaded bytes.
             pixels: (H, W, 3) uint8 RGB of the image, or None.
+            deadline: absolute wall-clock time (``time.time()`` seconds) of the request, or None; checked
+                only when this call would start an encode.
 
         Raises:
             ImageNotCached: no entry and no pixels.
+            DeadlineExceeded: the encode would not end before ``deadline`` (the encodes this replica has in
+                flight and the encoder's batch time); nothing is sent or cached.
         """
         # A call with pixels follows a miss of the same request, counted then: count it only if found.
         entry = self.entries.get(image_id) if pixels is None or image_id in self.entries else None
@@ -71,13 +83,19 @@ class OwnedImages:
         if pixels is None:
             self._metrics.lookup(False)
             raise ImageNotCached(image_id)
+        self.encoder_admission.check(deadline)
         if self._put is None:
             import ray
 
             self._put = ray.put
         pixels_ref = self._put(pixels)
+        # Counted in flight now, so that requests arriving in this tick see it. The encode runs outside the
+        # request's context: Serve cancels a cancelled request's child calls, and this encode is shared by
+        # every request for the image (see :meth:`features`, which cancels it when no request waits).
+        self.encoder_admission.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._encode(pixels_ref, deadline), context=contextvars.Context())
         entry = CacheEntry(
-            features=asyncio.ensure_future(self._encode(pixels_ref)),
+            features=task,
             image=pixels_ref,
             width=int(pixels.shape[1]),
             height=int(pixels.shape[0]),
@@ -89,23 +107,48 @@ class OwnedImages:
         self.encodes += 1
         return entry, False
 
-    async def _encode(self, pixels_ref):
-        return await self.encoder.encode.remote(pixels_ref)
+    async def _encode(self, pixels_ref, deadline: float | None):
+        try:
+            encoded = await self.encoder.encode_image.remote(pixels_ref, deadline)
+        finally:
+            self.encoder_admission.in_flight -= 1
+        self.encoder_admission.report(encoded.service_s, encoded.parallel)
+        return encoded.features
 
     async def features(self, image_id: str, entry: CacheEntry, timing: dict):
         """The entry's :class:`ImageFeatures` once they exist; records the wait as ``timing["encode"]``.
 
+        The wait is shielded: a caller cancelled while it waits (its client has gone) leaves the encode to the
+        other requests waiting for it; when none is left, the encode is cancelled (Serve then drops it from
+        its queue, or from the encoder's batch queue) and the entry dropped.
+
         Raises:
-            Whatever the encode raised (``BackPressureError`` when the encoder is full); the entry is
-            dropped first, so a retry encodes again.
+            Whatever the encode raised (``BackPressureError`` when the encoder is full, ``DeadlineExceeded``);
+            the entry is dropped first, so a retry encodes again.
         """
         te = time.perf_counter()
-        waited = not entry.features.done()  # the encode of this image is still running: this call waits for it
+        task = entry.features
+        waited = not task.done()  # the encode of this image is still running: this call waits for it
+        if waited:
+            self._waiting[task] = self._waiting.get(task, 0) + 1
         try:
-            features = await entry.features
+            features = await asyncio.shield(task)
         except BaseException:  # a failed, refused or cancelled encode must not stay cached
-            self.entries.discard(image_id, entry)
-            self._metrics.size(len(self.entries), self.entries.nbytes)
+            abandoned = waited and self._leave(task) == 0 and not task.done()
+            if abandoned:
+                task.cancel()
+            if abandoned or (task.done() and (task.cancelled() or task.exception() is not None)):
+                self.entries.discard(image_id, entry)
+                self._metrics.size(len(self.entries), self.entries.nbytes)
             raise
+        if waited:
+            self._leave(task)
         timing["encode"] = (time.perf_counter() - te) * 1e3 if waited else 0.0
         return features
+
+    def _leave(self, task: asyncio.Future) -> int:
+        """One request fewer waits for ``task``; returns how many still do."""
+        left = self._waiting.pop(task, 1) - 1
+        if left > 0:
+            self._waiting[task] = left
+        return left

@@ -41,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from serve_app.ingress.errors import ApiError
+from serve_app.ingress.metrics import ingress_metrics
 
 log = logging.getLogger("ray.serve")
 
@@ -321,6 +322,8 @@ class RequireKey:
                 f"this key is over its limit of {policy.limiter.rate_per_s * 60:g} requests a minute; retry later",
                 headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
             )
+            if (m := ingress_metrics()) is not None:  # before routing: no route template to label it with
+                m.refusal("-", "rate_limited")
             return await JSONResponse(err.body(rid), 429, headers=err.headers)(scope, receive, send)
         return await self.app(scope, receive, send)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.errors import InputError
@@ -51,9 +53,12 @@ class ApiError(Exception):
 
         ``e`` may be Ray's wrapper of a stage's exception: it is an instance of the stage's class and
         forwards the attributes, so ``e.message`` is the stage's message without the remote traceback
-        that ``str(e)`` of the wrapper holds.
+        that ``str(e)`` of the wrapper holds. An error with a ``retry_after_s`` (a refusal: 503
+        ``deadline``, ``sessions_full``) gets ``Retry-After`` in whole seconds, at least 1.
         """
-        return cls(e.status, e.code, e.message[:300], e.field)
+        retry_after_s = getattr(e, "retry_after_s", None)
+        headers = None if retry_after_s is None else {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+        return cls(e.status, e.code, e.message[:300], e.field, headers=headers)
 
     def body(self, request_id: str | None = None) -> dict:
         err = {"code": self.code, "message": self.message, "field": self.field}

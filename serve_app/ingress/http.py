@@ -95,6 +95,7 @@ def _endpoint(request: Request) -> str:
 async def _request_id(request: Request, call_next):
     """Request id in and out, and the request's count and latency in the ingress metrics (when built)."""
     t0 = time.perf_counter()
+    request.state.received_at = time.time()  # a deadline's start (serve_app.ingress.deadlines)
     request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     try:
         response = await call_next(request)
@@ -108,7 +109,13 @@ async def _request_id(request: Request, call_next):
     return response
 
 
+#: Statuses of a refusal (the request was fine; the service would not take it now), counted by cause.
+REFUSAL_STATUSES = (429, 503)
+
+
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    if exc.status in REFUSAL_STATUSES and (m := ingress_metrics()) is not None:
+        m.refusal(_endpoint(request), exc.code)
     if exc.status >= 500 and exc.__cause__ is not None:  # one line with the cause, no stack trace
         cause = str(exc.__cause__).strip().splitlines()
         log.warning(
@@ -141,7 +148,8 @@ def stage_errors(route):
       the request may be retried.
 
     A typed input error of a stage or of the runtime (:class:`deployments.errors.InputError`, here or
-    raised in a stage replica) becomes its documented 4xx.
+    raised in a stage replica) becomes its documented status: a 4xx, or 503 ``deadline`` (a request that
+    cannot finish before its deadline, :class:`deployments.errors.DeadlineExceeded`) with ``Retry-After``.
 
     Serve registers its own plain-text handlers for these exceptions on the ingress app when the
     replica starts, after ours, so they are turned into :class:`ApiError` here, inside the route.

@@ -23,6 +23,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.errors import ImageNotCached
 from deployments.runtime.images import b64_to_bytes, decode_image, image_id_of
+from serve_app.ingress.deadlines import check_deadline
 from serve_app.ingress.errors import ApiError
 
 #: What a call about an image raises when its owner died: the owner replica itself (mid-call), or the
@@ -92,6 +93,7 @@ class ImageOwners:
         send: Callable[[Any], Awaitable],
         check_size: Callable[[int, int], None] = lambda w, h: None,
         timing: dict | None = None,
+        deadline: float | None = None,
     ):
         """``await send(pixels)``: first without pixels, then, if the owner does not hold the image (or
         died meanwhile) and ``data`` is given, with the decoded pixels (``check_size(width, height)`` runs
@@ -100,14 +102,17 @@ class ImageOwners:
         Args:
             send: makes the stage calls of the request, given ``None`` or the pixels' ObjectRef.
             timing: the request's ``timing_ms``; ``decode_image`` is recorded there.
+            deadline: the request's deadline (absolute ``time.time()`` seconds), checked before each send.
 
         Raises:
             ImageNotCached: 404 on a miss without ``data``; a miss is also an owner that died during the
                 call (with ``data`` the call is then sent again, to the key's new owner).
             InputError: bytes that do not decode, a prompt outside the image.
+            DeadlineExceeded: the deadline passed before a send (503 ``deadline``).
         """
         timing = {} if timing is None else timing
         timing.setdefault("decode_image", 0.0)
+        check_deadline(deadline, "the image's owner")
         try:
             return await _guard(image_id, send(None))
         except ImageNotCached:
@@ -117,6 +122,7 @@ class ImageOwners:
         rgb = decode_image(data, self.max_image_pixels)
         timing["decode_image"] = (time.perf_counter() - td) * 1e3
         check_size(int(rgb.shape[1]), int(rgb.shape[0]))
+        check_deadline(deadline, "the image's encode")
         return await _guard(image_id, send(self._put(rgb)))
 
 

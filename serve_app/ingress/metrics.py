@@ -33,6 +33,7 @@ class IngressMetrics(Recorder):
     def __init__(self) -> None:
         super().__init__()
         self._requests = build_metric("samgraph_http_requests")
+        self._refusals = build_metric("samgraph_refusals")
         self._latency = build_metric("samgraph_request_latency_ms")
         self._stage = build_metric("samgraph_stage_latency_ms")
         self._masks = build_metric("samgraph_masks_per_request")
@@ -51,6 +52,13 @@ class IngressMetrics(Recorder):
         try:
             self._requests.inc(tags={"endpoint": endpoint, "status": str(status)})
             self._latency.observe(latency_ms, tags={"endpoint": endpoint})
+        except Exception as e:
+            self.failed(e)
+
+    def refusal(self, endpoint: str, cause: str) -> None:
+        """One request refused (a 429 or 503): ``cause`` its error code (``overloaded``, ``deadline``, ...)."""
+        try:
+            self._refusals.inc(tags={"endpoint": endpoint, "cause": cause})
         except Exception as e:
             self.failed(e)
 

@@ -54,7 +54,8 @@ ERROR_DESCRIPTIONS = {
     415: "unsupported_media_type: send application/json or multipart/form-data",
     422: "invalid_request (a schema rule; `field` names the field), out_of_image, out_of_clip, empty_mask",
     429: "rate_limited, with Retry-After",
-    503: "overloaded or unavailable: a stage cannot take the request now; with Retry-After",
+    503: "overloaded, unavailable or deadline: a stage cannot take the request now, or cannot answer it before "
+    "its deadline (X-Request-Timeout, or the service's limit); with Retry-After",
 }
 #: Answered by every ``/v1`` route when API keys or a rate limit are configured.
 ACCESS_ERRORS = (401, 429)
@@ -164,6 +165,7 @@ class Described:
         examples: dict[str, dict] | None = None,
         ok_content: dict[str, Any] | None = None,
         streams: bool = False,
+        deadline: bool = False,
     ) -> dict:
         """Keyword arguments of ``@router.post(...)`` for a route that reads its body with ``parse_body``.
 
@@ -177,6 +179,8 @@ class Described:
                 request the route accepts.
             ok_content: more 200 media types (see :meth:`responses_spec`).
             streams: see :meth:`route_spec`.
+            deadline: the route takes the ``X-Request-Timeout`` header
+                (:data:`serve_app.ingress.deadlines.TIMEOUT_PARAMETER`).
 
         Returns:
             ``{"openapi_extra": {"requestBody": ...}, **route_spec(...)}``: the body as
@@ -204,7 +208,12 @@ class Described:
                 },
                 "encoding": {"request": {"contentType": "application/json"}},
             }
-        return self.route_spec(ok, *errors, body=content, ok_content=ok_content, streams=streams)
+        spec = self.route_spec(ok, *errors, body=content, ok_content=ok_content, streams=streams)
+        if deadline:
+            from serve_app.ingress.deadlines import TIMEOUT_PARAMETER
+
+            spec["openapi_extra"]["parameters"] = [TIMEOUT_PARAMETER]
+        return spec
 
 
 

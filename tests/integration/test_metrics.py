@@ -41,13 +41,15 @@ EXPECTED = {
     "cache miss": ("ray_samgraph_embedding_cache_lookups_total", {"result": "miss"}),
     "predicted_iou buckets": ("ray_samgraph_predicted_iou_bucket", {"endpoint": "/v1/segment", "le": "+Inf"}),
     "masks per request": ("ray_samgraph_masks_per_request_count", {"endpoint": "/v1/segment"}),
+    "deadline refusal": ("ray_samgraph_refusals_total", {"endpoint": "/v1/segment", "cause": "deadline"}),
     "serve replicas": ("ray_serve_deployment_replica_healthy", {"deployment": "Ingress"}),
 }
 
 
 @pytest.fixture(scope="module")
 def requests_made(client, truck_path) -> str:
-    """A 200 on a cached image (cache hit), a 422 and a 404 (cache miss) on /v1/segment."""
+    """A 200 on a cached image (cache hit), a 422, a 404 (cache miss) and a 503 ``deadline`` (a timeout that
+    has passed when the ingress would send the request on) on /v1/segment."""
     b64 = base64.b64encode(truck_path.read_bytes()).decode()  # other modules post the same bytes: often cached
     r = client.post("/v1/segment", json={"image": {"base64": b64}, "prompts": [{"box_xyxy": TRUCK_BOX}]})
     assert r.status_code == 200, r.text
@@ -58,6 +60,8 @@ def requests_made(client, truck_path) -> str:
     assert r.status_code == 422, r.text
     r = client.post("/v1/segment", json={"image_id": NO_SUCH_IMAGE, "prompts": [{"box_xyxy": TRUCK_BOX}]})
     assert r.status_code == 404, r.text
+    r = client.post("/v1/segment", json={"image_id": image_id}, headers={"X-Request-Timeout": "0.000001"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "deadline", r.text
     return image_id
 
 

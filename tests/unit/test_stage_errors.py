@@ -81,21 +81,24 @@ def test_keeps_the_route_signature_for_fastapi():
 
 
 class _Encoder:
-    """The encoder deployment's handle as OwnedImages uses it: ``encode.remote(pixels)`` is awaitable."""
+    """The encoder deployment's handle as OwnedImages uses it: ``encode_image.remote(pixels, deadline)`` is
+    awaitable and answers an :class:`EncodedImage`."""
 
     def __init__(self, fail: Exception | None = None) -> None:
         self.calls = 0
         self.fail = fail
-        self.encode = self
+        self.encode_image = self
 
-    def remote(self, pixels):
+    def remote(self, pixels, deadline=None):
+        from deployments.contracts import EncodedImage
+
         self.calls += 1
 
         async def run():
             await asyncio.sleep(0)
             if self.fail is not None:
                 raise self.fail
-            return f"features of {pixels.shape}"
+            return EncodedImage(f"features of {pixels.shape}", 2.0, 1)
 
         return run()
 
@@ -226,3 +229,16 @@ def test_an_owner_lost_mid_request_is_a_miss_and_the_image_is_resent():
     with pytest.raises(ImageNotCached) as info:
         asyncio.run(owners.call("img", None, send))
     assert (info.value.status, info.value.code, info.value.field) == (404, "image_not_cached", "image_id") and sent == [None]
+
+
+def test_a_deadline_refusal_is_503_deadline_with_retry_after():
+    import pickle
+
+    from ray.exceptions import RayTaskError
+
+    from deployments.errors import DeadlineExceeded
+
+    cause = pickle.loads(pickle.dumps(DeadlineExceeded("encode would take about 12.000 s", 11.2)))
+    wrapped = RayTaskError("ImageEncoder.encode_image", "Traceback ...", cause).as_instanceof_cause()
+    err = _raised(wrapped)
+    assert (err.status, err.code, err.field, err.headers) == (503, "deadline", None, {"Retry-After": "12"})

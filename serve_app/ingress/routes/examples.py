@@ -22,6 +22,7 @@ from models.masks import decode_rle, rle_area, rle_bbox_xyxy
 from serve_app.ingress import request_examples as ex
 from serve_app.ingress import responses as out
 from serve_app.ingress.context import Context
+from serve_app.ingress.deadlines import request_deadline
 from serve_app.ingress.errors import ApiError
 from serve_app.ingress.example_transfer import (
     check_file_embedder,
@@ -48,12 +49,15 @@ ADD_ERRORS = (400, 404, 409, 413, 415, 422, 503)
 
 @router.post(
     "/v1/examples",
-    **router.body_spec(ExampleRequest, ok=out.ExampleAdded, errors=ADD_ERRORS, examples=ex.EXAMPLE_EXAMPLES),
+    **router.body_spec(
+        ExampleRequest, ok=out.ExampleAdded, errors=ADD_ERRORS, examples=ex.EXAMPLE_EXAMPLES, deadline=True
+    ),
 )
 @stage_errors
 async def add_example(request: Request, ctx: Context) -> dict:
     """Store one labelled object (a prompt's best mask, or a given mask) as a few-shot example."""
     t0 = time.perf_counter()
+    deadline = request_deadline(request, ctx.args.limits.request_timeout_s)
     req, upload = await parse_body(request, ExampleRequest, ctx.args.limits.max_body_bytes)
     fade = ctx.fade_spec(req.fade)
     prompt = req.prompt() if req.mask_rle is None else None
@@ -63,16 +67,14 @@ async def add_example(request: Request, ctx: Context) -> dict:
     owner = ctx.images.owner(image_id, model.model_id)
     if prompt is not None:
         specs, multimask = to_prompt_specs([prompt])
-        job = DecodeJob(tuple(specs), tuple(multimask), "rle", 1, False, field_prefix=None)
-        decoded = await ctx.images.call(
-            image_id, data, lambda pixels: owner.segment.remote(image_id, job, pixels), job.for_image, timing
-        )
+        job = DecodeJob(tuple(specs), tuple(multimask), "rle", 1, False, field_prefix=None, deadline=deadline)
+        send = lambda pixels: owner.segment.remote(image_id, job, pixels)  # noqa: E731
+        decoded = await ctx.images.call(image_id, data, send, job.for_image, timing, deadline)
         image, rle = decoded.image, decoded.results[0]["masks"][0]["rle"]
         timing["encode"] = decoded.timing_ms.get("encode", 0.0)
     else:
-        image = await ctx.images.call(
-            image_id, data, lambda pixels: owner.image.remote(image_id, pixels), timing=timing
-        )
+        send = lambda pixels: owner.image.remote(image_id, pixels, deadline)  # noqa: E731
+        image = await ctx.images.call(image_id, data, send, timing=timing, deadline=deadline)
         rle = check_mask(req.mask_rle.model_dump(), image.width, image.height)
     area = rle_area(rle)
     if area == 0:

@@ -19,6 +19,7 @@ from serve_app.assemble import instances
 from serve_app.ingress import request_examples as ex
 from serve_app.ingress import responses as out
 from serve_app.ingress.context import Context, IngressContext
+from serve_app.ingress.deadlines import request_deadline
 from serve_app.ingress.http import parse_body, stage_errors
 from serve_app.ingress.openapi import DescribedRouter
 from serve_app.ingress.schemas import PredictRequest
@@ -31,19 +32,26 @@ PREDICT_ERRORS = (400, 404, 409, 413, 415, 422, 503)  # 409: the collection hold
 
 @router.post(
     "/v1/predict",
-    **router.body_spec(PredictRequest, ok=out.PredictResponse, errors=PREDICT_ERRORS, examples=ex.PREDICT_EXAMPLES),
+    **router.body_spec(
+        PredictRequest, ok=out.PredictResponse, errors=PREDICT_ERRORS, examples=ex.PREDICT_EXAMPLES, deadline=True
+    ),
 )
 @stage_errors
 async def predict(request: Request, ctx: Context) -> dict:
     """Every object in the image, labelled by its nearest labelled examples in a collection
     (``label_source: "examples"``), and/or every instance of each of ``classes`` on a model with concept
     prompts (``label_source: "classes"``)."""
+    deadline = request_deadline(request, ctx.args.limits.request_timeout_s)
     req, upload = await parse_body(request, PredictRequest, ctx.args.limits.max_body_bytes)
-    return await predict_image(ctx, req, upload)
+    return await predict_image(ctx, req, upload, deadline=deadline)
 
 
 async def predict_image(
-    ctx: IngressContext, req: PredictRequest, upload: bytes | None, endpoint: str = "/v1/predict"
+    ctx: IngressContext,
+    req: PredictRequest,
+    upload: bytes | None,
+    endpoint: str = "/v1/predict",
+    deadline: float | None = None,
 ) -> dict:
     """The ``/v1/predict`` answer to a validated request: what the route does after parsing its body, also
     called by other routes (the Label Studio backend) with a request they build.
@@ -53,6 +61,7 @@ async def predict_image(
         req: the request; its ``image_id`` alone names a cached image.
         upload: the image's bytes (a file part, or fetched by the caller), or None.
         endpoint: the route the stage times and mask counts are recorded under.
+        deadline: absolute ``time.time()`` seconds by which to answer, or None.
 
     Raises:
         ApiError, InputError: as the route (``ImageNotCached`` for an ``image_id`` the owner does not hold
@@ -65,7 +74,7 @@ async def predict_image(
         ctx.require(model, "concept_prompts", "classes")
         prompts = tuple(ConceptPrompt(c, None, None, req.score_thresh, req.max_instances) for c in req.classes)
         fields = tuple(f"classes[{i}]" for i in range(len(prompts)))
-        concepts = ConceptJob(prompts, req.mask_format, req.polygon_tolerance_px, fields)
+        concepts = ConceptJob(prompts, req.mask_format, req.polygon_tolerance_px, fields, deadline)
     collection = req.examples_collection
     if collection is not None and req.classes:  # with classes, a collection that does not exist adds nothing
         collection = collection if await ctx.retriever.collection_or_none.remote(collection) else None
@@ -81,14 +90,14 @@ async def predict_image(
     def send(pixels):
         calls = [owner.concepts.remote(image_id, concepts, pixels)] if concepts is not None else []
         if collection is not None:
-            generated = owner.generate_for.remote(image_id, amg, req.max_instances, pixels)
+            generated = owner.generate_for.remote(image_id, amg, req.max_instances, pixels, deadline)
             crops = ctx.fader.fade_masks.remote(None, generated, fade)
             found = ctx.retriever.knn_chain.remote(collection, ctx.embedder.embed_crops.remote(crops), req.top_k)
             calls += [generated, found]
         return asyncio.gather(*calls)
 
     check = concepts.for_image if concepts is not None else (lambda w, h: None)
-    outs = list(await ctx.images.call(image_id, data, send, check, timing))
+    outs = list(await ctx.images.call(image_id, data, send, check, timing, deadline))
     named = outs.pop(0) if concepts is not None else None
     gen, knn = outs if collection is not None else (None, None)
     first = named or gen

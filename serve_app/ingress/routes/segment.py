@@ -20,6 +20,7 @@ from serve_app.assemble import rank_by_text
 from serve_app.ingress import request_examples as ex
 from serve_app.ingress import responses as out
 from serve_app.ingress.context import Context, IngressContext
+from serve_app.ingress.deadlines import request_deadline
 from serve_app.ingress.http import parse_body, stage_errors
 from serve_app.ingress.openapi import DescribedRouter
 from serve_app.ingress.schemas import SegmentRequest, to_prompt_specs
@@ -27,17 +28,25 @@ from serve_app.ingress.schemas import SegmentRequest, to_prompt_specs
 router = DescribedRouter()
 
 
-@router.post("/v1/segment", **router.body_spec(SegmentRequest, ok=out.SegmentResponse, examples=ex.SEGMENT_EXAMPLES))
+@router.post(
+    "/v1/segment",
+    **router.body_spec(SegmentRequest, ok=out.SegmentResponse, examples=ex.SEGMENT_EXAMPLES, deadline=True),
+)
 @stage_errors
 async def segment(request: Request, ctx: Context) -> dict:
     """Masks for box/point/mask prompts, and every instance of concept prompts (text, exemplar boxes), on an
     uploaded or cached image, by the model ``model_id`` names. See docs/http-api.md."""
+    deadline = request_deadline(request, ctx.args.limits.request_timeout_s)
     req, upload = await parse_body(request, SegmentRequest, ctx.args.limits.max_body_bytes)
-    return await segment_image(ctx, req, upload)
+    return await segment_image(ctx, req, upload, deadline=deadline)
 
 
 async def segment_image(
-    ctx: IngressContext, req: SegmentRequest, upload: bytes | None, endpoint: str = "/v1/segment"
+    ctx: IngressContext,
+    req: SegmentRequest,
+    upload: bytes | None,
+    endpoint: str = "/v1/segment",
+    deadline: float | None = None,
 ) -> dict:
     """The ``/v1/segment`` answer to a validated request: what the route does after parsing its body, also
     called by other routes (the Label Studio backend) with a request they build.
@@ -47,10 +56,12 @@ async def segment_image(
         req: the request; its ``image_id`` alone names a cached image.
         upload: the image's bytes (a file part, or fetched by the caller), or None.
         endpoint: the route the stage times and mask counts are recorded under.
+        deadline: absolute ``time.time()`` seconds by which to answer (:mod:`serve_app.ingress.deadlines`),
+            or None.
 
     Raises:
         ApiError, InputError: as the route (``ImageNotCached`` for an ``image_id`` the owner does not hold
-            and no bytes).
+            and no bytes; ``DeadlineExceeded``: 503 ``deadline``).
     """
     t0 = time.perf_counter()
     model = ctx.model(req.model_id)
@@ -66,6 +77,7 @@ async def segment_image(
             req.mask_format,
             req.polygon_tolerance_px,
             tuple(f"prompts[{i}]" for i, p in enumerate(req.prompts) if p.is_text),
+            deadline,
         )
     elif texts:
         for i, p in enumerate(req.prompts):
@@ -80,7 +92,13 @@ async def segment_image(
         specs, default_multimask = to_prompt_specs(geometric)
         multimask = [req.multimask_output] * len(specs) if req.multimask_output is not None else default_multimask
         job = DecodeJob(
-            tuple(specs), tuple(multimask), req.mask_format, req.max_masks, req.return_logits, req.polygon_tolerance_px
+            tuple(specs),
+            tuple(multimask),
+            req.mask_format,
+            req.max_masks,
+            req.return_logits,
+            req.polygon_tolerance_px,
+            deadline=deadline,
         )
     owner = ctx.images.owner(image_id, model.model_id)
 
@@ -89,7 +107,7 @@ async def segment_image(
         if concepts is not None:
             calls.append(owner.concepts.remote(image_id, concepts, pixels))
         if clip_texts:
-            generated = owner.generate_for.remote(image_id, amg, ctx.args.text_candidates, pixels)
+            generated = owner.generate_for.remote(image_id, amg, ctx.args.text_candidates, pixels, deadline)
             crops = ctx.fader.fade_masks.remote(None, generated, fade)
             embedded = ctx.embedder.embed_crops.remote(crops)
             calls += [generated, embedded, ctx.embedder.embed_text_list.remote(clip_texts)]
@@ -101,7 +119,7 @@ async def segment_image(
         if concepts is not None:
             concepts.for_image(width, height)
 
-    outs = list(await ctx.images.call(image_id, data, send, check, timing))
+    outs = list(await ctx.images.call(image_id, data, send, check, timing, deadline))
     decoded = outs.pop(0) if job is not None else None
     found = outs.pop(0) if concepts is not None else None
     ranked = tuple(outs) if clip_texts else None

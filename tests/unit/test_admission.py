@@ -1,0 +1,210 @@
+"""deployments.runtime.admission.StageAdmission: the wait estimate from the measured service time and the
+queue, and the refusal of a request that cannot make its deadline (exact numbers, injected clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+
+import numpy as np
+import pytest
+
+from deployments.errors import DeadlineExceeded
+from deployments.runtime.admission import StageAdmission
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_service_time_is_a_moving_average_of_batch_durations():
+    a = StageAdmission("encode", alpha=0.5, clock=Clock())
+    assert a.service_s is None and a.wait_s() == 0.0  # unknown: nothing estimated
+    a.observe(2.0)
+    assert a.service_s == 2.0  # the first batch sets it
+    a.observe(4.0)
+    assert a.service_s == 3.0
+    a.observe(1.0)
+    assert a.service_s == 2.0
+
+
+@pytest.mark.parametrize(("in_flight", "parallel", "batches"), [(0, 1, 1), (3, 1, 4), (3, 4, 1), (4, 4, 2), (9, 2, 5)])
+def test_wait_is_whole_batches_of_the_service_time(in_flight, parallel, batches):
+    a = StageAdmission("encode", parallel=parallel, service_s=2.5, clock=Clock())
+    a.in_flight = in_flight
+    assert a.wait_s() == batches * 2.5
+    assert a.wait_s(ahead=0) == 2.5
+
+
+def test_admits_what_fits_and_counts_it_in_flight():
+    clock = Clock(1000.0)
+    a = StageAdmission("encode", service_s=2.0, clock=clock)
+    with a.admit(deadline=1002.0):  # exactly 2 s left for 2 s of work
+        assert a.in_flight == 1
+        with a.admit(deadline=1004.5):  # one ahead: 4 s
+            assert a.in_flight == 2
+    assert a.in_flight == 0 and a.refused == 0
+    a.check(None)  # no deadline: always admitted
+
+
+def test_refuses_at_once_with_retry_after_from_the_queue():
+    clock = Clock(1000.0)
+    a = StageAdmission("encode", service_s=3.0, clock=clock)
+    a.in_flight = 3  # 4 batches: 12 s
+    with pytest.raises(DeadlineExceeded) as info:
+        with a.admit(deadline=1000.05):
+            pytest.fail("admitted")
+    err = info.value
+    assert (err.status, err.code, err.field) == (503, "deadline", None)
+    assert err.retry_after_s == 12  # ceil(12 - 0.05)
+    assert a.in_flight == 3 and a.refused == 1  # not counted in flight
+    assert "encode" in err.message and "3 in flight" in err.message
+    with pytest.raises(DeadlineExceeded) as info:
+        a.check(deadline=1010.0, before_s=0.5)  # 12.5 s needed, 10 left
+    assert info.value.retry_after_s == 3  # ceil(2.5)
+
+
+def test_a_deadline_already_past_is_refused_even_with_no_service_time_known():
+    clock = Clock(1000.0)
+    a = StageAdmission("decode", clock=clock)
+    with pytest.raises(DeadlineExceeded) as info:
+        a.check(deadline=999.0)
+    assert info.value.retry_after_s == 1  # never below 1
+    assert "passed" in info.value.message
+    a.check(deadline=1000.001)  # unknown service time: admitted while time is left
+
+
+def test_report_takes_the_stage_s_own_numbers():
+    a = StageAdmission("encode", clock=Clock())
+    a.report(1.5, parallel=2)
+    a.in_flight = 2
+    assert (a.service_s, a.parallel, a.wait_s()) == (1.5, 2, 3.0)
+    a.report(None)
+    assert a.service_s == 1.5
+    assert a.state() == {"in_flight": 2, "service_s": 1.5, "parallel": 2, "refused": 0}
+
+
+@pytest.mark.parametrize("kwargs", [{"parallel": 0}, {"parallel": 1.5}, {"alpha": 0.0}, {"alpha": 1.5}, {"service_s": -1.0}])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        StageAdmission("encode", **kwargs)
+
+
+def test_the_refusal_crosses_ray_unchanged():
+    err = pickle.loads(pickle.dumps(DeadlineExceeded("encode would take 12 s", 7)))
+    assert (err.message, err.retry_after_s, err.code, err.status) == ("encode would take 12 s", 7, "deadline", 503)
+
+
+# --- the encoder's caller (a MaskDecoder replica's OwnedImages): refusal before sending, cancellation --------
+
+
+class SlowEncoder:
+    """The encoder handle as OwnedImages uses it (``encode_image.remote(pixels, deadline)``): each encode
+    waits for ``release`` and reports a batch time of ``service_s``; ``computed`` counts encodes that ran
+    to the end, ``cancelled`` those cancelled while they waited."""
+
+    def __init__(self, service_s: float = 2.0) -> None:
+        self.encode_image = self
+        self.service_s = service_s
+        self.release = asyncio.Event()
+        self.sent = self.computed = self.cancelled = 0
+
+    def remote(self, pixels, deadline=None):
+        from deployments.contracts import EncodedImage
+
+        self.sent += 1
+
+        async def run():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+            self.computed += 1
+            return EncodedImage(f"features of {pixels.shape}", self.service_s, 1)
+
+        return run()
+
+
+PIXELS = np.zeros((8, 6, 3), np.uint8)
+
+
+def _owned(encoder, clock):
+    from deployments.runtime.owned_images import OwnedImages
+
+    images = OwnedImages(encoder, max_entries=4, max_bytes=10**9, feature_nbytes=10, put=lambda p: p)
+    images.encoder_admission.clock = clock
+    return images
+
+
+def test_the_owner_refuses_an_encode_that_cannot_make_the_deadline_before_sending_it():
+    clock = Clock(1000.0)
+    encoder = SlowEncoder(service_s=2.0)
+    images = _owned(encoder, clock)
+
+    async def go():
+        first, _ = images.entry("a", PIXELS, deadline=1000.01)  # no batch time known yet: sent
+        encoder.release.set()
+        await images.features("a", first, {})
+        assert images.encoder_admission.service_s == 2.0  # as the encoder reported it
+        encoder.release.clear()
+        second, _ = images.entry("b", PIXELS, deadline=1010.0)  # 2 s of 10: sent
+        assert images.encoder_admission.in_flight == 1
+        with pytest.raises(DeadlineExceeded) as info:
+            images.entry("c", PIXELS, deadline=1003.5)  # one ahead: 4 s of 3.5
+        encoder.release.set()
+        await images.features("b", second, {})
+        sent, held = encoder.sent, "c" in images.entries
+        third, _ = images.entry("c", PIXELS)  # no deadline: the stage's bounded queue decides
+        await images.features("c", third, {})
+        return info.value, sent, held
+
+    err, sent, held = asyncio.run(go())
+    assert err.retry_after_s == 1  # ceil(4 - 3.5)
+    assert (sent, held) == (2, False) and images.encoder_admission.in_flight == 0
+    assert images.encodes == 3
+
+
+def test_an_encode_no_request_waits_for_is_cancelled_not_computed():
+    encoder = SlowEncoder()
+    images = _owned(encoder, Clock())
+
+    async def go():
+        entry, _ = images.entry("img", PIXELS)
+        one = asyncio.ensure_future(images.features("img", entry, {}))
+        two = asyncio.ensure_future(images.features("img", entry, {}))
+        await asyncio.sleep(0.01)
+        one.cancel()  # one client gone: the other still waits, the encode goes on
+        await asyncio.sleep(0.01)
+        assert encoder.cancelled == 0 and not entry.features.done() and "img" in images.entries
+        two.cancel()  # the last one gone: the encode is cancelled and the entry dropped
+        await asyncio.sleep(0.01)
+        encoder.release.set()
+        await asyncio.sleep(0.01)
+        return one.cancelled(), two.cancelled()
+
+    assert asyncio.run(go()) == (True, True)
+    assert (encoder.sent, encoder.cancelled, encoder.computed) == (1, 1, 0)
+    assert "img" not in images.entries and images.encoder_admission.in_flight == 0
+
+
+def test_a_request_that_stays_gets_the_shared_encode_when_another_leaves():
+    encoder = SlowEncoder()
+    images = _owned(encoder, Clock())
+
+    async def go():
+        entry, _ = images.entry("img", PIXELS)
+        gone = asyncio.ensure_future(images.features("img", entry, {}))
+        stays = asyncio.ensure_future(images.features("img", entry, {}))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0.01)
+        encoder.release.set()
+        return await stays
+
+    assert asyncio.run(go()) == "features of (8, 6, 3)"
+    assert (encoder.cancelled, encoder.computed) == (0, 1) and "img" in images.entries
