@@ -256,14 +256,12 @@ class EncodedImage:
 
     Attributes:
         features: the model family's :class:`models.segmenter.Features` of the image.
-        service_s: the encoder replica's measured time per batch (moving average), seconds: its callers
+        service_s: the encoder replica's measured time per image (moving average), seconds: its callers
             estimate their queue's wait from it (:class:`deployments.runtime.admission.StageAdmission`).
-        parallel: images the replica encodes at once (its ``max_batch_size``).
     """
 
     features: object
     service_s: float | None
-    parallel: int = 1
 
 
 @dataclass(frozen=True)

@@ -102,19 +102,16 @@ class MaskDecoder:
         self._images = OwnedImages(encoder, cache["max_entries"], cache["max_bytes"], nbytes)
         #: This replica's queues (waiting and running) and batch times: the deadline checks.
         self._admission = {
-            "decode": StageAdmission("decode", parallel=8),
-            "concepts": StageAdmission("concepts", parallel=8),
+            "decode": StageAdmission("decode"),
+            "concepts": StageAdmission("concepts"),
             "amg": StageAdmission("amg"),
         }
 
     def reconfigure(self, user_config: dict) -> None:
         """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`decode` and :meth:`concept_batch` (see
         :func:`apply_batch_config`)."""
-        size, _ = apply_batch_config(user_config, self.decode)
+        apply_batch_config(user_config, self.decode)
         apply_batch_config(user_config, self.concept_batch)
-        if "max_batch_size" in user_config:
-            self._admission["decode"].set_parallel(size)
-            self._admission["concepts"].set_parallel(size)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def decode(self, features: list[Features], jobs: list[DecodeJob]) -> list[DecodeResult]:
@@ -127,7 +124,7 @@ class MaskDecoder:
         out = await asyncio.to_thread(self._decode_sync, features, jobs)
         seconds = time.perf_counter() - t0
         self._work.batch("decode", len(jobs), seconds, requests=len(jobs))
-        self._admission["decode"].observe(seconds)
+        self._admission["decode"].observe(seconds, len(jobs))
         return out
 
     def _decode_sync(self, features: list[Features], jobs: list[DecodeJob]) -> list[DecodeResult]:
@@ -173,7 +170,7 @@ class MaskDecoder:
         out = await asyncio.to_thread(self._concepts_sync, features, jobs)
         seconds = time.perf_counter() - t0
         self._work.batch("decode", len(jobs), seconds, requests=len(jobs))
-        self._admission["concepts"].observe(seconds)
+        self._admission["concepts"].observe(seconds, len(jobs))
         return out
 
     def _concepts_sync(self, features: list[Features], jobs: list[ConceptJob]) -> list[ConceptResult]:
@@ -219,7 +216,8 @@ class MaskDecoder:
         admission = self._admission["amg"]
         with admission.admit(deadline):
             masks = await asyncio.to_thread(generate_masks, self._decoder, features, settings)
-        admission.observe(time.perf_counter() - t0)
+            # the automatic masks in flight here share the CPU (threads): this one's time per request
+            admission.observe(time.perf_counter() - t0, admission.in_flight)
         self._work.add(requests=1)
         timing = {"amg": (time.perf_counter() - t0) * 1e3}
         return GenerateResult(tuple(masks[:max_masks]), self._info["model_id"], self._info["weights"], timing)

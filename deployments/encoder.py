@@ -63,14 +63,12 @@ class ImageEncoder:
             "device": self._device,
         }
         self._work = StageWork("encode", counters=("images",))
-        #: This replica's queue (images waiting and encoding) and batch time: the deadline check on arrival.
+        #: This replica's queue (images waiting and encoding) and time per image: the deadline check on arrival.
         self._admission = StageAdmission("encode")
 
     def reconfigure(self, user_config: dict) -> None:
         """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`encode` (see :func:`apply_batch_config`)."""
-        size, _ = apply_batch_config(user_config, self.encode)
-        if "max_batch_size" in user_config:
-            self._admission.set_parallel(size)
+        apply_batch_config(user_config, self.encode)
 
     async def encode_image(self, pixels: np.ndarray, deadline: float | None = None) -> EncodedImage:
         """One image's features, through the batched :meth:`encode`, unless it cannot be done by ``deadline``.
@@ -88,7 +86,7 @@ class ImageEncoder:
         """
         with self._admission.admit(deadline):
             features = await self.encode(pixels)
-        return EncodedImage(features, self._admission.service_s, self._admission.parallel)
+        return EncodedImage(features, self._admission.service_s)
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
     async def encode(self, images: list[np.ndarray]) -> list[Features]:
@@ -98,7 +96,7 @@ class ImageEncoder:
         assert len(features) == len(images)
         seconds = time.perf_counter() - t0
         self._work.batch("encode", len(images), seconds, images=len(images))
-        self._admission.observe(seconds)
+        self._admission.observe(seconds, len(images))
         return features
 
     def info(self) -> dict:

@@ -1,16 +1,20 @@
 """Deadline-aware admission: will a new request finish at a stage before its deadline?
 
 A stage (or its caller) keeps one :class:`StageAdmission`: the requests it has in flight there (waiting and
-running) and the stage's measured service time (an exponentially weighted moving average of its batch
-durations). A new request behind ``n`` others, at a stage that runs ``parallel`` requests at once (batch
-size x replicas), finishes after about ``ceil((n + 1) / parallel)`` batch times; one that cannot make its
-deadline is refused at once (:class:`deployments.errors.DeadlineExceeded`, 503 ``deadline`` with a
+running) and the stage's measured service time per request (an exponentially weighted moving average of
+its batch durations divided by their sizes). A new request behind ``n`` others, at a stage with
+``parallel`` replicas working at once, finishes after about ``(n + 1) / parallel`` service times; one that
+cannot make its deadline is refused at once (:class:`deployments.errors.DeadlineExceeded`, 503 ``deadline`` with a
 ``Retry-After``) instead of waiting in the queue and timing out at the client.
 
 Deadlines are absolute wall-clock times (``time.time()``, seconds since the epoch): the ingress sets one per
 request and passes it with the job, and every stage checks it against its own clock. On one machine that is
 one clock; across nodes it assumes their clocks are synchronised (NTP, well under a second apart), which is
 small next to the deadlines it serves (seconds).
+
+Why per request and not per batch: on a CPU a batch of ``b`` costs about ``b`` times one request, so a
+batch time measured at light load (batches of 1) would say nothing of a full queue's wait; the time per
+request, measured at the batch sizes the load makes, is the stage's throughput on any device.
 
 Pure Python, no Ray: the clock is injected, so the tests give exact times.
 """
@@ -30,9 +34,10 @@ class StageAdmission:
 
     Args:
         stage: the stage's name, in refusal messages (``encode``, ``decode``, ``amg``, ``embed``).
-        parallel: requests the stage runs at once (batch size x replicas), >= 1.
+        parallel: replicas of the stage that work at once (the caller's view; 1 for a replica's own
+            queue), >= 1.
         alpha: weight of the newest batch in the moving average, in (0, 1].
-        service_s: the service time until one is measured (None: unknown; nothing is refused then).
+        service_s: seconds per request until one is measured (None: unknown; nothing is refused then).
         clock: wall-clock seconds (default ``time.time``); deadlines are in the same clock.
 
     Raises:
@@ -61,7 +66,7 @@ class StageAdmission:
         self.set_parallel(parallel)
 
     def set_parallel(self, parallel: int) -> None:
-        """Requests the stage runs at once (its batch size x its replicas), >= 1.
+        """Replicas of the stage that work at once, >= 1.
 
         Raises:
             ValueError: ``parallel`` is not an integer >= 1.
@@ -70,22 +75,25 @@ class StageAdmission:
             raise ValueError(f"parallel must be an integer >= 1; got {parallel!r}")
         self.parallel = parallel
 
-    def observe(self, batch_s: float) -> None:
-        """One batch's duration, seconds (>= 0), into the moving average (the first sets it)."""
-        batch_s = max(0.0, float(batch_s))
-        self.service_s = batch_s if self.service_s is None else self.alpha * batch_s + (1 - self.alpha) * self.service_s
+    def observe(self, batch_s: float, size: int = 1) -> None:
+        """One batch's duration, seconds (>= 0), and its size (requests, >= 1): its time per request into
+        the moving average (the first sets it)."""
+        per_request_s = max(0.0, float(batch_s)) / max(1, int(size))
+        self.service_s = (
+            per_request_s if self.service_s is None else self.alpha * per_request_s + (1 - self.alpha) * self.service_s
+        )
 
     def report(self, service_s: float | None, parallel: int | None = None) -> None:
-        """The stage's own service time (its moving average, seconds) and parallelism, as it reported them
-        to a caller; None keeps the current value."""
+        """The stage's own service time (its moving average, seconds per request) and parallelism, as it
+        reported them to a caller; None keeps the current value."""
         if service_s is not None and service_s >= 0:
             self.service_s = float(service_s)
         if parallel is not None:
             self.set_parallel(parallel)
 
     def wait_s(self, ahead: int | None = None) -> float:
-        """Seconds until a new request would be done here: ``ceil((ahead + 1) / parallel)`` batches of the
-        service time; 0 while no service time is known.
+        """Seconds until a new request would be done here: ``(ahead + 1) / parallel`` service times; 0
+        while no service time is known.
 
         Args:
             ahead: requests ahead of it (default: those in flight).
@@ -93,7 +101,7 @@ class StageAdmission:
         if self.service_s is None:
             return 0.0
         ahead = self.in_flight if ahead is None else ahead
-        return math.ceil((ahead + 1) / self.parallel) * self.service_s
+        return (ahead + 1) * self.service_s / self.parallel
 
     def check(self, deadline: float | None, before_s: float = 0.0) -> None:
         """Refuse a request that cannot finish here before ``deadline``.
@@ -121,7 +129,7 @@ class StageAdmission:
         else:
             why = (
                 f"{self.stage} would take about {needed:.3f} s ({self.in_flight} in flight, "
-                f"{self.service_s:.3f} s per batch of up to {self.parallel}); {left:.3f} s of the deadline left"
+                f"{self.service_s:.3f} s per request, {self.parallel} at once); {left:.3f} s of the deadline left"
             )
         raise DeadlineExceeded(why, retry_after_s)
 

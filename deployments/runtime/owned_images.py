@@ -112,7 +112,7 @@ class OwnedImages:
             encoded = await self.encoder.encode_image.remote(pixels_ref, deadline)
         finally:
             self.encoder_admission.in_flight -= 1
-        self.encoder_admission.report(encoded.service_s, encoded.parallel)
+        self.encoder_admission.report(encoded.service_s)
         return encoded.features
 
     async def features(self, image_id: str, entry: CacheEntry, timing: dict):

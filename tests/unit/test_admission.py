@@ -21,7 +21,7 @@ class Clock:
         return self.now
 
 
-def test_service_time_is_a_moving_average_of_batch_durations():
+def test_service_time_is_a_moving_average_of_the_time_per_request():
     a = StageAdmission("encode", alpha=0.5, clock=Clock())
     assert a.service_s is None and a.wait_s() == 0.0  # unknown: nothing estimated
     a.observe(2.0)
@@ -30,14 +30,28 @@ def test_service_time_is_a_moving_average_of_batch_durations():
     assert a.service_s == 3.0
     a.observe(1.0)
     assert a.service_s == 2.0
+    a.observe(8.0, size=4)  # a batch of 4 in 8 s: 2 s per request
+    assert a.service_s == 2.0
+    a.observe(2.0, size=4)
+    assert a.service_s == 1.25
 
 
-@pytest.mark.parametrize(("in_flight", "parallel", "batches"), [(0, 1, 1), (3, 1, 4), (3, 4, 1), (4, 4, 2), (9, 2, 5)])
-def test_wait_is_whole_batches_of_the_service_time(in_flight, parallel, batches):
+@pytest.mark.parametrize(("in_flight", "parallel", "services"), [(0, 1, 1), (3, 1, 4), (3, 4, 1), (4, 4, 1.25), (9, 2, 5)])
+def test_wait_is_the_requests_ahead_and_its_own_at_the_service_time(in_flight, parallel, services):
     a = StageAdmission("encode", parallel=parallel, service_s=2.5, clock=Clock())
     a.in_flight = in_flight
-    assert a.wait_s() == batches * 2.5
-    assert a.wait_s(ahead=0) == 2.5
+    assert a.wait_s() == services * 2.5
+    assert a.wait_s(ahead=0) == 2.5 / parallel
+
+
+def test_a_full_queue_at_a_batching_stage_is_not_underestimated():
+    """On a CPU a batch of 8 costs about 8 single requests: a batch time measured at light load (batches of
+    1) must not make a full queue look 8 times shorter than it is."""
+    a = StageAdmission("decode", clock=Clock())
+    a.observe(0.1)  # light load: batches of one, 0.1 s each
+    a.observe(0.8, size=8)  # then full batches of 8 at 0.8 s
+    a.in_flight = 15
+    assert a.wait_s() == pytest.approx(1.6)  # 16 requests at 0.1 s each, not 2 batches of 0.1 s
 
 
 def test_admits_what_fits_and_counts_it_in_flight():
@@ -62,7 +76,7 @@ def test_refuses_at_once_with_retry_after_from_the_queue():
     assert (err.status, err.code, err.field) == (503, "deadline", None)
     assert err.retry_after_s == 12  # ceil(12 - 0.05)
     assert a.in_flight == 3 and a.refused == 1  # not counted in flight
-    assert "encode" in err.message and "3 in flight" in err.message
+    assert "encode" in err.message and "3 in flight" in err.message and "3.000 s per request" in err.message
     with pytest.raises(DeadlineExceeded) as info:
         a.check(deadline=1010.0, before_s=0.5)  # 12.5 s needed, 10 left
     assert info.value.retry_after_s == 3  # ceil(2.5)
@@ -82,7 +96,7 @@ def test_report_takes_the_stage_s_own_numbers():
     a = StageAdmission("encode", clock=Clock())
     a.report(1.5, parallel=2)
     a.in_flight = 2
-    assert (a.service_s, a.parallel, a.wait_s()) == (1.5, 2, 3.0)
+    assert (a.service_s, a.parallel, a.wait_s()) == (1.5, 2, 2.25)  # 3 requests, 2 replicas at once
     a.report(None)
     assert a.service_s == 1.5
     assert a.state() == {"in_flight": 2, "service_s": 1.5, "parallel": 2, "refused": 0}
@@ -125,7 +139,7 @@ class SlowEncoder:
                 self.cancelled += 1
                 raise
             self.computed += 1
-            return EncodedImage(f"features of {pixels.shape}", self.service_s, 1)
+            return EncodedImage(f"features of {pixels.shape}", self.service_s)
 
         return run()
 

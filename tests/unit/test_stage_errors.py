@@ -98,7 +98,7 @@ class _Encoder:
             await asyncio.sleep(0)
             if self.fail is not None:
                 raise self.fail
-            return EncodedImage(f"features of {pixels.shape}", 2.0, 1)
+            return EncodedImage(f"features of {pixels.shape}", 2.0)
 
         return run()
 
