@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import tempfile
 import time
@@ -81,6 +82,8 @@ def measure(ls, app_url: str, config_xml: str, rounds: int, warmup: int) -> dict
     rounds of the three calls; the measured rounds' durations and checks."""
     import httpx
 
+    from models.masks import decode_rle
+
     api = ls.api
     pid = api.post("/api/projects", json={"title": "samgraph clicks", "label_config": config_xml}).json()["id"]
     files = [("file", (PHOTO.name, PHOTO.read_bytes(), "image/jpeg"))]
@@ -94,7 +97,7 @@ def measure(ls, app_url: str, config_xml: str, rounds: int, warmup: int) -> dict
     image_id = hashlib.sha256(PHOTO.read_bytes()).hexdigest()  # what samgraph names the photo by
 
     points = clicks(warmup + rounds)
-    out = {"label_studio": [], "ls_route": [], "segment": [], "segment_server": []}
+    out = {"label_studio": [], "ls_route": [], "segment": [], "segment_server": [], "brush_rle_len": [], "mask_px": []}
     with httpx.Client(base_url=app_url, timeout=300) as sg:
         for i, (x, y) in enumerate(points):
             if i == warmup:
@@ -115,6 +118,8 @@ def measure(ls, app_url: str, config_xml: str, rounds: int, warmup: int) -> dict
                 out["ls_route"].append(route_s)
                 out["segment"].append(seg_s)
                 out["segment_server"].append(direct["timing_ms"])
+                out["brush_rle_len"].append(len(routed["results"][0]["result"][0]["value"]["rle"]))
+                out["mask_px"].append(int(decode_rle(direct["results"][0]["masks"][0]["rle"]).sum()))
         after = sg.get("/v1/stats").json()["cache"]
     encodes = after["encodes"] - before["encodes"]
     if encodes:
@@ -136,6 +141,7 @@ def main() -> None:
     from tests.integration.test_labelstudio import CONFIG, TOKEN, LabelStudio, _cache_dir, _executable
 
     exe = _executable()
+    load_at_start = list(os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="samgraph-lsclicks-") as tmp:
         tmp = Path(tmp)
         cache = _cache_dir(exe)
@@ -161,6 +167,11 @@ def main() -> None:
 
     summaries = {k: summarize(raw[k]) for k in ("label_studio", "ls_route", "segment")}
     server = raw["segment_server"]
+    paired = {
+        "label_studio_minus_ls_route": summarize([a - b for a, b in zip(raw["label_studio"], raw["ls_route"])]),
+        "ls_route_minus_segment": summarize([a - b for a, b in zip(raw["ls_route"], raw["segment"])]),
+        "label_studio_minus_segment": summarize([a - b for a, b in zip(raw["label_studio"], raw["segment"])]),
+    }
     p50 = {k: v["p50_ms"] for k, v in summaries.items()}
     p95 = {k: v["p95_ms"] for k, v in summaries.items()}
     result = {
@@ -184,13 +195,22 @@ def main() -> None:
             "through_label_studio_vs_segment_p50": p50["label_studio"] - p50["segment"],
             "through_label_studio_vs_segment_p95": p95["label_studio"] - p95["segment"],
         },
+        "paired_differences_per_round": paired,
+        "mask": {
+            "area_px_median": float(np.median(raw["mask_px"])),
+            "area_fraction_median": float(np.median(raw["mask_px"])) / (W * H),
+            "brush_rle_len_median": float(np.median(raw["brush_rle_len"])),
+        },
+        "loadavg_1_5_15_at_start": load_at_start,
         "cache": raw["cache"],
     }
     path = write_result("labelstudio_clicks", result)
     for k, v in summaries.items():
         print(f"{k:>13}: p50 {v['p50_ms']:7.1f} ms  p95 {v['p95_ms']:7.1f} ms  p99 {v['p99_ms']:7.1f} ms")
     print(f"samgraph server (/v1/segment total): p50 {result['samgraph_server_ms']['segment_total']['p50_ms']:.1f} ms")
-    print(f"added: {result['added_ms']}")
+    for k, v in paired.items():
+        print(f"{k}: p50 {v['p50_ms']:.1f} ms, p95 {v['p95_ms']:.1f} ms (per round)")
+    print(f"mask: {result['mask']}; load average at start {load_at_start}")
     print(f"wrote {path}")
 
 
