@@ -19,9 +19,13 @@ Per round, one keypoint on truck.jpg (1800x1200), sent three ways one after the 
 The image is fetched and encoded in the warm-up rounds (every ingress replica's first click); the measured
 rounds must not encode (``/v1/stats`` ``cache.encodes`` does not grow; the run fails otherwise).
 
-Reports p50/p95/p99 of each, the differences of the medians (Label Studio's own added latency:
-label_studio - ls_route; the protocol's: ls_route - segment) and samgraph's own part (``/v1/segment``'s
-server ``timing_ms``: total and stages); writes benchmarks/results/labelstudio_clicks.json.
+Reports p50/p95/p99 of each, the differences of the medians and per round (Label Studio's own added
+latency: label_studio - ls_route; samgraph's protocol: ls_route - segment), samgraph's own part
+(``/v1/segment``'s server ``timing_ms``: total and stages), the masks' size (area, brush RLE length,
+answer bytes) and label-studio-sdk's brush RLE encode time in this process on the last mask and on a box
+of the truck (a smooth mask). With random weights the masks are noise over most of the photo, whose brush
+RLE is long: the protocol's and Label Studio's parts grow with it. Writes
+benchmarks/results/labelstudio_clicks.json.
 
     python -m benchmarks.labelstudio_clicks [--rounds 40] [--warmup 4]
 """
@@ -42,6 +46,8 @@ from benchmarks.common import REPO, SHARED_DATA, serve_config, stage_medians, su
 
 PHOTO = SHARED_DATA / "images" / "truck.jpg"
 W, H = 1800, 1200
+#: A brush mask control over the image, as tests/integration/test_labelstudio.py's config has.
+CONFIG_XML = '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image"><Label value="truck"/></BrushLabels></View>'
 
 
 def clicks(n: int, seed: int = 0) -> list[tuple[float, float]]:
@@ -69,12 +75,28 @@ def keypoint(x: float, y: float) -> dict:
 
 
 def _timed(client, path: str, body: dict) -> tuple[float, dict]:
+    """(seconds, JSON answer) of one POST; the answer's size in bytes is added as ``_bytes``."""
     t = time.perf_counter()
     r = client.post(path, json=body)
+    answer = r.json()
     seconds = time.perf_counter() - t
     if r.status_code != 200:
         raise RuntimeError(f"{path} answered {r.status_code}: {r.text[:500]}")
-    return seconds, r.json()
+    return seconds, {**answer, "_bytes": len(r.content)}
+
+
+def brush_encode_ms(mask, reps: int = 10) -> float:
+    """Median ms of :func:`serve_app.labelstudio.brush_result` (label-studio-sdk's brush RLE) on ``mask``
+    ((H, W) bool), in this process."""
+    from serve_app.labelstudio import brush_result, parse_label_config
+
+    control = parse_label_config(CONFIG_XML).mask_control
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        brush_result(mask, control, "truck")
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * 1e3
 
 
 def measure(ls, app_url: str, config_xml: str, rounds: int, warmup: int) -> dict:
@@ -97,7 +119,9 @@ def measure(ls, app_url: str, config_xml: str, rounds: int, warmup: int) -> dict
     image_id = hashlib.sha256(PHOTO.read_bytes()).hexdigest()  # what samgraph names the photo by
 
     points = clicks(warmup + rounds)
-    out = {"label_studio": [], "ls_route": [], "segment": [], "segment_server": [], "brush_rle_len": [], "mask_px": []}
+    out = {
+        k: [] for k in ("label_studio", "ls_route", "segment", "segment_server", "brush_rle_len", "mask_px", "bytes")
+    }
     with httpx.Client(base_url=app_url, timeout=300) as sg:
         for i, (x, y) in enumerate(points):
             if i == warmup:
@@ -119,11 +143,18 @@ def measure(ls, app_url: str, config_xml: str, rounds: int, warmup: int) -> dict
                 out["segment"].append(seg_s)
                 out["segment_server"].append(direct["timing_ms"])
                 out["brush_rle_len"].append(len(routed["results"][0]["result"][0]["value"]["rle"]))
-                out["mask_px"].append(int(decode_rle(direct["results"][0]["masks"][0]["rle"]).sum()))
+                mask = decode_rle(direct["results"][0]["masks"][0]["rle"])
+                out["mask_px"].append(int(mask.sum()))
+                out["bytes"].append(routed["_bytes"])
         after = sg.get("/v1/stats").json()["cache"]
     encodes = after["encodes"] - before["encodes"]
     if encodes:
         raise RuntimeError(f"{encodes} encode(s) during the measured rounds: the clicks were not all cache hits")
+    # label-studio-sdk's brush RLE, in this process: on the last measured mask, and on a box of the truck
+    # (a smooth mask, as a real model's is) for comparison
+    box = np.zeros((H, W), bool)
+    box[200:1100, 100:1700] = True
+    out["brush_encode_ms"] = {"measured_mask": brush_encode_ms(mask), "truck_box_mask": brush_encode_ms(box)}
     out["cache"] = {
         "encodes_during_measured_rounds": encodes,
         "hits_during_measured_rounds": after["hits"] - before["hits"],
@@ -200,6 +231,8 @@ def main() -> None:
             "area_px_median": float(np.median(raw["mask_px"])),
             "area_fraction_median": float(np.median(raw["mask_px"])) / (W * H),
             "brush_rle_len_median": float(np.median(raw["brush_rle_len"])),
+            "ls_route_answer_bytes_median": float(np.median(raw["bytes"])),
+            "brush_encode_ms_in_process": raw["brush_encode_ms"],
         },
         "loadavg_1_5_15_at_start": load_at_start,
         "cache": raw["cache"],

@@ -35,6 +35,7 @@ from tests.integration.test_labelstudio import (  # noqa: F401  (fixtures: label
     label_studio,
     project,
 )
+from tests.polling import wait_until
 
 VIEWPORT = {"width": 1280, "height": 800}
 ARTIFACTS = REPO / "artifacts"
@@ -118,7 +119,7 @@ def test_a_click_with_the_smart_keypoint_tool_shows_samgraphs_mask_in_label_stud
         expected = decode_rle(direct["results"][0]["masks"][0]["rle"])
         assert expected.any() and _iou(in_page, expected) >= 0.999
 
-        # ... and it is drawn: the image's pixels changed where the page paints the region.
+        # ... it is drawn: the image's pixels changed where the page paints the region.
         page.wait_for_timeout(300)  # Konva draws on the next animation frames
         after = _image_pixels(page, box)
         changed = np.abs(after.astype(int) - before.astype(int)).max(axis=2) > 30
@@ -127,6 +128,17 @@ def test_a_click_with_the_smart_keypoint_tool_shows_samgraphs_mask_in_label_stud
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "labelstudio_click.png"
         page.screenshot(path=str(shot))
+
+        # Submitted, the annotation Label Studio stores holds that mask.
+        page.get_by_label("Submit current annotation").click()
+
+        def stored():
+            annotations = _ok(label_studio.api.get(f"/api/tasks/{task['id']}/annotations/"))
+            return annotations[0]["result"] if annotations else None
+
+        (saved,) = [r for r in wait_until(stored, 30, "the submitted annotation") if r["type"] == "brushlabels"]
+        assert saved["value"]["brushlabels"] == ["truck"]
+        assert _iou(brush_mask(saved["value"]["rle"], W, H), expected) >= 0.999
         print(
             f"\nLabel Studio page: click to region {click_s:.2f} s; test {time.monotonic() - t0:.1f} s beyond Label "
             f"Studio's start; refused (off loopback): {sorted(refused)}; screenshot {shot}"
