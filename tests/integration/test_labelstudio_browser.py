@@ -49,6 +49,20 @@ def _image_pixels(page, box: dict) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def _settled_box(locator) -> dict:
+    """The element's bounding box (CSS pixels of the page) once two reads 0.2 s apart agree: the page lays
+    the image out again as its toolbars and label rows appear."""
+    last: list[dict | None] = [None]
+
+    def same():
+        box = locator.bounding_box()
+        settled = box is not None and box["width"] > 0 and box == last[0]
+        last[0] = box
+        return box if settled else None
+
+    return wait_until(same, 10, "the image's layout settles", interval_s=0.2)
+
+
 def test_a_click_with_the_smart_keypoint_tool_shows_samgraphs_mask_in_label_studios_page(
     label_studio,  # noqa: F811  (the imported fixtures)
     project,  # noqa: F811
@@ -78,8 +92,6 @@ def test_a_click_with_the_smart_keypoint_tool_shows_samgraphs_mask_in_label_stud
             "[...document.images].some(i => i.src.startsWith('blob:') && i.complete && i.naturalWidth === 1800)"
         )
         image = page.locator("img[src^='blob:']")
-        box = image.bounding_box()
-        assert box["width"] > 0 and abs(box["width"] / box["height"] - W / H) < 0.01, box
 
         # Auto-Annotation on (the toggle is there because the project has an interactive backend), its
         # suggestions accepted at once; the keypoint control's "truck" label and the smart keypoint tool.
@@ -89,6 +101,8 @@ def test_a_click_with_the_smart_keypoint_tool_shows_samgraphs_mask_in_label_stud
         smart_keypoint = page.locator("button.lsf-tool_smart[aria-label=key-point-tool]")
         smart_keypoint.dispatch_event("click")  # it sits in the Auto-Detect tool's fly-out
         page.wait_for_function("el => el.classList.contains('lsf-tool_active')", arg=smart_keypoint.element_handle())
+        box = _settled_box(image)
+        assert abs(box["width"] / box["height"] - W / H) < 0.01, box
         before = _image_pixels(page, box)
 
         # The click: Label Studio asks samgraph through its own server and puts the answer into the page.
@@ -111,7 +125,7 @@ def test_a_click_with_the_smart_keypoint_tool_shows_samgraphs_mask_in_label_stud
         assert (region["from_name"], region["to_name"], region["value"]["brushlabels"]) == ("tag", "image", ["truck"])
         in_page = brush_mask(region["value"]["rle"], W, H)
         x_px, y_px = keypoint["value"]["x"] / 100 * W, keypoint["value"]["y"] / 100 * H
-        assert abs(x_px - CLICK[0]) < 4 and abs(y_px - CLICK[1]) < 4, (x_px, y_px)
+        assert abs(x_px - CLICK[0]) < 4 and abs(y_px - CLICK[1]) < 4, (x_px, y_px, box)
         photo = base64.b64encode((IMAGES / "truck.jpg").read_bytes()).decode()
         body = {"image": {"base64": photo}, "prompts": [{"points": [[x_px, y_px, 1]]}], "max_masks": 1}
         direct = _ok(client.post("/v1/segment", json=body))
@@ -119,11 +133,13 @@ def test_a_click_with_the_smart_keypoint_tool_shows_samgraphs_mask_in_label_stud
         expected = decode_rle(direct["results"][0]["masks"][0]["rle"])
         assert expected.any() and _iou(in_page, expected) >= 0.999
 
-        # ... it is drawn: the image's pixels changed where the page paints the region.
-        page.wait_for_timeout(300)  # Konva draws on the next animation frames
-        after = _image_pixels(page, box)
-        changed = np.abs(after.astype(int) - before.astype(int)).max(axis=2) > 30
-        assert changed.mean() > 0.2 * in_page.mean(), (changed.mean(), in_page.mean())
+        # ... it is drawn: the image's pixels change where the page paints the region (Konva draws on the
+        # next animation frames).
+        def changed() -> float:
+            after = _image_pixels(page, box)
+            return float((np.abs(after.astype(int) - before.astype(int)).max(axis=2) > 30).mean())
+
+        wait_until(lambda: changed() > 0.2 * in_page.mean(), 10, "the region drawn over the image", interval_s=0.2)
 
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "labelstudio_click.png"
