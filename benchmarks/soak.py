@@ -216,6 +216,8 @@ class Soak:
                 if status == 503:
                     retry_after = min(float(r.headers.get("retry-after", 1)), MAX_RETRY_AFTER_S)
                 error = None if status == 200 else _code(payload) or f"{status}"
+                if stream and status == 200:  # an error after the 200 comes as the stream's last line
+                    error = next((_code(line) or "stream_error" for line in payload if line.get("type") == "error"), None)
                 self.records.append(Record(kind, status, start - self.t0, time.monotonic() - self.t0, {}, error))
             except Exception as e:  # noqa: BLE001 - recorded: a timeout or a dropped connection is a result
                 self.records.append(Record(kind, 0, start - self.t0, time.monotonic() - self.t0, {}, f"{type(e).__name__}: {e}"[:200]))
@@ -515,7 +517,8 @@ def targets(result: dict, ledger: Ledger, listed: list[str] | None) -> dict:
       acknowledged deletes still listed.
     - ``status``: 5xx answers by code, inside and outside the kill windows (a kill to its replacement
       plus 30 s), timeouts (no answer in ``request_timeout_s``), other failed connections, and
-      ``session_lost`` answers.
+      ``session_lost`` answers (a 404, or the error line ending a propagation's stream); ``other_failures``:
+      every other failed answer (4xx, no answer, a client error) by status and code, inside and outside.
     - ``object_store``: bytes used at the baseline, the largest during the load, and after it.
     """
     plan, samples = result["plan"], result["samples"]
@@ -548,17 +551,18 @@ def targets(result: dict, ledger: Ledger, listed: list[str] | None) -> dict:
     windows = [(k["t_s"], k["t_s"] + (k.get("replacement_after_s") or 300) + 30) for k in result["kills"] if "pid" in k]
     in_window = lambda r: any(a <= r["end_s"] and r["start_s"] <= b for a, b in windows)  # noqa: E731
     fivexx: dict[str, dict[str, int]] = {"in_kill_windows": {}, "outside": {}}
+    other: dict[str, dict[str, int]] = {"in_kill_windows": {}, "outside": {}}
     timeouts = conn = lost = 0
     for r in result["records"]:
-        if r["status"] >= 500:
-            where = fivexx["in_kill_windows" if in_window(r) else "outside"]
-            key = f"{r['status']} {r['error']}"
-            where[key] = where.get(key, 0) + 1
-        elif r["status"] == 0:
-            timeouts += "Timeout" in (r["error"] or "")
-            conn += "Timeout" not in (r["error"] or "")
-        elif r["error"] == "session_lost":
-            lost += 1
+        if r["error"] is None:
+            continue
+        where = (fivexx if r["status"] >= 500 else other)["in_kill_windows" if in_window(r) else "outside"]
+        key = f"{r['status']} {r['error'] if r['status'] > 0 else r['error'].split(':')[0]}"
+        where[key] = where.get(key, 0) + 1
+        if r["status"] == 0:
+            timeouts += "Timeout" in r["error"]
+            conn += "Timeout" not in r["error"]
+        lost += r["error"] == "session_lost"
     present = set(listed or [])
     expected = set(ledger.added) - set(ledger.deleted) - set(ledger.delete_unknown)
     store = [s["object_store"]["bytes_used"] for s in samples if s.get("object_store")]
@@ -578,7 +582,14 @@ def targets(result: dict, ledger: Ledger, listed: list[str] | None) -> dict:
             "lost": len(expected - present) if listed is not None else None,
             "deleted_but_listed": len(set(ledger.deleted) & present),
         },
-        "status": {"5xx": fivexx, "5xx_outside_kill_windows": sum(fivexx["outside"].values()), "timeouts": timeouts, "connection_errors": conn, "session_lost": lost},
+        "status": {
+            "5xx": fivexx,
+            "5xx_outside_kill_windows": sum(fivexx["outside"].values()),
+            "other_failures": other,
+            "timeouts": timeouts,
+            "connection_errors": conn,
+            "session_lost": lost,
+        },
         "object_store": {
             "baseline_bytes": store[0] if store else None,
             "max_load_bytes": max(store_load) if store_load else None,
@@ -602,6 +613,7 @@ def print_targets(t: dict) -> None:
     print(f"image cache: baseline {c['baseline']}, load end {c['at_load_end']}, after {c['after']}; within bounds: {c['within_bounds']}")
     print(f"examples: lost {e['lost']}, deleted but listed {e['deleted_but_listed']} (listing ok: {e['listing_ok']})")
     print(f"5xx outside kill windows: {st['5xx']['outside']}; inside: {st['5xx']['in_kill_windows']}")
+    print(f"other failures outside kill windows: {st['other_failures']['outside']}; inside: {st['other_failures']['in_kill_windows']}")
     print(f"timeouts: {st['timeouts']}, connection errors: {st['connection_errors']}, session_lost: {st['session_lost']}")
     mib = lambda b: None if b is None else round(b / MIB, 1)  # noqa: E731
     print(f"object store MiB: baseline {mib(o['baseline_bytes'])}, max in load {mib(o['max_load_bytes'])}, after {mib(o['after_bytes'])}")
