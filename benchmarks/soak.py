@@ -19,7 +19,7 @@ During the load, one replica each of MaskDecoder, Retriever, VideoSegmenter and 
 (SIGKILL of its worker process) at fixed fractions of the run (:data:`KILLS`). Every ``sample_every_s``
 it records per replica RSS (the Ray workers under the `serve run` process, by title), ``/v1/stats``
 (image-cache entries and bytes per decoder replica, open video sessions and their bytes) and the object
-store's use (the raylet's ``store_stats``). After the load it samples until the video sessions are back
+store's use (:class:`ObjectStoreProbe`). After the load it samples until the video sessions are back
 to 0 (at most a TTL plus a margin), then lists the example collection.
 
 Writes ``benchmarks/results/{--name}.json`` and, with matplotlib, ``{--name}.png``; prints the targets
@@ -133,20 +133,29 @@ def replica_rss(root_pid: int) -> dict[str, dict]:
     return out
 
 
-def object_store(root_pid: int) -> dict | None:
-    """The object store's use on the raylet under ``root_pid``: ``{"bytes_used", "bytes_avail",
-    "objects", "spilled_bytes"}``, read with the raylet's ``GetNodeStats`` RPC (what ``ray memory
-    --stats-only`` shows; ``ray._private.internal_api.node_stats``, no driver needed). None where the
-    raylet or the RPC is not found (a private Ray API: it may move between versions)."""
-    try:
-        from ray._private.internal_api import node_stats
+class ObjectStoreProbe:
+    """The object store's use in the local cluster under ``root_pid``, as ``ray memory --stats-only``
+    reads it: the GCS address off the raylet's command line, then the raylets' ``FormatGlobalMemoryInfo``
+    RPC (``ray._private.internal_api``; no driver joins the cluster). A private Ray API: where it fails,
+    :meth:`read` answers None and the soak goes on without this measurement."""
 
-        raylet = next(p for p in psutil.Process(root_pid).children(recursive=True) if title(p).split(" ", 1)[0].endswith("/raylet"))
-        args = dict(a[2:].split("=", 1) for a in raylet.cmdline() if a.startswith("--") and "=" in a)
-        s = node_stats(args["node_ip_address"], int(args["node_manager_port"]), include_memory_info=False).store_stats
-        return {"bytes_used": s.object_store_bytes_used, "bytes_avail": s.object_store_bytes_avail, "objects": s.num_local_objects, "spilled_bytes": s.spilled_bytes_total}
-    except Exception:  # noqa: BLE001 - a measurement that is missing, not a failure of the run
-        return None
+    def __init__(self, root_pid: int) -> None:
+        self.root_pid = root_pid
+        self._state = None
+
+    def read(self) -> dict | None:
+        """``{"bytes_used", "bytes_avail", "objects", "spilled_bytes"}`` over all nodes, or None."""
+        try:
+            from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+            if self._state is None:
+                raylet = next(p for p in psutil.Process(self.root_pid).children(recursive=True) if title(p).split(" ", 1)[0].endswith("/raylet"))
+                gcs = next(a.split("=", 1)[1] for a in raylet.cmdline() if a.startswith("--gcs-address="))
+                self._state = get_state_from_address(gcs)
+            s = get_memory_info_reply(self._state, timeout_seconds=20).store_stats
+            return {"bytes_used": s.object_store_bytes_used, "bytes_avail": s.object_store_bytes_avail, "objects": s.num_local_objects, "spilled_bytes": s.spilled_bytes_total}
+        except Exception:  # noqa: BLE001 - a measurement that is missing, not a failure of the run
+            return None
 
 
 # --- the load ---------------------------------------------------------------------------------------------
@@ -182,6 +191,7 @@ class Soak:
         self.kills: list[dict] = []
         self.sessions: list[dict] = []  # per session: n, kind, start_s, late_s, ok
         self.ledger = Ledger()
+        self.store = ObjectStoreProbe(root_pid)
         self.t0 = time.monotonic()
         self.t_load0: float | None = None
         self.load_end_s: float | None = None
@@ -324,7 +334,7 @@ class Soak:
         """One sample (appended to :attr:`samples`)."""
         t = self.now()
         rss = await asyncio.to_thread(replica_rss, self.root_pid)
-        store = await asyncio.to_thread(object_store, self.root_pid)
+        store = await asyncio.to_thread(self.store.read)
         s: dict = {"t_s": t, "phase": phase, "rss": rss, "object_store": store}
         try:
             r = await http.get("/v1/stats", timeout=60)
@@ -505,7 +515,8 @@ def targets(result: dict, ledger: Ledger, listed: list[str] | None) -> dict:
     """Issue 25's targets from a soak's result (see :meth:`Soak.result`).
 
     - ``rss_slope_pct_per_h``: per replica, the least-squares slope of its RSS over the load samples
-      after ``warmup_s``, as % of its mean RSS per hour (replicas with 3+ such samples); ``max``: the
+      after ``warmup_s`` (from the load's start; for a replacement replica, also from when it was first
+      seen), as % of its mean RSS per hour (replicas with 3+ such samples); ``max``: the
       largest.
     - ``rss_after_vs_warmup``: per replica alive from the warm-up to the end, RSS of the last sample
       after the load over RSS at the first sample after the warm-up; ``max``: the largest ratio.
@@ -524,7 +535,10 @@ def targets(result: dict, ledger: Ledger, listed: list[str] | None) -> dict:
     plan, samples = result["plan"], result["samples"]
     t_warm = result["load_start_s"] + plan["warmup_s"]
     slopes = {}
-    for key, pts in rss_series([s for s in samples if s["t_s"] >= t_warm], ("load",)).items():
+    first_seen = {key: pts[0][0] for key, pts in rss_series(samples, ("baseline", "load")).items()}
+    for key, pts in rss_series(samples, ("load",)).items():
+        # a replacement replica (after a kill) has its own warm-up, from when it was first seen
+        pts = [(t, b) for t, b in pts if t >= max(t_warm, first_seen[key] + plan["warmup_s"])]
         if len(pts) >= 3:
             t_h = np.asarray([t for t, _ in pts]) / 3600.0
             rss = np.asarray([b for _, b in pts], float)

@@ -23,7 +23,7 @@ import asyncio
 import pytest
 
 from benchmarks.loadgen import load_photos
-from benchmarks.soak import SWEEP_S, Soak, SoakPlan, video_frames
+from benchmarks.soak import SWEEP_S, Soak, SoakPlan, print_targets, video_frames
 from tests.conftest import SHARED_DATA, shared_file
 from tests.e2e.conftest import CACHE_ENTRIES, VIDEO
 
@@ -53,6 +53,7 @@ def soak(service) -> Soak:
     shared_file("video", "bedroom", "frames", "00000.jpg")  # skip where ../shared/data is absent
     run = Soak(service.api, service.pid, PLAN, load_photos(SHARED_DATA), video_frames(PLAN.video_frames))
     asyncio.run(run.run())
+    print_targets(run.result()["targets"])  # shown with -s, and with a failure
     return run
 
 
