@@ -326,7 +326,11 @@ class Soak:
             RuntimeError: the example was not stored.
         """
         photo, data = self._image()
-        ok, answer = await self.add_example(http, {"image": {"base64": data}, "box_xyxy": list(photo.box_xyxy), "label": "seed"})
+        for attempt in range(3):  # a service that just came up may still fail a first request
+            ok, answer = await self.add_example(http, {"image": {"base64": data}, "box_xyxy": list(photo.box_xyxy), "label": "seed"})
+            if ok:
+                return
+            await asyncio.sleep(10)
         if not ok:
             raise RuntimeError(f"the seed example was not stored: {self.records[-1]}")
 
@@ -464,6 +468,14 @@ class Soak:
                 "listed": None if self.listed is None else len(self.listed),
             },
             "summary": _summaries(self.records),
+            "sessions_by_kind": {
+                k: {"started": sum(s["kind"] == k for s in self.sessions), "ok": sum(s["ok"] for s in self.sessions if s["kind"] == k)}
+                for k in self.plan.mix
+            },
+            "late_starts": {  # sessions that waited for a slot (the closed-loop cap) past their due time
+                "over_1s": sum(s["late_s"] > 1 for s in self.sessions),
+                "max_s": max((s["late_s"] for s in self.sessions), default=None),
+            },
             "samples": self.samples,
             "sessions": self.sessions,
             "records": [asdict(r) for r in self.records],
