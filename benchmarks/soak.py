@@ -326,7 +326,7 @@ class Soak:
             RuntimeError: the example was not stored.
         """
         photo, data = self._image()
-        for attempt in range(3):  # a service that just came up may still fail a first request
+        for _ in range(3):  # a service that just came up may still fail a first request
             ok, answer = await self.add_example(http, {"image": {"base64": data}, "box_xyxy": list(photo.box_xyxy), "label": "seed"})
             if ok:
                 return
