@@ -68,7 +68,8 @@ class SoakPlan:
 
     Attributes:
         duration_s: seconds of load (sessions start only within it).
-        sessions_per_min: session starts per minute (steady; kinds drawn by :data:`MIX` weights, seeded).
+        sessions_per_min: session starts per minute (steady). Kinds follow a seeded shuffle of ``mix``
+            (each kind as often as its weight), repeated: every kind runs in the first ``sum(mix)``.
         max_in_flight: sessions running at once at most (the closed-loop cap).
         sample_every_s: seconds between samples during the load.
         warmup_s: seconds from the start after which RSS counts for the slope and the "after warm-up" level.
@@ -80,7 +81,7 @@ class SoakPlan:
         request_timeout_s: per request; a request past it is a timeout (status 0).
         collection: the example collection.
         seed: of the kind draw and the clicks.
-        mix: relative weights of the session kinds.
+        mix: relative weights (integers) of the session kinds.
     """
 
     duration_s: float = 3600.0
@@ -104,8 +105,8 @@ class SoakPlan:
         if self.max_in_flight < 1 or self.video_frames < 1 or self.clicks < 0 or self.expire_every < 0:
             raise ValueError("max_in_flight and video_frames must be >= 1, clicks and expire_every >= 0")
         unknown = set(self.mix) - set(MIX)
-        if unknown or not any(self.mix.values()):
-            raise ValueError(f"mix: weights of {sorted(MIX)} (some > 0); got {self.mix}")
+        if unknown or not any(self.mix.values()) or any(not isinstance(w, int) or w < 0 for w in self.mix.values()):
+            raise ValueError(f"mix: integer weights >= 0 of {sorted(MIX)} (some > 0); got {self.mix}")
 
 
 # --- processes and the object store ---------------------------------------------------------------------
@@ -388,9 +389,7 @@ class Soak:
 
         p = self.plan
         limits = httpx.Limits(max_connections=p.max_in_flight + 4)
-        rng = np.random.default_rng(p.seed)
-        kinds = [k for k, w in p.mix.items() if w > 0]
-        weights = np.asarray([p.mix[k] for k in kinds], float)
+        order = [str(k) for k in np.random.default_rng(p.seed).permutation([k for k, w in p.mix.items() for _ in range(w)])]
         async with httpx.AsyncClient(base_url=self.url, timeout=p.request_timeout_s, limits=limits) as http:
             await self.seed_collection(http)
             await self.sample(http, "baseline")
@@ -411,7 +410,7 @@ class Soak:
                 if self.now() >= end:
                     slots.release()
                     break
-                kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+                kind = order[n % len(order)]
                 task = asyncio.create_task(self._session(http, n, kind, due, slots))
                 running.add(task)
                 task.add_done_callback(running.discard)
