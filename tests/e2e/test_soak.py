@@ -3,8 +3,9 @@ e2e package's service (tests/e2e/conftest.py: configs/serve.yaml with random wei
 that expire after 15 s, at most :data:`CACHE_ENTRIES` cached images per decoder replica). It asserts what
 must hold at any length of run:
 
-- every request is answered 200 (so no 5xx and no timeout): nothing is killed here, and at most two
-  sessions run at once, within the tight encoder queue of the service;
+- every request is answered 200 (so no 5xx and no timeout): nothing is killed here, and one session
+  runs at a time, so that with the sampler's ``/v1/stats`` (which asks every stage, the encoder too)
+  at most two calls reach the service's encoder, whose tight queue takes two;
 - every example acknowledged with 200 is listed at the end, and no acknowledged delete is;
 - the video sessions (some closed, some left open) are back to 0 within a TTL plus two sweeps;
 - each decoder replica's image cache stays within its entries and bytes bounds, the video sessions
@@ -29,13 +30,14 @@ from tests.conftest import SHARED_DATA, shared_file
 from tests.e2e.conftest import CACHE_ENTRIES, VIDEO
 
 #: RSS after the load over RSS after the warm-up, per replica, at most 1 + this. Measured on 2 shared
-#: cores in three runs: the largest ratio was (see docs/operations.md, "Soak").
+#: cores (load average 20-50 from other jobs): the largest ratio per run was 1.016 and 1.055 (both
+#: MaskDecoder, whose RSS counts the object-store pages of the features it maps), the others <= 1.02.
 RSS_MARGIN = 0.10
 
 PLAN = SoakPlan(
     duration_s=75.0,
     sessions_per_min=16.0,
-    max_in_flight=2,
+    max_in_flight=1,
     sample_every_s=5.0,
     warmup_s=30.0,
     clicks=4,
