@@ -239,6 +239,8 @@ class Soak:
         raise AssertionError("unreachable")
 
     async def annotate(self, http, n: int) -> bool:
+        """Session ``n`` of kind ``annotate`` (module docstring); True when every answer was 200 (a resend
+        after ``image_not_cached`` included). The other kinds' methods below are alike."""
         photo, data = self._image()
         first, *clicks = click_points(photo, self.plan.clicks + 1, seed=self.plan.seed + n)
         status, body = await self.call(http, "upload", "POST", "/v1/segment", {"image": {"base64": data}, "prompts": [{"points": first}], "mask_format": "none"})
@@ -255,11 +257,13 @@ class Soak:
         return True
 
     async def fresh(self, http, n: int) -> bool:
+        """One new image with its box."""
         photo, data = self._image()
         status, _ = await self.call(http, "fresh", "POST", "/v1/segment", {"image": {"base64": data}, "prompts": [{"box_xyxy": list(photo.box_xyxy)}]})
         return status == 200
 
     async def predict(self, http, n: int) -> bool:
+        """/v1/predict of a new image on the soak's collection (an 8x8 grid, 4 instances at most)."""
         _, data = self._image()
         body = {"image": {"base64": data}, "collection": self.plan.collection, "max_instances": 4, "amg": {"points_per_side": 8}, "mask_format": "none"}
         status, _ = await self.call(http, "predict", "POST", "/v1/predict", body)
@@ -273,6 +277,7 @@ class Soak:
         return status == 200, answer
 
     async def examples(self, http, n: int) -> bool:
+        """Two examples from one new image (the second by ``image_id``), then the second deleted."""
         photo, data = self._image()
         x0, y0, x1, y1 = photo.box_xyxy
         ok, first = await self.add_example(http, {"image": {"base64": data}, "box_xyxy": [x0, y0, x1, y1], "label": f"label{n % 3}"})
@@ -291,6 +296,7 @@ class Soak:
         return status == 200
 
     async def video(self, http, n: int) -> bool:
+        """A video session: open, a box on frame 0, propagate every frame, close (or leave it to expire)."""
         video_n, self._n_video = self._n_video, self._n_video + 1
         status, opened = await self.call(http, "video_open", "POST", "/v1/video/sessions", {"frames": self.frames})
         if status != 200:
