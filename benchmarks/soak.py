@@ -536,7 +536,9 @@ def targets(result: dict, ledger: Ledger, listed: list[str] | None) -> dict:
       seen), as % of its mean RSS per hour (replicas with 3+ such samples); ``max``: the
       largest.
     - ``rss_after_vs_warmup``: per replica alive from the warm-up to the end, RSS of the last sample
-      after the load over RSS at the first sample after the warm-up; ``max``: the largest ratio.
+      after the load over its level after the warm-up: the median of its load samples from ``warmup_s``
+      on (one sample would catch transients: a /v1/predict's decoder batch takes ~27 MB a click);
+      ``max``: the largest ratio.
     - ``sessions``: open video sessions at the end of the load and after it, and seconds from the load's
       end until they were 0 (None: not within the cool-down).
     - ``cache``: image-cache bytes and entries at the baseline, the end of the load and after it, and
@@ -561,13 +563,14 @@ def targets(result: dict, ledger: Ledger, listed: list[str] | None) -> dict:
             rss = np.asarray([b for _, b in pts], float)
             slope = float(np.polyfit(t_h, rss, 1)[0])
             slopes[key] = {"pct_per_h": 100.0 * slope / rss.mean(), "mean_mib": rss.mean() / MIB, "samples": len(pts)}
-    warm = next((s for s in samples if s["phase"] == "load" and s["t_s"] >= t_warm), None)
     last = samples[-1]
     ratios = {}
-    if warm is not None and last["phase"] == "after":
-        for key, r in warm["rss"].items():
+    if last["phase"] == "after":
+        for key, pts in rss_series([s for s in samples if s["t_s"] >= t_warm], ("load",)).items():
             if key in last["rss"]:
-                ratios[key] = {"warmup_mib": r["rss_bytes"] / MIB, "after_mib": last["rss"][key]["rss_bytes"] / MIB, "ratio": last["rss"][key]["rss_bytes"] / r["rss_bytes"]}
+                level = float(np.median([b for _, b in pts]))
+                after = last["rss"][key]["rss_bytes"]
+                ratios[key] = {"warmup_mib": level / MIB, "after_mib": after / MIB, "ratio": after / level, "samples": len(pts)}
 
     load = [s for s in samples if s["phase"] == "load"]
     end_load = load[-1] if load else None
