@@ -7,7 +7,8 @@ relative to Label Studio's host, or absolute on that host), fetched with ``Autho
 any other public ``http(s)`` URL, fetched without credentials, or a ``data:`` URL (base64). Label Studio's
 host and token come from ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` on the ingress's nodes, or else
 from what Label Studio sent in the project's ``/setup`` (``hostname``, ``access_token``), remembered per
-project in the replica that answered it.
+project in the replica that answered it, with the project's backend options (``extra_params``: the model
+and the collection, :class:`serve_app.labelstudio.BackendOptions`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from serve_app.ingress.errors import ApiError
+from serve_app.labelstudio import BackendOptions
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ class _Lru:
 
 
 class TaskImages:
-    """Fetches task images and remembers each URL's ``image_id`` (bounded, LRU).
+    """Fetches task images and remembers each URL's ``image_id`` (bounded, LRU), and what each project's
+    ``/setup`` said (its Label Studio host and token, its backend options).
 
     Args:
         max_bytes: an image over this many bytes is refused (413).
@@ -96,12 +99,22 @@ class TaskImages:
         self.timeout_s = timeout_s
         self.ids = _Lru(max_entries)
         self.hosts = _Lru(max_entries)
+        self.project_options = _Lru(max_entries)
         self.env_host = LabelStudioHost.from_env(environ)
 
-    def remember_setup(self, project: str, hostname: str | None, token: str | None) -> None:
-        """What a project's ``/setup`` said about its Label Studio (used when the environment names none)."""
+    def remember_setup(
+        self, project: str, hostname: str | None, token: str | None, options: BackendOptions | None = None
+    ) -> None:
+        """What a project's ``/setup`` said: its Label Studio (used when the environment names none) and its
+        backend options (``extra_params``)."""
         if hostname:
             self.hosts.put(project_id(project), LabelStudioHost(hostname.rstrip("/"), token or None))
+        if project:
+            self.project_options.put(project_id(project), options or BackendOptions())
+
+    def options(self, project: str | None) -> BackendOptions:
+        """The backend options of a project's last ``/setup`` here (none remembered: the defaults)."""
+        return (self.project_options.get(project_id(project)) if project else None) or BackendOptions()
 
     def host(self, project: str | None) -> LabelStudioHost | None:
         """The Label Studio of a project: the environment's, else the one its ``/setup`` named."""
