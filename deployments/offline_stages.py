@@ -287,10 +287,13 @@ class DecodeMasks(_Stage):
         score_thresh: float = 0.5,
     ) -> None:
         from models.amg import AmgSettings
+        from models.registry import family_of
         from models.segmenter import ConceptPrompt
 
         if classes and amg is not None:
             raise ValueError("classes and amg: one decode mode per run")
+        if classes and not family_of(model_id).capabilities.concept_prompts:
+            raise ValueError(f"classes: {model_id} takes no concept prompts (a SAM 3 model does)")
 
         accel = {**(accel or {}), "tensorrt": False}
         accel_settings(accel)  # ValueError now for a bad setting
@@ -301,8 +304,6 @@ class DecodeMasks(_Stage):
         warm_up("decode", self.decoder, settings)
         self.amg = AmgSettings(**amg) if amg is not None else None
         self.max_instances = max_instances
-        if classes and not loaded.family.capabilities.concept_prompts:
-            raise ValueError(f"classes: {model_id} takes no concept prompts (a SAM 3 model does)")
         self.classes = list(classes or [])
         self.concepts = tuple(ConceptPrompt(c, None, None, score_thresh, max_instances) for c in self.classes)
 
