@@ -283,8 +283,8 @@ async def interactive(
         ctx.require(model, "concept_prompts", "params.context")
         prompts += [{"text": t} for t in click.texts]
     polygons = control.tag == "PolygonLabels"
-    body = {"prompts": prompts, "max_masks": 1, "mask_format": "polygon" if polygons else "rle"}
-    body["model_id"] = model.model_id
+    body = {"model_id": model.model_id, "prompts": prompts, "max_masks": 1}
+    body["mask_format"] = "polygon" if polygons else "rle"
 
     async def call(image_id, data):
         req = _validated(SegmentRequest, {**body, "image_id": image_id})
