@@ -15,9 +15,9 @@ import sys
 def cmd_prelabel(args: argparse.Namespace) -> int:
     """Run the job; print its counts (and the summary as JSON with ``--json``). Exit 1 on an error before
     or during the run, 0 otherwise (tasks that failed are listed, with their reasons)."""
-    from serve_app.ingress.task_images import LabelStudioHost
     from serve_app.offline.cli import batch_settings
     from serve_app.offline.labelstudio import LabelStudioError, run_prelabel, summary_json, summary_text
+    from serve_app.task_images import LabelStudioHost
 
     url = (args.url or os.environ.get("LABEL_STUDIO_URL") or "").strip().rstrip("/")
     token = args.api_key or os.environ.get("LABEL_STUDIO_API_KEY") or None

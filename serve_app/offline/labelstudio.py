@@ -16,7 +16,7 @@ or polygons (``PolygonLabels``), with their score, and every prediction has ``mo
 Studio skips them, unless ``overwrite`` (then the old ones are deleted once the new one is stored).
 
 Label Studio is reached with ``Authorization: Token <legacy token>``
-(:class:`serve_app.ingress.task_images.LabelStudioHost`, from ``LABEL_STUDIO_URL`` and
+(:class:`serve_app.task_images.LabelStudioHost`, from ``LABEL_STUDIO_URL`` and
 ``LABEL_STUDIO_API_KEY`` or the command's flags).
 """
 
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from serve_app.ingress.task_images import LabelStudioHost
 from serve_app.labelstudio import LabelConfig, instances_prediction, model_version, parse_label_config
 from serve_app.offline.inputs import BatchInput, BatchPlan
 from serve_app.offline.pipeline import BatchArgs, build_dataset, iter_finished, prepare_run, ray_session
+from serve_app.task_images import LabelStudioHost
 
 log = logging.getLogger("samgraph.labelstudio")
 
@@ -118,7 +118,7 @@ class LabelStudioApi:
 class TaskImageReader:
     """The load stage's ``read``: a task row's image bytes, fetched from its URL (``row["path"]``: Label
     Studio's own ``/data/...`` path, an absolute URL or a ``data:`` URL) as the service's Label Studio
-    backend fetches it (:class:`serve_app.ingress.task_images.TaskImages`). Pickled to the load workers.
+    backend fetches it (:class:`serve_app.task_images.TaskImages`). Pickled to the load workers.
 
     Attributes:
         host: Label Studio's base URL and token.
@@ -131,7 +131,7 @@ class TaskImageReader:
     timeout_s: float = 60.0
 
     def __call__(self, row: dict) -> bytes:
-        from serve_app.ingress.task_images import TaskImages
+        from serve_app.task_images import TaskImages
 
         images = TaskImages(self.max_bytes, max_entries=1, timeout_s=self.timeout_s, environ={})
         return asyncio.run(images.fetch(str(row["path"]), self.host))

@@ -254,8 +254,8 @@ def test_the_stages_find_every_instance_of_the_classes_on_sam3_from_a_fetched_im
     from deployments.runtime.model_weights import load_model
     from deployments.runtime.weights import WeightsSource
     from models.segmenter import ConceptPrompt, ConceptRequest
-    from serve_app.ingress.task_images import LabelStudioHost
     from serve_app.offline.labelstudio import TaskImageReader
+    from serve_app.task_images import LabelStudioHost
     from tests.conftest import SEED
     from tests.family_weights import write_sam3_tiny_checkpoint
 

@@ -10,8 +10,6 @@ import pytest
 
 from models.polygons import mask_to_polygons, polygons_to_mask
 from serve_app.ingress.access import _bearer, is_protected
-from serve_app.ingress.errors import ApiError
-from serve_app.ingress.task_images import LabelStudioHost, TaskImages, project_id
 from serve_app.labelstudio import (
     BackendOptions,
     brush_mask,
@@ -23,6 +21,7 @@ from serve_app.labelstudio import (
     polygon_results,
     prediction,
 )
+from serve_app.task_images import ImageUnavailable, LabelStudioHost, TaskImages, project_id
 
 CONFIG = """
 <View>
@@ -153,9 +152,9 @@ def test_task_image_urls_resolve_against_label_studio_with_its_token():
         {"Authorization": "Token tok"},
     )
     assert images.resolve("https://example.org/a.jpg", host) == ("https://example.org/a.jpg", {})
-    with pytest.raises(ApiError, match="LABEL_STUDIO_URL"):
+    with pytest.raises(ImageUnavailable, match="LABEL_STUDIO_URL"):
         images.resolve("/data/upload/3/a.jpg", None)
-    with pytest.raises(ApiError, match="scheme 'file'"):
+    with pytest.raises(ImageUnavailable, match="scheme 'file'"):
         images.resolve("file:///etc/passwd", host)
     env = TaskImages(100, environ={"LABEL_STUDIO_URL": "http://ls:1/", "LABEL_STUDIO_API_KEY": "k"})
     assert env.host("3.1") == LabelStudioHost("http://ls:1", "k")  # the environment wins over setup

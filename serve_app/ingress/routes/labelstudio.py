@@ -20,7 +20,7 @@ The four routes answer as Label Studio's own SDK (``label-studio-ml-backend``'s 
   what ``/v1/predict`` does (:func:`serve_app.ingress.routes.predict.predict_image`).
 - ``POST /webhook``: accepted and answered 200 (samgraph does not train on annotations).
 
-A task's image is fetched once per ingress replica (:class:`serve_app.ingress.task_images.TaskImages`
+A task's image is fetched once per ingress replica (:class:`serve_app.task_images.TaskImages`
 remembers its ``image_id``); later calls name the image by id, so its owner answers from its cache
 without encoding it again. With API keys set, these routes need one: Label Studio's *basic auth* for ML
 backends sends it as the password (:mod:`serve_app.ingress.access`).
@@ -42,7 +42,6 @@ from serve_app.ingress.openapi import DescribedRouter
 from serve_app.ingress.routes.predict import predict_image
 from serve_app.ingress.routes.segment import segment_image
 from serve_app.ingress.schemas import PredictRequest, SegmentRequest
-from serve_app.ingress.task_images import LabelStudioHost
 from serve_app.labelstudio import (
     BackendOptions,
     Interaction,
@@ -55,6 +54,7 @@ from serve_app.labelstudio import (
     parse_label_config,
     prediction,
 )
+from serve_app.task_images import LabelStudioHost
 
 router = DescribedRouter()
 
