@@ -13,11 +13,12 @@ The labelling stages (fade, embed, retrieve) are in :mod:`deployments.offline_la
 An image's state travels as one :class:`Item` (column ``item``). Its keys, in the order the stages add
 them::
 
-    path, image_id, anns                              input (anns: the image's COCO annotations, JSON)
+    path, image_id, anns                              input (anns: the image's COCO annotations, JSON; path: a
+                                                      file, or what the load stage's ``read`` fetches)
     error, width, height, image, prompts,             LoadImages     (prompts: dicts with ann_id, category_id;
       prompt_specs, multimask, examples                              prompt_specs: their PromptSpecs)
     features                                          EncodeImages   (dropped by DecodeMasks)
-    instances                                         DecodeMasks
+    instances                                         DecodeMasks    (with label, confidence for concept classes)
     crops, example_crops                              FadeCrops      (image dropped here)
     embeddings, example_embeddings, embedder          EmbedCrops     (crops dropped here; embedder: its identity)
     instances[i].label/confidence/neighbors, added    RetrieveLabels (embeddings dropped unless kept)
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +130,9 @@ class LoadImages:
         with_examples: also decode every non-crowd annotation's mask into ``examples`` (``--add-examples``).
         categories: COCO category id -> name, for the examples' labels.
         max_image_pixels: larger images are reported as errors (the service's limit).
+        read: ``row -> bytes`` of the row's image (e.g. a fetch of ``row["path"]`` as a URL; it is pickled to
+            the stage's workers), or None to read ``row["path"]`` as a file. What it raises makes the row an
+            error row, with its ``message`` attribute (or its text) as the reason.
 
     Each image's prompts are validated by :func:`prompt_specs` into the row's ``prompt_specs`` (one
     :class:`models.prompts.PromptSpec` per prompt) and ``multimask``; a prompt it refuses makes the image
@@ -143,12 +148,14 @@ class LoadImages:
         with_examples: bool,
         categories: dict[int, str],
         max_image_pixels: int,
+        read: Callable[[dict], bytes] | None = None,
     ) -> None:
         if prompts not in PROMPT_MODES:
             raise ValueError(f"prompts must be one of {', '.join(PROMPT_MODES)}; got {prompts!r}")
         self.prompts, self.with_examples = prompts, with_examples
         self.categories = {int(k): v for k, v in categories.items()}
         self.max_image_pixels = max_image_pixels
+        self.read = read
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = list(batch)
@@ -171,7 +178,8 @@ class LoadImages:
         from deployments.runtime.images import decode_image
         from models.masks import decode_rle, interior_point, segmentation_to_rle
 
-        image = decode_image(Path(row["path"]).read_bytes(), self.max_image_pixels)
+        data = self.read(row) if self.read is not None else Path(row["path"]).read_bytes()
+        image = decode_image(data, self.max_image_pixels)
         h, w = image.shape[:2]
         all_anns = json.loads(row["anns"])
         anns = [a for a in all_anns if not a.get("iscrowd", 0)]
@@ -236,20 +244,30 @@ class EncodeImages(_Stage):
 
 
 class DecodeMasks(_Stage):
-    """Masks for each image's prompts (best ``predicted_iou`` per prompt) or its automatic masks.
+    """Masks for each image's prompts (best ``predicted_iou`` per prompt), its automatic masks, or every
+    instance of a class vocabulary (concept prompts, on a family that takes them: SAM 3).
 
     The prompt path is ``/v1/segment``'s: the rows' ``prompt_specs`` (:class:`models.prompts.PromptSpec`,
     validated in the load stage) with their ``multimask`` flags (a lone point is multimask, a box is not);
     every prompt of every image in the batch runs through one ``predict_batch`` call of the family's decoder. The
     automatic path is ``/v1/predict``'s: :func:`models.amg.generate_masks`, best ``max_instances`` kept.
+    The classes path is ``/v1/predict``'s ``classes``: one concept prompt per class name, every image of
+    the batch in one ``segment_concepts`` call.
 
     Args:
         model_id, weights, device, torch_threads, accel, runtime: as :class:`deployments.decoder.MaskDecoder`.
         amg: :class:`models.amg.AmgSettings` fields, or None for prompt modes.
-        max_instances: automatic masks kept per image.
+        max_instances: automatic masks kept per image; with ``classes``, instances kept per class.
+        classes: class names (concept prompts), or None; not with ``amg``.
+        score_thresh: with ``classes``, keep instances scoring at least this (0..1).
 
     Each instance: ``{"rle", "area_px", "bbox_xyxy", "predicted_iou", "stability_score", "ann_id",
-    "category_id"}`` (the last two from the prompting annotation; None for automatic masks).
+    "category_id"}`` (the last two from the prompting annotation; None for automatic masks and classes);
+    a class instance also has ``label`` (its class), ``confidence`` and ``predicted_iou`` (the model's
+    score) and ``label_source: "classes"``, as ``/v1/predict``'s.
+
+    Raises:
+        ValueError: ``classes`` with ``amg``, or on a family without concept prompts.
     """
 
     name = "decode"
@@ -265,8 +283,17 @@ class DecodeMasks(_Stage):
         amg: dict | None = None,
         max_instances: int = 20,
         runtime: dict | None = None,
+        classes: list[str] | None = None,
+        score_thresh: float = 0.5,
     ) -> None:
         from models.amg import AmgSettings
+        from models.registry import family_of
+        from models.segmenter import ConceptPrompt
+
+        if classes and amg is not None:
+            raise ValueError("classes and amg: one decode mode per run")
+        if classes and not family_of(model_id).capabilities.concept_prompts:
+            raise ValueError(f"classes: {model_id} takes no concept prompts (a SAM 3 model does)")
 
         accel = {**(accel or {}), "tensorrt": False}
         accel_settings(accel)  # ValueError now for a bad setting
@@ -277,8 +304,13 @@ class DecodeMasks(_Stage):
         warm_up("decode", self.decoder, settings)
         self.amg = AmgSettings(**amg) if amg is not None else None
         self.max_instances = max_instances
+        self.classes = list(classes or [])
+        self.concepts = tuple(ConceptPrompt(c, None, None, score_thresh, max_instances) for c in self.classes)
 
     def _process(self, rows: list[dict]) -> None:
+        if self.concepts:
+            self._concepts(rows)
+            return
         if self.amg is not None:
             from models.amg import generate_masks
 
@@ -318,3 +350,28 @@ class DecodeMasks(_Stage):
                         "category_id": prompt["category_id"],
                     }
                 )
+
+    def _concepts(self, rows: list[dict]) -> None:
+        from models.masks import encode_masks
+        from models.segmenter import ConceptRequest
+
+        found = self.decoder.segment_concepts([ConceptRequest(r["features"], self.concepts) for r in rows])
+        assert len(found) == len(rows)
+        for r, per_class in zip(rows, found):
+            named = []
+            for name, pred in zip(self.classes, per_class):
+                for enc, score in zip(encode_masks(pred.masks, "rle"), pred.scores):
+                    score = float(score)
+                    named.append(
+                        {
+                            **enc,
+                            "predicted_iou": score,
+                            "stability_score": score,
+                            "ann_id": None,
+                            "category_id": None,
+                            "label": name,
+                            "confidence": score,
+                            "label_source": "classes",
+                        }
+                    )
+            r["instances"] = sorted(named, key=lambda i: -i["confidence"])

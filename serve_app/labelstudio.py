@@ -13,8 +13,11 @@ Coordinates: Label Studio gives and takes region coordinates in percent of the i
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -266,6 +269,110 @@ def polygon_results(
         out.append(_region(control, "polygonlabels", {"points": points, "polygonlabels": [label], "closed": True},
                            width, height, score))
     return out
+
+
+def model_version(model_id: str) -> str:
+    """The ``model_version`` of every prediction samgraph makes: ``samgraph-<model_id>`` (Label Studio skips
+    tasks that already hold a prediction of this version)."""
+    return f"samgraph-{model_id}"
+
+
+def mask_regions(record: dict, control: Control, label: str, width: int, height: int, score: float) -> list[dict]:
+    """A samgraph mask record as Label Studio regions of ``control``: one ``brushlabels`` region, or one
+    ``polygonlabels`` region per part of the mask for a ``PolygonLabels`` control.
+
+    Args:
+        record: a mask of ``/v1/segment`` or ``/v1/predict`` (or of the offline pipeline): ``rle`` (COCO RLE
+            of the original image) and/or ``polygons`` (pixel rings of the original image). A polygon control
+            without ``polygons`` gets them from the RLE (``/v1/predict``'s ``polygon`` mask format).
+        control: the mask control (:attr:`LabelConfig.mask_control`).
+        label: the regions' label.
+        width, height: the image size, pixels.
+        score: the regions' score in [0, 1].
+    """
+    from models.masks import decode_rle, mask_format_fields
+
+    if control.tag == "PolygonLabels":
+        polygons = record.get("polygons")
+        if polygons is None:
+            polygons = mask_format_fields(decode_rle(record["rle"]), "polygon")["polygons"]
+        return polygon_results(polygons, control, label, width, height, score)
+    return [brush_result(decode_rle(record["rle"]), control, label, score)]
+
+
+def instances_prediction(
+    instances: Iterable[dict], config: LabelConfig, width: int, height: int, model_id: str
+) -> dict:
+    """One task's whole-image prediction (no click) from labelled instances: every instance whose label is
+    one of the config's label names, as regions of its mask control scored by the instance's
+    ``confidence`` (clamped to [0, 1]); instances with another label or none are left out.
+
+    The online route (``/predict`` without a context) and ``samgraph labelstudio prelabel`` both build
+    their predictions here, from ``/v1/predict``'s instances or the offline pipeline's.
+
+    Args:
+        instances: ``{"label", "confidence", "rle" and/or "polygons"}`` records (``/v1/predict``'s
+            ``instances``: by the few-shot vote, or the SAM 3 classes).
+        config: the project's label config.
+        width, height: the image size, pixels.
+        model_id: the model that made them (``model_version`` ``samgraph-<model_id>``).
+    """
+    names = set(config.label_names)
+    control = config.mask_control
+    results = []
+    for inst in instances:
+        if inst.get("label") not in names:
+            continue
+        score = min(1.0, max(0.0, float(inst.get("confidence") or 0.0)))
+        results += mask_regions(inst, control, inst["label"], width, height, score)
+    return prediction(results, model_version(model_id))
+
+
+#: What a project's ML backend connection may set in Label Studio's *Extra params* (``/setup``'s
+#: ``extra_params``): the served model that answers, and the collection of few-shot examples that labels.
+BACKEND_OPTIONS = ("model_id", "collection")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """A project's choices for the backend (from Label Studio's *Extra params*).
+
+    Attributes:
+        model_id: the served model that answers (None: the service's default model).
+        collection: the collection whose few-shot examples label whole-task pre-labelling on models without
+            concept prompts (None: ``default``).
+    """
+
+    model_id: str | None = None
+    collection: str | None = None
+
+
+def parse_extra_params(extra: dict | str | None) -> BackendOptions:
+    """``/setup``'s ``extra_params`` (a JSON object, or its text as Label Studio's form keeps it) ->
+    :class:`BackendOptions`.
+
+    Raises:
+        ValueError: not a JSON object, a key outside :data:`BACKEND_OPTIONS`, or a value that is not a name
+            of 1-64 characters of ``[A-Za-z0-9_.-]``.
+    """
+    if extra is None or extra == "" or extra == {}:
+        return BackendOptions()
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except ValueError:
+            raise ValueError('extra_params: not valid JSON; give an object such as {"collection": "mine"}') from None
+    if not isinstance(extra, dict):
+        raise ValueError("extra_params: must be a JSON object")
+    unknown = sorted(set(extra) - set(BACKEND_OPTIONS))
+    if unknown:
+        known = ", ".join(BACKEND_OPTIONS)
+        raise ValueError(f"extra_params: unknown key(s) {', '.join(unknown)} (samgraph reads {known})")
+    for key, value in extra.items():
+        if value is not None and (not isinstance(value, str) or not _NAME.fullmatch(value)):
+            raise ValueError(f"extra_params.{key}: must be a name of 1-64 characters of A-Z, a-z, 0-9, _, . or -")
+    return BackendOptions(extra.get("model_id"), extra.get("collection"))
 
 
 def prediction(results: list[dict], model_version: str) -> dict:

@@ -491,11 +491,13 @@ def make_parser() -> argparse.ArgumentParser:
     lst.add_argument("--collection", default="default")
     add_file_commands(exsub, _api_args, _client, _fail)
 
+    from serve_app.cli import labelstudio
     from serve_app.cli.video_session import add_command
     from serve_app.offline.cli import add_commands
 
     add_command(sub, _api_args)
     add_commands(sub)
+    labelstudio.add_command(sub)
     return p
 
 

@@ -32,9 +32,9 @@ from serve_app.ingress.http import log
 from serve_app.ingress.image_cache import ImageOwners
 from serve_app.ingress.metrics import IngressMetrics
 from serve_app.ingress.schemas import FadeIn
-from serve_app.ingress.task_images import TaskImages
 from serve_app.ingress.video_sessions import VideoSessions
 from serve_app.settings import amg_settings, fade_settings
+from serve_app.task_images import TaskImages
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 
-def _settings(args: argparse.Namespace):
+def batch_settings(args: argparse.Namespace):
+    """The run's :class:`BatchArgs`: ``--set`` overrides, then the weight, store and model flags given."""
     from serve_app.offline.pipeline import load_batch_args
 
     sets = list(args.set or [])
@@ -24,6 +25,7 @@ def _settings(args: argparse.Namespace):
         ("seed", "seed"),
         ("clip_weights", "clip.weights"),
         ("store", "retriever.path"),
+        ("model", "model_id"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -43,7 +45,7 @@ def _run(
     from serve_app.offline.inputs import list_inputs, plan_run
     from serve_app.offline.pipeline import run_batch
 
-    settings = _settings(args)
+    settings = batch_settings(args)
     data = list_inputs(source, args.images, args.limit)
     plan = plan_run(data, prompts, predict, add_examples, args.collection, embeddings)
     print(
@@ -126,7 +128,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(c: argparse.ArgumentParser) -> None:
+def add_run_args(c: argparse.ArgumentParser) -> None:
+    """The flags every offline command takes: images, limit, weights, ``--set``, Ray address, quiet."""
     c.add_argument("--images", help="folder of the images of a COCO file (default: next to it, e.g. val2017/)")
     c.add_argument("--limit", type=int, help="only the first N images")
     c.add_argument(
@@ -173,7 +176,7 @@ def add_commands(sub) -> None:
     b.add_argument(
         "--embeddings", action="store_true", help="also write each instance's CLIP embedding to the Parquet file"
     )
-    _common(b)
+    add_run_args(b)
     b.set_defaults(func=cmd_batch)
 
     e = sub.add_parser("eval", help="mask quality against COCO ground truth (mIoU by area and category, COCOeval AP)")
@@ -182,6 +185,6 @@ def add_commands(sub) -> None:
     e.add_argument("--output", help="report JSON (default: report.json in the work dir)")
     e.add_argument("--plot", help="PNG of mIoU by area range (default: the report's name with .png)")
     e.add_argument("--work-dir", help="keep the batch outputs here (default: a temp dir)")
-    _common(e)
+    add_run_args(e)
     e.set_defaults(func=cmd_eval)
 

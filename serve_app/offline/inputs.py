@@ -119,6 +119,9 @@ class BatchPlan:
     add_examples: bool
     collection: str
     embeddings: bool
+    #: Class names to find every instance of by concept prompts (a SAM 3 model; ``samgraph labelstudio
+    #: prelabel``), instead of automatic masks.
+    classes: tuple[str, ...] = ()
 
 
 def plan_run(

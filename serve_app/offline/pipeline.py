@@ -14,11 +14,12 @@ they arrive (:mod:`serve_app.offline.writer`). The inputs and the checked flags 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -78,8 +79,8 @@ class BatchArgs(ModelWeightsArgs):
     Model, weights, fade and automatic-mask settings mean what they mean in
     :class:`serve_app.config.AppArgs`, so the masks and labels equal the online service's for the same
     settings. The defaults are ``configs/serve.yaml``'s (automatic masks on its 16x16 grid); ``top_k``,
-    ``min_score`` and ``max_instances`` default as in ``/v1/predict``. Stage defaults fit a 2-core machine
-    (their CPUs add up to 2.0).
+    ``min_score``, ``max_instances`` and ``score_thresh`` (concept classes) default as in ``/v1/predict``.
+    Stage defaults fit a 2-core machine (their CPUs add up to 2.0).
     """
 
     clip: ClipModelArgs = ClipModelArgs()
@@ -87,6 +88,7 @@ class BatchArgs(ModelWeightsArgs):
     fader: FaderArgs = FaderArgs()
     amg: AmgDefaults = AmgDefaults(points_per_side=16)
     max_image_pixels: int = Field(default=50_000_000, ge=1)
+    score_thresh: float = Field(default=0.5, ge=0, le=1)
     object_store_mb: int = Field(default=2048, ge=64)
     load: StageResources = StageResources(batch_size=4, num_cpus=0.25)
     encode: EncodeResources = EncodeResources(batch_size=1, num_cpus=1.0, torch_threads=2)
@@ -145,7 +147,15 @@ def load_batch_args(overrides: list[str]) -> BatchArgs:
         raise ValueError(f"invalid batch settings: {errs}") from None
 
 
-def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: dict, clip_weights: dict, store: dict):
+def build_dataset(
+    data: BatchInput,
+    plan: BatchPlan,
+    args: BatchArgs,
+    weights: dict,
+    clip_weights: dict,
+    store: dict,
+    read: Callable[[dict], bytes] | None = None,
+):
     """The Ray Data pipeline of ``plan`` (lazy: nothing runs until it is iterated).
 
     The load stage validates every image's prompts as ``/v1/segment`` validates its own
@@ -159,6 +169,8 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
         weights: SAM 2 weights source fields ``{"kind", "checkpoint", "seed"}``.
         clip_weights: CLIP weights source fields ``{"kind", "checkpoint", "seed"}``.
         store: :class:`deployments.runtime.vectorstore.ExampleStore` keyword arguments (empty without retrieval).
+        read: the load stage's ``row -> bytes`` (e.g. a fetch of a URL), or None to read ``row["path"]`` as a
+            file (:class:`deployments.offline_stages.LoadImages`).
 
     Returns:
         A ``ray.data.Dataset`` with one ``item`` column (:class:`deployments.offline_stages.Item`), one row per image.
@@ -189,6 +201,7 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
         with_examples=plan.add_examples,
         categories=data.categories,
         max_image_pixels=args.max_image_pixels,
+        read=read,
     )
     ds = add(
         ds,
@@ -201,7 +214,7 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
         accel=args.encode.accel(),
         runtime=args.encode.runtime_settings(args.export_dir),
     )
-    amg = args.amg.model_dump() if plan.prompts == "auto" else None
+    amg = args.amg.model_dump() if plan.prompts == "auto" and not plan.classes else None
     ds = add(
         ds,
         "decode",
@@ -214,6 +227,8 @@ def build_dataset(data: BatchInput, plan: BatchPlan, args: BatchArgs, weights: d
         runtime=args.decode.runtime_settings(args.export_dir),
         amg=amg,
         max_instances=args.max_instances,
+        classes=list(plan.classes) or None,
+        score_thresh=args.score_thresh,
     )
     if plan.predict or plan.add_examples or plan.embeddings:
         crop = {"context_margin": args.fader.context_margin, "output_size": args.fader.output_size}
@@ -302,40 +317,16 @@ def run_batch(
         StoreError, UnknownCollection: the examples store cannot be opened, or ``--predict`` names a
             collection that does not exist.
     """
-    import ray
-    from ray.data import DataContext
-
-    from deployments.errors import UnknownCollection
-    from deployments.runtime.vectorstore import ExampleStore
-    from serve_app.preflight import preflight
-
-    retrieves = plan.predict or plan.add_examples
-    ready = preflight(args, clip=bool(retrieves or plan.embeddings), store=bool(retrieves))
-    weights, store = ready.model.as_dict(), ready.store
-    if plan.predict:
-        with ExampleStore(**store) as s:  # embedded mode: closed again before the retrieve stage opens it
-            if plan.collection not in s.collections():
-                raise UnknownCollection(plan.collection)
-
-    started_here = False
-    if not ray.is_initialized():
-        target = address or os.environ.get("RAY_ADDRESS")
-        local = not target or target == "local"  # a new Ray on this machine, sized here
-        kwargs = {"object_store_memory": args.object_store_mb * 2**20, "include_dashboard": False} if local else {}
-        ray.init(address=address, log_to_driver=False, **kwargs)
-        started_here = True
-    ctx = DataContext.get_current()
-    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-        object_store_memory=args.object_store_mb * 2**20
-    )
-    ctx.enable_progress_bars = progress
+    ready = prepare_run(plan, args)
     summary = BatchSummary(failed=[{"path": p, "error": why} for p, why in data.skipped])
     writer = ResultWriter(out_dir, with_embeddings=plan.embeddings, categories=data.categories)
     t0 = time.perf_counter()
     ok = False
     try:
-        if data.items:
-            for row in iter_finished(build_dataset(data, plan, args, weights, ready.clip.as_dict(), store), progress):
+        with ray_session(args, address, progress):
+            t0 = time.perf_counter()  # the run, not Ray's start
+            rows = iter_finished(build_dataset(data, plan, args, *ready), progress) if data.items else ()
+            for row in rows:
                 if row["error"]:
                     summary.failed.append({"path": str(row["path"]), "error": str(row["error"])})
                     log.warning("skipped %s: %s", row["path"], row["error"])
@@ -349,10 +340,59 @@ def run_batch(
     finally:
         summary.wall_s = time.perf_counter() - t0
         writer.close(commit=ok)
-        if started_here:
-            ray.shutdown()
     summary.instances = writer.instances
     summary.stage_ms = {k: v / max(summary.images, 1) for k, v in summary.stage_ms.items()}
     summary.outputs = {"results": str(writer.results.path), "instances": str(writer.parquet.path)}
     summary.outputs["summary"] = str(write_summary(summary, out_dir))
     return summary
+
+
+def prepare_run(plan: BatchPlan, args: BatchArgs) -> tuple[dict, dict, dict]:
+    """Check, before Ray starts, what a run needs: the model's and CLIP's weights, the example store and,
+    for ``plan.predict``, that its collection exists.
+
+    Returns:
+        ``(weights, clip_weights, store)``: the last three arguments of :func:`build_dataset`.
+
+    Raises:
+        WeightsError, StoreError, UnknownCollection: as :func:`run_batch`.
+    """
+    from deployments.errors import UnknownCollection
+    from deployments.runtime.vectorstore import ExampleStore
+    from serve_app.preflight import preflight
+
+    retrieves = plan.predict or plan.add_examples
+    ready = preflight(args, clip=bool(retrieves or plan.embeddings), store=bool(retrieves))
+    if plan.predict:
+        with ExampleStore(**ready.store) as s:  # embedded mode: closed again before the retrieve stage opens it
+            if plan.collection not in s.collections():
+                raise UnknownCollection(plan.collection)
+    return ready.model.as_dict(), ready.clip.as_dict(), ready.store
+
+
+@contextlib.contextmanager
+def ray_session(args: BatchArgs, address: str | None, progress: bool) -> Iterator[None]:
+    """Ray for one run: the cluster at ``address`` (default ``RAY_ADDRESS``) or an already initialised
+    one, else a new local Ray with ``object_store_mb`` of object store, shut down on exit; Ray Data's
+    object-store budget and progress bars set for the run.
+    """
+    import ray
+    from ray.data import DataContext
+
+    started_here = False
+    if not ray.is_initialized():
+        target = address or os.environ.get("RAY_ADDRESS")
+        local = not target or target == "local"  # a new Ray on this machine, sized here
+        kwargs = {"object_store_memory": args.object_store_mb * 2**20, "include_dashboard": False} if local else {}
+        ray.init(address=address, log_to_driver=False, **kwargs)
+        started_here = True
+    try:
+        ctx = DataContext.get_current()
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=args.object_store_mb * 2**20
+        )
+        ctx.enable_progress_bars = progress
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -192,14 +192,3 @@ def browser():
         yield b
         b.close()
 
-
-def pytest_collection_modifyitems(config, items):
-    """Label Studio's module last among the integration tests: its pre-labelling leaves the ``default``
-    collection in the package's app, and the OpenAPI fuzzer's /v1/predict cases then ran automatic masks
-    (minutes) where they otherwise answer 404 at once."""
-    ls = [i for i in items if i.nodeid.startswith("tests/integration/test_labelstudio.py")]
-    if not ls:
-        return
-    rest = [i for i in items if i not in ls]
-    last = max((k for k, i in enumerate(rest) if i.nodeid.startswith("tests/integration/")), default=len(rest) - 1)
-    items[:] = rest[: last + 1] + ls + rest[last + 1 :]

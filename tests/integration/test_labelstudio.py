@@ -36,6 +36,10 @@ USER, PASSWORD = "samgraph@example.com", "samgraph-test-password"
 TOKEN = "5a3c0e1d2b4f6a8c9e0d1f2a3b4c5d6e7f8a9b0c"  # a legacy token (40 hex), set by label-studio's CLI
 #: Label Studio's first start (every migration on SQLite) on 2 loaded cores; later starts take ~15 s.
 START_TIMEOUT_S = 420
+#: The few-shot collection these tests label from (Label Studio's *Extra params* name it): not ``default``,
+#: so that the package app's other tests do not find examples there (the OpenAPI fuzzer's /v1/predict
+#: cases would run automatic masks on them, minutes, where they answer 404 at once).
+COLLECTION = "labelstudio-test"
 
 CONFIG = """
 <View>
@@ -183,10 +187,8 @@ def project(label_studio, app_url):
     assert imported["task_count"] == len(photos)
     tasks = _ok(ls.get("/api/tasks", params={"project": pid}))["tasks"]
     by_photo = {name: next(t for t in tasks if t["data"]["image"].endswith(name)) for name in photos}
-    backend = ls.post(
-        "/api/ml",
-        json={"url": f"{app_url}/integrations/label-studio", "project": pid, "is_interactive": True, "title": "samgraph"},
-    )
+    connection = {"url": f"{app_url}/integrations/label-studio", "project": pid, "is_interactive": True}
+    backend = ls.post("/api/ml", json={**connection, "title": "samgraph", "extra_params": {"collection": COLLECTION}})
     ml = _ok(backend, 201)
     assert ml["state"] == "CO", ml  # connected: /health and /setup answered
     return {"id": pid, "ml": ml, "tasks": by_photo}
@@ -295,14 +297,14 @@ def test_a_task_whose_image_cannot_be_fetched_is_a_4xx_with_the_reason(project, 
 
 @pytest.fixture()
 def fewshot_examples(client):
-    """One labelled example per label of the config in the ``default`` collection (what pre-labelling on
-    a SAM 2 model labels from), deleted afterwards."""
+    """One labelled example per label of the config in :data:`COLLECTION` (what pre-labelling on a SAM 2
+    model labels from: the project's connection names it), deleted afterwards."""
     import base64
 
     added = []
     for name, label, box in (("truck.jpg", "truck", [100, 200, 1700, 1100]), ("dog.jpg", "dog", [50, 50, 400, 300])):
         photo = base64.b64encode((IMAGES / name).read_bytes()).decode()
-        body = {"image": {"base64": photo}, "box_xyxy": box, "label": label}
+        body = {"image": {"base64": photo}, "box_xyxy": box, "label": label, "collection": COLLECTION}
         added += _ok(client.post("/v1/examples", json=body))["ids"]
     yield added
     for example_id in added:
@@ -385,3 +387,74 @@ def test_a_polygon_project_gets_polygons_that_rasterise_back_to_the_mask(label_s
     parts = direct["results"][0]["masks"][0]["polygons"]
     expected = polygons_to_mask([{"exterior": p["exterior"], "holes": []} for p in parts], h, w)
     assert len(regions) == len(parts) and _iou(from_ls, expected) >= 0.999
+
+
+def _project_with_photos(ls: httpx.Client, title: str, xml: str, photos: list[str]) -> tuple[int, dict[str, dict]]:
+    """A project with ``photos`` uploaded as tasks: (its id, its tasks by photo name)."""
+    pid = _ok(ls.post("/api/projects", json={"title": title, "label_config": xml}), 201)["id"]
+    files = [(f"file{i}", (name, (IMAGES / name).read_bytes(), "image/jpeg")) for i, name in enumerate(photos)]
+    assert _ok(ls.post(f"/api/projects/{pid}/import", files=files), 201)["task_count"] == len(photos)
+    tasks = _ok(ls.get("/api/tasks", params={"project": pid}))["tasks"]
+    return pid, {name: next(t for t in tasks if t["data"]["image"].endswith(name)) for name in photos}
+
+
+def test_samgraph_labelstudio_prelabel_predicts_every_task_of_a_project_through_ray_data(label_studio, tmp_path):
+    """``samgraph labelstudio prelabel`` (a fresh local Ray, random weights) on a project of three photos:
+    every task gets one prediction whose brush masks, labelled with the config's names by few-shot examples
+    in a store of the job's own, decode to non-empty masks of the photo's size; a second run skips them."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from deployments.runtime.vectorstore import ExampleStore
+    from serve_app.labelstudio import brush_mask
+    from serve_app.local import LocalPipeline
+    from tests.conftest import MODEL_ID
+
+    t0 = time.monotonic()
+    ls = label_studio.api
+    photos = ["truck.jpg", "dog.jpg", "cars.jpg"]
+    pid, tasks = _project_with_photos(ls, "prelabel project", CONFIG, photos)
+    store = tmp_path / "qdrant"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local", "SAMGRAPH_WEIGHTS": "random"}
+    with ExampleStore(path=store) as examples:  # the job's store: box-shaped examples, embedded by random CLIP
+        pipe = LocalPipeline.load(MODEL_ID, weights="random", store=examples)
+        for name, label, (x0, y0, x1, y1) in (("truck.jpg", "truck", (100, 200, 1700, 1100)), ("dog.jpg", "dog", (50, 50, 400, 300))):
+            image = np.asarray(Image.open(IMAGES / name).convert("RGB"))
+            mask = np.zeros(image.shape[:2], bool)
+            mask[y0:y1, x0:x1] = True
+            pipe.add_example(image, label, mask=mask, collection=COLLECTION)
+    setup_s = time.monotonic() - t0
+    amg = ["amg.points_per_side=4", "amg.pred_iou_thresh=0", "amg.stability_score_thresh=0"]
+    command = [sys.executable, "-m", "serve_app.cli.main", "labelstudio", "prelabel", str(pid), "--url", label_studio.url]
+    command += ["--api-key", TOKEN, "--weights", "random", "--collection", COLLECTION, "--quiet", "--json"]
+    command += [f"--set={s}" for s in [f"retriever.path={store}", *amg]]
+
+    def prelabel() -> dict:
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout)
+
+    t1 = time.monotonic()
+    summary = prelabel()
+    run_s = time.monotonic() - t1
+    version = f"samgraph-{MODEL_ID}"
+    assert summary["model_version"] == version
+    assert (summary["tasks"], summary["predicted"], summary["skipped"], summary["failed"]) == (3, 3, 0, [])
+    for name, task in tasks.items():
+        (ours,) = [p for p in _ok(ls.get("/api/predictions", params={"task": task["id"]})) if p["model_version"] == version]
+        with Image.open(IMAGES / name) as im:
+            w, h = im.size
+        assert ours["result"], name  # min_score 0: every automatic mask is labelled by a nearest example
+        for region in ours["result"]:
+            assert region["type"] == "brushlabels" and region["value"]["brushlabels"][0] in {"truck", "dog"}
+            assert (region["from_name"], region["to_name"], region["original_width"], region["original_height"]) == ("tag", "image", w, h)
+            assert 0 <= region["score"] <= 1 and brush_mask(region["value"]["rle"], w, h).any()
+        assert ours["score"] == pytest.approx(np.mean([r["score"] for r in ours["result"]]))
+    again = prelabel()  # every task already holds this version's prediction: nothing to run (no Ray start)
+    assert (again["tasks"], again["predicted"], again["skipped"]) == (3, 0, 3)
+    print(
+        f"\nprelabel: set-up {setup_s:.1f} s, run {run_s:.1f} s (pipeline {summary['wall_s']:.1f} s, "
+        f"{summary['regions']} regions), test {time.monotonic() - t0:.1f} s"
+    )

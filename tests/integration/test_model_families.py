@@ -235,6 +235,54 @@ def test_predict_classes_label_every_instance_on_sam3(families, truck_b64):
     )
 
 
+LS_CONFIG = """
+<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="tag" toName="image"><Label value="truck"/><Label value="dog"/></BrushLabels>
+  <TextArea name="prompt" toName="image"/>
+</View>
+"""
+
+
+def test_label_studio_on_sam3_prelabels_with_the_configs_names_as_concepts(families, truck_b64):
+    """Label Studio's protocol on SAM 3 (the connection's *Extra params* name the model; no Label Studio
+    needed: the task's image is a ``data:`` URL): *Retrieve predictions* (no context) answers every instance
+    of each label name of the config, as ``/v1/predict``'s ``classes`` finds them; a typed text (a
+    ``TextArea`` context) is a concept prompt: every instance of it, as ``/v1/segment``'s text prompt."""
+    pytest.importorskip("label_studio_sdk.converter.brush", reason="label-studio-sdk is not installed")
+    from serve_app.labelstudio import brush_mask
+
+    w, h = 1800, 1200  # truck.jpg
+    setup = {"project": "901.1700000000", "schema": LS_CONFIG, "extra_params": {"model_id": SAM3}}
+    answer = families.post("/integrations/label-studio/setup", json=setup)
+    assert answer.status_code == 200 and answer.json() == {"model_version": f"samgraph-{SAM3}"}, answer.text
+    task = {"id": 1, "data": {"image": f"data:image/jpeg;base64,{truck_b64}"}}
+    body = {"tasks": [task], "project": setup["project"], "label_config": LS_CONFIG}
+
+    def regions(params: dict | None) -> list[dict]:
+        r = families.post("/integrations/label-studio/predict", json={**body, "params": params})
+        assert r.status_code == 200, r.text
+        (prediction,) = r.json()["results"]
+        assert prediction["model_version"] == f"samgraph-{SAM3}"
+        for region in prediction["result"]:
+            assert region["type"] == "brushlabels" and region["from_name"] == "tag"
+            assert brush_mask(region["value"]["rle"], w, h).any()
+        return prediction["result"]
+
+    classes = families.post("/v1/predict", json={"model_id": SAM3, "image": {"base64": truck_b64}, "classes": ["truck", "dog"]})
+    found = sorted((i["label"], round(i["confidence"], 5)) for i in classes.json()["instances"])
+    prelabelled = regions(None)
+    assert prelabelled and sorted((r["value"]["brushlabels"][0], round(r["score"], 5)) for r in prelabelled) == found
+
+    typed = {"context": {"result": [{"type": "textarea", "from_name": "prompt", "to_name": "image", "value": {"text": ["truck"]}}]}}
+    clicked = regions(typed)
+    text = _segment(families, {"model_id": SAM3, "image": {"base64": truck_b64}, "prompts": [{"text": "truck"}]})
+    instances = text["results"][0]["instances"]
+    assert clicked and len(clicked) == len(instances)
+    assert {r["value"]["brushlabels"][0] for r in clicked} == {"truck"}
+    assert sorted(round(r["score"], 5) for r in clicked) == sorted(round(min(1.0, i["score"]), 5) for i in instances)
+
+
 def test_two_families_on_one_image_keep_their_own_caches(families, truck_b64):
     """The same image on SAM 2 and MobileSAM: each encodes it once in its own decoder's cache."""
     stats = families.get("/v1/stats").json()["cache_by_model"]

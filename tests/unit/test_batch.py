@@ -243,3 +243,55 @@ def test_load_stage_reports_an_image_it_cannot_prompt(coco_path):
         LoadImages("boxes", False, {}, 50_000_000)
     (row,) = batch_rows(LoadImages("coco-boxes", False, data.categories, 50_000_000)(_input_batch([item])))
     assert row["error"].startswith("ValueError") and row["prompts"] == [] and row["prompt_specs"] == []
+
+
+def test_the_stages_find_every_instance_of_the_classes_on_sam3_from_a_fetched_image(tmp_path, truck_path):
+    """``samgraph labelstudio prelabel``'s stages on SAM 3: the load stage reads the image through its
+    ``read`` (a task's ``data:`` URL, as Label Studio's tasks may hold), the decode stage answers every
+    instance of each class name, labelled with it, as the family's concept decoder does in process."""
+    import base64
+
+    from deployments.runtime.model_weights import load_model
+    from deployments.runtime.weights import WeightsSource
+    from models.segmenter import ConceptPrompt, ConceptRequest
+    from serve_app.offline.labelstudio import TaskImageReader
+    from serve_app.task_images import LabelStudioHost
+    from tests.conftest import SEED
+    from tests.family_weights import write_sam3_tiny_checkpoint
+
+    checkpoint = write_sam3_tiny_checkpoint(tmp_path, SEED)
+    weights = {"kind": "file", "checkpoint": str(checkpoint), "seed": 0}
+    url = "data:image/jpeg;base64," + base64.b64encode(truck_path.read_bytes()).decode()
+    read = TaskImageReader(LabelStudioHost("http://label-studio.invalid"))
+    items = [{"path": url, "image_id": 7, "anns": "[]"}, {"path": "data:text/plain,x", "image_id": 8, "anns": "[]"}]
+    batch = LoadImages("auto", False, {}, 50_000_000, read=read)(_input_batch(items))
+    batch = EncodeImages("sam3-tiny", weights, "cpu", 2)(batch)
+    classes = ["truck", "a wheel"]
+    row, bad = batch_rows(DecodeMasks("sam3-tiny", weights, "cpu", 2, classes=classes)(batch))
+    assert "data: URL must be base64" in bad["error"] and row["error"] == ""
+
+    loaded = load_model("sam3-tiny", WeightsSource.resolve("file", str(checkpoint)))
+    family = loaded.family
+    features = family.encoder(loaded.model).encode(row["image"])
+    (want,) = family.decoder(loaded.model).segment_concepts([ConceptRequest(features, [ConceptPrompt(c) for c in classes])])
+    expected = sorted((c, round(float(s), 4)) for c, found in zip(classes, want) for s in found.scores)
+    got = sorted((i["label"], round(i["confidence"], 4)) for i in row["instances"])
+    assert got and got == expected
+    assert [i["confidence"] for i in row["instances"]] == sorted((i["confidence"] for i in row["instances"]), reverse=True)
+    assert all(decode_rle(i["rle"]).shape == row["image"].shape[:2] and i["label_source"] == "classes" for i in row["instances"])
+    with pytest.raises(ValueError, match="takes no concept prompts"):
+        DecodeMasks(MODEL_ID, {"kind": "random", "seed": 0}, "cpu", 1, classes=classes)
+
+
+def test_a_label_studio_project_is_planned_as_concepts_on_sam3_and_few_shot_labels_elsewhere():
+    from serve_app.labelstudio import parse_label_config
+    from serve_app.offline.labelstudio import plan_prelabel
+
+    xml = '<View><Image name="i" value="$img"/><BrushLabels name="t" toName="i"><Label value="cat"/><Label value="dog"/></BrushLabels></View>'
+    config = parse_label_config(xml)
+    sam3 = plan_prelabel(config, "sam3-tiny", "default")
+    assert sam3.classes == ("cat", "dog") and not sam3.predict and sam3.prompts == "auto"
+    sam2 = plan_prelabel(config, MODEL_ID, "mine")
+    assert sam2.predict and sam2.collection == "mine" and sam2.classes == ()
+    with pytest.raises(ValueError, match="collection name"):
+        plan_prelabel(config, MODEL_ID, "not a name")

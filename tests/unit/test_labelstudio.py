@@ -10,16 +10,18 @@ import pytest
 
 from models.polygons import mask_to_polygons, polygons_to_mask
 from serve_app.ingress.access import _bearer, is_protected
-from serve_app.ingress.errors import ApiError
-from serve_app.ingress.task_images import LabelStudioHost, TaskImages, project_id
 from serve_app.labelstudio import (
+    BackendOptions,
     brush_mask,
     brush_result,
+    instances_prediction,
     parse_context,
+    parse_extra_params,
     parse_label_config,
     polygon_results,
     prediction,
 )
+from serve_app.task_images import ImageUnavailable, LabelStudioHost, TaskImages, project_id
 
 CONFIG = """
 <View>
@@ -150,9 +152,9 @@ def test_task_image_urls_resolve_against_label_studio_with_its_token():
         {"Authorization": "Token tok"},
     )
     assert images.resolve("https://example.org/a.jpg", host) == ("https://example.org/a.jpg", {})
-    with pytest.raises(ApiError, match="LABEL_STUDIO_URL"):
+    with pytest.raises(ImageUnavailable, match="LABEL_STUDIO_URL"):
         images.resolve("/data/upload/3/a.jpg", None)
-    with pytest.raises(ApiError, match="scheme 'file'"):
+    with pytest.raises(ImageUnavailable, match="scheme 'file'"):
         images.resolve("file:///etc/passwd", host)
     env = TaskImages(100, environ={"LABEL_STUDIO_URL": "http://ls:1/", "LABEL_STUDIO_API_KEY": "k"})
     assert env.host("3.1") == LabelStudioHost("http://ls:1", "k")  # the environment wins over setup
@@ -164,3 +166,44 @@ def test_label_studio_basic_auth_presents_its_password_as_the_key():
     assert _bearer({"headers": [(b"authorization", b"Bearer k2")]}) == "k2"
     assert _bearer({"headers": [(b"authorization", b"Basic !!notbase64")]}) is None
     assert is_protected("/integrations/label-studio/predict") and not is_protected("/healthz")
+
+
+def test_whole_task_predictions_keep_the_configs_labels_in_brush_or_polygons():
+    """What the online route and ``samgraph labelstudio prelabel`` both answer for labelled instances."""
+    pytest.importorskip("label_studio_sdk.converter.brush", reason="label-studio-sdk is not installed")
+    from models.masks import encode_rle
+
+    mask = np.zeros((40, 60), bool)
+    mask[4:20, 5:25] = True
+    other = np.zeros_like(mask)
+    other[25:35, 30:55] = True
+    instances = [
+        {"label": "truck", "confidence": 0.8, "rle": encode_rle(mask)},
+        {"label": "cat", "confidence": 0.9, "rle": encode_rle(other)},  # not a name of the config: left out
+        {"label": None, "confidence": 0.0, "rle": encode_rle(other)},  # no vote
+        {"label": "dog", "confidence": 1.5, "rle": encode_rle(other)},  # clamped to 1
+    ]
+    brush = instances_prediction(instances, parse_label_config(CONFIG), 60, 40, "sam2.1_hiera_tiny")
+    assert brush["model_version"] == "samgraph-sam2.1_hiera_tiny"
+    assert [(r["value"]["brushlabels"], r["score"]) for r in brush["result"]] == [(["truck"], 0.8), (["dog"], 1.0)]
+    np.testing.assert_array_equal(brush_mask(brush["result"][0]["value"]["rle"], 60, 40), mask)
+    assert brush["score"] == pytest.approx(0.9)
+    polygons = instances_prediction(instances, parse_label_config(CONFIG.replace("BrushLabels", "PolygonLabels")), 60, 40, "m")
+    (truck, dog) = polygons["result"]  # polygons made from the RLE: one region per part
+    ring = [{"exterior": [[x / 100 * 60, y / 100 * 40] for x, y in truck["value"]["points"]], "holes": []}]
+    np.testing.assert_array_equal(polygons_to_mask(ring, 40, 60), mask)
+    assert dog["value"]["polygonlabels"] == ["dog"]
+
+
+def test_extra_params_choose_the_model_and_collection():
+    assert parse_extra_params(None) == parse_extra_params("") == BackendOptions()
+    assert parse_extra_params({"collection": "mine"}) == BackendOptions(None, "mine")
+    assert parse_extra_params('{"model_id": "sam3", "collection": "a-b"}') == BackendOptions("sam3", "a-b")
+    for bad, reason in (("{", "not valid JSON"), ("[1]", "JSON object"), ({"colection": "x"}, "unknown key"),
+                        ({"collection": "a b"}, "must be a name")):
+        with pytest.raises(ValueError, match=reason):
+            parse_extra_params(bad)
+    images = TaskImages(max_bytes=100, environ={})
+    assert images.options("4.1") == BackendOptions()
+    images.remember_setup("4.1", None, None, BackendOptions(collection="mine"))
+    assert images.options("4.2") == BackendOptions(collection="mine")  # per project id, whatever its timestamp

@@ -6,7 +6,10 @@ The four routes answer as Label Studio's own SDK (``label-studio-ml-backend``'s 
 - ``GET /health``: ``{"status": "UP", "model_class": "samgraph"}``.
 - ``POST /setup`` (``{"project", "schema", "hostname", "access_token", "extra_params"}``): the label config
   is checked (:func:`serve_app.labelstudio.parse_label_config`; a config samgraph cannot answer is a 422
-  with the reason) and ``{"model_version"}`` answered.
+  with the reason) and ``{"model_version"}`` answered. ``extra_params`` (Label Studio's *Extra params* of
+  the connection) may name the served ``model_id`` that answers the project and the ``collection`` its
+  pre-labelling labels from (:func:`serve_app.labelstudio.parse_extra_params`); they are remembered per
+  project, like the host and token.
 - ``POST /predict`` (``{"tasks", "project", "label_config", "params": {"context"}}``):
   ``{"results": [one prediction per task]}``. With a ``context`` (the annotator's keypoints, rectangle or
   text: interactive pre-annotation) the first task gets the object's mask, as ``brushlabels`` or, when the
@@ -17,7 +20,7 @@ The four routes answer as Label Studio's own SDK (``label-studio-ml-backend``'s 
   what ``/v1/predict`` does (:func:`serve_app.ingress.routes.predict.predict_image`).
 - ``POST /webhook``: accepted and answered 200 (samgraph does not train on annotations).
 
-A task's image is fetched once per ingress replica (:class:`serve_app.ingress.task_images.TaskImages`
+A task's image is fetched once per ingress replica (:class:`serve_app.task_images.TaskImages`
 remembers its ``image_id``); later calls name the image by id, so its owner answers from its cache
 without encoding it again. With API keys set, these routes need one: Label Studio's *basic auth* for ML
 backends sends it as the password (:mod:`serve_app.ingress.access`).
@@ -31,7 +34,6 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.errors import ImageNotCached
-from models.masks import decode_rle
 from serve_app.ingress import request_examples as ex
 from serve_app.ingress.context import Context, IngressContext
 from serve_app.ingress.errors import ApiError, from_validation_error
@@ -40,16 +42,19 @@ from serve_app.ingress.openapi import DescribedRouter
 from serve_app.ingress.routes.predict import predict_image
 from serve_app.ingress.routes.segment import segment_image
 from serve_app.ingress.schemas import PredictRequest, SegmentRequest
-from serve_app.ingress.task_images import LabelStudioHost
 from serve_app.labelstudio import (
+    BackendOptions,
     Interaction,
     LabelConfig,
-    brush_result,
+    instances_prediction,
+    mask_regions,
+    model_version,
     parse_context,
+    parse_extra_params,
     parse_label_config,
-    polygon_results,
     prediction,
 )
+from serve_app.task_images import LabelStudioHost
 
 router = DescribedRouter()
 
@@ -119,12 +124,6 @@ class LsWebhookAnswer(BaseModel):
     action: str | None = None
 
 
-def model_version(model_id: str) -> str:
-    """The ``model_version`` of every answer: ``samgraph-<model_id>`` (Label Studio skips tasks that
-    already hold a prediction of this version)."""
-    return f"samgraph-{model_id}"
-
-
 def require_brush_encoder() -> None:
     """503 ``unavailable`` when ``label-studio-sdk`` (Label Studio's brush RLE) is not installed here."""
     try:
@@ -159,8 +158,15 @@ async def setup(request: Request, ctx: Context) -> dict:
     config = label_config_or_422(req.label_config, "schema")
     if config.mask_control.tag == "BrushLabels":
         require_brush_encoder()
-    ctx.task_images.remember_setup(req.project, req.hostname, req.access_token)
-    return {"model_version": model_version(ctx.model(None).model_id)}
+    try:
+        options = parse_extra_params(req.extra_params)
+    except ValueError as e:
+        raise ApiError(422, "invalid_request", str(e)[:300], "extra_params") from None
+    model = ctx.model(options.model_id, "extra_params.model_id")
+    if options.collection is not None and not model.capabilities.concept_prompts:
+        ctx.require(model, "automatic_masks", "extra_params.collection")
+    ctx.task_images.remember_setup(req.project, req.hostname, req.access_token, options)
+    return {"model_version": model_version(model.model_id)}
 
 
 @router.post(
@@ -190,13 +196,14 @@ async def predict(request: Request, ctx: Context) -> dict:
     except (ValueError, AttributeError) as e:
         raise ApiError(422, "invalid_request", str(e)[:300], "params.context") from None
     host = ctx.task_images.host(req.project)
+    options = ctx.task_images.options(req.project)
     if interaction is not None:
-        return {"results": [await interactive(ctx, req.tasks[0], config, interaction, host)]}
+        return {"results": [await interactive(ctx, req.tasks[0], config, interaction, host, options)]}
     gate = asyncio.Semaphore(PRELABEL_IN_FLIGHT)
 
     async def one(task: dict) -> dict:
         async with gate:
-            return await prelabel(ctx, task, config, host)
+            return await prelabel(ctx, task, config, host, options)
 
     # Tasks showing the same image URL share one prediction (a prediction depends only on the image and the
     # config): a batch that repeats an image costs one /v1/predict, not one per task.
@@ -255,11 +262,17 @@ def _validated(model: type[BaseModel], body: dict):
 
 
 async def interactive(
-    ctx: IngressContext, task: dict, config: LabelConfig, click: Interaction, host: LabelStudioHost | None
+    ctx: IngressContext,
+    task: dict,
+    config: LabelConfig,
+    click: Interaction,
+    host: LabelStudioHost | None,
+    options: BackendOptions = BackendOptions(),
 ) -> dict:
     """The prediction of one interactive request: the mask of the annotator's keypoints and/or rectangle
-    (the best of ``/v1/segment``'s), and every instance of a typed text on a model with concept prompts."""
-    model = ctx.model(None)
+    (the best of ``/v1/segment``'s), and every instance of a typed text on a model with concept prompts
+    (the project's model: ``options.model_id``, else the default)."""
+    model = ctx.model(options.model_id, "extra_params.model_id")
     control = config.mask_control
     label = click.label if click.label in control.labels else control.labels[0]
     prompts = []
@@ -270,7 +283,8 @@ async def interactive(
         ctx.require(model, "concept_prompts", "params.context")
         prompts += [{"text": t} for t in click.texts]
     polygons = control.tag == "PolygonLabels"
-    body = {"prompts": prompts, "max_masks": 1, "mask_format": "polygon" if polygons else "rle"}
+    body = {"model_id": model.model_id, "prompts": prompts, "max_masks": 1}
+    body["mask_format"] = "polygon" if polygons else "rle"
 
     async def call(image_id, data):
         req = _validated(SegmentRequest, {**body, "image_id": image_id})
@@ -283,37 +297,31 @@ async def interactive(
         named = prompt.get("text") if prompt.get("text") in control.labels else label
         for m in found[:1] if "masks" in result else found:
             score = min(1.0, max(0.0, float(m.get("predicted_iou", m.get("score", 0.0)))))
-            results += _regions(m, control, named, answer["width"], answer["height"], score)
+            results += mask_regions(m, control, named, answer["width"], answer["height"], score)
     return prediction(results, model_version(answer["model_id"]))
 
 
-async def prelabel(ctx: IngressContext, task: dict, config: LabelConfig, host: LabelStudioHost | None) -> dict:
+async def prelabel(
+    ctx: IngressContext,
+    task: dict,
+    config: LabelConfig,
+    host: LabelStudioHost | None,
+    options: BackendOptions = BackendOptions(),
+) -> dict:
     """A task's prediction without a click: every instance of the config's label names, by SAM 3 concept
-    prompts on a model with concept prompts, else the instances whose few-shot label is one of them."""
-    model = ctx.model(None)
+    prompts on a model with concept prompts, else the instances whose few-shot label (from
+    ``options.collection``, else ``default``) is one of them (:func:`serve_app.labelstudio.instances_prediction`)."""
+    model = ctx.model(options.model_id, "extra_params.model_id")
     control = config.mask_control
-    names = list(config.label_names)
-    concepts = model.capabilities.concept_prompts
-    body = {"mask_format": "polygon" if control.tag == "PolygonLabels" else "rle"}
-    if concepts:
-        body["classes"] = names
+    body = {"model_id": model.model_id, "mask_format": "polygon" if control.tag == "PolygonLabels" else "rle"}
+    if model.capabilities.concept_prompts:
+        body["classes"] = list(config.label_names)
+    if options.collection is not None:
+        body["collection"] = options.collection
 
     async def call(image_id, data):
         req = _validated(PredictRequest, {**body, "image_id": image_id})
         return await predict_image(ctx, req, data, endpoint=f"{PREFIX}/predict")
 
     answer = await on_task_image(ctx, task, config, host, call)
-    results = []
-    for inst in answer["instances"]:
-        if inst.get("label") not in names:
-            continue
-        score = min(1.0, max(0.0, float(inst.get("confidence") or 0.0)))
-        results += _regions(inst, control, inst["label"], answer["width"], answer["height"], score)
-    return prediction(results, model_version(answer["model_id"]))
-
-
-def _regions(mask: dict, control, label: str, width: int, height: int, score: float) -> list[dict]:
-    """A samgraph mask record (``rle`` or ``polygons``) as Label Studio regions of ``control``."""
-    if control.tag == "PolygonLabels":
-        return polygon_results(mask.get("polygons") or [], control, label, width, height, score)
-    return [brush_result(decode_rle(mask["rle"]), control, label, score)]
+    return instances_prediction(answer["instances"], config, answer["width"], answer["height"], answer["model_id"])

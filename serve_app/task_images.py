@@ -7,7 +7,12 @@ relative to Label Studio's host, or absolute on that host), fetched with ``Autho
 any other public ``http(s)`` URL, fetched without credentials, or a ``data:`` URL (base64). Label Studio's
 host and token come from ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` on the ingress's nodes, or else
 from what Label Studio sent in the project's ``/setup`` (``hostname``, ``access_token``), remembered per
-project in the replica that answered it.
+project in the replica that answered it, with the project's backend options (``extra_params``: the model
+and the collection, :class:`serve_app.labelstudio.BackendOptions`).
+
+No HTTP layer here (the ingress's Label Studio route and the offline ``samgraph labelstudio prelabel``
+both fetch with it): what cannot be fetched raises typed input errors (:class:`ImageUnavailable`,
+:class:`deployments.errors.ImageTooLarge`), which the ingress answers as 4xx.
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from serve_app.ingress.errors import ApiError
+from deployments.errors import ImageTooLarge, InputError
+from serve_app.labelstudio import BackendOptions
+
+
+class ImageUnavailable(InputError):
+    """A task's image cannot be had: no URL, a relative URL without a known Label Studio, a scheme other
+    than http(s), a bad ``data:`` URL, or its host did not answer 200 (422 ``image_unavailable``)."""
+
+    status, code = 422, "image_unavailable"
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,8 @@ class _Lru:
 
 
 class TaskImages:
-    """Fetches task images and remembers each URL's ``image_id`` (bounded, LRU).
+    """Fetches task images and remembers each URL's ``image_id`` (bounded, LRU), and what each project's
+    ``/setup`` said (its Label Studio host and token, its backend options).
 
     Args:
         max_bytes: an image over this many bytes is refused (413).
@@ -96,12 +110,22 @@ class TaskImages:
         self.timeout_s = timeout_s
         self.ids = _Lru(max_entries)
         self.hosts = _Lru(max_entries)
+        self.project_options = _Lru(max_entries)
         self.env_host = LabelStudioHost.from_env(environ)
 
-    def remember_setup(self, project: str, hostname: str | None, token: str | None) -> None:
-        """What a project's ``/setup`` said about its Label Studio (used when the environment names none)."""
+    def remember_setup(
+        self, project: str, hostname: str | None, token: str | None, options: BackendOptions | None = None
+    ) -> None:
+        """What a project's ``/setup`` said: its Label Studio (used when the environment names none) and its
+        backend options (``extra_params``)."""
         if hostname:
             self.hosts.put(project_id(project), LabelStudioHost(hostname.rstrip("/"), token or None))
+        if project:
+            self.project_options.put(project_id(project), options or BackendOptions())
+
+    def options(self, project: str | None) -> BackendOptions:
+        """The backend options of a project's last ``/setup`` here (none remembered: the defaults)."""
+        return (self.project_options.get(project_id(project)) if project else None) or BackendOptions()
 
     def host(self, project: str | None) -> LabelStudioHost | None:
         """The Label Studio of a project: the environment's, else the one its ``/setup`` named."""
@@ -113,19 +137,17 @@ class TaskImages:
         """(absolute URL, request headers) of a task's image URL.
 
         Raises:
-            ApiError: 422 ``image_unavailable``: not a string, a relative URL without a known Label Studio
-                host, or a scheme other than http(s).
+            ImageUnavailable: not a string, a relative URL without a known Label Studio host, or a scheme
+                other than http(s).
         """
         if not isinstance(url, str) or not url:
-            raise ApiError(422, "image_unavailable", "task image: the task data holds no image URL", "tasks")
+            raise ImageUnavailable("task image: the task data holds no image URL", "tasks")
         if url.startswith("data:"):
             return url, {}
         parts = urlsplit(url)
         if not parts.scheme:
             if host is None:
-                raise ApiError(
-                    422,
-                    "image_unavailable",
+                raise ImageUnavailable(
                     f"task image {url[:200]!r} is Label Studio's own file, and samgraph does not know Label "
                     "Studio's address: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY on the samgraph service",
                     "tasks",
@@ -133,7 +155,7 @@ class TaskImages:
             url = urljoin(host.url + "/", url.lstrip("/"))
             parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
-            raise ApiError(422, "image_unavailable", f"task image: scheme {parts.scheme!r} is not http(s)", "tasks")
+            raise ImageUnavailable(f"task image: scheme {parts.scheme!r} is not http(s)", "tasks")
         headers = {}
         if host is not None and host.token and urlsplit(host.url).netloc == parts.netloc:
             headers["Authorization"] = f"Token {host.token}"
@@ -143,8 +165,8 @@ class TaskImages:
         """The image's bytes.
 
         Raises:
-            ApiError: 422 ``image_unavailable`` naming the URL and the reason (unreachable, not 200, a
-                redirect elsewhere), 413 ``image_too_large`` over ``max_bytes``.
+            ImageUnavailable: naming the URL and the reason (unreachable, not 200, a redirect elsewhere).
+            ImageTooLarge: over ``max_bytes``.
         """
         absolute, headers = self.resolve(url, host)
         if absolute.startswith("data:"):
@@ -155,9 +177,7 @@ class TaskImages:
                 async with client.stream("GET", absolute, headers=headers) as response:
                     if response.status_code != 200:
                         why = {401: " (check LABEL_STUDIO_API_KEY)", 403: " (check LABEL_STUDIO_API_KEY)"}
-                        raise ApiError(
-                            422,
-                            "image_unavailable",
+                        raise ImageUnavailable(
                             f"task image {shown}: answered {response.status_code}{why.get(response.status_code, '')}",
                             "tasks",
                         )
@@ -165,27 +185,24 @@ class TaskImages:
                     async for chunk in response.aiter_bytes():
                         size += len(chunk)
                         if size > self.max_bytes:
-                            raise ApiError(
-                                413, "image_too_large", f"task image {shown}: over {self.max_bytes} bytes", "tasks"
-                            )
+                            raise ImageTooLarge(f"task image {shown}: over {self.max_bytes} bytes", "tasks")
                         chunks.append(chunk)
         except httpx.HTTPError as e:
             message = f"task image {shown}: {type(e).__name__}: {e}"[:300]
-            raise ApiError(422, "image_unavailable", message, "tasks") from None
+            raise ImageUnavailable(message, "tasks") from None
         return b"".join(chunks)
-
 
     def _data_url(self, url: str) -> bytes:
         """The bytes of a ``data:<type>;base64,<data>`` URL (422 for another encoding, 413 over ``max_bytes``)."""
         head, _, payload = url.partition(",")
         if not head.endswith(";base64"):
-            raise ApiError(422, "image_unavailable", "task image: a data: URL must be base64 (data:<type>;base64,...)")
+            raise ImageUnavailable("task image: a data: URL must be base64 (data:<type>;base64,...)", "tasks")
         if len(payload) * 3 // 4 > self.max_bytes:
-            raise ApiError(413, "image_too_large", f"task image: data: URL over {self.max_bytes} bytes", "tasks")
+            raise ImageTooLarge(f"task image: data: URL over {self.max_bytes} bytes", "tasks")
         try:
             return base64.b64decode(payload, validate=True)
         except ValueError:
-            raise ApiError(422, "image_unavailable", "task image: the data: URL is not valid base64", "tasks") from None
+            raise ImageUnavailable("task image: the data: URL is not valid base64", "tasks") from None
 
 
 def project_id(project: str | None) -> str:
