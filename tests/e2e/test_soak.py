@@ -38,11 +38,11 @@ from tests.e2e.conftest import CACHE_ENTRIES, VIDEO
 RSS_MARGIN = 0.05
 
 PLAN = SoakPlan(
-    duration_s=75.0,
+    duration_s=55.0,
     sessions_per_min=16.0,
     max_in_flight=1,
     sample_every_s=5.0,
-    warmup_s=30.0,
+    warmup_s=25.0,
     clicks=4,
     video_frames=3,
     expire_every=2,

@@ -398,6 +398,10 @@ def _project_with_photos(ls: httpx.Client, title: str, xml: str, photos: list[st
     return pid, {name: next(t for t in tasks if t["data"]["image"].endswith(name)) for name in photos}
 
 
+# ~65 s, most of it a local Ray and the pipeline's actor pools starting: past the default run's budget. The
+# default run drives pre-labelling through Label Studio's own "Retrieve predictions" (above) and the job's
+# parts in tests/unit/test_batch.py and tests/unit/test_labelstudio.py.
+@pytest.mark.slow
 def test_samgraph_labelstudio_prelabel_predicts_every_task_of_a_project_through_ray_data(label_studio, tmp_path):
     """``samgraph labelstudio prelabel`` (a fresh local Ray, random weights) on a project of three photos:
     every task gets one prediction whose brush masks, labelled with the config's names by few-shot examples

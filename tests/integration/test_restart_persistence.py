@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 
 import httpx
+import pytest
 
 from tests.conftest import TRUCK_BOX
 from tests.integration.conftest import QUICK_DRAIN, app_stages, deploy_side_app
@@ -34,6 +35,9 @@ def _deploy(args: dict) -> str:
     return deploy_side_app(NAME, args, decoder=decoder, retriever=Retriever.options(**no_cpu).bind(**ready.store))
 
 
+# ~25 s; the default run checks the same store reopened by a new replica after a SIGKILL
+# (tests/integration/test_retriever_kill.py), so this whole-app restart is left to -m slow (test-time budget).
+@pytest.mark.slow
 def test_examples_survive_a_restart(app_url, app_args, truck_path, tmp_path):
     from ray import serve
 
