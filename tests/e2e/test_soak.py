@@ -38,7 +38,7 @@ from tests.e2e.conftest import CACHE_ENTRIES, VIDEO
 RSS_MARGIN = 0.05
 
 PLAN = SoakPlan(
-    duration_s=55.0,
+    duration_s=50.0,
     sessions_per_min=16.0,
     max_in_flight=1,
     sample_every_s=5.0,

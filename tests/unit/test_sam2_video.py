@@ -219,6 +219,9 @@ def test_image_size_override_is_sam2s(video_model, reference):
     assert video_model.add_all_frames_to_correct_as_cond is True and reference.add_all_frames_to_correct_as_cond is False
 
 
+# ~15 s: left to -m slow for the default run's budget; the reverse test below runs the same 24 frames past a
+# memory window and checks that the far outputs are dropped.
+@pytest.mark.slow
 def test_long_clip_matches_sam2_with_a_bounded_state(video_model, reference, tmp_path):
     """24 distinct frames, longer than the memory window: our tracker drops the memories the model can no
     longer read, sam2's predictor keeps every frame's; the masks and object scores are the same, and our
