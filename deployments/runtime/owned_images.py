@@ -47,7 +47,7 @@ class OwnedImages:
         self._feature_nbytes = feature_nbytes
         self._metrics = CacheMetrics()
         self.encodes = 0
-        #: The encodes this replica has in flight at the encoder, and the encoder's batch time as reported.
+        #: The encodes this replica has in flight at the encoder, and the encoder's time per image as reported.
         self.encoder_admission = StageAdmission("encode")
         #: Requests waiting for each encode still running (its task): the last one gone cancels it.
         self._waiting: dict[asyncio.Future, int] = {}
@@ -73,7 +73,7 @@ class OwnedImages:
         Raises:
             ImageNotCached: no entry and no pixels.
             DeadlineExceeded: the encode would not end before ``deadline`` (the encodes this replica has in
-                flight and the encoder's batch time); nothing is sent or cached.
+                flight and the encoder's time per image); nothing is sent or cached.
         """
         # A call with pixels follows a miss of the same request, counted then: count it only if found.
         entry = self.entries.get(image_id) if pixels is None or image_id in self.entries else None
