@@ -46,6 +46,8 @@ def cmd_prelabel(args: argparse.Namespace) -> int:
 
 def add_command(sub) -> None:
     """Add ``labelstudio prelabel`` to the ``samgraph`` sub-command parser."""
+    from serve_app.offline.cli import add_pipeline_args
+
     ls = sub.add_parser("labelstudio", help="Label Studio: pre-label a whole project offline")
     lsub = ls.add_subparsers(dest="action", required=True)
     p = lsub.add_parser(
@@ -67,16 +69,6 @@ def add_command(sub) -> None:
         help="also predict tasks that hold a prediction of this model version (the older one is deleted)",
     )
     p.add_argument("--limit", type=int, help="only the first N tasks to predict")
-    p.add_argument("--weights", choices=["registry", "file", "random"], help="model weights (default: registry)")
-    p.add_argument("--checkpoint", help="checkpoint file (with --weights file)")
-    p.add_argument("--seed", type=int, help="seed of random weights")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="a pipeline setting, as samgraph batch's (e.g. decode.concurrency=2, retriever.url=http://...:6333)",
-    )
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    add_pipeline_args(p)  # weights, checkpoint, seed, --set, address, quiet: samgraph batch's
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_prelabel)

@@ -129,15 +129,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_run_args(c: argparse.ArgumentParser) -> None:
-    """The flags every offline command takes: images, limit, weights, ``--set``, Ray address, quiet."""
+    """The flags every offline command over a COCO file takes: images, limit, and :func:`add_pipeline_args`."""
     c.add_argument("--images", help="folder of the images of a COCO file (default: next to it, e.g. val2017/)")
     c.add_argument("--limit", type=int, help="only the first N images")
+    add_pipeline_args(c)
+
+
+def add_pipeline_args(c: argparse.ArgumentParser) -> None:
+    """The flags of every command that runs the offline pipeline (:func:`batch_settings` reads them): the
+    model's weights, checkpoint and seed, ``--set``, the Ray address, quiet."""
     c.add_argument(
         "--weights",
         choices=["registry", "file", "random"],
-        help="SAM 2 weights (default: SAMGRAPH_WEIGHTS, else registry)",
+        help="model weights (default: SAMGRAPH_WEIGHTS, else registry)",
     )
-    c.add_argument("--checkpoint", help="SAM 2 checkpoint file (with --weights file)")
+    c.add_argument("--checkpoint", help="checkpoint file (with --weights file)")
     c.add_argument("--seed", type=int, help="seed of random weights")
     c.add_argument(
         "--set",
