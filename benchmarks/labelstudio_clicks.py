@@ -59,19 +59,11 @@ def clicks(n: int, seed: int = 0) -> list[tuple[float, float]]:
 
 
 def keypoint(x: float, y: float) -> dict:
-    """A smart keypoint region as Label Studio's page sends it in ``context.result`` (x, y in percent)."""
-    return {
-        "id": "kp1",
-        "from_name": "kp",
-        "to_name": "image",
-        "type": "keypointlabels",
-        "origin": "manual",
-        "original_width": W,
-        "original_height": H,
-        "image_rotation": 0,
-        "is_positive": True,
-        "value": {"x": x / W * 100, "y": y / H * 100, "width": 0.6, "keypointlabels": ["truck"]},
-    }
+    """A smart keypoint region "truck" at (x, y) pixels of truck.jpg as Label Studio's page sends it in
+    ``context.result`` (the integration test's body, in percent)."""
+    from tests.integration.test_labelstudio import _keypoint
+
+    return _keypoint(x / W * 100, y / H * 100, W, H)
 
 
 def _timed(client, path: str, body: dict) -> tuple[float, dict]:
