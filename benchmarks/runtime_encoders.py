@@ -12,7 +12,10 @@ weights (the real compute; masks meaningless) and the same torch/runtime thread 
 3. **accuracy**: the largest absolute difference of every feature array to torch fp32's, and the IoU of the
    masks the torch decoder draws from the variant's features for the truck box and a click, to fp32's
    (reported, not asserted: bf16 changes features);
-4. **decoder**: one click (three masks) on cached features, torch fp32 against each runtime's decoder graph.
+4. **decoder**: one click (three masks) on cached features, torch fp32 against each runtime's decoder graph;
+5. **grid**: the automatic-mask generator's forward pass, ``--grid-clicks`` (64, sam2's ``points_per_batch``)
+   clicks of its point grid, three masks each, in one batch (``decode_points``), torch fp32 against each
+   decoder graph, with the IoU of their low-res masks to torch's.
 
 Variants on CPU: torch fp32, torch bf16 (autocast), onnxruntime fp32, openvino fp32, openvino bf16 -- the bf16
 ones only where the CPU runs bf16 natively (AVX-512 BF16 or AMX; elsewhere they would fall back to fp32), unless
@@ -83,7 +86,14 @@ def masks_of(decoder, features) -> dict[str, np.ndarray]:
 
 
 def measure_model(
-    model_id: str, rounds: int, threads: int, clicks: int, variants: list[tuple[str, str]], device: str = "cpu"
+    model_id: str,
+    rounds: int,
+    threads: int,
+    clicks: int,
+    variants: list[tuple[str, str]],
+    device: str = "cpu",
+    grid_clicks: int = 64,
+    grid_rounds: int = 3,
 ) -> dict:
     """Every variant of ``model_id``'s encoder and decoder against torch fp32 (see the module docstring)."""
     import torch
@@ -142,7 +152,9 @@ def measure_model(
             v = out["variants"][key]
             v["encode"] = summarize(samples[1:])
             v["encode_speedup"] = base_p50 / v["encode"]["p50_ms"] * 1e3
-            v["feature_max_abs_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(feature_arrays(features[key]), ref_arrays))
+            v["feature_max_abs_diff"] = max(
+                float(np.abs(a - b).max()) for a, b in zip(feature_arrays(features[key]), ref_arrays)
+            )
             v["feature_max_abs"] = max(float(np.abs(a).max()) for a in ref_arrays)
             masks = masks_of(torch_decoder, features[key])
             v["mask_iou_to_fp32"] = {n: min(iou(a, b) for a, b in zip(masks[n], ref_masks[n])) for n in ref_masks}
@@ -162,6 +174,31 @@ def measure_model(
             v = out["variants"][key]
             v["click_decoder"] = summarize(samples[1:])
             v["click_speedup"] = dec_base / v["click_decoder"]["p50_ms"] * 1e3
+        # The automatic-mask grid's forward pass: ``grid_clicks`` clicks, three masks each, in one batch
+        # (``decode_points``, as models.amg.generate_masks calls it), low-res logits compared to torch's.
+        from models.amg import grid_points
+
+        side = int(round(grid_clicks**0.5))
+        grid = grid_points(side, features[base].orig_hw)
+        grid_times: dict[str, list[float]] = {k: [] for k in decoders}
+        grid_ref = None
+        for _ in range(grid_rounds + 1):
+            for key, decoder in decoders.items():
+                t = time.perf_counter()
+                low_res, _ = decoder.decode_points(features[base], grid, multimask_output=True)
+                grid_times[key].append(time.perf_counter() - t)
+                if key == base:
+                    grid_ref = low_res > 0
+                elif grid_ref is not None:
+                    both = (grid_ref & (low_res > 0)).sum().item()
+                    either = (grid_ref | (low_res > 0)).sum().item()
+                    out["variants"][key]["grid_low_res_iou_to_torch"] = both / max(either, 1)
+        grid_base = float(np.median(grid_times[base][1:]))
+        for key, samples in grid_times.items():
+            v = out["variants"][key]
+            v["grid_decoder"] = summarize(samples[1:])
+            v["grid_clicks"] = len(grid)
+            v["grid_speedup"] = grid_base / v["grid_decoder"]["p50_ms"] * 1e3
         areas = {n: [int(m.sum()) for m in ms] for n, ms in ref_masks.items()}
         out["reference_mask_areas_px"] = areas  # non-empty and different between prompts: a real comparison
     return out
@@ -171,7 +208,9 @@ def print_table(result: dict) -> None:
     """The encoder and decoder tables, as docs/performance.md shows them."""
     for model_id, r in result["models"].items():
         print(f"\n{model_id} (export {r['export_s']:.1f} s)")
-        print(f"{'variant':<18} {'load s':>7} {'encode p50':>11} {'speed-up':>8} {'max |dF|':>9} {'IoU box/click':>14} {'click p50':>10} {'x':>5}")
+        print(
+            f"{'variant':<18} {'load s':>7} {'encode p50':>11} {'speed-up':>8} {'max |dF|':>9} {'IoU box/click':>14} {'click p50':>10} {'x':>5} {'grid p50':>9} {'x':>5}"
+        )
         for key, v in r["variants"].items():
             if "encode" not in v:
                 print(f"{key:<18} fell back to {v['in_force']}: {v['fallbacks']}")
@@ -182,6 +221,7 @@ def print_table(result: dict) -> None:
                 f"{key:<18} {v['load_s']:>7.1f} {v['encode']['p50_ms']:>9.0f}ms {v['encode_speedup']:>7.2f}x "
                 f"{v['feature_max_abs_diff']:>9.2g} {ious['box']:>6.4f}/{ious['click']:.4f} "
                 + (f"{dec['p50_ms']:>8.1f}ms {v['click_speedup']:>4.2f}x" if dec else "")
+                + (f" {v['grid_decoder']['p50_ms']:>7.0f}ms {v['grid_speedup']:>4.2f}x" if dec else "")
             )
 
 
@@ -190,6 +230,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     p.add_argument("--rounds", type=int, default=5, help="encodes per variant (after one warm-up)")
     p.add_argument("--clicks", type=int, default=20, help="decoder clicks per variant (after one warm-up)")
+    p.add_argument("--grid-clicks", type=int, default=64, help="clicks of the automatic-mask grid pass (a square)")
+    p.add_argument("--grid-rounds", type=int, default=3, help="grid passes per decoder (after one warm-up)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU variants")
     p.add_argument("--all-precisions", action="store_true", help="measure bf16 even where the CPU emulates it")
@@ -208,7 +250,12 @@ def main() -> None:
         "rounds": args.rounds,
         "image": "truck.jpg 1800x1200",
         "variants": [f"{r} {p}" for r, p in variants],
-        "models": {m: measure_model(m, args.rounds, args.threads, args.clicks, variants, args.device) for m in args.models},
+        "models": {
+            m: measure_model(
+                m, args.rounds, args.threads, args.clicks, variants, args.device, args.grid_clicks, args.grid_rounds
+            )
+            for m in args.models
+        },
     }
     print_table(result)
     print(write_result(args.out, result))

@@ -12,6 +12,7 @@ import numpy as np
 from ray import serve
 
 from deployments.contracts import EmbedResult, FadeResult
+from deployments.runtime.admission import StageAdmission
 from deployments.runtime.clip_weights import ClipWeightsSource, load_embedder
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.replica import pick_device, set_torch_threads
@@ -66,6 +67,8 @@ class Embedder:
             os.getpid(),
         )
         self._work = StageWork("embed_images", "embed_texts", counters=("images", "texts"))
+        #: This replica's crop requests in flight and time per request: the deadline check of :meth:`embed_crops`.
+        self._admission = StageAdmission("embed")
 
     def reconfigure(self, user_config: dict) -> None:
         """Batching of both towers (see :func:`apply_batch_config`)."""
@@ -89,10 +92,20 @@ class Embedder:
         self._work.batch(stage, len(items), time.perf_counter() - t0, **{counter: len(items)})
         return [row.copy() for row in matrix]
 
-    async def embed_crops(self, faded: FadeResult) -> EmbedResult:
-        """The graph's entry after the fader: one L2-normalised (dim,) float32 embedding per crop."""
+    async def embed_crops(self, faded: FadeResult, deadline: float | None = None) -> EmbedResult:
+        """The graph's entry after the fader: one L2-normalised (dim,) float32 embedding per crop.
+
+        Args:
+            faded: the fader's crops, each (S, S, 3) uint8 RGB.
+            deadline: the request's deadline (absolute ``time.time()`` seconds), or None.
+
+        Raises:
+            DeadlineExceeded: the requests embedding here and this one would end after ``deadline`` (503
+                ``deadline``), checked on arrival.
+        """
         t0 = time.perf_counter()
-        vectors = await asyncio.gather(*(self.embed_images(c) for c in faded.crops))
+        with self._admission.served(deadline):
+            vectors = await asyncio.gather(*(self.embed_images(c) for c in faded.crops))
         embeddings = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, self._embedder.dim), np.float32)
         timing = {**faded.timing_ms, "embed": (time.perf_counter() - t0) * 1e3}
         return EmbedResult(embeddings, self._info["weights"], timing, self._info["identity"])
@@ -107,5 +120,6 @@ class Embedder:
         return dict(self._info)
 
     def stats(self) -> dict:
-        """Work done by this replica: images and texts embedded, batches run, seconds spent embedding."""
-        return self._work.stats()
+        """Work done by this replica: images and texts embedded, batches run, seconds spent embedding, and
+        ``admission`` of :meth:`embed_crops` (:meth:`StageAdmission.state`)."""
+        return {**self._work.stats(), "admission": self._admission.state()}

@@ -167,18 +167,27 @@ class ImageNotCached(InputError, LookupError):
     """An ``image_id`` that the replica owning it does not hold (never sent, evicted, or the replica
     restarted): 404 ``image_not_cached``. Send the image again, alone or with its ``image_id``.
 
+    A miss also says whether the owner would take an encode of the image now: ``refusal`` is the error an
+    encode sent at once would get (the encoder's queue is full, or the encode cannot end before the
+    request's deadline), so a caller holding the image's bytes answers 503 at once instead of decoding and
+    sending them to be refused.
+
     Args:
         image_id: the id asked for.
+        field: the request field at fault.
+        refusal: the error (``BackPressureError``, :class:`DeadlineExceeded`) an encode of the image
+            started now would be refused with, or None.
     """
 
     status, code = 404, "image_not_cached"
 
-    def __init__(self, image_id: str, field: str | None = "image_id") -> None:
+    def __init__(self, image_id: str, field: str | None = "image_id", refusal: Exception | None = None) -> None:
         super().__init__("image_id is not (or no longer) cached; send the image again", field)
         self.image_id = image_id
+        self.refusal = refusal
 
     def __reduce__(self):
-        return (type(self), (self.image_id, self.field))
+        return (type(self), (self.image_id, self.field, self.refusal))
 
 
 class UnknownSession(InputError, LookupError):
@@ -211,8 +220,7 @@ class SessionLost(InputError, LookupError):
 
     def __init__(self, session_id: str, field: str | None = "session_id") -> None:
         super().__init__(
-            f"video session {session_id!r} is lost (its replica restarted or the replicas changed); "
-            "open a new session",
+            f"video session {session_id!r} is lost (its replica restarted or the replicas changed); open a new session",
             field,
         )
         self.session_id = session_id

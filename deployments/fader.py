@@ -9,6 +9,7 @@ import numpy as np
 from ray import serve
 
 from deployments.contracts import FadeJob, FadeResult, GenerateResult
+from deployments.runtime.admission import StageAdmission
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.serve_batching import apply_batch_config
 from models.fade_strategies import FadeStrategy, make_fade_strategy
@@ -42,6 +43,8 @@ class Fader:
         except TypeError as e:
             raise ValueError(f"bad crop settings {crop!r} (fields: context_margin, output_size): {e}") from None
         self._work = StageWork("fade", counters=("jobs", "crops"))
+        #: This replica's requests in flight and time per request: the deadline check of :meth:`fade_masks`.
+        self._admission = StageAdmission("fade")
 
     def reconfigure(self, user_config: dict) -> None:
         """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`fade` (see :func:`apply_batch_config`)."""
@@ -59,7 +62,9 @@ class Fader:
         self._work.batch("fade", len(jobs), time.perf_counter() - t0, jobs=len(jobs), crops=sum(len(c) for c in crops))
         return crops
 
-    async def fade_masks(self, image, masks: GenerateResult | list[dict], fade: dict | None = None) -> FadeResult:
+    async def fade_masks(
+        self, image, masks: GenerateResult | list[dict], fade: dict | None = None, deadline: float | None = None
+    ) -> FadeResult:
         """The graph's entry: crops of one image for masks given as COCO RLE.
 
         Args:
@@ -67,26 +72,30 @@ class Fader:
                 decoder replica owning the image put (``masks.image.pixels`` of a :class:`GenerateResult`).
             masks: the decoder's :class:`GenerateResult`, or a list of COCO RLEs on ``image``.
             fade: ``{"strategy", "params"}``, or None for this replica's defaults.
+            deadline: the request's deadline (absolute ``time.time()`` seconds), or None.
 
         Returns:
             One (S, S, 3) uint8 crop per mask, in order.
 
         Raises:
             ValueError: no pixels given or named.
+            DeadlineExceeded: the fades in flight here and this one would end after ``deadline`` (503
+                ``deadline``), checked on arrival.
         """
         t0 = time.perf_counter()
         rles = [m.rle for m in masks.masks] if isinstance(masks, GenerateResult) else list(masks)
         crops: list[np.ndarray] = []
-        if rles:
-            if image is None:
-                if not isinstance(masks, GenerateResult) or masks.image is None:
-                    raise ValueError(
-                        "fade_masks needs the image's pixels: give them, or a GenerateResult that names them"
-                    )
-                image = await masks.image.pixels  # from the object store of the owner's node
-            bool_masks = await asyncio.to_thread(lambda: [decode_rle(r) for r in rles])
-            fade = fade or {}
-            crops = await self.fade(FadeJob(image, bool_masks, fade.get("strategy"), fade.get("params")))
+        with self._admission.served(deadline):
+            if rles:
+                if image is None:
+                    if not isinstance(masks, GenerateResult) or masks.image is None:
+                        raise ValueError(
+                            "fade_masks needs the image's pixels: give them, or a GenerateResult that names them"
+                        )
+                    image = await masks.image.pixels  # from the object store of the owner's node
+                bool_masks = await asyncio.to_thread(lambda: [decode_rle(r) for r in rles])
+                fade = fade or {}
+                crops = await self.fade(FadeJob(image, bool_masks, fade.get("strategy"), fade.get("params")))
         return FadeResult(tuple(crops), {"fade": (time.perf_counter() - t0) * 1e3})
 
     def fade_jobs(self, jobs: list[FadeJob]) -> list[list[np.ndarray]]:
@@ -110,5 +119,6 @@ class Fader:
         return self._crop
 
     def stats(self) -> dict:
-        """Work done by this replica: jobs, crops, batches run and seconds spent fading."""
-        return self._work.stats()
+        """Work done by this replica: jobs, crops, batches run, seconds spent fading, and ``admission``
+        (:meth:`StageAdmission.state`)."""
+        return {**self._work.stats(), "admission": self._admission.state()}

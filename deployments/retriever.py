@@ -15,6 +15,7 @@ from ray import serve
 
 from deployments.contracts import EmbedResult, KnnResult, SearchJob
 from deployments.errors import InvalidRequest, UnknownCollection
+from deployments.runtime.admission import StageAdmission
 from deployments.runtime.example_file import Examples
 from deployments.runtime.metrics import StageWork
 from deployments.runtime.serve_batching import apply_batch_config
@@ -107,6 +108,8 @@ class Retriever:
         else:
             self._store = ExampleStore(path=path, url=url, api_key=api_key)
         self._work = StageWork("search", counters=("jobs", "queries"))
+        #: This replica's searches in flight and time per request: the deadline check of :meth:`knn_chain`.
+        self._admission = StageAdmission("retrieve")
 
     def reconfigure(self, user_config: dict) -> None:
         """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`search` (see :func:`apply_batch_config`)."""
@@ -192,16 +195,24 @@ class Retriever:
         except UnknownCollection:
             return None
 
-    async def knn_chain(self, collection: str, embedded: EmbedResult, top_k: int) -> KnnResult:
+    async def knn_chain(
+        self, collection: str, embedded: EmbedResult, top_k: int, deadline: float | None = None
+    ) -> KnnResult:
         """The graph's entry after the embedder: neighbours of the (N, D) ``embedded.embeddings``.
+
+        Args:
+            deadline: the request's deadline (absolute ``time.time()`` seconds), or None.
 
         Raises:
             EmbedderMismatch: the collection holds vectors of another embedder than ``embedded.embedder``.
+            DeadlineExceeded: the searches in flight here and this one would end after ``deadline`` (503
+                ``deadline``), checked on arrival.
             And as :meth:`knn`.
         """
         t0 = time.perf_counter()
         vectors = embedded.embeddings
-        neighbors = await self.knn(collection, vectors, top_k, embedded.embedder or None) if len(vectors) else []
+        with self._admission.served(deadline):
+            neighbors = await self.knn(collection, vectors, top_k, embedded.embedder or None) if len(vectors) else []
         timing = {**embedded.timing_ms, "retrieve": (time.perf_counter() - t0) * 1e3}
         return KnnResult(neighbors, embedded.weights, timing)
 
@@ -222,8 +233,9 @@ class Retriever:
         return {"backend": self._store.backend, "collections": await asyncio.to_thread(self._store.collections)}
 
     def stats(self) -> dict:
-        """Work done by this replica: search jobs, query vectors, batches run, seconds spent searching."""
-        return self._work.stats()
+        """Work done by this replica: search jobs, query vectors, batches run, seconds spent searching, and
+        ``admission`` of :meth:`knn_chain` (:meth:`StageAdmission.state`)."""
+        return {**self._work.stats(), "admission": self._admission.state()}
 
     def __del__(self) -> None:
         store = getattr(self, "_store", None)

@@ -103,26 +103,25 @@ class StageAdmission:
         ahead = self.in_flight if ahead is None else ahead
         return (ahead + 1) * self.service_s / self.parallel
 
-    def check(self, deadline: float | None, before_s: float = 0.0) -> None:
-        """Refuse a request that cannot finish here before ``deadline``.
+    def refusal(self, deadline: float | None, before_s: float = 0.0) -> DeadlineExceeded | None:
+        """The error :meth:`check` would raise for a request with ``deadline``, or None; counts nothing.
 
         Args:
             deadline: absolute wall-clock time (``clock()`` seconds), or None (no deadline: admitted).
             before_s: seconds of other work the request still has before it reaches this stage's queue.
 
-        Raises:
-            DeadlineExceeded: the deadline has passed, or ``now + before_s + wait_s()`` is after it; its
-                ``retry_after_s`` is the whole seconds (>= 1) the estimate runs past what is left of the
-                deadline (all of it when the deadline has passed): about when the queue ahead has drained
-                enough for the same budget.
+        Returns:
+            None when ``now + before_s + wait_s()`` is before the deadline; else a :class:`DeadlineExceeded`
+            whose ``retry_after_s`` is the whole seconds (>= 1) the estimate runs past what is left of the
+            deadline (all of it when the deadline has passed): about when the queue ahead has drained
+            enough for the same budget.
         """
         if deadline is None:
-            return
+            return None
         left = deadline - self.clock()
         needed = before_s + self.wait_s()
         if left > 0 and needed <= left:
-            return
-        self.refused += 1
+            return None
         retry_after_s = max(1, math.ceil(needed - max(left, 0.0)))
         if left <= 0:
             why = f"the request's deadline passed {-left:.3f} s ago, before {self.stage}"
@@ -131,7 +130,18 @@ class StageAdmission:
                 f"{self.stage} would take about {needed:.3f} s ({self.in_flight} in flight, "
                 f"{self.service_s:.3f} s per request, {self.parallel} at once); {left:.3f} s of the deadline left"
             )
-        raise DeadlineExceeded(why, retry_after_s)
+        return DeadlineExceeded(why, retry_after_s)
+
+    def check(self, deadline: float | None, before_s: float = 0.0) -> None:
+        """Refuse a request that cannot finish here before ``deadline`` (:meth:`refusal`), counting it.
+
+        Raises:
+            DeadlineExceeded: the deadline has passed, or ``now + before_s + wait_s()`` is after it.
+        """
+        error = self.refusal(deadline, before_s)
+        if error is not None:
+            self.refused += 1
+            raise error
 
     @contextlib.contextmanager
     def admit(self, deadline: float | None, before_s: float = 0.0) -> Iterator[None]:
@@ -142,6 +152,16 @@ class StageAdmission:
             yield
         finally:
             self.in_flight -= 1
+
+    @contextlib.contextmanager
+    def served(self, deadline: float | None, before_s: float = 0.0) -> Iterator[None]:
+        """:meth:`admit`, and the block's duration into the moving average when it ends normally: the
+        time per request of a stage whose requests in flight share its CPU (or batch together), so a block
+        that took ``t`` seconds with ``n`` requests in flight counts ``t / n`` (:meth:`observe`)."""
+        with self.admit(deadline, before_s):
+            t0 = time.perf_counter()
+            yield
+            self.observe(time.perf_counter() - t0, self.in_flight)
 
     def state(self) -> dict:
         """``{"in_flight", "service_s", "parallel", "refused"}`` (for ``stats()``)."""

@@ -16,6 +16,7 @@ import contextvars
 import time
 
 import numpy as np
+from ray.serve.exceptions import BackPressureError
 
 from deployments.errors import ImageNotCached
 from deployments.runtime.admission import StageAdmission
@@ -51,14 +52,14 @@ class OwnedImages:
         self.encoder_admission = StageAdmission("encode")
         #: Requests waiting for each encode still running (its task): the last one gone cancels it.
         self._waiting: dict[asyncio.Future, int] = {}
+        #: The encoder's last refusal of a full queue (``BackPressureError``), until an encode ends.
+        self._encoder_full: BackPressureError | None = None
 
     def stats(self) -> dict:
         """Entries, bytes, hits, misses, evictions, and the encodes this replica asked for."""
         return {**self.entries.stats(), "encodes": self.encodes}
 
-    def entry(
-        self, image_id: str, pixels: np.ndarray | None, deadline: float | None = None
-    ) -> tuple[CacheEntry, bool]:
+    def entry(self, image_id: str, pixels: np.ndarray | None, deadline: float | None = None) -> tuple[CacheEntry, bool]:
         """The image's entry, and whether it was held before this call.
 
         With ``pixels`` and no entry, the encode starts now and the entry is cached before the caller
@@ -71,9 +72,11 @@ class OwnedImages:
                 only when this call would start an encode.
 
         Raises:
-            ImageNotCached: no entry and no pixels.
+            ImageNotCached: no entry and no pixels; its ``refusal`` is :meth:`encode_refusal`'s answer.
             DeadlineExceeded: the encode would not end before ``deadline`` (the encodes this replica has in
                 flight and the encoder's time per image); nothing is sent or cached.
+            BackPressureError: the encoder's queue at this replica is still full (:meth:`encode_refusal`);
+                nothing is sent or cached.
         """
         # A call with pixels follows a miss of the same request, counted then: count it only if found.
         entry = self.entries.get(image_id) if pixels is None or image_id in self.entries else None
@@ -82,8 +85,11 @@ class OwnedImages:
             return entry, True
         if pixels is None:
             self._metrics.lookup(False)
-            raise ImageNotCached(image_id)
-        self.encoder_admission.check(deadline)
+            raise ImageNotCached(image_id, refusal=self.encode_refusal(deadline))
+        refusal = self.encode_refusal(deadline)
+        if refusal is not None:
+            self.encoder_admission.refused += 1
+            raise refusal
         if self._put is None:
             import ray
 
@@ -107,11 +113,32 @@ class OwnedImages:
         self.encodes += 1
         return entry, False
 
+    def encode_refusal(self, deadline: float | None) -> Exception | None:
+        """The error an encode sent now would be refused with, or None; counts nothing.
+
+        - ``BackPressureError`` (503 ``overloaded``): the encoder refused this replica's last encode for a
+          full queue, and none of the encodes in flight then has ended since (so its queue is still full).
+          A replica added to the encoder frees room only as its encodes end, so the first to end clears it.
+        - :class:`DeadlineExceeded` (503 ``deadline``): the encodes in flight and the encoder's time per
+          image end after ``deadline`` (absolute ``time.time()`` seconds; None: no deadline).
+        """
+        full = self._encoder_full
+        if full is not None and self.encoder_admission.in_flight > 0:
+            return BackPressureError(*full.args)
+        return self.encoder_admission.refusal(deadline)
+
     async def _encode(self, pixels_ref, deadline: float | None):
         try:
             encoded = await self.encoder.encode_image.remote(pixels_ref, deadline)
+        except BackPressureError as e:
+            self._encoder_full = e
+            raise
+        except BaseException:
+            self._encoder_full = None  # an encode that ended (failed or cancelled) freed a place
+            raise
         finally:
             self.encoder_admission.in_flight -= 1
+        self._encoder_full = None
         self.encoder_admission.report(encoded.service_s)
         return encoded.features
 

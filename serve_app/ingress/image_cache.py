@@ -107,6 +107,8 @@ class ImageOwners:
         Raises:
             ImageNotCached: 404 on a miss without ``data``; a miss is also an owner that died during the
                 call (with ``data`` the call is then sent again, to the key's new owner).
+            BackPressureError, DeadlineExceeded: a miss whose owner would refuse the encode now (its
+                ``refusal``): raised before the bytes are decoded, so a refusal costs one call.
             InputError: bytes that do not decode, a prompt outside the image.
             DeadlineExceeded: the deadline passed before a send (503 ``deadline``).
         """
@@ -115,9 +117,12 @@ class ImageOwners:
         check_deadline(deadline, "the image's owner")
         try:
             return await _guard(image_id, send(None))
-        except ImageNotCached:
+        except ImageNotCached as miss:
             if data is None:
                 raise
+            refusal = getattr(miss, "refusal", None)
+            if refusal is not None:  # the owner would refuse the encode: answer now, not after decoding
+                raise refusal from None
         td = time.perf_counter()
         rgb = decode_image(data, self.max_image_pixels)
         timing["decode_image"] = (time.perf_counter() - td) * 1e3

@@ -68,3 +68,39 @@ def test_a_bad_timeout_header_is_422_naming_it(client):
         r = client.post("/v1/segment", json={"image_id": "0" * 64}, headers={"X-Request-Timeout": value})
         assert r.status_code == 422, r.text
         assert r.json()["error"]["field"] == "X-Request-Timeout" and r.json()["error"]["code"] == "invalid_request"
+
+
+def test_fader_embedder_and_retriever_refuse_a_request_past_its_deadline_on_arrival():
+    """The stages after the decoder check the deadline the ingress passes them (``/v1/predict``,
+    ``/v1/segment`` with CLIP texts, ``/v1/examples``): a request already late is refused at the stage's
+    door, counted in its ``admission`` stats, and an on-time one is served and timed."""
+    import pytest
+    from pycocotools import mask as mask_utils
+
+    from deployments.contracts import EmbedResult, FadeResult
+    from deployments.errors import DeadlineExceeded
+
+    stages = app_stages()
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    box = np.zeros((32, 32), np.uint8, order="F")
+    box[8:24, 8:24] = 1
+    rle = mask_utils.encode(box)
+    rle["counts"] = rle["counts"].decode()
+    crop = np.zeros((224, 224, 3), np.uint8)
+    calls = {
+        "fader": lambda h, d: h.fade_masks.remote(pixels, [rle], None, d),
+        "embedder": lambda h, d: h.embed_crops.remote(FadeResult((crop,), {}), d),
+        "retriever": lambda h, d: h.knn_chain.remote(
+            "no-such-collection", EmbedResult(np.zeros((0, 8), np.float32), "random", {}), 3, d
+        ),
+    }
+    for name, call in calls.items():
+        handle = stages[name]
+        before = handle.stats.remote().result()["admission"]
+        with pytest.raises(DeadlineExceeded) as info:
+            call(handle, time.time() - 1.0).result()
+        assert "deadline passed" in info.value.message and info.value.retry_after_s >= 1, (name, info.value.message)
+        call(handle, time.time() + 60.0).result()  # on time: served
+        after = handle.stats.remote().result()["admission"]
+        assert after["refused"] == before["refused"] + 1 and after["in_flight"] == 0, (name, after)
+        assert after["service_s"] is not None and after["service_s"] >= 0, (name, after)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -36,7 +37,9 @@ def test_service_time_is_a_moving_average_of_the_time_per_request():
     assert a.service_s == 1.25
 
 
-@pytest.mark.parametrize(("in_flight", "parallel", "services"), [(0, 1, 1), (3, 1, 4), (3, 4, 1), (4, 4, 1.25), (9, 2, 5)])
+@pytest.mark.parametrize(
+    ("in_flight", "parallel", "services"), [(0, 1, 1), (3, 1, 4), (3, 4, 1), (4, 4, 1.25), (9, 2, 5)]
+)
 def test_wait_is_the_requests_ahead_and_its_own_at_the_service_time(in_flight, parallel, services):
     a = StageAdmission("encode", parallel=parallel, service_s=2.5, clock=Clock())
     a.in_flight = in_flight
@@ -102,7 +105,9 @@ def test_report_takes_the_stage_s_own_numbers():
     assert a.state() == {"in_flight": 2, "service_s": 1.5, "parallel": 2, "refused": 0}
 
 
-@pytest.mark.parametrize("kwargs", [{"parallel": 0}, {"parallel": 1.5}, {"alpha": 0.0}, {"alpha": 1.5}, {"service_s": -1.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"parallel": 0}, {"parallel": 1.5}, {"alpha": 0.0}, {"alpha": 1.5}, {"service_s": -1.0}]
+)
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         StageAdmission("encode", **kwargs)
@@ -222,3 +227,110 @@ def test_a_request_that_stays_gets_the_shared_encode_when_another_leaves():
 
     assert asyncio.run(go()) == "features of (8, 6, 3)"
     assert (encoder.cancelled, encoder.computed) == (0, 1) and "img" in images.entries
+
+
+class FullEncoder(SlowEncoder):
+    """A :class:`SlowEncoder` whose queue at the caller holds ``room`` encodes: one more is refused as Ray
+    Serve's handle refuses it (``BackPressureError``, ``max_queued_requests``)."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room, self.running = room, 0
+
+    def remote(self, pixels, deadline=None):
+        from ray.serve.exceptions import BackPressureError
+
+        if self.running >= self.room:
+
+            async def refused():
+                raise BackPressureError(num_queued_requests=self.room, max_queued_requests=self.room, retry_after_s=3.0)
+
+            return refused()
+        self.running += 1
+        inner = super().remote(pixels, deadline)
+
+        async def run():
+            try:
+                return await inner
+            finally:
+                self.running -= 1
+
+        return run()
+
+
+def test_once_the_encoder_refused_a_full_queue_misses_are_refused_until_an_encode_ends():
+    from ray.serve.exceptions import BackPressureError
+
+    from deployments.errors import ImageNotCached
+
+    encoder = FullEncoder(room=1)
+    images = _owned(encoder, Clock())
+
+    async def go():
+        held, _ = images.entry("a", PIXELS)  # takes the encoder's one place
+        waiting = asyncio.ensure_future(images.features("a", held, {}))
+        second, _ = images.entry("b", PIXELS)
+        with pytest.raises(BackPressureError):  # the encoder's queue is full: refused by the handle
+            await images.features("b", second, {})
+        sent = encoder.sent
+        with pytest.raises(ImageNotCached) as miss:  # a miss now says an encode would be refused
+            images.entry("c", None)
+        with pytest.raises(BackPressureError) as direct:  # and an encode is refused without being sent
+            images.entry("c", PIXELS)
+        refused_without_sending = encoder.sent == sent and "c" not in images.entries
+        encoder.release.set()
+        await waiting  # an encode ended: there is room again
+        with pytest.raises(ImageNotCached) as later:
+            images.entry("c", None)
+        third, _ = images.entry("c", PIXELS)
+        await images.features("c", third, {})
+        return miss.value, direct.value, refused_without_sending, later.value
+
+    miss, direct, refused_without_sending, later = asyncio.run(go())
+    assert isinstance(miss.refusal, BackPressureError) and miss.refusal.retry_after_s == 3.0
+    assert direct.retry_after_s == 3.0 and refused_without_sending
+    assert later.refusal is None and "c" in images.entries
+    assert images.encoder_admission.refused == 1 and images.encoder_admission.in_flight == 0
+
+
+def test_a_miss_carries_the_deadline_refusal_an_encode_would_get_and_crosses_ray():
+    from deployments.errors import ImageNotCached
+
+    clock = Clock(1000.0)
+    encoder = SlowEncoder(service_s=2.0)
+    images = _owned(encoder, clock)
+    images.encoder_admission.report(2.0)
+
+    async def go():
+        images.entry("a", PIXELS)  # one in flight: a new encode ends 4 s from now
+        with pytest.raises(ImageNotCached) as tight:
+            images.entry("b", None, deadline=1003.0)
+        with pytest.raises(ImageNotCached) as loose:
+            images.entry("b", None, deadline=1010.0)
+        encoder.release.set()
+        return tight.value, loose.value
+
+    tight, loose = asyncio.run(go())
+    crossed = pickle.loads(pickle.dumps(tight))
+    assert isinstance(crossed.refusal, DeadlineExceeded) and crossed.refusal.retry_after_s == 1  # ceil(4 - 3)
+    assert (crossed.image_id, crossed.status) == ("b", 404) and loose.refusal is None
+    assert images.encoder_admission.refused == 0  # a miss is not a refusal unless the caller acts on it
+
+
+def test_served_times_a_block_shared_by_the_requests_in_flight_and_skips_a_failed_one():
+    clock = Clock(1000.0)
+    a = StageAdmission("fade", clock=clock)
+    t0 = time.perf_counter()
+    with a.served(deadline=None):
+        a.in_flight += 1  # another request joined while this one ran: the time is shared by two
+        time.sleep(0.04)
+    elapsed = time.perf_counter() - t0
+    a.in_flight -= 1
+    assert a.service_s is not None and 0.015 <= a.service_s <= elapsed / 2
+    measured = a.service_s
+    with pytest.raises(RuntimeError), a.served(deadline=None):
+        raise RuntimeError("failed")
+    assert a.service_s == measured and a.in_flight == 0  # a failure measures nothing
+    with pytest.raises(DeadlineExceeded), a.served(deadline=999.0):
+        pytest.fail("a late request must not run")
+    assert (a.refused, a.in_flight) == (1, 0)

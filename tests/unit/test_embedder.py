@@ -502,7 +502,7 @@ def test_embedder_init_and_info(embedder_replica):
         "device": "cpu",
         "dim": DIM,
     }
-    assert replica.stats() == {"images": 0, "texts": 0, "batches": 0, "busy_s": 0.0}
+    assert replica.stats() == {"images": 0, "texts": 0, "batches": 0, "busy_s": 0.0, "admission": {"in_flight": 0, "service_s": None, "parallel": 1, "refused": 0}}
 
 
 def test_embedder_reconfigure(embedder_replica):

@@ -450,7 +450,7 @@ def test_fader_constructor_validates():
         FaderClass(crop={"size": 64})
     obj = FaderClass(default_strategy="linear", default_params={"max_distance_px": 20.0}, crop={"output_size": 32})
     assert obj.crop_settings() == CropSettings(output_size=32)
-    assert obj.stats() == {"jobs": 0, "crops": 0, "batches": 0, "busy_s": 0.0}
+    assert obj.stats() == {"jobs": 0, "crops": 0, "batches": 0, "busy_s": 0.0, "admission": {"in_flight": 0, "service_s": None, "parallel": 1, "refused": 0}}
 
 
 def test_fader_reconfigure_sets_batching():

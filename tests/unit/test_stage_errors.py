@@ -242,3 +242,23 @@ def test_a_deadline_refusal_is_503_deadline_with_retry_after():
     wrapped = RayTaskError("ImageEncoder.encode_image", "Traceback ...", cause).as_instanceof_cause()
     err = _raised(wrapped)
     assert (err.status, err.code, err.field, err.headers) == (503, "deadline", None, {"Retry-After": "12"})
+
+
+def test_a_miss_the_owner_would_refuse_is_answered_before_the_bytes_are_decoded():
+    from deployments.errors import DeadlineExceeded, ImageNotCached
+    from serve_app.ingress.image_cache import ImageOwners
+
+    owners = ImageOwners(decoders=None, max_image_pixels=10**6, put=lambda rgb: pytest.fail("pixels were put"))
+    sent = []
+    refusal = DeadlineExceeded("encode would take about 9.000 s", 4)
+
+    async def send(pixels):
+        sent.append(pixels)
+        raise ImageNotCached("img", refusal=refusal)
+
+    # not an image: decoding it would be a 400 invalid_image, so a 503 shows it was never decoded
+    with pytest.raises(DeadlineExceeded) as info:
+        asyncio.run(owners.call("img", b"not a jpeg", send))
+    assert info.value is refusal and sent == [None]
+    with pytest.raises(ImageNotCached):  # without the bytes it stays a 404: the client must send them
+        asyncio.run(owners.call("img", None, send))

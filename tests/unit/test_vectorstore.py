@@ -519,9 +519,10 @@ def test_retriever_refuses_queries_of_another_embedder(retriever_module, data):
         assert_same_neighbors(results[1], s.search("pets", queries[2:3], 3))
 
         from deployments.contracts import EmbedResult
+        from deployments.runtime.admission import StageAdmission
 
         r = retriever_module.Retriever.func_or_class.__new__(retriever_module.Retriever.func_or_class)
-        r._store = s
+        r._store, r._admission = s, StageAdmission("retrieve")
 
         async def unbatched(job):  # @serve.batch for a batch of one, minus the replica context
             return run_search_jobs(s, [job])[0]

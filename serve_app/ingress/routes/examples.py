@@ -80,8 +80,8 @@ async def add_example(request: Request, ctx: Context) -> dict:
     if area == 0:
         field = "mask_rle" if prompt is None else "box_xyxy"
         raise ApiError(422, "empty_mask", "the object's mask is empty; nothing to embed", field)
-    crops = ctx.fader.fade_masks.remote(image.pixels, [rle], fade)
-    embedded = ctx.embedder.embed_crops.remote(crops)
+    crops = ctx.fader.fade_masks.remote(image.pixels, [rle], fade, deadline)
+    embedded = ctx.embedder.embed_crops.remote(crops, deadline)
     payload = {"image_id": image_id, "bbox_xyxy": rle_bbox_xyxy(rle), "area_px": area}
     ids = await store_example(ctx.retriever, req.collection, embedded, req.label, payload, request_id(request))
     timing["total"] = (time.perf_counter() - t0) * 1e3

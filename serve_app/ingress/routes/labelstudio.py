@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from deployments.errors import ImageNotCached
 from serve_app.ingress import request_examples as ex
 from serve_app.ingress.context import Context, IngressContext
+from serve_app.ingress.deadlines import request_deadline
 from serve_app.ingress.errors import ApiError, from_validation_error
 from serve_app.ingress.http import parse_body, stage_errors
 from serve_app.ingress.openapi import DescribedRouter
@@ -181,12 +182,15 @@ async def webhook(request: Request, ctx: Context) -> dict:
 
 @router.post(
     f"{PREFIX}/predict",
-    **router.body_spec(LsPredict, None, ok=LsPredictAnswer, errors=LS_ERRORS, examples=ex.LS_PREDICT_EXAMPLES),
+    **router.body_spec(
+        LsPredict, None, ok=LsPredictAnswer, errors=LS_ERRORS, examples=ex.LS_PREDICT_EXAMPLES, deadline=True
+    ),
 )
 @stage_errors
 async def predict(request: Request, ctx: Context) -> dict:
     """Interactive pre-annotation (a ``params.context``: the first task's object) or whole-task
     pre-labelling (none: every task, every label name of the config)."""
+    deadline = request_deadline(request, ctx.args.limits.request_timeout_s)
     req, _ = await parse_body(request, LsPredict, ctx.args.limits.max_body_bytes, file_part=None)
     config = label_config_or_422(req.label_config, "label_config")
     if config.mask_control.tag == "BrushLabels":
@@ -198,12 +202,12 @@ async def predict(request: Request, ctx: Context) -> dict:
     host = ctx.task_images.host(req.project)
     options = ctx.task_images.options(req.project)
     if interaction is not None:
-        return {"results": [await interactive(ctx, req.tasks[0], config, interaction, host, options)]}
+        return {"results": [await interactive(ctx, req.tasks[0], config, interaction, host, options, deadline)]}
     gate = asyncio.Semaphore(PRELABEL_IN_FLIGHT)
 
     async def one(task: dict) -> dict:
         async with gate:
-            return await prelabel(ctx, task, config, host, options)
+            return await prelabel(ctx, task, config, host, options, deadline)
 
     # Tasks showing the same image URL share one prediction (a prediction depends only on the image and the
     # config): a batch that repeats an image costs one /v1/predict, not one per task.
@@ -268,10 +272,12 @@ async def interactive(
     click: Interaction,
     host: LabelStudioHost | None,
     options: BackendOptions = BackendOptions(),
+    deadline: float | None = None,
 ) -> dict:
     """The prediction of one interactive request: the mask of the annotator's keypoints and/or rectangle
     (the best of ``/v1/segment``'s), and every instance of a typed text on a model with concept prompts
-    (the project's model: ``options.model_id``, else the default)."""
+    (the project's model: ``options.model_id``, else the default). ``deadline``: the request's, absolute
+    ``time.time()`` seconds (None: none), as ``/v1/segment``'s."""
     model = ctx.model(options.model_id, "extra_params.model_id")
     control = config.mask_control
     label = click.label if click.label in control.labels else control.labels[0]
@@ -288,7 +294,7 @@ async def interactive(
 
     async def call(image_id, data):
         req = _validated(SegmentRequest, {**body, "image_id": image_id})
-        return await segment_image(ctx, req, data, endpoint=f"{PREFIX}/predict")
+        return await segment_image(ctx, req, data, endpoint=f"{PREFIX}/predict", deadline=deadline)
 
     answer = await on_task_image(ctx, task, config, host, call)
     results = []
@@ -307,10 +313,12 @@ async def prelabel(
     config: LabelConfig,
     host: LabelStudioHost | None,
     options: BackendOptions = BackendOptions(),
+    deadline: float | None = None,
 ) -> dict:
     """A task's prediction without a click: every instance of the config's label names, by SAM 3 concept
     prompts on a model with concept prompts, else the instances whose few-shot label (from
-    ``options.collection``, else ``default``) is one of them (:func:`serve_app.labelstudio.instances_prediction`)."""
+    ``options.collection``, else ``default``) is one of them (:func:`serve_app.labelstudio.instances_prediction`).
+    ``deadline``: the request's, absolute ``time.time()`` seconds (None: none), as ``/v1/predict``'s."""
     model = ctx.model(options.model_id, "extra_params.model_id")
     control = config.mask_control
     body = {"model_id": model.model_id, "mask_format": "polygon" if control.tag == "PolygonLabels" else "rle"}
@@ -321,7 +329,7 @@ async def prelabel(
 
     async def call(image_id, data):
         req = _validated(PredictRequest, {**body, "image_id": image_id})
-        return await predict_image(ctx, req, data, endpoint=f"{PREFIX}/predict")
+        return await predict_image(ctx, req, data, endpoint=f"{PREFIX}/predict", deadline=deadline)
 
     answer = await on_task_image(ctx, task, config, host, call)
     return instances_prediction(answer["instances"], config, answer["width"], answer["height"], answer["model_id"])

@@ -91,8 +91,9 @@ async def predict_image(
         calls = [owner.concepts.remote(image_id, concepts, pixels)] if concepts is not None else []
         if collection is not None:
             generated = owner.generate_for.remote(image_id, amg, req.max_instances, pixels, deadline)
-            crops = ctx.fader.fade_masks.remote(None, generated, fade)
-            found = ctx.retriever.knn_chain.remote(collection, ctx.embedder.embed_crops.remote(crops), req.top_k)
+            crops = ctx.fader.fade_masks.remote(None, generated, fade, deadline)
+            embedded = ctx.embedder.embed_crops.remote(crops, deadline)
+            found = ctx.retriever.knn_chain.remote(collection, embedded, req.top_k, deadline)
             calls += [generated, found]
         return asyncio.gather(*calls)
 

@@ -108,8 +108,8 @@ async def segment_image(
             calls.append(owner.concepts.remote(image_id, concepts, pixels))
         if clip_texts:
             generated = owner.generate_for.remote(image_id, amg, ctx.args.text_candidates, pixels, deadline)
-            crops = ctx.fader.fade_masks.remote(None, generated, fade)
-            embedded = ctx.embedder.embed_crops.remote(crops)
+            crops = ctx.fader.fade_masks.remote(None, generated, fade, deadline)
+            embedded = ctx.embedder.embed_crops.remote(crops, deadline)
             calls += [generated, embedded, ctx.embedder.embed_text_list.remote(clip_texts)]
         return asyncio.gather(*calls)
 
