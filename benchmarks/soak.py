@@ -17,7 +17,8 @@ Images are the shared photos (benchmarks/loadgen.py: new bytes for every use, sa
 retried after its ``Retry-After`` (at most :data:`RETRIES_503` times; every answer is recorded).
 During the load, one replica each of MaskDecoder, Retriever, VideoSegmenter and Ingress is killed
 (SIGKILL of its worker process) at fixed fractions of the run (:data:`KILLS`). Every ``sample_every_s``
-it records per replica RSS (the Ray workers under the `serve run` process, by title), ``/v1/stats``
+it records per replica RSS, and its private part without the object store's shared pages
+(:func:`process_memory`; the Ray workers under the `serve run` process, by title), ``/v1/stats``
 (image-cache entries and bytes per decoder replica, open video sessions and their bytes) and the object
 store's use (:class:`ObjectStoreProbe`). After the load it samples until the video sessions are back
 to 0 (at most a TTL plus a margin), then lists the example collection.
@@ -572,6 +573,8 @@ def targets(result: dict, ledger: Ledger, listed: list[str] | None) -> dict:
       after ``warmup_s`` (from the load's start; for a replacement replica, also from when it was first
       seen), as % of its mean RSS per hour (replicas with 3+ such samples); ``max``: the
       largest.
+    - ``rss_slope_second_half_pct_per_h``: the same over the second half of the load only (a steady
+      slope there is a leak; a step earlier, after which the replica is flat, is not).
     - ``rss_after_vs_warmup``: per replica alive from the warm-up to the end, RSS of the last sample
       after the load over its level after the warm-up: the median of its load samples from ``warmup_s``
       on (one sample would catch transients: a /v1/predict's decoder batch takes ~27 MB a click);
@@ -592,11 +595,11 @@ def targets(result: dict, ledger: Ledger, listed: list[str] | None) -> dict:
     t_warm = result["load_start_s"] + plan["warmup_s"]
     first_seen = {key: pts[0][0] for key, pts in rss_series(samples, ("baseline", "load")).items()}
 
-    def slopes_of(field: str) -> dict:
+    def slopes_of(field: str, since_s: float = t_warm) -> dict:
         out = {}
         for key, pts in rss_series(samples, ("load",), field).items():
             # a replacement replica (after a kill) has its own warm-up, from when it was first seen
-            pts = [(t, b) for t, b in pts if t >= max(t_warm, first_seen[key] + plan["warmup_s"])]
+            pts = [(t, b) for t, b in pts if t >= max(since_s, first_seen[key] + plan["warmup_s"])]
             if len(pts) >= 3:
                 t_h = np.asarray([t for t, _ in pts]) / 3600.0
                 rss = np.asarray([b for _, b in pts], float)
@@ -605,6 +608,9 @@ def targets(result: dict, ledger: Ledger, listed: list[str] | None) -> dict:
         return out
 
     slopes, raw_slopes = slopes_of(MEMORY), slopes_of("rss_bytes")
+    # A leak is a steady slope; a replica that settles (one larger batch, an allocator reaching its working
+    # set) has a slope over the whole window but none later: the second half of the load tells them apart.
+    half = slopes_of(MEMORY, result["load_start_s"] + ((result["load_end_s"] or samples[-1]["t_s"]) - result["load_start_s"]) / 2)
     last = samples[-1]
     ratios = {}
     if last["phase"] == "after":
@@ -646,6 +652,7 @@ def targets(result: dict, ledger: Ledger, listed: list[str] | None) -> dict:
     return {
         "memory": f"{MEMORY}: RSS without shared-memory pages (the object store's; see process_memory)",
         "rss_slope_pct_per_h": {"replicas": slopes, "max": max((v["pct_per_h"] for v in slopes.values()), default=None)},
+        "rss_slope_second_half_pct_per_h": {"replicas": half, "max": max((v["pct_per_h"] for v in half.values()), default=None)},
         "raw_rss_slope_pct_per_h": {"replicas": raw_slopes, "max": max((v["pct_per_h"] for v in raw_slopes.values()), default=None)},
         "rss_after_vs_warmup": {"replicas": ratios, "max": max((v["ratio"] for v in ratios.values()), default=None)},
         "sessions": {
@@ -682,6 +689,11 @@ def print_targets(t: dict) -> None:
     print("private RSS slope after warm-up, % of size per hour (target < 1):", "n/a" if s["max"] is None else f"max {s['max']:.2f}")
     for key, v in sorted(s["replicas"].items()):
         print(f"  {key:<28} {v['pct_per_h']:+8.2f} %/h  mean {v['mean_mib']:7.0f} MiB  ({v['samples']} samples)")
+    h = t.get("rss_slope_second_half_pct_per_h")
+    if h is not None:
+        print("private RSS slope over the load's second half, % per hour:", "n/a" if h["max"] is None else f"max {h['max']:.2f}")
+        for key, v in sorted(h["replicas"].items()):
+            print(f"  {key:<28} {v['pct_per_h']:+8.2f} %/h  mean {v['mean_mib']:7.0f} MiB  ({v['samples']} samples)")
     a = t["rss_after_vs_warmup"]
     print("private RSS after the load / after warm-up:", "n/a" if a["max"] is None else f"max {a['max']:.3f}")
     for key, v in sorted(a["replicas"].items()):

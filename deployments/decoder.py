@@ -106,6 +106,10 @@ class MaskDecoder:
             "concepts": StageAdmission("concepts"),
             "amg": StageAdmission("amg"),
         }
+        #: Automatic masks run one at a time here: each holds its grid pass's full-resolution logits (about
+        #: 27 MB a click, 1.7 GB for 64 clicks on a 1800x1200 photo), and side by side on the same cores they
+        #: finish no sooner; four at once ran a 24 GB node out of memory (docs/operations.md).
+        self._amg_slot = asyncio.Semaphore(1)
 
     def reconfigure(self, user_config: dict) -> None:
         """``max_batch_size`` and ``batch_wait_timeout_s`` of :meth:`decode` and :meth:`concept_batch` (see
@@ -208,16 +212,19 @@ class MaskDecoder:
 
         Raises:
             UnsupportedByModel: the family makes no automatic masks.
-            DeadlineExceeded: the automatic masks already running here and this image's would end after
-                ``deadline`` (absolute ``time.time()`` seconds, None: no deadline).
+            DeadlineExceeded: the automatic masks already running or waiting here and this image's would end
+                after ``deadline`` (absolute ``time.time()`` seconds, None: no deadline), on arrival or when
+                its turn comes (they run one at a time per replica).
         """
         self._require("automatic_masks", "amg")
         t0 = time.perf_counter()
         admission = self._admission["amg"]
-        with admission.admit(deadline):
-            masks = await asyncio.to_thread(generate_masks, self._decoder, features, settings)
-            # the automatic masks in flight here share the CPU (threads): this one's time per request
-            admission.observe(time.perf_counter() - t0, admission.in_flight)
+        with admission.admit(deadline):  # the wait: those in flight here, one after another
+            async with self._amg_slot:
+                admission.check(deadline)  # still in time after its turn came?
+                t1 = time.perf_counter()
+                masks = await asyncio.to_thread(generate_masks, self._decoder, features, settings)
+                admission.observe(time.perf_counter() - t1)
         self._work.add(requests=1)
         timing = {"amg": (time.perf_counter() - t0) * 1e3}
         return GenerateResult(tuple(masks[:max_masks]), self._info["model_id"], self._info["weights"], timing)

@@ -10,9 +10,9 @@ must hold at any length of run:
 - the video sessions (some closed, some left open) are back to 0 within a TTL plus two sweeps;
 - each decoder replica's image cache stays within its entries and bytes bounds, the video sessions
   within theirs;
-- each replica's RSS after the load is within :data:`RSS_MARGIN` of its level after the warm-up (the
-  median of its samples from then on; the cache is full by then, so what stays is what a longer run
-  keeps).
+- each replica's private RSS (without the object store's shared pages) after the load is within
+  :data:`RSS_MARGIN` of its level after the warm-up (the median of its samples from then on; the cache
+  is full by then, so what stays is what a longer run keeps).
 
 Replica kills are left to the benchmark: a replacement replica takes 20-60 s to start on 2 shared cores,
 more than this test's whole load.
@@ -30,7 +30,7 @@ from benchmarks.soak import SWEEP_S, Soak, SoakPlan, print_targets, video_frames
 from tests.conftest import SHARED_DATA, shared_file
 from tests.e2e.conftest import CACHE_ENTRIES, VIDEO
 
-#: RSS after the load over its level after the warm-up (the median of the load samples from then on),
+#: Private RSS after the load over its level after the warm-up (the median of the load samples from then on),
 #: per replica, at most 1 + this. Measured in three runs on 2 shared cores (load average 20-50 from
 #: other jobs): the largest ratio of any replica was 1.012, 1.015 and 1.017 (the Fader, the Fader, the
 #: Fader); so 5 % is three times the largest drift seen, and a leak of 5 % of a replica (35-100 MiB)

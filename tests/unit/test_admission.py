@@ -334,3 +334,46 @@ def test_served_times_a_block_shared_by_the_requests_in_flight_and_skips_a_faile
     with pytest.raises(DeadlineExceeded), a.served(deadline=999.0):
         pytest.fail("a late request must not run")
     assert (a.refused, a.in_flight) == (1, 0)
+
+
+def test_automatic_masks_run_one_at_a_time_per_decoder_replica(monkeypatch):
+    """Each automatic-mask generation holds gigabytes at full resolution, so a MaskDecoder replica runs
+    them one after another: their time is measured per generation, and one whose deadline passed while it
+    waited for its turn is refused without being computed."""
+    import threading
+
+    import deployments.decoder as decoder_module
+    from models.amg import AmgSettings
+    from tests.conftest import MODEL_ID
+
+    running, seen, calls, lock = [0], [0], [], threading.Lock()
+
+    def fake_generate(decoder, features, settings):  # the generator's cost, not its masks: a stand-in clock
+        with lock:
+            running[0] += 1
+            seen[0] = max(seen[0], running[0])
+            calls.append(features)
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return []
+
+    monkeypatch.setattr(decoder_module, "generate_masks", fake_generate)
+    replica = decoder_module.MaskDecoder.func_or_class(MODEL_ID, {"kind": "random", "seed": 0}, device="cpu")
+
+    async def go():
+        together = await asyncio.gather(*(replica.generate(f"image {i}", AmgSettings()) for i in range(3)))
+        replica._admission["amg"].service_s = None  # no estimate: the next one is admitted on arrival
+        first = asyncio.ensure_future(replica.generate("long", AmgSettings()))
+        await asyncio.sleep(0.01)
+        with pytest.raises(DeadlineExceeded) as late:  # admitted, its deadline passed while it waited
+            await replica.generate("late", AmgSettings(), deadline=time.time() + 0.02)
+        await first
+        assert "deadline passed" in late.value.message, late.value.message
+        return together
+
+    together = asyncio.run(go())
+    amg = replica._admission["amg"]
+    assert len(together) == 3 and seen[0] == 1  # never two at once
+    assert "late" not in calls and calls[-1] == "long"
+    assert 0.04 <= amg.service_s < 0.5 and amg.in_flight == 0 and amg.refused == 1

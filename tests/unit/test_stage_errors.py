@@ -252,9 +252,11 @@ def test_a_miss_the_owner_would_refuse_is_answered_before_the_bytes_are_decoded(
     sent = []
     refusal = DeadlineExceeded("encode would take about 9.000 s", 4)
 
-    async def send(pixels):
+    async def send(pixels):  # the owner's miss, as it reaches the ingress across Ray
+        from ray.exceptions import RayTaskError
+
         sent.append(pixels)
-        raise ImageNotCached("img", refusal=refusal)
+        raise RayTaskError("MaskDecoder.segment", "Traceback ...", ImageNotCached("img", refusal=refusal)).as_instanceof_cause()
 
     # not an image: decoding it would be a 400 invalid_image, so a 503 shows it was never decoded
     with pytest.raises(DeadlineExceeded) as info:
