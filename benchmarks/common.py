@@ -156,11 +156,19 @@ class Served:
     pid: int
 
 
+def _exit_on_sigterm(signum, frame):  # noqa: ARG001 - a signal handler's signature
+    raise SystemExit(128 + signum)
+
+
 @contextmanager
 def serve_app(config: dict, env_extra: dict, ready_timeout_s: float = 300, keep_log: Path | None = None) -> Iterator[Served]:
     """`serve run` a copy of the Serve config ``config`` on a free 127.0.0.1 port (its own local Ray
     cluster: ``RAY_ADDRESS=local``); yields :class:`Served` once ``/readyz`` is 200; stops it after,
-    moving its log to ``keep_log`` if given."""
+    moving its log to ``keep_log`` if given. A SIGTERM to the benchmark (``kill``, ``pkill``) stops it
+    too: while the service runs, SIGTERM raises ``SystemExit`` in the main thread, so this cleanup runs
+    instead of leaving the service and its Ray cluster behind."""
+    import threading
+
     import yaml
 
     config = copy.deepcopy(config)
@@ -174,11 +182,15 @@ def serve_app(config: dict, env_extra: dict, ready_timeout_s: float = 300, keep_
     log = open(RESULTS / f".serve-{port}.log", "w")
     proc = subprocess.Popen([serve_bin, "run", str(tmp)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
     try:
         wait_ready(proc, f"{url}/readyz", ready_timeout_s, log.name)
         yield Served(url, proc.pid)
     finally:
         stop_group(proc, 60)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         log.close()
         tmp.unlink(missing_ok=True)
         if keep_log is not None:

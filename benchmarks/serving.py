@@ -129,6 +129,8 @@ def sweep(url: str, workload: str, factory, levels: list[int], max_seconds: floa
         out[str(c)] = level
         a = level["all"]
         print(f"  {workload:<12} c={c:<3} {a['ok']:>4}/{a['requests']:<4} ok  {a['throughput_rps']:7.3f} req/s  p50 {a.get('p50_ms', float('nan')):9.1f} ms  p95 {a.get('p95_ms', float('nan')):9.1f} ms", flush=True)
+        if a["requests"] and not a["ok"]:  # a benchmark of failures measures nothing: say why, loudly
+            print(f"  !! every {workload} request failed at c={c}; first errors: {(a.get('errors') or [])[:2]}", file=sys.stderr, flush=True)
     return out
 
 
