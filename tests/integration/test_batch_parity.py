@@ -65,6 +65,10 @@ def batch(tmp_path, subset, tiny_checkpoint, *flags) -> Iterator[Callable[[], tu
                 stop_group(proc)
 
 
+# slow (about 75 s: two `samgraph batch` runs beside the service) for the 15-minute budget; the default run
+# checks the batch stages against sam2's predictor (tests/unit/test_batch.py) and runs `samgraph batch`
+# end to end (tests/e2e/test_offline_cli.py)
+@pytest.mark.slow
 def test_batch_masks_and_labels_equal_the_online_service(api, subset, tiny_checkpoint, tmp_path_factory):
     path, images, data = subset
     cats = {c["id"]: c["name"] for c in data["categories"]}
