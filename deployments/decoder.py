@@ -221,7 +221,7 @@ class MaskDecoder:
         admission = self._admission["amg"]
         with admission.admit(deadline):  # the wait: those in flight here, one after another
             async with self._amg_slot:
-                admission.check(deadline)  # still in time after its turn came?
+                admission.check(deadline, ahead=0)  # its turn: can it still end in time on its own?
                 t1 = time.perf_counter()
                 masks = await asyncio.to_thread(generate_masks, self._decoder, features, settings)
                 admission.observe(time.perf_counter() - t1)

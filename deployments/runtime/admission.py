@@ -103,12 +103,15 @@ class StageAdmission:
         ahead = self.in_flight if ahead is None else ahead
         return (ahead + 1) * self.service_s / self.parallel
 
-    def refusal(self, deadline: float | None, before_s: float = 0.0) -> DeadlineExceeded | None:
+    def refusal(
+        self, deadline: float | None, before_s: float = 0.0, ahead: int | None = None
+    ) -> DeadlineExceeded | None:
         """The error :meth:`check` would raise for a request with ``deadline``, or None; counts nothing.
 
         Args:
             deadline: absolute wall-clock time (``clock()`` seconds), or None (no deadline: admitted).
             before_s: seconds of other work the request still has before it reaches this stage's queue.
+            ahead: requests ahead of it (default: those in flight; 0 for one whose turn has come).
 
         Returns:
             None when ``now + before_s + wait_s()`` is before the deadline; else a :class:`DeadlineExceeded`
@@ -119,7 +122,7 @@ class StageAdmission:
         if deadline is None:
             return None
         left = deadline - self.clock()
-        needed = before_s + self.wait_s()
+        needed = before_s + self.wait_s(ahead)
         if left > 0 and needed <= left:
             return None
         retry_after_s = max(1, math.ceil(needed - max(left, 0.0)))
@@ -132,13 +135,13 @@ class StageAdmission:
             )
         return DeadlineExceeded(why, retry_after_s)
 
-    def check(self, deadline: float | None, before_s: float = 0.0) -> None:
+    def check(self, deadline: float | None, before_s: float = 0.0, ahead: int | None = None) -> None:
         """Refuse a request that cannot finish here before ``deadline`` (:meth:`refusal`), counting it.
 
         Raises:
-            DeadlineExceeded: the deadline has passed, or ``now + before_s + wait_s()`` is after it.
+            DeadlineExceeded: the deadline has passed, or ``now + before_s + wait_s(ahead)`` is after it.
         """
-        error = self.refusal(deadline, before_s)
+        error = self.refusal(deadline, before_s, ahead)
         if error is not None:
             self.refused += 1
             raise error

@@ -377,3 +377,15 @@ def test_automatic_masks_run_one_at_a_time_per_decoder_replica(monkeypatch):
     assert len(together) == 3 and seen[0] == 1  # never two at once
     assert "late" not in calls and calls[-1] == "long"
     assert 0.04 <= amg.service_s < 0.5 and amg.in_flight == 0 and amg.refused == 1
+
+
+def test_a_request_whose_turn_has_come_counts_no_queue_behind_it():
+    clock = Clock(1000.0)
+    a = StageAdmission("amg", service_s=7.0, clock=clock)
+    a.in_flight = 10  # this one, now running, and nine waiting behind it
+    with pytest.raises(DeadlineExceeded):
+        a.check(1020.0)  # on arrival: 11 service times ahead, 77 s of 20
+    a.check(1020.0, ahead=0)  # its turn: 7 s of 20, in time
+    with pytest.raises(DeadlineExceeded):
+        a.check(1005.0, ahead=0)  # 7 s of 5: late even alone
+    assert a.refused == 2
