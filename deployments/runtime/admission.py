@@ -130,7 +130,8 @@ class StageAdmission:
             why = f"the request's deadline passed {-left:.3f} s ago, before {self.stage}"
         else:
             why = (
-                f"{self.stage} would take about {needed:.3f} s ({self.in_flight} in flight, "
+                f"{self.stage} would take about {needed:.3f} s "
+                f"({self.in_flight if ahead is None else ahead} {'in flight' if ahead is None else 'ahead'}, "
                 f"{self.service_s:.3f} s per request, {self.parallel} at once); {left:.3f} s of the deadline left"
             )
         return DeadlineExceeded(why, retry_after_s)
