@@ -9,7 +9,9 @@ helpers are reused (``build_point_grid``, ``calculate_stability_score``, ``batch
 
 Differences, none of which changes the result for the same settings: the image is encoded once by the
 encoder stage (features arrive precomputed); the IoU filter runs before the logits are upsampled (it
-does not depend on them); masks are kept as COCO RLE (pycocotools) instead of sam2's uncompressed RLE.
+does not depend on them); the logits are upsampled, scored and thresholded a few masks at a time
+(:data:`CHUNK_PIXELS`) instead of a whole decoder pass at once; areas and boxes are read from the masks'
+COCO RLE (pycocotools), which is kept instead of sam2's uncompressed RLE.
 ``min_area_px`` (default 0, off) additionally drops masks smaller than that many pixels before NMS,
 and empty masks are always dropped (sam2 keeps them; they are no object and cannot be cropped).
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.masks import encode_rle_batch
+from models.masks import encode_rle_batch, rle_areas_and_boxes
 from models.segmenter import Features, MaskDecoder
 from models.settings import bounded, check_bounds
 
@@ -88,6 +90,13 @@ def grid_points(points_per_side: int, orig_hw: tuple[int, int]) -> np.ndarray:
     return (build_point_grid(points_per_side) * np.array([[w, h]])).astype(np.float32)
 
 
+#: Logits upsampled at a time, in pixels (16 MB of float32): the masks of one decoder pass are upsampled,
+#: scored and thresholded a few at a time so that each pass over their logits stays in the CPU's cache.
+#: Measured on 2 cores (truck.jpg, 1800 x 1200, 192 candidates of 64 clicks): upsampling, stability,
+#: threshold, areas and boxes took 2.8 s all at once (1.7 GB of logits) and 1.0 s one mask at a time.
+CHUNK_PIXELS = 4_000_000
+
+
 @torch.inference_mode()
 def generate_masks(
     decoder: MaskDecoder, features: Features, settings: AmgSettings = AmgSettings()
@@ -102,10 +111,12 @@ def generate_masks(
     Returns:
         Masks in NMS order (best ``predicted_iou`` first), as ``SAM2AutomaticMaskGenerator.generate``.
     """
-    from sam2.utils.amg import batched_mask_to_box, calculate_stability_score
+    from sam2.utils.amg import calculate_stability_score
     from torchvision.ops import batched_nms
 
     thr = decoder.settings.mask_threshold
+    h, w = features.orig_hw
+    chunk = max(1, CHUNK_PIXELS // (h * w))
     points = grid_points(settings.points_per_side, features.orig_hw)
     rles: list[dict] = []
     boxes, ious, stabilities, origins, mask_areas = [], [], [], [], []
@@ -116,46 +127,44 @@ def generate_masks(
         clicks = np.repeat(batch, low_res.shape[0] // len(batch), axis=0)
         if settings.pred_iou_thresh > 0:
             keep = iou > settings.pred_iou_thresh
-        else:
-            keep = torch.ones_like(iou, dtype=torch.bool)
-        if not keep.any():
-            continue
-        logits = decoder.upsample_logits(low_res[keep], features.orig_hw)
-        iou, clicks = iou[keep], clicks[keep.cpu().numpy()]
-        stability = calculate_stability_score(logits, thr, settings.stability_score_offset)
-        if settings.stability_score_thresh > 0:
-            keep = stability >= settings.stability_score_thresh
-        else:
-            keep = torch.ones_like(stability, dtype=torch.bool)
-        masks = logits[keep] > thr
-        del logits
-        areas = masks.sum(dim=(1, 2))  # no flatten: the masks are column-major views (see upsample_logits)
-        big = areas >= max(settings.min_area_px, 1)  # an empty mask is no object
-        keep_idx = keep.nonzero()[:, 0][big]
-        masks = masks[big]
-        if not len(masks):
-            continue
-        boxes.append(batched_mask_to_box(masks).float())
-        mask_areas.append(areas[big])
-        ious.append(iou[keep_idx])
-        stabilities.append(stability[keep_idx])
-        origins.append(clicks[keep_idx.cpu().numpy()])
-        rles.extend(encode_rle_batch(masks.cpu().numpy()))
+            low_res, iou, clicks = low_res[keep], iou[keep], clicks[keep.cpu().numpy()]
+        for first in range(0, len(low_res), chunk):
+            logits = decoder.upsample_logits(low_res[first : first + chunk], features.orig_hw)
+            stability = calculate_stability_score(logits, thr, settings.stability_score_offset)
+            if settings.stability_score_thresh > 0:
+                keep = stability >= settings.stability_score_thresh
+                if not keep.any():
+                    continue
+                logits, stability = logits[keep], stability[keep]
+                kept = first + keep.nonzero()[:, 0].cpu().numpy()
+            else:
+                kept = np.arange(first, first + len(logits))
+            chunk_rles = encode_rle_batch((logits > thr).cpu().numpy())
+            del logits
+            areas, edge_boxes = rle_areas_and_boxes(chunk_rles)
+            big = areas >= max(settings.min_area_px, 1)  # an empty mask is no object
+            if not big.any():
+                continue
+            rles.extend(r for r, b in zip(chunk_rles, big) if b)
+            mask_areas.append(areas[big])
+            boxes.append(edge_boxes[big])
+            ious.append(iou[torch.as_tensor(kept[big], device=iou.device)])
+            stabilities.append(stability[torch.as_tensor(big, device=stability.device)])
+            origins.append(clicks[kept[big]])
     if not rles:
         return []
-    all_boxes, all_ious = torch.cat(boxes), torch.cat(ious)
-    order = batched_nms(
-        all_boxes, all_ious, torch.zeros(len(all_boxes), device=all_boxes.device), settings.box_nms_thresh
-    )
-    all_stab, all_pts = torch.cat(stabilities), np.concatenate(origins)
-    # sam2's boxes hold the last row/column; ours are pixel-edge (+1), as rle_bbox_xyxy gives them
-    all_areas = torch.cat(mask_areas).tolist()
-    edge_boxes = (all_boxes + all_boxes.new_tensor([0, 0, 1, 1])).int().tolist()
+    # sam2 runs NMS on boxes that hold the last row/column; ours are pixel-edge (x1 = last column + 1)
+    edge_boxes = np.concatenate(boxes)
+    all_ious = torch.cat(ious)
+    nms_boxes = torch.as_tensor(edge_boxes - np.array([0, 0, 1, 1]), dtype=torch.float, device=all_ious.device)
+    one_class = torch.zeros(len(nms_boxes), device=all_ious.device)
+    order = batched_nms(nms_boxes, all_ious, one_class, settings.box_nms_thresh)
+    all_stab, all_pts, all_areas = torch.cat(stabilities), np.concatenate(origins), np.concatenate(mask_areas)
     return [
         AutoMask(
             rle=rles[i],
             area_px=int(all_areas[i]),
-            bbox_xyxy=edge_boxes[i],
+            bbox_xyxy=[int(v) for v in edge_boxes[i]],
             predicted_iou=float(all_ious[i]),
             stability_score=float(all_stab[i]),
             point_xy=[float(v) for v in all_pts[i]],

@@ -130,6 +130,25 @@ def rle_bbox_xyxy(rle: dict) -> list[int]:
     return [x, y, x + w, y + h]
 
 
+def rle_areas_and_boxes(rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Areas and tight boxes of many COCO RLEs at once (pycocotools ``area`` and ``toBbox``).
+
+    Args:
+        rles: N COCO RLEs ``{size: [H, W], counts}``.
+
+    Returns:
+        (areas: (N,) int64 pixels, boxes: (N, 4) int64 [x0, y0, x1, y1], pixel-edge convention: x1 = last
+        column + 1; [0, 0, 0, 0] for an empty mask), the values :func:`rle_area` and :func:`rle_bbox_xyxy`
+        give one at a time.
+    """
+    if not rles:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.int64)
+    coded = [_coded(r) for r in rles]
+    areas = np.asarray(mask_utils.area(coded), dtype=np.int64)
+    xywh = np.asarray(mask_utils.toBbox(coded), dtype=np.int64)  # whole pixels, held as float64: exact
+    return areas, np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+
+
 def encode_png_base64(mask: np.ndarray) -> str:
     """Single-channel 8-bit PNG of a mask, 0 outside and 255 inside, base64 (standard alphabet).
 

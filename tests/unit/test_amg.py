@@ -60,7 +60,7 @@ def test_equals_sam2_automatic_mask_generator(model, features, dog_rgb, nms):
         assert a.predicted_iou == pytest.approx(b["predicted_iou"], abs=1e-4)
         assert a.stability_score == pytest.approx(b["stability_score"], abs=1e-4)
         assert a.point_xy == pytest.approx(b["point_coords"][0], abs=1e-3)
-        assert (a.area_px, a.bbox_xyxy) == (rle_area(a.rle), rle_bbox_xyxy(a.rle))  # taken from the mask array
+        assert (a.area_px, a.bbox_xyxy) == (rle_area(a.rle), rle_bbox_xyxy(a.rle))
         areas.add(a.area_px)
     assert len(areas) == len(ours)  # every mask differs: the comparison is not of one repeated mask
 
@@ -202,6 +202,27 @@ def test_production_filters_equal_sam2(sharp_model, sharp_features, sharp_candid
         key = lambda m: (tuple(m.point_xy), m.rle["counts"])  # noqa: E731
         passing = [m for m in sharp_candidates if m.predicted_iou > 0.8 and m.stability_score >= 0.95]
         assert sorted(map(key, ours)) == sorted(map(key, passing))
+
+
+@pytest.mark.parametrize("masks_per_chunk", [1, 4])
+def test_chunked_upsampling_changes_nothing(sharp_model, sharp_features, sharp_candidates, monkeypatch, masks_per_chunk):
+    """Upsampling a decoder pass's 18 candidates 1 or 4 at a time (chunks the stability filter empties or
+    thins) gives exactly the masks, scores, clicks and order of upsampling all of them at once."""
+    import dataclasses
+
+    import models.amg
+
+    def masks(**kw):
+        return [dataclasses.astuple(m) for m in _sharp_masks(sharp_model, sharp_features, **kw)]
+
+    filters = {"box_nms_thresh": 0.7, **PRODUCTION_FILTERS}
+    at_once = {"box_nms_thresh": 1.0, **FILTERS_OFF}, filters
+    whole = [masks(**kw) for kw in at_once]
+    h, w = sharp_features.orig_hw
+    assert models.amg.CHUNK_PIXELS // (h * w) >= 18  # by default a whole pass is one chunk
+    monkeypatch.setattr(models.amg, "CHUNK_PIXELS", masks_per_chunk * h * w)
+    assert [masks(**kw) for kw in at_once] == whole
+    assert len(whole[0]) == len(sharp_candidates) and whole[1]
 
 
 def test_each_production_filter_removes_masks_after_nms(sharp_model, sharp_features):

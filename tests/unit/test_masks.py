@@ -20,6 +20,7 @@ from models.masks import (
     encode_rle,
     encode_rle_batch,
     rle_area,
+    rle_areas_and_boxes,
     rle_bbox_xyxy,
     rle_run_lengths,
 )
@@ -196,6 +197,23 @@ def test_rle_area_and_bbox_empty():
     rle = encode_rle(np.zeros((40, 60), bool))
     assert rle_area(rle) == 0
     assert rle_bbox_xyxy(rle) == [0, 0, 0, 0]
+
+
+def test_rle_areas_and_boxes_equal_the_mask_arrays():
+    """Batch areas and boxes from the RLE alone equal those counted on each mask array (random, a
+    rectangle, one pixel, empty, full)."""
+    one_pixel = np.zeros((40, 60), bool)
+    one_pixel[7, 59] = True
+    masks = [*_random_masks(3), _rectangle(), one_pixel, np.zeros((40, 60), bool), np.ones((40, 60), bool)]
+    areas, boxes = rle_areas_and_boxes([encode_rle(m) for m in masks])
+    assert areas.dtype == boxes.dtype == np.int64 and boxes.shape == (len(masks), 4)
+    for mask, area, box in zip(masks, areas, boxes):
+        ys, xs = np.nonzero(mask)
+        want = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 0, 0]
+        assert (area, box.tolist()) == (mask.sum(), want)
+    assert len(set(areas.tolist())) >= 5  # not one mask repeated
+    empty_areas, empty_boxes = rle_areas_and_boxes([])
+    assert empty_areas.shape == (0,) and empty_boxes.shape == (0, 4)
 
 
 @pytest.mark.parametrize(
