@@ -138,8 +138,13 @@ def sweep(url: str, workload: str, factory, levels: list[int], max_seconds: floa
 
 def altered(config: dict, overrides: str) -> dict:
     """A copy of the Serve config ``config`` with its samgraph application changed by ``overrides``:
-    ``key.sub=value,...`` under the application (``args.decoder.torch_threads=2``, ``runtime_env=null``;
-    values parsed as YAML, ``null`` removes the key)."""
+    ``key.sub=value,...`` under the application (``args.decoder.torch_threads=2``, ``runtime_env=null``,
+    ``deployments.MaskDecoder.autoscaling_config.max_replicas=1``: in a list, a key names the entry of that
+    ``name``; values parsed as YAML, ``null`` removes the key).
+
+    Raises:
+        KeyError: a list holds no entry of the name a key gives.
+    """
     import copy
 
     config = copy.deepcopy(config)
@@ -148,7 +153,13 @@ def altered(config: dict, overrides: str) -> dict:
         *path, last = key.strip().split(".")
         node = config["applications"][0]
         for k in path:
-            node = node.setdefault(k, {})
+            if isinstance(node, list):
+                named = [entry for entry in node if entry.get("name") == k]
+                if not named:
+                    raise KeyError(f"no entry named {k!r} in {key}")
+                node = named[0]
+            else:
+                node = node.setdefault(k, {})
         parsed = yaml.safe_load(value)
         if parsed is None:
             node.pop(last, None)

@@ -106,9 +106,10 @@ class MaskDecoder:
             "concepts": StageAdmission("concepts"),
             "amg": StageAdmission("amg"),
         }
-        #: Automatic masks run one at a time here: each holds its grid pass's full-resolution logits (about
-        #: 27 MB a click, 1.7 GB for 64 clicks on a 1800x1200 photo), and side by side on the same cores they
-        #: finish no sooner; four at once ran a 24 GB node out of memory (docs/operations.md).
+        #: Automatic masks run one at a time here: each holds its grid pass's decoder activations (about
+        #: 26 MB a click, 1.7 GB for 64 clicks), and side by side on the same cores they finish no sooner;
+        #: four at once (each then also holding its pass's full-resolution logits, 1.7 GB more on a
+        #: 1800x1200 photo) ran a 24 GB node out of memory (docs/operations.md).
         self._amg_slot = asyncio.Semaphore(1)
 
     def reconfigure(self, user_config: dict) -> None:

@@ -36,8 +36,10 @@ class AmgSettings:
     models are built from these fields; ``points_per_batch`` is config only). sam2 puts no upper bound on
     ``points_per_side``; 128 (16384 clicks, 16 times the default's decoder work) bounds a request's
     time, and peak memory does not grow with it (clicks are decoded ``points_per_batch`` at a time).
-    Peak memory grows with ``points_per_batch``: about 27 MB a click for the tiny model in fp32 on CPU,
-    so 1024 clicks at once need about 28 GB; requests cannot set it.
+    Peak memory grows with ``points_per_batch``: about 26 MB a click for the tiny model in fp32 on CPU
+    (the decoder pass; measured: 64 clicks add 1.7 GB. The upsampled logits are handled a few masks at a
+    time, :data:`CHUNK_PIXELS`, so the image's size adds little), so 1024 clicks at once need about 27 GB;
+    requests cannot set it.
 
     Attributes:
         points_per_side: grid side; points_per_side^2 clicks (1..128).

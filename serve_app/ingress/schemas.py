@@ -241,7 +241,7 @@ class FadeIn(BaseModel):
 class AmgIn(BaseModel):
     """Automatic-mask settings: the fields and limits of ``models/amg.py::AmgSettings``; unset fields
     take the app's defaults. ``points_per_batch`` is the app's alone (``amg:`` config): it changes the
-    decoder's peak memory (about 27 MB a click on CPU: 28 GB at its limit of 1024), not the answer."""
+    decoder's peak memory (about 26 MB a click on CPU: 27 GB at its limit of 1024), not the answer."""
 
     model_config = STRICT
 
