@@ -38,8 +38,10 @@ def features(model, dog_rgb):
 
 # Random weights give low predicted IoU and stability, so the filters are lowered until masks survive
 # (sam2's default filters are compared on ``sharp_model`` below).
-# nms 1.0 keeps every mask (all 3 x 36 of them: the full ranking is compared); 0.7 is sam2's default.
-@pytest.mark.parametrize("nms", [1.0, 0.7])
+# nms 1.0 keeps every mask (all 3 x 36 of them: the full ranking is compared). sam2's default NMS (0.7)
+# is compared on ``six_rectangles`` below (test_production_filters_equal_sam2): on this photo random
+# weights draw every mask over the whole frame, so at 0.7 one mask is left and the comparison is weak.
+@pytest.mark.parametrize("nms", [1.0])
 def test_equals_sam2_automatic_mask_generator(model, features, dog_rgb, nms):
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
