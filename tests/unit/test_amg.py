@@ -217,13 +217,12 @@ def test_chunked_upsampling_changes_nothing(sharp_model, sharp_features, sharp_c
     def masks(**kw):
         return [dataclasses.astuple(m) for m in _sharp_masks(sharp_model, sharp_features, **kw)]
 
-    filters = {"box_nms_thresh": 0.7, **PRODUCTION_FILTERS}
-    at_once = {"box_nms_thresh": 1.0, **FILTERS_OFF}, filters
-    whole = [masks(**kw) for kw in at_once]
+    cases = ({"box_nms_thresh": 1.0, **FILTERS_OFF}, {"box_nms_thresh": 0.7, **PRODUCTION_FILTERS})
+    whole = [masks(**kw) for kw in cases]
     h, w = sharp_features.orig_hw
     assert models.amg.CHUNK_PIXELS // (h * w) >= 18  # by default a whole pass is one chunk
     monkeypatch.setattr(models.amg, "CHUNK_PIXELS", masks_per_chunk * h * w)
-    assert [masks(**kw) for kw in at_once] == whole
+    assert [masks(**kw) for kw in cases] == whole
     assert len(whole[0]) == len(sharp_candidates) and whole[1]
 
 
