@@ -577,7 +577,7 @@ def targets(result: dict, ledger: Ledger, listed: list[str] | None) -> dict:
       slope there is a leak; a step earlier, after which the replica is flat, is not).
     - ``rss_after_vs_warmup``: per replica alive from the warm-up to the end, RSS of the last sample
       after the load over its level after the warm-up: the median of its load samples from ``warmup_s``
-      on (one sample would catch transients: a /v1/predict's decoder batch takes ~27 MB a click);
+      on (one sample would catch transients: a /v1/predict's decoder batch takes ~26 MB a click);
       ``max``: the largest ratio.
     - ``sessions``: open video sessions at the end of the load and after it, and seconds from the load's
       end until they were 0 (None: not within the cool-down).

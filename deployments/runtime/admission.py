@@ -129,9 +129,9 @@ class StageAdmission:
         if left <= 0:
             why = f"the request's deadline passed {-left:.3f} s ago, before {self.stage}"
         else:
+            counted = f"{self.in_flight} in flight" if ahead is None else f"{ahead} ahead"
             why = (
-                f"{self.stage} would take about {needed:.3f} s "
-                f"({self.in_flight if ahead is None else ahead} {'in flight' if ahead is None else 'ahead'}, "
+                f"{self.stage} would take about {needed:.3f} s ({counted}, "
                 f"{self.service_s:.3f} s per request, {self.parallel} at once); {left:.3f} s of the deadline left"
             )
         return DeadlineExceeded(why, retry_after_s)

@@ -337,9 +337,10 @@ def test_served_times_a_block_shared_by_the_requests_in_flight_and_skips_a_faile
 
 
 def test_automatic_masks_run_one_at_a_time_per_decoder_replica(monkeypatch):
-    """Each automatic-mask generation holds gigabytes at full resolution, so a MaskDecoder replica runs
-    them one after another: their time is measured per generation, and one whose deadline passed while it
-    waited for its turn is refused without being computed."""
+    """Each automatic-mask generation holds its grid pass's decoder activations (1.7 GB for 64 clicks) and
+    takes every core, so a MaskDecoder replica runs them one after another: their time is measured per
+    generation, and one whose deadline passed while it waited for its turn is refused without being
+    computed."""
     import threading
 
     import deployments.decoder as decoder_module
